@@ -1,0 +1,749 @@
+//! The agent's configuration: read once, from TOML plus environment overrides, into
+//! validated types.
+//!
+//! Every key can be overridden by an environment variable named
+//! `DECKHAND_<SECTION>_<KEY>` in upper case (`DECKHAND_QUEUE_URL`,
+//! `DECKHAND_AGENT_SLOTS`, `DECKHAND_PROFILES_BIG_MEMORY_MB`). This module is the only
+//! place that reads those variables: callers hand it a snapshot of the environment,
+//! which keeps it testable without `set_var`.
+//!
+//! Validation does not stop at the first problem. Like linkerd's `parse_config`, it
+//! collects every invalid key, each named in full with the rule it broke, so an
+//! operator fixes a config in one round trip instead of one per typo.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::{Table, Value};
+
+/// Where the config lives unless `--config` or `DECKHAND_CONFIG` says otherwise.
+pub const DEFAULT_PATH: &str = "/etc/deckhand/config.toml";
+
+/// Environment variables under our prefix that are not config overrides.
+const NON_OVERRIDE_VARS: &[&str] = &["DECKHAND_CONFIG", "DECKHAND_LOG_FORMAT", "DECKHAND_LOG"];
+
+const ENV_PREFIX: &str = "DECKHAND_";
+
+/// The validated configuration. Built only by [`Config::load`] or [`Config::parse`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub agent: AgentConfig,
+    pub docker: DockerConfig,
+    pub aws: AwsConfig,
+    pub queue: QueueConfig,
+    pub results: ResultsConfig,
+    pub images: ImagesConfig,
+    pub cache: CacheConfig,
+    pub drain: DrainConfig,
+    /// Job profiles by name; `default` always exists.
+    pub profiles: BTreeMap<String, Profile>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// How many jobs run at once.
+    pub slots: usize,
+    /// Scratch space for the agent (spooled logs). Never holds secrets.
+    pub work_dir: PathBuf,
+    /// Stop after this long without a job; `None` never does.
+    pub idle_shutdown: Option<Duration>,
+    /// Overrides the instance id that results and logs carry (off EC2, or in tests).
+    pub instance_id: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DockerConfig {
+    pub socket: PathBuf,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AwsConfig {
+    pub region: Option<String>,
+    /// A local emulator (moto). Never set in production.
+    pub endpoint_url: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    /// Required by `deckhand run`; `exec` needs no queue.
+    pub url: Option<String>,
+    /// Long-poll wait of one ReceiveMessage.
+    pub wait: Duration,
+    /// How long a received message stays hidden; heartbeats extend it while the job runs.
+    pub visibility_timeout: Duration,
+    pub dead_letter_url: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ResultsConfig {
+    pub bucket: Option<String>,
+    /// Key prefix; a result lands at `<prefix><id>/result.json`.
+    pub prefix: String,
+    pub queue_url: Option<String>,
+    pub webhook_url: Option<String>,
+    /// HMAC key for `X-Deckhand-Signature`.
+    pub webhook_secret: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ImagesConfig {
+    /// `host[:port]` of every registry jobs may use.
+    pub allowed_registries: Vec<String>,
+    pub require_digest: bool,
+    pub pull_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// A Docker volume mounted read-only into every job, if set.
+    pub volume: Option<String>,
+    pub mount: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct DrainConfig {
+    /// On SIGTERM, how long running jobs may go on before they are stopped and released.
+    pub stop_timeout: Duration,
+    /// Between a container's SIGTERM and its SIGKILL.
+    pub stop_grace: Duration,
+}
+
+/// A job profile: the pool's "task definition". Holds the defaults and the caps of
+/// what a job may ask for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Profile {
+    pub memory_mb: u64,
+    pub cpus: f64,
+    pub pids: u64,
+    /// A job's timeout when it names none.
+    pub timeout: Duration,
+    /// The longest timeout a job may ask for.
+    pub max_timeout: Duration,
+    /// Docker network mode: `bridge`, `none` or a user-defined network.
+    pub network: String,
+}
+
+impl Default for Profile {
+    fn default() -> Self {
+        Profile {
+            memory_mb: 2048,
+            cpus: 1.0,
+            pids: 1024,
+            timeout: Duration::from_secs(3600),
+            max_timeout: Duration::from_secs(86_400),
+            network: "bridge".to_owned(),
+        }
+    }
+}
+
+/// Why the config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config {path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}: not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("config {path}: {} invalid key(s):\n{}", issues.len(), Issues(issues))]
+    Invalid { path: PathBuf, issues: Vec<Issue> },
+}
+
+/// One invalid key and the rule it broke.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    /// The full key (`queue.wait_secs`) or environment variable.
+    pub key: String,
+    pub rule: String,
+}
+
+impl fmt::Display for Issue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.rule)
+    }
+}
+
+struct Issues<'a>(&'a [Issue]);
+
+impl fmt::Display for Issues<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, issue) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "  {issue}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A snapshot of the process environment, and which of our variables were used.
+pub struct Env {
+    vars: BTreeMap<String, String>,
+    used: RefCell<BTreeSet<String>>,
+}
+
+impl Env {
+    pub fn from_process() -> Self {
+        Self::from_iter(std::env::vars())
+    }
+
+    fn get(&self, name: &str) -> Option<String> {
+        let value = self.vars.get(name)?;
+        self.used.borrow_mut().insert(name.to_owned());
+        Some(value.clone())
+    }
+
+    /// The config file named by `DECKHAND_CONFIG`, if any.
+    pub fn config_path(&self) -> Option<PathBuf> {
+        self.vars.get("DECKHAND_CONFIG").map(PathBuf::from)
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Env {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        Env {
+            vars: iter
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+            used: RefCell::default(),
+        }
+    }
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Reads and validates the file at `path` with `env`'s overrides.
+    pub fn load(path: &Path, env: &Env) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, env).map_err(|e| e.at(path))
+    }
+
+    /// Validates TOML text; errors carry an empty path until [`Config::load`] fills it.
+    pub fn parse(text: &str, env: &Env) -> Result<Config, ConfigError> {
+        let table: Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                path: PathBuf::new(),
+                message: e.message().to_owned(),
+            })?;
+        let mut issues = Vec::new();
+        let config = Reader {
+            env,
+            issues: &mut issues,
+        }
+        .config(table);
+        for name in env.vars.keys() {
+            let ours = name.starts_with(ENV_PREFIX) && !NON_OVERRIDE_VARS.contains(&name.as_str());
+            if ours && !env.used.borrow().contains(name) {
+                issues.push(Issue {
+                    key: name.clone(),
+                    rule: "names no config key (overrides are DECKHAND_<SECTION>_<KEY>)".into(),
+                });
+            }
+        }
+        if issues.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                path: PathBuf::new(),
+                issues,
+            })
+        }
+    }
+
+    /// The profile a job names, if the pool has it.
+    pub fn profile(&self, name: &str) -> Option<&Profile> {
+        self.profiles.get(name)
+    }
+}
+
+impl ConfigError {
+    fn at(self, path: &Path) -> Self {
+        match self {
+            ConfigError::Syntax { message, .. } => ConfigError::Syntax {
+                path: path.to_owned(),
+                message,
+            },
+            ConfigError::Invalid { issues, .. } => ConfigError::Invalid {
+                path: path.to_owned(),
+                issues,
+            },
+            other => other,
+        }
+    }
+
+    /// The invalid keys, for callers (and tests) that want them one by one.
+    pub fn issues(&self) -> &[Issue] {
+        match self {
+            ConfigError::Invalid { issues, .. } => issues,
+            _ => &[],
+        }
+    }
+}
+
+// === the reader ===
+
+/// Walks the TOML table section by section, taking each known key (or its
+/// environment override), recording every problem, and reporting what is left over
+/// as unknown.
+struct Reader<'a> {
+    env: &'a Env,
+    issues: &'a mut Vec<Issue>,
+}
+
+/// One table being read: its dotted path and the keys not yet taken.
+struct Section {
+    path: String,
+    table: Table,
+}
+
+impl Reader<'_> {
+    fn config(&mut self, mut root: Table) -> Config {
+        let mut section = self.section(&mut root, "agent");
+        let agent = AgentConfig {
+            slots: self.int(&mut section, "slots", 1..=64, 1) as usize,
+            work_dir: self.abs_path(&mut section, "work_dir", "/var/lib/deckhand"),
+            idle_shutdown: match self.int(&mut section, "idle_shutdown_secs", 0..=604_800, 0) {
+                0 => None,
+                secs => Some(Duration::from_secs(secs)),
+            },
+            instance_id: self.opt_string(&mut section, "instance_id"),
+        };
+        self.finish(section);
+
+        let mut docker = self.section(&mut root, "docker");
+        let docker_cfg = DockerConfig {
+            socket: self.abs_path(&mut docker, "socket", "/var/run/docker.sock"),
+        };
+        self.finish(docker);
+
+        let mut aws = self.section(&mut root, "aws");
+        let aws_cfg = AwsConfig {
+            region: self.opt_string(&mut aws, "region"),
+            endpoint_url: self.opt_url(&mut aws, "endpoint_url"),
+        };
+        self.finish(aws);
+
+        let mut queue = self.section(&mut root, "queue");
+        let queue_cfg = QueueConfig {
+            url: self.opt_url(&mut queue, "url"),
+            wait: Duration::from_secs(self.int(&mut queue, "wait_secs", 0..=20, 20)),
+            visibility_timeout: Duration::from_secs(self.int(
+                &mut queue,
+                "visibility_timeout_secs",
+                30..=43_200,
+                300,
+            )),
+            dead_letter_url: self.opt_url(&mut queue, "dead_letter_url"),
+        };
+        self.finish(queue);
+
+        let mut results = self.section(&mut root, "results");
+        let results_cfg = ResultsConfig {
+            bucket: self.opt_string(&mut results, "bucket"),
+            prefix: self
+                .opt_string(&mut results, "prefix")
+                .unwrap_or_else(|| "results/".to_owned()),
+            queue_url: self.opt_url(&mut results, "queue_url"),
+            webhook_url: self.opt_url(&mut results, "webhook_url"),
+            webhook_secret: self.opt_string(&mut results, "webhook_secret"),
+        };
+        if results_cfg.webhook_url.is_some() && results_cfg.webhook_secret.is_none() {
+            self.issue(
+                "results.webhook_secret",
+                "required when results.webhook_url is set (results are signed)",
+            );
+        }
+        self.finish(results);
+
+        let mut images = self.section(&mut root, "images");
+        let images_cfg = ImagesConfig {
+            allowed_registries: self.registries(&mut images),
+            require_digest: self.bool(&mut images, "require_digest", false),
+            pull_timeout: Duration::from_secs(self.int(
+                &mut images,
+                "pull_timeout_secs",
+                1..=7200,
+                600,
+            )),
+        };
+        self.finish(images);
+
+        let mut cache = self.section(&mut root, "cache");
+        let cache_cfg = CacheConfig {
+            volume: self.opt_string(&mut cache, "volume"),
+            mount: self.container_path(&mut cache, "mount", "/cache"),
+        };
+        self.finish(cache);
+
+        let mut drain = self.section(&mut root, "drain");
+        let drain_cfg = DrainConfig {
+            stop_timeout: Duration::from_secs(self.int(
+                &mut drain,
+                "stop_timeout_secs",
+                0..=86_400,
+                60,
+            )),
+            stop_grace: Duration::from_secs(self.int(&mut drain, "stop_grace_secs", 0..=300, 10)),
+        };
+        self.finish(drain);
+
+        let profiles = self.profiles(&mut root);
+
+        for key in root.keys() {
+            self.issue(key, "unknown section");
+        }
+
+        Config {
+            agent,
+            docker: docker_cfg,
+            aws: aws_cfg,
+            queue: queue_cfg,
+            results: results_cfg,
+            images: images_cfg,
+            cache: cache_cfg,
+            drain: drain_cfg,
+            profiles,
+        }
+    }
+
+    fn profiles(&mut self, root: &mut Table) -> BTreeMap<String, Profile> {
+        let mut profiles = BTreeMap::new();
+        let mut all = self.section(root, "profiles");
+        // `default` is read even when the file leaves it out, so its keys can still
+        // be overridden from the environment.
+        all.table
+            .entry("default")
+            .or_insert_with(|| Value::Table(Table::new()));
+        let names: Vec<String> = all.table.keys().cloned().collect();
+        for name in names {
+            if !valid_profile_name(&name) {
+                self.issue(
+                    &format!("profiles.{name}"),
+                    "a profile name is 1 to 64 of [a-z0-9_-], starting with a letter or digit",
+                );
+            }
+            let mut section = self.subsection(&mut all, &name);
+            let default = Profile::default();
+            let memory_mb = self.int(&mut section, "memory_mb", 6..=1 << 24, default.memory_mb);
+            let cpus = self.float(&mut section, "cpus", 0.01..=512.0, default.cpus);
+            let pids = self.int(&mut section, "pids", 1..=1 << 22, default.pids);
+            let timeout_secs = self.int(&mut section, "timeout_secs", 1..=86_400, 3600);
+            let max_timeout_secs = self.int(&mut section, "max_timeout_secs", 1..=86_400, 86_400);
+            if timeout_secs > max_timeout_secs {
+                self.issue(
+                    &format!("profiles.{name}.timeout_secs"),
+                    &format!("{timeout_secs} is above max_timeout_secs ({max_timeout_secs})"),
+                );
+            }
+            let network = self.network(&mut section);
+            self.finish(section);
+            profiles.insert(
+                name,
+                Profile {
+                    memory_mb,
+                    cpus,
+                    pids,
+                    timeout: Duration::from_secs(timeout_secs),
+                    max_timeout: Duration::from_secs(max_timeout_secs),
+                    network,
+                },
+            );
+        }
+        profiles
+    }
+
+    fn network(&mut self, section: &mut Section) -> String {
+        let Some(network) = self.opt_string(section, "network") else {
+            return Profile::default().network;
+        };
+        let key = section.key("network");
+        if network == "host" {
+            self.issue(
+                &key,
+                "\"host\" is not allowed: it would share the host's network and its instance metadata",
+            );
+        } else if network.starts_with("container:") {
+            self.issue(&key, "joining another container's network is not allowed");
+        } else if !valid_docker_name(&network) {
+            self.issue(
+                &key,
+                "must be \"bridge\", \"none\" or the name of a Docker network",
+            );
+        }
+        network
+    }
+
+    fn registries(&mut self, section: &mut Section) -> Vec<String> {
+        let key = section.key("allowed_registries");
+        let registries = self.strings(section, "allowed_registries");
+        for registry in &registries {
+            if !crate::image::valid_registry_host(registry) {
+                self.issue(&key, &format!("{registry:?} is not a registry host[:port]"));
+            }
+        }
+        registries
+            .into_iter()
+            .map(|r| r.to_ascii_lowercase())
+            .collect()
+    }
+
+    // --- primitives: each takes the key from the section (env first), checks it,
+    // --- records an issue and falls back to the default when it is wrong.
+
+    fn section(&mut self, root: &mut Table, name: &str) -> Section {
+        let table = match root.remove(name) {
+            None => Table::new(),
+            Some(Value::Table(t)) => t,
+            Some(_) => {
+                self.issue(name, "must be a table ([section])");
+                Table::new()
+            }
+        };
+        Section {
+            path: name.to_owned(),
+            table,
+        }
+    }
+
+    fn subsection(&mut self, parent: &mut Section, name: &str) -> Section {
+        let path = parent.key(name);
+        let table = match parent.table.remove(name) {
+            Some(Value::Table(t)) => t,
+            _ => {
+                self.issue(&path, "must be a table");
+                Table::new()
+            }
+        };
+        Section { path, table }
+    }
+
+    /// Reports the keys nobody took.
+    fn finish(&mut self, section: Section) {
+        for key in section.table.keys() {
+            self.issue(&section.key(key), "unknown key");
+        }
+    }
+
+    fn take(&mut self, section: &mut Section, key: &str) -> Option<Value> {
+        let from_file = section.table.remove(key);
+        match self.env.get(&section.env_name(key)) {
+            Some(text) => Some(env_value(&text)),
+            None => from_file,
+        }
+    }
+
+    fn int(
+        &mut self,
+        section: &mut Section,
+        key: &str,
+        range: RangeInclusive<u64>,
+        default: u64,
+    ) -> u64 {
+        let full = section.key(key);
+        let value = match self.take(section, key) {
+            None => return default,
+            Some(Value::Integer(i)) => u64::try_from(i).ok(),
+            Some(Value::String(s)) => s.trim().parse::<u64>().ok(),
+            Some(_) => None,
+        };
+        match value {
+            Some(v) if range.contains(&v) => v,
+            Some(v) => {
+                self.issue(
+                    &full,
+                    &format!("{v} is out of range ({} to {})", range.start(), range.end()),
+                );
+                default
+            }
+            None => {
+                self.issue(&full, "must be a whole number");
+                default
+            }
+        }
+    }
+
+    fn float(
+        &mut self,
+        section: &mut Section,
+        key: &str,
+        range: RangeInclusive<f64>,
+        default: f64,
+    ) -> f64 {
+        let full = section.key(key);
+        let value = match self.take(section, key) {
+            None => return default,
+            Some(Value::Float(f)) => Some(f),
+            Some(Value::Integer(i)) => Some(i as f64),
+            Some(Value::String(s)) => s.trim().parse::<f64>().ok(),
+            Some(_) => None,
+        };
+        match value {
+            Some(v) if range.contains(&v) => v,
+            Some(v) => {
+                self.issue(
+                    &full,
+                    &format!("{v} is out of range ({} to {})", range.start(), range.end()),
+                );
+                default
+            }
+            None => {
+                self.issue(&full, "must be a number");
+                default
+            }
+        }
+    }
+
+    fn bool(&mut self, section: &mut Section, key: &str, default: bool) -> bool {
+        let full = section.key(key);
+        match self.take(section, key) {
+            None => default,
+            Some(Value::Boolean(b)) => b,
+            Some(Value::String(s)) if s == "true" => true,
+            Some(Value::String(s)) if s == "false" => false,
+            Some(_) => {
+                self.issue(&full, "must be true or false");
+                default
+            }
+        }
+    }
+
+    fn opt_string(&mut self, section: &mut Section, key: &str) -> Option<String> {
+        let full = section.key(key);
+        match self.take(section, key) {
+            None => None,
+            Some(Value::String(s)) if s.trim().is_empty() => {
+                self.issue(&full, "must not be empty (leave the key out instead)");
+                None
+            }
+            Some(Value::String(s)) => Some(s),
+            Some(_) => {
+                self.issue(&full, "must be a string");
+                None
+            }
+        }
+    }
+
+    fn opt_url(&mut self, section: &mut Section, key: &str) -> Option<String> {
+        let url = self.opt_string(section, key)?;
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            self.issue(&section.key(key), "must be an http:// or https:// URL");
+        }
+        Some(url)
+    }
+
+    fn abs_path(&mut self, section: &mut Section, key: &str, default: &str) -> PathBuf {
+        match self.opt_string(section, key) {
+            None => PathBuf::from(default),
+            Some(p) if p.starts_with('/') => PathBuf::from(p),
+            Some(p) => {
+                self.issue(
+                    &section.key(key),
+                    &format!("{p:?} must be an absolute path"),
+                );
+                PathBuf::from(default)
+            }
+        }
+    }
+
+    fn container_path(&mut self, section: &mut Section, key: &str, default: &str) -> String {
+        match self.opt_string(section, key) {
+            None => default.to_owned(),
+            Some(p) => {
+                if let Err(rule) = crate::job::check_container_path(&p) {
+                    self.issue(&section.key(key), &rule);
+                }
+                p
+            }
+        }
+    }
+
+    fn strings(&mut self, section: &mut Section, key: &str) -> Vec<String> {
+        let full = section.key(key);
+        match self.take(section, key) {
+            None => Vec::new(),
+            Some(Value::Array(items)) => {
+                let mut out = Vec::new();
+                for item in items {
+                    match item {
+                        Value::String(s) => out.push(s),
+                        _ => self.issue(&full, "must be a list of strings"),
+                    }
+                }
+                out
+            }
+            Some(_) => {
+                self.issue(&full, "must be a list of strings");
+                Vec::new()
+            }
+        }
+    }
+
+    fn issue(&mut self, key: &str, rule: &str) {
+        self.issues.push(Issue {
+            key: key.to_owned(),
+            rule: rule.to_owned(),
+        });
+    }
+}
+
+impl Section {
+    fn key(&self, key: &str) -> String {
+        format!("{}.{key}", self.path)
+    }
+
+    fn env_name(&self, key: &str) -> String {
+        let dotted = self.key(key);
+        let mut name = String::from(ENV_PREFIX);
+        name.extend(dotted.chars().map(|c| match c {
+            '.' | '-' => '_',
+            c => c.to_ascii_uppercase(),
+        }));
+        name
+    }
+}
+
+/// An override's text is a TOML value where it parses as one (`4`, `true`,
+/// `["a", "b"]`), and a plain string otherwise (`http://…`).
+fn env_value(text: &str) -> Value {
+    let wrapped = format!("v = {text}");
+    match wrapped.parse::<Table>() {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| Value::String(text.to_owned())),
+        Err(_) if text.contains(',') && !text.contains("://") => Value::Array(
+            text.split(',')
+                .map(|s| Value::String(s.trim().to_owned()))
+                .collect(),
+        ),
+        Err(_) => Value::String(text.to_owned()),
+    }
+}
+
+fn valid_profile_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name.len() <= 64
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+/// Docker's rule for network and volume names: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
+pub(crate) fn valid_docker_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+#[cfg(test)]
+mod tests;

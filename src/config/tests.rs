@@ -1,0 +1,205 @@
+use super::*;
+
+fn no_env() -> Env {
+    Env::from_iter(Vec::<(String, String)>::new())
+}
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, &no_env())
+}
+
+fn issues(text: &str, env: &Env) -> Vec<String> {
+    Config::parse(text, env)
+        .expect_err("config should be invalid")
+        .issues()
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+#[test]
+fn an_empty_file_gets_the_defaults() {
+    let config = parse("").unwrap();
+    assert_eq!(config.agent.slots, 1);
+    assert_eq!(config.agent.work_dir, PathBuf::from("/var/lib/deckhand"));
+    assert_eq!(config.agent.idle_shutdown, None);
+    assert_eq!(config.docker.socket, PathBuf::from("/var/run/docker.sock"));
+    assert_eq!(config.queue.wait, Duration::from_secs(20));
+    assert_eq!(config.queue.visibility_timeout, Duration::from_secs(300));
+    assert_eq!(config.results.prefix, "results/");
+    assert_eq!(config.images.pull_timeout, Duration::from_secs(600));
+    assert_eq!(config.cache.mount, "/cache");
+    assert_eq!(config.drain.stop_grace, Duration::from_secs(10));
+    assert_eq!(config.profiles["default"], Profile::default());
+}
+
+#[test]
+fn the_documented_example_is_valid() {
+    let text = include_str!("../../docs/examples/config.toml");
+    let config = parse(text).unwrap_or_else(|e| panic!("docs/examples/config.toml: {e}"));
+    assert!(config.profiles.contains_key("default"));
+    assert!(!config.images.allowed_registries.is_empty());
+}
+
+#[test]
+fn keys_are_read_with_their_units() {
+    let config = parse(
+        r#"
+        [agent]
+        slots = 4
+        idle_shutdown_secs = 600
+        [queue]
+        url = "http://127.0.0.1:4566/000000000000/jobs"
+        wait_secs = 5
+        [images]
+        allowed_registries = ["Registry.Internal:5000"]
+        require_digest = true
+        [profiles.big]
+        memory_mb = 8192
+        cpus = 4
+        network = "none"
+        "#,
+    )
+    .unwrap();
+    assert_eq!(config.agent.slots, 4);
+    assert_eq!(config.agent.idle_shutdown, Some(Duration::from_secs(600)));
+    assert_eq!(config.queue.wait, Duration::from_secs(5));
+    assert_eq!(config.images.allowed_registries, ["registry.internal:5000"]);
+    assert!(config.images.require_digest);
+    let big = &config.profiles["big"];
+    assert_eq!(
+        (big.memory_mb, big.cpus, big.network.as_str()),
+        (8192, 4.0, "none")
+    );
+    assert!(
+        config.profiles.contains_key("default"),
+        "default is always there"
+    );
+}
+
+#[test]
+fn every_invalid_key_is_reported_at_once() {
+    let found = issues(
+        r#"
+        [agent]
+        slots = 0
+        work_dir = "relative/dir"
+        colour = "blue"
+        [queue]
+        wait_secs = "soon"
+        url = "sqs://nope"
+        [images]
+        allowed_registries = ["not a host"]
+        require_digest = "yes"
+        [drain]
+        stop_grace_secs = 301
+        [profiles.default]
+        network = "host"
+        timeout_secs = 7200
+        max_timeout_secs = 3600
+        [profiles.Bad]
+        [mystery]
+        "#,
+        &no_env(),
+    );
+    let expected = [
+        "agent.slots: 0 is out of range (1 to 64)",
+        "agent.work_dir: \"relative/dir\" must be an absolute path",
+        "agent.colour: unknown key",
+        "queue.url: must be an http:// or https:// URL",
+        "queue.wait_secs: must be a whole number",
+        "images.allowed_registries: \"not a host\" is not a registry host[:port]",
+        "images.require_digest: must be true or false",
+        "drain.stop_grace_secs: 301 is out of range (0 to 300)",
+        "profiles.default.timeout_secs: 7200 is above max_timeout_secs (3600)",
+        "profiles.default.network: \"host\" is not allowed",
+        "profiles.Bad: a profile name is 1 to 64 of [a-z0-9_-]",
+        "mystery: unknown section",
+    ];
+    for want in expected {
+        assert!(
+            found.iter().any(|f| f.starts_with(want)),
+            "missing {want:?} in {found:#?}"
+        );
+    }
+    assert_eq!(found.len(), expected.len(), "{found:#?}");
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let env = Env::from_iter([
+        ("DECKHAND_AGENT_SLOTS", "3"),
+        ("DECKHAND_QUEUE_URL", "http://127.0.0.1:4566/000000000000/q"),
+        (
+            "DECKHAND_IMAGES_ALLOWED_REGISTRIES",
+            "a.internal, b.internal:5000",
+        ),
+        ("DECKHAND_PROFILES_DEFAULT_MEMORY_MB", "512"),
+        ("DECKHAND_CONFIG", "/somewhere/else.toml"),
+        ("PATH", "/bin"),
+    ]);
+    let config = Config::parse("[agent]\nslots = 1\n", &env).unwrap();
+    assert_eq!(config.agent.slots, 3);
+    assert_eq!(
+        config.queue.url.as_deref(),
+        Some("http://127.0.0.1:4566/000000000000/q")
+    );
+    assert_eq!(
+        config.images.allowed_registries,
+        ["a.internal", "b.internal:5000"]
+    );
+    assert_eq!(config.profiles["default"].memory_mb, 512);
+}
+
+#[test]
+fn a_bad_or_unknown_override_is_named() {
+    let env = Env::from_iter([
+        ("DECKHAND_AGENT_SLOTS", "many"),
+        ("DECKHAND_QUEUE_URLL", "http://x"),
+    ]);
+    let found = issues("", &env);
+    assert_eq!(
+        found,
+        [
+            "agent.slots: must be a whole number",
+            "DECKHAND_QUEUE_URLL: names no config key (overrides are DECKHAND_<SECTION>_<KEY>)",
+        ]
+    );
+}
+
+#[test]
+fn a_webhook_needs_its_signing_key() {
+    let found = issues(
+        "[results]\nwebhook_url = \"https://ci.example/hook\"\n",
+        &no_env(),
+    );
+    assert_eq!(
+        found,
+        ["results.webhook_secret: required when results.webhook_url is set (results are signed)"]
+    );
+}
+
+#[test]
+fn syntax_errors_and_missing_files_name_the_path() {
+    let err = Config::load(Path::new("/nonexistent/deckhand.toml"), &no_env()).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("config /nonexistent/deckhand.toml: cannot read")
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[agent\nslots = 1").unwrap();
+    let err = Config::load(&path, &no_env()).unwrap_err();
+    assert!(matches!(err, ConfigError::Syntax { .. }), "{err}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_section_that_is_not_a_table_is_named() {
+    let found = issues("agent = 3\n", &no_env());
+    assert_eq!(found, ["agent: must be a table ([section])"]);
+}

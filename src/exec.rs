@@ -1,0 +1,64 @@
+//! `deckhand exec JOB.json`: one job, locally, with the same validation, policy and
+//! isolation as the agent, and no queue.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::docker::{Docker, DockerError};
+use crate::job::Job;
+use crate::outcome::JobResult;
+use crate::runner::Runner;
+use crate::stop::Stop;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("read job file {path}: {source}")]
+    ReadJob {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+}
+
+/// What `exec` did with the job.
+pub enum Executed {
+    Ran(JobResult),
+    Rejected(JobResult),
+}
+
+/// Validates and runs the job in `path`; SIGTERM/SIGINT (through `stop`) interrupt it
+/// and still clean up.
+pub async fn exec(config: Arc<Config>, path: &Path, stop: Stop) -> Result<Executed, ExecError> {
+    let body = tokio::fs::read(path)
+        .await
+        .map_err(|source| ExecError::ReadJob {
+            path: path.to_owned(),
+            source,
+        })?;
+    let instance_id = config
+        .agent
+        .instance_id
+        .clone()
+        .unwrap_or_else(|| "local".to_owned());
+    let job = match Job::parse(&body, &config) {
+        Ok(job) => job,
+        Err(rejection) => {
+            let id = rejection.id.clone().unwrap_or_else(|| "unknown".to_owned());
+            return Ok(Executed::Rejected(JobResult::rejected(
+                id,
+                rejection.to_string(),
+                1,
+                &instance_id,
+            )));
+        }
+    };
+    let docker = Docker::connect(&config.docker).await?;
+    let runner = Runner::new(docker, config, instance_id);
+    let span = tracing::info_span!("job", job_id = %job.id, attempt = 1u32);
+    let finished = runner.run(&job, 1, &[], &stop).instrument(span).await;
+    Ok(Executed::Ran(finished.result))
+}

@@ -1,0 +1,400 @@
+//! The job message, version 1: parsed strictly, then checked against the pool's
+//! policy. A [`Job`] exists only once every rule has passed.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::image::ImageRef;
+
+/// The schema version this agent speaks.
+pub const VERSION: u32 = 1;
+
+/// Environment name prefixes that belong to deckhand and the credentials endpoint.
+const RESERVED_ENV_PREFIXES: &[&str] = &["DECKHAND_", "AWS_CONTAINER_"];
+
+/// Container paths a workdir or mount may not shadow.
+const RESERVED_CONTAINER_PATHS: &[&str] = &["/proc", "/sys", "/dev", "/run/secrets"];
+
+/// The wire form of a job. Unknown fields are an error: a typo must not be ignored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub version: u32,
+    pub id: String,
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourcesSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourcesSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
+}
+
+/// A job that passed every rule, with the profile's defaults filled in.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: String,
+    pub image: ImageRef,
+    pub command: Option<Vec<String>>,
+    pub env: BTreeMap<String, String>,
+    pub secrets: Vec<String>,
+    pub profile: String,
+    pub timeout: Duration,
+    pub resources: Resources,
+    pub workdir: String,
+    pub network: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Resources {
+    pub memory_mb: u64,
+    pub cpus: f64,
+    pub pids: u64,
+}
+
+/// Why a job was refused: every broken rule, each naming its field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The job's id when the message carried a well-formed one.
+    pub id: Option<String>,
+    pub problems: Vec<Problem>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub field: String,
+    pub rule: String,
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{}: {}", p.field, p.rule)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Rejection {}
+
+impl Rejection {
+    fn one(id: Option<String>, field: &str, rule: impl Into<String>) -> Self {
+        Rejection {
+            id,
+            problems: vec![Problem {
+                field: field.to_owned(),
+                rule: rule.into(),
+            }],
+        }
+    }
+}
+
+// === impl Job ===
+
+impl Job {
+    /// Parses a message body and validates it against the pool's config.
+    pub fn parse(body: &[u8], config: &Config) -> Result<Job, Rejection> {
+        let value: serde_json::Value = serde_json::from_slice(body)
+            .map_err(|e| Rejection::one(None, "body", format!("not valid JSON: {e}")))?;
+        // Keep the id even when the rest is wrong, so the rejection is recorded under
+        // the id its producer will look for.
+        let id = value
+            .get("id")
+            .and_then(|v| v.as_str())
+            .filter(|id| valid_id(id))
+            .map(str::to_owned);
+        if !value.is_object() {
+            return Err(Rejection::one(id, "body", "must be a JSON object"));
+        }
+        if let Some(version) = value.get("version").and_then(|v| v.as_u64())
+            && version != u64::from(VERSION)
+        {
+            return Err(Rejection::one(
+                id,
+                "version",
+                format!("unsupported version {version}; this agent speaks version {VERSION}"),
+            ));
+        }
+        let spec: JobSpec = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." { "body".to_owned() } else { path };
+            Rejection::one(id.clone(), &field, e.into_inner().to_string())
+        })?;
+        spec.validate(config)
+            .map_err(|problems| Rejection { id, problems })
+    }
+}
+
+impl JobSpec {
+    /// Checks every rule and reports every problem, not just the first.
+    pub fn validate(self, config: &Config) -> Result<Job, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let mut problem = |field: &str, rule: String| {
+            problems.push(Problem {
+                field: field.to_owned(),
+                rule,
+            })
+        };
+
+        if self.version != VERSION {
+            problem("version", format!("must be {VERSION}"));
+        }
+        if !valid_id(&self.id) {
+            problem(
+                "id",
+                format!(
+                    "{:?} does not match ^[A-Za-z0-9][A-Za-z0-9._-]{{0,127}}$",
+                    truncate(&self.id, 64)
+                ),
+            );
+        }
+        let image = ImageRef::parse(&self.image, &config.images)
+            .map_err(|rule| problem("image", rule))
+            .ok();
+
+        if let Some(command) = &self.command {
+            if command.is_empty() {
+                problem(
+                    "command",
+                    "must not be empty; leave it out to use the image's CMD".into(),
+                );
+            }
+            if command.iter().any(|arg| arg.contains('\0')) {
+                problem("command", "an argument contains a NUL byte".into());
+            }
+        }
+        for (name, value) in &self.env {
+            let field = format!("env.{}", truncate(name, 64));
+            if !valid_env_name(name) {
+                problem(&field, "a name must match ^[A-Za-z_][A-Za-z0-9_]*$".into());
+            } else if let Some(prefix) =
+                RESERVED_ENV_PREFIXES.iter().find(|p| name.starts_with(**p))
+            {
+                problem(
+                    &field,
+                    format!("names starting {prefix} are reserved for deckhand"),
+                );
+            }
+            if value.contains('\0') {
+                problem(&field, "the value contains a NUL byte".into());
+            }
+        }
+
+        let profile_name = self.profile.clone().unwrap_or_else(|| "default".to_owned());
+        let profile = config.profile(&profile_name);
+        if profile.is_none() {
+            problem(
+                "profile",
+                format!(
+                    "unknown profile {profile_name:?}; this pool has: {}",
+                    config
+                        .profiles
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+        }
+        let default_profile = crate::config::Profile::default();
+        let profile = profile.unwrap_or(&default_profile);
+
+        for secret in &self.secrets {
+            // The pool has no secret bundle yet: no profile can allow one.
+            problem(
+                &format!("secrets.{}", truncate(secret, 64)),
+                format!("not allowed by profile {profile_name:?}"),
+            );
+        }
+
+        let timeout = match self.timeout_secs {
+            None => profile.timeout,
+            Some(secs) if !(1..=86_400).contains(&secs) => {
+                problem(
+                    "timeout_secs",
+                    format!("{secs} is out of range (1 to 86400)"),
+                );
+                profile.timeout
+            }
+            Some(secs) if secs > profile.max_timeout.as_secs() => {
+                problem(
+                    "timeout_secs",
+                    format!(
+                        "{secs} is above profile {profile_name:?}'s cap of {}",
+                        profile.max_timeout.as_secs()
+                    ),
+                );
+                profile.timeout
+            }
+            Some(secs) => Duration::from_secs(secs),
+        };
+
+        let asked = self.resources.clone().unwrap_or_default();
+        let resources = Resources {
+            memory_mb: asked.memory_mb.unwrap_or(profile.memory_mb),
+            cpus: asked.cpus.unwrap_or(profile.cpus),
+            pids: asked.pids.unwrap_or(profile.pids),
+        };
+        if resources.memory_mb < 6 {
+            problem(
+                "resources.memory_mb",
+                format!("{} is below Docker's minimum of 6", resources.memory_mb),
+            );
+        } else if resources.memory_mb > profile.memory_mb {
+            problem(
+                "resources.memory_mb",
+                format!(
+                    "{} is above profile {profile_name:?}'s cap of {}",
+                    resources.memory_mb, profile.memory_mb
+                ),
+            );
+        }
+        if !(resources.cpus > 0.0 && resources.cpus.is_finite()) {
+            problem(
+                "resources.cpus",
+                format!("{} must be above 0", resources.cpus),
+            );
+        } else if resources.cpus > profile.cpus {
+            problem(
+                "resources.cpus",
+                format!(
+                    "{} is above profile {profile_name:?}'s cap of {}",
+                    resources.cpus, profile.cpus
+                ),
+            );
+        }
+        if resources.pids == 0 {
+            problem("resources.pids", "must be at least 1".into());
+        } else if resources.pids > profile.pids {
+            problem(
+                "resources.pids",
+                format!(
+                    "{} is above profile {profile_name:?}'s cap of {}",
+                    resources.pids, profile.pids
+                ),
+            );
+        }
+
+        let workdir = self
+            .workdir
+            .clone()
+            .unwrap_or_else(|| "/workspace".to_owned());
+        if let Err(rule) = check_container_path(&workdir) {
+            problem("workdir", rule);
+        } else if config.cache.volume.is_some() && is_under(&workdir, &config.cache.mount) {
+            problem(
+                "workdir",
+                format!(
+                    "{workdir:?} is inside the cache mount {}",
+                    config.cache.mount
+                ),
+            );
+        }
+
+        match image {
+            Some(image) if problems.is_empty() => Ok(Job {
+                id: self.id,
+                image,
+                command: self.command,
+                env: self.env,
+                secrets: self.secrets,
+                profile: profile_name,
+                timeout,
+                resources,
+                workdir,
+                network: profile.network.clone(),
+            }),
+            _ => Err(problems),
+        }
+    }
+}
+
+/// `^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`
+pub fn valid_id(id: &str) -> bool {
+    let bytes = id.as_bytes();
+    (1..=128).contains(&bytes.len())
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// `^[A-Za-z_][A-Za-z0-9_]*$`
+fn valid_env_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && (bytes[0].is_ascii_alphabetic() || bytes[0] == b'_')
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'_')
+}
+
+/// A path inside a container that deckhand may mount at: absolute, normalised, and
+/// not one the runtime or deckhand itself owns.
+pub(crate) fn check_container_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err(format!("{:?} must be an absolute path", truncate(path, 64)));
+    }
+    if path.len() > 1024 || path.contains('\0') || path.contains(':') || path.contains(',') {
+        return Err(format!("{:?} is not a usable path", truncate(path, 64)));
+    }
+    if path == "/" {
+        return Err("must not be the root directory".into());
+    }
+    if path
+        .split('/')
+        .skip(1)
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(format!(
+            "{path:?} must be normalised (no empty, . or .. components, no trailing /)"
+        ));
+    }
+    if let Some(reserved) = RESERVED_CONTAINER_PATHS.iter().find(|r| is_under(path, r)) {
+        return Err(format!("{path:?} is inside {reserved}, which is reserved"));
+    }
+    Ok(())
+}
+
+fn is_under(path: &str, dir: &str) -> bool {
+    path == dir
+        || path
+            .strip_prefix(dir)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+fn truncate(text: &str, max_chars: usize) -> String {
+    match text.char_indices().nth(max_chars) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

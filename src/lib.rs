@@ -1,0 +1,26 @@
+//! deckhand: the on-host agent of a CI worker pool on EC2 spot instances.
+//!
+//! It takes CI jobs from SQS and runs each in a fresh, locked-down container through
+//! the Docker API, writes every log line to stdout, and drains cleanly when the host
+//! is going away. The public contract (job and result JSON, config, CLI) is in
+//! `docs/`; this crate is laid out one module per external system or concept:
+//!
+//! - [`config`]: the TOML config and its environment overrides, validated once;
+//! - [`job`] and [`image`]: the job message and the image policy;
+//! - [`docker`]: the Docker Engine API (bollard);
+//! - [`runner`]: one job in one container, to a result;
+//! - [`job_log`] and [`logging`]: job output and the agent's own logs on stdout;
+//! - [`stop`]: why and how the agent stops;
+//! - [`exec`]: the `deckhand exec` command.
+
+pub mod config;
+pub mod docker;
+pub mod exec;
+pub mod exit;
+pub mod image;
+pub mod job;
+pub mod job_log;
+pub mod logging;
+pub mod outcome;
+pub mod runner;
+pub mod stop;

@@ -1,0 +1,156 @@
+//! The `deckhand` binary: parses the command line, sets up logging, loads the config
+//! once, runs the command, and maps the outcome to an exit code. Everything else
+//! lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use deckhand::config::{self, Config, Env};
+use deckhand::exec::{ExecError, Executed};
+use deckhand::logging::{self, LogFormat};
+use deckhand::stop::{self, Stop};
+use deckhand::{exit, outcome::JobResult};
+
+#[derive(Parser)]
+#[command(
+    name = "deckhand",
+    version,
+    about = "The on-host agent of a CI worker pool on EC2 spot instances"
+)]
+struct Cli {
+    /// The config file (default /etc/deckhand/config.toml).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// How to write logs to stdout.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "json",
+        env = "DECKHAND_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+    /// Log filter, e.g. `info` or `deckhand=debug,info`.
+    #[arg(long, global = true, default_value = "info", env = "DECKHAND_LOG")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one job locally through Docker with the pool's policy; print its result.
+    Exec {
+        /// The job message (JSON), as it would arrive on the queue.
+        job: PathBuf,
+    },
+    /// Validate the config and probe what the agent depends on.
+    Check {
+        /// Validate the config only; reach nothing.
+        #[arg(long)]
+        no_probe: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = logging::init(cli.log_format, &cli.log) {
+        eprintln!("deckhand: {e}");
+        return ExitCode::from(exit::CONFIG);
+    }
+    let env = Env::from_process();
+    let path = cli
+        .config
+        .clone()
+        .or_else(|| env.config_path())
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
+    let config = match Config::load(&path, &env) {
+        Ok(config) => Arc::new(config),
+        Err(e) => {
+            eprintln!("deckhand: {e}");
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("deckhand: start the async runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    runtime.block_on(async move {
+        let stop = Stop::new();
+        tokio::select! {
+            code = run(cli.command, config, &path, stop.clone()) => code,
+            // Only returns if the signal handlers cannot be installed.
+            Err(e) = stop::watch_signals(stop) => {
+                eprintln!("deckhand: install signal handlers: {e}");
+                ExitCode::from(exit::FAILURE)
+            }
+        }
+    })
+}
+
+async fn run(
+    command: Command,
+    config: Arc<Config>,
+    path: &std::path::Path,
+    stop: Stop,
+) -> ExitCode {
+    match command {
+        Command::Exec { job } => match deckhand::exec::exec(config, &job, stop).await {
+            Ok(Executed::Ran(result)) => print_result(&result),
+            Ok(Executed::Rejected(result)) => {
+                eprintln!(
+                    "deckhand: job rejected: {}",
+                    result.reason.as_deref().unwrap_or("")
+                );
+                print_result(&result)
+            }
+            Err(e @ ExecError::ReadJob { .. }) => {
+                eprintln!("deckhand: {e}");
+                ExitCode::from(exit::NO_INPUT)
+            }
+            Err(e @ ExecError::Docker(_)) => {
+                eprintln!("deckhand: {e}");
+                ExitCode::from(exit::UNAVAILABLE)
+            }
+        },
+        Command::Check { no_probe } => {
+            println!("config {}: ok", path.display());
+            if no_probe {
+                return ExitCode::from(exit::OK);
+            }
+            match deckhand::docker::Docker::connect(&config.docker).await {
+                Ok(docker) => match docker.ping().await {
+                    Ok(()) => {
+                        println!("docker {}: ok", config.docker.socket.display());
+                        ExitCode::from(exit::OK)
+                    }
+                    Err(e) => {
+                        println!("docker: {e}");
+                        ExitCode::from(exit::UNAVAILABLE)
+                    }
+                },
+                Err(e) => {
+                    println!("docker: {e}");
+                    ExitCode::from(exit::UNAVAILABLE)
+                }
+            }
+        }
+    }
+}
+
+/// The result goes to stdout as one JSON line, after the job's own log lines.
+fn print_result(result: &JobResult) -> ExitCode {
+    match serde_json::to_string(result) {
+        Ok(json) => println!("{json}"),
+        Err(e) => eprintln!("deckhand: encode the result: {e}"),
+    }
+    exit::for_result(result)
+}

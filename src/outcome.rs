@@ -1,0 +1,118 @@
+//! The result of a job, version 1, as interface.md defines it.
+
+use serde::{Deserialize, Serialize};
+
+/// What became of a job; decides the fate of its SQS message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Exit code 0. Message deleted.
+    Succeeded,
+    /// Non-zero exit, or killed for memory. Message deleted.
+    Failed,
+    /// Still running at `timeout_secs`. Message deleted.
+    TimedOut,
+    /// Refused before it ran (schema, policy). Message dead-lettered and deleted.
+    Rejected,
+    /// The host drained before it finished. Message released for another host.
+    Interrupted,
+    /// The host could not run it (pull failed, Docker error). Message left to SQS.
+    Error,
+}
+
+impl Status {
+    /// A terminal result means the job is done for good: it is never run again.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Status::Succeeded | Status::Failed | Status::TimedOut | Status::Rejected
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+            Status::TimedOut => "timed_out",
+            Status::Rejected => "rejected",
+            Status::Interrupted => "interrupted",
+            Status::Error => "error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobResult {
+    pub version: u32,
+    pub id: String,
+    pub status: Status,
+    pub exit_code: Option<i64>,
+    pub reason: Option<String>,
+    pub attempt: u32,
+    pub instance_id: String,
+    pub agent_version: String,
+    /// The image that actually ran, by digest where the registry gave one.
+    pub image: Option<String>,
+    pub started_at: String,
+    pub finished_at: String,
+    pub duration_ms: u64,
+    /// Where the whole log was stored, if it was.
+    pub log: Option<String>,
+}
+
+impl JobResult {
+    /// The record of a job refused before it ran.
+    pub fn rejected(id: String, reason: String, attempt: u32, instance_id: &str) -> JobResult {
+        let now = timestamp(chrono::Utc::now());
+        JobResult {
+            version: crate::job::VERSION,
+            id,
+            status: Status::Rejected,
+            exit_code: None,
+            reason: Some(reason),
+            attempt,
+            instance_id: instance_id.to_owned(),
+            agent_version: AGENT_VERSION.to_owned(),
+            image: None,
+            started_at: now.clone(),
+            finished_at: now,
+            duration_ms: 0,
+            log: None,
+        }
+    }
+}
+
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// RFC 3339 in UTC to the second, as results carry it.
+pub fn timestamp(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_wire_names() {
+        for status in [
+            Status::Succeeded,
+            Status::Failed,
+            Status::TimedOut,
+            Status::Rejected,
+            Status::Interrupted,
+            Status::Error,
+        ] {
+            let json = serde_json::to_string(&status).unwrap();
+            assert_eq!(json, format!("\"{}\"", status.as_str()));
+        }
+    }
+
+    #[test]
+    fn only_finished_outcomes_are_terminal() {
+        assert!(Status::Succeeded.is_terminal());
+        assert!(Status::Rejected.is_terminal());
+        assert!(!Status::Interrupted.is_terminal());
+        assert!(!Status::Error.is_terminal());
+    }
+}

@@ -1,0 +1,387 @@
+//! Runs one validated job in a fresh, locked-down container and turns what happened
+//! into a [`JobResult`].
+//!
+//! The container gets: its own empty workspace volume; the cache volume read-only;
+//! memory (no swap), CPU and pid limits; `no-new-privileges`; every capability
+//! dropped but the few a build needs (see `CAPABILITIES`); no Docker socket (nothing
+//! of the host is bind-mounted); `CI=true`, `DECKHAND_JOB_ID`, `DECKHAND_ATTEMPT`.
+//! Whatever happens, the container and the workspace are removed before `run`
+//! returns.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::docker::{self, ContainerSpec, Docker, Output};
+use crate::job::Job;
+use crate::job_log::{JobLog, Stream};
+use crate::outcome::{AGENT_VERSION, JobResult, Status, timestamp};
+use crate::stop::Stop;
+
+/// Capabilities a job keeps; Docker's default set minus NET_RAW (packet spoofing),
+/// MKNOD (device nodes), AUDIT_WRITE, SETFCAP, SETPCAP and SYS_CHROOT, which builds
+/// do not need. What is left lets a root build install packages (chown, setuid to a
+/// package manager's user) and manage its own processes.
+pub const CAPABILITIES: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "NET_BIND_SERVICE",
+];
+
+/// After the container exits, how long its output may take to drain before the
+/// log is closed without the rest.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
+
+/// Runs jobs on one Docker engine for one agent.
+#[derive(Clone)]
+pub struct Runner {
+    docker: Docker,
+    config: std::sync::Arc<Config>,
+    instance_id: String,
+}
+
+/// A finished job: its result (without the `log` location, which the caller
+/// decides) and its whole log.
+pub struct Finished {
+    pub result: JobResult,
+    pub log: JobLog,
+}
+
+/// How supervision of a started container ended.
+enum Ended {
+    Exited,
+    TimedOut,
+    Preempted,
+}
+
+/// What the runner learned before building the result.
+enum Outcome {
+    Exited { code: i64, oom_killed: bool },
+    TimedOut { code: i64 },
+    Interrupted { code: Option<i64> },
+    Error(String),
+}
+
+impl Runner {
+    pub fn new(docker: Docker, config: std::sync::Arc<Config>, instance_id: String) -> Self {
+        Runner {
+            docker,
+            config,
+            instance_id,
+        }
+    }
+
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    /// Runs `job` to the end. `stop` preempts it: when it begins to drain, the
+    /// container gets SIGTERM and `drain.stop_grace_secs`; when it is forced, SIGKILL
+    /// at once. `labels` are added to the container's (the agent keeps the SQS
+    /// receipt there, for recovery after a crash).
+    pub async fn run(
+        &self,
+        job: &Job,
+        attempt: u32,
+        labels: &[(&str, &str)],
+        stop: &Stop,
+    ) -> Finished {
+        let started_at = chrono::Utc::now();
+        let clock = Instant::now();
+        let names = Names::new(&job.id, attempt);
+        let mut log = JobLog::new();
+        let mut image_ran = None;
+
+        let outcome = self
+            .run_container(job, attempt, labels, &names, stop, &mut log, &mut image_ran)
+            .await;
+        self.clean_up(&names).await;
+
+        let (status, exit_code, reason) = match outcome {
+            Outcome::Exited { code: 0, .. } => (Status::Succeeded, Some(0), None),
+            Outcome::Exited {
+                code,
+                oom_killed: true,
+            } => (
+                Status::Failed,
+                Some(code),
+                Some(format!(
+                    "killed: out of memory (limit {} MB)",
+                    job.resources.memory_mb
+                )),
+            ),
+            Outcome::Exited { code, .. } => (
+                Status::Failed,
+                Some(code),
+                Some(format!("exited with code {code}")),
+            ),
+            Outcome::TimedOut { code } => (
+                Status::TimedOut,
+                Some(code),
+                Some(format!(
+                    "still running after timeout_secs = {}; stopped",
+                    job.timeout.as_secs()
+                )),
+            ),
+            Outcome::Interrupted { code } => (
+                Status::Interrupted,
+                code,
+                Some(match stop.reason() {
+                    Some(reason) => format!("interrupted: {reason}"),
+                    None => "interrupted".to_owned(),
+                }),
+            ),
+            Outcome::Error(message) => (Status::Error, None, Some(message)),
+        };
+        let duration_ms = clock.elapsed().as_millis() as u64;
+        tracing::info!(
+            status = status.as_str(),
+            exit_code,
+            duration_ms,
+            log_lines = log.line_count(),
+            "Job finished."
+        );
+        Finished {
+            result: JobResult {
+                version: crate::job::VERSION,
+                id: job.id.clone(),
+                status,
+                exit_code,
+                reason,
+                attempt,
+                instance_id: self.instance_id.clone(),
+                agent_version: AGENT_VERSION.to_owned(),
+                image: image_ran.or_else(|| Some(job.image.to_string())),
+                started_at: timestamp(started_at),
+                finished_at: timestamp(chrono::Utc::now()),
+                duration_ms,
+                log: None,
+            },
+            log,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_container(
+        &self,
+        job: &Job,
+        attempt: u32,
+        extra_labels: &[(&str, &str)],
+        names: &Names,
+        stop: &Stop,
+        log: &mut JobLog,
+        image_ran: &mut Option<String>,
+    ) -> Outcome {
+        let docker = &self.docker;
+        let pull = docker.ensure_image(&job.image, self.config.images.pull_timeout);
+        let image = tokio::select! {
+            image = pull => match image {
+                Ok(image) => image,
+                Err(e) => return Outcome::Error(e.to_string()),
+            },
+            // Dropping a pull only stops our reading of its progress.
+            _ = stop.draining().cancelled() => return Outcome::Interrupted { code: None },
+        };
+        *image_ran = Some(image.reference.clone());
+
+        let mut labels = HashMap::from([
+            (docker::LABEL_MANAGED.to_owned(), "true".to_owned()),
+            (docker::LABEL_JOB_ID.to_owned(), job.id.clone()),
+            (docker::LABEL_ATTEMPT.to_owned(), attempt.to_string()),
+            (docker::LABEL_AGENT.to_owned(), self.instance_id.clone()),
+        ]);
+        labels.extend(
+            extra_labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        if let Err(e) = docker.create_volume(&names.workspace, &labels).await {
+            return Outcome::Error(e.to_string());
+        }
+        let spec = self.container_spec(job, attempt, names, image.id, labels);
+        if let Err(e) = docker.create_container(&spec).await {
+            return Outcome::Error(e.to_string());
+        }
+        let output = match docker.attach(&names.container).await {
+            Ok(output) => output,
+            Err(e) => return Outcome::Error(e.to_string()),
+        };
+        if let Err(e) = docker.start(&names.container).await {
+            return Outcome::Error(e.to_string());
+        }
+        tracing::info!(
+            image = %image.reference,
+            container = %names.container,
+            timeout_secs = job.timeout.as_secs(),
+            "Job started."
+        );
+
+        let exited = CancellationToken::new();
+        let pump = pump_output(output, log, &exited);
+        let supervise = async {
+            let ended = self.supervise(&names.container, job.timeout, stop).await;
+            exited.cancel();
+            ended
+        };
+        let ((), ended) = tokio::join!(pump, supervise);
+        match ended {
+            Err(e) => Outcome::Error(e.to_string()),
+            Ok((Ended::Exited, code)) => match docker.exit_state(&names.container).await {
+                Ok(exit) => Outcome::Exited {
+                    code,
+                    oom_killed: exit.oom_killed,
+                },
+                Err(e) => Outcome::Error(e.to_string()),
+            },
+            Ok((Ended::TimedOut, code)) => Outcome::TimedOut { code },
+            Ok((Ended::Preempted, code)) => Outcome::Interrupted { code: Some(code) },
+        }
+    }
+
+    /// Waits for the container to exit, its timeout, or preemption; stops it in the
+    /// latter two cases. Returns how it ended and the exit code.
+    async fn supervise(
+        &self,
+        container: &str,
+        timeout: Duration,
+        stop: &Stop,
+    ) -> Result<(Ended, i64), docker::DockerError> {
+        let docker = &self.docker;
+        let ended = tokio::select! {
+            code = docker.wait(container) => return Ok((Ended::Exited, code?)),
+            _ = tokio::time::sleep(timeout) => Ended::TimedOut,
+            _ = stop.draining().cancelled() => Ended::Preempted,
+        };
+        let grace = self.config.drain.stop_grace;
+        match ended {
+            Ended::TimedOut => tracing::warn!(
+                timeout_secs = timeout.as_secs(),
+                grace_secs = grace.as_secs(),
+                "Job timed out; stopping it."
+            ),
+            _ => tracing::info!(grace_secs = grace.as_secs(), "Stopping job."),
+        }
+        // A forced stop cuts the grace period short: SIGKILL now.
+        tokio::select! {
+            biased;
+            _ = stop.forced().cancelled() => docker.stop(container, Duration::ZERO).await?,
+            stopped = docker.stop(container, grace) => stopped?,
+        }
+        let code = docker.wait(container).await?;
+        Ok((ended, code))
+    }
+
+    fn container_spec(
+        &self,
+        job: &Job,
+        attempt: u32,
+        names: &Names,
+        image_id: String,
+        labels: HashMap<String, String>,
+    ) -> ContainerSpec {
+        let mut env: Vec<String> = job.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        // Ours last: Docker keeps the last of duplicate names.
+        env.push("CI=true".into());
+        env.push(format!("DECKHAND_JOB_ID={}", job.id));
+        env.push(format!("DECKHAND_ATTEMPT={attempt}"));
+
+        let mut mounts = vec![docker::volume_mount(&names.workspace, &job.workdir, false)];
+        if let Some(cache) = &self.config.cache.volume {
+            mounts.push(docker::volume_mount(cache, &self.config.cache.mount, true));
+        }
+        ContainerSpec {
+            name: names.container.clone(),
+            image_id,
+            command: job.command.clone(),
+            env,
+            workdir: job.workdir.clone(),
+            labels,
+            mounts,
+            memory_bytes: (job.resources.memory_mb * 1024 * 1024) as i64,
+            nano_cpus: (job.resources.cpus * 1e9).round() as i64,
+            pids: job.resources.pids as i64,
+            network: job.network.clone(),
+            cap_add: CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
+        }
+    }
+
+    /// Removes the container and the workspace. Never cancelled: a second signal
+    /// must not leave them behind.
+    async fn clean_up(&self, names: &Names) {
+        if let Err(error) = self.docker.remove_container(&names.container).await {
+            tracing::warn!(%error, "Could not remove the job's container.");
+        }
+        if let Err(error) = self.docker.remove_volume(&names.workspace).await {
+            tracing::warn!(%error, "Could not remove the job's workspace volume.");
+        }
+    }
+}
+
+/// Reads the container's output into the log until it ends, or until
+/// `OUTPUT_DRAIN` after the container exited.
+async fn pump_output(
+    mut output: docker::OutputStream,
+    log: &mut JobLog,
+    exited: &CancellationToken,
+) {
+    let drained = async {
+        exited.cancelled().await;
+        tokio::time::sleep(OUTPUT_DRAIN).await;
+    };
+    tokio::pin!(drained);
+    loop {
+        tokio::select! {
+            item = output.next() => match item {
+                Some(Ok(Output::Stdout(bytes))) => log.push(Stream::Stdout, &bytes),
+                Some(Ok(Output::Stderr(bytes))) => log.push(Stream::Stderr, &bytes),
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "Lost the job's output stream.");
+                    break;
+                }
+                None => break,
+            },
+            _ = &mut drained => {
+                tracing::warn!("The job's output did not end after it exited; closing the log.");
+                break;
+            }
+        }
+    }
+    log.finish();
+}
+
+/// The Docker names of one attempt's container and workspace. Unique per run, so two
+/// agents on one host (or a retry of the same job) never collide.
+struct Names {
+    container: String,
+    workspace: String,
+}
+
+impl Names {
+    fn new(job_id: &str, attempt: u32) -> Self {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let unique =
+            nanos ^ std::process::id().rotate_left(16) ^ COUNTER.fetch_add(1, Ordering::Relaxed);
+        Names {
+            container: format!("deckhand-{job_id}-{attempt}-{unique:08x}"),
+            workspace: format!("deckhand-ws-{job_id}-{attempt}-{unique:08x}"),
+        }
+    }
+}

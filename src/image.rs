@@ -22,11 +22,7 @@ impl ImageRef {
     /// worded for the person who wrote the job.
     pub fn parse(text: &str, policy: &ImagesConfig) -> Result<ImageRef, String> {
         let image = Self::parse_syntax(text)?;
-        if !policy
-            .allowed_registries
-            .iter()
-            .any(|allowed| *allowed == image.registry)
-        {
+        if !policy.allowed_registries.contains(&image.registry) {
             return Err(format!(
                 "registry {:?} is not allowed (images.allowed_registries: {})",
                 image.registry,

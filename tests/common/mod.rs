@@ -1,0 +1,205 @@
+//! Shared by the integration tests: the local stack's endpoints, configs in temp
+//! dirs, the real binary, and checks against the real Docker engine.
+//!
+//! The stack is `scripts/stack up`; `scripts/test` exports its endpoints. A test that
+//! finds them missing fails: a test that skips itself asserts nothing.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The stack's endpoints, from `scripts/stack env`.
+pub struct Stack {
+    pub registry: String,
+    pub image: String,
+    pub image_digest: String,
+}
+
+impl Stack {
+    pub fn from_env() -> Stack {
+        let var = |name: &str| {
+            std::env::var(name).unwrap_or_else(|_| {
+                panic!("{name} is not set: run the tests through scripts/test, or eval \"$(scripts/stack env)\" first")
+            })
+        };
+        Stack {
+            registry: var("STACK_REGISTRY"),
+            image: var("STACK_IMAGE"),
+            image_digest: var("STACK_IMAGE_DIGEST"),
+        }
+    }
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{prefix}-{}-{:x}-{}",
+        std::process::id(),
+        nanos & 0xffff_ffff,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A temp dir holding a config that allows the stack's registry, plus `extra` TOML.
+pub struct TestConfig {
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+impl TestConfig {
+    pub fn new(stack: &Stack, extra: &str) -> TestConfig {
+        Self::with_images(stack, "", extra)
+    }
+
+    /// Like [`TestConfig::new`], with more keys for the `[images]` section.
+    pub fn with_images(stack: &Stack, images: &str, extra: &str) -> TestConfig {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        let text = format!(
+            "[agent]\nwork_dir = \"{work}\"\n\n[images]\nallowed_registries = [\"{registry}\"]\n{images}\n\n[drain]\nstop_grace_secs = 2\n\n{extra}\n",
+            work = dir.path().display(),
+            registry = stack.registry,
+        );
+        std::fs::write(&path, text).unwrap();
+        TestConfig { dir, path }
+    }
+
+    /// Writes `job` to a file in the config's dir and returns its path.
+    pub fn job_file(&self, job: &Value) -> PathBuf {
+        let path = self.dir.path().join(format!("{}.json", unique("job")));
+        std::fs::write(&path, job.to_string()).unwrap();
+        path
+    }
+}
+
+pub fn deckhand() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_deckhand"));
+    // Tests choose their config explicitly; keep the caller's overrides out.
+    for (name, _) in std::env::vars() {
+        if name.starts_with("DECKHAND_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
+/// `deckhand exec` of `job` with `config`, to completion.
+pub fn exec(config: &TestConfig, job: &Value) -> Exec {
+    let output = deckhand()
+        .arg("--config")
+        .arg(&config.path)
+        .arg("exec")
+        .arg(config.job_file(job))
+        .output()
+        .unwrap();
+    Exec::from_output(output)
+}
+
+/// What `deckhand exec` printed: its log lines, the result, stderr and the exit code.
+pub struct Exec {
+    pub code: Option<i32>,
+    pub logs: Vec<Value>,
+    pub result: Value,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Exec {
+    pub fn from_output(output: Output) -> Exec {
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        let mut lines: Vec<Value> = stdout
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| {
+                    panic!("stdout line is not JSON ({e}): {l}\nstderr: {stderr}")
+                })
+            })
+            .collect();
+        let result = lines
+            .pop()
+            .unwrap_or_else(|| panic!("no result on stdout; stderr: {stderr}"));
+        Exec {
+            code: output.status.code(),
+            logs: lines,
+            result,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// The job's output lines on `stream`, in order.
+    pub fn output(&self, stream: &str) -> Vec<String> {
+        self.logs
+            .iter()
+            .filter(|l| l["stream"] == stream)
+            .map(|l| l["msg"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    pub fn logged(&self, msg: &str) -> bool {
+        self.logs.iter().any(|l| l["msg"] == msg)
+    }
+}
+
+pub fn job(id: &str, image: &str, command: &[&str]) -> Value {
+    serde_json::json!({"version": 1, "id": id, "image": image, "command": command})
+}
+
+/// Runs the docker CLI (tests check the engine independently of deckhand).
+pub fn docker(args: &[&str]) -> String {
+    let output = Command::new("docker").args(args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Containers and volumes deckhand left for `job_id`.
+pub fn leftovers(job_id: &str) -> Vec<String> {
+    let filter = format!("label=deckhand.job_id={job_id}");
+    let mut names: Vec<String> =
+        docker(&["ps", "-a", "--filter", &filter, "--format", "{{.Names}}"])
+            .lines()
+            .map(|l| format!("container {l}"))
+            .collect();
+    names.extend(
+        docker(&["volume", "ls", "--filter", &filter, "--format", "{{.Name}}"])
+            .lines()
+            .map(|l| format!("volume {l}")),
+    );
+    names
+}
+
+pub fn assert_clean(job_id: &str) {
+    let left = leftovers(job_id);
+    assert!(left.is_empty(), "left behind for {job_id}: {left:?}");
+}
+
+/// Polls `condition` until it holds or `deadline` passes; never sleep-then-assert.
+pub fn wait_for(what: &str, deadline: Duration, mut condition: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn path_str(path: &Path) -> &str {
+    path.to_str().unwrap()
+}

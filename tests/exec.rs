@@ -1,0 +1,360 @@
+//! `deckhand exec` end to end against the real Docker engine and the local registry.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::json;
+
+#[test]
+fn a_passing_job_streams_its_output_and_succeeds() {
+    let stack = Stack::from_env();
+    let config = TestConfig::new(&stack, "");
+    let id = unique("pass");
+    let run = exec(
+        &config,
+        &job(
+            &id,
+            &stack.image,
+            &["sh", "-c", "echo hello; echo oops >&2; echo bye"],
+        ),
+    );
+    assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
+    assert_eq!(run.result["status"], "succeeded");
+    assert_eq!(run.result["exit_code"], 0);
+    assert_eq!(run.result["id"], id.as_str());
+    assert_eq!(run.result["attempt"], 1);
+    assert_eq!(run.result["version"], 1);
+    assert!(
+        run.result["image"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{}/ci/busybox@sha256:", stack.registry)),
+        "the digest that ran is recorded: {}",
+        run.result["image"]
+    );
+    assert_eq!(run.output("stdout"), ["hello", "bye"]);
+    assert_eq!(run.output("stderr"), ["oops"]);
+    let line = run.logs.iter().find(|l| l["msg"] == "hello").unwrap();
+    assert_eq!(line["job_id"], id.as_str());
+    assert_eq!(line["level"], "info");
+    assert!(line["ts"].as_str().unwrap().ends_with('Z'));
+    assert_clean(&id);
+}
+
+#[test]
+fn a_failing_job_reports_its_exit_code() {
+    let stack = Stack::from_env();
+    let config = TestConfig::new(&stack, "");
+    let id = unique("fail");
+    let run = exec(
+        &config,
+        &job(&id, &stack.image, &["sh", "-c", "echo failing; exit 3"]),
+    );
+    assert_eq!(run.code, Some(3));
+    assert_eq!(run.result["status"], "failed");
+    assert_eq!(run.result["exit_code"], 3);
+    assert_eq!(run.result["reason"], "exited with code 3");
+    assert_clean(&id);
+}
+
+#[test]
+fn a_job_past_its_timeout_is_stopped() {
+    let stack = Stack::from_env();
+    let config = TestConfig::new(&stack, "");
+    let id = unique("timeout");
+    let mut spec = job(&id, &stack.image, &["sleep", "600"]);
+    spec["timeout_secs"] = json!(2);
+    let started = std::time::Instant::now();
+    let run = exec(&config, &spec);
+    assert_eq!(run.code, Some(124), "stderr: {}", run.stderr);
+    assert_eq!(run.result["status"], "timed_out");
+    assert!(
+        run.result["reason"]
+            .as_str()
+            .unwrap()
+            .contains("timeout_secs = 2"),
+        "{}",
+        run.result["reason"]
+    );
+    // sleep ignores nothing, but as PID 1 it has no SIGTERM handler: the grace
+    // period (2 s in tests) ends in SIGKILL. Far below the job's own 600 s.
+    assert!(started.elapsed() < Duration::from_secs(120));
+    assert_clean(&id);
+}
+
+#[test]
+fn a_memory_kill_is_reported_as_such() {
+    let stack = Stack::from_env();
+    let config = TestConfig::new(&stack, "");
+    let id = unique("oom");
+    let mut spec = job(
+        &id,
+        &stack.image,
+        // dd allocates and fills a 256 MiB buffer: far over a 32 MB limit.
+        &["dd", "if=/dev/zero", "of=/dev/null", "bs=256M", "count=1"],
+    );
+    spec["resources"] = json!({"memory_mb": 32});
+    let run = exec(&config, &spec);
+    assert_eq!(run.result["status"], "failed", "{}", run.stdout);
+    assert_eq!(run.result["exit_code"], 137);
+    assert_eq!(run.result["reason"], "killed: out of memory (limit 32 MB)");
+    assert_eq!(run.code, Some(137));
+    assert_clean(&id);
+}
+
+#[test]
+fn a_digest_pin_is_pulled_from_the_registry_once() {
+    let stack = Stack::from_env();
+    // A repository of this test's own, so that no other test has it locally.
+    let repo = format!("{}/test/{}", stack.registry, unique("pull"));
+    let tagged = format!("{repo}:1.0");
+    docker(&["tag", &stack.image, &tagged]);
+    docker(&["push", "--quiet", &tagged]);
+    let digest_ref = docker(&["inspect", "--format", "{{json .RepoDigests}}", &tagged]);
+    let digests: Vec<String> = serde_json::from_str(digest_ref.trim()).unwrap();
+    let pinned = digests
+        .into_iter()
+        .find(|d| d.starts_with(&format!("{repo}@")))
+        .expect("a digest from the registry");
+    docker(&["rmi", &tagged]);
+
+    let config = TestConfig::with_images(&stack, "require_digest = true", "");
+    let id = unique("digest");
+    let run = exec(&config, &job(&id, &pinned, &["true"]));
+    assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.result["image"], pinned.as_str());
+    assert!(
+        run.logged("Pulled image."),
+        "the image was pulled: {}",
+        run.stdout
+    );
+
+    let again = exec(&config, &job(&unique("digest"), &pinned, &["true"]));
+    assert_eq!(again.code, Some(0));
+    assert!(
+        !again.logged("Pulled image."),
+        "a present digest is not pulled again"
+    );
+
+    docker(&["rmi", &pinned]);
+    assert_clean(&id);
+}
+
+#[test]
+fn a_missing_image_is_an_error_not_a_failure() {
+    let stack = Stack::from_env();
+    let config = TestConfig::new(&stack, "");
+    let id = unique("nopull");
+    let image = format!("{}/ci/does-not-exist:0.0.1", stack.registry);
+    let run = exec(&config, &job(&id, &image, &["true"]));
+    assert_eq!(run.code, Some(69));
+    assert_eq!(run.result["status"], "error");
+    assert!(
+        run.result["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("pull {image}")),
+        "{}",
+        run.result["reason"]
+    );
+    assert_clean(&id);
+}
+
+#[test]
+fn the_container_is_locked_down() {
+    let stack = Stack::from_env();
+    let volume = unique("cache");
+    docker(&["volume", "create", &volume]);
+    docker(&[
+        "run",
+        "--rm",
+        "-v",
+        &format!("{volume}:/c"),
+        &stack.image,
+        "sh",
+        "-c",
+        "echo cached > /c/libs.txt",
+    ]);
+    let config = TestConfig::new(&stack, &format!("[cache]\nvolume = \"{volume}\"\n"));
+    let id = unique("lockdown");
+    let script = r#"
+        grep '^NoNewPrivs:' /proc/self/status
+        grep '^CapEff:' /proc/self/status
+        echo "CI=$CI JOB=$DECKHAND_JOB_ID ATTEMPT=$DECKHAND_ATTEMPT FOO=$FOO"
+        echo "pwd=$(pwd) empty=$(ls -A | wc -l)"
+        touch ./made && echo workspace-writable
+        test -e /var/run/docker.sock && echo SOCKET-PRESENT || echo no-socket
+        cat /cache/libs.txt
+        touch /cache/x 2>/dev/null && echo CACHE-WRITABLE || echo cache-read-only
+        cat /sys/fs/cgroup/pids.max /sys/fs/cgroup/pids/pids.max 2>/dev/null | head -1
+    "#;
+    let mut spec = job(&id, &stack.image, &["sh", "-c", script]);
+    spec["env"] = json!({"FOO": "bar"});
+    spec["resources"] = json!({"pids": 100});
+    let run = exec(&config, &spec);
+    assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
+    let out = run.output("stdout");
+    let expect = [
+        "NoNewPrivs:\t1",
+        // CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID NET_BIND_SERVICE
+        "CapEff:\t00000000000004fb",
+        &format!("CI=true JOB={id} ATTEMPT=1 FOO=bar"),
+        "pwd=/workspace empty=0",
+        "workspace-writable",
+        "no-socket",
+        "cached",
+        "cache-read-only",
+        "100",
+    ];
+    assert_eq!(out, expect);
+    assert_clean(&id);
+    docker(&["volume", "rm", &volume]);
+}
+
+#[test]
+fn refusals_name_the_field_and_exit_65() {
+    let stack = Stack::from_env();
+    let config = TestConfig::new(&stack, "");
+    let base = |id: &str| job(id, &stack.image, &["true"]);
+    let image = |image: &str| {
+        let mut j = base("refused");
+        j["image"] = json!(image);
+        j
+    };
+    let cases: Vec<(serde_json::Value, &str)> = vec![
+        (
+            image(&format!("{}/ci/busybox:latest", stack.registry)),
+            "image: tag \"latest\" is not allowed; pin a version or a digest",
+        ),
+        (image(&format!("{}/ci/busybox", stack.registry)), "image: "),
+        (
+            image("registry.example.com/ci/busybox:1.0"),
+            "image: registry \"registry.example.com\" is not allowed",
+        ),
+        (
+            {
+                let mut j = base("refused");
+                j["env"] = json!({"DECKHAND_JOB_ID": "x"});
+                j
+            },
+            "env.DECKHAND_JOB_ID: names starting DECKHAND_ are reserved",
+        ),
+        (
+            {
+                let mut j = base("refused");
+                j["colour"] = json!("red");
+                j
+            },
+            "colour: unknown field `colour`",
+        ),
+        (
+            {
+                let mut j = base("refused");
+                j["resources"] = json!({"memory_mb": 1_000_000});
+                j
+            },
+            "resources.memory_mb: 1000000 is above profile \"default\"'s cap of 2048",
+        ),
+        (
+            {
+                let mut j = base("refused");
+                j["timeout_secs"] = json!(100_000);
+                j
+            },
+            "timeout_secs: 100000 is out of range",
+        ),
+    ];
+    for (spec, reason) in cases {
+        let run = exec(&config, &spec);
+        assert_eq!(run.code, Some(65), "{spec}: {}", run.stderr);
+        assert_eq!(run.result["status"], "rejected");
+        assert_eq!(run.result["id"], "refused");
+        let recorded = run.result["reason"].as_str().unwrap();
+        assert!(recorded.starts_with(reason), "{spec}: {recorded}");
+        assert!(
+            run.stderr.contains(reason),
+            "stderr names it too: {}",
+            run.stderr
+        );
+    }
+
+    // Not JSON at all: no id to key it by.
+    let path = config.dir.path().join("garbage.json");
+    std::fs::write(&path, "{\"version\": 1, \"id\": ").unwrap();
+    let output = deckhand()
+        .args(["--config", path_str(&config.path), "exec", path_str(&path)])
+        .output()
+        .unwrap();
+    let run = Exec::from_output(output);
+    assert_eq!(run.code, Some(65));
+    assert!(
+        run.result["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("body: not valid JSON")
+    );
+    assert_clean("refused");
+}
+
+#[test]
+fn sigterm_mid_job_interrupts_and_cleans_up() {
+    let stack = Stack::from_env();
+    let config = TestConfig::new(&stack, "");
+    let id = unique("sigterm");
+    let child = deckhand()
+        .args(["--config", path_str(&config.path), "exec"])
+        .arg(config.job_file(&job(
+            &id,
+            &stack.image,
+            &["sh", "-c", "echo started; sleep 600"],
+        )))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let filter = format!("label=deckhand.job_id={id}");
+    wait_for(
+        "the job's container to run",
+        Duration::from_secs(60),
+        || {
+            !docker(&["ps", "--filter", &filter, "--format", "{{.Names}}"])
+                .trim()
+                .is_empty()
+        },
+    );
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let run = Exec::from_output(child.wait_with_output().unwrap());
+    assert_eq!(run.code, Some(130), "{}", run.stderr);
+    assert_eq!(run.result["status"], "interrupted");
+    assert_eq!(run.result["reason"], "interrupted: SIGTERM received");
+    assert_clean(&id);
+}
+
+#[test]
+fn invalid_config_exits_78_naming_every_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        "[agent]\nslots = 0\nbogus = 1\n[queue]\nwait_secs = 99\n",
+    )
+    .unwrap();
+    let output = deckhand()
+        .args(["--config", path_str(&path), "check", "--no-probe"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for key in [
+        "agent.slots: 0 is out of range",
+        "agent.bogus: unknown key",
+        "queue.wait_secs: 99 is out of range (0 to 20)",
+    ] {
+        assert!(stderr.contains(key), "{key} in {stderr}");
+    }
+}

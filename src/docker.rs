@@ -23,6 +23,8 @@ pub const LABEL_MANAGED: &str = "deckhand.managed";
 pub const LABEL_JOB_ID: &str = "deckhand.job_id";
 pub const LABEL_ATTEMPT: &str = "deckhand.attempt";
 pub const LABEL_AGENT: &str = "deckhand.agent";
+/// On a container: the name of its workspace volume, for cleanup after a crash.
+pub const LABEL_WORKSPACE: &str = "deckhand.workspace";
 
 /// Per-request timeout for calls that should answer quickly. Long waits (container
 /// wait, pulls) stream their body after the headers, so this bounds only the start.
@@ -323,7 +325,9 @@ impl Docker {
             stream: true,
             stdout: true,
             stderr: true,
-            logs: true,
+            // Attached before the start, the stream sees everything; replaying the
+            // log driver's copy as well would repeat the first lines.
+            logs: false,
             ..Default::default()
         };
         let attached = self
@@ -477,6 +481,30 @@ impl Docker {
                     labels: c.labels.unwrap_or_default(),
                 })
             })
+            .collect())
+    }
+}
+
+impl Docker {
+    /// Volumes carrying deckhand's label and `label=value`.
+    pub async fn list_managed_volumes(&self, label: (&str, &str)) -> Result<Vec<String>, DockerError> {
+        let filter = vec![
+            format!("{LABEL_MANAGED}=true"),
+            format!("{}={}", label.0, label.1),
+        ];
+        let options = bollard::query_parameters::ListVolumesOptions {
+            filters: Some(HashMap::from([("label".to_owned(), filter)])),
+        };
+        let volumes = self
+            .client
+            .list_volumes(Some(options))
+            .await
+            .map_err(|source| DockerError::List { source })?;
+        Ok(volumes
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| v.name)
             .collect())
     }
 }

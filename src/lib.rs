@@ -11,8 +11,14 @@
 //! - [`runner`]: one job in one container, to a result;
 //! - [`job_log`] and [`logging`]: job output and the agent's own logs on stdout;
 //! - [`stop`]: why and how the agent stops;
-//! - [`exec`]: the `deckhand exec` command.
+//! - [`aws`], [`sqs`] and [`results`]: the SDK, the queues, and the S3 record;
+//! - [`agent`]: `deckhand run`, the queue loop and its drain;
+//! - [`systemd`]: readiness and watchdog notifications;
+//! - [`exec`] and [`submit`]: the `deckhand exec` and `deckhand submit` commands.
 
+pub mod agent;
+pub mod aws;
+pub mod backoff;
 pub mod config;
 pub mod docker;
 pub mod exec;
@@ -22,5 +28,9 @@ pub mod job;
 pub mod job_log;
 pub mod logging;
 pub mod outcome;
+pub mod results;
 pub mod runner;
+pub mod sqs;
 pub mod stop;
+pub mod submit;
+pub mod systemd;

@@ -11,6 +11,7 @@ use deckhand::config::{self, Config, Env};
 use deckhand::exec::{ExecError, Executed};
 use deckhand::logging::{self, LogFormat};
 use deckhand::stop::{self, Stop};
+use deckhand::submit::SubmitError;
 use deckhand::{exit, outcome::JobResult};
 
 #[derive(Parser)]
@@ -41,6 +42,22 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The agent: bootstrap, then serve the queue until drained.
+    Run,
+    /// Validate a job and put it on the queue; with --wait, print its result.
+    Submit {
+        /// The job message (JSON).
+        job: PathBuf,
+        /// The queue URL (default: queue.url from the config).
+        #[arg(long)]
+        queue: Option<String>,
+        /// Wait for the job's result and exit with its exit code.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait, give up after this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+    },
     /// Run one job locally through Docker with the pool's policy; print its result.
     Exec {
         /// The job message (JSON), as it would arrive on the queue.
@@ -103,6 +120,35 @@ async fn run(
     stop: Stop,
 ) -> ExitCode {
     match command {
+        Command::Run => match deckhand::agent::run(config, stop).await {
+            Ok(()) => ExitCode::from(exit::OK),
+            Err(e) => {
+                eprintln!("deckhand: {e}");
+                ExitCode::from(exit::CONFIG)
+            }
+        },
+        Command::Submit {
+            job,
+            queue,
+            wait,
+            timeout,
+        } => {
+            let wait = wait.then(|| std::time::Duration::from_secs(timeout));
+            match deckhand::submit::submit(config, &job, queue, wait).await {
+                Ok(Some(result)) => print_result(&result),
+                Ok(None) => ExitCode::from(exit::OK),
+                Err(e) => {
+                    eprintln!("deckhand: {e}");
+                    ExitCode::from(match e {
+                        SubmitError::Rejected(_) => exit::REJECTED,
+                        SubmitError::ReadJob { .. } => exit::NO_INPUT,
+                        SubmitError::NoQueue | SubmitError::NoBucket => exit::CONFIG,
+                        SubmitError::Send(_) | SubmitError::Store(_) => exit::UNAVAILABLE,
+                        SubmitError::WaitTimedOut { .. } => exit::TIMED_OUT,
+                    })
+                }
+            }
+        }
         Command::Exec { job } => match deckhand::exec::exec(config, &job, stop).await {
             Ok(Executed::Ran(result)) => print_result(&result),
             Ok(Executed::Rejected(result)) => {

@@ -212,6 +212,7 @@ impl Runner {
         if let Err(e) = docker.create_volume(&names.workspace, &labels).await {
             return Outcome::Error(e.to_string());
         }
+        labels.insert(docker::LABEL_WORKSPACE.to_owned(), names.workspace.clone());
         let spec = self.container_spec(job, attempt, names, image.id, labels);
         if let Err(e) = docker.create_container(&spec).await {
             return Outcome::Error(e.to_string());

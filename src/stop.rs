@@ -13,12 +13,15 @@ use tokio_util::sync::CancellationToken;
 pub enum StopReason {
     /// SIGTERM or SIGINT.
     Signal(&'static str),
+    /// No job for `agent.idle_shutdown_secs`.
+    Idle { after_secs: u64 },
 }
 
 impl fmt::Display for StopReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StopReason::Signal(name) => write!(f, "{name} received"),
+            StopReason::Idle { after_secs } => write!(f, "idle for {after_secs}s"),
         }
     }
 }

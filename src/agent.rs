@@ -1,0 +1,576 @@
+//! `deckhand run`: serve the job queue until drained.
+//!
+//! The contract with SQS: a message is deleted only once its outcome is recorded in
+//! S3; an interrupted job's message is released at once (visibility 0); a job that
+//! could not run is left for SQS to redeliver. While a job runs, heartbeats keep its
+//! message hidden. Nothing is ever dropped on the floor: whatever path a message
+//! takes, either a result is recorded or the message goes back to the queue.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::backoff::Backoff;
+use crate::config::Config;
+use crate::docker::{self, Docker};
+use crate::job::{Job, Rejection};
+use crate::outcome::{JobResult, Status};
+use crate::results::{Claim, ClaimOutcome, Notifier, Recorded, ResultStore, StoreError};
+use crate::runner::Runner;
+use crate::sqs::{Queue, Received};
+use crate::stop::{Stop, StopReason};
+use crate::systemd;
+
+/// On a job's container: the SQS receipt handle of its message, so that an agent
+/// restarted after a crash can hand the message back at once.
+const LABEL_RECEIPT: &str = "deckhand.receipt";
+/// How long the agent keeps trying to record a finished job's result before it
+/// gives the message back to SQS (the job will run again: at least once).
+const RECORD_DEADLINE: Duration = Duration::from_secs(300);
+/// How long a duplicate delivery of a job another agent is running stays hidden.
+const DEFER_VISIBILITY: Duration = Duration::from_secs(30);
+/// The longest pause of the agent's retry loops.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{key}: {rule}")]
+    Config { key: &'static str, rule: &'static str },
+}
+
+/// Everything a job task needs; shared by all of them.
+struct Agent {
+    config: Arc<Config>,
+    runner: Runner,
+    queue: Queue,
+    dead_letter: Option<Queue>,
+    store: ResultStore,
+    notifier: Notifier,
+}
+
+/// Bootstraps, serves the queue until `stop` drains it, and returns once every job
+/// has finished or been handed back.
+pub async fn run(config: Arc<Config>, stop: Stop) -> Result<(), AgentError> {
+    let queue_url = config.queue.url.clone().ok_or(AgentError::Config {
+        key: "queue.url",
+        rule: "required by `deckhand run`",
+    })?;
+    let bucket = config.results.bucket.clone().ok_or(AgentError::Config {
+        key: "results.bucket",
+        rule: "required by `deckhand run`: S3 is the record of results",
+    })?;
+    let instance_id = instance_id(&config);
+    let span = tracing::info_span!("agent", instance_id = %instance_id);
+    async move {
+        let started = Instant::now();
+        systemd::status("connecting to AWS and Docker");
+        let sdk = crate::aws::sdk_config(&config.aws).await;
+        let sqs = crate::aws::sqs_client(&sdk);
+        let s3 = crate::aws::s3_client(&sdk, &config.aws);
+        let Some(docker) = connect_docker(&config, &stop).await else {
+            return Ok(());
+        };
+        let agent = Arc::new(Agent {
+            runner: Runner::new(docker, config.clone(), instance_id),
+            queue: Queue::new(sqs.clone(), queue_url),
+            dead_letter: config
+                .queue
+                .dead_letter_url
+                .as_ref()
+                .map(|url| Queue::new(sqs.clone(), url)),
+            store: ResultStore::new(s3, bucket, config.results.prefix.clone()),
+            notifier: Notifier::new(
+                config
+                    .results
+                    .queue_url
+                    .as_ref()
+                    .map(|url| Queue::new(sqs.clone(), url)),
+                config
+                    .results
+                    .webhook_url
+                    .clone()
+                    .zip(config.results.webhook_secret.clone()),
+            ),
+            config,
+        });
+        agent.recover_orphans().await;
+        tracing::info!(
+            slots = agent.config.agent.slots,
+            queue_url = %agent.queue.url(),
+            boot_ms = started.elapsed().as_millis() as u64,
+            "Ready; serving the queue."
+        );
+        systemd::ready("serving the queue");
+        agent.serve(&stop).await;
+        tracing::info!("Drained; exiting.");
+        Ok(())
+    }
+    .instrument(span)
+    .await
+}
+
+/// The id results and logs carry: configured, else the host's name. (The instance
+/// metadata takes over when the spot watcher lands.)
+fn instance_id(config: &Config) -> String {
+    config.agent.instance_id.clone().unwrap_or_else(|| {
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "unknown-host".to_owned())
+    })
+}
+
+/// Connects to Docker, retrying with backoff until it answers or the agent stops.
+async fn connect_docker(config: &Config, stop: &Stop) -> Option<Docker> {
+    let mut backoff = Backoff::new(Duration::from_secs(1), MAX_BACKOFF);
+    loop {
+        let error = match Docker::connect(&config.docker).await {
+            Ok(docker) => match docker.ping().await {
+                Ok(()) => return Some(docker),
+                Err(e) => e,
+            },
+            Err(e) => e,
+        };
+        let delay = backoff.next_delay();
+        tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "Docker is unreachable; waiting for it.");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.draining().cancelled() => return None,
+        }
+    }
+}
+
+impl Agent {
+    /// The receive loop, then the drain.
+    async fn serve(self: &Arc<Self>, stop: &Stop) {
+        // Preempts running jobs; triggered by the drain, not by the first signal,
+        // so jobs get `drain.stop_timeout_secs` to finish.
+        let jobs_stop = Stop::new();
+        let mut jobs: JoinSet<()> = JoinSet::new();
+        let slots = self.config.agent.slots;
+        let mut docker_backoff = Backoff::new(Duration::from_secs(1), MAX_BACKOFF);
+        let mut queue_backoff = Backoff::new(Duration::from_secs(1), MAX_BACKOFF);
+        let mut idle_since = Instant::now();
+        let watchdog = systemd::watchdog_period();
+        let mut last_watchdog = Instant::now();
+
+        while !stop.is_draining() {
+            while let Some(done) = jobs.try_join_next() {
+                reap(done);
+                idle_since = Instant::now();
+            }
+            if jobs.len() >= slots {
+                tokio::select! {
+                    Some(done) = jobs.join_next() => {
+                        reap(done);
+                        idle_since = Instant::now();
+                    }
+                    _ = stop.draining().cancelled() => break,
+                }
+                continue;
+            }
+            if let Some(limit) = self.config.agent.idle_shutdown
+                && jobs.is_empty()
+                && idle_since.elapsed() >= limit
+            {
+                stop.begin(StopReason::Idle {
+                    after_secs: limit.as_secs(),
+                });
+                break;
+            }
+            // Receive only while a job could start: never hold a message it cannot run.
+            if let Err(error) = self.runner.docker().ping().await {
+                let delay = docker_backoff.next_delay();
+                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "Docker is unreachable; not receiving.");
+                systemd::status("Docker unreachable; not receiving");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.draining().cancelled() => break,
+                }
+                continue;
+            }
+            if docker_backoff.reset() {
+                tracing::info!("Docker is back; receiving again.");
+                systemd::status("serving the queue");
+            }
+            if let Some(period) = watchdog
+                && last_watchdog.elapsed() >= period
+            {
+                systemd::watchdog();
+                last_watchdog = Instant::now();
+            }
+            let free = slots - jobs.len();
+            let receive = self.queue.receive(
+                free,
+                self.receive_wait(watchdog),
+                self.config.queue.visibility_timeout,
+            );
+            let received = tokio::select! {
+                received = receive => received,
+                // Safe to drop: see `Queue::receive`.
+                _ = stop.draining().cancelled() => break,
+            };
+            match received {
+                Ok(messages) => {
+                    if queue_backoff.reset() {
+                        tracing::info!("The queue answers again.");
+                    }
+                    for message in messages {
+                        idle_since = Instant::now();
+                        let span = tracing::info_span!(
+                            "job",
+                            job_id = tracing::field::Empty,
+                            sqs_message_id = %message.message_id,
+                            attempt = message.receive_count,
+                        );
+                        let agent = Arc::clone(self);
+                        let jobs_stop = jobs_stop.clone();
+                        jobs.spawn(async move { agent.handle(message, &jobs_stop).await }.instrument(span));
+                    }
+                }
+                Err(error) => {
+                    let delay = queue_backoff.next_delay();
+                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "Could not receive; backing off.");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop.draining().cancelled() => break,
+                    }
+                }
+            }
+        }
+        self.drain(jobs, jobs_stop, stop).await;
+    }
+
+    /// A long poll short enough to pet systemd's watchdog in time.
+    fn receive_wait(&self, watchdog: Option<Duration>) -> Duration {
+        let wait = self.config.queue.wait;
+        match watchdog {
+            Some(period) => wait.min(period),
+            None => wait,
+        }
+    }
+
+    /// Waits for running jobs up to `drain.stop_timeout_secs`, then stops them; a
+    /// forced stop (second signal) stops them at once.
+    async fn drain(&self, mut jobs: JoinSet<()>, jobs_stop: Stop, stop: &Stop) {
+        let reason = stop
+            .reason()
+            .cloned()
+            .unwrap_or(StopReason::Signal("shutdown"));
+        let began = Instant::now();
+        let timeout = self.config.drain.stop_timeout;
+        tracing::info!(
+            running = jobs.len(),
+            stop_timeout_secs = timeout.as_secs(),
+            %reason,
+            "Stopped receiving; waiting for running jobs."
+        );
+        systemd::stopping(&format!("draining: {reason}"));
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                done = jobs.join_next() => match done {
+                    Some(done) => reap(done),
+                    None => break,
+                },
+                _ = &mut deadline, if !jobs_stop.is_draining() => {
+                    tracing::info!(running = jobs.len(), "Drain timeout; stopping running jobs.");
+                    jobs_stop.begin(reason.clone());
+                }
+                _ = stop.forced().cancelled(), if !jobs_stop.forced().is_cancelled() => {
+                    tracing::info!(running = jobs.len(), "Forced; stopping running jobs now.");
+                    if !jobs_stop.is_draining() {
+                        jobs_stop.begin(reason.clone());
+                    }
+                    jobs_stop.force();
+                }
+            }
+        }
+        tracing::info!(drain_ms = began.elapsed().as_millis() as u64, "Every job finished or handed back.");
+    }
+
+    /// One message, from receipt to its fate on the queue.
+    async fn handle(&self, message: Received, jobs_stop: &Stop) {
+        match Job::parse(message.body.as_bytes(), &self.config) {
+            Ok(job) => {
+                tracing::Span::current().record("job_id", job.id.as_str());
+                self.run_job(message, job, jobs_stop).await;
+            }
+            Err(rejection) => self.reject(message, rejection).await,
+        }
+    }
+
+    async fn reject(&self, message: Received, rejection: Rejection) {
+        let id = rejection
+            .id
+            .clone()
+            .unwrap_or_else(|| message.message_id.clone());
+        tracing::Span::current().record("job_id", id.as_str());
+        let reason = rejection.to_string();
+        tracing::warn!(%reason, "Job rejected.");
+        let mut result = JobResult::rejected(
+            id,
+            reason.clone(),
+            message.receive_count,
+            self.runner.instance_id(),
+        );
+        if !self.record_until(&mut result, b"", RECORD_DEADLINE).await {
+            return;
+        }
+        if let Some(dlq) = &self.dead_letter {
+            let attributes = [
+                ("deckhand_reason", reason.as_str()),
+                ("deckhand_message_id", message.message_id.as_str()),
+            ];
+            if let Err(error) = dlq.send(&message.body, &attributes).await {
+                // Recorded but not dead-lettered: leave the message, so the next
+                // delivery tries the copy again.
+                tracing::warn!(%error, "Could not copy the rejected job to the dead-letter queue.");
+                return;
+            }
+        }
+        self.notifier.notify(&result).await;
+        self.delete(&message).await;
+    }
+
+    async fn run_job(&self, message: Received, job: Job, jobs_stop: &Stop) {
+        let attempt = message.receive_count;
+        match self.store.terminal(&job.id).await {
+            Ok(Some(existing)) => {
+                tracing::info!(
+                    status = existing.status.as_str(),
+                    "Duplicate delivery of a finished job; deleting it without running."
+                );
+                self.delete(&message).await;
+                return;
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(%error, "Cannot check for an earlier result; giving the message back.");
+                self.give_back(&message, self.retry_visibility(attempt)).await;
+                return;
+            }
+        }
+        match self.store.claim(&job.id, &self.claim(attempt)).await {
+            Ok(ClaimOutcome::Acquired) => {}
+            Ok(ClaimOutcome::HeldBy(holder)) => {
+                tracing::info!(
+                    holder = %holder.instance_id,
+                    "Another agent is running this job; deferring the duplicate."
+                );
+                self.give_back(&message, DEFER_VISIBILITY).await;
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "Cannot claim the job; giving the message back.");
+                self.give_back(&message, self.retry_visibility(attempt)).await;
+                return;
+            }
+        }
+
+        let labels = [(LABEL_RECEIPT, message.receipt.as_str())];
+        let run = self.runner.run(&job, attempt, &labels, jobs_stop);
+        let mut finished = tokio::select! {
+            finished = run => finished,
+            never = self.heartbeat(&message, &job.id) => match never {},
+        };
+        let result = &mut finished.result;
+        match result.status {
+            status if status.is_terminal() => {
+                let log = finished.log.text().to_vec();
+                let recorded = tokio::select! {
+                    recorded = self.record_until(result, &log, RECORD_DEADLINE) => recorded,
+                    never = self.heartbeat(&message, &job.id) => match never {},
+                };
+                self.unclaim(&job.id).await;
+                if recorded {
+                    self.notifier.notify(result).await;
+                    self.delete(&message).await;
+                }
+            }
+            Status::Interrupted => {
+                // Hand the job back first: another host can start it while the
+                // record of this attempt is written.
+                self.unclaim(&job.id).await;
+                self.give_back(&message, Duration::ZERO).await;
+                self.record_until(result, finished.log.text(), Duration::from_secs(10))
+                    .await;
+            }
+            _ => {
+                self.record_until(result, finished.log.text(), Duration::from_secs(30))
+                    .await;
+                self.unclaim(&job.id).await;
+                self.give_back(&message, self.retry_visibility(attempt)).await;
+            }
+        }
+    }
+
+    fn claim(&self, attempt: u32) -> Claim {
+        Claim {
+            instance_id: self.runner.instance_id().to_owned(),
+            attempt,
+            expires_at: chrono::Utc::now().timestamp()
+                + self.config.queue.visibility_timeout.as_secs() as i64,
+        }
+    }
+
+    /// Keeps the message hidden and the claim alive while the job runs. Never
+    /// returns; dropping it is safe (each beat is a whole request or none).
+    async fn heartbeat(&self, message: &Received, job_id: &str) -> std::convert::Infallible {
+        let visibility = self.config.queue.visibility_timeout;
+        // A third of the timeout: two beats may fail before the message reappears.
+        let period = visibility / 3;
+        loop {
+            tokio::time::sleep(period).await;
+            if let Err(error) = self
+                .queue
+                .set_visibility(&message.message_id, &message.receipt, visibility)
+                .await
+            {
+                tracing::warn!(%error, "Heartbeat failed; the message may reappear.");
+            }
+            let attempt = message.receive_count;
+            if let Err(error) = self.store.renew(job_id, &self.claim(attempt)).await {
+                tracing::warn!(%error, "Could not renew the job's claim.");
+            }
+        }
+    }
+
+    /// Records `result`, retrying with backoff until `deadline`; true once recorded
+    /// (or found already recorded by another run).
+    async fn record_until(&self, result: &mut JobResult, log: &[u8], deadline: Duration) -> bool {
+        let give_up = Instant::now() + deadline;
+        let mut backoff = Backoff::new(Duration::from_millis(500), MAX_BACKOFF);
+        loop {
+            let error: StoreError = match self.store.record(result, log).await {
+                Ok(Recorded::Stored) => {
+                    tracing::info!(
+                        status = result.status.as_str(),
+                        log = result.log.as_deref().unwrap_or(""),
+                        "Result recorded."
+                    );
+                    return true;
+                }
+                Ok(Recorded::Duplicate(existing)) => {
+                    tracing::warn!(
+                        recorded_status = existing.status.as_str(),
+                        recorded_by = %existing.instance_id,
+                        "Another run of this job recorded its result first; keeping that one."
+                    );
+                    return true;
+                }
+                Err(e) => e,
+            };
+            let delay = backoff.next_delay();
+            if Instant::now() + delay > give_up {
+                tracing::error!(%error, "Could not record the result; leaving the message to SQS.");
+                return false;
+            }
+            tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "Could not record the result; retrying.");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    async fn delete(&self, message: &Received) {
+        if let Err(error) = self.queue.delete(message).await {
+            // The result is recorded, so a redelivery is recognised as a duplicate.
+            tracing::warn!(%error, "Could not delete the message; a redelivery will be skipped.");
+        }
+    }
+
+    /// Makes the message receivable again after `visibility` (zero: at once).
+    async fn give_back(&self, message: &Received, visibility: Duration) {
+        match self
+            .queue
+            .set_visibility(&message.message_id, &message.receipt, visibility)
+            .await
+        {
+            Ok(()) => tracing::info!(
+                visibility_secs = visibility.as_secs(),
+                "Message handed back to the queue."
+            ),
+            Err(error) => tracing::warn!(
+                %error,
+                "Could not hand the message back; it returns when its visibility timeout ends."
+            ),
+        }
+    }
+
+    async fn unclaim(&self, job_id: &str) {
+        if let Err(error) = self.store.release(job_id).await {
+            tracing::warn!(%error, "Could not release the job's claim; it expires by itself.");
+        }
+    }
+
+    /// Before a job that could not run is retried: doubling from 5 s with each
+    /// delivery, never beyond the visibility timeout.
+    fn retry_visibility(&self, attempt: u32) -> Duration {
+        let step = Duration::from_secs(5) * 2u32.saturating_pow(attempt.saturating_sub(1).min(10));
+        step.min(self.config.queue.visibility_timeout)
+    }
+
+    /// Containers a previous run of this agent left (a crash, `kill -9`): stop and
+    /// remove them, and hand their messages back at once through the receipt kept
+    /// in their labels.
+    async fn recover_orphans(&self) {
+        let docker = self.runner.docker();
+        let agent = self.runner.instance_id();
+        let orphans = match docker.list_managed(&[(docker::LABEL_AGENT, agent)]).await {
+            Ok(orphans) => orphans,
+            Err(error) => {
+                tracing::warn!(%error, "Could not look for containers left by an earlier run.");
+                return;
+            }
+        };
+        for orphan in orphans {
+            let job_id = orphan.labels.get(docker::LABEL_JOB_ID).cloned().unwrap_or_default();
+            let span = tracing::info_span!("job", job_id = %job_id, container = %orphan.name);
+            async {
+                tracing::warn!("Found a container left by an earlier run; removing it.");
+                if let Err(error) = docker.remove_container(&orphan.name).await {
+                    tracing::warn!(%error, "Could not remove the orphaned container.");
+                }
+                if let Some(volume) = orphan.labels.get(docker::LABEL_WORKSPACE)
+                    && let Err(error) = docker.remove_volume(volume).await
+                {
+                    tracing::warn!(%error, "Could not remove the orphaned workspace.");
+                }
+                if let Some(receipt) = orphan.labels.get(LABEL_RECEIPT) {
+                    self.unclaim(&job_id).await;
+                    let message = Received {
+                        message_id: format!("(orphan of {job_id})"),
+                        receipt: receipt.clone(),
+                        body: String::new(),
+                        receive_count: 0,
+                    };
+                    self.give_back(&message, Duration::ZERO).await;
+                }
+            }
+            .instrument(span)
+            .await;
+        }
+        // Workspaces whose container never got created.
+        match docker.list_managed_volumes((docker::LABEL_AGENT, agent)).await {
+            Ok(volumes) => {
+                for volume in volumes {
+                    if let Err(error) = docker.remove_volume(&volume).await {
+                        tracing::warn!(%error, volume, "Could not remove an orphaned workspace.");
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "Could not look for orphaned workspaces."),
+        }
+    }
+}
+
+/// Logs a job task that panicked. Its message was neither deleted nor released, so
+/// it returns to the queue when its visibility timeout ends.
+fn reap(done: Result<(), tokio::task::JoinError>) {
+    if let Err(error) = done {
+        tracing::error!(%error, "A job task failed; its message returns after its visibility timeout.");
+    }
+}

@@ -1,0 +1,370 @@
+//! Where results go: S3 is the record (and the run-once guard), the results queue and
+//! the webhook are notifications.
+//!
+//! Layout under `s3://<bucket>/<prefix><id>/`:
+//! - `result.json` and `log.txt`: the terminal result, written once. The result is
+//!   put with `If-None-Match: *`, so when two agents finish the same job only the
+//!   first result stands;
+//! - `attempt-<n>/result.json` and `attempt-<n>/log.txt`: an `interrupted` or
+//!   `error` attempt, kept for the record;
+//! - `claim.json`: which agent is running the job now, until when. A duplicate
+//!   delivery finds it and waits instead of running the job a second time.
+
+use std::time::Duration;
+
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use crate::outcome::JobResult;
+use crate::sqs::Queue;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{operation} s3://{bucket}/{key}: {message}")]
+    S3 {
+        operation: &'static str,
+        bucket: String,
+        key: String,
+        message: String,
+    },
+    #[error("s3://{bucket}/{key} is not a valid record: {source}")]
+    Corrupt {
+        bucket: String,
+        key: String,
+        source: serde_json::Error,
+    },
+}
+
+/// The S3 record of results and claims.
+#[derive(Clone, Debug)]
+pub struct ResultStore {
+    s3: aws_sdk_s3::Client,
+    bucket: String,
+    prefix: String,
+}
+
+/// What recording a terminal result found.
+#[derive(Debug, PartialEq)]
+pub enum Recorded {
+    /// Ours is the result.
+    Stored,
+    /// Another run's result was there first; ours was not written.
+    Duplicate(Box<JobResult>),
+}
+
+/// Who runs a job now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Claim {
+    pub instance_id: String,
+    pub attempt: u32,
+    /// Unix seconds after which the claim is stale (its holder died).
+    pub expires_at: i64,
+}
+
+/// The answer to "may I run this job?".
+#[derive(Debug, PartialEq)]
+pub enum ClaimOutcome {
+    Acquired,
+    HeldBy(Claim),
+}
+
+impl ResultStore {
+    pub fn new(s3: aws_sdk_s3::Client, bucket: impl Into<String>, prefix: impl Into<String>) -> Self {
+        ResultStore {
+            s3,
+            bucket: bucket.into(),
+            prefix: prefix.into(),
+        }
+    }
+
+    fn key(&self, id: &str, name: &str) -> String {
+        format!("{}{id}/{name}", self.prefix)
+    }
+
+    fn url(&self, key: &str) -> String {
+        format!("s3://{}/{key}", self.bucket)
+    }
+
+    /// The terminal result recorded for `id`, if any.
+    pub async fn terminal(&self, id: &str) -> Result<Option<JobResult>, StoreError> {
+        self.get_json(&self.key(id, "result.json")).await
+    }
+
+    /// Records a finished attempt. A terminal result goes to `result.json` once; a
+    /// second terminal result for the same id is refused and returned as a
+    /// duplicate. Sets `result.log` to where the log was stored.
+    pub async fn record(&self, result: &mut JobResult, log: &[u8]) -> Result<Recorded, StoreError> {
+        if !result.status.is_terminal() {
+            let dir = format!("attempt-{}", result.attempt);
+            let log_key = self.key(&result.id, &format!("{dir}/log.txt"));
+            result.log = Some(self.url(&log_key));
+            self.put(&log_key, log.to_vec(), "text/plain; charset=utf-8", false)
+                .await?;
+            let key = self.key(&result.id, &format!("{dir}/result.json"));
+            self.put(&key, to_json(result), "application/json", false).await?;
+            return Ok(Recorded::Stored);
+        }
+        let key = self.key(&result.id, "result.json");
+        let log_key = self.key(&result.id, "log.txt");
+        result.log = Some(self.url(&log_key));
+        let stored = self
+            .put(&key, to_json(result), "application/json", true)
+            .await?;
+        if !stored {
+            let existing: JobResult = self.get_json(&key).await?.ok_or_else(|| StoreError::S3 {
+                operation: "get",
+                bucket: self.bucket.clone(),
+                key: key.clone(),
+                message: "a conditional put failed but no result is there".into(),
+            })?;
+            // Our own earlier try at this same record (the log put failed after the
+            // result landed): carry on with the log.
+            let ours = existing.instance_id == result.instance_id
+                && existing.attempt == result.attempt
+                && existing.started_at == result.started_at;
+            if !ours {
+                return Ok(Recorded::Duplicate(Box::new(existing)));
+            }
+        }
+        self.put(&log_key, log.to_vec(), "text/plain; charset=utf-8", false)
+            .await?;
+        Ok(Recorded::Stored)
+    }
+
+    /// Claims `id` for this agent, unless a live claim of another agent holds it.
+    pub async fn claim(&self, id: &str, claim: &Claim) -> Result<ClaimOutcome, StoreError> {
+        let key = self.key(id, "claim.json");
+        let body = serde_json::to_vec(claim).expect("a claim always serialises");
+        if self.put(&key, body.clone(), "application/json", true).await? {
+            return Ok(ClaimOutcome::Acquired);
+        }
+        let held: Option<Claim> = self.get_json(&key).await?;
+        match held {
+            Some(held)
+                if held.instance_id != claim.instance_id
+                    && held.expires_at > chrono::Utc::now().timestamp() =>
+            {
+                Ok(ClaimOutcome::HeldBy(held))
+            }
+            // Stale, ours from before a restart, or deleted meanwhile: take it over.
+            _ => {
+                self.put(&key, body, "application/json", false).await?;
+                Ok(ClaimOutcome::Acquired)
+            }
+        }
+    }
+
+    /// Extends a claim this agent holds.
+    pub async fn renew(&self, id: &str, claim: &Claim) -> Result<(), StoreError> {
+        let body = serde_json::to_vec(claim).expect("a claim always serialises");
+        self.put(&self.key(id, "claim.json"), body, "application/json", false)
+            .await
+            .map(drop)
+    }
+
+    pub async fn release(&self, id: &str) -> Result<(), StoreError> {
+        let key = self.key(id, "claim.json");
+        self.s3
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| self.error("delete", &key, e))
+    }
+
+    /// Puts an object; with `only_if_absent`, returns false instead of overwriting.
+    async fn put(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+        only_if_absent: bool,
+    ) -> Result<bool, StoreError> {
+        let mut request = self
+            .s3
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(ByteStream::from(body));
+        if only_if_absent {
+            request = request.if_none_match("*");
+        }
+        match request.send().await {
+            Ok(_) => Ok(true),
+            Err(e) if only_if_absent && is_precondition_failed(&e) => Ok(false),
+            Err(e) => Err(self.error("put", key, e)),
+        }
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        let output = match self.s3.get_object().bucket(&self.bucket).key(key).send().await {
+            Ok(output) => output,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
+            Err(e) => return Err(self.error("get", key, e)),
+        };
+        let bytes = output
+            .body
+            .collect()
+            .await
+            .map_err(|e| StoreError::S3 {
+                operation: "read",
+                bucket: self.bucket.clone(),
+                key: key.to_owned(),
+                message: e.to_string(),
+            })?
+            .into_bytes();
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| StoreError::Corrupt {
+                bucket: self.bucket.clone(),
+                key: key.to_owned(),
+                source,
+            })
+    }
+
+    fn error<E, R>(&self, operation: &'static str, key: &str, e: SdkError<E, R>) -> StoreError
+    where
+        E: std::error::Error + Send + Sync + 'static,
+        R: std::fmt::Debug + Send + Sync + 'static,
+    {
+        StoreError::S3 {
+            operation,
+            bucket: self.bucket.clone(),
+            key: key.to_owned(),
+            message: DisplayErrorContext(&e).to_string(),
+        }
+    }
+}
+
+fn is_precondition_failed<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
+    match e {
+        SdkError::ServiceError(service) => {
+            service.err().code() == Some("PreconditionFailed")
+                || service.err().code() == Some("ConditionalRequestConflict")
+        }
+        _ => false,
+    }
+}
+
+fn to_json(result: &JobResult) -> Vec<u8> {
+    serde_json::to_vec(result).expect("a result always serialises")
+}
+
+/// Where results are announced besides S3.
+#[derive(Clone)]
+pub struct Notifier {
+    queue: Option<Queue>,
+    webhook: Option<Webhook>,
+}
+
+#[derive(Clone)]
+struct Webhook {
+    client: reqwest::Client,
+    url: String,
+    key: Vec<u8>,
+}
+
+/// Tries per notification; the result is already recorded, so this is a courtesy
+/// with a bound, not a reason to hold the message.
+const NOTIFY_ATTEMPTS: u32 = 3;
+
+impl Notifier {
+    pub fn new(queue: Option<Queue>, webhook: Option<(String, String)>) -> Self {
+        let webhook = webhook.map(|(url, key)| Webhook {
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("a client with a timeout always builds"),
+            url,
+            key: key.into_bytes(),
+        });
+        Notifier { queue, webhook }
+    }
+
+    /// Sends the result to the results queue and the webhook, where configured, each
+    /// with bounded retries; failures are logged, not returned.
+    pub async fn notify(&self, result: &JobResult) {
+        let body = String::from_utf8(to_json(result)).expect("JSON is UTF-8");
+        if let Some(queue) = &self.queue {
+            let sent = retry(NOTIFY_ATTEMPTS, || queue.send(&body, &[])).await;
+            if let Err(error) = sent {
+                tracing::warn!(%error, "Could not send the result to the results queue.");
+            }
+        }
+        if let Some(webhook) = &self.webhook {
+            let posted = retry(NOTIFY_ATTEMPTS, || webhook.post(&body)).await;
+            if let Err(error) = posted {
+                tracing::warn!(%error, url = %webhook.url, "Could not POST the result to the webhook.");
+            }
+        }
+    }
+}
+
+impl Webhook {
+    async fn post(&self, body: &str) -> Result<(), String> {
+        let response = self
+            .client
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .header("x-deckhand-signature", signature(&self.key, body.as_bytes()))
+            .body(body.to_owned())
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("{} answered {status}", self.url))
+        }
+    }
+}
+
+/// `sha256=<hex HMAC-SHA256 of the body>`, as GitHub signs its webhooks.
+pub fn signature(key: &[u8], body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Up to `attempts` tries with doubling pauses from 500 ms.
+async fn retry<T, E, F, Fut>(attempts: u32, mut call: F) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut pause = Duration::from_millis(500);
+    let mut tried = 1;
+    loop {
+        match call().await {
+            Ok(value) => return Ok(value),
+            Err(e) if tried >= attempts => return Err(e),
+            Err(_) => {
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+                tried += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_matches_a_known_vector() {
+        // RFC 4231 test case 2.
+        let sig = signature(b"Jefe", b"what do ya want for nothing?");
+        assert_eq!(
+            sig,
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+}

@@ -123,7 +123,7 @@ fn a_digest_pin_is_pulled_from_the_registry_once() {
         .expect("a digest from the registry");
     docker(&["rmi", &tagged]);
 
-    let config = TestConfig::with_images(&stack, "require_digest = true", "");
+    let config = TestConfig::new(&stack, "[images]\nrequire_digest = true");
     let id = unique("digest");
     let run = exec(&config, &job(&id, &pinned, &["true"]));
     assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);

@@ -6,6 +6,9 @@
 
 #![allow(dead_code)]
 
+pub mod agent;
+pub mod aws;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -57,20 +60,18 @@ pub struct TestConfig {
 }
 
 impl TestConfig {
+    /// The base test config with the TOML in `extra` merged over it, key by key.
     pub fn new(stack: &Stack, extra: &str) -> TestConfig {
-        Self::with_images(stack, "", extra)
-    }
-
-    /// Like [`TestConfig::new`], with more keys for the `[images]` section.
-    pub fn with_images(stack: &Stack, images: &str, extra: &str) -> TestConfig {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.toml");
-        let text = format!(
-            "[agent]\nwork_dir = \"{work}\"\n\n[images]\nallowed_registries = [\"{registry}\"]\n{images}\n\n[drain]\nstop_grace_secs = 2\n\n{extra}\n",
+        let base = format!(
+            "[agent]\nwork_dir = \"{work}\"\n[images]\nallowed_registries = [\"{registry}\"]\n[drain]\nstop_grace_secs = 2\n",
             work = dir.path().display(),
             registry = stack.registry,
         );
-        std::fs::write(&path, text).unwrap();
+        let mut config: toml::Table = base.parse().unwrap();
+        merge(&mut config, extra.parse().expect("extra config is TOML"));
+        std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
         TestConfig { dir, path }
     }
 
@@ -79,6 +80,17 @@ impl TestConfig {
         let path = self.dir.path().join(format!("{}.json", unique("job")));
         std::fs::write(&path, job.to_string()).unwrap();
         path
+    }
+}
+
+fn merge(base: &mut toml::Table, extra: toml::Table) {
+    for (key, value) in extra {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(into)), toml::Value::Table(from)) => merge(into, from),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
     }
 }
 

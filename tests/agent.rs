@@ -1,0 +1,440 @@
+//! `deckhand run` against moto's SQS and S3 and the real Docker engine: every
+//! outcome's fate on the queue, run-once, recovery, outages and the drain.
+
+mod common;
+
+use std::time::Duration;
+
+use common::agent::{AgentProcess, agent_config};
+use common::aws::{Aws, eventually};
+use common::*;
+use nix::sys::signal::Signal;
+use serde_json::json;
+
+const LONG: Duration = Duration::from_secs(120);
+
+async fn result(aws: &Aws, bucket: &str, id: &str) -> Option<serde_json::Value> {
+    aws.json(bucket, &format!("results/{id}/result.json")).await
+}
+
+async fn wait_result(aws: &Aws, bucket: &str, id: &str) -> serde_json::Value {
+    let start = tokio::time::Instant::now();
+    loop {
+        if let Some(found) = result(aws, bucket, id).await {
+            return found;
+        }
+        assert!(
+            start.elapsed() < LONG,
+            "timed out waiting for a result for {id}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_empty(aws: &Aws, queue_url: &str) {
+    eventually("the queue to be empty, nothing in flight", LONG, || async {
+        aws.counts(queue_url).await == (0, 0)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_outcome_meets_its_fate_on_the_queue() {
+    let stack = Stack::from_env();
+    let aws = Aws::new().await;
+    let pool = aws.pool("fates", 2).await;
+    let config = agent_config(
+        &stack,
+        &pool,
+        &aws.endpoint,
+        &unique("i-fates"),
+        "[agent]\nslots = 2",
+    );
+    let agent = AgentProcess::start(&config, "agent");
+
+    let ok = unique("ok");
+    let failed = unique("failed");
+    let slow = unique("slow");
+    let latest = unique("latest");
+    aws.send(
+        &pool.queue_url,
+        &job(&ok, &stack.image, &["sh", "-c", "echo all good"]).to_string(),
+    )
+    .await;
+    aws.send(
+        &pool.queue_url,
+        &job(&failed, &stack.image, &["sh", "-c", "exit 7"]).to_string(),
+    )
+    .await;
+    let mut timeout = job(&slow, &stack.image, &["sleep", "600"]);
+    timeout["timeout_secs"] = json!(1);
+    aws.send(&pool.queue_url, &timeout.to_string()).await;
+    let mut refused = job(&latest, &stack.image, &["true"]);
+    refused["image"] = json!(format!("{}/ci/busybox:latest", stack.registry));
+    aws.send(&pool.queue_url, &refused.to_string()).await;
+    let garbage_id = aws.send(&pool.queue_url, "this is not json").await;
+
+    let r = wait_result(&aws, &pool.bucket, &ok).await;
+    assert_eq!(
+        (r["status"].as_str(), r["exit_code"].as_i64()),
+        (Some("succeeded"), Some(0))
+    );
+    assert_eq!(
+        r["log"],
+        format!("s3://{}/results/{ok}/log.txt", pool.bucket)
+    );
+    let log = aws
+        .object(&pool.bucket, &format!("results/{ok}/log.txt"))
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8(log).unwrap(), "all good\n");
+
+    let r = wait_result(&aws, &pool.bucket, &failed).await;
+    assert_eq!(
+        (r["status"].as_str(), r["exit_code"].as_i64()),
+        (Some("failed"), Some(7))
+    );
+    let r = wait_result(&aws, &pool.bucket, &slow).await;
+    assert_eq!(r["status"], "timed_out");
+    let r = wait_result(&aws, &pool.bucket, &latest).await;
+    assert_eq!(r["status"], "rejected");
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("image: tag \"latest\" is not allowed")
+    );
+    let r = wait_result(&aws, &pool.bucket, &garbage_id).await;
+    assert_eq!(
+        r["status"], "rejected",
+        "keyed by the SQS message id when there is no job id"
+    );
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("body: not valid JSON")
+    );
+
+    // Terminal outcomes are deleted; the rejected ones are copied to the DLQ first.
+    wait_empty(&aws, &pool.queue_url).await;
+    let dead = aws.drain_queue(&pool.dlq_url).await;
+    let mut reasons: Vec<String> = dead
+        .iter()
+        .map(|m| {
+            m.message_attributes().unwrap()["deckhand_reason"]
+                .string_value()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(
+        reasons[0].starts_with("body: not valid JSON"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].starts_with("image: tag \"latest\""),
+        "{reasons:?}"
+    );
+    assert!(dead.iter().any(|m| m.body() == Some("this is not json")));
+    for id in [&ok, &failed, &slow] {
+        assert_clean(id);
+    }
+    drop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_that_cannot_run_is_left_to_the_redrive_policy() {
+    let stack = Stack::from_env();
+    let aws = Aws::new().await;
+    let pool = aws.pool("errors", 2).await;
+    let config = agent_config(&stack, &pool, &aws.endpoint, &unique("i-errors"), "");
+    let agent = AgentProcess::start(&config, "agent");
+    let id = unique("nopull");
+    let image = format!("{}/ci/no-such-image:1.0", stack.registry);
+    aws.send(&pool.queue_url, &job(&id, &image, &["true"]).to_string())
+        .await;
+
+    // Two deliveries fail, then SQS moves the message to the DLQ by itself.
+    eventually("the message to reach the DLQ", LONG, || async {
+        aws.counts(&pool.dlq_url).await.0 == 1
+    })
+    .await;
+    wait_empty(&aws, &pool.queue_url).await;
+    for attempt in [1, 2] {
+        let r = aws
+            .json(
+                &pool.bucket,
+                &format!("results/{id}/attempt-{attempt}/result.json"),
+            )
+            .await
+            .unwrap_or_else(|| panic!("attempt {attempt} recorded"));
+        assert_eq!(r["status"], "error");
+        assert_eq!(r["attempt"], attempt);
+        assert!(
+            r["reason"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("pull {image}"))
+        );
+    }
+    assert!(
+        result(&aws, &pool.bucket, &id).await.is_none(),
+        "an error is not terminal"
+    );
+    drop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_agents_forty_jobs_each_finished_exactly_once() {
+    let stack = Stack::from_env();
+    let aws = Aws::new().await;
+    let pool = aws.pool("pair", 3).await;
+    let mut agents = Vec::new();
+    let mut configs = Vec::new();
+    for name in ["a", "b"] {
+        let config = agent_config(
+            &stack,
+            &pool,
+            &aws.endpoint,
+            &unique(&format!("i-{name}")),
+            "[agent]\nslots = 2",
+        );
+        agents.push(AgentProcess::start(&config, name));
+        configs.push(config);
+    }
+    let ids: Vec<String> = (0..40).map(|i| unique(&format!("j{i}"))).collect();
+    for id in &ids {
+        aws.send(
+            &pool.queue_url,
+            &job(id, &stack.image, &["sh", "-c", "echo $DECKHAND_JOB_ID"]).to_string(),
+        )
+        .await;
+    }
+    aws.send(&pool.queue_url, "{\"poison\": true}").await;
+    aws.send(&pool.queue_url, "poison").await;
+
+    wait_empty(&aws, &pool.queue_url).await;
+    let mut by_agent = std::collections::HashMap::new();
+    for id in &ids {
+        let r = wait_result(&aws, &pool.bucket, id).await;
+        assert_eq!(r["status"], "succeeded", "{r}");
+        *by_agent
+            .entry(r["instance_id"].as_str().unwrap().to_owned())
+            .or_insert(0) += 1;
+        let log = aws
+            .object(&pool.bucket, &format!("results/{id}/log.txt"))
+            .await
+            .unwrap();
+        assert_eq!(String::from_utf8(log).unwrap(), format!("{id}\n"));
+        let keys = aws.keys(&pool.bucket, &format!("results/{id}/")).await;
+        assert_eq!(
+            keys.len(),
+            2,
+            "one result and one log, no claims or retries: {keys:?}"
+        );
+        assert_clean(id);
+    }
+    assert_eq!(by_agent.values().sum::<i32>(), 40);
+    let dead = aws.drain_queue(&pool.dlq_url).await;
+    assert_eq!(dead.len(), 2, "only the poison messages are dead-lettered");
+    // Each agent ran each of its jobs once: 40 starts in all.
+    let starts: usize = agents.iter().map(|a| a.count("Job started.")).sum();
+    assert_eq!(starts, 40);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redelivered_finished_job_is_not_run_again() {
+    let stack = Stack::from_env();
+    let aws = Aws::new().await;
+    let pool = aws.pool("dupes", 3).await;
+    let config = agent_config(&stack, &pool, &aws.endpoint, &unique("i-dupes"), "");
+    let agent = AgentProcess::start(&config, "agent");
+    let id = unique("once");
+    let body = job(&id, &stack.image, &["sh", "-c", "echo ran"]).to_string();
+    aws.send(&pool.queue_url, &body).await;
+    let first = wait_result(&aws, &pool.bucket, &id).await;
+    wait_empty(&aws, &pool.queue_url).await;
+
+    // SQS delivers at least once: the same job again.
+    aws.send(&pool.queue_url, &body).await;
+    agent
+        .wait_log(
+            "Duplicate delivery of a finished job; deleting it without running.",
+            LONG,
+        )
+        .await;
+    wait_empty(&aws, &pool.queue_url).await;
+    assert_eq!(agent.count("Job started."), 1);
+    assert_eq!(result(&aws, &pool.bucket, &id).await.unwrap(), first);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_mid_job_then_restart_completes_the_job_once() {
+    let stack = Stack::from_env();
+    let aws = Aws::new().await;
+    let pool = aws.pool("crash", 5).await;
+    let instance = unique("i-crash");
+    // The visibility timeout is long: only the receipt kept in the container's
+    // labels can bring the message back quickly.
+    let config = agent_config(
+        &stack,
+        &pool,
+        &aws.endpoint,
+        &instance,
+        "[queue]\nvisibility_timeout_secs = 600",
+    );
+    let id = unique("crash");
+    let script = "if [ \"$DECKHAND_ATTEMPT\" = 1 ]; then sleep 600; fi; echo finished on attempt $DECKHAND_ATTEMPT";
+    aws.send(
+        &pool.queue_url,
+        &job(&id, &stack.image, &["sh", "-c", script]).to_string(),
+    )
+    .await;
+
+    let mut first = AgentProcess::start(&config, "first");
+    first.wait_log("Job started.", LONG).await;
+    first.signal(Signal::SIGKILL);
+    first.wait_exit(LONG).await;
+    assert_eq!(
+        leftovers(&id).len(),
+        2,
+        "the crash leaves the container and workspace"
+    );
+
+    let second = AgentProcess::start(&config, "second");
+    second
+        .wait_log(
+            "Found a container left by an earlier run; removing it.",
+            LONG,
+        )
+        .await;
+    let r = wait_result(&aws, &pool.bucket, &id).await;
+    assert_eq!(r["status"], "succeeded");
+    assert_eq!(r["attempt"], 2);
+    let log = aws
+        .object(&pool.bucket, &format!("results/{id}/log.txt"))
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8(log).unwrap(), "finished on attempt 2\n");
+    wait_empty(&aws, &pool.queue_url).await;
+    assert_eq!(second.count("Job started."), 1);
+    assert_clean(&id);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_releases_running_jobs_at_once() {
+    let stack = Stack::from_env();
+    let aws = Aws::new().await;
+    let pool = aws.pool("sigterm", 5).await;
+    let config = agent_config(
+        &stack,
+        &pool,
+        &aws.endpoint,
+        &unique("i-sigterm"),
+        "[agent]\nslots = 2\n[queue]\nvisibility_timeout_secs = 600\n[drain]\nstop_timeout_secs = 0\nstop_grace_secs = 0",
+    );
+    let mut agent = AgentProcess::start(&config, "agent");
+    let ids = [unique("long"), unique("long")];
+    for id in &ids {
+        aws.send(
+            &pool.queue_url,
+            &job(id, &stack.image, &["sleep", "600"]).to_string(),
+        )
+        .await;
+    }
+    eventually("both jobs to run", LONG, || async {
+        agent.count("Job started.") == 2
+    })
+    .await;
+    assert_eq!(aws.counts(&pool.queue_url).await, (0, 2));
+
+    let signalled = tokio::time::Instant::now();
+    agent.signal(Signal::SIGTERM);
+    eventually("both messages to be visible again", LONG, || async {
+        aws.counts(&pool.queue_url).await == (2, 0)
+    })
+    .await;
+    let released_after = signalled.elapsed();
+    assert_eq!(agent.wait_exit(LONG).await, Some(0));
+    eprintln!(
+        "released {} messages {released_after:?} after SIGTERM",
+        ids.len()
+    );
+    for id in &ids {
+        let r = aws
+            .json(&pool.bucket, &format!("results/{id}/attempt-1/result.json"))
+            .await
+            .expect("the interrupted attempt is recorded");
+        assert_eq!(r["status"], "interrupted");
+        assert_eq!(r["reason"], "interrupted: SIGTERM received");
+        assert!(result(&aws, &pool.bucket, id).await.is_none());
+        assert_clean(id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_running_jobs_finish_within_the_stop_timeout() {
+    let stack = Stack::from_env();
+    let aws = Aws::new().await;
+    let pool = aws.pool("finish", 5).await;
+    let config = agent_config(
+        &stack,
+        &pool,
+        &aws.endpoint,
+        &unique("i-finish"),
+        "[drain]\nstop_timeout_secs = 120",
+    );
+    let mut agent = AgentProcess::start(&config, "agent");
+    let id = unique("short");
+    aws.send(
+        &pool.queue_url,
+        &job(&id, &stack.image, &["sh", "-c", "sleep 2; echo made it"]).to_string(),
+    )
+    .await;
+    agent.wait_log("Job started.", LONG).await;
+    agent.signal(Signal::SIGTERM);
+    assert_eq!(agent.wait_exit(LONG).await, Some(0));
+    let r = result(&aws, &pool.bucket, &id)
+        .await
+        .expect("finished before exit");
+    assert_eq!(r["status"], "succeeded");
+    assert_eq!(aws.counts(&pool.queue_url).await, (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_sigterm_skips_the_wait() {
+    let stack = Stack::from_env();
+    let aws = Aws::new().await;
+    let pool = aws.pool("twice", 5).await;
+    let config = agent_config(
+        &stack,
+        &pool,
+        &aws.endpoint,
+        &unique("i-twice"),
+        "[queue]\nvisibility_timeout_secs = 600\n[drain]\nstop_timeout_secs = 3600\nstop_grace_secs = 300",
+    );
+    let mut agent = AgentProcess::start(&config, "agent");
+    let id = unique("stubborn");
+    aws.send(
+        &pool.queue_url,
+        &job(&id, &stack.image, &["sleep", "600"]).to_string(),
+    )
+    .await;
+    agent.wait_log("Job started.", LONG).await;
+    agent.signal(Signal::SIGTERM);
+    agent
+        .wait_log("Stopped receiving; waiting for running jobs.", LONG)
+        .await;
+    agent.signal(Signal::SIGTERM);
+    // Without the second signal this would take the hour of stop_timeout_secs.
+    assert_eq!(agent.wait_exit(LONG).await, Some(0));
+    assert_eq!(
+        aws.counts(&pool.queue_url).await,
+        (1, 0),
+        "handed back, not lost"
+    );
+    assert_clean(&id);
+}

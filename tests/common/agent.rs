@@ -1,0 +1,129 @@
+//! A `deckhand run` process under test: its stdout goes to a file the test reads.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+use super::aws::{Pool, eventually};
+use super::{Stack, TestConfig, deckhand};
+
+pub struct AgentProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+/// A config for an agent serving `pool` through `endpoint`, plus `extra` TOML.
+pub fn agent_config(
+    stack: &Stack,
+    pool: &Pool,
+    endpoint: &str,
+    instance_id: &str,
+    extra: &str,
+) -> TestConfig {
+    let text = format!(
+        r#"
+[agent]
+instance_id = "{instance_id}"
+[aws]
+region = "us-east-1"
+endpoint_url = "{endpoint}"
+[queue]
+url = "{queue}"
+wait_secs = 1
+visibility_timeout_secs = 30
+dead_letter_url = "{dlq}"
+[results]
+bucket = "{bucket}"
+"#,
+        queue = pool.queue_url,
+        dlq = pool.dlq_url,
+        bucket = pool.bucket,
+    );
+    let mut config: toml::Table = text.parse().unwrap();
+    super::merge(&mut config, extra.parse().expect("extra config is TOML"));
+    TestConfig::new(stack, &toml::to_string(&config).unwrap())
+}
+
+impl AgentProcess {
+    /// Starts `deckhand run`; its log goes to `<config dir>/<name>.log`.
+    pub fn start(config: &TestConfig, name: &str) -> AgentProcess {
+        Self::start_with(config, name, &[])
+    }
+
+    pub fn start_with(config: &TestConfig, name: &str, env: &[(&str, &str)]) -> AgentProcess {
+        let log = config.dir.path().join(format!("{name}.log"));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = deckhand()
+            .arg("--config")
+            .arg(&config.path)
+            .arg("run")
+            .envs(env.iter().copied())
+            .stdout(Stdio::from(out.try_clone().unwrap()))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .unwrap();
+        AgentProcess { child, log }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// Every JSON log line so far (stderr lines, if any, are skipped).
+    pub fn logs(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    pub fn count(&self, msg: &str) -> usize {
+        self.logs().iter().filter(|l| l["msg"] == msg).count()
+    }
+
+    pub async fn wait_log(&self, msg: &str, deadline: Duration) {
+        eventually(
+            &format!("log {msg:?} in {}", self.log.display()),
+            deadline,
+            || async { self.count(msg) > 0 },
+        )
+        .await;
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.pid()), signal).unwrap();
+    }
+
+    /// Waits for the process to exit; its exit code.
+    pub async fn wait_exit(&mut self, deadline: Duration) -> Option<i32> {
+        let mut status = None;
+        eventually("the agent to exit", deadline, || {
+            status = self.child.try_wait().unwrap();
+            std::future::ready(status.is_some())
+        })
+        .await;
+        status.unwrap().code()
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

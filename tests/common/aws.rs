@@ -1,0 +1,221 @@
+//! moto, through the real AWS SDK: queues, buckets and results of a test's own.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_sdk_sqs::types::QueueAttributeName;
+use serde_json::Value;
+
+use super::unique;
+
+pub struct Aws {
+    pub endpoint: String,
+    pub sqs: aws_sdk_sqs::Client,
+    pub s3: aws_sdk_s3::Client,
+}
+
+/// A queue with a dead-letter queue behind a redrive policy, and a results bucket,
+/// all named for one test.
+pub struct Pool {
+    pub queue_url: String,
+    pub dlq_url: String,
+    pub bucket: String,
+}
+
+impl Aws {
+    pub async fn new() -> Aws {
+        let endpoint = std::env::var("STACK_AWS_ENDPOINT_URL").expect(
+            "STACK_AWS_ENDPOINT_URL is not set: run the tests through scripts/test, or eval \"$(scripts/stack env)\" first",
+        );
+        Self::at(&endpoint).await
+    }
+
+    pub async fn at(endpoint: &str) -> Aws {
+        let sdk = aws_config::defaults(BehaviorVersion::latest())
+            .endpoint_url(endpoint)
+            .region(aws_config::Region::new("us-east-1"))
+            .load()
+            .await;
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&sdk)
+                .force_path_style(true)
+                .build(),
+        );
+        Aws {
+            endpoint: endpoint.to_owned(),
+            sqs: aws_sdk_sqs::Client::new(&sdk),
+            s3,
+        }
+    }
+
+    /// A fresh queue, its DLQ (after `max_receives` deliveries) and a bucket.
+    pub async fn pool(&self, name: &str, max_receives: u32) -> Pool {
+        let base = unique(name);
+        let dlq_url = self
+            .create_queue(&format!("{base}-dlq"), HashMap::new())
+            .await;
+        let dlq_arn = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(&dlq_url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .unwrap()
+            .attributes
+            .unwrap()[&QueueAttributeName::QueueArn]
+            .clone();
+        let redrive = serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receives.to_string()});
+        let queue_url = self
+            .create_queue(
+                &base,
+                HashMap::from([(QueueAttributeName::RedrivePolicy, redrive.to_string())]),
+            )
+            .await;
+        let bucket = base.to_lowercase().replace('_', "-");
+        self.s3
+            .create_bucket()
+            .bucket(&bucket)
+            .send()
+            .await
+            .unwrap();
+        Pool {
+            queue_url,
+            dlq_url,
+            bucket,
+        }
+    }
+
+    async fn create_queue(
+        &self,
+        name: &str,
+        attributes: HashMap<QueueAttributeName, String>,
+    ) -> String {
+        self.sqs
+            .create_queue()
+            .queue_name(name)
+            .set_attributes(Some(attributes))
+            .send()
+            .await
+            .unwrap()
+            .queue_url
+            .unwrap()
+    }
+
+    pub async fn send(&self, queue_url: &str, body: &str) -> String {
+        self.sqs
+            .send_message()
+            .queue_url(queue_url)
+            .message_body(body)
+            .send()
+            .await
+            .unwrap()
+            .message_id
+            .unwrap()
+    }
+
+    /// (visible, in flight) messages on the queue.
+    pub async fn counts(&self, queue_url: &str) -> (u64, u64) {
+        let attributes = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(queue_url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .unwrap()
+            .attributes
+            .unwrap();
+        let get = |name: &QueueAttributeName| attributes[name].parse().unwrap();
+        (
+            get(&QueueAttributeName::ApproximateNumberOfMessages),
+            get(&QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+        )
+    }
+
+    /// Receives (and deletes) whatever is on the queue now: for reading a DLQ.
+    pub async fn drain_queue(&self, queue_url: &str) -> Vec<aws_sdk_sqs::types::Message> {
+        let mut all = Vec::new();
+        loop {
+            let messages = self
+                .sqs
+                .receive_message()
+                .queue_url(queue_url)
+                .max_number_of_messages(10)
+                .message_attribute_names("All")
+                .wait_time_seconds(0)
+                .send()
+                .await
+                .unwrap()
+                .messages
+                .unwrap_or_default();
+            if messages.is_empty() {
+                return all;
+            }
+            for m in &messages {
+                self.sqs
+                    .delete_message()
+                    .queue_url(queue_url)
+                    .receipt_handle(m.receipt_handle().unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+            }
+            all.extend(messages);
+        }
+    }
+
+    pub async fn object(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+        match self.s3.get_object().bucket(bucket).key(key).send().await {
+            Ok(out) => Some(out.body.collect().await.unwrap().into_bytes().to_vec()),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => None,
+            Err(e) => panic!("get s3://{bucket}/{key}: {e:?}"),
+        }
+    }
+
+    pub async fn json(&self, bucket: &str, key: &str) -> Option<Value> {
+        self.object(bucket, key)
+            .await
+            .map(|bytes| serde_json::from_slice(&bytes).unwrap())
+    }
+
+    /// Every key under `prefix`.
+    pub async fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let mut keys = Vec::new();
+        let mut pages = self
+            .s3
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            keys.extend(
+                page.unwrap()
+                    .contents
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|o| o.key),
+            );
+        }
+        keys
+    }
+}
+
+/// Polls an async condition until it holds; panics with `what` after `deadline`.
+pub async fn eventually<F, Fut>(what: &str, deadline: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = tokio::time::Instant::now();
+    while !condition().await {
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -38,7 +38,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("{key}: {rule}")]
-    Config { key: &'static str, rule: &'static str },
+    Config {
+        key: &'static str,
+        rule: &'static str,
+    },
 }
 
 /// Everything a job task needs; shared by all of them.
@@ -228,7 +231,9 @@ impl Agent {
                         );
                         let agent = Arc::clone(self);
                         let jobs_stop = jobs_stop.clone();
-                        jobs.spawn(async move { agent.handle(message, &jobs_stop).await }.instrument(span));
+                        jobs.spawn(
+                            async move { agent.handle(message, &jobs_stop).await }.instrument(span),
+                        );
                     }
                 }
                 Err(error) => {
@@ -290,7 +295,10 @@ impl Agent {
                 }
             }
         }
-        tracing::info!(drain_ms = began.elapsed().as_millis() as u64, "Every job finished or handed back.");
+        tracing::info!(
+            drain_ms = began.elapsed().as_millis() as u64,
+            "Every job finished or handed back."
+        );
     }
 
     /// One message, from receipt to its fate on the queue.
@@ -351,7 +359,8 @@ impl Agent {
             Ok(None) => {}
             Err(error) => {
                 tracing::warn!(%error, "Cannot check for an earlier result; giving the message back.");
-                self.give_back(&message, self.retry_visibility(attempt)).await;
+                self.give_back(&message, self.retry_visibility(attempt))
+                    .await;
                 return;
             }
         }
@@ -367,7 +376,8 @@ impl Agent {
             }
             Err(error) => {
                 tracing::warn!(%error, "Cannot claim the job; giving the message back.");
-                self.give_back(&message, self.retry_visibility(attempt)).await;
+                self.give_back(&message, self.retry_visibility(attempt))
+                    .await;
                 return;
             }
         }
@@ -404,7 +414,8 @@ impl Agent {
                 self.record_until(result, finished.log.text(), Duration::from_secs(30))
                     .await;
                 self.unclaim(&job.id).await;
-                self.give_back(&message, self.retry_visibility(attempt)).await;
+                self.give_back(&message, self.retry_visibility(attempt))
+                    .await;
             }
         }
     }
@@ -527,7 +538,11 @@ impl Agent {
             }
         };
         for orphan in orphans {
-            let job_id = orphan.labels.get(docker::LABEL_JOB_ID).cloned().unwrap_or_default();
+            let job_id = orphan
+                .labels
+                .get(docker::LABEL_JOB_ID)
+                .cloned()
+                .unwrap_or_default();
             let span = tracing::info_span!("job", job_id = %job_id, container = %orphan.name);
             async {
                 tracing::warn!("Found a container left by an earlier run; removing it.");
@@ -554,7 +569,10 @@ impl Agent {
             .await;
         }
         // Workspaces whose container never got created.
-        match docker.list_managed_volumes((docker::LABEL_AGENT, agent)).await {
+        match docker
+            .list_managed_volumes((docker::LABEL_AGENT, agent))
+            .await
+        {
             Ok(volumes) => {
                 for volume in volumes {
                     if let Err(error) = docker.remove_volume(&volume).await {

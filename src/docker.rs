@@ -487,7 +487,10 @@ impl Docker {
 
 impl Docker {
     /// Volumes carrying deckhand's label and `label=value`.
-    pub async fn list_managed_volumes(&self, label: (&str, &str)) -> Result<Vec<String>, DockerError> {
+    pub async fn list_managed_volumes(
+        &self,
+        label: (&str, &str),
+    ) -> Result<Vec<String>, DockerError> {
         let filter = vec![
             format!("{LABEL_MANAGED}=true"),
             format!("{}={}", label.0, label.1),

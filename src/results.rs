@@ -72,7 +72,11 @@ pub enum ClaimOutcome {
 }
 
 impl ResultStore {
-    pub fn new(s3: aws_sdk_s3::Client, bucket: impl Into<String>, prefix: impl Into<String>) -> Self {
+    pub fn new(
+        s3: aws_sdk_s3::Client,
+        bucket: impl Into<String>,
+        prefix: impl Into<String>,
+    ) -> Self {
         ResultStore {
             s3,
             bucket: bucket.into(),
@@ -104,7 +108,8 @@ impl ResultStore {
             self.put(&log_key, log.to_vec(), "text/plain; charset=utf-8", false)
                 .await?;
             let key = self.key(&result.id, &format!("{dir}/result.json"));
-            self.put(&key, to_json(result), "application/json", false).await?;
+            self.put(&key, to_json(result), "application/json", false)
+                .await?;
             return Ok(Recorded::Stored);
         }
         let key = self.key(&result.id, "result.json");
@@ -138,7 +143,10 @@ impl ResultStore {
     pub async fn claim(&self, id: &str, claim: &Claim) -> Result<ClaimOutcome, StoreError> {
         let key = self.key(id, "claim.json");
         let body = serde_json::to_vec(claim).expect("a claim always serialises");
-        if self.put(&key, body.clone(), "application/json", true).await? {
+        if self
+            .put(&key, body.clone(), "application/json", true)
+            .await?
+        {
             return Ok(ClaimOutcome::Acquired);
         }
         let held: Option<Claim> = self.get_json(&key).await?;
@@ -202,8 +210,18 @@ impl ResultStore {
         }
     }
 
-    async fn get_json<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
-        let output = match self.s3.get_object().bucket(&self.bucket).key(key).send().await {
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let output = match self
+            .s3
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
             Ok(output) => output,
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
             Err(e) => return Err(self.error("get", key, e)),
@@ -312,7 +330,10 @@ impl Webhook {
             .client
             .post(&self.url)
             .header("content-type", "application/json")
-            .header("x-deckhand-signature", signature(&self.key, body.as_bytes()))
+            .header(
+                "x-deckhand-signature",
+                signature(&self.key, body.as_bytes()),
+            )
             .body(body.to_owned())
             .send()
             .await

@@ -16,13 +16,19 @@ pub enum SqsError {
         queue_url: String,
         source: aws_sdk_sqs::Error,
     },
-    #[error("delete message {message_id} from {queue_url}: {}", DisplayErrorContext(source))]
+    #[error(
+        "delete message {message_id} from {queue_url}: {}",
+        DisplayErrorContext(source)
+    )]
     Delete {
         queue_url: String,
         message_id: String,
         source: aws_sdk_sqs::Error,
     },
-    #[error("change visibility of message {message_id} on {queue_url}: {}", DisplayErrorContext(source))]
+    #[error(
+        "change visibility of message {message_id} on {queue_url}: {}",
+        DisplayErrorContext(source)
+    )]
     ChangeVisibility {
         queue_url: String,
         message_id: String,
@@ -147,7 +153,11 @@ impl Queue {
 
     /// Sends `body` with string message attributes; returns the new message's id.
     pub async fn send(&self, body: &str, attributes: &[(&str, &str)]) -> Result<String, SqsError> {
-        let mut request = self.client.send_message().queue_url(&self.url).message_body(body);
+        let mut request = self
+            .client
+            .send_message()
+            .queue_url(&self.url)
+            .message_body(body);
         for (name, value) in attributes {
             let value = MessageAttributeValue::builder()
                 .data_type("String")

@@ -438,3 +438,111 @@ async fn a_second_sigterm_skips_the_wait() {
     );
     assert_clean(&id);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_aws_outage_delays_but_loses_nothing() {
+    let stack = Stack::from_env();
+    let aws = Aws::new().await;
+    let pool = aws.pool("outage", 5).await;
+    let upstream = aws.endpoint.trim_start_matches("http://").to_owned();
+    let proxy = common::proxy::Proxy::tcp(&upstream).await;
+    // Two slots: while one job waits to record its result, the loop still polls.
+    let config = agent_config(
+        &stack,
+        &pool,
+        &proxy.address,
+        &unique("i-outage"),
+        "[agent]\nslots = 2",
+    );
+    let agent = AgentProcess::start(&config, "agent");
+    let first = unique("before");
+    aws.send(
+        &pool.queue_url,
+        &job(&first, &stack.image, &["sh", "-c", "sleep 2; echo done"]).to_string(),
+    )
+    .await;
+    agent.wait_log("Job started.", LONG).await;
+
+    proxy.set_down(true);
+    // Sent while the agent cannot reach the queue.
+    let second = unique("during");
+    aws.send(
+        &pool.queue_url,
+        &job(&second, &stack.image, &["true"]).to_string(),
+    )
+    .await;
+    agent
+        .wait_log("Could not record the result; retrying.", LONG)
+        .await;
+    eventually("two backoff steps of the receive loop", LONG, || async {
+        agent.count("Could not receive; backing off.") >= 2
+    })
+    .await;
+    let warnings = agent.count("Could not receive; backing off.");
+    proxy.set_down(false);
+
+    for id in [&first, &second] {
+        let r = wait_result(&aws, &pool.bucket, id).await;
+        assert_eq!(r["status"], "succeeded", "{r}");
+    }
+    wait_empty(&aws, &pool.queue_url).await;
+    agent.wait_log("The queue answers again.", LONG).await;
+    // Once per backoff step, not once per attempt: a handful, not a flood.
+    assert!(
+        warnings <= 6,
+        "{warnings} receive warnings during a short outage"
+    );
+    assert_eq!(agent.count("Job started."), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nothing_is_received_while_docker_is_down() {
+    let stack = Stack::from_env();
+    let aws = Aws::new().await;
+    let pool = aws.pool("dockerdown", 5).await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("docker.sock");
+    let proxy =
+        common::proxy::Proxy::unix(&socket, std::path::Path::new("/var/run/docker.sock")).await;
+    let config = agent_config(
+        &stack,
+        &pool,
+        &aws.endpoint,
+        &unique("i-dockerdown"),
+        &format!("[docker]\nsocket = \"{}\"", socket.display()),
+    );
+    let agent = AgentProcess::start(&config, "agent");
+    agent.wait_log("Ready; serving the queue.", LONG).await;
+
+    proxy.set_down(true);
+    agent
+        .wait_log("Docker is unreachable; not receiving.", LONG)
+        .await;
+    let id = unique("waits");
+    aws.send(
+        &pool.queue_url,
+        &job(&id, &stack.image, &["true"]).to_string(),
+    )
+    .await;
+    // A window in which the agent must leave the message alone: it keeps
+    // backing off (two more warnings) while the message stays visible.
+    let seen = agent.count("Docker is unreachable; not receiving.");
+    eventually("two more Docker backoff steps", LONG, || async {
+        assert_eq!(
+            aws.counts(&pool.queue_url).await,
+            (1, 0),
+            "received while Docker was down"
+        );
+        agent.count("Docker is unreachable; not receiving.") >= seen + 2
+    })
+    .await;
+
+    proxy.set_down(false);
+    agent
+        .wait_log("Docker is back; receiving again.", LONG)
+        .await;
+    let r = wait_result(&aws, &pool.bucket, &id).await;
+    assert_eq!(r["status"], "succeeded");
+    assert_eq!(r["attempt"], 1, "never received while Docker was down");
+    assert_clean(&id);
+}

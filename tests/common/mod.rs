@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod aws;
+pub mod proxy;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

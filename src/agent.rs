@@ -461,7 +461,7 @@ impl Agent {
                 Ok(Recorded::Stored) => {
                     tracing::info!(
                         status = result.status.as_str(),
-                        log = result.log.as_deref().unwrap_or(""),
+                        log = result.log.as_deref(),
                         "Result recorded."
                     );
                     return true;

@@ -18,7 +18,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use crate::outcome::JobResult;
+use crate::outcome::{JobResult, Status};
 use crate::sqs::Queue;
 
 #[derive(Debug, thiserror::Error)]
@@ -114,7 +114,9 @@ impl ResultStore {
         }
         let key = self.key(&result.id, "result.json");
         let log_key = self.key(&result.id, "log.txt");
-        result.log = Some(self.url(&log_key));
+        // A rejected job never ran: it has no log.
+        let has_log = result.status != Status::Rejected;
+        result.log = has_log.then(|| self.url(&log_key));
         let stored = self
             .put(&key, to_json(result), "application/json", true)
             .await?;
@@ -134,8 +136,10 @@ impl ResultStore {
                 return Ok(Recorded::Duplicate(Box::new(existing)));
             }
         }
-        self.put(&log_key, log.to_vec(), "text/plain; charset=utf-8", false)
-            .await?;
+        if has_log {
+            self.put(&log_key, log.to_vec(), "text/plain; charset=utf-8", false)
+                .await?;
+        }
         Ok(Recorded::Stored)
     }
 

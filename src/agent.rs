@@ -14,8 +14,9 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::backoff::Backoff;
-use crate::config::Config;
+use crate::config::{Config, RebalancePolicy};
 use crate::docker::{self, Docker};
+use crate::imds::{Identity, Imds};
 use crate::job::{Job, Rejection};
 use crate::outcome::{JobResult, Status};
 use crate::results::{Claim, ClaimOutcome, Notifier, Recorded, ResultStore, StoreError};
@@ -65,49 +66,86 @@ pub async fn run(config: Arc<Config>, stop: Stop) -> Result<(), AgentError> {
         key: "results.bucket",
         rule: "required by `deckhand run`: S3 is the record of results",
     })?;
-    let instance_id = instance_id(&config);
+    let (imds, identity) = metadata(&config).await;
+    let instance_id = config
+        .agent
+        .instance_id
+        .clone()
+        .or_else(|| identity.as_ref().map(|i| i.instance_id.clone()))
+        .unwrap_or_else(hostname);
     let span = tracing::info_span!("agent", instance_id = %instance_id);
     async move {
         let started = Instant::now();
+        if let Some(identity) = &identity {
+            tracing::info!(
+                instance_type = %identity.instance_type,
+                availability_zone = %identity.availability_zone,
+                "Running on EC2."
+            );
+        }
         systemd::status("connecting to AWS and Docker");
         let sdk = crate::aws::sdk_config(&config.aws).await;
         let sqs = crate::aws::sqs_client(&sdk);
         let s3 = crate::aws::s3_client(&sdk, &config.aws);
-        let Some(docker) = connect_docker(&config, &stop).await else {
-            return Ok(());
+        // Watch for notices from the start: a spot notice during bootstrap counts.
+        let watcher = async {
+            match imds {
+                Some(imds) => crate::notices::watch(imds, &config, stop.clone()).await,
+                None => std::future::pending().await,
+            }
         };
-        let agent = Arc::new(Agent {
-            runner: Runner::new(docker, config.clone(), instance_id),
-            queue: Queue::new(sqs.clone(), queue_url),
-            dead_letter: config
-                .queue
-                .dead_letter_url
-                .as_ref()
-                .map(|url| Queue::new(sqs.clone(), url)),
-            store: ResultStore::new(s3, bucket, config.results.prefix.clone()),
-            notifier: Notifier::new(
-                config
-                    .results
-                    .queue_url
+        let serve = async {
+            let Some(docker) = connect_docker(&config, &stop).await else {
+                return;
+            };
+            let agent = Arc::new(Agent {
+                runner: Runner::new(docker, config.clone(), instance_id.clone()),
+                queue: Queue::new(sqs.clone(), queue_url),
+                dead_letter: config
+                    .queue
+                    .dead_letter_url
                     .as_ref()
                     .map(|url| Queue::new(sqs.clone(), url)),
-                config
-                    .results
-                    .webhook_url
-                    .clone()
-                    .zip(config.results.webhook_secret.clone()),
-            ),
-            config,
-        });
-        agent.recover_orphans().await;
-        tracing::info!(
-            slots = agent.config.agent.slots,
-            queue_url = %agent.queue.url(),
-            boot_ms = started.elapsed().as_millis() as u64,
-            "Ready; serving the queue."
-        );
-        systemd::ready("serving the queue");
-        agent.serve(&stop).await;
+                store: ResultStore::new(s3, bucket, config.results.prefix.clone()),
+                notifier: Notifier::new(
+                    config
+                        .results
+                        .queue_url
+                        .as_ref()
+                        .map(|url| Queue::new(sqs.clone(), url)),
+                    config
+                        .results
+                        .webhook_url
+                        .clone()
+                        .zip(config.results.webhook_secret.clone()),
+                ),
+                config: config.clone(),
+            });
+            agent.recover_orphans().await;
+            tracing::info!(
+                slots = agent.config.agent.slots,
+                queue_url = %agent.queue.url(),
+                boot_ms = started.elapsed().as_millis() as u64,
+                "Ready; serving the queue."
+            );
+            systemd::ready("serving the queue");
+            agent.serve(&stop).await;
+        };
+        tokio::select! {
+            () = serve => {}
+            never = watcher => match never {},
+        }
+        if matches!(
+            stop.reason(),
+            Some(StopReason::Idle { .. } | StopReason::AutoScaling)
+        ) {
+            let autoscaling = crate::aws::autoscaling_client(&sdk);
+            if let Err(error) =
+                crate::autoscaling::on_exit(&config, &autoscaling, &instance_id).await
+            {
+                tracing::error!(%error, "Scale-in failed; the instance stays up.");
+            }
+        }
         tracing::info!("Drained; exiting.");
         Ok(())
     }
@@ -115,15 +153,45 @@ pub async fn run(config: Arc<Config>, stop: Stop) -> Result<(), AgentError> {
     .await
 }
 
-/// The id results and logs carry: configured, else the host's name. (The instance
-/// metadata takes over when the spot watcher lands.)
-fn instance_id(config: &Config) -> String {
-    config.agent.instance_id.clone().unwrap_or_else(|| {
-        nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .unwrap_or_else(|| "unknown-host".to_owned())
-    })
+/// The metadata client and this instance's identity, or neither off EC2 (one
+/// warning, then the watchers stay off: no crash loop on a laptop).
+async fn metadata(config: &Config) -> (Option<Imds>, Option<Identity>) {
+    if !config.imds.enabled {
+        tracing::info!(
+            "Instance metadata disabled (imds.enabled = false): no spot, rebalance or Auto Scaling watchers."
+        );
+        return (None, None);
+    }
+    let imds = match Imds::new(&config.imds) {
+        Ok(imds) => imds,
+        Err(error) => {
+            tracing::warn!(%error, "No instance metadata client; the watchers are off.");
+            return (None, None);
+        }
+    };
+    match imds.identity().await {
+        Ok(identity) => (Some(imds), Some(identity)),
+        Err(error) if error.is_unreachable() => {
+            tracing::warn!(
+                endpoint = %config.imds.endpoint,
+                %error,
+                "No instance metadata service: not on EC2? Spot, rebalance and Auto Scaling watchers are off."
+            );
+            (None, None)
+        }
+        // It answers, but not well: keep watching, it may recover.
+        Err(error) => {
+            tracing::warn!(%error, "Cannot read this instance's identity; watching for notices anyway.");
+            (Some(imds), None)
+        }
+    }
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "unknown-host".to_owned())
 }
 
 /// Connects to Docker, retrying with backoff until it answers or the agent stops.
@@ -258,39 +326,65 @@ impl Agent {
         }
     }
 
-    /// Waits for running jobs up to `drain.stop_timeout_secs`, then stops them; a
-    /// forced stop (second signal) stops them at once.
+    /// Waits for running jobs, then stops what still runs: after
+    /// `drain.stop_timeout_secs` (signals, Auto Scaling, a rebalance under `drain`),
+    /// at the preemption deadline a spot notice set, or at once when forced. Under
+    /// a rebalance with `stop-intake` running jobs finish unless a deadline comes.
     async fn drain(&self, mut jobs: JoinSet<()>, jobs_stop: Stop, stop: &Stop) {
         let reason = stop
             .reason()
             .cloned()
             .unwrap_or(StopReason::Signal("shutdown"));
         let began = Instant::now();
-        let timeout = self.config.drain.stop_timeout;
+        let timeout = match &reason {
+            StopReason::Rebalance {
+                policy: RebalancePolicy::StopIntake,
+            }
+            | StopReason::Spot { .. } => None,
+            _ => Some(self.config.drain.stop_timeout),
+        };
         tracing::info!(
             running = jobs.len(),
-            stop_timeout_secs = timeout.as_secs(),
+            stop_timeout_secs = timeout.map(|t| t.as_secs()),
             %reason,
             "Stopped receiving; waiting for running jobs."
         );
         systemd::stopping(&format!("draining: {reason}"));
-        let deadline = tokio::time::sleep(timeout);
-        tokio::pin!(deadline);
+        let mut preemption = stop.preemption();
         loop {
+            // The earliest of the stop timeout and any preemption deadline.
+            let deadline = {
+                let preempt = preemption.borrow();
+                let by_timeout = timeout.map(|t| (began + t, reason.clone()));
+                match (by_timeout, preempt.clone()) {
+                    (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+                    (a, b) => a.or(b),
+                }
+            };
+            let preempt_at = deadline.as_ref().map(|(at, _)| *at);
             tokio::select! {
                 done = jobs.join_next() => match done {
                     Some(done) => reap(done),
                     None => break,
                 },
-                _ = &mut deadline, if !jobs_stop.is_draining() => {
-                    tracing::info!(running = jobs.len(), "Drain timeout; stopping running jobs.");
-                    jobs_stop.begin(reason.clone());
+                _ = sleep_until(preempt_at), if !jobs_stop.is_draining() => {
+                    let (_, why) = deadline.expect("only armed with a deadline");
+                    tracing::info!(
+                        running = jobs.len(),
+                        draining_ms = began.elapsed().as_millis() as u64,
+                        "Stopping running jobs to hand them back."
+                    );
+                    jobs_stop.begin(why);
+                }
+                changed = preemption.changed() => {
+                    if changed.is_err() {
+                        // The sender lives in `stop`, which outlives the drain.
+                        unreachable!("the preemption channel closed");
+                    }
                 }
                 _ = stop.forced().cancelled(), if !jobs_stop.forced().is_cancelled() => {
                     tracing::info!(running = jobs.len(), "Forced; stopping running jobs now.");
-                    if !jobs_stop.is_draining() {
-                        jobs_stop.begin(reason.clone());
-                    }
+                    jobs_stop.begin(reason.clone());
                     jobs_stop.force();
                 }
             }
@@ -582,6 +676,14 @@ impl Agent {
             }
             Err(error) => tracing::warn!(%error, "Could not look for orphaned workspaces."),
         }
+    }
+}
+
+/// Sleeps until `at`; never returns without one.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -46,3 +46,7 @@ pub fn s3_client(sdk: &SdkConfig, config: &AwsConfig) -> aws_sdk_s3::Client {
 pub fn sqs_client(sdk: &SdkConfig) -> aws_sdk_sqs::Client {
     aws_sdk_sqs::Client::new(sdk)
 }
+
+pub fn autoscaling_client(sdk: &SdkConfig) -> aws_sdk_autoscaling::Client {
+    aws_sdk_autoscaling::Client::new(sdk)
+}

@@ -34,6 +34,7 @@ pub struct Config {
     pub agent: AgentConfig,
     pub docker: DockerConfig,
     pub aws: AwsConfig,
+    pub imds: ImdsConfig,
     pub queue: QueueConfig,
     pub results: ResultsConfig,
     pub images: ImagesConfig,
@@ -53,6 +54,27 @@ pub struct AgentConfig {
     pub idle_shutdown: Option<Duration>,
     /// Overrides the instance id that results and logs carry (off EC2, or in tests).
     pub instance_id: Option<String>,
+    /// What to do with the instance after an idle drain or an Auto Scaling
+    /// termination.
+    pub on_exit: OnExit,
+    /// The command `on_exit = "shutdown"` runs (and `terminate` falls back to).
+    pub shutdown_command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnExit {
+    None,
+    /// TerminateInstanceInAutoScalingGroup, decrementing the desired capacity.
+    Terminate,
+    Shutdown,
+}
+
+#[derive(Debug, Clone)]
+pub struct ImdsConfig {
+    /// Off EC2 (or in tests without a simulator) the watchers are off.
+    pub enabled: bool,
+    pub endpoint: String,
+    pub poll: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -106,10 +128,31 @@ pub struct CacheConfig {
 
 #[derive(Debug, Clone)]
 pub struct DrainConfig {
+    /// Running jobs on a spot notice: hand back at once, or finish if they can
+    /// before the deadline.
+    pub on_spot: SpotPolicy,
+    pub on_rebalance: RebalancePolicy,
+    /// The drain's deadline is the interruption time minus this.
+    pub safety_margin: Duration,
     /// On SIGTERM, how long running jobs may go on before they are stopped and released.
     pub stop_timeout: Duration,
     /// Between a container's SIGTERM and its SIGKILL.
     pub stop_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpotPolicy {
+    Release,
+    FinishIfPossible,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RebalancePolicy {
+    Ignore,
+    /// Take no more jobs; finish the running ones.
+    StopIntake,
+    /// As on SIGTERM.
+    Drain,
 }
 
 /// A job profile: the pool's "task definition". Holds the defaults and the caps of
@@ -319,6 +362,24 @@ impl Reader<'_> {
                 secs => Some(Duration::from_secs(secs)),
             },
             instance_id: self.opt_string(&mut section, "instance_id"),
+            on_exit: self.choice(
+                &mut section,
+                "on_exit",
+                &[
+                    ("none", OnExit::None),
+                    ("terminate", OnExit::Terminate),
+                    ("shutdown", OnExit::Shutdown),
+                ],
+                OnExit::None,
+            ),
+            shutdown_command: {
+                let command = self.strings(&mut section, "shutdown_command");
+                if command.is_empty() {
+                    vec!["shutdown".into(), "-h".into(), "now".into()]
+                } else {
+                    command
+                }
+            },
         };
         self.finish(section);
 
@@ -334,6 +395,16 @@ impl Reader<'_> {
             endpoint_url: self.opt_url(&mut aws, "endpoint_url"),
         };
         self.finish(aws);
+
+        let mut imds = self.section(&mut root, "imds");
+        let imds_cfg = ImdsConfig {
+            enabled: self.bool(&mut imds, "enabled", true),
+            endpoint: self
+                .opt_url(&mut imds, "endpoint")
+                .unwrap_or_else(|| "http://169.254.169.254".to_owned()),
+            poll: Duration::from_millis(self.int(&mut imds, "poll_ms", 100..=5000, 1000)),
+        };
+        self.finish(imds);
 
         let mut queue = self.section(&mut root, "queue");
         let queue_cfg = QueueConfig {
@@ -389,6 +460,31 @@ impl Reader<'_> {
 
         let mut drain = self.section(&mut root, "drain");
         let drain_cfg = DrainConfig {
+            on_spot: self.choice(
+                &mut drain,
+                "on_spot",
+                &[
+                    ("release", SpotPolicy::Release),
+                    ("finish-if-possible", SpotPolicy::FinishIfPossible),
+                ],
+                SpotPolicy::FinishIfPossible,
+            ),
+            on_rebalance: self.choice(
+                &mut drain,
+                "on_rebalance",
+                &[
+                    ("ignore", RebalancePolicy::Ignore),
+                    ("stop-intake", RebalancePolicy::StopIntake),
+                    ("drain", RebalancePolicy::Drain),
+                ],
+                RebalancePolicy::StopIntake,
+            ),
+            safety_margin: Duration::from_secs(self.int(
+                &mut drain,
+                "safety_margin_secs",
+                0..=110,
+                15,
+            )),
             stop_timeout: Duration::from_secs(self.int(
                 &mut drain,
                 "stop_timeout_secs",
@@ -409,6 +505,7 @@ impl Reader<'_> {
             agent,
             docker: docker_cfg,
             aws: aws_cfg,
+            imds: imds_cfg,
             queue: queue_cfg,
             results: results_cfg,
             images: images_cfg,
@@ -600,6 +697,30 @@ impl Reader<'_> {
             }
             None => {
                 self.issue(&full, "must be a number");
+                default
+            }
+        }
+    }
+
+    fn choice<T: Copy>(
+        &mut self,
+        section: &mut Section,
+        key: &str,
+        options: &[(&str, T)],
+        default: T,
+    ) -> T {
+        let full = section.key(key);
+        let Some(text) = self.opt_string(section, key) else {
+            return default;
+        };
+        match options.iter().find(|(name, _)| *name == text) {
+            Some((_, value)) => *value,
+            None => {
+                let names: Vec<String> = options.iter().map(|(n, _)| format!("{n:?}")).collect();
+                self.issue(
+                    &full,
+                    &format!("{text:?} is not one of {}", names.join(", ")),
+                );
                 default
             }
         }

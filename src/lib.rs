@@ -13,10 +13,14 @@
 //! - [`stop`]: why and how the agent stops;
 //! - [`aws`], [`sqs`] and [`results`]: the SDK, the queues, and the S3 record;
 //! - [`agent`]: `deckhand run`, the queue loop and its drain;
+//! - [`imds`] and [`notices`]: the instance metadata, and the watcher that turns
+//!   spot, rebalance and Auto Scaling notices into drains;
+//! - [`autoscaling`]: scale-in after an idle drain;
 //! - [`systemd`]: readiness and watchdog notifications;
 //! - [`exec`] and [`submit`]: the `deckhand exec` and `deckhand submit` commands.
 
 pub mod agent;
+pub mod autoscaling;
 pub mod aws;
 pub mod backoff;
 pub mod config;
@@ -24,9 +28,11 @@ pub mod docker;
 pub mod exec;
 pub mod exit;
 pub mod image;
+pub mod imds;
 pub mod job;
 pub mod job_log;
 pub mod logging;
+pub mod notices;
 pub mod outcome;
 pub mod results;
 pub mod runner;

@@ -1,13 +1,22 @@
 //! Why the agent stops, and the one signal that tells everything to stop.
 //!
-//! Every trigger (a signal, and later a spot notice or idleness) goes through
-//! [`Stop::begin`] with a [`StopReason`]; the first reason wins. A second trigger
-//! while draining escalates to [`Stop::force`]: wait for nothing, stop what runs now.
+//! Every trigger (a signal, a spot notice, a rebalance recommendation, an Auto
+//! Scaling termination, idleness) goes through [`Stop::begin`] with a
+//! [`StopReason`]; the first reason starts the drain. Triggers that carry a deadline
+//! (a spot notice) also set the instant by which running jobs must be stopped,
+//! through [`Stop::preempt_by`]; a later, earlier deadline tightens it. A second
+//! signal is the operator saying "now": [`Stop::force`].
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::config::RebalancePolicy;
+use crate::imds::SpotAction;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StopReason {
@@ -15,6 +24,15 @@ pub enum StopReason {
     Signal(&'static str),
     /// No job for `agent.idle_shutdown_secs`.
     Idle { after_secs: u64 },
+    /// EC2 will interrupt this spot instance at `time`.
+    Spot {
+        action: SpotAction,
+        time: DateTime<Utc>,
+    },
+    /// EC2 recommends moving work off this instance.
+    Rebalance { policy: RebalancePolicy },
+    /// Auto Scaling set the target lifecycle state to `Terminated`.
+    AutoScaling,
 }
 
 impl fmt::Display for StopReason {
@@ -22,18 +40,39 @@ impl fmt::Display for StopReason {
         match self {
             StopReason::Signal(name) => write!(f, "{name} received"),
             StopReason::Idle { after_secs } => write!(f, "idle for {after_secs}s"),
+            StopReason::Spot { action, time } => write!(
+                f,
+                "spot interruption notice ({} at {})",
+                action.as_str(),
+                crate::outcome::timestamp(*time)
+            ),
+            StopReason::Rebalance { .. } => write!(f, "rebalance recommendation"),
+            StopReason::AutoScaling => write!(f, "Auto Scaling termination"),
         }
     }
 }
 
 /// Shared stop state: cheap to clone, one per process (tests make their own).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Stop {
     /// Cancelled when the drain begins: take no more work.
     draining: CancellationToken,
     /// Cancelled when waiting is over: stop running jobs now.
     forced: CancellationToken,
     reason: Arc<OnceLock<StopReason>>,
+    /// When running jobs must be stopped, and why, if a trigger set a deadline.
+    preempt: Arc<watch::Sender<Option<(Instant, StopReason)>>>,
+}
+
+impl Default for Stop {
+    fn default() -> Self {
+        Stop {
+            draining: CancellationToken::new(),
+            forced: CancellationToken::new(),
+            reason: Arc::default(),
+            preempt: Arc::new(watch::channel(None).0),
+        }
+    }
 }
 
 impl Stop {
@@ -41,15 +80,30 @@ impl Stop {
         Self::default()
     }
 
-    /// Starts the drain; a second call while draining forces it.
-    pub fn begin(&self, reason: StopReason) {
+    /// Starts the drain; false if it had already begun (the first reason stands).
+    pub fn begin(&self, reason: StopReason) -> bool {
         if self.reason.set(reason.clone()).is_err() {
-            tracing::warn!(%reason, "Second stop request; stopping running jobs now.");
-            self.force();
-            return;
+            return false;
         }
         tracing::info!(%reason, "Draining.");
         self.draining.cancel();
+        true
+    }
+
+    /// Running jobs must be stopped by `at`; an earlier deadline already set stands.
+    pub fn preempt_by(&self, at: Instant, reason: StopReason) {
+        self.preempt.send_if_modified(|current| match current {
+            Some((existing, _)) if *existing <= at => false,
+            _ => {
+                *current = Some((at, reason));
+                true
+            }
+        });
+    }
+
+    /// Watches the preemption deadline.
+    pub fn preemption(&self) -> watch::Receiver<Option<(Instant, StopReason)>> {
+        self.preempt.subscribe()
     }
 
     /// Stops running jobs without waiting for them any longer.
@@ -77,8 +131,8 @@ impl Stop {
     }
 }
 
-/// Feeds SIGTERM and SIGINT into `stop` for as long as it is polled. It never
-/// returns: callers race it against their work.
+/// Feeds SIGTERM and SIGINT into `stop` for as long as it is polled: the first
+/// drains, the second forces. It never returns: callers race it against their work.
 pub async fn watch_signals(stop: Stop) -> std::io::Result<std::convert::Infallible> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
@@ -88,23 +142,58 @@ pub async fn watch_signals(stop: Stop) -> std::io::Result<std::convert::Infallib
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
         };
-        stop.begin(StopReason::Signal(name));
+        if !stop.begin(StopReason::Signal(name)) {
+            tracing::warn!(
+                signal = name,
+                "Second stop request; stopping running jobs now."
+            );
+            stop.force();
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
-    fn first_reason_wins_and_second_forces() {
+    fn first_reason_wins() {
         let stop = Stop::new();
         assert!(!stop.is_draining());
-        stop.begin(StopReason::Signal("SIGTERM"));
+        assert!(stop.begin(StopReason::Signal("SIGTERM")));
         assert!(stop.is_draining());
+        assert!(!stop.begin(StopReason::AutoScaling));
         assert!(!stop.forced().is_cancelled());
-        stop.begin(StopReason::Signal("SIGINT"));
-        assert!(stop.forced().is_cancelled());
         assert_eq!(stop.reason(), Some(&StopReason::Signal("SIGTERM")));
+        stop.force();
+        assert!(stop.forced().is_cancelled());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn preemption_only_tightens() {
+        let stop = Stop::new();
+        let rx = stop.preemption();
+        let now = Instant::now();
+        stop.preempt_by(now + Duration::from_secs(60), StopReason::AutoScaling);
+        stop.preempt_by(now + Duration::from_secs(90), StopReason::Signal("SIGTERM"));
+        assert_eq!(
+            rx.borrow().as_ref().unwrap().0,
+            now + Duration::from_secs(60)
+        );
+        stop.preempt_by(
+            now + Duration::from_secs(5),
+            StopReason::Rebalance {
+                policy: RebalancePolicy::Drain,
+            },
+        );
+        let (at, reason) = rx.borrow().clone().unwrap();
+        assert_eq!(at, now + Duration::from_secs(5));
+        assert_eq!(
+            reason,
+            StopReason::Rebalance {
+                policy: RebalancePolicy::Drain
+            }
+        );
     }
 }

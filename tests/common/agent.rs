@@ -24,10 +24,16 @@ pub fn agent_config(
     instance_id: &str,
     extra: &str,
 ) -> TestConfig {
+    // No instance id: the agent asks the metadata service (or uses the hostname).
+    let instance_id = if instance_id.is_empty() {
+        String::new()
+    } else {
+        format!("instance_id = \"{instance_id}\"")
+    };
     let text = format!(
         r#"
 [agent]
-instance_id = "{instance_id}"
+{instance_id}
 [aws]
 region = "us-east-1"
 endpoint_url = "{endpoint}"
@@ -38,6 +44,10 @@ visibility_timeout_secs = 30
 dead_letter_url = "{dlq}"
 [results]
 bucket = "{bucket}"
+# Tests that watch for notices point this at their own simulator; the rest must
+# never reach for 169.254.169.254.
+[imds]
+enabled = false
 "#,
         queue = pool.queue_url,
         dlq = pool.dlq_url,

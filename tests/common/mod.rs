@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod aws;
+pub mod imds;
 pub mod proxy;
 
 use std::path::{Path, PathBuf};

@@ -5,7 +5,10 @@
 
 use std::path::{Path, PathBuf};
 
-use tokio::io::{AsyncRead, AsyncWrite, copy_bidirectional};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, copy_bidirectional};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -44,6 +47,65 @@ impl Proxy {
         }
     }
 
+    /// Like [`Proxy::tcp`], but answers the first `n` HTTP requests whose head
+    /// contains `marker` with an AWS `Throttling` error instead of forwarding them.
+    /// (Each request comes on its own connection: moto closes every one.)
+    pub async fn tcp_throttling(
+        upstream: &str,
+        marker: &str,
+        n: usize,
+    ) -> (Proxy, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = format!("http://{}", listener.local_addr().unwrap());
+        let (down, watch) = watch::channel(false);
+        let throttled = Arc::new(AtomicUsize::new(0));
+        let counter = throttled.clone();
+        let upstream = upstream.to_owned();
+        let marker = marker.as_bytes().to_owned();
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                let upstream = upstream.clone();
+                let watch = watch.clone();
+                let counter = counter.clone();
+                let marker = marker.clone();
+                tokio::spawn(async move {
+                    let Some(head) = read_head(&mut client).await else {
+                        return;
+                    };
+                    let matches = head.windows(marker.len()).any(|w| w == marker.as_slice());
+                    if matches && counter.fetch_add(1, Ordering::SeqCst) < n {
+                        let mut rest =
+                            vec![0; content_length(&head).saturating_sub(body_read(&head))];
+                        let _ = client.read_exact(&mut rest).await;
+                        let body = "<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message></Error><RequestId>throttled</RequestId></ErrorResponse>";
+                        let response = format!(
+                            "HTTP/1.1 400 Bad Request\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = client.write_all(response.as_bytes()).await;
+                        return;
+                    }
+                    if let Ok(mut server) = TcpStream::connect(&upstream).await
+                        && server.write_all(&head).await.is_ok()
+                    {
+                        forward(client, server, watch).await;
+                    }
+                });
+            }
+        });
+        (
+            Proxy {
+                down,
+                accept,
+                address,
+            },
+            throttled,
+        )
+    }
+
     /// A unix socket at `path` in front of the socket at `upstream`.
     pub async fn unix(path: &Path, upstream: &Path) -> Proxy {
         let listener = UnixListener::bind(path).unwrap();
@@ -80,6 +142,41 @@ impl Drop for Proxy {
         self.accept.abort();
         self.set_down(true);
     }
+}
+
+/// Reads up to the end of the HTTP head (and whatever body came with it).
+async fn read_head(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 || buf.len() > 1 << 20 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Some(buf)
+}
+
+fn head_end(head: &[u8]) -> usize {
+    head.windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(head.len(), |p| p + 4)
+}
+
+fn body_read(head: &[u8]) -> usize {
+    head.len() - head_end(head)
+}
+
+fn content_length(head: &[u8]) -> usize {
+    String::from_utf8_lossy(&head[..head_end(head)])
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or(0)
 }
 
 async fn forward<A, B>(mut client: A, mut server: B, mut down: watch::Receiver<bool>)

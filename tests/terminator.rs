@@ -1,0 +1,548 @@
+//! The slave terminator: spot, rebalance and Auto Scaling notices from the IMDS
+//! simulator, drained against the real Docker engine and moto.
+
+mod common;
+
+use std::time::Duration;
+
+use common::agent::{AgentProcess, agent_config};
+use common::aws::{Aws, Pool, eventually};
+use common::imds::ImdsSim;
+use common::*;
+use serde_json::json;
+
+const LONG: Duration = Duration::from_secs(120);
+
+/// A job that runs for ten minutes on its first delivery and finishes at once on
+/// any later one: what a second agent completes after a spot notice.
+fn first_attempt_hangs(id: &str, stack: &Stack) -> String {
+    let script = "if [ \"$DECKHAND_ATTEMPT\" = 1 ]; then sleep 600; fi; echo done on attempt $DECKHAND_ATTEMPT";
+    job(id, &stack.image, &["sh", "-c", script]).to_string()
+}
+
+fn imds_config(sim: &ImdsSim, extra: &str) -> String {
+    format!(
+        "[imds]\nenabled = true\nendpoint = \"{}\"\npoll_ms = 200\n{extra}",
+        sim.url
+    )
+}
+
+async fn result(aws: &Aws, pool: &Pool, id: &str) -> Option<serde_json::Value> {
+    aws.json(&pool.bucket, &format!("results/{id}/result.json"))
+        .await
+}
+
+async fn attempt(aws: &Aws, pool: &Pool, id: &str, n: u32) -> Option<serde_json::Value> {
+    aws.json(
+        &pool.bucket,
+        &format!("results/{id}/attempt-{n}/result.json"),
+    )
+    .await
+}
+
+async fn wait_for<F, Fut>(what: &str, mut get: F) -> serde_json::Value
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<serde_json::Value>>,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        if let Some(found) = get().await {
+            return found;
+        }
+        assert!(start.elapsed() < LONG, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spot_notice_hands_the_job_to_another_agent() {
+    let stack = Stack::from_env();
+    let aws = Aws::new().await;
+    let pool = aws.pool("spot", 5).await;
+    let sim = ImdsSim::start(&unique("i-spot"));
+    let config = agent_config(
+        &stack,
+        &pool,
+        &aws.endpoint,
+        "",
+        &imds_config(
+            &sim,
+            "[queue]\nvisibility_timeout_secs = 600\n[drain]\non_spot = \"release\"\nstop_grace_secs = 1",
+        ),
+    );
+    let mut doomed = AgentProcess::start(&config, "doomed");
+    let id = unique("spot");
+    aws.send(&pool.queue_url, &first_attempt_hangs(&id, &stack))
+        .await;
+    doomed.wait_log("Job started.", LONG).await;
+
+    sim.spot("terminate", 120).await;
+    let noticed = tokio::time::Instant::now();
+    eventually("the message to be visible again", LONG, || async {
+        aws.counts(&pool.queue_url).await == (1, 0)
+    })
+    .await;
+    assert_eq!(doomed.wait_exit(LONG).await, Some(0));
+    // Well inside the 105 s the notice leaves (120 s minus the 15 s margin).
+    let exited_after = noticed.elapsed();
+    assert!(exited_after < Duration::from_secs(60), "{exited_after:?}");
+    let interrupted = wait_for("the interrupted attempt", || attempt(&aws, &pool, &id, 1)).await;
+    assert_eq!(interrupted["status"], "interrupted");
+    assert!(
+        interrupted["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("interrupted: spot interruption notice (terminate at "),
+        "{interrupted}"
+    );
+    // The instance id came from the metadata service.
+    assert!(
+        interrupted["instance_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("i-spot-")
+    );
+
+    let rescuer_config = agent_config(&stack, &pool, &aws.endpoint, &unique("i-rescuer"), "");
+    let _rescuer = AgentProcess::start(&rescuer_config, "rescuer");
+    let done = wait_for("the terminal result", || result(&aws, &pool, &id)).await;
+    assert_eq!(done["status"], "succeeded");
+    assert_eq!(done["attempt"], 2);
+    assert_clean(&id);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn finish_if_possible_finishes_a_short_job_and_releases_a_long_one() {
+    let stack = Stack::from_env();
+    let aws = Aws::new().await;
+    let pool = aws.pool("finish", 5).await;
+    let sim = ImdsSim::start(&unique("i-finish"));
+    let config = agent_config(
+        &stack,
+        &pool,
+        &aws.endpoint,
+        "",
+        &imds_config(
+            &sim,
+            "[agent]\nslots = 2\n[queue]\nvisibility_timeout_secs = 600\n[drain]\non_spot = \"finish-if-possible\"\nsafety_margin_secs = 2\nstop_grace_secs = 1",
+        ),
+    );
+    let mut agent = AgentProcess::start(&config, "agent");
+    let short = unique("short");
+    let long = unique("long");
+    aws.send(
+        &pool.queue_url,
+        &job(
+            &short,
+            &stack.image,
+            &["sh", "-c", "sleep 3; echo finished"],
+        )
+        .to_string(),
+    )
+    .await;
+    aws.send(
+        &pool.queue_url,
+        &job(&long, &stack.image, &["sleep", "600"]).to_string(),
+    )
+    .await;
+    eventually("both jobs to run", LONG, || async {
+        agent.count("Job started.") == 2
+    })
+    .await;
+
+    // Interruption in 14 s: the deadline is 12 s away, jobs are stopped at 11 s.
+    sim.spot("terminate", 14).await;
+    let noticed = tokio::time::Instant::now();
+    assert_eq!(agent.wait_exit(LONG).await, Some(0));
+    let exited_after = noticed.elapsed();
+    assert!(
+        exited_after < Duration::from_secs(14),
+        "exited {exited_after:?} after the notice"
+    );
+    assert_eq!(
+        result(&aws, &pool, &short).await.unwrap()["status"],
+        "succeeded"
+    );
+    assert_eq!(
+        attempt(&aws, &pool, &long, 1).await.unwrap()["status"],
+        "interrupted"
+    );
+    assert_eq!(
+        aws.counts(&pool.queue_url).await,
+        (1, 0),
+        "the long job is back on the queue"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hibernate_drains_at_once_whatever_the_policy() {
+    let stack = Stack::from_env();
+    let aws = Aws::new().await;
+    let pool = aws.pool("hibernate", 5).await;
+    let sim = ImdsSim::start(&unique("i-hib"));
+    let config = agent_config(
+        &stack,
+        &pool,
+        &aws.endpoint,
+        "",
+        &imds_config(
+            &sim,
+            "[queue]\nvisibility_timeout_secs = 600\n[drain]\non_spot = \"finish-if-possible\"\nstop_grace_secs = 1",
+        ),
+    );
+    let mut agent = AgentProcess::start(&config, "agent");
+    let id = unique("hib");
+    aws.send(
+        &pool.queue_url,
+        &job(&id, &stack.image, &["sleep", "600"]).to_string(),
+    )
+    .await;
+    agent.wait_log("Job started.", LONG).await;
+    // The notice time says two minutes, but hibernation gives no warning.
+    sim.spot("hibernate", 120).await;
+    assert_eq!(agent.wait_exit(LONG).await, Some(0));
+    assert_eq!(
+        attempt(&aws, &pool, &id, 1).await.unwrap()["status"],
+        "interrupted"
+    );
+    assert_eq!(aws.counts(&pool.queue_url).await, (1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rebalance_ignore_keeps_serving() {
+    let stack = Stack::from_env();
+    let aws = Aws::new().await;
+    let pool = aws.pool("rb-ignore", 5).await;
+    let sim = ImdsSim::start(&unique("i-rbi"));
+    let config = agent_config(
+        &stack,
+        &pool,
+        &aws.endpoint,
+        "",
+        &imds_config(&sim, "[drain]\non_rebalance = \"ignore\""),
+    );
+    let agent = AgentProcess::start(&config, "agent");
+    agent.wait_log("Ready; serving the queue.", LONG).await;
+    sim.control("rebalance", json!({"in_secs": 0})).await;
+    agent.wait_log("Rebalance recommendation.", LONG).await;
+    let id = unique("after");
+    aws.send(
+        &pool.queue_url,
+        &job(&id, &stack.image, &["true"]).to_string(),
+    )
+    .await;
+    let r = wait_for("the job sent after the notice", || result(&aws, &pool, &id)).await;
+    assert_eq!(r["status"], "succeeded");
+    assert_eq!(agent.count("Draining."), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rebalance_stop_intake_finishes_running_jobs_and_takes_no_more() {
+    let stack = Stack::from_env();
+    let aws = Aws::new().await;
+    let pool = aws.pool("rb-intake", 5).await;
+    let sim = ImdsSim::start(&unique("i-rbs"));
+    let config = agent_config(
+        &stack,
+        &pool,
+        &aws.endpoint,
+        "",
+        &imds_config(
+            &sim,
+            "[drain]\non_rebalance = \"stop-intake\"\nstop_timeout_secs = 0",
+        ),
+    );
+    let mut agent = AgentProcess::start(&config, "agent");
+    let running = unique("running");
+    aws.send(
+        &pool.queue_url,
+        &job(&running, &stack.image, &["sh", "-c", "sleep 3"]).to_string(),
+    )
+    .await;
+    agent.wait_log("Job started.", LONG).await;
+    sim.control("rebalance", json!({"in_secs": 0})).await;
+    agent
+        .wait_log("Stopped receiving; waiting for running jobs.", LONG)
+        .await;
+    let later = unique("later");
+    aws.send(
+        &pool.queue_url,
+        &job(&later, &stack.image, &["true"]).to_string(),
+    )
+    .await;
+    assert_eq!(agent.wait_exit(LONG).await, Some(0));
+    // stop_timeout_secs = 0 does not apply: stop-intake lets the job finish.
+    assert_eq!(
+        result(&aws, &pool, &running).await.unwrap()["status"],
+        "succeeded"
+    );
+    assert_eq!(
+        aws.counts(&pool.queue_url).await,
+        (1, 0),
+        "the later job was never taken"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rebalance_drain_acts_like_sigterm() {
+    let stack = Stack::from_env();
+    let aws = Aws::new().await;
+    let pool = aws.pool("rb-drain", 5).await;
+    let sim = ImdsSim::start(&unique("i-rbd"));
+    let config = agent_config(
+        &stack,
+        &pool,
+        &aws.endpoint,
+        "",
+        &imds_config(
+            &sim,
+            "[queue]\nvisibility_timeout_secs = 600\n[drain]\non_rebalance = \"drain\"\nstop_timeout_secs = 0\nstop_grace_secs = 0",
+        ),
+    );
+    let mut agent = AgentProcess::start(&config, "agent");
+    let id = unique("drained");
+    aws.send(
+        &pool.queue_url,
+        &job(&id, &stack.image, &["sleep", "600"]).to_string(),
+    )
+    .await;
+    agent.wait_log("Job started.", LONG).await;
+    sim.control("rebalance", json!({"in_secs": 0})).await;
+    assert_eq!(agent.wait_exit(LONG).await, Some(0));
+    let r = attempt(&aws, &pool, &id, 1).await.unwrap();
+    assert_eq!(r["status"], "interrupted");
+    assert_eq!(r["reason"], "interrupted: rebalance recommendation");
+    assert_eq!(aws.counts(&pool.queue_url).await, (1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auto_scaling_termination_drains_and_runs_the_exit_action() {
+    let stack = Stack::from_env();
+    let aws = Aws::new().await;
+    let pool = aws.pool("asg-term", 5).await;
+    let sim = ImdsSim::start(&unique("i-asgt"));
+    let marker = tempfile::tempdir().unwrap();
+    let ran = marker.path().join("shutdown-ran");
+    let config = agent_config(
+        &stack,
+        &pool,
+        &aws.endpoint,
+        "",
+        &imds_config(
+            &sim,
+            &format!(
+                "[agent]\non_exit = \"shutdown\"\nshutdown_command = [\"touch\", \"{}\"]",
+                ran.display()
+            ),
+        ),
+    );
+    let mut agent = AgentProcess::start(&config, "agent");
+    let id = unique("last");
+    aws.send(
+        &pool.queue_url,
+        &job(&id, &stack.image, &["sh", "-c", "sleep 2"]).to_string(),
+    )
+    .await;
+    agent.wait_log("Job started.", LONG).await;
+    sim.control("lifecycle", json!({"state": "Terminated", "in_secs": 0}))
+        .await;
+    assert_eq!(agent.wait_exit(LONG).await, Some(0));
+    assert_eq!(
+        result(&aws, &pool, &id).await.unwrap()["status"],
+        "succeeded",
+        "finished within stop_timeout_secs"
+    );
+    assert!(ran.exists(), "the shutdown command ran");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metadata_faults_never_stop_the_jobs() {
+    let stack = Stack::from_env();
+    let aws = Aws::new().await;
+    let pool = aws.pool("imdsfault", 5).await;
+    let sim = ImdsSim::start(&unique("i-fault"));
+    let config = agent_config(&stack, &pool, &aws.endpoint, "", &imds_config(&sim, ""));
+    let agent = AgentProcess::start(&config, "agent");
+    agent.wait_log("Ready; serving the queue.", LONG).await;
+    let warning = "Cannot read the instance metadata; jobs go on.";
+    for (mode, delay_ms) in [("500", 0), ("401", 0), ("slow", 3000), ("down", 0)] {
+        let before = agent.count(warning);
+        sim.faults(mode, None, delay_ms).await;
+        eventually(&format!("a warning for fault {mode}"), LONG, || async {
+            agent.count(warning) > before
+        })
+        .await;
+        let id = unique(&format!("during-{mode}"));
+        aws.send(
+            &pool.queue_url,
+            &job(&id, &stack.image, &["true"]).to_string(),
+        )
+        .await;
+        let r = wait_for(&format!("a job during fault {mode}"), || {
+            result(&aws, &pool, &id)
+        })
+        .await;
+        assert_eq!(r["status"], "succeeded");
+        let warnings = agent.count(warning) - before;
+        sim.faults("none", None, 0).await;
+        let recovered = agent.count("The instance metadata service answers again.");
+        eventually("recovery to be logged", LONG, || async {
+            agent.count("The instance metadata service answers again.") > recovered
+        })
+        .await;
+        // Once per backoff step (1 s, 2 s, 4 s …), not once per 200 ms poll.
+        assert!(warnings <= 8, "{warnings} warnings during fault {mode}");
+    }
+    assert_eq!(agent.count("Draining."), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_poll_misses_no_notice() {
+    let stack = Stack::from_env();
+    let aws = Aws::new().await;
+    let pool = aws.pool("missed", 5).await;
+    let sim = ImdsSim::start(&unique("i-missed"));
+    let config = agent_config(&stack, &pool, &aws.endpoint, "", &imds_config(&sim, ""));
+    let mut agent = AgentProcess::start(&config, "agent");
+    agent.wait_log("Ready; serving the queue.", LONG).await;
+    // The very next request is dropped; the notice is there from now on.
+    sim.faults("down", Some(1), 0).await;
+    sim.spot("terminate", 120).await;
+    assert_eq!(agent.wait_exit(LONG).await, Some(0));
+    assert_eq!(agent.count("Spot interruption notice."), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn off_ec2_the_watchers_are_off_with_one_warning() {
+    let stack = Stack::from_env();
+    let aws = Aws::new().await;
+    let pool = aws.pool("offec2", 5).await;
+    // A loopback port nobody listens on stands for "no metadata service here".
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let config = agent_config(
+        &stack,
+        &pool,
+        &aws.endpoint,
+        "",
+        &format!("[imds]\nenabled = true\nendpoint = \"{url}\""),
+    );
+    let agent = AgentProcess::start(&config, "agent");
+    let id = unique("offec2");
+    aws.send(
+        &pool.queue_url,
+        &job(&id, &stack.image, &["true"]).to_string(),
+    )
+    .await;
+    let r = wait_for("the job", || result(&aws, &pool, &id)).await;
+    assert_eq!(r["status"], "succeeded");
+    let warnings: Vec<_> = agent
+        .logs()
+        .into_iter()
+        .filter(|l| l["level"] == "warn" && l["msg"].as_str().unwrap().contains("metadata"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0]["msg"]
+            .as_str()
+            .unwrap()
+            .starts_with("No instance metadata service")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_scale_in_leaves_the_group_and_survives_throttling() {
+    let stack = Stack::from_env();
+    let aws = Aws::new().await;
+    let pool = aws.pool("scalein", 5).await;
+    let asg = aws_sdk_autoscaling::Client::new(
+        &aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(&aws.endpoint)
+            .region(aws_config::Region::new("us-east-1"))
+            .load()
+            .await,
+    );
+    let group = unique("ci-pool");
+    asg.create_launch_configuration()
+        .launch_configuration_name(&group)
+        .image_id("ami-12c6146b")
+        .instance_type("t3.micro")
+        .send()
+        .await
+        .unwrap();
+    asg.create_auto_scaling_group()
+        .auto_scaling_group_name(&group)
+        .launch_configuration_name(&group)
+        .min_size(0)
+        .max_size(3)
+        .desired_capacity(2)
+        .availability_zones("us-east-1a")
+        .send()
+        .await
+        .unwrap();
+    let describe = || async {
+        asg.describe_auto_scaling_groups()
+            .auto_scaling_group_names(&group)
+            .send()
+            .await
+            .unwrap()
+            .auto_scaling_groups
+            .unwrap()
+            .remove(0)
+    };
+    let instances: Vec<String> = describe()
+        .await
+        .instances
+        .unwrap()
+        .into_iter()
+        .map(|i| i.instance_id.unwrap())
+        .collect();
+    assert_eq!(instances.len(), 2);
+    let me = instances[0].clone();
+
+    let sim = ImdsSim::start(&me);
+    // Auto Scaling answers "Throttling" four times: more than the SDK's own three
+    // attempts, so deckhand's retry has to carry it.
+    let upstream = aws.endpoint.trim_start_matches("http://").to_owned();
+    let (proxy, throttled) =
+        common::proxy::Proxy::tcp_throttling(&upstream, "/autoscaling/aws4_request", 4).await;
+    let config = agent_config(
+        &stack,
+        &pool,
+        &proxy.address,
+        "",
+        &imds_config(
+            &sim,
+            "[agent]\nidle_shutdown_secs = 2\non_exit = \"terminate\"",
+        ),
+    );
+    let mut agent = AgentProcess::start(&config, "agent");
+    assert_eq!(agent.wait_exit(LONG).await, Some(0));
+    assert!(throttled.load(std::sync::atomic::Ordering::SeqCst) >= 4);
+    assert!(
+        agent.count("Auto Scaling refused for now; retrying.") >= 1,
+        "{}",
+        std::fs::read_to_string(agent.log_path()).unwrap()
+    );
+    agent
+        .wait_log(
+            "Auto Scaling is terminating this instance; desired capacity decremented.",
+            LONG,
+        )
+        .await;
+    let after = describe().await;
+    assert_eq!(
+        after.desired_capacity,
+        Some(1),
+        "desired capacity decremented"
+    );
+    let left: Vec<String> = after
+        .instances
+        .unwrap()
+        .into_iter()
+        .map(|i| i.instance_id.unwrap())
+        .collect();
+    assert!(!left.contains(&me), "{me} left the group: {left:?}");
+}

@@ -14,13 +14,18 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::backoff::Backoff;
+use std::path::PathBuf;
+
+use crate::cache::{Cache, CacheError};
 use crate::config::{Config, RebalancePolicy};
 use crate::docker::{self, Docker};
 use crate::imds::{Identity, Imds};
 use crate::job::{Job, Rejection};
+use crate::mask::SharedMasker;
 use crate::outcome::{JobResult, Status};
 use crate::results::{Claim, ClaimOutcome, Notifier, Recorded, ResultStore, StoreError};
 use crate::runner::Runner;
+use crate::secrets::SecretsError;
 use crate::sqs::{Queue, Received};
 use crate::stop::{Stop, StopReason};
 use crate::systemd;
@@ -43,6 +48,32 @@ pub enum AgentError {
         key: &'static str,
         rule: &'static str,
     },
+    #[error("agent.secrets_dir {path}: {reason}")]
+    SecretsDir { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
+    #[error("warm image {image}: {message} (images.warm_failure = \"fail\")")]
+    Warm { image: String, message: String },
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+}
+
+impl AgentError {
+    /// 78 for what an operator must fix (retrying cannot help, so systemd must not
+    /// restart), 69 for a dependency that may come back.
+    pub fn exit_code(&self) -> u8 {
+        let permanent = match self {
+            AgentError::Config { .. } | AgentError::SecretsDir { .. } => true,
+            AgentError::Secrets(e) => e.is_permanent(),
+            AgentError::Warm { .. } => false,
+            AgentError::Cache(e) => e.is_permanent(),
+        };
+        if permanent {
+            crate::exit::CONFIG
+        } else {
+            crate::exit::UNAVAILABLE
+        }
+    }
 }
 
 /// Everything a job task needs; shared by all of them.
@@ -57,7 +88,11 @@ struct Agent {
 
 /// Bootstraps, serves the queue until `stop` drains it, and returns once every job
 /// has finished or been handed back.
-pub async fn run(config: Arc<Config>, stop: Stop) -> Result<(), AgentError> {
+pub async fn run(
+    config: Arc<Config>,
+    stop: Stop,
+    log_masker: SharedMasker,
+) -> Result<(), AgentError> {
     let queue_url = config.queue.url.clone().ok_or(AgentError::Config {
         key: "queue.url",
         rule: "required by `deckhand run`",
@@ -94,19 +129,51 @@ pub async fn run(config: Arc<Config>, stop: Stop) -> Result<(), AgentError> {
                 None => std::future::pending().await,
             }
         };
+        // Bootstrap: each phase must finish before the first receive.
+        let secrets = phase("secrets", async {
+            let kms = crate::aws::kms_client(&sdk);
+            let secrets = crate::secrets::load(&config.secrets, &s3, &kms).await?;
+            if secrets.is_some() {
+                prepare_secrets_dir(&config.agent.secrets_dir)?;
+            }
+            Ok::<_, AgentError>(Arc::new(secrets.unwrap_or_default()))
+        })
+        .await?;
+        if !secrets.is_empty() {
+            log_masker.set(Arc::new(secrets.masker()));
+            tracing::info!(secrets = secrets.len(), "Secrets loaded into memory.");
+        }
+        let Some(docker) = connect_docker(&config, &stop).await else {
+            return Ok(());
+        };
+        let mut runner =
+            Runner::new(docker.clone(), config.clone(), instance_id.clone()).with_secrets(secrets);
+        phase("warm images", runner.warm_images()).await?;
+        if let Some(source) = &config.cache.source {
+            let cache = phase(
+                "cache",
+                Cache::bootstrap(docker, s3.clone(), source.clone(), &config.agent.work_dir),
+            )
+            .await?;
+            runner = runner.with_cache(cache);
+        }
+        let cache = runner.cache().cloned();
+        let refresh = async {
+            match (cache, config.cache.refresh) {
+                (Some(cache), Some(every)) => cache.watch(every).await,
+                _ => std::future::pending().await,
+            }
+        };
         let serve = async {
-            let Some(docker) = connect_docker(&config, &stop).await else {
-                return;
-            };
             let agent = Arc::new(Agent {
-                runner: Runner::new(docker, config.clone(), instance_id.clone()),
+                runner,
                 queue: Queue::new(sqs.clone(), queue_url),
                 dead_letter: config
                     .queue
                     .dead_letter_url
                     .as_ref()
                     .map(|url| Queue::new(sqs.clone(), url)),
-                store: ResultStore::new(s3, bucket, config.results.prefix.clone()),
+                store: ResultStore::new(s3.clone(), bucket, config.results.prefix.clone()),
                 notifier: Notifier::new(
                     config
                         .results
@@ -134,6 +201,7 @@ pub async fn run(config: Arc<Config>, stop: Stop) -> Result<(), AgentError> {
         tokio::select! {
             () = serve => {}
             never = watcher => match never {},
+            never = refresh => match never {},
         }
         if matches!(
             stop.reason(),
@@ -151,6 +219,45 @@ pub async fn run(config: Arc<Config>, stop: Stop) -> Result<(), AgentError> {
     }
     .instrument(span)
     .await
+}
+
+/// Runs one boot phase, logging its duration.
+async fn phase<T, E>(
+    name: &'static str,
+    work: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    let started = Instant::now();
+    systemd::status(&format!("bootstrap: {name}"));
+    let result = work.await;
+    if result.is_ok() {
+        tracing::info!(
+            phase = name,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "Boot phase done."
+        );
+    }
+    result
+}
+
+/// Secret files live on tmpfs only: refuse a directory that would put them on disk.
+fn prepare_secrets_dir(dir: &std::path::Path) -> Result<(), AgentError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let error = |reason: String| AgentError::SecretsDir {
+        path: dir.to_owned(),
+        reason,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| error(e.to_string()))?;
+    let fs = nix::sys::statfs::statfs(dir).map_err(|e| error(e.to_string()))?;
+    if fs.filesystem_type() != nix::sys::statfs::TMPFS_MAGIC {
+        return Err(error(
+            "not on tmpfs: secrets must never reach a disk".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The metadata client and this instance's identity, or neither off EC2 (one
@@ -400,7 +507,10 @@ impl Agent {
         match Job::parse(message.body.as_bytes(), &self.config) {
             Ok(job) => {
                 tracing::Span::current().record("job_id", job.id.as_str());
-                self.run_job(message, job, jobs_stop).await;
+                match self.runner.check_secrets(&job) {
+                    Ok(()) => self.run_job(message, job, jobs_stop).await,
+                    Err(rejection) => self.reject(message, rejection).await,
+                }
             }
             Err(rejection) => self.reject(message, rejection).await,
         }

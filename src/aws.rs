@@ -50,3 +50,7 @@ pub fn sqs_client(sdk: &SdkConfig) -> aws_sdk_sqs::Client {
 pub fn autoscaling_client(sdk: &SdkConfig) -> aws_sdk_autoscaling::Client {
     aws_sdk_autoscaling::Client::new(sdk)
 }
+
+pub fn kms_client(sdk: &SdkConfig) -> aws_sdk_kms::Client {
+    aws_sdk_kms::Client::new(sdk)
+}

@@ -37,6 +37,7 @@ pub struct Config {
     pub imds: ImdsConfig,
     pub queue: QueueConfig,
     pub results: ResultsConfig,
+    pub secrets: SecretsConfig,
     pub images: ImagesConfig,
     pub cache: CacheConfig,
     pub drain: DrainConfig,
@@ -48,8 +49,11 @@ pub struct Config {
 pub struct AgentConfig {
     /// How many jobs run at once.
     pub slots: usize,
-    /// Scratch space for the agent (spooled logs). Never holds secrets.
+    /// Scratch space for the agent (spooled logs, cache markers). Never holds
+    /// secrets.
     pub work_dir: PathBuf,
+    /// Where each job's secret files are written; must be on tmpfs.
+    pub secrets_dir: PathBuf,
     /// Stop after this long without a job; `None` never does.
     pub idle_shutdown: Option<Duration>,
     /// Overrides the instance id that results and logs carry (off EC2, or in tests).
@@ -111,19 +115,58 @@ pub struct ResultsConfig {
     pub webhook_secret: Option<String>,
 }
 
+/// The pool's sealed secret bundle (see `deckhand seal`).
+#[derive(Debug, Clone, Default)]
+pub struct SecretsConfig {
+    /// `None`: this pool has no secrets.
+    pub bundle: Option<BundleLocation>,
+    /// The KMS encryption context the bundle was sealed with.
+    pub context: BTreeMap<String, String>,
+    /// How long bootstrap retries transient failures before giving up.
+    pub boot_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundleLocation {
+    pub bucket: String,
+    pub key: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct ImagesConfig {
     /// `host[:port]` of every registry jobs may use.
     pub allowed_registries: Vec<String>,
     pub require_digest: bool,
     pub pull_timeout: Duration,
+    /// Pulled before the agent reports ready.
+    pub warm: Vec<crate::image::ImageRef>,
+    pub warm_failure: WarmFailure,
+    /// Registry `host[:port]` to the name of a secret holding `user:password`.
+    pub registry_auth: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WarmFailure {
+    /// Exit 69: a host without its base images is not ready.
+    Fail,
+    Continue,
 }
 
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
     /// A Docker volume mounted read-only into every job, if set.
     pub volume: Option<String>,
+    /// An archive in S3 extracted into a volume of its own and mounted read-only.
+    pub source: Option<CacheSource>,
     pub mount: String,
+    /// How often to look for a new version of `source`; `None`: only at boot.
+    pub refresh: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheSource {
+    pub bucket: String,
+    pub key: String,
 }
 
 #[derive(Debug, Clone)]
@@ -168,6 +211,10 @@ pub struct Profile {
     pub max_timeout: Duration,
     /// Docker network mode: `bridge`, `none` or a user-defined network.
     pub network: String,
+    /// Secrets a job of this profile may ask for.
+    pub secrets: Vec<String>,
+    /// Of those, the ones also given as environment variables.
+    pub env_secrets: Vec<String>,
 }
 
 impl Default for Profile {
@@ -179,6 +226,8 @@ impl Default for Profile {
             timeout: Duration::from_secs(3600),
             max_timeout: Duration::from_secs(86_400),
             network: "bridge".to_owned(),
+            secrets: Vec::new(),
+            env_secrets: Vec::new(),
         }
     }
 }
@@ -357,6 +406,7 @@ impl Reader<'_> {
         let agent = AgentConfig {
             slots: self.int(&mut section, "slots", 1..=64, 1) as usize,
             work_dir: self.abs_path(&mut section, "work_dir", "/var/lib/deckhand"),
+            secrets_dir: self.abs_path(&mut section, "secrets_dir", "/run/deckhand/secrets"),
             idle_shutdown: match self.int(&mut section, "idle_shutdown_secs", 0..=604_800, 0) {
                 0 => None,
                 secs => Some(Duration::from_secs(secs)),
@@ -438,24 +488,109 @@ impl Reader<'_> {
         }
         self.finish(results);
 
-        let mut images = self.section(&mut root, "images");
-        let images_cfg = ImagesConfig {
-            allowed_registries: self.registries(&mut images),
-            require_digest: self.bool(&mut images, "require_digest", false),
-            pull_timeout: Duration::from_secs(self.int(
-                &mut images,
-                "pull_timeout_secs",
-                1..=7200,
-                600,
+        let mut secrets = self.section(&mut root, "secrets");
+        let bucket = self.opt_string(&mut secrets, "bucket");
+        let key = self.opt_string(&mut secrets, "key");
+        let bundle = match (bucket, key) {
+            (Some(bucket), Some(key)) => Some(BundleLocation { bucket, key }),
+            (None, None) => None,
+            (Some(_), None) => {
+                self.issue("secrets.key", "required when secrets.bucket is set");
+                None
+            }
+            (None, Some(_)) => {
+                self.issue("secrets.bucket", "required when secrets.key is set");
+                None
+            }
+        };
+        let secrets_cfg = SecretsConfig {
+            bundle,
+            context: self.string_table(&mut secrets, "context"),
+            boot_timeout: Duration::from_secs(self.int(
+                &mut secrets,
+                "boot_timeout_secs",
+                1..=3600,
+                120,
             )),
         };
+        if secrets_cfg.bundle.is_some() && secrets_cfg.context.is_empty() {
+            self.issue(
+                "secrets.context",
+                "required with a bundle: the KMS encryption context binds the bundle to this pool (e.g. { pool = \"ci\" })",
+            );
+        }
+        self.finish(secrets);
+
+        let mut images = self.section(&mut root, "images");
+        let allowed_registries = self.registries(&mut images);
+        let require_digest = self.bool(&mut images, "require_digest", false);
+        let pull_timeout =
+            Duration::from_secs(self.int(&mut images, "pull_timeout_secs", 1..=7200, 600));
+        let mut images_cfg = ImagesConfig {
+            allowed_registries,
+            require_digest,
+            pull_timeout,
+            warm: Vec::new(),
+            warm_failure: self.choice(
+                &mut images,
+                "warm_failure",
+                &[
+                    ("fail", WarmFailure::Fail),
+                    ("continue", WarmFailure::Continue),
+                ],
+                WarmFailure::Fail,
+            ),
+            registry_auth: self.string_table(&mut images, "registry_auth"),
+        };
+        for image in self.strings(&mut images, "warm") {
+            // Warm images obey the same policy as jobs' images.
+            match crate::image::ImageRef::parse(&image, &images_cfg) {
+                Ok(image) => images_cfg.warm.push(image),
+                Err(rule) => self.issue("images.warm", &format!("{image:?}: {rule}")),
+            }
+        }
+        for registry in images_cfg.registry_auth.keys() {
+            if !images_cfg.allowed_registries.contains(registry) {
+                self.issue(
+                    &format!("images.registry_auth.{registry}"),
+                    "names a registry that is not in images.allowed_registries",
+                );
+            }
+        }
         self.finish(images);
 
         let mut cache = self.section(&mut root, "cache");
         let cache_cfg = CacheConfig {
             volume: self.opt_string(&mut cache, "volume"),
+            source: self.opt_string(&mut cache, "source").and_then(|url| {
+                match url
+                    .strip_prefix("s3://")
+                    .and_then(|rest| rest.split_once('/'))
+                {
+                    Some((bucket, key)) if !bucket.is_empty() && !key.is_empty() => {
+                        Some(CacheSource {
+                            bucket: bucket.to_owned(),
+                            key: key.to_owned(),
+                        })
+                    }
+                    _ => {
+                        self.issue(
+                            "cache.source",
+                            &format!("{url:?} must be s3://<bucket>/<key>"),
+                        );
+                        None
+                    }
+                }
+            }),
             mount: self.container_path(&mut cache, "mount", "/cache"),
+            refresh: match self.int(&mut cache, "refresh_secs", 0..=86_400, 300) {
+                0 => None,
+                secs => Some(Duration::from_secs(secs)),
+            },
         };
+        if cache_cfg.volume.is_some() && cache_cfg.source.is_some() {
+            self.issue("cache.volume", "set cache.volume or cache.source, not both");
+        }
         self.finish(cache);
 
         let mut drain = self.section(&mut root, "drain");
@@ -508,6 +643,7 @@ impl Reader<'_> {
             imds: imds_cfg,
             queue: queue_cfg,
             results: results_cfg,
+            secrets: secrets_cfg,
             images: images_cfg,
             cache: cache_cfg,
             drain: drain_cfg,
@@ -545,6 +681,16 @@ impl Reader<'_> {
                 );
             }
             let network = self.network(&mut section);
+            let secrets = self.strings(&mut section, "secrets");
+            let env_secrets = self.strings(&mut section, "env_secrets");
+            for name in &env_secrets {
+                if !secrets.contains(name) {
+                    self.issue(
+                        &format!("profiles.{name_}.env_secrets", name_ = name_of(&section)),
+                        &format!("{name:?} is not in this profile's secrets"),
+                    );
+                }
+            }
             self.finish(section);
             profiles.insert(
                 name,
@@ -555,6 +701,8 @@ impl Reader<'_> {
                     timeout: Duration::from_secs(timeout_secs),
                     max_timeout: Duration::from_secs(max_timeout_secs),
                     network,
+                    secrets,
+                    env_secrets,
                 },
             );
         }
@@ -790,6 +938,30 @@ impl Reader<'_> {
         }
     }
 
+    /// A table of string to string (`context = { pool = "ci" }`).
+    fn string_table(&mut self, section: &mut Section, key: &str) -> BTreeMap<String, String> {
+        let full = section.key(key);
+        match self.take(section, key) {
+            None => BTreeMap::new(),
+            Some(Value::Table(table)) => {
+                let mut out = BTreeMap::new();
+                for (k, v) in table {
+                    match v {
+                        Value::String(s) => {
+                            out.insert(k, s);
+                        }
+                        _ => self.issue(&format!("{full}.{k}"), "must be a string"),
+                    }
+                }
+                out
+            }
+            Some(_) => {
+                self.issue(&full, "must be a table of strings");
+                BTreeMap::new()
+            }
+        }
+    }
+
     fn strings(&mut self, section: &mut Section, key: &str) -> Vec<String> {
         let full = section.key(key);
         match self.take(section, key) {
@@ -850,6 +1022,14 @@ fn env_value(text: &str) -> Value {
         ),
         Err(_) => Value::String(text.to_owned()),
     }
+}
+
+/// The profile name of a `profiles.NAME` section.
+fn name_of(section: &Section) -> &str {
+    section
+        .path
+        .strip_prefix("profiles.")
+        .unwrap_or(&section.path)
 }
 
 fn valid_profile_name(name: &str) -> bool {

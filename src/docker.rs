@@ -64,6 +64,8 @@ pub enum DockerError {
     InspectContainer { name: String, source: BollardError },
     #[error("remove container {name}: {source}")]
     RemoveContainer { name: String, source: BollardError },
+    #[error("inspect volume {name}: {source}")]
+    InspectVolume { name: String, source: BollardError },
     #[error("remove volume {name}: {source}")]
     RemoveVolume { name: String, source: BollardError },
     #[error("list containers: {source}")]
@@ -85,6 +87,21 @@ pub struct LocalImage {
     pub id: String,
     /// `registry/repo@sha256:…` when the registry gave a digest, else the name.
     pub reference: String,
+    /// The image's `USER`, if it sets one.
+    pub user: Option<String>,
+}
+
+/// `user:password` for a registry, from a named secret.
+#[derive(Clone)]
+pub struct RegistryAuth {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RegistryAuth({}:***)", self.username)
+    }
 }
 
 /// What a job's container is made of; see `runner` for the policy behind each field.
@@ -161,13 +178,14 @@ impl Docker {
         &self,
         image: &ImageRef,
         pull_timeout: Duration,
+        auth: Option<&RegistryAuth>,
     ) -> Result<LocalImage, DockerError> {
         if let Some(local) = self.resolve_image(image).await? {
             tracing::debug!(image = %image, "Image present; not pulling.");
             return Ok(local);
         }
         let started = tokio::time::Instant::now();
-        tokio::time::timeout(pull_timeout, self.pull(image))
+        tokio::time::timeout(pull_timeout, self.pull(image, auth))
             .await
             .map_err(|_| DockerError::PullTimeout {
                 image: image.to_string(),
@@ -204,6 +222,10 @@ impl Docker {
         let Some(id) = inspect.id else {
             return Ok(None);
         };
+        let user = inspect
+            .config
+            .and_then(|c| c.user)
+            .filter(|u| !u.is_empty());
         let prefix = format!("{}@", image.repository());
         let reference = inspect
             .repo_digests
@@ -211,16 +233,26 @@ impl Docker {
             .into_iter()
             .find(|d| d.starts_with(&prefix))
             .unwrap_or(name);
-        Ok(Some(LocalImage { id, reference }))
+        Ok(Some(LocalImage {
+            id,
+            reference,
+            user,
+        }))
     }
 
-    async fn pull(&self, image: &ImageRef) -> Result<(), DockerError> {
+    async fn pull(&self, image: &ImageRef, auth: Option<&RegistryAuth>) -> Result<(), DockerError> {
         let options = CreateImageOptions {
             from_image: Some(image.repository()),
             tag: Some(image.pull_reference().to_owned()),
             ..Default::default()
         };
-        let mut progress = self.client.create_image(Some(options), None, None);
+        let credentials = auth.map(|auth| bollard::auth::DockerCredentials {
+            username: Some(auth.username.clone()),
+            password: Some(auth.password.clone()),
+            serveraddress: Some(image.registry.clone()),
+            ..Default::default()
+        });
+        let mut progress = self.client.create_image(Some(options), None, credentials);
         let mut last_status = String::new();
         while let Some(item) = progress.next().await {
             let info = item.map_err(|e| DockerError::Pull {
@@ -486,6 +518,21 @@ impl Docker {
 }
 
 impl Docker {
+    /// Where the volume's data lives on this host; `None` if there is no such volume.
+    pub async fn volume_mountpoint(
+        &self,
+        name: &str,
+    ) -> Result<Option<std::path::PathBuf>, DockerError> {
+        match self.client.inspect_volume(name).await {
+            Ok(volume) => Ok(Some(volume.mountpoint.into())),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(source) => Err(DockerError::InspectVolume {
+                name: name.to_owned(),
+                source,
+            }),
+        }
+    }
+
     /// Volumes carrying deckhand's label and `label=value`.
     pub async fn list_managed_volumes(
         &self,
@@ -525,6 +572,17 @@ pub fn volume_mount(source: &str, target: &str, read_only: bool) -> Mount {
         source: Some(source.to_owned()),
         target: Some(target.to_owned()),
         typ: Some(MountType::VOLUME),
+        read_only: Some(read_only),
+        ..Default::default()
+    }
+}
+
+/// A host directory bind-mounted into a job.
+pub fn bind_mount(source: &std::path::Path, target: &str, read_only: bool) -> Mount {
+    Mount {
+        source: Some(source.display().to_string()),
+        target: Some(target.to_owned()),
+        typ: Some(MountType::BIND),
         read_only: Some(read_only),
         ..Default::default()
     }

@@ -9,8 +9,10 @@ use tracing::Instrument;
 use crate::config::Config;
 use crate::docker::{Docker, DockerError};
 use crate::job::Job;
+use crate::mask::SharedMasker;
 use crate::outcome::JobResult;
 use crate::runner::Runner;
+use crate::secrets::Secrets;
 use crate::stop::Stop;
 
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +24,8 @@ pub enum ExecError {
     },
     #[error(transparent)]
     Docker(#[from] DockerError),
+    #[error(transparent)]
+    Secrets(#[from] crate::secrets::SecretsError),
 }
 
 /// What `exec` did with the job.
@@ -32,7 +36,12 @@ pub enum Executed {
 
 /// Validates and runs the job in `path`; SIGTERM/SIGINT (through `stop`) interrupt it
 /// and still clean up.
-pub async fn exec(config: Arc<Config>, path: &Path, stop: Stop) -> Result<Executed, ExecError> {
+pub async fn exec(
+    config: Arc<Config>,
+    path: &Path,
+    stop: Stop,
+    log_masker: SharedMasker,
+) -> Result<Executed, ExecError> {
     let body = tokio::fs::read(path)
         .await
         .map_err(|source| ExecError::ReadJob {
@@ -56,8 +65,32 @@ pub async fn exec(config: Arc<Config>, path: &Path, stop: Stop) -> Result<Execut
             )));
         }
     };
+    // Only what this job needs: secrets when it asks for some (or a registry needs
+    // credentials); no warm images, no cache download.
+    let mut secrets = Arc::new(Secrets::default());
+    if config.secrets.bundle.is_some()
+        && (!job.secrets.is_empty() || !config.images.registry_auth.is_empty())
+    {
+        let sdk = crate::aws::sdk_config(&config.aws).await;
+        let loaded = crate::secrets::load(
+            &config.secrets,
+            &crate::aws::s3_client(&sdk, &config.aws),
+            &crate::aws::kms_client(&sdk),
+        )
+        .await?;
+        secrets = Arc::new(loaded.unwrap_or_default());
+        log_masker.set(Arc::new(secrets.masker()));
+    }
     let docker = Docker::connect(&config.docker).await?;
-    let runner = Runner::new(docker, config, instance_id);
+    let runner = Runner::new(docker, config, instance_id.clone()).with_secrets(secrets);
+    if let Err(rejection) = runner.check_secrets(&job) {
+        return Ok(Executed::Rejected(JobResult::rejected(
+            job.id.clone(),
+            rejection.to_string(),
+            1,
+            &instance_id,
+        )));
+    }
     let span = tracing::info_span!("job", job_id = %job.id, attempt = 1u32);
     let finished = runner.run(&job, 1, &[], &stop).instrument(span).await;
     Ok(Executed::Ran(finished.result))

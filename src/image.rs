@@ -212,6 +212,9 @@ mod tests {
             allowed_registries: vec!["registry.internal".into(), "127.0.0.1:5000".into()],
             require_digest,
             pull_timeout: Duration::from_secs(60),
+            warm: Vec::new(),
+            warm_failure: crate::config::WarmFailure::Fail,
+            registry_auth: Default::default(),
         }
     }
 

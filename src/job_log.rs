@@ -1,7 +1,10 @@
 //! A job's output: split into lines as it arrives, each logged to stdout with its
 //! stream, and all of it kept for `log.txt`.
 
+use std::sync::Arc;
+
 use crate::logging::JOB_OUTPUT_TARGET;
+use crate::mask::Masker;
 
 /// A line longer than this is cut into pieces, so one runaway line cannot hold the
 /// log hostage (or the agent's memory).
@@ -23,9 +26,9 @@ impl Stream {
     }
 }
 
-/// The whole log of one job, in arrival order.
-#[derive(Default)]
+/// The whole log of one job, in arrival order, masked.
 pub struct JobLog {
+    masker: Arc<Masker>,
     stdout: LineSplitter,
     stderr: LineSplitter,
     text: Vec<u8>,
@@ -33,8 +36,16 @@ pub struct JobLog {
 }
 
 impl JobLog {
-    pub fn new() -> Self {
-        Self::default()
+    /// Lines are masked whole, after splitting: a secret written in two pieces
+    /// (two reads of the stream) is masked like one written at once.
+    pub fn new(masker: Arc<Masker>) -> Self {
+        JobLog {
+            masker,
+            stdout: LineSplitter::default(),
+            stderr: LineSplitter::default(),
+            text: Vec::new(),
+            lines: 0,
+        }
     }
 
     /// Takes a chunk of output; complete lines are logged and kept at once, a
@@ -65,7 +76,8 @@ impl JobLog {
     }
 
     fn emit(&mut self, stream: Stream, line: &[u8]) {
-        let text = String::from_utf8_lossy(line);
+        let raw = String::from_utf8_lossy(line);
+        let text = self.masker.mask(&raw);
         tracing::info!(target: JOB_OUTPUT_TARGET, stream = stream.as_str(), "{text}");
         self.text.extend_from_slice(text.as_bytes());
         self.text.push(b'\n');
@@ -135,6 +147,15 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_split_across_reads_is_masked() {
+        let mut log = JobLog::new(Arc::new(Masker::new(["hunter22-secret"])));
+        log.push(Stream::Stdout, b"token: hunter2");
+        log.push(Stream::Stdout, b"2-secret\n");
+        log.finish();
+        assert_eq!(log.text(), b"token: ***\n");
+    }
+
+    #[test]
     fn long_lines_are_cut() {
         let long = vec![b'x'; MAX_LINE_BYTES * 2 + 10];
         let lines = split(&[&long]);
@@ -145,7 +166,7 @@ mod tests {
 
     #[test]
     fn log_keeps_both_streams_in_arrival_order() {
-        let mut log = JobLog::new();
+        let mut log = JobLog::new(Arc::new(Masker::none()));
         log.push(Stream::Stdout, b"out 1\nout");
         log.push(Stream::Stderr, b"err 1\n");
         log.push(Stream::Stdout, b" 2\n");

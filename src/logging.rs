@@ -16,6 +16,8 @@ use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::{EnvFilter, Layer};
 
+use crate::mask::SharedMasker;
+
 /// The target job output is logged under, so filters can tell it apart.
 pub const JOB_OUTPUT_TARGET: &str = "deckhand::job_output";
 
@@ -26,17 +28,24 @@ pub enum LogFormat {
 }
 
 /// Installs the global subscriber. `filter` is an `EnvFilter` directive such as
-/// `info` or `deckhand=debug,info`.
-pub fn init(format: LogFormat, filter: &str) -> Result<(), String> {
+/// `info` or `deckhand=debug,info`. Every line is masked with what the returned
+/// handle is given once secrets are loaded.
+pub fn init(format: LogFormat, filter: &str) -> Result<SharedMasker, String> {
     let filter = EnvFilter::try_new(filter).map_err(|e| format!("log filter {filter:?}: {e}"))?;
+    let masker = SharedMasker::default();
     let subscriber = tracing_subscriber::registry()
         .with(filter)
-        .with(StdoutLayer { format });
-    tracing::subscriber::set_global_default(subscriber).map_err(|e| e.to_string())
+        .with(StdoutLayer {
+            format,
+            masker: masker.clone(),
+        });
+    tracing::subscriber::set_global_default(subscriber).map_err(|e| e.to_string())?;
+    Ok(masker)
 }
 
 struct StdoutLayer {
     format: LogFormat,
+    masker: SharedMasker,
 }
 
 /// Fields recorded on a span, kept in its extensions.
@@ -126,6 +135,19 @@ where
             } else {
                 fields.set(name, value);
             }
+        }
+        if let Some(masker) = self.masker.get() {
+            // Values are masked before they are escaped into JSON, where a secret
+            // with a quote or a backslash would no longer match.
+            let mask = |value: &mut Value| {
+                if let Value::String(text) = value
+                    && let std::borrow::Cow::Owned(masked) = masker.mask(text)
+                {
+                    *text = masked;
+                }
+            };
+            mask(&mut msg);
+            fields.0.iter_mut().for_each(|(_, v)| mask(v));
         }
         let line = match self.format {
             LogFormat::Json => json_line(*event.metadata().level(), &msg, &fields),

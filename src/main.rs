@@ -63,6 +63,21 @@ enum Command {
         /// The job message (JSON), as it would arrive on the queue.
         job: PathBuf,
     },
+    /// Encrypt a secrets file with a fresh KMS data key and upload the bundle to S3.
+    Seal {
+        /// The KMS key (id, ARN or alias/NAME).
+        #[arg(long)]
+        kms_key: String,
+        /// The encryption context, KEY=VALUE (repeatable), e.g. pool=ci.
+        #[arg(long = "context", required = true)]
+        context: Vec<String>,
+        /// The secrets file: TOML of name = "value" or name = { file = "PATH" }.
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// Where the bundle goes: s3://BUCKET/KEY.
+        #[arg(long)]
+        out: String,
+    },
     /// Validate the config and probe what the agent depends on.
     Check {
         /// Validate the config only; reach nothing.
@@ -73,17 +88,31 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = logging::init(cli.log_format, &cli.log) {
-        eprintln!("deckhand: {e}");
-        return ExitCode::from(exit::CONFIG);
-    }
+    let log_masker = match logging::init(cli.log_format, &cli.log) {
+        Ok(masker) => masker,
+        Err(e) => {
+            eprintln!("deckhand: {e}");
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
     let env = Env::from_process();
     let path = cli
         .config
         .clone()
         .or_else(|| env.config_path())
         .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
-    let config = match Config::load(&path, &env) {
+    // `seal` runs on an operator's machine, which may have no agent config: the
+    // defaults (and AWS_* from the environment) are enough there.
+    let sealing_without_config = matches!(cli.command, Command::Seal { .. })
+        && cli.config.is_none()
+        && env.config_path().is_none()
+        && !path.exists();
+    let loaded = if sealing_without_config {
+        Config::parse("", &env)
+    } else {
+        Config::load(&path, &env)
+    };
+    let config = match loaded {
         Ok(config) => Arc::new(config),
         Err(e) => {
             eprintln!("deckhand: {e}");
@@ -103,7 +132,7 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         let stop = Stop::new();
         tokio::select! {
-            code = run(cli.command, config, &path, stop.clone()) => code,
+            code = run(cli.command, config, &path, stop.clone(), log_masker) => code,
             // Only returns if the signal handlers cannot be installed.
             Err(e) = stop::watch_signals(stop) => {
                 eprintln!("deckhand: install signal handlers: {e}");
@@ -118,13 +147,30 @@ async fn run(
     config: Arc<Config>,
     path: &std::path::Path,
     stop: Stop,
+    log_masker: deckhand::mask::SharedMasker,
 ) -> ExitCode {
     match command {
-        Command::Run => match deckhand::agent::run(config, stop).await {
+        Command::Run => match deckhand::agent::run(config, stop, log_masker).await {
             Ok(()) => ExitCode::from(exit::OK),
             Err(e) => {
+                tracing::error!(error = %e, "Cannot start.");
                 eprintln!("deckhand: {e}");
-                ExitCode::from(exit::CONFIG)
+                ExitCode::from(e.exit_code())
+            }
+        },
+        Command::Seal {
+            kms_key,
+            context,
+            input,
+            out,
+        } => match seal(&config, &kms_key, &context, &input, &out).await {
+            Ok(()) => {
+                println!("sealed {} to {out}", input.display());
+                ExitCode::from(exit::OK)
+            }
+            Err((code, message)) => {
+                eprintln!("deckhand: {message}");
+                ExitCode::from(code)
             }
         },
         Command::Submit {
@@ -149,7 +195,7 @@ async fn run(
                 }
             }
         }
-        Command::Exec { job } => match deckhand::exec::exec(config, &job, stop).await {
+        Command::Exec { job } => match deckhand::exec::exec(config, &job, stop, log_masker).await {
             Ok(Executed::Ran(result)) => print_result(&result),
             Ok(Executed::Rejected(result)) => {
                 eprintln!(
@@ -165,6 +211,14 @@ async fn run(
             Err(e @ ExecError::Docker(_)) => {
                 eprintln!("deckhand: {e}");
                 ExitCode::from(exit::UNAVAILABLE)
+            }
+            Err(ExecError::Secrets(e)) => {
+                eprintln!("deckhand: {e}");
+                ExitCode::from(if e.is_permanent() {
+                    exit::CONFIG
+                } else {
+                    exit::UNAVAILABLE
+                })
             }
         },
         Command::Check { no_probe } => {
@@ -190,6 +244,45 @@ async fn run(
             }
         }
     }
+}
+
+/// `deckhand seal`: the error's exit code and message.
+async fn seal(
+    config: &Config,
+    kms_key: &str,
+    context: &[String],
+    input: &std::path::Path,
+    out: &str,
+) -> Result<(), (u8, String)> {
+    let usage = |message: String| (exit::CONFIG, message);
+    let mut pairs = std::collections::BTreeMap::new();
+    for pair in context {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| usage(format!("--context {pair:?}: expected KEY=VALUE")))?;
+        pairs.insert(k.to_owned(), v.to_owned());
+    }
+    let (bucket, key) = out
+        .strip_prefix("s3://")
+        .and_then(|rest| rest.split_once('/'))
+        .filter(|(b, k)| !b.is_empty() && !k.is_empty())
+        .ok_or_else(|| usage(format!("--out {out:?}: expected s3://BUCKET/KEY")))?;
+    let secrets =
+        deckhand::secrets::read_input(input).map_err(|e| (exit::NO_INPUT, e.to_string()))?;
+    let sdk = deckhand::aws::sdk_config(&config.aws).await;
+    deckhand::secrets::seal(
+        &deckhand::aws::kms_client(&sdk),
+        &deckhand::aws::s3_client(&sdk, &config.aws),
+        kms_key,
+        &pairs,
+        &secrets,
+        &deckhand::config::BundleLocation {
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+        },
+    )
+    .await
+    .map_err(|e| (exit::UNAVAILABLE, e.to_string()))
 }
 
 /// The result goes to stdout as one JSON line, after the job's own log lines.

@@ -16,11 +16,17 @@ use futures_util::StreamExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::cache::Cache;
 use crate::config::Config;
-use crate::docker::{self, ContainerSpec, Docker, Output};
-use crate::job::Job;
+use crate::docker::{self, ContainerSpec, Docker, Output, RegistryAuth};
+use crate::job::{Job, Problem, Rejection};
 use crate::job_log::{JobLog, Stream};
+use crate::mask::Masker;
 use crate::outcome::{AGENT_VERSION, JobResult, Status, timestamp};
+use crate::secrets::Secrets;
 use crate::stop::Stop;
 
 /// Capabilities a job keeps; Docker's default set minus NET_RAW (packet spoofing),
@@ -46,8 +52,11 @@ const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct Runner {
     docker: Docker,
-    config: std::sync::Arc<Config>,
+    config: Arc<Config>,
     instance_id: String,
+    secrets: Arc<Secrets>,
+    masker: Arc<Masker>,
+    cache: Option<Cache>,
 }
 
 /// A finished job: its result (without the `log` location, which the caller
@@ -73,11 +82,95 @@ enum Outcome {
 }
 
 impl Runner {
-    pub fn new(docker: Docker, config: std::sync::Arc<Config>, instance_id: String) -> Self {
+    pub fn new(docker: Docker, config: Arc<Config>, instance_id: String) -> Self {
         Runner {
             docker,
             config,
             instance_id,
+            secrets: Arc::default(),
+            masker: Arc::new(Masker::none()),
+            cache: None,
+        }
+    }
+
+    /// Jobs get their secrets from `secrets`; every log is masked against all of it.
+    pub fn with_secrets(mut self, secrets: Arc<Secrets>) -> Self {
+        self.masker = Arc::new(secrets.masker());
+        self.secrets = secrets;
+        self
+    }
+
+    /// Jobs mount the current cache volume read-only.
+    pub fn with_cache(mut self, cache: Cache) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    pub fn masker(&self) -> &Arc<Masker> {
+        &self.masker
+    }
+
+    pub fn cache(&self) -> Option<&Cache> {
+        self.cache.as_ref()
+    }
+
+    /// Pulls `images.warm`, a few at a time, before the agent reports ready. An
+    /// image already present is not pulled again; a digest pin is verified by
+    /// pulling by digest.
+    pub async fn warm_images(&self) -> Result<(), crate::agent::AgentError> {
+        use futures_util::stream::{self, StreamExt};
+        let warm = &self.config.images.warm;
+        let results: Vec<_> = stream::iter(warm.iter().map(|image| async move {
+            let auth = self.registry_auth(&image.registry)?;
+            self.docker
+                .ensure_image(image, self.config.images.pull_timeout, auth.as_ref())
+                .await
+                .map_err(|e| e.to_string())
+                .map(|local| (image, local))
+        }))
+        .buffer_unordered(3)
+        .collect()
+        .await;
+        for (image, result) in warm.iter().zip(results) {
+            match result {
+                Ok((image, local)) => {
+                    tracing::info!(image = %image, digest = %local.reference, "Warm image ready.")
+                }
+                Err(message) => match self.config.images.warm_failure {
+                    crate::config::WarmFailure::Fail => {
+                        return Err(crate::agent::AgentError::Warm {
+                            image: image.to_string(),
+                            message,
+                        });
+                    }
+                    crate::config::WarmFailure::Continue => {
+                        tracing::warn!(image = %image, error = %message, "Could not warm an image; going on (images.warm_failure = \"continue\").");
+                    }
+                },
+            }
+        }
+        Ok(())
+    }
+
+    /// A rejection when the job asks for a secret the bundle does not have (the
+    /// profile allows it, but the pool was sealed without it).
+    pub fn check_secrets(&self, job: &Job) -> Result<(), Rejection> {
+        let missing: Vec<Problem> = job
+            .secrets
+            .iter()
+            .filter(|name| self.secrets.get(name).is_none())
+            .map(|name| Problem {
+                field: format!("secrets.{name}"),
+                rule: "not in the pool's secret bundle".into(),
+            })
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(Rejection {
+                id: Some(job.id.clone()),
+                problems: missing,
+            })
         }
     }
 
@@ -102,8 +195,8 @@ impl Runner {
     ) -> Finished {
         let started_at = chrono::Utc::now();
         let clock = Instant::now();
-        let names = Names::new(&job.id, attempt);
-        let mut log = JobLog::new();
+        let names = Names::new(&job.id, attempt, &self.config.agent.secrets_dir);
+        let mut log = JobLog::new(self.masker.clone());
         let mut image_ran = None;
 
         let outcome = self
@@ -147,6 +240,7 @@ impl Runner {
             ),
             Outcome::Error(message) => (Status::Error, None, Some(message)),
         };
+        let reason = reason.map(|r| self.masker.mask(&r).into_owned());
         let duration_ms = clock.elapsed().as_millis() as u64;
         tracing::info!(
             status = status.as_str(),
@@ -187,7 +281,11 @@ impl Runner {
         image_ran: &mut Option<String>,
     ) -> Outcome {
         let docker = &self.docker;
-        let pull = docker.ensure_image(&job.image, self.config.images.pull_timeout);
+        let auth = match self.registry_auth(&job.image.registry) {
+            Ok(auth) => auth,
+            Err(message) => return Outcome::Error(message),
+        };
+        let pull = docker.ensure_image(&job.image, self.config.images.pull_timeout, auth.as_ref());
         let image = tokio::select! {
             image = pull => match image {
                 Ok(image) => image,
@@ -213,7 +311,29 @@ impl Runner {
             return Outcome::Error(e.to_string());
         }
         labels.insert(docker::LABEL_WORKSPACE.to_owned(), names.workspace.clone());
-        let spec = self.container_spec(job, attempt, names, image.id, labels);
+        let mut secret_env = Vec::new();
+        if !job.secrets.is_empty() {
+            match self.write_secrets(job, names, image.user.as_deref()) {
+                Ok(env) => secret_env = env,
+                Err(message) => return Outcome::Error(message),
+            }
+        }
+        // Held for the whole run: a cache refresh removes the old volume only once
+        // no running job mounts it.
+        let cache_volume = self.cache.as_ref().and_then(Cache::current);
+        let mut spec = self.container_spec(job, attempt, names, image.id, labels);
+        spec.env.extend(secret_env);
+        if let Some(volume) = &cache_volume {
+            spec.mounts.push(docker::volume_mount(
+                volume.name(),
+                &self.config.cache.mount,
+                true,
+            ));
+        }
+        if !job.secrets.is_empty() {
+            spec.mounts
+                .push(docker::bind_mount(&names.secrets, SECRETS_MOUNT, true));
+        }
         if let Err(e) = docker.create_container(&spec).await {
             return Outcome::Error(e.to_string());
         }
@@ -301,7 +421,9 @@ impl Runner {
         env.push(format!("DECKHAND_ATTEMPT={attempt}"));
 
         let mut mounts = vec![docker::volume_mount(&names.workspace, &job.workdir, false)];
-        if let Some(cache) = &self.config.cache.volume {
+        if let Some(cache) = &self.config.cache.volume
+            && self.cache.is_none()
+        {
             mounts.push(docker::volume_mount(cache, &self.config.cache.mount, true));
         }
         ContainerSpec {
@@ -320,9 +442,85 @@ impl Runner {
         }
     }
 
+    /// `user:password` for `registry`, from the secret `images.registry_auth` names.
+    fn registry_auth(&self, registry: &str) -> Result<Option<RegistryAuth>, String> {
+        let Some(secret) = self.config.images.registry_auth.get(registry) else {
+            return Ok(None);
+        };
+        let value = self.secrets.get(secret).ok_or_else(|| {
+            format!("images.registry_auth names secret {secret:?} for {registry}, which is not in the bundle")
+        })?;
+        let (username, password) = value
+            .expose()
+            .trim_end()
+            .split_once(':')
+            .ok_or_else(|| format!("secret {secret:?} for {registry} is not user:password"))?;
+        Ok(Some(RegistryAuth {
+            username: username.to_owned(),
+            password: password.to_owned(),
+        }))
+    }
+
+    /// Writes the job's secrets as files (0400, owned by the container's user) in a
+    /// directory of its own under `agent.secrets_dir` (tmpfs); returns the
+    /// environment variables the profile exposes.
+    fn write_secrets(
+        &self,
+        job: &Job,
+        names: &Names,
+        image_user: Option<&str>,
+    ) -> Result<Vec<String>, String> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+        let dir = &names.secrets;
+        let fail = |what: &str, e: std::io::Error| {
+            format!("write the job's secrets ({what} {}): {e}", dir.display())
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| fail("create", e))?;
+        let (uid, gid) = container_ids(image_user);
+        let profile = self.config.profile(&job.profile);
+        let mut env = Vec::new();
+        for name in &job.secrets {
+            let value = self
+                .secrets
+                .get(name)
+                .ok_or_else(|| format!("secret {name:?} vanished from the bundle"))?;
+            let path = dir.join(name);
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o400)
+                .open(&path)
+                .map_err(|e| fail("open", e))?;
+            std::io::Write::write_all(&mut file, value.expose().as_bytes())
+                .map_err(|e| fail("write", e))?;
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).map_err(|e| fail("chown", e))?;
+            if profile.is_some_and(|p| p.env_secrets.contains(name)) {
+                env.push(format!(
+                    "{}={}",
+                    crate::secrets::env_name(name),
+                    value.expose()
+                ));
+            }
+        }
+        // The container's user must be able to enter the directory; nobody else.
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(|e| fail("chown", e))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o500))
+            .map_err(|e| fail("chmod", e))?;
+        Ok(env)
+    }
+
     /// Removes the container and the workspace. Never cancelled: a second signal
     /// must not leave them behind.
     async fn clean_up(&self, names: &Names) {
+        if names.secrets.exists()
+            && let Err(error) = remove_secrets_dir(&names.secrets)
+        {
+            tracing::error!(%error, dir = %names.secrets.display(), "Could not remove the job's secrets.");
+        }
         if let Err(error) = self.docker.remove_container(&names.container).await {
             tracing::warn!(%error, "Could not remove the job's container.");
         }
@@ -364,15 +562,48 @@ async fn pump_output(
     log.finish();
 }
 
-/// The Docker names of one attempt's container and workspace. Unique per run, so two
-/// agents on one host (or a retry of the same job) never collide.
+/// Where a job's secrets appear in its container.
+pub const SECRETS_MOUNT: &str = "/run/secrets";
+
+/// The uid and gid to own secret files: the image's numeric `USER`, else root. A
+/// user *name* would need the image's /etc/passwd; images that want secrets as a
+/// non-root user set a numeric USER.
+fn container_ids(user: Option<&str>) -> (u32, u32) {
+    let Some(user) = user else { return (0, 0) };
+    let (uid, gid) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    match uid.parse::<u32>() {
+        Ok(uid) => (uid, gid.and_then(|g| g.parse().ok()).unwrap_or(uid)),
+        Err(_) => {
+            tracing::warn!(
+                user,
+                "The image's USER is a name; its secret files are owned by root."
+            );
+            (0, 0)
+        }
+    }
+}
+
+fn remove_secrets_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    // 0500 directories cannot be emptied until writable again.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    std::fs::remove_dir_all(dir)
+}
+
+/// The Docker names of one attempt's container and workspace, and its secrets
+/// directory. Unique per run, so two agents on one host (or a retry of the same
+/// job) never collide.
 struct Names {
     container: String,
     workspace: String,
+    secrets: PathBuf,
 }
 
 impl Names {
-    fn new(job_id: &str, attempt: u32) -> Self {
+    fn new(job_id: &str, attempt: u32, secrets_dir: &std::path::Path) -> Self {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -380,9 +611,11 @@ impl Names {
             .unwrap_or(0);
         let unique =
             nanos ^ std::process::id().rotate_left(16) ^ COUNTER.fetch_add(1, Ordering::Relaxed);
+        let container = format!("deckhand-{job_id}-{attempt}-{unique:08x}");
         Names {
-            container: format!("deckhand-{job_id}-{attempt}-{unique:08x}"),
+            secrets: secrets_dir.join(&container),
             workspace: format!("deckhand-ws-{job_id}-{attempt}-{unique:08x}"),
+            container,
         }
     }
 }

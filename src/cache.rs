@@ -1,0 +1,452 @@
+//! The code/library cache: an archive in S3 (`cache.source`, gzip or zstd tar),
+//! extracted once into a Docker volume named after the object's ETag and mounted
+//! read-only at `cache.mount` in every job.
+//!
+//! - A reboot with the same object finds its volume complete and downloads nothing.
+//! - A new object version is extracted into a volume beside the old one, then
+//!   swapped in for new jobs at once; the old volume is removed when the last job
+//!   that mounted it ends (jobs hold an `Arc` of the volume they mounted).
+//! - Extraction streams from S3 through the decoder into the volume: no archive is
+//!   buffered whole, and an entry that would land outside the volume (`../`, an
+//!   absolute path, a link out) fails the whole extraction.
+//!
+//! A volume is known complete by a marker in the agent's work dir, not inside the
+//! volume, so jobs never see it.
+
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio_util::io::SyncIoBridge;
+
+use crate::backoff::Backoff;
+use crate::config::CacheSource;
+use crate::docker::{Docker, DockerError, LABEL_MANAGED};
+
+const LABEL_CACHE: &str = "deckhand.cache";
+const LABEL_SOURCE: &str = "deckhand.cache.source";
+const LABEL_ETAG: &str = "deckhand.cache.etag";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("look up the cache archive s3://{bucket}/{key}: {message}")]
+    Head {
+        bucket: String,
+        key: String,
+        message: String,
+    },
+    #[error("download the cache archive s3://{bucket}/{key}: {message}")]
+    Get {
+        bucket: String,
+        key: String,
+        message: String,
+    },
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    #[error(
+        "the cache archive s3://{bucket}/{key} has an entry outside the volume: {entry:?}; refusing it"
+    )]
+    Escape {
+        bucket: String,
+        key: String,
+        entry: String,
+    },
+    #[error("extract the cache archive s3://{bucket}/{key} into {dir}: {message}")]
+    Extract {
+        bucket: String,
+        key: String,
+        dir: PathBuf,
+        message: String,
+    },
+    #[error("the cache volume {volume} has no mount point on this host")]
+    NoMountpoint { volume: String },
+}
+
+impl CacheError {
+    /// An archive that can never be extracted safely: retrying will not help.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, CacheError::Escape { .. })
+    }
+}
+
+/// One extracted version of the cache.
+#[derive(Debug)]
+pub struct CacheVolume {
+    name: String,
+    etag: String,
+}
+
+impl CacheVolume {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// The cache as jobs see it: the current volume, swapped when a new version lands.
+#[derive(Clone)]
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    docker: Docker,
+    s3: aws_sdk_s3::Client,
+    source: CacheSource,
+    markers: PathBuf,
+    current: Mutex<Option<Arc<CacheVolume>>>,
+    /// Replaced volumes, removed once no job holds them.
+    retired: Mutex<Vec<Arc<CacheVolume>>>,
+}
+
+impl Cache {
+    /// Makes the current version of the archive available, extracting it if this
+    /// host does not have it yet, and removes volumes of older versions.
+    pub async fn bootstrap(
+        docker: Docker,
+        s3: aws_sdk_s3::Client,
+        source: CacheSource,
+        work_dir: &Path,
+    ) -> Result<Cache, CacheError> {
+        let cache = Cache {
+            inner: Arc::new(Inner {
+                docker,
+                s3,
+                source,
+                markers: work_dir.join("cache"),
+                current: Mutex::new(None),
+                retired: Mutex::new(Vec::new()),
+            }),
+        };
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(10));
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match cache.refresh().await {
+                Ok(_) => break,
+                Err(e) if e.is_permanent() || tries >= 5 => return Err(e),
+                Err(error) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "Could not prepare the cache; retrying.");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+        cache.remove_stale_volumes().await;
+        Ok(cache)
+    }
+
+    /// The volume new jobs mount; holding it keeps it from being removed.
+    pub fn current(&self) -> Option<Arc<CacheVolume>> {
+        lock(&self.inner.current).clone()
+    }
+
+    /// Checks S3 for a new version; extracts and swaps to it if there is one.
+    /// True when the cache changed.
+    pub async fn refresh(&self) -> Result<bool, CacheError> {
+        let inner = &self.inner;
+        let source = &inner.source;
+        let head = inner
+            .s3
+            .head_object()
+            .bucket(&source.bucket)
+            .key(&source.key)
+            .send()
+            .await
+            .map_err(|e| CacheError::Head {
+                bucket: source.bucket.clone(),
+                key: source.key.clone(),
+                message: aws_sdk_s3::error::DisplayErrorContext(&e).to_string(),
+            })?;
+        let etag = head.e_tag.unwrap_or_default();
+        let version = head.version_id.unwrap_or_default();
+        if lock(&inner.current)
+            .as_ref()
+            .is_some_and(|c| c.etag == etag)
+        {
+            return Ok(false);
+        }
+        let name = volume_name(source, &etag, &version);
+        let marker = inner.markers.join(format!("{name}.complete"));
+        if marker.exists() && inner.docker.volume_mountpoint(&name).await?.is_some() {
+            tracing::info!(volume = %name, "Cache volume is current; nothing to download.");
+        } else {
+            self.extract(&name, &etag, head.content_length.unwrap_or(0))
+                .await?;
+            std::fs::create_dir_all(&inner.markers)
+                .and_then(|()| std::fs::write(&marker, &etag))
+                .map_err(|e| CacheError::Extract {
+                    bucket: source.bucket.clone(),
+                    key: source.key.clone(),
+                    dir: marker.clone(),
+                    message: format!("write the completion marker: {e}"),
+                })?;
+        }
+        let new = Arc::new(CacheVolume { name, etag });
+        let old = lock(&inner.current).replace(new.clone());
+        if let Some(old) = old {
+            tracing::info!(from = %old.name, to = %new.name, "Switched to a new cache version for new jobs.");
+            lock(&inner.retired).push(old);
+        }
+        Ok(true)
+    }
+
+    /// Removes replaced volumes that no running job mounts any more.
+    pub async fn collect_retired(&self) {
+        let unused: Vec<Arc<CacheVolume>> = {
+            let mut retired = lock(&self.inner.retired);
+            let (unused, in_use) = retired.drain(..).partition(|v| Arc::strong_count(v) == 1);
+            *retired = in_use;
+            unused
+        };
+        for volume in unused {
+            self.remove(&volume.name).await;
+        }
+    }
+
+    /// Refreshes every `every`, and collects retired volumes, until dropped.
+    pub async fn watch(&self, every: Duration) -> std::convert::Infallible {
+        let collect_every = Duration::from_secs(1).min(every);
+        let mut next_refresh = tokio::time::Instant::now() + every;
+        loop {
+            tokio::time::sleep(collect_every).await;
+            self.collect_retired().await;
+            if tokio::time::Instant::now() < next_refresh {
+                continue;
+            }
+            next_refresh = tokio::time::Instant::now() + every;
+            if let Err(error) = self.refresh().await {
+                tracing::warn!(%error, "Could not refresh the cache; jobs keep the current one.");
+            }
+        }
+    }
+
+    async fn extract(&self, name: &str, etag: &str, size: i64) -> Result<(), CacheError> {
+        let inner = &self.inner;
+        let source = &inner.source;
+        let started = tokio::time::Instant::now();
+        // A volume without its marker is a crashed extraction: start over.
+        if inner.docker.volume_mountpoint(name).await?.is_some() {
+            inner.docker.remove_volume(name).await?;
+        }
+        let labels = [
+            (LABEL_MANAGED.to_owned(), "true".to_owned()),
+            (LABEL_CACHE.to_owned(), "true".to_owned()),
+            (
+                LABEL_SOURCE.to_owned(),
+                format!("s3://{}/{}", source.bucket, source.key),
+            ),
+            (LABEL_ETAG.to_owned(), etag.trim_matches('"').to_owned()),
+        ]
+        .into_iter()
+        .collect();
+        inner.docker.create_volume(name, &labels).await?;
+        let dir = inner.docker.volume_mountpoint(name).await?.ok_or_else(|| {
+            CacheError::NoMountpoint {
+                volume: name.to_owned(),
+            }
+        })?;
+        tracing::info!(volume = %name, bytes = size, "Extracting the cache archive.");
+        let object = inner
+            .s3
+            .get_object()
+            .bucket(&source.bucket)
+            .key(&source.key)
+            // The volume is named for this ETag: never fill it with another.
+            .if_match(etag)
+            .send()
+            .await
+            .map_err(|e| CacheError::Get {
+                bucket: source.bucket.clone(),
+                key: source.key.clone(),
+                message: aws_sdk_s3::error::DisplayErrorContext(&e).to_string(),
+            })?;
+        let reader = SyncIoBridge::new(object.body.into_async_read());
+        let (bucket, key) = (source.bucket.clone(), source.key.clone());
+        let target = dir.clone();
+        let extracted = tokio::task::spawn_blocking(move || unpack(reader, &target))
+            .await
+            .unwrap_or_else(|e| Err(Unpack::Io(std::io::Error::other(e.to_string()))));
+        match extracted {
+            Ok(entries) => {
+                let elapsed = started.elapsed();
+                tracing::info!(
+                    volume = %name,
+                    entries,
+                    elapsed_ms = elapsed.as_millis() as u64,
+                    mb_per_s = (size as f64 / 1e6 / elapsed.as_secs_f64().max(1e-3)).round(),
+                    "Cache extracted."
+                );
+                Ok(())
+            }
+            Err(failure) => {
+                self.remove(name).await;
+                Err(match failure {
+                    Unpack::Escape(entry) => CacheError::Escape { bucket, key, entry },
+                    Unpack::Io(e) => CacheError::Extract {
+                        bucket,
+                        key,
+                        dir,
+                        message: e.to_string(),
+                    },
+                })
+            }
+        }
+    }
+
+    /// At boot no job runs: every cache volume but the current one is stale.
+    async fn remove_stale_volumes(&self) {
+        let current = self.current().map(|c| c.name.clone());
+        match self
+            .inner
+            .docker
+            .list_managed_volumes((LABEL_CACHE, "true"))
+            .await
+        {
+            Ok(volumes) => {
+                for volume in volumes {
+                    if Some(&volume) != current.as_ref() {
+                        self.remove(&volume).await;
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "Could not look for old cache volumes."),
+        }
+    }
+
+    async fn remove(&self, name: &str) {
+        let _ = std::fs::remove_file(self.inner.markers.join(format!("{name}.complete")));
+        match self.inner.docker.remove_volume(name).await {
+            Ok(()) => tracing::info!(volume = %name, "Removed an old cache volume."),
+            Err(error) => tracing::warn!(%error, "Could not remove an old cache volume."),
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The data is a plain handle: a panic elsewhere cannot leave it half-written.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn volume_name(source: &CacheSource, etag: &str, version: &str) -> String {
+    let digest = Sha256::digest(format!(
+        "s3://{}/{}@{etag}#{version}",
+        source.bucket, source.key
+    ));
+    format!("deckhand-cache-{}", &hex::encode(digest)[..16])
+}
+
+enum Unpack {
+    Escape(String),
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for Unpack {
+    fn from(e: std::io::Error) -> Self {
+        Unpack::Io(e)
+    }
+}
+
+/// Decodes (gzip, zstd or plain, by magic bytes) and unpacks a tar stream into
+/// `dir`; the number of entries.
+fn unpack(reader: impl Read, dir: &Path) -> Result<u64, Unpack> {
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, reader);
+    let magic = {
+        let buf = std::io::BufRead::fill_buf(&mut reader)?;
+        buf.get(..4).map(<[u8]>::to_vec).unwrap_or_default()
+    };
+    let decoded: Box<dyn Read> = match magic.as_slice() {
+        [0x1f, 0x8b, ..] => Box::new(flate2::read::GzDecoder::new(reader)),
+        [0x28, 0xb5, 0x2f, 0xfd] => Box::new(zstd::stream::read::Decoder::with_buffer(reader)?),
+        _ => Box::new(reader),
+    };
+    let mut archive = tar::Archive::new(decoded);
+    archive.set_preserve_permissions(true);
+    archive.set_overwrite(true);
+    archive.set_unpack_xattrs(false);
+    let mut count = 0;
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let path = entry.path()?.into_owned();
+        if path.components().any(|c| {
+            matches!(
+                c,
+                Component::ParentDir | Component::RootDir | Component::Prefix(_)
+            )
+        }) {
+            return Err(Unpack::Escape(path.display().to_string()));
+        }
+        // unpack_in also refuses entries that would pass through a symlink or hard
+        // link out of `dir`; it says so with `false`.
+        if !entry.unpack_in(dir)? {
+            return Err(Unpack::Escape(path.display().to_string()));
+        }
+        count += 1;
+    }
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn archive(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (path, data) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            // set_path refuses `..`; write the name raw, as a hostile archive would.
+            header.as_gnu_mut().unwrap().name[..path.len()].copy_from_slice(path.as_bytes());
+            header.set_cksum();
+            builder.append(&header, *data).unwrap();
+        }
+        builder.into_inner().unwrap()
+    }
+
+    #[test]
+    fn unpacks_plain_gzip_and_zstd() {
+        let tar = archive(&[("lib/a.txt", b"alpha"), ("b.txt", b"beta")]);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &tar).unwrap();
+        let gz = gz.finish().unwrap();
+        let zst = zstd::encode_all(tar.as_slice(), 3).unwrap();
+        for bytes in [tar.clone(), gz, zst] {
+            let dir = tempfile::tempdir().unwrap();
+            let n = unpack(bytes.as_slice(), dir.path()).ok().unwrap();
+            assert_eq!(n, 2);
+            assert_eq!(
+                std::fs::read(dir.path().join("lib/a.txt")).unwrap(),
+                b"alpha"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_entries_that_escape() {
+        for bad in ["../evil.txt", "lib/../../evil.txt", "/etc/evil.txt"] {
+            let dir = tempfile::tempdir().unwrap();
+            let inner = dir.path().join("volume");
+            std::fs::create_dir(&inner).unwrap();
+            let tar = archive(&[("ok.txt", b"fine"), (bad, b"evil")]);
+            match unpack(tar.as_slice(), &inner) {
+                Err(Unpack::Escape(entry)) => assert_eq!(entry, bad),
+                _ => panic!("{bad} was not refused"),
+            }
+            assert!(!dir.path().join("evil.txt").exists());
+        }
+    }
+
+    #[test]
+    fn names_follow_the_etag() {
+        let source = CacheSource {
+            bucket: "b".into(),
+            key: "k.tar.gz".into(),
+        };
+        let a = volume_name(&source, "\"etag1\"", "");
+        assert_eq!(a, volume_name(&source, "\"etag1\"", ""));
+        assert_ne!(a, volume_name(&source, "\"etag2\"", ""));
+        assert!(a.starts_with("deckhand-cache-"));
+    }
+}

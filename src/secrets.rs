@@ -1,0 +1,517 @@
+//! The pool's secrets: sealed by an operator with `deckhand seal`, stored in S3, and
+//! opened by each host at boot with KMS. Nothing secret is baked into an image,
+//! written to persistent disk, or logged.
+//!
+//! A bundle is envelope-encrypted: a fresh KMS data key (GenerateDataKey, AES-256)
+//! encrypts the secrets with AES-256-GCM; the data key travels encrypted beside
+//! them. KMS releases the data key only to a caller allowed `kms:Decrypt` with the
+//! same encryption context (`pool = NAME`), so a bundle sealed for one pool opens
+//! nowhere else. The context is also the cipher's associated data, so editing it in
+//! the bundle breaks the seal. The format is in `docs/secrets.md`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_kms::primitives::Blob;
+use aws_sdk_s3::primitives::ByteStream;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::backoff::Backoff;
+use crate::config::{BundleLocation, SecretsConfig};
+use crate::mask::Masker;
+
+pub const BUNDLE_VERSION: u32 = 1;
+const ALGORITHM: &str = "AES-256-GCM";
+
+/// The sealed bundle as stored in S3.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bundle {
+    pub version: u32,
+    pub algorithm: String,
+    /// The KMS key the data key came from (informational: the encrypted data key
+    /// names its key itself).
+    pub kms_key_id: String,
+    pub encryption_context: BTreeMap<String, String>,
+    /// base64 of KMS's CiphertextBlob for the data key.
+    pub encrypted_data_key: String,
+    /// base64 of the 12-byte GCM nonce.
+    pub nonce: String,
+    /// base64 of the AES-256-GCM ciphertext (with tag) of a JSON object of name to
+    /// value.
+    pub ciphertext: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretsError {
+    #[error("fetch the secret bundle s3://{bucket}/{key}: {message}")]
+    Fetch {
+        bucket: String,
+        key: String,
+        message: String,
+        permanent: bool,
+    },
+    #[error("the secret bundle s3://{bucket}/{key} is not a bundle: {reason}")]
+    Malformed {
+        bucket: String,
+        key: String,
+        reason: String,
+    },
+    #[error(
+        "KMS refused the bundle's data key ({code}): {message}; check the KMS key, the instance role's kms:Decrypt grant and secrets.context"
+    )]
+    Decrypt {
+        code: String,
+        message: String,
+        permanent: bool,
+    },
+    #[error(
+        "the secret bundle s3://{bucket}/{key} fails its integrity check: it was altered after sealing, or secrets.context does not match the one it was sealed with"
+    )]
+    Tampered { bucket: String, key: String },
+    #[error("KMS GenerateDataKey with {key_id}: {message}")]
+    GenerateDataKey { key_id: String, message: String },
+    #[error("upload the bundle to s3://{bucket}/{key}: {message}")]
+    Upload {
+        bucket: String,
+        key: String,
+        message: String,
+    },
+    #[error("secrets file {path}: {reason}")]
+    Input { path: PathBuf, reason: String },
+    #[error("no secret bundle after {secs}s of retries; last error: {last}")]
+    TimedOut { secs: u64, last: Box<SecretsError> },
+}
+
+impl SecretsError {
+    /// A failure that retrying cannot fix: the operator must act (exit 78).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            SecretsError::Fetch { permanent, .. } | SecretsError::Decrypt { permanent, .. } => {
+                *permanent
+            }
+            SecretsError::TimedOut { .. } => false,
+            _ => true,
+        }
+    }
+}
+
+/// A secret's value: zeroed when dropped, never printed.
+pub struct SecretValue(Zeroizing<String>);
+
+impl SecretValue {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretValue(***)")
+    }
+}
+
+/// The opened bundle, in memory only.
+#[derive(Debug, Default)]
+pub struct Secrets {
+    values: BTreeMap<String, SecretValue>,
+}
+
+impl Secrets {
+    pub fn get(&self, name: &str) -> Option<&SecretValue> {
+        self.values.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.values.keys().map(String::as_str)
+    }
+
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// A masker for every value in the bundle: a job's log is masked against all
+    /// of the pool's secrets, not only its own.
+    pub fn masker(&self) -> Masker {
+        Masker::new(self.values.values().map(SecretValue::expose))
+    }
+
+    fn from_plaintext(plaintext: &[u8]) -> Result<Secrets, String> {
+        let map: BTreeMap<String, String> = serde_json::from_slice(plaintext)
+            .map_err(|_| "the sealed content is not a JSON object of strings".to_owned())?;
+        Ok(Secrets {
+            values: map
+                .into_iter()
+                .map(|(k, v)| (k, SecretValue(Zeroizing::new(v))))
+                .collect(),
+        })
+    }
+}
+
+/// The environment variable a secret is exposed as: upper case, `.` and `-` as `_`.
+pub fn env_name(secret: &str) -> String {
+    let mut name: String = secret
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.starts_with(|c: char| c.is_ascii_digit()) {
+        name.insert(0, '_');
+    }
+    name
+}
+
+/// The rule for secret names: like job ids, so they are safe file names.
+pub fn valid_name(name: &str) -> bool {
+    crate::job::valid_id(name)
+}
+
+fn associated_data(context: &BTreeMap<String, String>) -> Vec<u8> {
+    let mut aad = format!("deckhand-bundle-v{BUNDLE_VERSION}\n").into_bytes();
+    aad.extend(serde_json::to_vec(context).expect("a map of strings serialises"));
+    aad
+}
+
+// === sealing ===
+
+/// Reads a secrets file: TOML of `name = "value"` or `name = { file = "PATH" }`
+/// (a file's whole content, relative paths from the secrets file's folder).
+pub fn read_input(path: &Path) -> Result<BTreeMap<String, Zeroizing<String>>, SecretsError> {
+    let input_error = |reason: String| SecretsError::Input {
+        path: path.to_owned(),
+        reason,
+    };
+    let text =
+        Zeroizing::new(std::fs::read_to_string(path).map_err(|e| input_error(e.to_string()))?);
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| input_error(format!("not valid TOML: {}", e.message())))?;
+    let mut secrets = BTreeMap::new();
+    for (name, value) in table {
+        if !valid_name(&name) {
+            return Err(input_error(format!(
+                "{name:?}: a secret name must match ^[A-Za-z0-9][A-Za-z0-9._-]{{0,127}}$"
+            )));
+        }
+        let value = match value {
+            toml::Value::String(s) => Zeroizing::new(s),
+            toml::Value::Table(t) => match t.get("file").and_then(|f| f.as_str()) {
+                Some(file) if t.len() == 1 => {
+                    let file = path.parent().unwrap_or(Path::new(".")).join(file);
+                    Zeroizing::new(std::fs::read_to_string(&file).map_err(|e| {
+                        input_error(format!("{name}: read {}: {e}", file.display()))
+                    })?)
+                }
+                _ => {
+                    return Err(input_error(format!(
+                        "{name}: expected a string or {{ file = \"PATH\" }}"
+                    )));
+                }
+            },
+            _ => {
+                return Err(input_error(format!(
+                    "{name}: expected a string or {{ file = \"PATH\" }}"
+                )));
+            }
+        };
+        secrets.insert(name, value);
+    }
+    Ok(secrets)
+}
+
+/// Seals `secrets` under a fresh data key from `kms_key_id` and uploads the bundle
+/// with SSE-KMS.
+pub async fn seal(
+    kms: &aws_sdk_kms::Client,
+    s3: &aws_sdk_s3::Client,
+    kms_key_id: &str,
+    context: &BTreeMap<String, String>,
+    secrets: &BTreeMap<String, Zeroizing<String>>,
+    out: &BundleLocation,
+) -> Result<(), SecretsError> {
+    let generated = kms
+        .generate_data_key()
+        .key_id(kms_key_id)
+        .key_spec(aws_sdk_kms::types::DataKeySpec::Aes256)
+        .set_encryption_context(Some(context.clone().into_iter().collect()))
+        .send()
+        .await
+        .map_err(|e| SecretsError::GenerateDataKey {
+            key_id: kms_key_id.to_owned(),
+            message: DisplayErrorContext(&e).to_string(),
+        })?;
+    let plain_key = Zeroizing::new(
+        generated
+            .plaintext
+            .map(Blob::into_inner)
+            .unwrap_or_default(),
+    );
+    let encrypted_key = generated
+        .ciphertext_blob
+        .map(Blob::into_inner)
+        .unwrap_or_default();
+    let plaintext = Zeroizing::new(
+        serde_json::to_vec(
+            &secrets
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect::<BTreeMap<_, _>>(),
+        )
+        .expect("strings serialise"),
+    );
+    let cipher =
+        Aes256Gcm::new_from_slice(&plain_key).map_err(|_| SecretsError::GenerateDataKey {
+            key_id: kms_key_id.to_owned(),
+            message: format!("expected a 32-byte data key, got {} bytes", plain_key.len()),
+        })?;
+    let nonce_bytes: [u8; 12] = rand_nonce();
+    let aad = associated_data(context);
+    let ciphertext = cipher
+        .encrypt(
+            Nonce::from_slice(&nonce_bytes),
+            Payload {
+                msg: &plaintext,
+                aad: &aad,
+            },
+        )
+        .expect("AES-GCM encryption of an in-memory buffer cannot fail");
+    let bundle = Bundle {
+        version: BUNDLE_VERSION,
+        algorithm: ALGORITHM.to_owned(),
+        kms_key_id: kms_key_id.to_owned(),
+        encryption_context: context.clone(),
+        encrypted_data_key: B64.encode(encrypted_key),
+        nonce: B64.encode(nonce_bytes),
+        ciphertext: B64.encode(ciphertext),
+    };
+    s3.put_object()
+        .bucket(&out.bucket)
+        .key(&out.key)
+        .content_type("application/json")
+        .server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms)
+        .ssekms_key_id(kms_key_id)
+        .body(ByteStream::from(
+            serde_json::to_vec_pretty(&bundle).expect("a bundle serialises"),
+        ))
+        .send()
+        .await
+        .map_err(|e| SecretsError::Upload {
+            bucket: out.bucket.clone(),
+            key: out.key.clone(),
+            message: aws_sdk_s3::error::DisplayErrorContext(&e).to_string(),
+        })?;
+    Ok(())
+}
+
+/// A nonce from the OS's generator. A data key seals one bundle only, so even a
+/// repeated nonce would not repeat a (key, nonce) pair; random costs nothing.
+fn rand_nonce() -> [u8; 12] {
+    use aes_gcm::aead::{AeadCore, OsRng};
+    Aes256Gcm::generate_nonce(&mut OsRng).into()
+}
+
+// === opening ===
+
+/// Fetches and opens the pool's bundle, retrying transient failures with backoff
+/// for `secrets.boot_timeout_secs`; permanent failures return at once.
+pub async fn load(
+    config: &SecretsConfig,
+    s3: &aws_sdk_s3::Client,
+    kms: &aws_sdk_kms::Client,
+) -> Result<Option<Secrets>, SecretsError> {
+    let Some(location) = &config.bundle else {
+        return Ok(None);
+    };
+    let give_up = tokio::time::Instant::now() + config.boot_timeout;
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(15));
+    loop {
+        let error = match open(location, &config.context, s3, kms).await {
+            Ok(secrets) => return Ok(Some(secrets)),
+            Err(e) if e.is_permanent() => return Err(e),
+            Err(e) => e,
+        };
+        let delay = backoff.next_delay();
+        if tokio::time::Instant::now() + delay > give_up {
+            return Err(SecretsError::TimedOut {
+                secs: config.boot_timeout.as_secs(),
+                last: Box::new(error),
+            });
+        }
+        tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "Could not load the secret bundle; retrying.");
+        tokio::time::sleep(delay).await;
+    }
+}
+
+async fn open(
+    location: &BundleLocation,
+    context: &BTreeMap<String, String>,
+    s3: &aws_sdk_s3::Client,
+    kms: &aws_sdk_kms::Client,
+) -> Result<Secrets, SecretsError> {
+    let malformed = |reason: &str| SecretsError::Malformed {
+        bucket: location.bucket.clone(),
+        key: location.key.clone(),
+        reason: reason.to_owned(),
+    };
+    let object = s3
+        .get_object()
+        .bucket(&location.bucket)
+        .key(&location.key)
+        .send()
+        .await
+        .map_err(|e| {
+            let status = e.raw_response().map(|r| r.status().as_u16());
+            let code = e.code().unwrap_or_default().to_owned();
+            SecretsError::Fetch {
+                bucket: location.bucket.clone(),
+                key: location.key.clone(),
+                message: aws_sdk_s3::error::DisplayErrorContext(&e).to_string(),
+                permanent: matches!(code.as_str(), "NoSuchKey" | "NoSuchBucket" | "AccessDenied")
+                    || matches!(status, Some(403 | 404)),
+            }
+        })?;
+    let body = object
+        .body
+        .collect()
+        .await
+        .map_err(|e| SecretsError::Fetch {
+            bucket: location.bucket.clone(),
+            key: location.key.clone(),
+            message: e.to_string(),
+            permanent: false,
+        })?
+        .into_bytes();
+    let bundle: Bundle = serde_json::from_slice(&body).map_err(|e| malformed(&e.to_string()))?;
+    if bundle.version != BUNDLE_VERSION || bundle.algorithm != ALGORITHM {
+        return Err(malformed(&format!(
+            "version {} / {} is not version {BUNDLE_VERSION} / {ALGORITHM}",
+            bundle.version, bundle.algorithm
+        )));
+    }
+    let decode = |field: &str, text: &str| {
+        B64.decode(text)
+            .map_err(|_| malformed(&format!("{field} is not base64")))
+    };
+    let encrypted_key = decode("encrypted_data_key", &bundle.encrypted_data_key)?;
+    let nonce = decode("nonce", &bundle.nonce)?;
+    let ciphertext = decode("ciphertext", &bundle.ciphertext)?;
+    if nonce.len() != 12 {
+        return Err(malformed("nonce is not 12 bytes"));
+    }
+    // The configured context, not the bundle's: a bundle cannot choose the pool it
+    // opens in.
+    let decrypted = kms
+        .decrypt()
+        .ciphertext_blob(Blob::new(encrypted_key))
+        .set_encryption_context(Some(context.clone().into_iter().collect()))
+        .send()
+        .await
+        .map_err(|e| {
+            let code = e.code().unwrap_or("Unknown").to_owned();
+            SecretsError::Decrypt {
+                permanent: e.as_service_error().is_some()
+                    && !matches!(
+                        code.as_str(),
+                        "KMSInternalException"
+                            | "DependencyTimeoutException"
+                            | "ThrottlingException"
+                    ),
+                message: e
+                    .message()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| DisplayErrorContext(&e).to_string()),
+                code,
+            }
+        })?;
+    let data_key = Zeroizing::new(
+        decrypted
+            .plaintext
+            .map(Blob::into_inner)
+            .unwrap_or_default(),
+    );
+    let cipher = Aes256Gcm::new_from_slice(&data_key)
+        .map_err(|_| malformed("the data key is not 32 bytes"))?;
+    let tampered = || SecretsError::Tampered {
+        bucket: location.bucket.clone(),
+        key: location.key.clone(),
+    };
+    let plaintext = Zeroizing::new(
+        cipher
+            .decrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: &ciphertext,
+                    aad: &associated_data(context),
+                },
+            )
+            .map_err(|_| tampered())?,
+    );
+    let secrets = Secrets::from_plaintext(&plaintext).map_err(|reason| malformed(&reason))?;
+    for name in secrets.names() {
+        if !valid_name(name) {
+            return Err(malformed(&format!("secret name {name:?} is not valid")));
+        }
+    }
+    Ok(secrets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_names() {
+        assert_eq!(env_name("npm-token"), "NPM_TOKEN");
+        assert_eq!(env_name("db.password"), "DB_PASSWORD");
+        assert_eq!(env_name("1st"), "_1ST");
+    }
+
+    #[test]
+    fn values_never_print() {
+        let secrets = Secrets::from_plaintext(br#"{"a": "hunter22"}"#).unwrap();
+        assert_eq!(
+            format!("{secrets:?}"),
+            r#"Secrets { values: {"a": SecretValue(***)} }"#
+        );
+        assert_eq!(secrets.get("a").unwrap().expose(), "hunter22");
+    }
+
+    #[test]
+    fn reads_strings_and_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("key.pem"), "line one\nline two\n").unwrap();
+        let input = dir.path().join("secrets.toml");
+        std::fs::write(&input, "token = \"abc123\"\nkey = { file = \"key.pem\" }\n").unwrap();
+        let secrets = read_input(&input).unwrap();
+        assert_eq!(secrets["token"].as_str(), "abc123");
+        assert_eq!(secrets["key"].as_str(), "line one\nline two\n");
+
+        std::fs::write(&input, "\"bad name\" = \"x\"\n").unwrap();
+        let err = read_input(&input).unwrap_err().to_string();
+        assert!(err.contains("a secret name must match"), "{err}");
+    }
+
+    #[test]
+    fn the_context_is_bound_into_the_seal() {
+        let a = associated_data(&BTreeMap::from([("pool".to_owned(), "ci".to_owned())]));
+        let b = associated_data(&BTreeMap::from([("pool".to_owned(), "prod".to_owned())]));
+        assert_ne!(a, b);
+    }
+}

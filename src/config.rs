@@ -122,6 +122,9 @@ pub struct SecretsConfig {
     pub bundle: Option<BundleLocation>,
     /// The KMS encryption context the bundle was sealed with.
     pub context: BTreeMap<String, String>,
+    /// The only KMS key the agent will decrypt with: a bundle sealed under any
+    /// other key is refused (AccessDenied), even where the role could use it.
+    pub kms_key_id: Option<String>,
     /// How long bootstrap retries transient failures before giving up.
     pub boot_timeout: Duration,
 }
@@ -506,6 +509,7 @@ impl Reader<'_> {
         let secrets_cfg = SecretsConfig {
             bundle,
             context: self.string_table(&mut secrets, "context"),
+            kms_key_id: self.opt_string(&mut secrets, "kms_key_id"),
             boot_timeout: Duration::from_secs(self.int(
                 &mut secrets,
                 "boot_timeout_secs",

@@ -226,11 +226,12 @@ impl JobSpec {
         let profile = profile.unwrap_or(&default_profile);
 
         for secret in &self.secrets {
-            // The pool has no secret bundle yet: no profile can allow one.
-            problem(
-                &format!("secrets.{}", truncate(secret, 64)),
-                format!("not allowed by profile {profile_name:?}"),
-            );
+            if !profile.secrets.contains(secret) {
+                problem(
+                    &format!("secrets.{}", truncate(secret, 64)),
+                    format!("not allowed by profile {profile_name:?}"),
+                );
+            }
         }
 
         let timeout = match self.timeout_secs {

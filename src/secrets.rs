@@ -342,7 +342,7 @@ pub async fn load(
     let give_up = tokio::time::Instant::now() + config.boot_timeout;
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(15));
     loop {
-        let error = match open(location, &config.context, s3, kms).await {
+        let error = match open(location, config, s3, kms).await {
             Ok(secrets) => return Ok(Some(secrets)),
             Err(e) if e.is_permanent() => return Err(e),
             Err(e) => e,
@@ -361,10 +361,11 @@ pub async fn load(
 
 async fn open(
     location: &BundleLocation,
-    context: &BTreeMap<String, String>,
+    config: &SecretsConfig,
     s3: &aws_sdk_s3::Client,
     kms: &aws_sdk_kms::Client,
 ) -> Result<Secrets, SecretsError> {
+    let context = &config.context;
     let malformed = |reason: &str| SecretsError::Malformed {
         bucket: location.bucket.clone(),
         key: location.key.clone(),
@@ -420,6 +421,7 @@ async fn open(
     let decrypted = kms
         .decrypt()
         .ciphertext_blob(Blob::new(encrypted_key))
+        .set_key_id(config.kms_key_id.clone())
         .set_encryption_context(Some(context.clone().into_iter().collect()))
         .send()
         .await
@@ -433,10 +435,13 @@ async fn open(
                             | "DependencyTimeoutException"
                             | "ThrottlingException"
                     ),
-                message: e
-                    .message()
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| DisplayErrorContext(&e).to_string()),
+                // A service error's code says it all; the full chain (with the raw
+                // response) is only for transport failures.
+                message: match (e.message(), e.as_service_error()) {
+                    (Some(message), _) => message.to_owned(),
+                    (None, Some(_)) => "no details".to_owned(),
+                    (None, None) => DisplayErrorContext(&e).to_string(),
+                },
                 code,
             }
         })?;

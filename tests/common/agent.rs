@@ -119,13 +119,21 @@ impl AgentProcess {
 
     /// Waits for the process to exit; its exit code.
     pub async fn wait_exit(&mut self, deadline: Duration) -> Option<i32> {
-        let mut status = None;
-        eventually("the agent to exit", deadline, || {
-            status = self.child.try_wait().unwrap();
-            std::future::ready(status.is_some())
-        })
-        .await;
-        status.unwrap().code()
+        let start = tokio::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            if start.elapsed() > deadline {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                panic!(
+                    "the agent did not exit within {deadline:?}; its last lines:\n{}",
+                    tail.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 

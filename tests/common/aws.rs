@@ -181,6 +181,25 @@ impl Aws {
             .map(|bytes| serde_json::from_slice(&bytes).unwrap())
     }
 
+    /// Waits for an object to exist; its bytes.
+    pub async fn wait_object(&self, bucket: &str, key: &str) -> Vec<u8> {
+        let start = tokio::time::Instant::now();
+        loop {
+            if let Some(bytes) = self.object(bucket, key).await {
+                return bytes;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "timed out waiting for s3://{bucket}/{key}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn wait_json(&self, bucket: &str, key: &str) -> Value {
+        serde_json::from_slice(&self.wait_object(bucket, key).await).unwrap()
+    }
+
     /// Every key under `prefix`.
     pub async fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
         let mut keys = Vec::new();

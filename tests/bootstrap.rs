@@ -23,7 +23,6 @@ const REGISTRY_CRED: &str = "deckhand:stack-registry-secret";
 
 /// A KMS key, a sealed bundle in S3 (through `deckhand seal`) and its context.
 struct Sealed {
-    key_id: String,
     bucket: String,
     key: String,
     pool_name: String,
@@ -89,7 +88,6 @@ async fn seal(aws: &Aws, pool: &Pool, dir: &Path) -> Sealed {
         String::from_utf8_lossy(&output.stderr)
     );
     Sealed {
-        key_id,
         bucket: pool.bucket.clone(),
         key,
         pool_name,

@@ -79,6 +79,8 @@ impl AgentError {
 /// Everything a job task needs; shared by all of them.
 struct Agent {
     config: Arc<Config>,
+    /// What systemd's watchdog is told: Docker and the queue answered last time.
+    healthy: Health,
     runner: Runner,
     queue: Queue,
     dead_letter: Option<Queue>,
@@ -164,6 +166,18 @@ pub async fn run(
                 _ => std::future::pending().await,
             }
         };
+        let health = Health::default();
+        // The watchdog starts with READY, as systemd's does.
+        let ready = tokio_util::sync::CancellationToken::new();
+        let watchdog = async {
+            match systemd::watchdog_period() {
+                Some(period) => {
+                    ready.cancelled().await;
+                    health.pet_while_healthy(period).await
+                }
+                None => std::future::pending().await,
+            }
+        };
         let serve = async {
             let agent = Arc::new(Agent {
                 runner,
@@ -187,6 +201,7 @@ pub async fn run(
                         .zip(config.results.webhook_secret.clone()),
                 ),
                 config: config.clone(),
+                healthy: health.clone(),
             });
             agent.recover_orphans().await;
             tracing::info!(
@@ -196,12 +211,14 @@ pub async fn run(
                 "Ready; serving the queue."
             );
             systemd::ready("serving the queue");
+            ready.cancel();
             agent.serve(&stop).await;
         };
         tokio::select! {
             () = serve => {}
             never = watcher => match never {},
             never = refresh => match never {},
+            never = watchdog => match never {},
         }
         if matches!(
             stop.reason(),
@@ -332,8 +349,6 @@ impl Agent {
         let mut docker_backoff = Backoff::new(Duration::from_secs(1), MAX_BACKOFF);
         let mut queue_backoff = Backoff::new(Duration::from_secs(1), MAX_BACKOFF);
         let mut idle_since = Instant::now();
-        let watchdog = systemd::watchdog_period();
-        let mut last_watchdog = Instant::now();
 
         while !stop.is_draining() {
             while let Some(done) = jobs.try_join_next() {
@@ -361,6 +376,7 @@ impl Agent {
             }
             // Receive only while a job could start: never hold a message it cannot run.
             if let Err(error) = self.runner.docker().ping().await {
+                self.healthy.set_docker(false);
                 let delay = docker_backoff.next_delay();
                 tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "Docker is unreachable; not receiving.");
                 systemd::status("Docker unreachable; not receiving");
@@ -370,20 +386,15 @@ impl Agent {
                 }
                 continue;
             }
+            self.healthy.set_docker(true);
             if docker_backoff.reset() {
                 tracing::info!("Docker is back; receiving again.");
                 systemd::status("serving the queue");
             }
-            if let Some(period) = watchdog
-                && last_watchdog.elapsed() >= period
-            {
-                systemd::watchdog();
-                last_watchdog = Instant::now();
-            }
             let free = slots - jobs.len();
             let receive = self.queue.receive(
                 free,
-                self.receive_wait(watchdog),
+                self.config.queue.wait,
                 self.config.queue.visibility_timeout,
             );
             let received = tokio::select! {
@@ -393,6 +404,7 @@ impl Agent {
             };
             match received {
                 Ok(messages) => {
+                    self.healthy.set_queue(true);
                     if queue_backoff.reset() {
                         tracing::info!("The queue answers again.");
                     }
@@ -412,6 +424,7 @@ impl Agent {
                     }
                 }
                 Err(error) => {
+                    self.healthy.set_queue(false);
                     let delay = queue_backoff.next_delay();
                     tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "Could not receive; backing off.");
                     tokio::select! {
@@ -422,15 +435,6 @@ impl Agent {
             }
         }
         self.drain(jobs, jobs_stop, stop).await;
-    }
-
-    /// A long poll short enough to pet systemd's watchdog in time.
-    fn receive_wait(&self, watchdog: Option<Duration>) -> Duration {
-        let wait = self.config.queue.wait;
-        match watchdog {
-            Some(period) => wait.min(period),
-            None => wait,
-        }
     }
 
     /// Waits for running jobs, then stops what still runs: after
@@ -785,6 +789,48 @@ impl Agent {
                 }
             }
             Err(error) => tracing::warn!(%error, "Could not look for orphaned workspaces."),
+        }
+    }
+}
+
+/// Whether Docker and the queue answered at their last use. Starts healthy: the
+/// agent is only running once bootstrap reached both.
+#[derive(Clone)]
+struct Health(Arc<[std::sync::atomic::AtomicBool; 2]>);
+
+impl Default for Health {
+    fn default() -> Self {
+        Health(Arc::new([
+            std::sync::atomic::AtomicBool::new(true),
+            std::sync::atomic::AtomicBool::new(true),
+        ]))
+    }
+}
+
+impl Health {
+    fn set_docker(&self, ok: bool) {
+        self.0[0].store(ok, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn set_queue(&self, ok: bool) {
+        self.0[1].store(ok, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn is_healthy(&self) -> bool {
+        self.0
+            .iter()
+            .all(|b| b.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Pets systemd's watchdog every `period` while healthy, so a wedged agent is
+    /// restarted. Its own loop, not the receive loop's: a host whose slots are all
+    /// busy for hours is healthy too.
+    async fn pet_while_healthy(&self, period: Duration) -> std::convert::Infallible {
+        loop {
+            if self.is_healthy() {
+                systemd::watchdog();
+            }
+            tokio::time::sleep(period).await;
         }
     }
 }

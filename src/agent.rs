@@ -21,6 +21,7 @@ use crate::config::{Config, RebalancePolicy};
 use crate::docker::{self, Docker};
 use crate::imds::{Identity, Imds};
 use crate::job::{Job, Rejection};
+use crate::job_log::LogBody;
 use crate::mask::SharedMasker;
 use crate::outcome::{JobResult, Status};
 use crate::results::{Claim, ClaimOutcome, Notifier, Recorded, ResultStore, StoreError};
@@ -534,7 +535,10 @@ impl Agent {
             message.receive_count,
             self.runner.instance_id(),
         );
-        if !self.record_until(&mut result, b"", RECORD_DEADLINE).await {
+        if !self
+            .record_until(&mut result, &LogBody::empty(), RECORD_DEADLINE)
+            .await
+        {
             return;
         }
         if let Some(dlq) = &self.dead_letter {
@@ -599,9 +603,8 @@ impl Agent {
         let result = &mut finished.result;
         match result.status {
             status if status.is_terminal() => {
-                let log = finished.log.text().to_vec();
                 let recorded = tokio::select! {
-                    recorded = self.record_until(result, &log, RECORD_DEADLINE) => recorded,
+                    recorded = self.record_until(result, &finished.log, RECORD_DEADLINE) => recorded,
                     never = self.heartbeat(&message, &job.id) => match never {},
                 };
                 self.unclaim(&job.id).await;
@@ -615,11 +618,11 @@ impl Agent {
                 // record of this attempt is written.
                 self.unclaim(&job.id).await;
                 self.give_back(&message, Duration::ZERO).await;
-                self.record_until(result, finished.log.text(), Duration::from_secs(10))
+                self.record_until(result, &finished.log, Duration::from_secs(10))
                     .await;
             }
             _ => {
-                self.record_until(result, finished.log.text(), Duration::from_secs(30))
+                self.record_until(result, &finished.log, Duration::from_secs(30))
                     .await;
                 self.unclaim(&job.id).await;
                 self.give_back(&message, self.retry_visibility(attempt))
@@ -661,7 +664,12 @@ impl Agent {
 
     /// Records `result`, retrying with backoff until `deadline`; true once recorded
     /// (or found already recorded by another run).
-    async fn record_until(&self, result: &mut JobResult, log: &[u8], deadline: Duration) -> bool {
+    async fn record_until(
+        &self,
+        result: &mut JobResult,
+        log: &LogBody,
+        deadline: Duration,
+    ) -> bool {
         let give_up = Instant::now() + deadline;
         let mut backoff = Backoff::new(Duration::from_millis(500), MAX_BACKOFF);
         loop {

@@ -1,6 +1,9 @@
 //! A job's output: split into lines as it arrives, each logged to stdout with its
-//! stream, and all of it kept for `log.txt`.
+//! stream, and all of it kept for `log.txt` — in memory up to `SPOOL_AFTER_BYTES`,
+//! then in a spool file under the agent's work dir, so a job that prints gigabytes
+//! cannot take the agent's memory with it. Only masked text is ever kept.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::logging::JOB_OUTPUT_TARGET;
@@ -26,9 +29,16 @@ impl Stream {
     }
 }
 
+/// Past this, the log goes to a spool file.
+pub const SPOOL_AFTER_BYTES: usize = 8 * 1024 * 1024;
+
 /// The whole log of one job, in arrival order, masked.
 pub struct JobLog {
     masker: Arc<Masker>,
+    /// Where to spool, if the log grows past `SPOOL_AFTER_BYTES`.
+    spool_path: Option<PathBuf>,
+    spool: Option<std::fs::File>,
+    bytes: u64,
     stdout: LineSplitter,
     stderr: LineSplitter,
     text: Vec<u8>,
@@ -41,6 +51,9 @@ impl JobLog {
     pub fn new(masker: Arc<Masker>) -> Self {
         JobLog {
             masker,
+            spool_path: None,
+            spool: None,
+            bytes: 0,
             stdout: LineSplitter::default(),
             stderr: LineSplitter::default(),
             text: Vec::new(),
@@ -75,6 +88,12 @@ impl JobLog {
         }
     }
 
+    /// Spools to `path` once the log outgrows memory.
+    pub fn spool_to(mut self, path: PathBuf) -> Self {
+        self.spool_path = Some(path);
+        self
+    }
+
     fn emit(&mut self, stream: Stream, line: &[u8]) {
         let raw = String::from_utf8_lossy(line);
         let text = self.masker.mask(&raw);
@@ -82,15 +101,103 @@ impl JobLog {
         self.text.extend_from_slice(text.as_bytes());
         self.text.push(b'\n');
         self.lines += 1;
+        self.bytes += text.len() as u64 + 1;
+        if self.text.len() >= SPOOL_AFTER_BYTES {
+            self.spill();
+        }
     }
 
-    /// The log so far, one line per output line.
+    /// Moves what is in memory to the spool file. Plain blocking writes: appends to
+    /// the page cache are as quick as the memcpy they replace.
+    fn spill(&mut self) {
+        use std::io::Write;
+        if self.spool.is_none() {
+            let Some(path) = &self.spool_path else { return };
+            let opened = path
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| std::fs::File::create(path));
+            match opened {
+                Ok(file) => {
+                    tracing::info!(spool = %path.display(), "The job's log is large; spooling it to disk.");
+                    self.spool = Some(file);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, spool = %path.display(), "Cannot spool the job's log; keeping it in memory.");
+                    self.spool_path = None;
+                    return;
+                }
+            }
+        }
+        let file = self.spool.as_mut().expect("opened above");
+        if let Err(error) = file.write_all(&self.text) {
+            tracing::warn!(%error, "Could not write the log spool; keeping the log in memory.");
+            self.spool = None;
+            self.spool_path = None;
+            return;
+        }
+        self.text.clear();
+    }
+
+    /// The whole log, to upload. A spooled log stays on disk (and is deleted when
+    /// the body is dropped).
+    pub fn into_body(mut self) -> LogBody {
+        if self.spool.is_some() {
+            self.spill();
+        }
+        match (self.spool.take(), self.spool_path.take()) {
+            (Some(file), Some(path)) => {
+                drop(file);
+                LogBody::Spooled {
+                    path,
+                    bytes: self.bytes,
+                }
+            }
+            _ => LogBody::Memory(std::mem::take(&mut self.text)),
+        }
+    }
+
+    /// The log so far, if it is all in memory (tests and small logs).
     pub fn text(&self) -> &[u8] {
         &self.text
     }
 
     pub fn line_count(&self) -> u64 {
         self.lines
+    }
+}
+
+/// A finished job's log, ready to upload.
+#[derive(Debug)]
+pub enum LogBody {
+    Memory(Vec<u8>),
+    Spooled { path: PathBuf, bytes: u64 },
+}
+
+impl LogBody {
+    pub fn empty() -> Self {
+        LogBody::Memory(Vec::new())
+    }
+
+    pub fn len(&self) -> u64 {
+        match self {
+            LogBody::Memory(text) => text.len() as u64,
+            LogBody::Spooled { bytes, .. } => *bytes,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Drop for LogBody {
+    fn drop(&mut self) {
+        if let LogBody::Spooled { path, .. } = self {
+            // Best effort: a leftover spool holds masked text only, and the next
+            // job of the same container name truncates it.
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -153,6 +260,36 @@ mod tests {
         log.push(Stream::Stdout, b"2-secret\n");
         log.finish();
         assert_eq!(log.text(), b"token: ***\n");
+    }
+
+    #[test]
+    fn a_large_log_is_spooled_and_removed_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool/job.log");
+        let mut log = JobLog::new(Arc::new(Masker::new(["secret-value"]))).spool_to(path.clone());
+        let line = format!("{} secret-value\n", "x".repeat(1000));
+        for _ in 0..(SPOOL_AFTER_BYTES / 1000 + 10) {
+            log.push(Stream::Stdout, line.as_bytes());
+        }
+        log.finish();
+        let lines = log.line_count();
+        let body = log.into_body();
+        let LogBody::Spooled {
+            path: spooled,
+            bytes,
+        } = &body
+        else {
+            panic!("not spooled: {body:?}")
+        };
+        let text = std::fs::read_to_string(spooled).unwrap();
+        assert_eq!(text.len() as u64, *bytes);
+        assert_eq!(text.lines().count() as u64, lines);
+        assert!(
+            !text.contains("secret-value"),
+            "only masked text reaches the disk"
+        );
+        drop(body);
+        assert!(!path.exists());
     }
 
     #[test]

@@ -18,6 +18,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
+use crate::job_log::LogBody;
 use crate::outcome::{JobResult, Status};
 use crate::sqs::Queue;
 
@@ -100,13 +101,16 @@ impl ResultStore {
     /// Records a finished attempt. A terminal result goes to `result.json` once; a
     /// second terminal result for the same id is refused and returned as a
     /// duplicate. Sets `result.log` to where the log was stored.
-    pub async fn record(&self, result: &mut JobResult, log: &[u8]) -> Result<Recorded, StoreError> {
+    pub async fn record(
+        &self,
+        result: &mut JobResult,
+        log: &LogBody,
+    ) -> Result<Recorded, StoreError> {
         if !result.status.is_terminal() {
             let dir = format!("attempt-{}", result.attempt);
             let log_key = self.key(&result.id, &format!("{dir}/log.txt"));
             result.log = Some(self.url(&log_key));
-            self.put(&log_key, log.to_vec(), "text/plain; charset=utf-8", false)
-                .await?;
+            self.put_log(&log_key, log).await?;
             let key = self.key(&result.id, &format!("{dir}/result.json"));
             self.put(&key, to_json(result), "application/json", false)
                 .await?;
@@ -117,28 +121,33 @@ impl ResultStore {
         // A rejected job never ran: it has no log.
         let has_log = result.status != Status::Rejected;
         result.log = has_log.then(|| self.url(&log_key));
-        let stored = self
+        // Check first: a duplicate run must not overwrite the log of the run whose
+        // result stands.
+        if let Some(existing) = self.terminal(&result.id).await?
+            && !is_same_run(&existing, result)
+        {
+            return Ok(Recorded::Duplicate(Box::new(existing)));
+        }
+        // The log before the result, so that whoever sees the result can read its
+        // log at once.
+        if has_log {
+            self.put_log(&log_key, log).await?;
+        }
+        if !self
             .put(&key, to_json(result), "application/json", true)
-            .await?;
-        if !stored {
+            .await?
+        {
+            // Lost a race with another run after the check above (claims make
+            // this rare); the result that landed first stands.
             let existing: JobResult = self.get_json(&key).await?.ok_or_else(|| StoreError::S3 {
                 operation: "get",
                 bucket: self.bucket.clone(),
                 key: key.clone(),
                 message: "a conditional put failed but no result is there".into(),
             })?;
-            // Our own earlier try at this same record (the log put failed after the
-            // result landed): carry on with the log.
-            let ours = existing.instance_id == result.instance_id
-                && existing.attempt == result.attempt
-                && existing.started_at == result.started_at;
-            if !ours {
+            if !is_same_run(&existing, result) {
                 return Ok(Recorded::Duplicate(Box::new(existing)));
             }
-        }
-        if has_log {
-            self.put(&log_key, log.to_vec(), "text/plain; charset=utf-8", false)
-                .await?;
         }
         Ok(Recorded::Stored)
     }
@@ -187,6 +196,33 @@ impl ResultStore {
             .await
             .map(drop)
             .map_err(|e| self.error("delete", &key, e))
+    }
+
+    /// Uploads a log from memory or, streamed, from its spool file.
+    async fn put_log(&self, key: &str, log: &LogBody) -> Result<(), StoreError> {
+        let body = match log {
+            LogBody::Memory(text) => ByteStream::from(text.clone()),
+            LogBody::Spooled { path, .. } => {
+                ByteStream::from_path(path)
+                    .await
+                    .map_err(|e| StoreError::S3 {
+                        operation: "read the log spool for",
+                        bucket: self.bucket.clone(),
+                        key: key.to_owned(),
+                        message: e.to_string(),
+                    })?
+            }
+        };
+        self.s3
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type("text/plain; charset=utf-8")
+            .body(body)
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| self.error("put", key, e))
     }
 
     /// Puts an object; with `only_if_absent`, returns false instead of overwriting.
@@ -262,6 +298,11 @@ impl ResultStore {
             message: DisplayErrorContext(&e).to_string(),
         }
     }
+}
+
+/// Our own earlier try at the same record (a retry after a failed put).
+fn is_same_run(a: &JobResult, b: &JobResult) -> bool {
+    a.instance_id == b.instance_id && a.attempt == b.attempt && a.started_at == b.started_at
 }
 
 fn is_precondition_failed<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {

@@ -23,7 +23,7 @@ use crate::cache::Cache;
 use crate::config::Config;
 use crate::docker::{self, ContainerSpec, Docker, Output, RegistryAuth};
 use crate::job::{Job, Problem, Rejection};
-use crate::job_log::{JobLog, Stream};
+use crate::job_log::{JobLog, LogBody, Stream};
 use crate::mask::Masker;
 use crate::outcome::{AGENT_VERSION, JobResult, Status, timestamp};
 use crate::secrets::Secrets;
@@ -63,7 +63,7 @@ pub struct Runner {
 /// decides) and its whole log.
 pub struct Finished {
     pub result: JobResult,
-    pub log: JobLog,
+    pub log: LogBody,
 }
 
 /// How supervision of a started container ended.
@@ -196,7 +196,13 @@ impl Runner {
         let started_at = chrono::Utc::now();
         let clock = Instant::now();
         let names = Names::new(&job.id, attempt, &self.config.agent.secrets_dir);
-        let mut log = JobLog::new(self.masker.clone());
+        let mut log = JobLog::new(self.masker.clone()).spool_to(
+            self.config
+                .agent
+                .work_dir
+                .join("spool")
+                .join(format!("{}.log", names.container)),
+        );
         let mut image_ran = None;
 
         let outcome = self
@@ -265,7 +271,7 @@ impl Runner {
                 duration_ms,
                 log: None,
             },
-            log,
+            log: log.into_body(),
         }
     }
 

@@ -546,3 +546,36 @@ async fn nothing_is_received_while_docker_is_down() {
     assert_eq!(r["attempt"], 1, "never received while Docker was down");
     assert_clean(&id);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_huge_log_is_spooled_to_disk_and_uploaded_whole() {
+    let stack = Stack::from_env();
+    let aws = Aws::new().await;
+    let pool = aws.pool("hugelog", 5).await;
+    let config = agent_config(&stack, &pool, &aws.endpoint, &unique("i-huge"), "");
+    let agent = AgentProcess::start(&config, "agent");
+    let id = unique("chatty");
+    // 20 MB of output in 10 kB lines: well past the 8 MiB kept in memory.
+    let script = "head -c 20000000 /dev/zero | tr '\\0' x | fold -w 10000; echo; echo the end";
+    aws.send(
+        &pool.queue_url,
+        &job(&id, &stack.image, &["sh", "-c", script]).to_string(),
+    )
+    .await;
+    let r = wait_result(&aws, &pool.bucket, &id).await;
+    assert_eq!(r["status"], "succeeded");
+    let spooled = agent.count("The job's log is large; spooling it to disk.");
+    let log = aws
+        .object(&pool.bucket, &format!("results/{id}/log.txt"))
+        .await
+        .unwrap();
+    let text = String::from_utf8(log).unwrap();
+    assert_eq!(text.matches('x').count(), 20_000_000);
+    assert!(text.ends_with("\nthe end\n"));
+    assert_eq!(spooled, 1, "{} bytes", text.len());
+    let spool = config.dir.path().join("spool");
+    assert!(
+        std::fs::read_dir(&spool).unwrap().next().is_none(),
+        "the spool file is removed"
+    );
+}

@@ -57,6 +57,8 @@ pub enum AgentError {
     Warm { image: String, message: String },
     #[error(transparent)]
     Cache(#[from] CacheError),
+    #[error("{key}: names secret {name:?}, which is not in the bundle")]
+    MissingSecret { key: &'static str, name: String },
 }
 
 impl AgentError {
@@ -64,7 +66,9 @@ impl AgentError {
     /// restart), 69 for a dependency that may come back.
     pub fn exit_code(&self) -> u8 {
         let permanent = match self {
-            AgentError::Config { .. } | AgentError::SecretsDir { .. } => true,
+            AgentError::Config { .. }
+            | AgentError::SecretsDir { .. }
+            | AgentError::MissingSecret { .. } => true,
             AgentError::Secrets(e) => e.is_permanent(),
             AgentError::Warm { .. } => false,
             AgentError::Cache(e) => e.is_permanent(),
@@ -146,6 +150,16 @@ pub async fn run(
             log_masker.set(Arc::new(secrets.masker()));
             tracing::info!(secrets = secrets.len(), "Secrets loaded into memory.");
         }
+        let webhook = match (&config.results.webhook_url, &config.results.webhook_secret) {
+            (Some(url), Some(name)) => {
+                let key = secrets.get(name).ok_or_else(|| AgentError::MissingSecret {
+                    key: "results.webhook_secret",
+                    name: name.clone(),
+                })?;
+                Some((url.clone(), key.expose().to_owned()))
+            }
+            _ => None,
+        };
         let Some(docker) = connect_docker(&config, &stop).await else {
             return Ok(());
         };
@@ -195,11 +209,7 @@ pub async fn run(
                         .queue_url
                         .as_ref()
                         .map(|url| Queue::new(sqs.clone(), url)),
-                    config
-                        .results
-                        .webhook_url
-                        .clone()
-                        .zip(config.results.webhook_secret.clone()),
+                    webhook,
                 ),
                 config: config.clone(),
                 healthy: health.clone(),

@@ -111,7 +111,8 @@ pub struct ResultsConfig {
     pub prefix: String,
     pub queue_url: Option<String>,
     pub webhook_url: Option<String>,
-    /// HMAC key for `X-Deckhand-Signature`.
+    /// The name of the secret (in the bundle) whose value signs webhook bodies
+    /// (`X-Deckhand-Signature`).
     pub webhook_secret: Option<String>,
 }
 
@@ -521,6 +522,12 @@ impl Reader<'_> {
             self.issue(
                 "secrets.context",
                 "required with a bundle: the KMS encryption context binds the bundle to this pool (e.g. { pool = \"ci\" })",
+            );
+        }
+        if results_cfg.webhook_secret.is_some() && secrets_cfg.bundle.is_none() {
+            self.issue(
+                "results.webhook_secret",
+                "names a secret, and this pool has no secret bundle ([secrets] bucket and key)",
             );
         }
         self.finish(secrets);

@@ -579,3 +579,53 @@ async fn a_huge_log_is_spooled_to_disk_and_uploaded_whole() {
         "the spool file is removed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn submit_validates_enqueues_and_waits_for_the_result() {
+    let stack = Stack::from_env();
+    let aws = Aws::new().await;
+    let pool = aws.pool("submit", 5).await;
+    let config = agent_config(&stack, &pool, &aws.endpoint, &unique("i-submit"), "");
+    let _agent = AgentProcess::start(&config, "agent");
+    let submit = |job: &serde_json::Value, wait: bool| {
+        let mut cmd = deckhand();
+        cmd.args(["--config", path_str(&config.path), "submit"])
+            .arg(config.job_file(job))
+            .args(["--queue", &pool.queue_url]);
+        if wait {
+            cmd.args(["--wait", "--timeout", "120"]);
+        }
+        cmd.output().unwrap()
+    };
+
+    let mut bad = job(&unique("bad"), &stack.image, &["true"]);
+    bad["image"] = json!(format!("{}/ci/busybox:latest", stack.registry));
+    let refused = submit(&bad, false);
+    assert_eq!(refused.status.code(), Some(65));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("image: tag \"latest\" is not allowed"),
+        "{stderr}"
+    );
+    assert_eq!(
+        aws.counts(&pool.queue_url).await,
+        (0, 0),
+        "a bad job never reaches the queue"
+    );
+
+    let id = unique("waited");
+    let output = submit(
+        &job(&id, &stack.image, &["sh", "-c", "echo waited; exit 3"]),
+        true,
+    );
+    let run = Exec::from_output(output);
+    assert_eq!(
+        run.code,
+        Some(3),
+        "exits with the job's exit code: {}",
+        run.stderr
+    );
+    assert_eq!(run.result["id"], id.as_str());
+    assert_eq!(run.result["status"], "failed");
+    assert!(run.logged("Job submitted."));
+}

@@ -707,3 +707,112 @@ async fn a_cache_archive_that_escapes_is_refused() {
         "the partial volume is removed"
     );
 }
+
+/// A one-request-at-a-time HTTP server on loopback that records what it is sent.
+async fn webhook_receiver() -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<(Vec<String>, Vec<u8>)>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let head_end = loop {
+                let n = stream.read(&mut chunk).await.unwrap();
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break p + 4;
+                }
+            };
+            let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+            let lines: Vec<String> = head.lines().map(str::to_owned).collect();
+            let length: usize = lines
+                .iter()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            while buf.len() < head_end + length {
+                let n = stream.read(&mut chunk).await.unwrap();
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let _ = tx.send((lines, buf[head_end..head_end + length].to_vec()));
+        }
+    });
+    (url, rx)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn results_reach_the_results_queue_and_a_signed_webhook() {
+    use hmac::Mac;
+    let stack = Stack::from_env();
+    let aws = Aws::new().await;
+    let pool = aws.pool("notify-results", 5).await;
+    let results_queue = aws.pool("results-queue", 5).await.queue_url;
+    let dir = tempfile::tempdir().unwrap();
+    let sealed = seal(&aws, &pool, dir.path()).await;
+    let (url, mut posts) = webhook_receiver().await;
+    let shm = secrets_dir();
+    let config = agent_config(
+        &stack,
+        &pool,
+        &aws.endpoint,
+        &unique("i-hook"),
+        &format!(
+            "{}\n[results]\nqueue_url = \"{results_queue}\"\nwebhook_url = \"{url}\"\nwebhook_secret = \"db-pass\"\n",
+            secrets_config(&sealed, &shm, &sealed.pool_name)
+        ),
+    );
+    let _agent = AgentProcess::start(&config, "agent");
+    let id = unique("announced");
+    aws.send(
+        &pool.queue_url,
+        &job(&id, &stack.image, &["true"]).to_string(),
+    )
+    .await;
+
+    let (head, body) = tokio::time::timeout(LONG, posts.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let result: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(result["id"], id.as_str());
+    assert_eq!(result["status"], "succeeded");
+    let signature = head
+        .iter()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("x-deckhand-signature:")
+                .map(|v| v.trim().to_owned())
+        })
+        .expect("a signature header");
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(DB_PASS.as_bytes()).unwrap();
+    mac.update(&body);
+    assert_eq!(
+        signature,
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    );
+
+    let start = tokio::time::Instant::now();
+    let sent = loop {
+        let sent = aws.drain_queue(&results_queue).await;
+        if !sent.is_empty() {
+            break sent;
+        }
+        assert!(start.elapsed() < LONG, "no result on the results queue");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let queued: serde_json::Value = serde_json::from_str(sent[0].body().unwrap()).unwrap();
+    assert_eq!(queued, result);
+    std::fs::remove_dir_all(&shm).unwrap();
+}

@@ -17,13 +17,15 @@
 //!   spot, rebalance and Auto Scaling notices into drains;
 //! - [`autoscaling`]: scale-in after an idle drain;
 //! - [`systemd`]: readiness and watchdog notifications;
-//! - [`exec`] and [`submit`]: the `deckhand exec` and `deckhand submit` commands.
+//! - [`exec`], [`submit`] and [`check`]: the `deckhand exec`, `submit` and `check`
+//!   commands; [`secrets`] also holds `deckhand seal`.
 
 pub mod agent;
 pub mod autoscaling;
 pub mod aws;
 pub mod backoff;
 pub mod cache;
+pub mod check;
 pub mod config;
 pub mod docker;
 pub mod exec;

@@ -222,25 +222,18 @@ async fn run(
             }
         },
         Command::Check { no_probe } => {
-            println!("config {}: ok", path.display());
+            println!("ok    config   {}", path.display());
             if no_probe {
                 return ExitCode::from(exit::OK);
             }
-            match deckhand::docker::Docker::connect(&config.docker).await {
-                Ok(docker) => match docker.ping().await {
-                    Ok(()) => {
-                        println!("docker {}: ok", config.docker.socket.display());
-                        ExitCode::from(exit::OK)
-                    }
-                    Err(e) => {
-                        println!("docker: {e}");
-                        ExitCode::from(exit::UNAVAILABLE)
-                    }
-                },
-                Err(e) => {
-                    println!("docker: {e}");
-                    ExitCode::from(exit::UNAVAILABLE)
-                }
+            let probes = deckhand::check::run(&config).await;
+            for probe in &probes {
+                println!("{probe}");
+            }
+            if probes.iter().all(|p| p.outcome.is_ok()) {
+                ExitCode::from(exit::OK)
+            } else {
+                ExitCode::from(exit::UNAVAILABLE)
             }
         }
     }

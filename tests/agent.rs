@@ -629,3 +629,42 @@ async fn submit_validates_enqueues_and_waits_for_the_result() {
     assert_eq!(run.result["status"], "failed");
     assert!(run.logged("Job submitted."));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_reports_each_dependency() {
+    let stack = Stack::from_env();
+    let aws = Aws::new().await;
+    let pool = aws.pool("check", 5).await;
+    let check = |config: &TestConfig| {
+        let output = deckhand()
+            .args(["--config", path_str(&config.path), "check"])
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let good = agent_config(&stack, &pool, &aws.endpoint, &unique("i-check"), "");
+    let (code, report) = check(&good);
+    assert_eq!(code, Some(0), "{report}");
+    for probe in [
+        "ok    config",
+        "ok    docker",
+        "ok    sqs",
+        "ok    s3",
+        "ok    disk",
+    ] {
+        assert!(report.contains(probe), "{probe} in {report}");
+    }
+    let bad = agent_config(
+        &stack,
+        &pool,
+        &aws.endpoint,
+        &unique("i-check"),
+        &format!("[queue]\nurl = \"{}-missing\"", pool.queue_url),
+    );
+    let (code, report) = check(&bad);
+    assert_eq!(code, Some(69), "{report}");
+    assert!(report.contains("FAIL  sqs"), "{report}");
+}

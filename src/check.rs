@@ -1,0 +1,146 @@
+//! `deckhand check`: the config is valid (it was loaded to get here), then one probe
+//! per dependency the agent needs, each a line of a readable report. Run it on a
+//! fresh host (or from userdata) before trusting it with jobs.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::docker::Docker;
+use crate::imds::Imds;
+
+/// Below this much free space in the work dir, jobs' spooled logs may not fit.
+const MIN_FREE_BYTES: u64 = 1 << 30;
+/// A probe that takes longer than this is a failure: the agent would hang on it.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Probe {
+    pub name: &'static str,
+    pub outcome: Result<String, String>,
+}
+
+impl fmt::Display for Probe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.outcome {
+            Ok(detail) => write!(f, "ok    {:<8} {detail}", self.name),
+            Err(problem) => write!(f, "FAIL  {:<8} {problem}", self.name),
+        }
+    }
+}
+
+/// Runs every probe that the config makes relevant; each is bounded in time.
+pub async fn run(config: &Config) -> Vec<Probe> {
+    let sdk = crate::aws::sdk_config(&config.aws).await;
+    let s3 = crate::aws::s3_client(&sdk, &config.aws);
+    let mut probes = vec![probe("docker", docker(config)).await];
+    if let Some(url) = &config.queue.url {
+        let sqs = crate::aws::sqs_client(&sdk);
+        probes.push(
+            probe("sqs", async {
+                sqs.get_queue_attributes()
+                    .queue_url(url)
+                    .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+                    .send()
+                    .await
+                    .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(&e).to_string())
+                    .map(|out| {
+                        let waiting = out
+                            .attributes
+                            .and_then(|a| {
+                                a.get(&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+                                    .cloned()
+                            })
+                            .unwrap_or_default();
+                        format!("{url} ({waiting} waiting)")
+                    })
+            })
+            .await,
+        );
+    }
+    if let Some(bucket) = &config.results.bucket {
+        probes.push(
+            probe("s3", async {
+                s3.head_bucket()
+                    .bucket(bucket)
+                    .send()
+                    .await
+                    .map_err(|e| aws_sdk_s3::error::DisplayErrorContext(&e).to_string())
+                    .map(|_| format!("results bucket {bucket}"))
+            })
+            .await,
+        );
+    }
+    if config.secrets.bundle.is_some() {
+        let kms = crate::aws::kms_client(&sdk);
+        probes.push(
+            probe("kms", async {
+                // Opening the bundle proves s3:GetObject and kms:Decrypt with the
+                // pool's context; the secrets are dropped (and zeroed) at once.
+                match crate::secrets::load(&config.secrets, &s3, &kms).await {
+                    Ok(Some(secrets)) => {
+                        Ok(format!("secret bundle opens ({} secrets)", secrets.len()))
+                    }
+                    Ok(None) => Ok("no secret bundle".into()),
+                    Err(e) => Err(e.to_string()),
+                }
+            })
+            .await,
+        );
+    }
+    if config.imds.enabled {
+        probes.push(
+            probe("imds", async {
+                let imds = Imds::new(&config.imds).map_err(|e| e.to_string())?;
+                imds.identity()
+                    .await
+                    .map(|id| {
+                        format!(
+                            "{} ({}, {})",
+                            id.instance_id, id.instance_type, id.availability_zone
+                        )
+                    })
+                    .map_err(|e| e.to_string())
+            })
+            .await,
+        );
+    }
+    probes.push(probe("disk", disk(config)).await);
+    probes
+}
+
+async fn probe(
+    name: &'static str,
+    work: impl std::future::Future<Output = Result<String, String>>,
+) -> Probe {
+    let outcome = tokio::time::timeout(PROBE_TIMEOUT, work)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {}s", PROBE_TIMEOUT.as_secs())));
+    Probe { name, outcome }
+}
+
+async fn docker(config: &Config) -> Result<String, String> {
+    let docker = Docker::connect(&config.docker)
+        .await
+        .map_err(|e| e.to_string())?;
+    docker.ping().await.map_err(|e| e.to_string())?;
+    Ok(format!("{} answers", config.docker.socket.display()))
+}
+
+async fn disk(config: &Config) -> Result<String, String> {
+    let dir = &config.agent.work_dir;
+    // The work dir may not exist yet on a fresh host: its nearest existing parent
+    // is the filesystem it will be on.
+    let existing = dir.ancestors().find(|p| p.exists()).unwrap_or(dir);
+    let stat =
+        nix::sys::statvfs::statvfs(existing).map_err(|e| format!("{}: {e}", existing.display()))?;
+    let free = stat.blocks_available() * stat.fragment_size();
+    let detail = format!("{} has {:.1} GB free", dir.display(), free as f64 / 1e9);
+    if free < MIN_FREE_BYTES {
+        Err(format!(
+            "{detail}; at least {:.1} GB are needed",
+            MIN_FREE_BYTES as f64 / 1e9
+        ))
+    } else {
+        Ok(detail)
+    }
+}

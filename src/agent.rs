@@ -17,7 +17,7 @@ use crate::backoff::Backoff;
 use std::path::PathBuf;
 
 use crate::cache::{Cache, CacheError};
-use crate::config::{Config, RebalancePolicy};
+use crate::config::{Config, RebalancePolicy, WarmFailure};
 use crate::docker::{self, Docker};
 use crate::imds::{Identity, Imds};
 use crate::job::{Job, Rejection};
@@ -165,7 +165,7 @@ pub async fn run(
         };
         let mut runner =
             Runner::new(docker.clone(), config.clone(), instance_id.clone()).with_secrets(secrets);
-        phase("warm images", runner.warm_images()).await?;
+        phase("warm images", warm_images(&runner, &config)).await?;
         if let Some(source) = &config.cache.source {
             let cache = phase(
                 "cache",
@@ -247,6 +247,44 @@ pub async fn run(
     }
     .instrument(span)
     .await
+}
+
+/// Pulls `images.warm`, a few at a time, before the agent reports ready. An image
+/// already present is not pulled again; a digest pin is verified by pulling by
+/// digest.
+async fn warm_images(runner: &Runner, config: &Config) -> Result<(), AgentError> {
+    use futures_util::stream::{self, StreamExt};
+    let warm = &config.images.warm;
+    let results: Vec<_> = stream::iter(warm.iter().map(|image| async move {
+        let auth = runner.registry_auth(&image.registry)?;
+        runner
+            .docker()
+            .ensure_image(image, config.images.pull_timeout, auth.as_ref())
+            .await
+            .map_err(|e| e.to_string())
+    }))
+    .buffered(3)
+    .collect()
+    .await;
+    for (image, result) in warm.iter().zip(results) {
+        match (result, config.images.warm_failure) {
+            (Ok(local), _) => {
+                tracing::info!(image = %image, digest = %local.reference, "Warm image ready.")
+            }
+            (Err(message), WarmFailure::Fail) => {
+                return Err(AgentError::Warm {
+                    image: image.to_string(),
+                    message,
+                });
+            }
+            (Err(message), WarmFailure::Continue) => tracing::warn!(
+                image = %image,
+                error = %message,
+                "Could not warm an image; going on (images.warm_failure = \"continue\")."
+            ),
+        }
+    }
+    Ok(())
 }
 
 /// Runs one boot phase, logging its duration.

@@ -114,44 +114,6 @@ impl Runner {
         self.cache.as_ref()
     }
 
-    /// Pulls `images.warm`, a few at a time, before the agent reports ready. An
-    /// image already present is not pulled again; a digest pin is verified by
-    /// pulling by digest.
-    pub async fn warm_images(&self) -> Result<(), crate::agent::AgentError> {
-        use futures_util::stream::{self, StreamExt};
-        let warm = &self.config.images.warm;
-        let results: Vec<_> = stream::iter(warm.iter().map(|image| async move {
-            let auth = self.registry_auth(&image.registry)?;
-            self.docker
-                .ensure_image(image, self.config.images.pull_timeout, auth.as_ref())
-                .await
-                .map_err(|e| e.to_string())
-                .map(|local| (image, local))
-        }))
-        .buffer_unordered(3)
-        .collect()
-        .await;
-        for (image, result) in warm.iter().zip(results) {
-            match result {
-                Ok((image, local)) => {
-                    tracing::info!(image = %image, digest = %local.reference, "Warm image ready.")
-                }
-                Err(message) => match self.config.images.warm_failure {
-                    crate::config::WarmFailure::Fail => {
-                        return Err(crate::agent::AgentError::Warm {
-                            image: image.to_string(),
-                            message,
-                        });
-                    }
-                    crate::config::WarmFailure::Continue => {
-                        tracing::warn!(image = %image, error = %message, "Could not warm an image; going on (images.warm_failure = \"continue\").");
-                    }
-                },
-            }
-        }
-        Ok(())
-    }
-
     /// A rejection when the job asks for a secret the bundle does not have (the
     /// profile allows it, but the pool was sealed without it).
     pub fn check_secrets(&self, job: &Job) -> Result<(), Rejection> {
@@ -449,7 +411,7 @@ impl Runner {
     }
 
     /// `user:password` for `registry`, from the secret `images.registry_auth` names.
-    fn registry_auth(&self, registry: &str) -> Result<Option<RegistryAuth>, String> {
+    pub fn registry_auth(&self, registry: &str) -> Result<Option<RegistryAuth>, String> {
         let Some(secret) = self.config.images.registry_auth.get(registry) else {
             return Ok(None);
         };

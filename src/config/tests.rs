@@ -203,3 +203,126 @@ fn a_section_that_is_not_a_table_is_named() {
     let found = issues("agent = 3\n", &no_env());
     assert_eq!(found, ["agent: must be a table ([section])"]);
 }
+
+#[test]
+fn bootstrap_keys_are_checked_together() {
+    let found = issues(
+        r#"
+        [secrets]
+        bucket = "pool-secrets"
+        [images]
+        allowed_registries = ["registry.internal"]
+        warm = ["registry.internal/ci/rust:latest", "registry.internal/ci/rust:1.83"]
+        warm_failure = "sometimes"
+        [images.registry_auth]
+        "ghcr.io" = "gh-token"
+        [cache]
+        source = "https://example.com/cache.tgz"
+        refresh_secs = -1
+        [profiles.deploy]
+        secrets = ["npm-token"]
+        env_secrets = ["aws-key"]
+        "#,
+        &no_env(),
+    );
+    let expected = [
+        "secrets.key: required when secrets.bucket is set",
+        "images.warm_failure: \"sometimes\" is not one of \"fail\", \"continue\"",
+        "images.warm: \"registry.internal/ci/rust:latest\": tag \"latest\" is not allowed",
+        "images.registry_auth.ghcr.io: names a registry that is not in images.allowed_registries",
+        "cache.source: \"https://example.com/cache.tgz\" must be s3://<bucket>/<key>",
+        "cache.refresh_secs: must be a whole number",
+        "profiles.deploy.env_secrets: \"aws-key\" is not in this profile's secrets",
+    ];
+    for want in expected {
+        assert!(
+            found.iter().any(|f| f.starts_with(want)),
+            "missing {want:?} in {found:#?}"
+        );
+    }
+    assert_eq!(found.len(), expected.len(), "{found:#?}");
+}
+
+#[test]
+fn a_complete_bootstrap_config_is_read() {
+    let config = parse(
+        r#"
+        [agent]
+        secrets_dir = "/run/deckhand/secrets"
+        [secrets]
+        bucket = "pool-secrets"
+        key = "pools/ci/bundle.json"
+        kms_key_id = "alias/ci-pool"
+        context = { pool = "ci" }
+        [results]
+        webhook_url = "https://ci.example/hook"
+        webhook_secret = "hook-key"
+        [images]
+        allowed_registries = ["registry.internal"]
+        warm = ["registry.internal/ci/rust:1.83"]
+        warm_failure = "continue"
+        registry_auth = { "registry.internal" = "registry-cred" }
+        [cache]
+        source = "s3://ci-cache/libs.tar.zst"
+        refresh_secs = 0
+        "#,
+    )
+    .unwrap();
+    let bundle = config.secrets.bundle.unwrap();
+    assert_eq!(
+        (bundle.bucket.as_str(), bundle.key.as_str()),
+        ("pool-secrets", "pools/ci/bundle.json")
+    );
+    assert_eq!(config.secrets.context["pool"], "ci");
+    assert_eq!(config.secrets.kms_key_id.as_deref(), Some("alias/ci-pool"));
+    assert_eq!(config.images.warm.len(), 1);
+    assert_eq!(config.images.warm_failure, WarmFailure::Continue);
+    assert_eq!(
+        config.images.registry_auth["registry.internal"],
+        "registry-cred"
+    );
+    let source = config.cache.source.unwrap();
+    assert_eq!(
+        (source.bucket.as_str(), source.key.as_str()),
+        ("ci-cache", "libs.tar.zst")
+    );
+    assert_eq!(config.cache.refresh, None);
+}
+
+#[test]
+fn a_webhook_secret_needs_a_bundle() {
+    let found = issues(
+        "[results]\nwebhook_url = \"https://ci.example/hook\"\nwebhook_secret = \"hook-key\"\n",
+        &no_env(),
+    );
+    assert_eq!(
+        found,
+        [
+            "results.webhook_secret: names a secret, and this pool has no secret bundle ([secrets] bucket and key)"
+        ]
+    );
+}
+
+#[test]
+fn drain_and_exit_policies() {
+    let config = parse(
+        "[drain]\non_spot = \"release\"\non_rebalance = \"drain\"\nsafety_margin_secs = 20\n[agent]\non_exit = \"terminate\"\n[imds]\npoll_ms = 500\n",
+    )
+    .unwrap();
+    assert_eq!(config.drain.on_spot, SpotPolicy::Release);
+    assert_eq!(config.drain.on_rebalance, RebalancePolicy::Drain);
+    assert_eq!(config.drain.safety_margin, Duration::from_secs(20));
+    assert_eq!(config.agent.on_exit, OnExit::Terminate);
+    assert_eq!(config.imds.poll, Duration::from_millis(500));
+    let found = issues(
+        "[drain]\non_spot = \"pray\"\n[imds]\npoll_ms = 10\n",
+        &no_env(),
+    );
+    assert_eq!(
+        found,
+        [
+            "imds.poll_ms: 10 is out of range (100 to 5000)",
+            "drain.on_spot: \"pray\" is not one of \"release\", \"finish-if-possible\"",
+        ]
+    );
+}

@@ -117,7 +117,6 @@ pub async fn run(
         .unwrap_or_else(hostname);
     let span = tracing::info_span!("agent", instance_id = %instance_id);
     async move {
-        let started = Instant::now();
         if let Some(identity) = &identity {
             tracing::info!(
                 instance_type = %identity.instance_type,
@@ -125,84 +124,31 @@ pub async fn run(
                 "Running on EC2."
             );
         }
-        systemd::status("connecting to AWS and Docker");
         let sdk = crate::aws::sdk_config(&config.aws).await;
-        let sqs = crate::aws::sqs_client(&sdk);
-        let s3 = crate::aws::s3_client(&sdk, &config.aws);
-        // Watch for notices from the start: a spot notice during bootstrap counts.
-        let watcher = async {
-            match imds {
-                Some(imds) => crate::notices::watch(imds, &config, stop.clone()).await,
-                None => std::future::pending().await,
-            }
-        };
-        // Bootstrap: each phase must finish before the first receive.
-        let secrets = phase("secrets", async {
-            let kms = crate::aws::kms_client(&sdk);
-            let secrets = crate::secrets::load(&config.secrets, &s3, &kms).await?;
-            if secrets.is_some() {
-                prepare_secrets_dir(&config.agent.secrets_dir)?;
-            }
-            Ok::<_, AgentError>(Arc::new(secrets.unwrap_or_default()))
-        })
-        .await?;
-        if !secrets.is_empty() {
-            log_masker.set(Arc::new(secrets.masker()));
-            tracing::info!(secrets = secrets.len(), "Secrets loaded into memory.");
-        }
-        let webhook = match (&config.results.webhook_url, &config.results.webhook_secret) {
-            (Some(url), Some(name)) => {
-                let key = secrets.get(name).ok_or_else(|| AgentError::MissingSecret {
-                    key: "results.webhook_secret",
-                    name: name.clone(),
-                })?;
-                Some((url.clone(), key.expose().to_owned()))
-            }
-            _ => None,
-        };
-        let Some(docker) = connect_docker(&config, &stop).await else {
-            return Ok(());
-        };
-        let mut runner =
-            Runner::new(docker.clone(), config.clone(), instance_id.clone()).with_secrets(secrets);
-        phase("warm images", warm_images(&runner, &config)).await?;
-        if let Some(source) = &config.cache.source {
-            let cache = phase(
-                "cache",
-                Cache::bootstrap(docker, s3.clone(), source.clone(), &config.agent.work_dir),
-            )
-            .await?;
-            runner = runner.with_cache(cache);
-        }
-        let cache = runner.cache().cloned();
-        let refresh = async {
-            match (cache, config.cache.refresh) {
-                (Some(cache), Some(every)) => cache.watch(every).await,
-                _ => std::future::pending().await,
-            }
-        };
-        let health = Health::default();
-        // The watchdog starts with READY, as systemd's does.
-        let ready = tokio_util::sync::CancellationToken::new();
-        let watchdog = async {
-            match systemd::watchdog_period() {
-                Some(period) => {
-                    ready.cancelled().await;
-                    health.pet_while_healthy(period).await
-                }
-                None => std::future::pending().await,
-            }
-        };
-        let serve = async {
+        let life = async {
+            // A stop during bootstrap (SIGTERM, a spot notice) ends it: nothing
+            // has been received yet, so nothing needs handing back.
+            let booted = tokio::select! {
+                booted = bootstrap(&config, &sdk, &instance_id, &log_masker, &stop) => booted?,
+                _ = stop.draining().cancelled() => None,
+            };
+            let Some((runner, webhook)) = booted else {
+                tracing::info!("Stopped during bootstrap.");
+                return Ok(());
+            };
+            let sqs = crate::aws::sqs_client(&sdk);
             let agent = Arc::new(Agent {
-                runner,
                 queue: Queue::new(sqs.clone(), queue_url),
                 dead_letter: config
                     .queue
                     .dead_letter_url
                     .as_ref()
                     .map(|url| Queue::new(sqs.clone(), url)),
-                store: ResultStore::new(s3.clone(), bucket, config.results.prefix.clone()),
+                store: ResultStore::new(
+                    crate::aws::s3_client(&sdk, &config.aws),
+                    bucket,
+                    config.results.prefix.clone(),
+                ),
                 notifier: Notifier::new(
                     config
                         .results
@@ -212,24 +158,46 @@ pub async fn run(
                     webhook,
                 ),
                 config: config.clone(),
-                healthy: health.clone(),
+                healthy: Health::default(),
+                runner,
             });
             agent.recover_orphans().await;
             tracing::info!(
-                slots = agent.config.agent.slots,
+                slots = config.agent.slots,
                 queue_url = %agent.queue.url(),
-                boot_ms = started.elapsed().as_millis() as u64,
                 "Ready; serving the queue."
             );
             systemd::ready("serving the queue");
-            ready.cancel();
-            agent.serve(&stop).await;
+            let refresh = async {
+                match (agent.runner.cache(), config.cache.refresh) {
+                    (Some(cache), Some(every)) => cache.watch(every).await,
+                    _ => std::future::pending().await,
+                }
+            };
+            let watchdog = async {
+                match systemd::watchdog_period() {
+                    Some(period) => agent.healthy.pet_while_healthy(period).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = agent.serve(&stop) => {}
+                never = refresh => match never {},
+                never = watchdog => match never {},
+            }
+            Ok::<_, AgentError>(())
+        };
+        // Notices are watched from the start: one that comes during bootstrap
+        // stops it.
+        let watcher = async {
+            match imds {
+                Some(imds) => crate::notices::watch(imds, &config, stop.clone()).await,
+                None => std::future::pending().await,
+            }
         };
         tokio::select! {
-            () = serve => {}
+            lived = life => lived?,
             never = watcher => match never {},
-            never = refresh => match never {},
-            never = watchdog => match never {},
         }
         if matches!(
             stop.reason(),
@@ -247,6 +215,63 @@ pub async fn run(
     }
     .instrument(span)
     .await
+}
+
+/// Everything a host needs before its first job, in order: secrets, Docker, warm
+/// images, the cache. Returns the runner and the webhook (URL and key), or `None`
+/// if the agent was stopped while waiting for Docker.
+async fn bootstrap(
+    config: &Arc<Config>,
+    sdk: &aws_config::SdkConfig,
+    instance_id: &str,
+    log_masker: &SharedMasker,
+    stop: &Stop,
+) -> Result<Option<(Runner, Option<(String, String)>)>, AgentError> {
+    let started = Instant::now();
+    let s3 = crate::aws::s3_client(sdk, &config.aws);
+    let secrets = phase("secrets", async {
+        let kms = crate::aws::kms_client(sdk);
+        let secrets = crate::secrets::load(&config.secrets, &s3, &kms).await?;
+        if secrets.is_some() {
+            prepare_secrets_dir(&config.agent.secrets_dir)?;
+        }
+        Ok::<_, AgentError>(Arc::new(secrets.unwrap_or_default()))
+    })
+    .await?;
+    if !secrets.is_empty() {
+        log_masker.set(Arc::new(secrets.masker()));
+        tracing::info!(secrets = secrets.len(), "Secrets loaded into memory.");
+    }
+    let webhook = match (&config.results.webhook_url, &config.results.webhook_secret) {
+        (Some(url), Some(name)) => {
+            let key = secrets.get(name).ok_or_else(|| AgentError::MissingSecret {
+                key: "results.webhook_secret",
+                name: name.clone(),
+            })?;
+            Some((url.clone(), key.expose().to_owned()))
+        }
+        _ => None,
+    };
+    systemd::status("bootstrap: Docker");
+    let Some(docker) = connect_docker(config, stop).await else {
+        return Ok(None);
+    };
+    let mut runner =
+        Runner::new(docker.clone(), config.clone(), instance_id.to_owned()).with_secrets(secrets);
+    phase("warm images", warm_images(&runner, config)).await?;
+    if let Some(source) = &config.cache.source {
+        let cache = phase(
+            "cache",
+            Cache::bootstrap(docker, s3, source.clone(), &config.agent.work_dir),
+        )
+        .await?;
+        runner = runner.with_cache(cache);
+    }
+    tracing::info!(
+        boot_ms = started.elapsed().as_millis() as u64,
+        "Bootstrapped."
+    );
+    Ok(Some((runner, webhook)))
 }
 
 /// Pulls `images.warm`, a few at a time, before the agent reports ready. An image

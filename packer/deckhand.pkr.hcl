@@ -1,0 +1,175 @@
+# deckhand pool AMI: Debian 12 + Docker + the static deckhand binary, its
+# systemd unit (enabled), the metadata-service block, a config skeleton and the
+# user data helper. Build from the repository root, after the static build:
+#
+#   scripts/build-static
+#   packer init packer/deckhand.pkr.hcl
+#   packer build -var deckhand_version=0.1.0 packer/deckhand.pkr.hcl
+#
+# Written for Packer >= 1.7 with the amazon plugin. docs/packaging.md says how
+# it is checked (Debian's Packer 1.6.6, which predates plugins, plus an HCL2
+# parser).
+
+packer {
+  required_plugins {
+    amazon = {
+      source  = "github.com/hashicorp/amazon"
+      version = ">= 1.2.0"
+    }
+  }
+}
+
+variable "region" {
+  type        = string
+  default     = "eu-west-1"
+  description = "Region to build in; copy the AMI elsewhere afterwards if needed."
+}
+
+variable "instance_type" {
+  type        = string
+  default     = "t3.small"
+  description = "Build instance; x86_64, to match the static binary."
+}
+
+variable "subnet_id" {
+  type        = string
+  default     = ""
+  description = "Subnet for the build instance; empty means the default VPC."
+}
+
+variable "deckhand_binary" {
+  type        = string
+  default     = "target/x86_64-unknown-linux-gnu/release/deckhand"
+  description = "The static deckhand binary (scripts/build-static), relative to where packer runs."
+}
+
+variable "deckhand_version" {
+  type        = string
+  default     = "dev"
+  description = "Goes into the AMI name and tags; use the binary's --version."
+}
+
+variable "prepull_images" {
+  type        = list(string)
+  default     = []
+  description = "Images to pull into the AMI so that boot-time warming is quick. The build instance must be able to pull them without credentials."
+}
+
+variable "volume_size_gb" {
+  type        = number
+  default     = 40
+  description = "Root volume; Docker images and job workspaces live on it."
+}
+
+locals {
+  # AMI names must be unique; a UTC stamp also sorts them by age.
+  build_stamp = formatdate("YYYYMMDDhhmmss", timestamp())
+}
+
+source "amazon-ebs" "debian12" {
+  region        = var.region
+  instance_type = var.instance_type
+  subnet_id     = var.subnet_id
+  # Debian's cloud images log in as "admin".
+  ssh_username = "admin"
+
+  ami_name        = "deckhand-${var.deckhand_version}-${local.build_stamp}"
+  ami_description = "deckhand ${var.deckhand_version} CI pool worker on Debian 12"
+
+  # The newest official Debian 12 image. 136693071363 is the Debian project's
+  # AWS account; the owner filter keeps look-alike public AMIs out.
+  source_ami_filter {
+    filters = {
+      name                = "debian-12-amd64-*"
+      architecture        = "x86_64"
+      virtualization-type = "hvm"
+      root-device-type    = "ebs"
+    }
+    owners      = ["136693071363"]
+    most_recent = true
+  }
+
+  # IMDSv2 only for the build instance too, with a hop limit of 1 so that
+  # nothing in a container on it could fetch a token.
+  metadata_options {
+    http_endpoint               = "enabled"
+    http_tokens                 = "required"
+    http_put_response_hop_limit = 1
+  }
+  # Instances launched from this AMI default to IMDSv2 only, even if a launch
+  # template forgets to say so.
+  imds_support = "v2.0"
+
+  # gp3 with its baseline iops and throughput written out (Packer 1.6.6
+  # rejects gp3 without them; newer plugins default to the same values).
+  launch_block_device_mappings {
+    device_name           = "/dev/xvda"
+    volume_size           = var.volume_size_gb
+    volume_type           = "gp3"
+    iops                  = 3000
+    throughput            = 125
+    delete_on_termination = true
+  }
+
+  tags = {
+    Name               = "deckhand-${var.deckhand_version}"
+    "deckhand:version" = var.deckhand_version
+  }
+  run_tags = {
+    Name = "packer-deckhand-build"
+  }
+}
+
+build {
+  name    = "deckhand"
+  sources = ["source.amazon-ebs.debian12"]
+
+  # The file provisioner does not create directories.
+  provisioner "shell" {
+    inline = ["mkdir -p /tmp/deckhand-stage"]
+  }
+
+  provisioner "file" {
+    source      = var.deckhand_binary
+    destination = "/tmp/deckhand-stage/deckhand"
+  }
+
+  provisioner "file" {
+    source      = "${path.root}/../systemd/deckhand.service"
+    destination = "/tmp/deckhand-stage/deckhand.service"
+  }
+
+  # The user data helper: baked so that boot-time user data can stay short,
+  # and run once here (--skeleton) to install the metadata block and the
+  # config skeleton exactly as user data would.
+  provisioner "file" {
+    source      = "${path.root}/../userdata/bootstrap.sh"
+    destination = "/tmp/deckhand-stage/bootstrap.sh"
+  }
+
+  # Referenced by the unit's Documentation=.
+  provisioner "file" {
+    source      = "${path.root}/../docs/operations.md"
+    destination = "/tmp/deckhand-stage/operations.md"
+  }
+
+  # Docker, the binary, the units, the skeleton, the pre-pulled images.
+  provisioner "shell" {
+    script           = "${path.root}/provision.sh"
+    environment_vars = ["PREPULL_IMAGES=${join(" ", var.prepull_images)}"]
+    execute_command  = "chmod +x {{ .Path }}; sudo env {{ .Vars }} {{ .Path }} install"
+  }
+
+  # Last: leave no credentials, SSH keys, instance identity or history in the
+  # image. Nothing may run on the instance after this.
+  provisioner "shell" {
+    script          = "${path.root}/provision.sh"
+    execute_command = "chmod +x {{ .Path }}; sudo env {{ .Vars }} {{ .Path }} cleanup"
+  }
+
+  # The AMI id for the launch template and the instance refresh.
+  post-processor "manifest" {
+    output     = "packer-manifest.json"
+    strip_path = true
+  }
+}

@@ -199,13 +199,12 @@ pub async fn run(
             lived = life => lived?,
             never = watcher => match never {},
         }
-        if matches!(
-            stop.reason(),
-            Some(StopReason::Idle { .. } | StopReason::AutoScaling)
-        ) {
+        if let Some(reason @ (StopReason::Idle { .. } | StopReason::AutoScaling)) = stop.reason() {
             let autoscaling = crate::aws::autoscaling_client(&sdk);
+            let group_terminating = *reason == StopReason::AutoScaling;
             if let Err(error) =
-                crate::autoscaling::on_exit(&config, &autoscaling, &instance_id).await
+                crate::autoscaling::on_exit(&config, &autoscaling, &instance_id, group_terminating)
+                    .await
             {
                 tracing::error!(%error, "Scale-in failed; the instance stays up.");
             }
@@ -233,7 +232,12 @@ async fn bootstrap(
         let kms = crate::aws::kms_client(sdk);
         let secrets = crate::secrets::load(&config.secrets, &s3, &kms).await?;
         if secrets.is_some() {
-            prepare_secrets_dir(&config.agent.secrets_dir)?;
+            crate::secrets::prepare_dir(&config.agent.secrets_dir, true).map_err(|reason| {
+                AgentError::SecretsDir {
+                    path: config.agent.secrets_dir.clone(),
+                    reason,
+                }
+            })?;
         }
         Ok::<_, AgentError>(Arc::new(secrets.unwrap_or_default()))
     })
@@ -328,27 +332,6 @@ async fn phase<T, E>(
         );
     }
     result
-}
-
-/// Secret files live on tmpfs only: refuse a directory that would put them on disk.
-fn prepare_secrets_dir(dir: &std::path::Path) -> Result<(), AgentError> {
-    use std::os::unix::fs::DirBuilderExt;
-    let error = |reason: String| AgentError::SecretsDir {
-        path: dir.to_owned(),
-        reason,
-    };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| error(e.to_string()))?;
-    let fs = nix::sys::statfs::statfs(dir).map_err(|e| error(e.to_string()))?;
-    if fs.filesystem_type() != nix::sys::statfs::TMPFS_MAGIC {
-        return Err(error(
-            "not on tmpfs: secrets must never reach a disk".into(),
-        ));
-    }
-    Ok(())
 }
 
 /// The metadata client and this instance's identity, or neither off EC2 (one

@@ -32,14 +32,21 @@ pub enum ScaleInError {
     },
 }
 
-/// Carries out `agent.on_exit` for this instance.
+/// Carries out `agent.on_exit` for this instance. `group_terminating` says Auto
+/// Scaling is already terminating it: asking again would decrement the group's
+/// capacity a second time.
 pub async fn on_exit(
     config: &Config,
     client: &aws_sdk_autoscaling::Client,
     instance_id: &str,
+    group_terminating: bool,
 ) -> Result<(), ScaleInError> {
     match config.agent.on_exit {
         OnExit::None => Ok(()),
+        OnExit::Terminate if group_terminating => {
+            tracing::info!("Auto Scaling is already terminating this instance; nothing to do.");
+            Ok(())
+        }
         OnExit::Shutdown => shutdown(&config.agent.shutdown_command).await,
         OnExit::Terminate => match terminate_in_group(client, instance_id).await {
             Ok(true) => Ok(()),

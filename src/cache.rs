@@ -363,6 +363,9 @@ fn unpack(reader: impl Read, dir: &Path) -> Result<u64, Unpack> {
     };
     let mut archive = tar::Archive::new(decoded);
     archive.set_preserve_permissions(true);
+    // No setuid, setgid or sticky bits: jobs run with no-new-privileges, and the
+    // unit's RestrictSUIDSGID refuses to create such files anyway.
+    archive.set_mask(0o7000);
     archive.set_overwrite(true);
     archive.set_unpack_xattrs(false);
     let mut count = 0;

@@ -33,6 +33,18 @@ pub async fn run(config: &Config) -> Vec<Probe> {
     let sdk = crate::aws::sdk_config(&config.aws).await;
     let s3 = crate::aws::s3_client(&sdk, &config.aws);
     let mut probes = vec![probe("docker", docker(config)).await];
+    if config.queue.url.is_none() {
+        probes.push(Probe {
+            name: "sqs",
+            outcome: Err("queue.url is not set: `deckhand run` needs it".into()),
+        });
+    }
+    if config.results.bucket.is_none() {
+        probes.push(Probe {
+            name: "s3",
+            outcome: Err("results.bucket is not set: `deckhand run` needs it".into()),
+        });
+    }
     if let Some(url) = &config.queue.url {
         let sqs = crate::aws::sqs_client(&sdk);
         probes.push(

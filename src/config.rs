@@ -124,7 +124,8 @@ pub struct SecretsConfig {
     /// The KMS encryption context the bundle was sealed with.
     pub context: BTreeMap<String, String>,
     /// The only KMS key the agent will decrypt with: a bundle sealed under any
-    /// other key is refused (AccessDenied), even where the role could use it.
+    /// other key is refused (IncorrectKeyException in AWS; AccessDenied in moto),
+    /// even where the role could use that key.
     pub kms_key_id: Option<String>,
     /// How long bootstrap retries transient failures before giving up.
     pub boot_timeout: Duration,
@@ -551,7 +552,11 @@ impl Reader<'_> {
                 ],
                 WarmFailure::Fail,
             ),
-            registry_auth: self.string_table(&mut images, "registry_auth"),
+            registry_auth: self
+                .string_table(&mut images, "registry_auth")
+                .into_iter()
+                .map(|(registry, secret)| (registry.to_ascii_lowercase(), secret))
+                .collect(),
         };
         for image in self.strings(&mut images, "warm") {
             // Warm images obey the same policy as jobs' images.
@@ -695,6 +700,16 @@ impl Reader<'_> {
             let secrets = self.strings(&mut section, "secrets");
             let env_secrets = self.strings(&mut section, "env_secrets");
             for name in &env_secrets {
+                let env = crate::secrets::env_name(name);
+                if env.starts_with("DECKHAND_") || env.starts_with("AWS_CONTAINER_") || env == "CI"
+                {
+                    self.issue(
+                        &format!("profiles.{}.env_secrets", name_of(&section)),
+                        &format!(
+                            "{name:?} would be the variable {env}, which deckhand sets itself"
+                        ),
+                    );
+                }
                 if !secrets.contains(name) {
                     self.issue(
                         &format!("profiles.{name_}.env_secrets", name_ = name_of(&section)),

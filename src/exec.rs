@@ -26,6 +26,8 @@ pub enum ExecError {
     Docker(#[from] DockerError),
     #[error(transparent)]
     Secrets(#[from] crate::secrets::SecretsError),
+    #[error("agent.secrets_dir {path}: {reason}")]
+    SecretsDir { path: PathBuf, reason: String },
 }
 
 /// What `exec` did with the job.
@@ -80,6 +82,14 @@ pub async fn exec(
         .await?;
         secrets = Arc::new(loaded.unwrap_or_default());
         log_masker.set(Arc::new(secrets.masker()));
+    }
+    if !job.secrets.is_empty() {
+        crate::secrets::prepare_dir(&config.agent.secrets_dir, false).map_err(|reason| {
+            ExecError::SecretsDir {
+                path: config.agent.secrets_dir.clone(),
+                reason,
+            }
+        })?;
     }
     let docker = Docker::connect(&config.docker).await?;
     let runner = Runner::new(docker, config, instance_id.clone()).with_secrets(secrets);

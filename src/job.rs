@@ -225,8 +225,13 @@ impl JobSpec {
         let default_profile = crate::config::Profile::default();
         let profile = profile.unwrap_or(&default_profile);
 
-        for secret in &self.secrets {
-            if !profile.secrets.contains(secret) {
+        for (i, secret) in self.secrets.iter().enumerate() {
+            if self.secrets[..i].contains(secret) {
+                problem(
+                    &format!("secrets.{}", truncate(secret, 64)),
+                    "listed twice".into(),
+                );
+            } else if !profile.secrets.contains(secret) {
                 problem(
                     &format!("secrets.{}", truncate(secret, 64)),
                     format!("not allowed by profile {profile_name:?}"),
@@ -308,7 +313,9 @@ impl JobSpec {
             .unwrap_or_else(|| "/workspace".to_owned());
         if let Err(rule) = check_container_path(&workdir) {
             problem("workdir", rule);
-        } else if config.cache.volume.is_some() && is_under(&workdir, &config.cache.mount) {
+        } else if (config.cache.volume.is_some() || config.cache.source.is_some())
+            && is_under(&workdir, &config.cache.mount)
+        {
             problem(
                 "workdir",
                 format!(

@@ -212,6 +212,10 @@ async fn run(
                 eprintln!("deckhand: {e}");
                 ExitCode::from(exit::UNAVAILABLE)
             }
+            Err(e @ ExecError::SecretsDir { .. }) => {
+                eprintln!("deckhand: {e}");
+                ExitCode::from(exit::CONFIG)
+            }
             Err(ExecError::Secrets(e)) => {
                 eprintln!("deckhand: {e}");
                 ExitCode::from(if e.is_permanent() {

@@ -289,8 +289,7 @@ impl Runner {
         // Held for the whole run: a cache refresh removes the old volume only once
         // no running job mounts it.
         let cache_volume = self.cache.as_ref().and_then(Cache::current);
-        let mut spec = self.container_spec(job, attempt, names, image.id, labels);
-        spec.env.extend(secret_env);
+        let mut spec = self.container_spec(job, attempt, names, image.id, labels, secret_env);
         if let Some(volume) = &cache_volume {
             spec.mounts.push(docker::volume_mount(
                 volume.name(),
@@ -381,8 +380,10 @@ impl Runner {
         names: &Names,
         image_id: String,
         labels: HashMap<String, String>,
+        secret_env: Vec<String>,
     ) -> ContainerSpec {
         let mut env: Vec<String> = job.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        env.extend(secret_env);
         // Ours last: Docker keeps the last of duplicate names.
         env.push("CI=true".into());
         env.push(format!("DECKHAND_JOB_ID={}", job.id));

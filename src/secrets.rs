@@ -178,6 +178,37 @@ pub fn env_name(secret: &str) -> String {
     name
 }
 
+/// Makes `dir` ready for job secret files: created 0700 and on tmpfs (secrets must
+/// never reach a disk). With `clear_leftovers` (the agent at boot, when no job of
+/// its runs), it also removes what a crashed agent left behind; `exec` must not,
+/// since an agent may be running jobs beside it.
+pub fn prepare_dir(dir: &Path, clear_leftovers: bool) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| e.to_string())?;
+    let fs = nix::sys::statfs::statfs(dir).map_err(|e| e.to_string())?;
+    if fs.filesystem_type() != nix::sys::statfs::TMPFS_MAGIC {
+        return Err("not on tmpfs: secrets must never reach a disk".into());
+    }
+    if !clear_leftovers {
+        return Ok(());
+    }
+    for entry in std::fs::read_dir(dir).map_err(|e| e.to_string())?.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            // Job directories are 0500: writable again before they can be emptied.
+            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700));
+            std::fs::remove_dir_all(&path)
+                .map_err(|e| format!("remove leftover {}: {e}", path.display()))?;
+            tracing::warn!(dir = %path.display(), "Removed secrets a previous run left behind.");
+        }
+    }
+    Ok(())
+}
+
 /// The rule for secret names: like job ids, so they are safe file names.
 pub fn valid_name(name: &str) -> bool {
     crate::job::valid_id(name)

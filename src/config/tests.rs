@@ -326,3 +326,17 @@ fn drain_and_exit_policies() {
         ]
     );
 }
+
+#[test]
+fn env_secrets_cannot_shadow_deckhands_variables() {
+    let found = issues(
+        "[profiles.default]\nsecrets = [\"deckhand-job-id\"]\nenv_secrets = [\"deckhand-job-id\"]\n",
+        &no_env(),
+    );
+    assert_eq!(
+        found,
+        [
+            "profiles.default.env_secrets: \"deckhand-job-id\" would be the variable DECKHAND_JOB_ID, which deckhand sets itself"
+        ]
+    );
+}

@@ -300,3 +300,12 @@ fn every_problem_is_reported_together() {
         ["image", "env.DECKHAND_X", "timeout_secs", "workdir"]
     );
 }
+
+#[test]
+fn a_secret_listed_twice_is_named() {
+    let text = rejected(
+        with("secrets", json!(["npm-token", "npm-token"])),
+        "secrets.npm-token",
+    );
+    assert!(text.contains("listed twice"), "{text}");
+}

@@ -615,26 +615,27 @@ impl Agent {
 
     async fn run_job(&self, message: Received, job: Job, jobs_stop: &Stop) {
         let attempt = message.receive_count;
-        match self.store.terminal(&job.id).await {
-            Ok(Some(existing)) => {
+        // Both at once: they are independent round trips, and every millisecond
+        // here is paid by every job.
+        let claim = self.claim(attempt);
+        let (terminal, claim) = tokio::join!(
+            self.store.terminal(&job.id),
+            self.store.claim(&job.id, &claim),
+        );
+        match (terminal, claim) {
+            (Ok(None), Ok(ClaimOutcome::Acquired)) => {}
+            (Ok(Some(existing)), claim) => {
                 tracing::info!(
                     status = existing.status.as_str(),
                     "Duplicate delivery of a finished job; deleting it without running."
                 );
+                if matches!(claim, Ok(ClaimOutcome::Acquired)) {
+                    self.unclaim(&job.id).await;
+                }
                 self.delete(&message).await;
                 return;
             }
-            Ok(None) => {}
-            Err(error) => {
-                tracing::warn!(%error, "Cannot check for an earlier result; giving the message back.");
-                self.give_back(&message, self.retry_visibility(attempt))
-                    .await;
-                return;
-            }
-        }
-        match self.store.claim(&job.id, &self.claim(attempt)).await {
-            Ok(ClaimOutcome::Acquired) => {}
-            Ok(ClaimOutcome::HeldBy(holder)) => {
+            (Ok(None), Ok(ClaimOutcome::HeldBy(holder))) => {
                 tracing::info!(
                     holder = %holder.instance_id,
                     "Another agent is running this job; deferring the duplicate."
@@ -642,7 +643,16 @@ impl Agent {
                 self.give_back(&message, DEFER_VISIBILITY).await;
                 return;
             }
-            Err(error) => {
+            (Err(error), claim) => {
+                tracing::warn!(%error, "Cannot check for an earlier result; giving the message back.");
+                if matches!(claim, Ok(ClaimOutcome::Acquired)) {
+                    self.unclaim(&job.id).await;
+                }
+                self.give_back(&message, self.retry_visibility(attempt))
+                    .await;
+                return;
+            }
+            (Ok(None), Err(error)) => {
                 tracing::warn!(%error, "Cannot claim the job; giving the message back.");
                 self.give_back(&message, self.retry_visibility(attempt))
                     .await;
@@ -663,15 +673,21 @@ impl Agent {
                     recorded = self.record_until(result, &finished.log, RECORD_DEADLINE) => recorded,
                     never = self.heartbeat(&message, &job.id) => match never {},
                 };
-                self.unclaim(&job.id).await;
                 if recorded {
-                    self.notifier.notify(result).await;
-                    self.delete(&message).await;
+                    // Independent of each other: the result is recorded.
+                    tokio::join!(
+                        self.unclaim(&job.id),
+                        self.notifier.notify(result),
+                        self.delete(&message),
+                    );
+                } else {
+                    self.unclaim(&job.id).await;
                 }
             }
             Status::Interrupted => {
                 // Hand the job back first: another host can start it while the
-                // record of this attempt is written.
+                // record of this attempt is written. The claim goes first, so that
+                // host does not find it held.
                 self.unclaim(&job.id).await;
                 self.give_back(&message, Duration::ZERO).await;
                 self.record_until(result, &finished.log, Duration::from_secs(10))

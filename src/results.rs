@@ -121,15 +121,10 @@ impl ResultStore {
         // A rejected job never ran: it has no log.
         let has_log = result.status != Status::Rejected;
         result.log = has_log.then(|| self.url(&log_key));
-        // Check first: a duplicate run must not overwrite the log of the run whose
-        // result stands.
-        if let Some(existing) = self.terminal(&result.id).await?
-            && !is_same_run(&existing, result)
-        {
-            return Ok(Recorded::Duplicate(Box::new(existing)));
-        }
         // The log before the result, so that whoever sees the result can read its
-        // log at once.
+        // log at once. A second run that could overwrite the log of the run whose
+        // result stands is what the claim prevents: the caller holds it, renewed,
+        // and a live claim is never taken over.
         if has_log {
             self.put_log(&log_key, log).await?;
         }

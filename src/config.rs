@@ -822,27 +822,18 @@ impl Reader<'_> {
         range: RangeInclusive<u64>,
         default: u64,
     ) -> u64 {
-        let full = section.key(key);
-        let value = match self.take(section, key) {
-            None => return default,
-            Some(Value::Integer(i)) => u64::try_from(i).ok(),
-            Some(Value::String(s)) => s.trim().parse::<u64>().ok(),
-            Some(_) => None,
-        };
-        match value {
-            Some(v) if range.contains(&v) => v,
-            Some(v) => {
-                self.issue(
-                    &full,
-                    &format!("{v} is out of range ({} to {})", range.start(), range.end()),
-                );
-                default
-            }
-            None => {
-                self.issue(&full, "must be a whole number");
-                default
-            }
-        }
+        self.number(
+            section,
+            key,
+            range,
+            default,
+            "a whole number",
+            |value| match value {
+                Value::Integer(i) => u64::try_from(i).ok(),
+                Value::String(s) => s.trim().parse().ok(),
+                _ => None,
+            },
+        )
     }
 
     fn float(
@@ -852,15 +843,36 @@ impl Reader<'_> {
         range: RangeInclusive<f64>,
         default: f64,
     ) -> f64 {
+        self.number(
+            section,
+            key,
+            range,
+            default,
+            "a number",
+            |value| match value {
+                Value::Float(f) => Some(f),
+                Value::Integer(i) => Some(i as f64),
+                Value::String(s) => s.trim().parse().ok(),
+                _ => None,
+            },
+        )
+    }
+
+    /// A number in `range`; `kind` names what a value that does not parse should be.
+    fn number<T: PartialOrd + fmt::Display + Copy>(
+        &mut self,
+        section: &mut Section,
+        key: &str,
+        range: RangeInclusive<T>,
+        default: T,
+        kind: &str,
+        parse: impl FnOnce(Value) -> Option<T>,
+    ) -> T {
         let full = section.key(key);
-        let value = match self.take(section, key) {
-            None => return default,
-            Some(Value::Float(f)) => Some(f),
-            Some(Value::Integer(i)) => Some(i as f64),
-            Some(Value::String(s)) => s.trim().parse::<f64>().ok(),
-            Some(_) => None,
+        let Some(value) = self.take(section, key) else {
+            return default;
         };
-        match value {
+        match parse(value) {
             Some(v) if range.contains(&v) => v,
             Some(v) => {
                 self.issue(
@@ -870,7 +882,7 @@ impl Reader<'_> {
                 default
             }
             None => {
-                self.issue(&full, "must be a number");
+                self.issue(&full, &format!("must be {kind}"));
                 default
             }
         }

@@ -147,40 +147,41 @@ impl Imds {
 
     /// The pending spot interruption, if EC2 has scheduled one.
     pub async fn spot_notice(&self) -> Result<Option<SpotNotice>, ImdsError> {
-        let path = "spot/instance-action";
-        let Some(body) = self.get(path).await? else {
-            return Ok(None);
-        };
-        let parse_error = |message: String| ImdsError::Parse {
-            path: path.to_owned(),
-            body: body.clone(),
-            message,
-        };
-        let action: InstanceAction =
-            serde_json::from_str(&body).map_err(|e| parse_error(e.to_string()))?;
-        let time = parse_time(&action.time).map_err(parse_error)?;
-        Ok(Some(SpotNotice {
-            action: action.action,
-            time,
-        }))
+        self.get_json("spot/instance-action", |a: InstanceAction| {
+            Ok(SpotNotice {
+                action: a.action,
+                time: parse_time(&a.time)?,
+            })
+        })
+        .await
     }
 
     /// When EC2 recommended rebalancing away from this instance, if it has.
     pub async fn rebalance_notice(&self) -> Result<Option<DateTime<Utc>>, ImdsError> {
-        let path = "events/recommendations/rebalance";
+        self.get_json("events/recommendations/rebalance", |n: RebalanceNotice| {
+            parse_time(&n.notice_time)
+        })
+        .await
+    }
+
+    /// A JSON document at `path`, converted; `None` where the service answers 404.
+    async fn get_json<T: serde::de::DeserializeOwned, R>(
+        &self,
+        path: &str,
+        convert: impl FnOnce(T) -> Result<R, String>,
+    ) -> Result<Option<R>, ImdsError> {
         let Some(body) = self.get(path).await? else {
             return Ok(None);
         };
-        let parse_error = |message: String| ImdsError::Parse {
-            path: path.to_owned(),
-            body: body.clone(),
-            message,
-        };
-        let notice: RebalanceNotice =
-            serde_json::from_str(&body).map_err(|e| parse_error(e.to_string()))?;
-        parse_time(&notice.notice_time)
+        serde_json::from_str(&body)
+            .map_err(|e| e.to_string())
+            .and_then(convert)
             .map(Some)
-            .map_err(parse_error)
+            .map_err(|message| ImdsError::Parse {
+                path: path.to_owned(),
+                body,
+                message,
+            })
     }
 
     /// `autoscaling/target-lifecycle-state` (`InService`, `Terminated`, …); `None`

@@ -668,3 +668,54 @@ async fn check_reports_each_dependency() {
     assert_eq!(code, Some(69), "{report}");
     assert!(report.contains("FAIL  sqs"), "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn heartbeats_keep_a_long_job_hidden_past_the_visibility_timeout() {
+    let stack = Stack::from_env();
+    let aws = Aws::new().await;
+    let pool = aws.pool("heartbeat", 5).await;
+    // The shortest visibility timeout there is; the job outlives it by far.
+    let config = agent_config(
+        &stack,
+        &pool,
+        &aws.endpoint,
+        &unique("i-beat"),
+        "[agent]\nslots = 2\n[queue]\nvisibility_timeout_secs = 30",
+    );
+    let agent = AgentProcess::start(&config, "agent");
+    let id = unique("long-haul");
+    aws.send(
+        &pool.queue_url,
+        &job(&id, &stack.image, &["sh", "-c", "sleep 45; echo done"]).to_string(),
+    )
+    .await;
+    agent.wait_log("Job started.", LONG).await;
+    // Until the job ends, the message must never be visible (so no second agent
+    // could take it), even after 30 s.
+    let start = tokio::time::Instant::now();
+    loop {
+        let counts = aws.counts(&pool.queue_url).await;
+        if agent.count("Job finished.") == 1 {
+            break;
+        }
+        assert_eq!(
+            counts,
+            (0, 1),
+            "the message reappeared after {:?}",
+            start.elapsed()
+        );
+        assert!(start.elapsed() < LONG);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        start.elapsed() > Duration::from_secs(30),
+        "the job outlived the visibility timeout"
+    );
+    let r = wait_result(&aws, &pool.bucket, &id).await;
+    assert_eq!(
+        (r["status"].as_str(), r["attempt"].as_i64()),
+        (Some("succeeded"), Some(1))
+    );
+    wait_empty(&aws, &pool.queue_url).await;
+    assert_eq!(agent.count("Job started."), 1);
+}

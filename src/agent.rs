@@ -406,6 +406,7 @@ impl Agent {
         let mut docker_backoff = Backoff::new(Duration::from_secs(1), MAX_BACKOFF);
         let mut queue_backoff = Backoff::new(Duration::from_secs(1), MAX_BACKOFF);
         let mut idle_since = Instant::now();
+        let mut in_flight = None;
 
         while !stop.is_draining() {
             while let Some(done) = jobs.try_join_next() {
@@ -449,15 +450,20 @@ impl Agent {
                 systemd::status("serving the queue");
             }
             let free = slots - jobs.len();
-            let receive = self.queue.receive(
+            let mut receive: InFlight<'_> = Box::pin(self.queue.receive(
                 free,
                 self.config.queue.wait,
                 self.config.queue.visibility_timeout,
-            );
+            ));
             let received = tokio::select! {
-                received = receive => received,
-                // Safe to drop: see `Queue::receive`.
-                _ = stop.draining().cancelled() => break,
+                received = &mut receive => received,
+                // Not dropped: SQS may already have handed this long poll a
+                // message, which would stay hidden for the visibility timeout.
+                // The drain finishes it and hands back what it brings.
+                _ = stop.draining().cancelled() => {
+                    in_flight = Some(receive);
+                    break;
+                }
             };
             match received {
                 Ok(messages) => {
@@ -491,14 +497,20 @@ impl Agent {
                 }
             }
         }
-        self.drain(jobs, jobs_stop, stop).await;
+        self.drain(jobs, jobs_stop, stop, in_flight).await;
     }
 
     /// Waits for running jobs, then stops what still runs: after
     /// `drain.stop_timeout_secs` (signals, Auto Scaling, a rebalance under `drain`),
     /// at the preemption deadline a spot notice set, or at once when forced. Under
     /// a rebalance with `stop-intake` running jobs finish unless a deadline comes.
-    async fn drain(&self, mut jobs: JoinSet<()>, jobs_stop: Stop, stop: &Stop) {
+    async fn drain(
+        &self,
+        mut jobs: JoinSet<()>,
+        jobs_stop: Stop,
+        stop: &Stop,
+        in_flight: Option<InFlight<'_>>,
+    ) {
         let reason = stop
             .reason()
             .cloned()
@@ -518,45 +530,66 @@ impl Agent {
             "Stopped receiving; waiting for running jobs."
         );
         systemd::stopping(&format!("draining: {reason}"));
-        let mut preemption = stop.preemption();
-        loop {
-            // The earliest of the stop timeout and any preemption deadline.
-            let deadline = {
-                let preempt = preemption.borrow();
-                let by_timeout = timeout.map(|t| (began + t, reason.clone()));
-                match (by_timeout, preempt.clone()) {
-                    (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-                    (a, b) => a.or(b),
-                }
+        // Whatever the interrupted long poll brings goes straight back, while the
+        // running jobs drain; a forced stop stops waiting for it.
+        let hand_back = async {
+            let Some(receive) = in_flight else { return };
+            let received = tokio::select! {
+                received = receive => received,
+                _ = stop.forced().cancelled() => return,
             };
-            let preempt_at = deadline.as_ref().map(|(at, _)| *at);
-            tokio::select! {
-                done = jobs.join_next() => match done {
-                    Some(done) => reap(done),
-                    None => break,
-                },
-                _ = sleep_until(preempt_at), if !jobs_stop.is_draining() => {
-                    let (_, why) = deadline.expect("only armed with a deadline");
-                    tracing::info!(
-                        running = jobs.len(),
-                        draining_ms = began.elapsed().as_millis() as u64,
-                        "Stopping running jobs to hand them back."
-                    );
-                    jobs_stop.begin(why);
+            for message in received.unwrap_or_default() {
+                let span = tracing::info_span!("job", sqs_message_id = %message.message_id);
+                async {
+                    tracing::info!("Received while draining; handing it back.");
+                    self.give_back(&message, Duration::ZERO).await;
                 }
-                changed = preemption.changed() => {
-                    if changed.is_err() {
-                        // The sender lives in `stop`, which outlives the drain.
-                        unreachable!("the preemption channel closed");
+                .instrument(span)
+                .await;
+            }
+        };
+        let jobs_done = async {
+            let mut preemption = stop.preemption();
+            loop {
+                // The earliest of the stop timeout and any preemption deadline.
+                let deadline = {
+                    let preempt = preemption.borrow();
+                    let by_timeout = timeout.map(|t| (began + t, reason.clone()));
+                    match (by_timeout, preempt.clone()) {
+                        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+                        (a, b) => a.or(b),
+                    }
+                };
+                let preempt_at = deadline.as_ref().map(|(at, _)| *at);
+                tokio::select! {
+                    done = jobs.join_next() => match done {
+                        Some(done) => reap(done),
+                        None => break,
+                    },
+                    _ = sleep_until(preempt_at), if !jobs_stop.is_draining() => {
+                        let (_, why) = deadline.expect("only armed with a deadline");
+                        tracing::info!(
+                            running = jobs.len(),
+                            draining_ms = began.elapsed().as_millis() as u64,
+                            "Stopping running jobs to hand them back."
+                        );
+                        jobs_stop.begin(why);
+                    }
+                    changed = preemption.changed() => {
+                        if changed.is_err() {
+                            // The sender lives in `stop`, which outlives the drain.
+                            unreachable!("the preemption channel closed");
+                        }
+                    }
+                    _ = stop.forced().cancelled(), if !jobs_stop.forced().is_cancelled() => {
+                        tracing::info!(running = jobs.len(), "Forced; stopping running jobs now.");
+                        jobs_stop.begin(reason.clone());
+                        jobs_stop.force();
                     }
                 }
-                _ = stop.forced().cancelled(), if !jobs_stop.forced().is_cancelled() => {
-                    tracing::info!(running = jobs.len(), "Forced; stopping running jobs now.");
-                    jobs_stop.begin(reason.clone());
-                    jobs_stop.force();
-                }
             }
-        }
+        };
+        tokio::join!(jobs_done, hand_back);
         tracing::info!(
             drain_ms = began.elapsed().as_millis() as u64,
             "Every job finished or handed back."
@@ -872,6 +905,11 @@ impl Agent {
         }
     }
 }
+
+/// A long poll the drain interrupted, kept to finish.
+type InFlight<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Vec<Received>, crate::sqs::SqsError>> + Send + 'a>,
+>;
 
 /// Whether Docker and the queue answered at their last use. Starts healthy: the
 /// agent is only running once bootstrap reached both.

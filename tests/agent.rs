@@ -719,3 +719,28 @@ async fn heartbeats_keep_a_long_job_hidden_past_the_visibility_timeout() {
     wait_empty(&aws, &pool.queue_url).await;
     assert_eq!(agent.count("Job started."), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_that_lands_in_the_last_long_poll_is_handed_back() {
+    let stack = Stack::from_env();
+    let aws = Aws::new().await;
+    let pool = aws.pool("lastpoll", 5).await;
+    // A long poll and a long visibility timeout: a message lost to an abandoned
+    // poll would stay hidden for ten minutes.
+    let config = agent_config(
+        &stack,
+        &pool,
+        &aws.endpoint,
+        &unique("i-lastpoll"),
+        "[queue]\nwait_secs = 20\nvisibility_timeout_secs = 600",
+    );
+    let mut agent = AgentProcess::start(&config, "agent");
+    agent.wait_log("Ready; serving the queue.", LONG).await;
+    agent.signal(Signal::SIGTERM);
+    // Sent after the drain began: only the poll already waiting at SQS can take it.
+    aws.send(&pool.queue_url, &job(&unique("late"), &stack.image, &["true"]).to_string())
+        .await;
+    assert_eq!(agent.wait_exit(LONG).await, Some(0));
+    assert_eq!(agent.count("Job started."), 0);
+    assert_eq!(aws.counts(&pool.queue_url).await, (1, 0), "visible at once, not hidden");
+}

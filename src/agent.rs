@@ -695,19 +695,37 @@ impl Agent {
 
         let labels = [(LABEL_RECEIPT, message.receipt.as_str())];
         let run = self.runner.run(&job, attempt, &labels, jobs_stop);
+        tokio::pin!(run);
+        // When the drain preempts the job, its message goes back to the queue at
+        // once, while the container still has its grace period: the host is going
+        // away, and every second counts for the one that takes the job over.
+        let mut released = false;
         let mut finished = tokio::select! {
-            finished = run => finished,
+            finished = &mut run => finished,
             never = self.heartbeat(&message, &job.id) => match never {},
+            () = jobs_stop.draining().cancelled() => {
+                self.unclaim(&job.id).await;
+                self.give_back(&message, Duration::ZERO).await;
+                released = true;
+                run.await
+            }
         };
         let result = &mut finished.result;
         match result.status {
             status if status.is_terminal() => {
-                let recorded = tokio::select! {
-                    recorded = self.record_until(result, &finished.log, RECORD_DEADLINE) => recorded,
-                    never = self.heartbeat(&message, &job.id) => match never {},
+                let record = self.record_until(result, &finished.log, RECORD_DEADLINE);
+                let recorded = if released {
+                    // No heartbeat: it would hide the message again.
+                    record.await
+                } else {
+                    tokio::select! {
+                        recorded = record => recorded,
+                        never = self.heartbeat(&message, &job.id) => match never {},
+                    }
                 };
                 if recorded {
-                    // Independent of each other: the result is recorded.
+                    // Independent of each other: the result is recorded. (A
+                    // redelivery after an early release finds the result.)
                     tokio::join!(
                         self.unclaim(&job.id),
                         self.notifier.notify(result),
@@ -718,20 +736,22 @@ impl Agent {
                 }
             }
             Status::Interrupted => {
-                // Hand the job back first: another host can start it while the
-                // record of this attempt is written. The claim goes first, so that
-                // host does not find it held.
-                self.unclaim(&job.id).await;
-                self.give_back(&message, Duration::ZERO).await;
+                if !released {
+                    // The claim goes first, so the next host does not find it held.
+                    self.unclaim(&job.id).await;
+                    self.give_back(&message, Duration::ZERO).await;
+                }
                 self.record_until(result, &finished.log, Duration::from_secs(10))
                     .await;
             }
             _ => {
                 self.record_until(result, &finished.log, Duration::from_secs(30))
                     .await;
-                self.unclaim(&job.id).await;
-                self.give_back(&message, self.retry_visibility(attempt))
-                    .await;
+                if !released {
+                    self.unclaim(&job.id).await;
+                    self.give_back(&message, self.retry_visibility(attempt))
+                        .await;
+                }
             }
         }
     }

@@ -295,13 +295,19 @@ impl Cache {
         }
     }
 
-    /// At boot no job runs: every cache volume but the current one is stale.
+    /// At boot no job runs: every other volume of this same source is an old
+    /// version. Volumes of other sources (another agent on a shared Docker host)
+    /// are not ours to remove.
     async fn remove_stale_volumes(&self) {
         let current = self.current().map(|c| c.name.clone());
+        let source = format!(
+            "s3://{}/{}",
+            self.inner.source.bucket, self.inner.source.key
+        );
         match self
             .inner
             .docker
-            .list_managed_volumes((LABEL_CACHE, "true"))
+            .list_managed_volumes((LABEL_SOURCE, &source))
             .await
         {
             Ok(volumes) => {

@@ -738,9 +738,16 @@ async fn a_message_that_lands_in_the_last_long_poll_is_handed_back() {
     agent.wait_log("Ready; serving the queue.", LONG).await;
     agent.signal(Signal::SIGTERM);
     // Sent after the drain began: only the poll already waiting at SQS can take it.
-    aws.send(&pool.queue_url, &job(&unique("late"), &stack.image, &["true"]).to_string())
-        .await;
+    aws.send(
+        &pool.queue_url,
+        &job(&unique("late"), &stack.image, &["true"]).to_string(),
+    )
+    .await;
     assert_eq!(agent.wait_exit(LONG).await, Some(0));
     assert_eq!(agent.count("Job started."), 0);
-    assert_eq!(aws.counts(&pool.queue_url).await, (1, 0), "visible at once, not hidden");
+    assert_eq!(
+        aws.counts(&pool.queue_url).await,
+        (1, 0),
+        "visible at once, not hidden"
+    );
 }

@@ -27,6 +27,16 @@ fn imds_config(sim: &ImdsSim, extra: &str) -> String {
     )
 }
 
+/// An agent config for `pool` that watches `sim`, its instance id from the
+/// simulator, plus `extra`.
+fn sim_config(stack: &Stack, aws: &Aws, pool: &Pool, sim: &ImdsSim, extra: &str) -> TestConfig {
+    agent_config(stack, pool, &aws.endpoint, "", &imds_config(sim, extra))
+}
+
+async fn send(aws: &Aws, pool: &Pool, job: &serde_json::Value) {
+    aws.send(&pool.queue_url, &job.to_string()).await;
+}
+
 async fn result(aws: &Aws, pool: &Pool, id: &str) -> Option<serde_json::Value> {
     aws.json(&pool.bucket, &format!("results/{id}/result.json"))
         .await
@@ -61,15 +71,12 @@ async fn a_spot_notice_hands_the_job_to_another_agent() {
     let aws = Aws::new().await;
     let pool = aws.pool("spot", 5).await;
     let sim = ImdsSim::start(&unique("i-spot"));
-    let config = agent_config(
+    let config = sim_config(
         &stack,
+        &aws,
         &pool,
-        &aws.endpoint,
-        "",
-        &imds_config(
-            &sim,
-            "[queue]\nvisibility_timeout_secs = 600\n[drain]\non_spot = \"release\"\nstop_grace_secs = 1",
-        ),
+        &sim,
+        "[queue]\nvisibility_timeout_secs = 600\n[drain]\non_spot = \"release\"\nstop_grace_secs = 1",
     );
     let mut doomed = AgentProcess::start(&config, "doomed");
     let id = unique("spot");
@@ -118,15 +125,12 @@ async fn finish_if_possible_finishes_a_short_job_and_releases_a_long_one() {
     let aws = Aws::new().await;
     let pool = aws.pool("finish", 5).await;
     let sim = ImdsSim::start(&unique("i-finish"));
-    let config = agent_config(
+    let config = sim_config(
         &stack,
+        &aws,
         &pool,
-        &aws.endpoint,
-        "",
-        &imds_config(
-            &sim,
-            "[agent]\nslots = 2\n[queue]\nvisibility_timeout_secs = 600\n[drain]\non_spot = \"finish-if-possible\"\nsafety_margin_secs = 2\nstop_grace_secs = 1",
-        ),
+        &sim,
+        "[agent]\nslots = 2\n[queue]\nvisibility_timeout_secs = 600\n[drain]\non_spot = \"finish-if-possible\"\nsafety_margin_secs = 2\nstop_grace_secs = 1",
     );
     let mut agent = AgentProcess::start(&config, "agent");
     let short = unique("short");
@@ -141,11 +145,7 @@ async fn finish_if_possible_finishes_a_short_job_and_releases_a_long_one() {
         .to_string(),
     )
     .await;
-    aws.send(
-        &pool.queue_url,
-        &job(&long, &stack.image, &["sleep", "600"]).to_string(),
-    )
-    .await;
+    send(&aws, &pool, &job(&long, &stack.image, &["sleep", "600"])).await;
     eventually("both jobs to run", LONG, || async {
         agent.count("Job started.") == 2
     })
@@ -181,23 +181,16 @@ async fn hibernate_drains_at_once_whatever_the_policy() {
     let aws = Aws::new().await;
     let pool = aws.pool("hibernate", 5).await;
     let sim = ImdsSim::start(&unique("i-hib"));
-    let config = agent_config(
+    let config = sim_config(
         &stack,
+        &aws,
         &pool,
-        &aws.endpoint,
-        "",
-        &imds_config(
-            &sim,
-            "[queue]\nvisibility_timeout_secs = 600\n[drain]\non_spot = \"finish-if-possible\"\nstop_grace_secs = 1",
-        ),
+        &sim,
+        "[queue]\nvisibility_timeout_secs = 600\n[drain]\non_spot = \"finish-if-possible\"\nstop_grace_secs = 1",
     );
     let mut agent = AgentProcess::start(&config, "agent");
     let id = unique("hib");
-    aws.send(
-        &pool.queue_url,
-        &job(&id, &stack.image, &["sleep", "600"]).to_string(),
-    )
-    .await;
+    send(&aws, &pool, &job(&id, &stack.image, &["sleep", "600"])).await;
     agent.wait_log("Job started.", LONG).await;
     // The notice time says two minutes, but hibernation gives no warning.
     sim.spot("hibernate", 120).await;
@@ -215,23 +208,19 @@ async fn rebalance_ignore_keeps_serving() {
     let aws = Aws::new().await;
     let pool = aws.pool("rb-ignore", 5).await;
     let sim = ImdsSim::start(&unique("i-rbi"));
-    let config = agent_config(
+    let config = sim_config(
         &stack,
+        &aws,
         &pool,
-        &aws.endpoint,
-        "",
-        &imds_config(&sim, "[drain]\non_rebalance = \"ignore\""),
+        &sim,
+        "[drain]\non_rebalance = \"ignore\"",
     );
     let agent = AgentProcess::start(&config, "agent");
     agent.wait_log("Ready; serving the queue.", LONG).await;
     sim.control("rebalance", json!({"in_secs": 0})).await;
     agent.wait_log("Rebalance recommendation.", LONG).await;
     let id = unique("after");
-    aws.send(
-        &pool.queue_url,
-        &job(&id, &stack.image, &["true"]).to_string(),
-    )
-    .await;
+    send(&aws, &pool, &job(&id, &stack.image, &["true"])).await;
     let r = wait_for("the job sent after the notice", || result(&aws, &pool, &id)).await;
     assert_eq!(r["status"], "succeeded");
     assert_eq!(agent.count("Draining."), 0);
@@ -243,21 +232,19 @@ async fn rebalance_stop_intake_finishes_running_jobs_and_takes_no_more() {
     let aws = Aws::new().await;
     let pool = aws.pool("rb-intake", 5).await;
     let sim = ImdsSim::start(&unique("i-rbs"));
-    let config = agent_config(
+    let config = sim_config(
         &stack,
+        &aws,
         &pool,
-        &aws.endpoint,
-        "",
-        &imds_config(
-            &sim,
-            "[drain]\non_rebalance = \"stop-intake\"\nstop_timeout_secs = 0",
-        ),
+        &sim,
+        "[drain]\non_rebalance = \"stop-intake\"\nstop_timeout_secs = 0",
     );
     let mut agent = AgentProcess::start(&config, "agent");
     let running = unique("running");
-    aws.send(
-        &pool.queue_url,
-        &job(&running, &stack.image, &["sh", "-c", "sleep 3"]).to_string(),
+    send(
+        &aws,
+        &pool,
+        &job(&running, &stack.image, &["sh", "-c", "sleep 3"]),
     )
     .await;
     agent.wait_log("Job started.", LONG).await;
@@ -266,11 +253,7 @@ async fn rebalance_stop_intake_finishes_running_jobs_and_takes_no_more() {
         .wait_log("Stopped receiving; waiting for running jobs.", LONG)
         .await;
     let later = unique("later");
-    aws.send(
-        &pool.queue_url,
-        &job(&later, &stack.image, &["true"]).to_string(),
-    )
-    .await;
+    send(&aws, &pool, &job(&later, &stack.image, &["true"])).await;
     assert_eq!(agent.wait_exit(LONG).await, Some(0));
     // stop_timeout_secs = 0 does not apply: stop-intake lets the job finish.
     assert_eq!(
@@ -290,23 +273,16 @@ async fn rebalance_drain_acts_like_sigterm() {
     let aws = Aws::new().await;
     let pool = aws.pool("rb-drain", 5).await;
     let sim = ImdsSim::start(&unique("i-rbd"));
-    let config = agent_config(
+    let config = sim_config(
         &stack,
+        &aws,
         &pool,
-        &aws.endpoint,
-        "",
-        &imds_config(
-            &sim,
-            "[queue]\nvisibility_timeout_secs = 600\n[drain]\non_rebalance = \"drain\"\nstop_timeout_secs = 0\nstop_grace_secs = 0",
-        ),
+        &sim,
+        "[queue]\nvisibility_timeout_secs = 600\n[drain]\non_rebalance = \"drain\"\nstop_timeout_secs = 0\nstop_grace_secs = 0",
     );
     let mut agent = AgentProcess::start(&config, "agent");
     let id = unique("drained");
-    aws.send(
-        &pool.queue_url,
-        &job(&id, &stack.image, &["sleep", "600"]).to_string(),
-    )
-    .await;
+    send(&aws, &pool, &job(&id, &stack.image, &["sleep", "600"])).await;
     agent.wait_log("Job started.", LONG).await;
     sim.control("rebalance", json!({"in_secs": 0})).await;
     assert_eq!(agent.wait_exit(LONG).await, Some(0));
@@ -339,9 +315,10 @@ async fn auto_scaling_termination_drains_and_runs_the_exit_action() {
     );
     let mut agent = AgentProcess::start(&config, "agent");
     let id = unique("last");
-    aws.send(
-        &pool.queue_url,
-        &job(&id, &stack.image, &["sh", "-c", "sleep 2"]).to_string(),
+    send(
+        &aws,
+        &pool,
+        &job(&id, &stack.image, &["sh", "-c", "sleep 2"]),
     )
     .await;
     agent.wait_log("Job started.", LONG).await;
@@ -362,7 +339,7 @@ async fn metadata_faults_never_stop_the_jobs() {
     let aws = Aws::new().await;
     let pool = aws.pool("imdsfault", 5).await;
     let sim = ImdsSim::start(&unique("i-fault"));
-    let config = agent_config(&stack, &pool, &aws.endpoint, "", &imds_config(&sim, ""));
+    let config = sim_config(&stack, &aws, &pool, &sim, "");
     let agent = AgentProcess::start(&config, "agent");
     agent.wait_log("Ready; serving the queue.", LONG).await;
     let warning = "Cannot read the instance metadata; jobs go on.";
@@ -374,11 +351,7 @@ async fn metadata_faults_never_stop_the_jobs() {
         })
         .await;
         let id = unique(&format!("during-{mode}"));
-        aws.send(
-            &pool.queue_url,
-            &job(&id, &stack.image, &["true"]).to_string(),
-        )
-        .await;
+        send(&aws, &pool, &job(&id, &stack.image, &["true"])).await;
         let r = wait_for(&format!("a job during fault {mode}"), || {
             result(&aws, &pool, &id)
         })
@@ -403,7 +376,7 @@ async fn a_failed_poll_misses_no_notice() {
     let aws = Aws::new().await;
     let pool = aws.pool("missed", 5).await;
     let sim = ImdsSim::start(&unique("i-missed"));
-    let config = agent_config(&stack, &pool, &aws.endpoint, "", &imds_config(&sim, ""));
+    let config = sim_config(&stack, &aws, &pool, &sim, "");
     let mut agent = AgentProcess::start(&config, "agent");
     agent.wait_log("Ready; serving the queue.", LONG).await;
     // The very next request is dropped; the notice is there from now on.
@@ -431,11 +404,7 @@ async fn off_ec2_the_watchers_are_off_with_one_warning() {
     );
     let agent = AgentProcess::start(&config, "agent");
     let id = unique("offec2");
-    aws.send(
-        &pool.queue_url,
-        &job(&id, &stack.image, &["true"]).to_string(),
-    )
-    .await;
+    send(&aws, &pool, &job(&id, &stack.image, &["true"])).await;
     let r = wait_for("the job", || result(&aws, &pool, &id)).await;
     assert_eq!(r["status"], "succeeded");
     let warnings: Vec<_> = agent

@@ -56,22 +56,22 @@ async fn each_outcome_meets_its_fate_on_the_queue() {
     let failed = unique("failed");
     let slow = unique("slow");
     let latest = unique("latest");
-    aws.send(
+    aws.send_job(
         &pool.queue_url,
-        &job(&ok, &stack.image, &["sh", "-c", "echo all good"]).to_string(),
+        &job(&ok, &stack.image, &["sh", "-c", "echo all good"]),
     )
     .await;
-    aws.send(
+    aws.send_job(
         &pool.queue_url,
-        &job(&failed, &stack.image, &["sh", "-c", "exit 7"]).to_string(),
+        &job(&failed, &stack.image, &["sh", "-c", "exit 7"]),
     )
     .await;
     let mut timeout = job(&slow, &stack.image, &["sleep", "600"]);
     timeout["timeout_secs"] = json!(1);
-    aws.send(&pool.queue_url, &timeout.to_string()).await;
+    aws.send_job(&pool.queue_url, &timeout).await;
     let mut refused = job(&latest, &stack.image, &["true"]);
     refused["image"] = json!(format!("{}/ci/busybox:latest", stack.registry));
-    aws.send(&pool.queue_url, &refused.to_string()).await;
+    aws.send_job(&pool.queue_url, &refused).await;
     let garbage_id = aws.send(&pool.queue_url, "this is not json").await;
 
     let r = wait_result(&aws, &pool.bucket, &ok).await;
@@ -154,7 +154,7 @@ async fn a_job_that_cannot_run_is_left_to_the_redrive_policy() {
     let agent = AgentProcess::start(&config, "agent");
     let id = unique("nopull");
     let image = format!("{}/ci/no-such-image:1.0", stack.registry);
-    aws.send(&pool.queue_url, &job(&id, &image, &["true"]).to_string())
+    aws.send_job(&pool.queue_url, &job(&id, &image, &["true"]))
         .await;
 
     // Two deliveries fail, then SQS moves the message to the DLQ by itself.
@@ -207,9 +207,9 @@ async fn two_agents_forty_jobs_each_finished_exactly_once() {
     }
     let ids: Vec<String> = (0..40).map(|i| unique(&format!("j{i}"))).collect();
     for id in &ids {
-        aws.send(
+        aws.send_job(
             &pool.queue_url,
-            &job(id, &stack.image, &["sh", "-c", "echo $DECKHAND_JOB_ID"]).to_string(),
+            &job(id, &stack.image, &["sh", "-c", "echo $DECKHAND_JOB_ID"]),
         )
         .await;
     }
@@ -288,9 +288,9 @@ async fn kill_9_mid_job_then_restart_completes_the_job_once() {
     );
     let id = unique("crash");
     let script = "if [ \"$DECKHAND_ATTEMPT\" = 1 ]; then sleep 600; fi; echo finished on attempt $DECKHAND_ATTEMPT";
-    aws.send(
+    aws.send_job(
         &pool.queue_url,
-        &job(&id, &stack.image, &["sh", "-c", script]).to_string(),
+        &job(&id, &stack.image, &["sh", "-c", script]),
     )
     .await;
 
@@ -339,11 +339,8 @@ async fn sigterm_releases_running_jobs_at_once() {
     let mut agent = AgentProcess::start(&config, "agent");
     let ids = [unique("long"), unique("long")];
     for id in &ids {
-        aws.send(
-            &pool.queue_url,
-            &job(id, &stack.image, &["sleep", "600"]).to_string(),
-        )
-        .await;
+        aws.send_job(&pool.queue_url, &job(id, &stack.image, &["sleep", "600"]))
+            .await;
     }
     eventually("both jobs to run", LONG, || async {
         agent.count("Job started.") == 2
@@ -389,9 +386,9 @@ async fn sigterm_lets_running_jobs_finish_within_the_stop_timeout() {
     );
     let mut agent = AgentProcess::start(&config, "agent");
     let id = unique("short");
-    aws.send(
+    aws.send_job(
         &pool.queue_url,
-        &job(&id, &stack.image, &["sh", "-c", "sleep 2; echo made it"]).to_string(),
+        &job(&id, &stack.image, &["sh", "-c", "sleep 2; echo made it"]),
     )
     .await;
     agent.wait_log("Job started.", LONG).await;
@@ -418,11 +415,8 @@ async fn a_second_sigterm_skips_the_wait() {
     );
     let mut agent = AgentProcess::start(&config, "agent");
     let id = unique("stubborn");
-    aws.send(
-        &pool.queue_url,
-        &job(&id, &stack.image, &["sleep", "600"]).to_string(),
-    )
-    .await;
+    aws.send_job(&pool.queue_url, &job(&id, &stack.image, &["sleep", "600"]))
+        .await;
     agent.wait_log("Job started.", LONG).await;
     agent.signal(Signal::SIGTERM);
     agent
@@ -456,9 +450,9 @@ async fn an_aws_outage_delays_but_loses_nothing() {
     );
     let agent = AgentProcess::start(&config, "agent");
     let first = unique("before");
-    aws.send(
+    aws.send_job(
         &pool.queue_url,
-        &job(&first, &stack.image, &["sh", "-c", "sleep 2; echo done"]).to_string(),
+        &job(&first, &stack.image, &["sh", "-c", "sleep 2; echo done"]),
     )
     .await;
     agent.wait_log("Job started.", LONG).await;
@@ -466,11 +460,8 @@ async fn an_aws_outage_delays_but_loses_nothing() {
     proxy.set_down(true);
     // Sent while the agent cannot reach the queue.
     let second = unique("during");
-    aws.send(
-        &pool.queue_url,
-        &job(&second, &stack.image, &["true"]).to_string(),
-    )
-    .await;
+    aws.send_job(&pool.queue_url, &job(&second, &stack.image, &["true"]))
+        .await;
     agent
         .wait_log("Could not record the result; retrying.", LONG)
         .await;
@@ -519,11 +510,8 @@ async fn nothing_is_received_while_docker_is_down() {
         .wait_log("Docker is unreachable; not receiving.", LONG)
         .await;
     let id = unique("waits");
-    aws.send(
-        &pool.queue_url,
-        &job(&id, &stack.image, &["true"]).to_string(),
-    )
-    .await;
+    aws.send_job(&pool.queue_url, &job(&id, &stack.image, &["true"]))
+        .await;
     // A window in which the agent must leave the message alone: it keeps
     // backing off (two more warnings) while the message stays visible.
     let seen = agent.count("Docker is unreachable; not receiving.");
@@ -557,9 +545,9 @@ async fn a_huge_log_is_spooled_to_disk_and_uploaded_whole() {
     let id = unique("chatty");
     // 20 MB of output in 10 kB lines: well past the 8 MiB kept in memory.
     let script = "head -c 20000000 /dev/zero | tr '\\0' x | fold -w 10000; echo; echo the end";
-    aws.send(
+    aws.send_job(
         &pool.queue_url,
-        &job(&id, &stack.image, &["sh", "-c", script]).to_string(),
+        &job(&id, &stack.image, &["sh", "-c", script]),
     )
     .await;
     let r = wait_result(&aws, &pool.bucket, &id).await;
@@ -684,9 +672,9 @@ async fn heartbeats_keep_a_long_job_hidden_past_the_visibility_timeout() {
     );
     let agent = AgentProcess::start(&config, "agent");
     let id = unique("long-haul");
-    aws.send(
+    aws.send_job(
         &pool.queue_url,
-        &job(&id, &stack.image, &["sh", "-c", "sleep 45; echo done"]).to_string(),
+        &job(&id, &stack.image, &["sh", "-c", "sleep 45; echo done"]),
     )
     .await;
     agent.wait_log("Job started.", LONG).await;
@@ -738,9 +726,9 @@ async fn a_message_that_lands_in_the_last_long_poll_is_handed_back() {
     agent.wait_log("Ready; serving the queue.", LONG).await;
     agent.signal(Signal::SIGTERM);
     // Sent after the drain began: only the poll already waiting at SQS can take it.
-    aws.send(
+    aws.send_job(
         &pool.queue_url,
-        &job(&unique("late"), &stack.image, &["true"]).to_string(),
+        &job(&unique("late"), &stack.image, &["true"]),
     )
     .await;
     assert_eq!(agent.wait_exit(LONG).await, Some(0));

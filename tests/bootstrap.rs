@@ -175,13 +175,13 @@ async fn jobs_get_exactly_their_secrets_and_logs_never_show_them() {
     let mut spec = job(&id, &stack.image, &["sh", "-c", script]);
     spec["profile"] = json!("deploy");
     spec["secrets"] = json!(["npm-token", "deploy-key"]);
-    aws.send(&pool.queue_url, &spec.to_string()).await;
+    aws.send_job(&pool.queue_url, &spec).await;
 
     let refused = unique("greedy");
     let mut greedy = job(&refused, &stack.image, &["true"]);
     greedy["profile"] = json!("deploy");
     greedy["secrets"] = json!(["db-pass"]);
-    aws.send(&pool.queue_url, &greedy.to_string()).await;
+    aws.send_job(&pool.queue_url, &greedy).await;
 
     let result = aws
         .wait_json(&pool.bucket, &format!("results/{id}/result.json"))
@@ -452,7 +452,7 @@ async fn warm_images_are_pulled_before_the_first_job_and_only_once() {
     // The job is waiting before the agent starts: only the order of the log can
     // show the warm pull came first.
     let id = unique("after-warm");
-    aws.send(&pool.queue_url, &job(&id, &warm, &["true"]).to_string())
+    aws.send_job(&pool.queue_url, &job(&id, &warm, &["true"]))
         .await;
     let mut first = AgentProcess::start(&config, "first");
     first.wait_log("Result recorded.", LONG).await;
@@ -578,9 +578,9 @@ async fn the_cache_volume_is_extracted_once_reused_and_swapped() {
     first.wait_log("Cache extracted.", LONG).await;
     let id = unique("reads-cache");
     let script = "cat /cache/version.txt /cache/lib/dep.txt; touch /cache/x 2>/dev/null && echo WRITABLE || echo read-only";
-    aws.send(
+    aws.send_job(
         &pool.queue_url,
-        &job(&id, &stack.image, &["sh", "-c", script]).to_string(),
+        &job(&id, &stack.image, &["sh", "-c", script]),
     )
     .await;
     first.wait_log("Result recorded.", LONG).await;
@@ -610,9 +610,9 @@ async fn the_cache_volume_is_extracted_once_reused_and_swapped() {
     // It reads the cache, then waits for the test to drop a file into its
     // workspace (after the swap), then reads the cache again.
     let script = "cat /cache/version.txt; while [ ! -e /workspace/go ]; do sleep 0.2; done; cat /cache/version.txt";
-    aws.send(
+    aws.send_job(
         &pool.queue_url,
-        &job(&old_reader, &stack.image, &["sh", "-c", script]).to_string(),
+        &job(&old_reader, &stack.image, &["sh", "-c", script]),
     )
     .await;
     second.wait_log("Job started.", LONG).await;
@@ -621,9 +621,9 @@ async fn the_cache_volume_is_extracted_once_reused_and_swapped() {
         .wait_log("Switched to a new cache version for new jobs.", LONG)
         .await;
     let new_reader = unique("new-reader");
-    aws.send(
+    aws.send_job(
         &pool.queue_url,
-        &job(&new_reader, &stack.image, &["cat", "/cache/version.txt"]).to_string(),
+        &job(&new_reader, &stack.image, &["cat", "/cache/version.txt"]),
     )
     .await;
     let wait_log = |id: String| {
@@ -775,11 +775,8 @@ async fn results_reach_the_results_queue_and_a_signed_webhook() {
     );
     let _agent = AgentProcess::start(&config, "agent");
     let id = unique("announced");
-    aws.send(
-        &pool.queue_url,
-        &job(&id, &stack.image, &["true"]).to_string(),
-    )
-    .await;
+    aws.send_job(&pool.queue_url, &job(&id, &stack.image, &["true"]))
+        .await;
 
     let (head, body) = tokio::time::timeout(LONG, posts.recv())
         .await

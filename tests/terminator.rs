@@ -33,10 +33,6 @@ fn sim_config(stack: &Stack, aws: &Aws, pool: &Pool, sim: &ImdsSim, extra: &str)
     agent_config(stack, pool, &aws.endpoint, "", &imds_config(sim, extra))
 }
 
-async fn send(aws: &Aws, pool: &Pool, job: &serde_json::Value) {
-    aws.send(&pool.queue_url, &job.to_string()).await;
-}
-
 async fn result(aws: &Aws, pool: &Pool, id: &str) -> Option<serde_json::Value> {
     aws.json(&pool.bucket, &format!("results/{id}/result.json"))
         .await
@@ -145,7 +141,11 @@ async fn finish_if_possible_finishes_a_short_job_and_releases_a_long_one() {
         .to_string(),
     )
     .await;
-    send(&aws, &pool, &job(&long, &stack.image, &["sleep", "600"])).await;
+    aws.send_job(
+        &pool.queue_url,
+        &job(&long, &stack.image, &["sleep", "600"]),
+    )
+    .await;
     eventually("both jobs to run", LONG, || async {
         agent.count("Job started.") == 2
     })
@@ -190,7 +190,8 @@ async fn hibernate_drains_at_once_whatever_the_policy() {
     );
     let mut agent = AgentProcess::start(&config, "agent");
     let id = unique("hib");
-    send(&aws, &pool, &job(&id, &stack.image, &["sleep", "600"])).await;
+    aws.send_job(&pool.queue_url, &job(&id, &stack.image, &["sleep", "600"]))
+        .await;
     agent.wait_log("Job started.", LONG).await;
     // The notice time says two minutes, but hibernation gives no warning.
     sim.spot("hibernate", 120).await;
@@ -220,7 +221,8 @@ async fn rebalance_ignore_keeps_serving() {
     sim.control("rebalance", json!({"in_secs": 0})).await;
     agent.wait_log("Rebalance recommendation.", LONG).await;
     let id = unique("after");
-    send(&aws, &pool, &job(&id, &stack.image, &["true"])).await;
+    aws.send_job(&pool.queue_url, &job(&id, &stack.image, &["true"]))
+        .await;
     let r = wait_for("the job sent after the notice", || result(&aws, &pool, &id)).await;
     assert_eq!(r["status"], "succeeded");
     assert_eq!(agent.count("Draining."), 0);
@@ -241,9 +243,8 @@ async fn rebalance_stop_intake_finishes_running_jobs_and_takes_no_more() {
     );
     let mut agent = AgentProcess::start(&config, "agent");
     let running = unique("running");
-    send(
-        &aws,
-        &pool,
+    aws.send_job(
+        &pool.queue_url,
         &job(&running, &stack.image, &["sh", "-c", "sleep 3"]),
     )
     .await;
@@ -253,7 +254,8 @@ async fn rebalance_stop_intake_finishes_running_jobs_and_takes_no_more() {
         .wait_log("Stopped receiving; waiting for running jobs.", LONG)
         .await;
     let later = unique("later");
-    send(&aws, &pool, &job(&later, &stack.image, &["true"])).await;
+    aws.send_job(&pool.queue_url, &job(&later, &stack.image, &["true"]))
+        .await;
     assert_eq!(agent.wait_exit(LONG).await, Some(0));
     // stop_timeout_secs = 0 does not apply: stop-intake lets the job finish.
     assert_eq!(
@@ -282,7 +284,8 @@ async fn rebalance_drain_acts_like_sigterm() {
     );
     let mut agent = AgentProcess::start(&config, "agent");
     let id = unique("drained");
-    send(&aws, &pool, &job(&id, &stack.image, &["sleep", "600"])).await;
+    aws.send_job(&pool.queue_url, &job(&id, &stack.image, &["sleep", "600"]))
+        .await;
     agent.wait_log("Job started.", LONG).await;
     sim.control("rebalance", json!({"in_secs": 0})).await;
     assert_eq!(agent.wait_exit(LONG).await, Some(0));
@@ -315,9 +318,8 @@ async fn auto_scaling_termination_drains_and_runs_the_exit_action() {
     );
     let mut agent = AgentProcess::start(&config, "agent");
     let id = unique("last");
-    send(
-        &aws,
-        &pool,
+    aws.send_job(
+        &pool.queue_url,
         &job(&id, &stack.image, &["sh", "-c", "sleep 2"]),
     )
     .await;
@@ -351,7 +353,8 @@ async fn metadata_faults_never_stop_the_jobs() {
         })
         .await;
         let id = unique(&format!("during-{mode}"));
-        send(&aws, &pool, &job(&id, &stack.image, &["true"])).await;
+        aws.send_job(&pool.queue_url, &job(&id, &stack.image, &["true"]))
+            .await;
         let r = wait_for(&format!("a job during fault {mode}"), || {
             result(&aws, &pool, &id)
         })
@@ -404,7 +407,8 @@ async fn off_ec2_the_watchers_are_off_with_one_warning() {
     );
     let agent = AgentProcess::start(&config, "agent");
     let id = unique("offec2");
-    send(&aws, &pool, &job(&id, &stack.image, &["true"])).await;
+    aws.send_job(&pool.queue_url, &job(&id, &stack.image, &["true"]))
+        .await;
     let r = wait_for("the job", || result(&aws, &pool, &id)).await;
     assert_eq!(r["status"], "succeeded");
     let warnings: Vec<_> = agent

@@ -115,6 +115,10 @@ impl Aws {
             .unwrap()
     }
 
+    pub async fn send_job(&self, queue_url: &str, job: &Value) -> String {
+        self.send(queue_url, &job.to_string()).await
+    }
+
     /// (visible, in flight) messages on the queue.
     pub async fn counts(&self, queue_url: &str) -> (u64, u64) {
         let attributes = self

@@ -138,10 +138,25 @@ impl AgentProcess {
 }
 
 impl Drop for AgentProcess {
+    /// An agent still running when its test ends (or panics) is stopped the way an
+    /// operator would: two SIGTERMs (drain, then stop jobs now), so it removes its
+    /// containers and hands back its messages; SIGKILL only if that hangs.
     fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
         }
+        let pid = Pid::from_raw(self.pid());
+        let _ = kill(pid, Signal::SIGTERM);
+        std::thread::sleep(Duration::from_millis(100));
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while std::time::Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -267,45 +267,43 @@ impl JobSpec {
             cpus: asked.cpus.unwrap_or(profile.cpus),
             pids: asked.pids.unwrap_or(profile.pids),
         };
-        if resources.memory_mb < 6 {
-            problem(
-                "resources.memory_mb",
-                format!("{} is below Docker's minimum of 6", resources.memory_mb),
-            );
-        } else if resources.memory_mb > profile.memory_mb {
-            problem(
-                "resources.memory_mb",
-                format!(
-                    "{} is above profile {profile_name:?}'s cap of {}",
-                    resources.memory_mb, profile.memory_mb
-                ),
-            );
-        }
-        if !(resources.cpus > 0.0 && resources.cpus.is_finite()) {
-            problem(
-                "resources.cpus",
-                format!("{} must be above 0", resources.cpus),
-            );
-        } else if resources.cpus > profile.cpus {
-            problem(
-                "resources.cpus",
-                format!(
-                    "{} is above profile {profile_name:?}'s cap of {}",
-                    resources.cpus, profile.cpus
-                ),
-            );
-        }
-        if resources.pids == 0 {
-            problem("resources.pids", "must be at least 1".into());
-        } else if resources.pids > profile.pids {
-            problem(
-                "resources.pids",
-                format!(
-                    "{} is above profile {profile_name:?}'s cap of {}",
-                    resources.pids, profile.pids
-                ),
-            );
-        }
+        // Each limit: a floor of its own, and the profile's value as the cap.
+        let mut limit = |field: &str,
+                         below_floor: Option<String>,
+                         above_cap: bool,
+                         asked: &dyn std::fmt::Display,
+                         cap: &dyn std::fmt::Display| {
+            if let Some(rule) = below_floor {
+                problem(field, rule);
+            } else if above_cap {
+                problem(
+                    field,
+                    format!("{asked} is above profile {profile_name:?}'s cap of {cap}"),
+                );
+            }
+        };
+        let (memory_mb, cpus, pids) = (resources.memory_mb, resources.cpus, resources.pids);
+        limit(
+            "resources.memory_mb",
+            (memory_mb < 6).then(|| format!("{memory_mb} is below Docker's minimum of 6")),
+            memory_mb > profile.memory_mb,
+            &memory_mb,
+            &profile.memory_mb,
+        );
+        limit(
+            "resources.cpus",
+            (!(cpus > 0.0 && cpus.is_finite())).then(|| format!("{cpus} must be above 0")),
+            cpus > profile.cpus,
+            &cpus,
+            &profile.cpus,
+        );
+        limit(
+            "resources.pids",
+            (pids == 0).then(|| "must be at least 1".to_owned()),
+            pids > profile.pids,
+            &pids,
+            &profile.pids,
+        );
 
         let workdir = self
             .workdir

@@ -17,6 +17,17 @@ fn issues(text: &str, env: &Env) -> Vec<String> {
         .collect()
 }
 
+/// Exactly one issue per expected prefix, no more.
+fn assert_issues(found: &[String], expected: &[&str]) {
+    for want in expected {
+        assert!(
+            found.iter().any(|f| f.starts_with(want)),
+            "missing {want:?} in {found:#?}"
+        );
+    }
+    assert_eq!(found.len(), expected.len(), "{found:#?}");
+}
+
 #[test]
 fn an_empty_file_gets_the_defaults() {
     let config = parse("").unwrap();
@@ -116,13 +127,7 @@ fn every_invalid_key_is_reported_at_once() {
         "profiles.Bad: a profile name is 1 to 64 of [a-z0-9_-]",
         "mystery: unknown section",
     ];
-    for want in expected {
-        assert!(
-            found.iter().any(|f| f.starts_with(want)),
-            "missing {want:?} in {found:#?}"
-        );
-    }
-    assert_eq!(found.len(), expected.len(), "{found:#?}");
+    assert_issues(&found, &expected);
 }
 
 #[test]
@@ -234,13 +239,7 @@ fn bootstrap_keys_are_checked_together() {
         "cache.refresh_secs: must be a whole number",
         "profiles.deploy.env_secrets: \"aws-key\" is not in this profile's secrets",
     ];
-    for want in expected {
-        assert!(
-            found.iter().any(|f| f.starts_with(want)),
-            "missing {want:?} in {found:#?}"
-        );
-    }
-    assert_eq!(found.len(), expected.len(), "{found:#?}");
+    assert_issues(&found, &expected);
 }
 
 #[test]

@@ -515,9 +515,7 @@ impl Docker {
             })
             .collect())
     }
-}
 
-impl Docker {
     /// Where the volume's data lives on this host; `None` if there is no such volume.
     pub async fn volume_mountpoint(
         &self,

@@ -18,6 +18,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
+use crate::backoff::Backoff;
 use crate::job_log::LogBody;
 use crate::outcome::{JobResult, Status};
 use crate::sqs::Queue;
@@ -394,21 +395,21 @@ pub fn signature(key: &[u8], body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-/// Up to `attempts` tries with doubling pauses from 500 ms.
+/// Up to `attempts` tries, with the agent's usual backoff (from 500 ms, jittered)
+/// between them.
 async fn retry<T, E, F, Fut>(attempts: u32, mut call: F) -> Result<T, E>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
 {
-    let mut pause = Duration::from_millis(500);
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
     let mut tried = 1;
     loop {
         match call().await {
             Ok(value) => return Ok(value),
             Err(e) if tried >= attempts => return Err(e),
             Err(_) => {
-                tokio::time::sleep(pause).await;
-                pause *= 2;
+                tokio::time::sleep(backoff.next_delay()).await;
                 tried += 1;
             }
         }

@@ -157,8 +157,9 @@ impl JobLog {
         }
     }
 
-    /// The log so far, if it is all in memory (tests and small logs).
-    pub fn text(&self) -> &[u8] {
+    /// The log so far, if it is all in memory.
+    #[cfg(test)]
+    fn text(&self) -> &[u8] {
         &self.text
     }
 

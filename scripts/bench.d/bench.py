@@ -84,6 +84,8 @@ class Bench:
         self.binary = args.binary
         self.image = os.environ["STACK_IMAGE"]
         self.registry = os.environ["STACK_REGISTRY"]
+        # Job and baseline containers alike: `none` on the stack's bridgeless dockerd.
+        self.network = os.environ["STACK_NETWORK"]
         self.endpoint = os.environ["STACK_AWS_ENDPOINT_URL"]
         self.region = os.environ.get("AWS_REGION", "us-east-1")
         self.run_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -131,6 +133,7 @@ class Bench:
         for section, body in sections.items():
             text += f"[{section}]\n{body}"
         text += f'[images]\nallowed_registries = ["{self.registry}"]\n' + images
+        text += f'[profiles.default]\nnetwork = "{self.network}"\n'
         with open(path, "w") as f:
             f.write(text)
         return path
@@ -140,7 +143,7 @@ class Bench:
 
     def docker_run(self):
         subprocess.run(
-            ["docker", "run", "--rm", self.image, "true"],
+            ["docker", "run", "--rm", f"--network={self.network}", self.image, "true"],
             check=True,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -327,7 +330,7 @@ class Bench:
         else:
             t0 = time.perf_counter()
             subprocess.run(
-                ["xargs", "-P", str(slots), "-I{}", "docker", "run", "--rm", self.image, "true"],
+                ["xargs", "-P", str(slots), "-I{}", "docker", "run", "--rm", f"--network={self.network}", self.image, "true"],
                 input="\n".join(str(i) for i in range(jobs)) + "\n",
                 text=True,
                 check=True,

@@ -23,6 +23,9 @@ pub struct Stack {
     pub registry: String,
     pub image: String,
     pub image_digest: String,
+    /// The network job containers use: `none` on the stack's own bridgeless dockerd,
+    /// where asking for `bridge` would leave a stale sandbox record per container.
+    pub network: String,
 }
 
 impl Stack {
@@ -36,6 +39,7 @@ impl Stack {
             registry: var("STACK_REGISTRY"),
             image: var("STACK_IMAGE"),
             image_digest: var("STACK_IMAGE_DIGEST"),
+            network: var("STACK_NETWORK"),
         }
     }
 }
@@ -67,9 +71,10 @@ impl TestConfig {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.toml");
         let base = format!(
-            "[agent]\nwork_dir = \"{work}\"\n[images]\nallowed_registries = [\"{registry}\"]\n[drain]\nstop_grace_secs = 2\n",
+            "[agent]\nwork_dir = \"{work}\"\n[images]\nallowed_registries = [\"{registry}\"]\n[drain]\nstop_grace_secs = 2\n[profiles.default]\nnetwork = \"{network}\"\n",
             work = dir.path().display(),
             registry = stack.registry,
+            network = stack.network,
         );
         let mut config: toml::Table = base.parse().unwrap();
         merge(&mut config, extra.parse().expect("extra config is TOML"));

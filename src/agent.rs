@@ -200,12 +200,13 @@ pub async fn run(
             never = watcher => match never {},
         }
         if let Some(reason @ (StopReason::Idle { .. } | StopReason::AutoScaling)) = stop.reason() {
-            let autoscaling = crate::aws::autoscaling_client(&sdk);
-            let group_terminating = *reason == StopReason::AutoScaling;
-            if let Err(error) =
-                crate::autoscaling::on_exit(&config, &autoscaling, &instance_id, group_terminating)
-                    .await
-            {
+            let scale_in = crate::autoscaling::ScaleIn {
+                config: &config,
+                autoscaling: &crate::aws::autoscaling_client(&sdk),
+                ec2: &crate::ec2::Ec2::new(&sdk, config.aws.endpoint_url.as_deref()),
+                instance_id: &instance_id,
+            };
+            if let Err(error) = scale_in.on_exit(*reason == StopReason::AutoScaling).await {
                 tracing::error!(%error, "Scale-in failed; the instance stays up.");
             }
         }

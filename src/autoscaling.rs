@@ -1,30 +1,48 @@
 //! Scale-in: after an idle drain (or an Auto Scaling termination), the instance
-//! removes itself, so the pool shrinks instead of paying for an idle host.
+//! leaves, so the pool shrinks instead of paying for an idle host.
 //!
 //! `terminate` calls TerminateInstanceInAutoScalingGroup with
 //! `ShouldDecrementDesiredCapacity=true`: without the decrement Auto Scaling would
 //! launch a replacement at once (Buildkite's fallback forgets it and leaves pools
-//! billed forever). Throttling is retried with backoff. An instance in no group falls
-//! back to the configured shutdown command, which terminates an instance launched
-//! with `InstanceInitiatedShutdownBehavior=terminate`.
+//! billed forever). An instance in no group is terminated through EC2 itself, and
+//! only if EC2 refuses (no permission, say) does the shutdown command run, which
+//! ends an instance launched with `InstanceInitiatedShutdownBehavior=terminate`.
+//!
+//! When Auto Scaling is the one terminating the instance, a termination lifecycle
+//! hook holds it in `Terminating:Wait` until someone completes the hook, by default
+//! for an hour. Once drained, deckhand completes it with `CONTINUE` so the instance
+//! goes at once. Throttling is retried with backoff throughout.
 
+use std::future::Future;
 use std::time::Duration;
 
-use aws_sdk_autoscaling::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_autoscaling::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
 use crate::backoff::Backoff;
 use crate::config::{Config, OnExit};
+use crate::ec2::{Ec2, Ec2Error};
 
-/// How long scale-in keeps retrying a throttled or busy Auto Scaling API.
+/// How long scale-in keeps retrying a throttled or busy API.
 const DEADLINE: Duration = Duration::from_secs(120);
+const TERMINATING: &str = "autoscaling:EC2_INSTANCE_TERMINATING";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScaleInError {
-    #[error("terminate {instance_id} in its Auto Scaling group: {message}")]
-    Terminate {
+    #[error("{operation} for {instance_id}: {message}")]
+    AutoScaling {
+        operation: &'static str,
         instance_id: String,
         message: String,
     },
+    #[error("terminate {instance_id}: {source}")]
+    Ec2 {
+        instance_id: String,
+        source: Ec2Error,
+    },
+    #[error(
+        "group {group} has several termination hooks ({hooks}); set agent.lifecycle_hook to the one deckhand should complete"
+    )]
+    AmbiguousHook { group: String, hooks: String },
     #[error("run the shutdown command {command:?}: {message}")]
     Shutdown {
         command: Vec<String>,
@@ -32,66 +50,210 @@ pub enum ScaleInError {
     },
 }
 
-/// Carries out `agent.on_exit` for this instance. `group_terminating` says Auto
-/// Scaling is already terminating it: asking again would decrement the group's
-/// capacity a second time.
-pub async fn on_exit(
-    config: &Config,
-    client: &aws_sdk_autoscaling::Client,
-    instance_id: &str,
-    group_terminating: bool,
-) -> Result<(), ScaleInError> {
-    match config.agent.on_exit {
-        OnExit::None => Ok(()),
-        OnExit::Terminate if group_terminating => {
-            tracing::info!("Auto Scaling is already terminating this instance; nothing to do.");
-            Ok(())
-        }
-        OnExit::Shutdown => shutdown(&config.agent.shutdown_command).await,
-        OnExit::Terminate => match terminate_in_group(client, instance_id).await {
-            Ok(true) => Ok(()),
-            Ok(false) => {
-                tracing::warn!(
-                    "This instance is in no Auto Scaling group; running the shutdown command instead."
-                );
-                shutdown(&config.agent.shutdown_command).await
-            }
-            Err(e) => Err(e),
-        },
-    }
+/// The two APIs scale-in may call.
+pub struct ScaleIn<'a> {
+    pub config: &'a Config,
+    pub autoscaling: &'a aws_sdk_autoscaling::Client,
+    pub ec2: &'a Ec2,
+    pub instance_id: &'a str,
 }
 
-/// True once Auto Scaling accepted the termination; false if the instance is in no
-/// group.
-async fn terminate_in_group(
-    client: &aws_sdk_autoscaling::Client,
-    instance_id: &str,
-) -> Result<bool, ScaleInError> {
-    let give_up = tokio::time::Instant::now() + DEADLINE;
-    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
-    loop {
-        let result = client
-            .terminate_instance_in_auto_scaling_group()
-            .instance_id(instance_id)
-            .should_decrement_desired_capacity(true)
-            .send()
-            .await;
-        let error = match result {
+impl ScaleIn<'_> {
+    /// Carries out `agent.on_exit`. `group_terminating` says Auto Scaling is
+    /// already terminating this instance: asking again would decrement the group's
+    /// capacity a second time, so its hook is completed instead.
+    pub async fn on_exit(&self, group_terminating: bool) -> Result<(), ScaleInError> {
+        match self.config.agent.on_exit {
+            OnExit::None => Ok(()),
+            OnExit::Terminate | OnExit::Shutdown if group_terminating => {
+                self.complete_lifecycle_hook().await
+            }
+            OnExit::Shutdown => shutdown(&self.config.agent.shutdown_command).await,
+            OnExit::Terminate => {
+                if self.terminate_in_group().await? {
+                    return Ok(());
+                }
+                tracing::info!(
+                    "This instance is in no Auto Scaling group; terminating it through EC2."
+                );
+                match self.terminate_through_ec2().await {
+                    Ok(()) => Ok(()),
+                    Err(error) => {
+                        tracing::error!(%error, "EC2 would not terminate this instance; running the shutdown command instead.");
+                        shutdown(&self.config.agent.shutdown_command).await
+                    }
+                }
+            }
+        }
+    }
+
+    /// The Auto Scaling group this instance is in, if any.
+    async fn group(&self) -> Result<Option<String>, ScaleInError> {
+        let instances = retrying(|| {
+            self.autoscaling
+                .describe_auto_scaling_instances()
+                .instance_ids(self.instance_id)
+                .send()
+        })
+        .await
+        .map_err(|e| self.error("DescribeAutoScalingInstances", &e))?;
+        Ok(instances
+            .auto_scaling_instances()
+            .first()
+            .and_then(|i| i.auto_scaling_group_name())
+            .map(str::to_owned))
+    }
+
+    /// True once Auto Scaling accepted the termination; false if the instance is
+    /// in no group.
+    async fn terminate_in_group(&self) -> Result<bool, ScaleInError> {
+        let Some(group) = self.group().await? else {
+            return Ok(false);
+        };
+        let result = retrying(|| {
+            self.autoscaling
+                .terminate_instance_in_auto_scaling_group()
+                .instance_id(self.instance_id)
+                .should_decrement_desired_capacity(true)
+                .send()
+        })
+        .await;
+        match result {
             Ok(output) => {
                 let activity = output.activity.and_then(|a| a.description);
                 tracing::info!(
+                    group,
                     activity = activity.as_deref(),
                     "Auto Scaling is terminating this instance; desired capacity decremented."
                 );
-                return Ok(true);
+                Ok(true)
             }
+            // It left the group since we asked.
+            Err(e)
+                if e.code() == Some("ValidationError")
+                    && is_not_in_group(e.message().unwrap_or_default()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(self.error("TerminateInstanceInAutoScalingGroup", &e)),
+        }
+    }
+
+    async fn terminate_through_ec2(&self) -> Result<(), ScaleInError> {
+        let give_up = tokio::time::Instant::now() + DEADLINE;
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+        loop {
+            let error = match self.ec2.terminate_instance(self.instance_id).await {
+                Ok(()) => {
+                    tracing::info!("EC2 is terminating this instance.");
+                    return Ok(());
+                }
+                Err(e) => e,
+            };
+            let delay = backoff.next_delay();
+            if !error.is_retryable() || tokio::time::Instant::now() + delay > give_up {
+                return Err(ScaleInError::Ec2 {
+                    instance_id: self.instance_id.to_owned(),
+                    source: error,
+                });
+            }
+            tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "EC2 refused for now; retrying.");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Lets a terminating Auto Scaling group go on at once instead of waiting out
+    /// its termination hook's heartbeat timeout.
+    async fn complete_lifecycle_hook(&self) -> Result<(), ScaleInError> {
+        let Some(group) = self.group().await? else {
+            tracing::info!(
+                "Auto Scaling no longer knows this instance; no lifecycle hook to complete."
+            );
+            return Ok(());
+        };
+        let hook = match &self.config.agent.lifecycle_hook {
+            Some(hook) => hook.clone(),
+            None => {
+                let hooks = retrying(|| {
+                    self.autoscaling
+                        .describe_lifecycle_hooks()
+                        .auto_scaling_group_name(&group)
+                        .send()
+                })
+                .await
+                .map_err(|e| self.error("DescribeLifecycleHooks", &e))?;
+                let mut names: Vec<String> = hooks
+                    .lifecycle_hooks()
+                    .iter()
+                    .filter(|h| h.lifecycle_transition() == Some(TERMINATING))
+                    .filter_map(|h| h.lifecycle_hook_name().map(str::to_owned))
+                    .collect();
+                match names.len() {
+                    0 => {
+                        tracing::info!(
+                            group,
+                            "The group has no termination hook; nothing to complete."
+                        );
+                        return Ok(());
+                    }
+                    1 => names.remove(0),
+                    _ => {
+                        return Err(ScaleInError::AmbiguousHook {
+                            group,
+                            hooks: names.join(", "),
+                        });
+                    }
+                }
+            }
+        };
+        retrying(|| {
+            self.autoscaling
+                .complete_lifecycle_action()
+                .auto_scaling_group_name(&group)
+                .lifecycle_hook_name(&hook)
+                .instance_id(self.instance_id)
+                .lifecycle_action_result("CONTINUE")
+                .send()
+        })
+        .await
+        .map_err(|e| self.error("CompleteLifecycleAction", &e))?;
+        tracing::info!(
+            group,
+            hook,
+            "Completed the termination hook; Auto Scaling goes on at once."
+        );
+        Ok(())
+    }
+
+    fn error<E, R>(&self, operation: &'static str, error: &SdkError<E, R>) -> ScaleInError
+    where
+        E: std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        ScaleInError::AutoScaling {
+            operation,
+            instance_id: self.instance_id.to_owned(),
+            message: DisplayErrorContext(error).to_string(),
+        }
+    }
+}
+
+/// Runs an Auto Scaling call until it succeeds, fails for good, or `DEADLINE`
+/// passes. The SDK's own three attempts are too few for a throttled account.
+async fn retrying<T, E, R, F, Fut>(mut call: F) -> Result<T, SdkError<E, R>>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, SdkError<E, R>>>,
+    E: ProvideErrorMetadata,
+{
+    let give_up = tokio::time::Instant::now() + DEADLINE;
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+    loop {
+        let error = match call().await {
+            Ok(output) => return Ok(output),
             Err(e) => e,
         };
         let code = error.code().unwrap_or_default().to_owned();
-        let message = error.message().unwrap_or_default().to_owned();
-        if code == "ValidationError" && is_not_in_group(&message) {
-            return Ok(false);
-        }
         let retryable = matches!(
             code.as_str(),
             "Throttling"
@@ -101,11 +263,9 @@ async fn terminate_in_group(
         ) || error.as_service_error().is_none();
         let delay = backoff.next_delay();
         if !retryable || tokio::time::Instant::now() + delay > give_up {
-            return Err(ScaleInError::Terminate {
-                instance_id: instance_id.to_owned(),
-                message: DisplayErrorContext(&error).to_string(),
-            });
+            return Err(error);
         }
+        let message = error.message().unwrap_or_default().to_owned();
         tracing::warn!(%code, error = %message, retry_in_ms = delay.as_millis() as u64, "Auto Scaling refused for now; retrying.");
         tokio::time::sleep(delay).await;
     }

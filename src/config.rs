@@ -61,14 +61,19 @@ pub struct AgentConfig {
     /// What to do with the instance after an idle drain or an Auto Scaling
     /// termination.
     pub on_exit: OnExit,
-    /// The command `on_exit = "shutdown"` runs (and `terminate` falls back to).
+    /// The command `on_exit = "shutdown"` runs (and `terminate` falls back to when
+    /// EC2 refuses to terminate the instance).
     pub shutdown_command: Vec<String>,
+    /// The Auto Scaling termination hook to complete once drained. `None`: the
+    /// group's one `autoscaling:EC2_INSTANCE_TERMINATING` hook, if it has exactly one.
+    pub lifecycle_hook: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnExit {
     None,
-    /// TerminateInstanceInAutoScalingGroup, decrementing the desired capacity.
+    /// TerminateInstanceInAutoScalingGroup, decrementing the desired capacity;
+    /// TerminateInstances for an instance in no group.
     Terminate,
     Shutdown,
 }
@@ -435,6 +440,7 @@ impl Reader<'_> {
                     command
                 }
             },
+            lifecycle_hook: self.opt_string(&mut section, "lifecycle_hook"),
         };
         self.finish(section);
 

@@ -15,7 +15,8 @@
 //! - [`agent`]: `deckhand run`, the queue loop and its drain;
 //! - [`imds`] and [`notices`]: the instance metadata, and the watcher that turns
 //!   spot, rebalance and Auto Scaling notices into drains;
-//! - [`autoscaling`]: scale-in after an idle drain;
+//! - [`autoscaling`] and [`ec2`]: scale-in after an idle drain, and the
+//!   termination hook after an Auto Scaling termination;
 //! - [`systemd`]: readiness and watchdog notifications;
 //! - [`exec`], [`submit`] and [`check`]: the `deckhand exec`, `submit` and `check`
 //!   commands; [`secrets`] also holds `deckhand seal`.
@@ -28,6 +29,7 @@ pub mod cache;
 pub mod check;
 pub mod config;
 pub mod docker;
+pub mod ec2;
 pub mod exec;
 pub mod exit;
 pub mod image;

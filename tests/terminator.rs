@@ -296,22 +296,52 @@ async fn rebalance_drain_acts_like_sigterm() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn auto_scaling_termination_drains_and_runs_the_exit_action() {
+async fn auto_scaling_termination_drains_then_completes_the_termination_hook() {
     let stack = Stack::from_env();
     let aws = Aws::new().await;
     let pool = aws.pool("asg-term", 5).await;
-    let sim = ImdsSim::start(&unique("i-asgt"));
+    let group = aws.group(2).await;
+    let me = group.instances[0].clone();
+    let hook = unique("drain-hook");
+    for (name, transition) in [
+        (hook.as_str(), "autoscaling:EC2_INSTANCE_TERMINATING"),
+        // Not a termination hook: discovery must pass it over.
+        ("warm-up", "autoscaling:EC2_INSTANCE_LAUNCHING"),
+    ] {
+        aws.autoscaling
+            .put_lifecycle_hook()
+            .auto_scaling_group_name(&group.name)
+            .lifecycle_hook_name(name)
+            .lifecycle_transition(transition)
+            .send()
+            .await
+            .unwrap();
+    }
+    // moto does not implement CompleteLifecycleAction (it answers 500), so the proxy
+    // answers that one call as Auto Scaling does and keeps the request to check.
+    let upstream = aws.endpoint.trim_start_matches("http://").to_owned();
+    let (proxy, completed) = common::proxy::Proxy::tcp_intercepting(
+        &upstream,
+        "Action=CompleteLifecycleAction",
+        usize::MAX,
+        common::proxy::http_response(
+            "200 OK",
+            "<CompleteLifecycleActionResponse xmlns=\"http://autoscaling.amazonaws.com/doc/2011-01-01/\"><CompleteLifecycleActionResult/><ResponseMetadata><RequestId>done</RequestId></ResponseMetadata></CompleteLifecycleActionResponse>",
+        ),
+    )
+    .await;
+    let sim = ImdsSim::start(&me);
     let marker = tempfile::tempdir().unwrap();
     let ran = marker.path().join("shutdown-ran");
     let config = agent_config(
         &stack,
         &pool,
-        &aws.endpoint,
+        &proxy.address,
         "",
         &imds_config(
             &sim,
             &format!(
-                "[agent]\non_exit = \"shutdown\"\nshutdown_command = [\"touch\", \"{}\"]",
+                "[agent]\non_exit = \"terminate\"\nshutdown_command = [\"touch\", \"{}\"]",
                 ran.display()
             ),
         ),
@@ -332,7 +362,23 @@ async fn auto_scaling_termination_drains_and_runs_the_exit_action() {
         "succeeded",
         "finished within stop_timeout_secs"
     );
-    assert!(ran.exists(), "the shutdown command ran");
+
+    let completed = completed.lock().unwrap().clone();
+    assert_eq!(completed.len(), 1, "one completion: {completed:?}");
+    for field in [
+        format!("AutoScalingGroupName={}", group.name),
+        format!("LifecycleHookName={hook}"),
+        format!("InstanceId={me}"),
+        "LifecycleActionResult=CONTINUE".to_owned(),
+    ] {
+        assert!(completed[0].contains(&field), "{field} in {}", completed[0]);
+    }
+    assert_eq!(
+        aws.describe_group(&group.name).await.0,
+        2,
+        "no second termination: the group's capacity is Auto Scaling's to change"
+    );
+    assert!(!ran.exists(), "the shutdown command did not run");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -430,50 +476,8 @@ async fn idle_scale_in_leaves_the_group_and_survives_throttling() {
     let stack = Stack::from_env();
     let aws = Aws::new().await;
     let pool = aws.pool("scalein", 5).await;
-    let asg = aws_sdk_autoscaling::Client::new(
-        &aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .endpoint_url(&aws.endpoint)
-            .region(aws_config::Region::new("us-east-1"))
-            .load()
-            .await,
-    );
-    let group = unique("ci-pool");
-    asg.create_launch_configuration()
-        .launch_configuration_name(&group)
-        .image_id("ami-12c6146b")
-        .instance_type("t3.micro")
-        .send()
-        .await
-        .unwrap();
-    asg.create_auto_scaling_group()
-        .auto_scaling_group_name(&group)
-        .launch_configuration_name(&group)
-        .min_size(0)
-        .max_size(3)
-        .desired_capacity(2)
-        .availability_zones("us-east-1a")
-        .send()
-        .await
-        .unwrap();
-    let describe = || async {
-        asg.describe_auto_scaling_groups()
-            .auto_scaling_group_names(&group)
-            .send()
-            .await
-            .unwrap()
-            .auto_scaling_groups
-            .unwrap()
-            .remove(0)
-    };
-    let instances: Vec<String> = describe()
-        .await
-        .instances
-        .unwrap()
-        .into_iter()
-        .map(|i| i.instance_id.unwrap())
-        .collect();
-    assert_eq!(instances.len(), 2);
-    let me = instances[0].clone();
+    let group = aws.group(2).await;
+    let me = group.instances[0].clone();
 
     let sim = ImdsSim::start(&me);
     // Auto Scaling answers "Throttling" four times: more than the SDK's own three
@@ -493,7 +497,7 @@ async fn idle_scale_in_leaves_the_group_and_survives_throttling() {
     );
     let mut agent = AgentProcess::start(&config, "agent");
     assert_eq!(agent.wait_exit(LONG).await, Some(0));
-    assert!(throttled.load(std::sync::atomic::Ordering::SeqCst) >= 4);
+    assert_eq!(throttled.lock().unwrap().len(), 4);
     assert!(
         agent.count("Auto Scaling refused for now; retrying.") >= 1,
         "{}",
@@ -505,17 +509,72 @@ async fn idle_scale_in_leaves_the_group_and_survives_throttling() {
             LONG,
         )
         .await;
-    let after = describe().await;
-    assert_eq!(
-        after.desired_capacity,
-        Some(1),
-        "desired capacity decremented"
-    );
-    let left: Vec<String> = after
-        .instances
-        .unwrap()
-        .into_iter()
-        .map(|i| i.instance_id.unwrap())
-        .collect();
+    let (desired, left) = aws.describe_group(&group.name).await;
+    assert_eq!(desired, 1, "desired capacity decremented");
     assert!(!left.contains(&me), "{me} left the group: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_scale_in_outside_a_group_terminates_through_ec2() {
+    let stack = Stack::from_env();
+    let aws = Aws::new().await;
+    let pool = aws.pool("scalein-ec2", 5).await;
+    // An instance that was in a group and was detached from it: EC2 still runs it,
+    // Auto Scaling no longer knows it.
+    let group = aws.group(1).await;
+    let me = group.instances[0].clone();
+    aws.autoscaling
+        .detach_instances()
+        .auto_scaling_group_name(&group.name)
+        .instance_ids(&me)
+        .should_decrement_desired_capacity(true)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(aws.instance_state(&me).await.as_deref(), Some("running"));
+
+    // EC2 throttles twice, in its own error format.
+    let upstream = aws.endpoint.trim_start_matches("http://").to_owned();
+    let (proxy, throttled) = common::proxy::Proxy::tcp_intercepting(
+        &upstream,
+        "/ec2/aws4_request",
+        2,
+        common::proxy::http_response(
+            "503 Service Unavailable",
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors><RequestID>throttled</RequestID></Response>",
+        ),
+    )
+    .await;
+    let sim = ImdsSim::start(&me);
+    let marker = tempfile::tempdir().unwrap();
+    let ran = marker.path().join("shutdown-ran");
+    let config = agent_config(
+        &stack,
+        &pool,
+        &proxy.address,
+        "",
+        &imds_config(
+            &sim,
+            &format!(
+                "[agent]\nidle_shutdown_secs = 2\non_exit = \"terminate\"\nshutdown_command = [\"touch\", \"{}\"]",
+                ran.display()
+            ),
+        ),
+    );
+    let mut agent = AgentProcess::start(&config, "agent");
+    assert_eq!(agent.wait_exit(LONG).await, Some(0));
+    assert_eq!(
+        agent.count("EC2 is terminating this instance."),
+        1,
+        "{}",
+        std::fs::read_to_string(agent.log_path()).unwrap()
+    );
+    assert_eq!(
+        throttled.lock().unwrap().len(),
+        2,
+        "both throttled calls retried"
+    );
+    assert!(throttled.lock().unwrap()[0].contains(&format!("InstanceId.1={me}")));
+    assert_eq!(aws.instance_state(&me).await.as_deref(), Some("terminated"));
+    assert!(!ran.exists(), "no fallback to the shutdown command");
 }

@@ -13,6 +13,13 @@ pub struct Aws {
     pub endpoint: String,
     pub sqs: aws_sdk_sqs::Client,
     pub s3: aws_sdk_s3::Client,
+    pub autoscaling: aws_sdk_autoscaling::Client,
+}
+
+/// An Auto Scaling group of the test's own, with the instances moto launched in it.
+pub struct Group {
+    pub name: String,
+    pub instances: Vec<String>,
 }
 
 /// A queue with a dead-letter queue behind a redrive policy, and a results bucket,
@@ -45,8 +52,71 @@ impl Aws {
         Aws {
             endpoint: endpoint.to_owned(),
             sqs: aws_sdk_sqs::Client::new(&sdk),
+            autoscaling: aws_sdk_autoscaling::Client::new(&sdk),
             s3,
         }
+    }
+
+    /// A fresh group of `desired` instances (moto launches them at once).
+    pub async fn group(&self, desired: i32) -> Group {
+        let name = unique("ci-pool");
+        self.autoscaling
+            .create_launch_configuration()
+            .launch_configuration_name(&name)
+            .image_id("ami-12c6146b")
+            .instance_type("t3.micro")
+            .send()
+            .await
+            .unwrap();
+        self.autoscaling
+            .create_auto_scaling_group()
+            .auto_scaling_group_name(&name)
+            .launch_configuration_name(&name)
+            .min_size(0)
+            .max_size(desired + 1)
+            .desired_capacity(desired)
+            .availability_zones("us-east-1a")
+            .send()
+            .await
+            .unwrap();
+        let instances = self.describe_group(&name).await.1;
+        assert_eq!(instances.len(), desired as usize);
+        Group { name, instances }
+    }
+
+    /// The group's desired capacity and its instances.
+    pub async fn describe_group(&self, name: &str) -> (i32, Vec<String>) {
+        let group = self
+            .autoscaling
+            .describe_auto_scaling_groups()
+            .auto_scaling_group_names(name)
+            .send()
+            .await
+            .unwrap()
+            .auto_scaling_groups
+            .unwrap()
+            .remove(0);
+        let instances = group
+            .instances
+            .unwrap_or_default()
+            .into_iter()
+            .map(|i| i.instance_id.unwrap())
+            .collect();
+        (group.desired_capacity.unwrap(), instances)
+    }
+
+    /// An EC2 instance's state name (`running`, `terminated`…) as moto holds it,
+    /// read from moto's own state dump: the tests have no EC2 client.
+    pub async fn instance_state(&self, instance_id: &str) -> Option<String> {
+        let url = format!("{}/moto-api/data.json", self.endpoint);
+        let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        let data: Value = serde_json::from_str(&text).unwrap();
+        data["ec2"]["Instance"]
+            .as_array()?
+            .iter()
+            .find(|i| i["id"] == instance_id)
+            .and_then(|i| i["state"].as_str())
+            .map(str::to_owned)
     }
 
     /// A fresh queue, its DLQ (after `max_receives` deliveries) and a bucket.

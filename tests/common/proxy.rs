@@ -5,8 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, copy_bidirectional};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
@@ -47,19 +46,21 @@ impl Proxy {
         }
     }
 
-    /// Like [`Proxy::tcp`], but answers the first `n` HTTP requests whose head
-    /// contains `marker` with an AWS `Throttling` error instead of forwarding them.
-    /// (Each request comes on its own connection: moto closes every one.)
-    pub async fn tcp_throttling(
+    /// Like [`Proxy::tcp`], but answers the first `n` HTTP requests whose head or
+    /// body contains `marker` with `response` (a whole HTTP response) instead of
+    /// forwarding them, and records each such request. (Each request comes on its
+    /// own connection: moto closes every one.)
+    pub async fn tcp_intercepting(
         upstream: &str,
         marker: &str,
         n: usize,
-    ) -> (Proxy, Arc<AtomicUsize>) {
+        response: String,
+    ) -> (Proxy, Arc<Mutex<Vec<String>>>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = format!("http://{}", listener.local_addr().unwrap());
         let (down, watch) = watch::channel(false);
-        let throttled = Arc::new(AtomicUsize::new(0));
-        let counter = throttled.clone();
+        let intercepted = Arc::new(Mutex::new(Vec::new()));
+        let record = intercepted.clone();
         let upstream = upstream.to_owned();
         let marker = marker.as_bytes().to_owned();
         let accept = tokio::spawn(async move {
@@ -69,27 +70,36 @@ impl Proxy {
                 };
                 let upstream = upstream.clone();
                 let watch = watch.clone();
-                let counter = counter.clone();
+                let record = record.clone();
                 let marker = marker.clone();
+                let response = response.clone();
                 tokio::spawn(async move {
-                    let Some(head) = read_head(&mut client).await else {
+                    let Some(mut request) = read_head(&mut client).await else {
                         return;
                     };
-                    let matches = head.windows(marker.len()).any(|w| w == marker.as_slice());
-                    if matches && counter.fetch_add(1, Ordering::SeqCst) < n {
-                        let mut rest =
-                            vec![0; content_length(&head).saturating_sub(body_read(&head))];
-                        let _ = client.read_exact(&mut rest).await;
-                        let body = "<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message></Error><RequestId>throttled</RequestId></ErrorResponse>";
-                        let response = format!(
-                            "HTTP/1.1 400 Bad Request\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                            body.len()
-                        );
+                    let mut rest =
+                        vec![0; content_length(&request).saturating_sub(body_read(&request))];
+                    if client.read_exact(&mut rest).await.is_err() {
+                        return;
+                    }
+                    request.extend_from_slice(&rest);
+                    let matches = request
+                        .windows(marker.len())
+                        .any(|w| w == marker.as_slice());
+                    let intercept = matches && {
+                        let mut record = record.lock().unwrap();
+                        let room = record.len() < n;
+                        if room {
+                            record.push(String::from_utf8_lossy(&request).into_owned());
+                        }
+                        room
+                    };
+                    if intercept {
                         let _ = client.write_all(response.as_bytes()).await;
                         return;
                     }
                     if let Ok(mut server) = TcpStream::connect(&upstream).await
-                        && server.write_all(&head).await.is_ok()
+                        && server.write_all(&request).await.is_ok()
                     {
                         forward(client, server, watch).await;
                     }
@@ -102,8 +112,19 @@ impl Proxy {
                 accept,
                 address,
             },
-            throttled,
+            intercepted,
         )
+    }
+
+    /// Answers the first `n` requests carrying `marker` with an AWS `Throttling`
+    /// error (Query protocol).
+    pub async fn tcp_throttling(
+        upstream: &str,
+        marker: &str,
+        n: usize,
+    ) -> (Proxy, Arc<Mutex<Vec<String>>>) {
+        let body = "<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message></Error><RequestId>throttled</RequestId></ErrorResponse>";
+        Proxy::tcp_intercepting(upstream, marker, n, http_response("400 Bad Request", body)).await
     }
 
     /// A unix socket at `path` in front of the socket at `upstream`.
@@ -142,6 +163,14 @@ impl Drop for Proxy {
         self.accept.abort();
         self.set_down(true);
     }
+}
+
+/// A whole HTTP/1.1 response with an XML body, closing the connection as moto does.
+pub fn http_response(status: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
 }
 
 /// Reads up to the end of the HTTP head (and whatever body came with it).

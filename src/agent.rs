@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -402,8 +403,12 @@ impl Agent {
         // Preempts running jobs; triggered by the drain, not by the first signal,
         // so jobs get `drain.stop_timeout_secs` to finish.
         let jobs_stop = Stop::new();
+        // Every task, from receipt to the message's fate: what the drain waits for.
         let mut jobs: JoinSet<()> = JoinSet::new();
-        let slots = self.config.agent.slots;
+        // A slot is a container, so a slot frees when its container is gone, while
+        // the result is still being recorded: the next job's receive, claim and
+        // start overlap the last one's uploads instead of queueing behind them.
+        let slots = Arc::new(Semaphore::new(self.config.agent.slots));
         let mut docker_backoff = Backoff::new(Duration::from_secs(1), MAX_BACKOFF);
         let mut queue_backoff = Backoff::new(Duration::from_secs(1), MAX_BACKOFF);
         let mut idle_since = Instant::now();
@@ -414,12 +419,14 @@ impl Agent {
                 reap(done);
                 idle_since = Instant::now();
             }
-            if jobs.len() >= slots {
+            if slots.available_permits() == 0 {
                 tokio::select! {
                     Some(done) = jobs.join_next() => {
                         reap(done);
                         idle_since = Instant::now();
                     }
+                    // A container finished; its task is still recording.
+                    permit = Arc::clone(&slots).acquire_owned() => drop(permit),
                     _ = stop.draining().cancelled() => break,
                 }
                 continue;
@@ -450,9 +457,13 @@ impl Agent {
                 tracing::info!("Docker is back; receiving again.");
                 systemd::status("serving the queue");
             }
-            let free = slots - jobs.len();
+            // At most 10: one receive brings no more.
+            let mut free: Vec<OwnedSemaphorePermit> =
+                std::iter::from_fn(|| Arc::clone(&slots).try_acquire_owned().ok())
+                    .take(10)
+                    .collect();
             let mut receive: InFlight<'_> = Box::pin(self.queue.receive(
-                free,
+                free.len(),
                 self.config.queue.wait,
                 self.config.queue.visibility_timeout,
             ));
@@ -473,6 +484,7 @@ impl Agent {
                         tracing::info!("The queue answers again.");
                     }
                     for message in messages {
+                        let slot = free.pop().expect("SQS returns at most as many as asked");
                         idle_since = Instant::now();
                         let span = tracing::info_span!(
                             "job",
@@ -483,7 +495,8 @@ impl Agent {
                         let agent = Arc::clone(self);
                         let jobs_stop = jobs_stop.clone();
                         jobs.spawn(
-                            async move { agent.handle(message, &jobs_stop).await }.instrument(span),
+                            async move { agent.handle(message, slot, &jobs_stop).await }
+                                .instrument(span),
                         );
                     }
                 }
@@ -598,12 +611,13 @@ impl Agent {
     }
 
     /// One message, from receipt to its fate on the queue.
-    async fn handle(&self, message: Received, jobs_stop: &Stop) {
+    /// `slot` is held until the job's container is gone.
+    async fn handle(&self, message: Received, slot: OwnedSemaphorePermit, jobs_stop: &Stop) {
         match Job::parse(message.body.as_bytes(), &self.config) {
             Ok(job) => {
                 tracing::Span::current().record("job_id", job.id.as_str());
                 match self.runner.check_secrets(&job) {
-                    Ok(()) => self.run_job(message, job, jobs_stop).await,
+                    Ok(()) => self.run_job(message, job, slot, jobs_stop).await,
                     Err(rejection) => self.reject(message, rejection).await,
                 }
             }
@@ -647,7 +661,13 @@ impl Agent {
         self.delete(&message).await;
     }
 
-    async fn run_job(&self, message: Received, job: Job, jobs_stop: &Stop) {
+    async fn run_job(
+        &self,
+        message: Received,
+        job: Job,
+        slot: OwnedSemaphorePermit,
+        jobs_stop: &Stop,
+    ) {
         let attempt = message.receive_count;
         // Both at once: they are independent round trips, and every millisecond
         // here is paid by every job.
@@ -711,6 +731,7 @@ impl Agent {
                 run.await
             }
         };
+        drop(slot);
         let result = &mut finished.result;
         match result.status {
             status if status.is_terminal() => {

@@ -97,8 +97,8 @@ impl Ec2 {
             .map(drop)
     }
 
-    /// One signed Query call; the response body on success.
-    async fn call(
+    /// One signed Query call of any EC2 action; the response body on success.
+    pub async fn call(
         &self,
         action: &'static str,
         params: &[(&str, &str)],

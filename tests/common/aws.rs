@@ -14,6 +14,7 @@ pub struct Aws {
     pub sqs: aws_sdk_sqs::Client,
     pub s3: aws_sdk_s3::Client,
     pub autoscaling: aws_sdk_autoscaling::Client,
+    pub sdk: aws_config::SdkConfig,
 }
 
 /// An Auto Scaling group of the test's own, with the instances moto launched in it.
@@ -54,6 +55,7 @@ impl Aws {
             sqs: aws_sdk_sqs::Client::new(&sdk),
             autoscaling: aws_sdk_autoscaling::Client::new(&sdk),
             s3,
+            sdk,
         }
     }
 
@@ -105,18 +107,18 @@ impl Aws {
         (group.desired_capacity.unwrap(), instances)
     }
 
-    /// An EC2 instance's state name (`running`, `terminated`…) as moto holds it,
-    /// read from moto's own state dump: the tests have no EC2 client.
+    /// An EC2 instance's state name (`running`, `terminated`…), from moto's
+    /// DescribeInstances.
     pub async fn instance_state(&self, instance_id: &str) -> Option<String> {
-        let url = format!("{}/moto-api/data.json", self.endpoint);
-        let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
-        let data: Value = serde_json::from_str(&text).unwrap();
-        data["ec2"]["Instance"]
-            .as_array()?
-            .iter()
-            .find(|i| i["id"] == instance_id)
-            .and_then(|i| i["state"].as_str())
-            .map(str::to_owned)
+        let ec2 = deckhand::ec2::Ec2::new(&self.sdk, Some(&self.endpoint));
+        let xml = ec2
+            .call("DescribeInstances", &[("InstanceId.1", instance_id)])
+            .await
+            .unwrap();
+        // <instanceState><code>48</code><name>terminated</name></instanceState>
+        let state = &xml[xml.find("<instanceState>")?..];
+        let name = &state[state.find("<name>")? + "<name>".len()..];
+        Some(name[..name.find("</name>")?].to_owned())
     }
 
     /// A fresh queue, its DLQ (after `max_receives` deliveries) and a bucket.

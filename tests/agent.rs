@@ -438,7 +438,7 @@ async fn an_aws_outage_delays_but_loses_nothing() {
     let stack = Stack::from_env();
     let aws = Aws::new().await;
     let pool = aws.pool("outage", 5).await;
-    let upstream = aws.endpoint.trim_start_matches("http://").to_owned();
+    let upstream = aws.upstream();
     let proxy = common::proxy::Proxy::tcp(&upstream).await;
     // Two slots: while one job waits to record its result, the loop still polls.
     let config = agent_config(

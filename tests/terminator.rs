@@ -33,6 +33,50 @@ fn sim_config(stack: &Stack, aws: &Aws, pool: &Pool, sim: &ImdsSim, extra: &str)
     agent_config(stack, pool, &aws.endpoint, "", &imds_config(sim, extra))
 }
 
+/// A host for scale-in tests: `me` in the simulator, AWS through `endpoint` (a
+/// proxy), and a shutdown command that only leaves a mark, so a test can tell
+/// that scale-in did not need it.
+struct ScaleInHost {
+    sim: ImdsSim,
+    config: TestConfig,
+    shutdown_ran: std::path::PathBuf,
+    _marks: tempfile::TempDir,
+}
+
+impl ScaleInHost {
+    /// The simulator says the group is terminating this instance.
+    async fn auto_scaling_terminates(&self) {
+        self.sim
+            .control("lifecycle", json!({"state": "Terminated", "in_secs": 0}))
+            .await;
+    }
+}
+
+fn scale_in_host(stack: &Stack, pool: &Pool, endpoint: &str, me: &str, agent: &str) -> ScaleInHost {
+    let sim = ImdsSim::start(me);
+    let marks = tempfile::tempdir().unwrap();
+    let shutdown_ran = marks.path().join("shutdown-ran");
+    let config = agent_config(
+        stack,
+        pool,
+        endpoint,
+        "",
+        &imds_config(
+            &sim,
+            &format!(
+                "[agent]\n{agent}\nshutdown_command = [\"touch\", \"{}\"]",
+                shutdown_ran.display()
+            ),
+        ),
+    );
+    ScaleInHost {
+        sim,
+        config,
+        shutdown_ran,
+        _marks: marks,
+    }
+}
+
 async fn result(aws: &Aws, pool: &Pool, id: &str) -> Option<serde_json::Value> {
     aws.json(&pool.bucket, &format!("results/{id}/result.json"))
         .await
@@ -319,9 +363,8 @@ async fn auto_scaling_termination_drains_then_completes_the_termination_hook() {
     }
     // moto does not implement CompleteLifecycleAction (it answers 500), so the proxy
     // answers that one call as Auto Scaling does and keeps the request to check.
-    let upstream = aws.endpoint.trim_start_matches("http://").to_owned();
     let (proxy, completed) = common::proxy::Proxy::tcp_intercepting(
-        &upstream,
+        &aws.upstream(),
         "Action=CompleteLifecycleAction",
         usize::MAX,
         common::proxy::http_response(
@@ -330,23 +373,14 @@ async fn auto_scaling_termination_drains_then_completes_the_termination_hook() {
         ),
     )
     .await;
-    let sim = ImdsSim::start(&me);
-    let marker = tempfile::tempdir().unwrap();
-    let ran = marker.path().join("shutdown-ran");
-    let config = agent_config(
+    let host = scale_in_host(
         &stack,
         &pool,
         &proxy.address,
-        "",
-        &imds_config(
-            &sim,
-            &format!(
-                "[agent]\non_exit = \"terminate\"\nshutdown_command = [\"touch\", \"{}\"]",
-                ran.display()
-            ),
-        ),
+        &me,
+        "on_exit = \"terminate\"",
     );
-    let mut agent = AgentProcess::start(&config, "agent");
+    let mut agent = AgentProcess::start(&host.config, "agent");
     let id = unique("last");
     aws.send_job(
         &pool.queue_url,
@@ -354,8 +388,7 @@ async fn auto_scaling_termination_drains_then_completes_the_termination_hook() {
     )
     .await;
     agent.wait_log("Job started.", LONG).await;
-    sim.control("lifecycle", json!({"state": "Terminated", "in_secs": 0}))
-        .await;
+    host.auto_scaling_terminates().await;
     assert_eq!(agent.wait_exit(LONG).await, Some(0));
     assert_eq!(
         result(&aws, &pool, &id).await.unwrap()["status"],
@@ -378,7 +411,77 @@ async fn auto_scaling_termination_drains_then_completes_the_termination_hook() {
         2,
         "no second termination: the group's capacity is Auto Scaling's to change"
     );
-    assert!(!ran.exists(), "the shutdown command did not run");
+    assert!(
+        !host.shutdown_ran.exists(),
+        "the shutdown command did not run"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_several_termination_hooks_only_the_configured_one_is_completed() {
+    let stack = Stack::from_env();
+    let aws = Aws::new().await;
+    let pool = aws.pool("asg-hooks", 5).await;
+    let group = aws.group(1).await;
+    let me = group.instances[0].clone();
+    let hooks = [unique("ours"), unique("log-shipper")];
+    for hook in &hooks {
+        aws.autoscaling
+            .put_lifecycle_hook()
+            .auto_scaling_group_name(&group.name)
+            .lifecycle_hook_name(hook)
+            .lifecycle_transition("autoscaling:EC2_INSTANCE_TERMINATING")
+            .send()
+            .await
+            .unwrap();
+    }
+    let (proxy, completed) = common::proxy::Proxy::tcp_intercepting(
+        &aws.upstream(),
+        "Action=CompleteLifecycleAction",
+        usize::MAX,
+        common::proxy::http_response(
+            "200 OK",
+            "<CompleteLifecycleActionResponse><CompleteLifecycleActionResult/></CompleteLifecycleActionResponse>",
+        ),
+    )
+    .await;
+
+    // Not told which: completing another tool's hook would cut its work short.
+    let host = scale_in_host(
+        &stack,
+        &pool,
+        &proxy.address,
+        &me,
+        "on_exit = \"terminate\"",
+    );
+    let mut agent = AgentProcess::start(&host.config, "guessing");
+    host.auto_scaling_terminates().await;
+    assert_eq!(agent.wait_exit(LONG).await, Some(0));
+    let failed = agent
+        .logs()
+        .into_iter()
+        .find(|l| l["msg"] == "Scale-in failed; the instance stays up.")
+        .expect("scale-in refused to guess");
+    let error = failed["error"].as_str().unwrap();
+    assert!(
+        hooks.iter().all(|h| error.contains(h.as_str())) && error.contains("agent.lifecycle_hook"),
+        "{error}"
+    );
+    assert!(completed.lock().unwrap().is_empty());
+
+    let host = scale_in_host(
+        &stack,
+        &pool,
+        &proxy.address,
+        &me,
+        &format!("on_exit = \"terminate\"\nlifecycle_hook = \"{}\"", hooks[0]),
+    );
+    let mut agent = AgentProcess::start(&host.config, "told");
+    host.auto_scaling_terminates().await;
+    assert_eq!(agent.wait_exit(LONG).await, Some(0));
+    let completed = completed.lock().unwrap().clone();
+    assert_eq!(completed.len(), 1, "{completed:?}");
+    assert!(completed[0].contains(&format!("LifecycleHookName={}", hooks[0])));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -479,23 +582,18 @@ async fn idle_scale_in_leaves_the_group_and_survives_throttling() {
     let group = aws.group(2).await;
     let me = group.instances[0].clone();
 
-    let sim = ImdsSim::start(&me);
     // Auto Scaling answers "Throttling" four times: more than the SDK's own three
     // attempts, so deckhand's retry has to carry it.
-    let upstream = aws.endpoint.trim_start_matches("http://").to_owned();
     let (proxy, throttled) =
-        common::proxy::Proxy::tcp_throttling(&upstream, "/autoscaling/aws4_request", 4).await;
-    let config = agent_config(
+        common::proxy::Proxy::tcp_throttling(&aws.upstream(), "/autoscaling/aws4_request", 4).await;
+    let host = scale_in_host(
         &stack,
         &pool,
         &proxy.address,
-        "",
-        &imds_config(
-            &sim,
-            "[agent]\nidle_shutdown_secs = 2\non_exit = \"terminate\"",
-        ),
+        &me,
+        "idle_shutdown_secs = 2\non_exit = \"terminate\"",
     );
-    let mut agent = AgentProcess::start(&config, "agent");
+    let mut agent = AgentProcess::start(&host.config, "agent");
     assert_eq!(agent.wait_exit(LONG).await, Some(0));
     assert_eq!(throttled.lock().unwrap().len(), 4);
     assert!(
@@ -512,6 +610,10 @@ async fn idle_scale_in_leaves_the_group_and_survives_throttling() {
     let (desired, left) = aws.describe_group(&group.name).await;
     assert_eq!(desired, 1, "desired capacity decremented");
     assert!(!left.contains(&me), "{me} left the group: {left:?}");
+    assert!(
+        !host.shutdown_ran.exists(),
+        "no fallback to the shutdown command"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -534,9 +636,8 @@ async fn idle_scale_in_outside_a_group_terminates_through_ec2() {
     assert_eq!(aws.instance_state(&me).await.as_deref(), Some("running"));
 
     // EC2 throttles twice, in its own error format.
-    let upstream = aws.endpoint.trim_start_matches("http://").to_owned();
     let (proxy, throttled) = common::proxy::Proxy::tcp_intercepting(
-        &upstream,
+        &aws.upstream(),
         "/ec2/aws4_request",
         2,
         common::proxy::http_response(
@@ -545,23 +646,14 @@ async fn idle_scale_in_outside_a_group_terminates_through_ec2() {
         ),
     )
     .await;
-    let sim = ImdsSim::start(&me);
-    let marker = tempfile::tempdir().unwrap();
-    let ran = marker.path().join("shutdown-ran");
-    let config = agent_config(
+    let host = scale_in_host(
         &stack,
         &pool,
         &proxy.address,
-        "",
-        &imds_config(
-            &sim,
-            &format!(
-                "[agent]\nidle_shutdown_secs = 2\non_exit = \"terminate\"\nshutdown_command = [\"touch\", \"{}\"]",
-                ran.display()
-            ),
-        ),
+        &me,
+        "idle_shutdown_secs = 2\non_exit = \"terminate\"",
     );
-    let mut agent = AgentProcess::start(&config, "agent");
+    let mut agent = AgentProcess::start(&host.config, "agent");
     assert_eq!(agent.wait_exit(LONG).await, Some(0));
     assert_eq!(
         agent.count("EC2 is terminating this instance."),
@@ -576,5 +668,8 @@ async fn idle_scale_in_outside_a_group_terminates_through_ec2() {
     );
     assert!(throttled.lock().unwrap()[0].contains(&format!("InstanceId.1={me}")));
     assert_eq!(aws.instance_state(&me).await.as_deref(), Some("terminated"));
-    assert!(!ran.exists(), "no fallback to the shutdown command");
+    assert!(
+        !host.shutdown_ran.exists(),
+        "no fallback to the shutdown command"
+    );
 }

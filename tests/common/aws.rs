@@ -59,6 +59,11 @@ impl Aws {
         }
     }
 
+    /// moto's `host:port`, for a proxy in front of it.
+    pub fn upstream(&self) -> String {
+        self.endpoint.trim_start_matches("http://").to_owned()
+    }
+
     /// A fresh group of `desired` instances (moto launches them at once).
     pub async fn group(&self, desired: i32) -> Group {
         let name = unique("ci-pool");

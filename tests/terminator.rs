@@ -43,6 +43,27 @@ struct ScaleInHost {
     _marks: tempfile::TempDir,
 }
 
+/// A proxy in front of moto that answers CompleteLifecycleAction as Auto Scaling
+/// does, and keeps each such request to check: moto does not implement that call
+/// (it answers 500).
+async fn completing_proxy(
+    aws: &Aws,
+) -> (
+    common::proxy::Proxy,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    common::proxy::Proxy::tcp_intercepting(
+        &aws.upstream(),
+        "Action=CompleteLifecycleAction",
+        usize::MAX,
+        common::proxy::http_response(
+            "200 OK",
+            "<CompleteLifecycleActionResponse xmlns=\"http://autoscaling.amazonaws.com/doc/2011-01-01/\"><CompleteLifecycleActionResult/><ResponseMetadata><RequestId>done</RequestId></ResponseMetadata></CompleteLifecycleActionResponse>",
+        ),
+    )
+    .await
+}
+
 impl ScaleInHost {
     /// The simulator says the group is terminating this instance.
     async fn auto_scaling_terminates(&self) {
@@ -347,32 +368,12 @@ async fn auto_scaling_termination_drains_then_completes_the_termination_hook() {
     let group = aws.group(2).await;
     let me = group.instances[0].clone();
     let hook = unique("drain-hook");
-    for (name, transition) in [
-        (hook.as_str(), "autoscaling:EC2_INSTANCE_TERMINATING"),
-        // Not a termination hook: discovery must pass it over.
-        ("warm-up", "autoscaling:EC2_INSTANCE_LAUNCHING"),
-    ] {
-        aws.autoscaling
-            .put_lifecycle_hook()
-            .auto_scaling_group_name(&group.name)
-            .lifecycle_hook_name(name)
-            .lifecycle_transition(transition)
-            .send()
-            .await
-            .unwrap();
-    }
-    // moto does not implement CompleteLifecycleAction (it answers 500), so the proxy
-    // answers that one call as Auto Scaling does and keeps the request to check.
-    let (proxy, completed) = common::proxy::Proxy::tcp_intercepting(
-        &aws.upstream(),
-        "Action=CompleteLifecycleAction",
-        usize::MAX,
-        common::proxy::http_response(
-            "200 OK",
-            "<CompleteLifecycleActionResponse xmlns=\"http://autoscaling.amazonaws.com/doc/2011-01-01/\"><CompleteLifecycleActionResult/><ResponseMetadata><RequestId>done</RequestId></ResponseMetadata></CompleteLifecycleActionResponse>",
-        ),
-    )
-    .await;
+    aws.put_hook(&group.name, &hook, "autoscaling:EC2_INSTANCE_TERMINATING")
+        .await;
+    // Not a termination hook: discovery must pass it over.
+    aws.put_hook(&group.name, "warm-up", "autoscaling:EC2_INSTANCE_LAUNCHING")
+        .await;
+    let (proxy, completed) = completing_proxy(&aws).await;
     let host = scale_in_host(
         &stack,
         &pool,
@@ -426,25 +427,10 @@ async fn with_several_termination_hooks_only_the_configured_one_is_completed() {
     let me = group.instances[0].clone();
     let hooks = [unique("ours"), unique("log-shipper")];
     for hook in &hooks {
-        aws.autoscaling
-            .put_lifecycle_hook()
-            .auto_scaling_group_name(&group.name)
-            .lifecycle_hook_name(hook)
-            .lifecycle_transition("autoscaling:EC2_INSTANCE_TERMINATING")
-            .send()
-            .await
-            .unwrap();
+        aws.put_hook(&group.name, hook, "autoscaling:EC2_INSTANCE_TERMINATING")
+            .await;
     }
-    let (proxy, completed) = common::proxy::Proxy::tcp_intercepting(
-        &aws.upstream(),
-        "Action=CompleteLifecycleAction",
-        usize::MAX,
-        common::proxy::http_response(
-            "200 OK",
-            "<CompleteLifecycleActionResponse><CompleteLifecycleActionResult/></CompleteLifecycleActionResponse>",
-        ),
-    )
-    .await;
+    let (proxy, completed) = completing_proxy(&aws).await;
 
     // Not told which: completing another tool's hook would cut its work short.
     let host = scale_in_host(

@@ -91,6 +91,17 @@ impl Aws {
         Group { name, instances }
     }
 
+    pub async fn put_hook(&self, group: &str, name: &str, transition: &str) {
+        self.autoscaling
+            .put_lifecycle_hook()
+            .auto_scaling_group_name(group)
+            .lifecycle_hook_name(name)
+            .lifecycle_transition(transition)
+            .send()
+            .await
+            .unwrap();
+    }
+
     /// The group's desired capacity and its instances.
     pub async fn describe_group(&self, name: &str) -> (i32, Vec<String>) {
         let group = self

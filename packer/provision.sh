@@ -16,6 +16,16 @@ install_step() {
     apt-get update
     # Debian's own Docker (docker.io); iptables for the metadata block.
     apt-get install -y --no-install-recommends docker.io iptables ca-certificates
+    # live-restore: a dockerd that crashes and is restarted leaves the running
+    # jobs running, and deckhand takes them up again when it answers. json-file
+    # keeps each job's whole output, which deckhand reads back after such a gap.
+    install -d -m 0755 /etc/docker
+    cat >/etc/docker/daemon.json <<'JSON'
+{
+  "live-restore": true,
+  "log-driver": "json-file"
+}
+JSON
     systemctl enable --now docker.service
 
     install -m 0755 "$stage/deckhand" /usr/local/bin/deckhand

@@ -10,7 +10,8 @@ use bollard::errors::Error as BollardError;
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, VolumeCreateRequest};
 use bollard::query_parameters::{
     AttachContainerOptions, CreateContainerOptions, CreateImageOptions, ListContainersOptions,
-    RemoveContainerOptions, RemoveVolumeOptions, StopContainerOptions, WaitContainerOptions,
+    LogsOptions, RemoveContainerOptions, RemoveVolumeOptions, StopContainerOptions,
+    WaitContainerOptions,
 };
 use futures_util::{Stream, StreamExt};
 
@@ -70,6 +71,41 @@ pub enum DockerError {
     RemoveVolume { name: String, source: BollardError },
     #[error("list containers: {source}")]
     List { source: BollardError },
+}
+
+impl DockerError {
+    /// True when Docker did not answer (no socket, a dropped connection, a
+    /// timeout), as opposed to answering with an error: the call may work again
+    /// once dockerd is back, and a running container may well still be running.
+    pub fn is_unreachable(&self) -> bool {
+        let source = match self {
+            DockerError::Connect { .. } | DockerError::Ping { .. } => return true,
+            DockerError::Pull { .. } | DockerError::PullTimeout { .. } => return false,
+            DockerError::InspectImage { source, .. }
+            | DockerError::CreateVolume { source, .. }
+            | DockerError::CreateContainer { source, .. }
+            | DockerError::Attach { source, .. }
+            | DockerError::Start { source, .. }
+            | DockerError::Wait { source, .. }
+            | DockerError::Stop { source, .. }
+            | DockerError::InspectContainer { source, .. }
+            | DockerError::RemoveContainer { source, .. }
+            | DockerError::InspectVolume { source, .. }
+            | DockerError::RemoveVolume { source, .. }
+            | DockerError::List { source } => source,
+        };
+        matches!(
+            source,
+            BollardError::IOError { .. }
+                | BollardError::HyperResponseError { .. }
+                | BollardError::HyperLegacyError { .. }
+                | BollardError::HttpClientError { .. }
+                | BollardError::RequestTimeoutError
+                | BollardError::SocketNotFoundError(_)
+                // A stream cut short (ours: "the wait stream ended without a status").
+                | BollardError::DockerStreamError { .. }
+        )
+    }
 }
 
 /// A Docker connection. Cheap to clone: bollard shares one connection pool.
@@ -370,22 +406,20 @@ impl Docker {
                 name: name.to_owned(),
                 source,
             })?;
-        let owned = name.to_owned();
-        let stream = attached.output.filter_map(move |item| {
-            let out = match item {
-                Ok(LogOutput::StdOut { message }) => Some(Ok(Output::Stdout(message))),
-                // Without a TTY everything is framed; `Console` only comes with one.
-                Ok(LogOutput::StdErr { message }) => Some(Ok(Output::Stderr(message))),
-                Ok(LogOutput::Console { message }) => Some(Ok(Output::Stdout(message))),
-                Ok(LogOutput::StdIn { .. }) => None,
-                Err(source) => Some(Err(DockerError::Attach {
-                    name: owned.clone(),
-                    source,
-                })),
-            };
-            std::future::ready(out)
-        });
-        Ok(Box::pin(stream))
+        Ok(output_stream(name, attached.output))
+    }
+
+    /// Everything the container wrote so far, from its log driver, then (with
+    /// `follow`) what it writes next: how output lost with the attach stream is
+    /// read again. Works on a stopped container too.
+    pub fn replay(&self, name: &str, follow: bool) -> OutputStream {
+        let options = LogsOptions {
+            follow,
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        };
+        output_stream(name, self.client.logs(name, Some(options)))
     }
 
     pub async fn start(&self, name: &str) -> Result<(), DockerError> {
@@ -584,6 +618,28 @@ pub fn bind_mount(source: &std::path::Path, target: &str, read_only: bool) -> Mo
         read_only: Some(read_only),
         ..Default::default()
     }
+}
+
+/// A container's framed output as deckhand's `Output`, errors naming the container.
+fn output_stream(
+    name: &str,
+    frames: impl Stream<Item = Result<LogOutput, BollardError>> + Send + 'static,
+) -> OutputStream {
+    let owned = name.to_owned();
+    Box::pin(frames.filter_map(move |item| {
+        let out = match item {
+            Ok(LogOutput::StdOut { message }) => Some(Ok(Output::Stdout(message))),
+            // Without a TTY everything is framed; `Console` only comes with one.
+            Ok(LogOutput::StdErr { message }) => Some(Ok(Output::Stderr(message))),
+            Ok(LogOutput::Console { message }) => Some(Ok(Output::Stdout(message))),
+            Ok(LogOutput::StdIn { .. }) => None,
+            Err(source) => Some(Err(DockerError::Attach {
+                name: owned.clone(),
+                source,
+            })),
+        };
+        std::future::ready(out)
+    }))
 }
 
 fn is_not_found(e: &BollardError) -> bool {

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::backoff::Backoff;
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::docker::{self, ContainerSpec, Docker, Output, RegistryAuth};
@@ -47,6 +48,20 @@ pub const CAPABILITIES: &[&str] = &[
 /// After the container exits, how long its output may take to drain before the
 /// log is closed without the rest.
 const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
+/// An output stream that ends while the container is not known to have exited
+/// was cut: after this long without the exit, it is read again. Longer than the
+/// outage backoff's longest step, so an exit seen late after an outage is not
+/// taken for another cut.
+const STREAM_END_GRACE: Duration = Duration::from_secs(6);
+/// How long cleanup retries while Docker does not answer. What is still left
+/// then is removed by the orphan sweep of the agent's next start.
+const CLEANUP_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Retries while Docker does not answer: quick at first, since most outages are a
+/// restart of a few seconds.
+fn outage_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(250), Duration::from_secs(5))
+}
 
 /// Runs jobs on one Docker engine for one agent.
 #[derive(Clone)]
@@ -319,9 +334,14 @@ impl Runner {
         );
 
         let exited = CancellationToken::new();
-        let pump = pump_output(output, log, &exited);
+        // Each time Docker failed to answer the wait: an output stream older than
+        // the last of these may have been cut short.
+        let outages = AtomicU32::new(0);
+        let pump = pump_output(docker, &names.container, output, log, &exited, &outages);
         let supervise = async {
-            let ended = self.supervise(&names.container, job.timeout, stop).await;
+            let ended = self
+                .supervise(&names.container, job.timeout, stop, &outages)
+                .await;
             exited.cancel();
             ended
         };
@@ -347,10 +367,11 @@ impl Runner {
         container: &str,
         timeout: Duration,
         stop: &Stop,
+        outages: &AtomicU32,
     ) -> Result<(Ended, i64), docker::DockerError> {
         let docker = &self.docker;
         let ended = tokio::select! {
-            code = docker.wait(container) => return Ok((Ended::Exited, code?)),
+            code = self.wait_through_outages(container, outages) => return Ok((Ended::Exited, code?)),
             _ = tokio::time::sleep(timeout) => Ended::TimedOut,
             _ = stop.draining().cancelled() => Ended::Preempted,
         };
@@ -371,6 +392,34 @@ impl Runner {
         }
         let code = docker.wait(container).await?;
         Ok((ended, code))
+    }
+
+    /// Waits for the container to exit, riding out a Docker that stops answering:
+    /// the container runs on without us (a dockerd restart with `live-restore`, a
+    /// dropped socket), so losing the connection is no reason to give the job up.
+    /// The job's timeout and the drain still apply around it.
+    async fn wait_through_outages(
+        &self,
+        container: &str,
+        outages: &AtomicU32,
+    ) -> Result<i64, docker::DockerError> {
+        let mut backoff = outage_backoff();
+        loop {
+            match self.docker.wait(container).await {
+                Err(error) if error.is_unreachable() => {
+                    outages.fetch_add(1, Ordering::SeqCst);
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "Lost Docker while the job runs; waiting for it to answer again.");
+                    tokio::time::sleep(delay).await;
+                }
+                waited => {
+                    if backoff.reset() {
+                        tracing::info!("Docker answers again; the job's container is still there.");
+                    }
+                    return waited;
+                }
+            }
+        }
     }
 
     fn container_spec(
@@ -482,18 +531,32 @@ impl Runner {
         Ok(env)
     }
 
-    /// Removes the container and the workspace. Never cancelled: a second signal
-    /// must not leave them behind.
+    /// Removes the container and the workspace, retrying for `CLEANUP_PATIENCE`
+    /// while Docker does not answer. Never cancelled: a second signal must not
+    /// leave them behind.
     async fn clean_up(&self, names: &Names) {
         if names.secrets.exists()
             && let Err(error) = remove_secrets_dir(&names.secrets)
         {
             tracing::error!(%error, dir = %names.secrets.display(), "Could not remove the job's secrets.");
         }
-        if let Err(error) = self.docker.remove_container(&names.container).await {
-            tracing::warn!(%error, "Could not remove the job's container.");
-        }
-        if let Err(error) = self.docker.remove_volume(&names.workspace).await {
+        let give_up = Instant::now() + CLEANUP_PATIENCE;
+        let mut backoff = outage_backoff();
+        // The volume is in use until the container is gone.
+        let removed = loop {
+            match self.docker.remove_container(&names.container).await {
+                Ok(()) => break true,
+                Err(error) if error.is_unreachable() && Instant::now() < give_up => {
+                    tracing::warn!(%error, "Could not remove the job's container yet; Docker does not answer.");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "Could not remove the job's container.");
+                    break false;
+                }
+            }
+        };
+        if removed && let Err(error) = self.docker.remove_volume(&names.workspace).await {
             tracing::warn!(%error, "Could not remove the job's workspace volume.");
         }
     }
@@ -501,34 +564,98 @@ impl Runner {
 
 /// Reads the container's output into the log until it ends, or until
 /// `OUTPUT_DRAIN` after the container exited.
+///
+/// A stream lost while the container runs (dockerd restarted, the socket
+/// dropped) is read again from the log driver once Docker answers, skipping the
+/// bytes of each stream already logged, so the log comes out whole and once.
 async fn pump_output(
+    docker: &Docker,
+    container: &str,
     mut output: docker::OutputStream,
     log: &mut JobLog,
     exited: &CancellationToken,
+    outages: &AtomicU32,
 ) {
     let drained = async {
         exited.cancelled().await;
         tokio::time::sleep(OUTPUT_DRAIN).await;
     };
     tokio::pin!(drained);
+    let mut bytes = SeenBytes::default();
+    let mut replaying = false;
+    // The outage count when the current stream began.
+    let mut stream_began = 0;
+    let mut backoff = outage_backoff();
     loop {
-        tokio::select! {
+        let lost = tokio::select! {
             item = output.next() => match item {
-                Some(Ok(Output::Stdout(bytes))) => log.push(Stream::Stdout, &bytes),
-                Some(Ok(Output::Stderr(bytes))) => log.push(Stream::Stderr, &bytes),
-                Some(Err(error)) => {
-                    tracing::warn!(%error, "Lost the job's output stream.");
+                Some(Ok(chunk)) => {
+                    bytes.push_unseen(log, chunk);
+                    continue;
+                }
+                Some(Err(error)) if replaying && !error.is_unreachable() => {
+                    // The log driver cannot be read back (`none`, `syslog`...).
+                    tracing::warn!(%error, "Cannot read the job's output again; its log misses what came while Docker was away.");
                     break;
                 }
-                None => break,
+                Some(Err(error)) => error.to_string(),
+                None => tokio::select! {
+                    // The end, unless Docker went away since the stream began: a
+                    // cut stream ends the same way, and the exit may have come
+                    // after. Then what is left is read back once more.
+                    _ = exited.cancelled() => {
+                        if outages.load(Ordering::SeqCst) == stream_began {
+                            break;
+                        }
+                        "the stream ended while Docker was away".to_owned()
+                    }
+                    _ = tokio::time::sleep(STREAM_END_GRACE) => "the stream ended while the container runs".to_owned(),
+                },
             },
             _ = &mut drained => {
                 tracing::warn!("The job's output did not end after it exited; closing the log.");
                 break;
             }
+        };
+        let delay = backoff.next_delay();
+        tracing::warn!(error = %lost, retry_in_ms = delay.as_millis() as u64, "Lost the job's output stream; reading it again.");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = &mut drained => break,
         }
+        bytes.replay();
+        replaying = true;
+        stream_began = outages.load(Ordering::SeqCst);
+        output = docker.replay(container, !exited.is_cancelled());
     }
     log.finish();
+}
+
+/// How much of each stream is in the log, and how much of a replay (which starts
+/// from the container's first byte) to pass over.
+#[derive(Default)]
+struct SeenBytes {
+    logged: [usize; 2],
+    to_skip: [usize; 2],
+}
+
+impl SeenBytes {
+    fn push_unseen(&mut self, log: &mut JobLog, chunk: Output) {
+        let (stream, i, data) = match chunk {
+            Output::Stdout(data) => (Stream::Stdout, 0, data),
+            Output::Stderr(data) => (Stream::Stderr, 1, data),
+        };
+        let skip = self.to_skip[i].min(data.len());
+        self.to_skip[i] -= skip;
+        if skip < data.len() {
+            log.push(stream, &data[skip..]);
+            self.logged[i] += data.len() - skip;
+        }
+    }
+
+    fn replay(&mut self) {
+        self.to_skip = self.logged;
+    }
 }
 
 /// Where a job's secrets appear in its container.

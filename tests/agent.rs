@@ -536,6 +536,88 @@ async fn nothing_is_received_while_docker_is_down() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn losing_docker_mid_job_loses_neither_the_job_nor_a_line_of_its_output() {
+    let stack = Stack::from_env();
+    let aws = Aws::new().await;
+    let pool = aws.pool("dockerblip", 5).await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("docker.sock");
+    let proxy =
+        common::proxy::Proxy::unix(&socket, std::path::Path::new("/var/run/docker.sock")).await;
+    let config = agent_config(
+        &stack,
+        &pool,
+        &aws.endpoint,
+        &unique("i-dockerblip"),
+        &format!("[docker]\nsocket = \"{}\"", socket.display()),
+    );
+    let agent = AgentProcess::start(&config, "agent");
+    let id = unique("blip");
+    let lines = 60;
+    let script = format!(
+        "i=1; while [ $i -le {lines} ]; do echo out $i; echo err $i >&2; i=$((i+1)); sleep 0.1; done"
+    );
+    aws.send_job(
+        &pool.queue_url,
+        &job(&id, &stack.image, &["sh", "-c", &script]),
+    )
+    .await;
+    agent.wait_log("out 5", LONG).await;
+
+    // The connection drops as in a dockerd restart with live-restore: the
+    // container runs on, and deckhand hears nothing from Docker for a while.
+    proxy.set_down(true);
+    agent
+        .wait_log(
+            "Lost Docker while the job runs; waiting for it to answer again.",
+            LONG,
+        )
+        .await;
+    let lost_at = agent
+        .logs()
+        .iter()
+        .filter(|l| l["msg"].as_str().is_some_and(|m| m.starts_with("out ")))
+        .count();
+    eventually("a second of output missed", LONG, || async {
+        agent.count("Lost Docker while the job runs; waiting for it to answer again.") >= 3
+    })
+    .await;
+    proxy.set_down(false);
+
+    let r = wait_result(&aws, &pool.bucket, &id).await;
+    assert_eq!(
+        (r["status"].as_str(), r["exit_code"].as_i64()),
+        (Some("succeeded"), Some(0)),
+        "{r}"
+    );
+    assert!(
+        lost_at < lines,
+        "Docker was lost while the job ran ({lost_at} lines)"
+    );
+    let log = aws
+        .object(&pool.bucket, &format!("results/{id}/log.txt"))
+        .await
+        .unwrap();
+    let log = String::from_utf8(log).unwrap();
+    for stream in ["out", "err"] {
+        let got: Vec<&str> = log.lines().filter(|l| l.starts_with(stream)).collect();
+        let want: Vec<String> = (1..=lines).map(|i| format!("{stream} {i}")).collect();
+        assert_eq!(
+            got,
+            want,
+            "every {stream} line once, in order:\n{log}\nagent:\n{}",
+            std::fs::read_to_string(agent.log_path()).unwrap()
+        );
+    }
+    assert_eq!(log.lines().count(), 2 * lines, "nothing else:\n{log}");
+    assert_eq!(
+        agent.count("Docker answers again; the job's container is still there."),
+        1
+    );
+    assert_clean(&id);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_huge_log_is_spooled_to_disk_and_uploaded_whole() {
     let stack = Stack::from_env();
     let aws = Aws::new().await;

@@ -24,6 +24,7 @@ use crate::imds::{Identity, Imds};
 use crate::job::{Job, Rejection};
 use crate::job_log::LogBody;
 use crate::mask::SharedMasker;
+use crate::metrics::Metrics;
 use crate::outcome::{JobResult, Status};
 use crate::results::{Claim, ClaimOutcome, Notifier, Recorded, ResultStore, StoreError};
 use crate::runner::Runner;
@@ -60,6 +61,8 @@ pub enum AgentError {
     Cache(#[from] CacheError),
     #[error("{key}: names secret {name:?}, which is not in the bundle")]
     MissingSecret { key: &'static str, name: String },
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::BindError),
 }
 
 impl AgentError {
@@ -69,7 +72,9 @@ impl AgentError {
         let permanent = match self {
             AgentError::Config { .. }
             | AgentError::SecretsDir { .. }
-            | AgentError::MissingSecret { .. } => true,
+            | AgentError::MissingSecret { .. }
+            // Another process has the port: the config must name another.
+            | AgentError::Metrics(_) => true,
             AgentError::Secrets(e) => e.is_permanent(),
             AgentError::Warm { .. } => false,
             AgentError::Cache(e) => e.is_permanent(),
@@ -87,6 +92,7 @@ struct Agent {
     config: Arc<Config>,
     /// What systemd's watchdog is told: Docker and the queue answered last time.
     healthy: Health,
+    metrics: Arc<Metrics>,
     runner: Runner,
     queue: Queue,
     dead_letter: Option<Queue>,
@@ -126,7 +132,32 @@ pub async fn run(
             );
         }
         let sdk = crate::aws::sdk_config(&config.aws).await;
+        let healthy = Health::default();
+        let metrics = Arc::new(Metrics::default());
+        // Bound before bootstrap, so /healthz says "starting" meanwhile.
+        let metrics_server = match config.metrics.listen {
+            Some(address) => {
+                let listener = crate::metrics::bind(address).await?;
+                let state = {
+                    let (healthy, stop, slots) =
+                        (healthy.clone(), stop.clone(), config.agent.slots);
+                    move || crate::metrics::State {
+                        slots,
+                        docker_up: healthy.docker_up(),
+                        queue_up: healthy.queue_up(),
+                        draining: stop.is_draining(),
+                    }
+                };
+                Some(crate::metrics::serve(
+                    listener,
+                    Arc::clone(&metrics),
+                    Arc::new(state),
+                ))
+            }
+            None => None,
+        };
         let life = async {
+            let boot_started = Instant::now();
             // A stop during bootstrap (SIGTERM, a spot notice) ends it: nothing
             // has been received yet, so nothing needs handing back.
             let booted = tokio::select! {
@@ -159,10 +190,12 @@ pub async fn run(
                     webhook,
                 ),
                 config: config.clone(),
-                healthy: Health::default(),
+                healthy: healthy.clone(),
+                metrics: Arc::clone(&metrics),
                 runner,
             });
             agent.recover_orphans().await;
+            metrics.ready(boot_started.elapsed());
             tracing::info!(
                 slots = config.agent.slots,
                 queue_url = %agent.queue.url(),
@@ -196,9 +229,16 @@ pub async fn run(
                 None => std::future::pending().await,
             }
         };
+        let metrics_server = async {
+            match metrics_server {
+                Some(server) => server.await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             lived = life => lived?,
             never = watcher => match never {},
+            never = metrics_server => match never {},
         }
         if let Some(reason @ (StopReason::Idle { .. } | StopReason::AutoScaling)) = stop.reason() {
             let scale_in = crate::autoscaling::ScaleIn {
@@ -479,6 +519,7 @@ impl Agent {
             };
             match received {
                 Ok(messages) => {
+                    self.metrics.received(messages.len());
                     self.healthy.set_queue(true);
                     if queue_backoff.reset() {
                         tracing::info!("The queue answers again.");
@@ -501,6 +542,7 @@ impl Agent {
                     }
                 }
                 Err(error) => {
+                    self.metrics.receive_failed();
                     self.healthy.set_queue(false);
                     let delay = queue_backoff.next_delay();
                     tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "Could not receive; backing off.");
@@ -633,6 +675,7 @@ impl Agent {
         tracing::Span::current().record("job_id", id.as_str());
         let reason = rejection.to_string();
         tracing::warn!(%reason, "Job rejected.");
+        self.metrics.job_finished(Status::Rejected, Duration::ZERO);
         let mut result = JobResult::rejected(
             id,
             reason.clone(),
@@ -715,6 +758,7 @@ impl Agent {
         }
 
         let labels = [(LABEL_RECEIPT, message.receipt.as_str())];
+        self.metrics.running(true);
         let run = self.runner.run(&job, attempt, &labels, jobs_stop);
         tokio::pin!(run);
         // When the drain preempts the job, its message goes back to the queue at
@@ -732,7 +776,10 @@ impl Agent {
             }
         };
         drop(slot);
+        self.metrics.running(false);
         let result = &mut finished.result;
+        self.metrics
+            .job_finished(result.status, Duration::from_millis(result.duration_ms));
         match result.status {
             status if status.is_terminal() => {
                 let record = self.record_until(result, &finished.log, RECORD_DEADLINE);
@@ -863,10 +910,13 @@ impl Agent {
             .set_visibility(&message.message_id, &message.receipt, visibility)
             .await
         {
-            Ok(()) => tracing::info!(
-                visibility_secs = visibility.as_secs(),
-                "Message handed back to the queue."
-            ),
+            Ok(()) => {
+                self.metrics.handed_back();
+                tracing::info!(
+                    visibility_secs = visibility.as_secs(),
+                    "Message handed back to the queue."
+                );
+            }
             Err(error) => tracing::warn!(
                 %error,
                 "Could not hand the message back; it returns when its visibility timeout ends."
@@ -976,10 +1026,16 @@ impl Health {
         self.0[1].store(ok, std::sync::atomic::Ordering::Relaxed);
     }
 
+    fn docker_up(&self) -> bool {
+        self.0[0].load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn queue_up(&self) -> bool {
+        self.0[1].load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn is_healthy(&self) -> bool {
-        self.0
-            .iter()
-            .all(|b| b.load(std::sync::atomic::Ordering::Relaxed))
+        self.docker_up() && self.queue_up()
     }
 
     /// Pets systemd's watchdog every `period` while healthy, so a wedged agent is

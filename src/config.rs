@@ -14,6 +14,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -41,6 +42,7 @@ pub struct Config {
     pub images: ImagesConfig,
     pub cache: CacheConfig,
     pub drain: DrainConfig,
+    pub metrics: MetricsConfig,
     /// Job profiles by name; `default` always exists.
     pub profiles: BTreeMap<String, Profile>,
 }
@@ -89,6 +91,12 @@ pub struct ImdsConfig {
 #[derive(Debug, Clone)]
 pub struct DockerConfig {
     pub socket: PathBuf,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct MetricsConfig {
+    /// Where `deckhand run` serves `/metrics` and `/healthz`; `None`: nowhere.
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -652,6 +660,25 @@ impl Reader<'_> {
         };
         self.finish(drain);
 
+        let mut metrics = self.section(&mut root, "metrics");
+        let metrics_cfg = MetricsConfig {
+            listen: self.opt_string(&mut metrics, "listen").and_then(|text| {
+                match text.parse::<SocketAddr>() {
+                    Ok(address) => Some(address),
+                    Err(_) => {
+                        self.issue(
+                            "metrics.listen",
+                            &format!(
+                                "{text:?} must be an IP address and a port, like \"127.0.0.1:9102\""
+                            ),
+                        );
+                        None
+                    }
+                }
+            }),
+        };
+        self.finish(metrics);
+
         let profiles = self.profiles(&mut root);
 
         for key in root.keys() {
@@ -669,6 +696,7 @@ impl Reader<'_> {
             images: images_cfg,
             cache: cache_cfg,
             drain: drain_cfg,
+            metrics: metrics_cfg,
             profiles,
         }
     }

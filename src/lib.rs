@@ -18,6 +18,7 @@
 //! - [`autoscaling`] and [`ec2`]: scale-in after an idle drain, and the
 //!   termination hook after an Auto Scaling termination;
 //! - [`systemd`]: readiness and watchdog notifications;
+//! - [`metrics`]: Prometheus metrics and the health check over HTTP;
 //! - [`exec`], [`submit`] and [`check`]: the `deckhand exec`, `submit` and `check`
 //!   commands; [`secrets`] also holds `deckhand seal`.
 
@@ -38,6 +39,7 @@ pub mod job;
 pub mod job_log;
 pub mod logging;
 pub mod mask;
+pub mod metrics;
 pub mod notices;
 pub mod outcome;
 pub mod results;

@@ -21,6 +21,15 @@ pub enum Status {
 }
 
 impl Status {
+    pub const ALL: [Status; 6] = [
+        Status::Succeeded,
+        Status::Failed,
+        Status::TimedOut,
+        Status::Rejected,
+        Status::Interrupted,
+        Status::Error,
+    ];
+
     /// A terminal result means the job is done for good: it is never run again.
     pub fn is_terminal(self) -> bool {
         matches!(

@@ -821,3 +821,115 @@ async fn a_message_that_lands_in_the_last_long_poll_is_handed_back() {
         "visible at once, not hidden"
     );
 }
+
+/// GET `path` from the agent's metrics listener: status and body.
+async fn scrape(address: &str, path: &str) -> (u16, String) {
+    let response = reqwest::get(format!("http://{address}{path}"))
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_and_health_say_what_the_agent_does() {
+    let stack = Stack::from_env();
+    let aws = Aws::new().await;
+    let pool = aws.pool("metrics", 5).await;
+    let config = agent_config(
+        &stack,
+        &pool,
+        &aws.endpoint,
+        &unique("i-metrics"),
+        "[metrics]\nlisten = \"127.0.0.1:0\"\n[queue]\nvisibility_timeout_secs = 600\n[drain]\nstop_timeout_secs = 600",
+    );
+    let mut agent = AgentProcess::start(&config, "agent");
+    agent.wait_log("Ready; serving the queue.", LONG).await;
+    let address = agent
+        .logs()
+        .into_iter()
+        .find(|l| l["msg"] == "Serving metrics and health.")
+        .expect("the listener's address is logged")["address"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(scrape(&address, "/healthz").await, (200, "ok\n".into()));
+
+    let (ok, failed, latest) = (unique("ok"), unique("failed"), unique("latest"));
+    aws.send_job(&pool.queue_url, &job(&ok, &stack.image, &["true"]))
+        .await;
+    aws.send_job(
+        &pool.queue_url,
+        &job(&failed, &stack.image, &["sh", "-c", "exit 3"]),
+    )
+    .await;
+    let untagged = format!("{}/ci/busybox:latest", stack.registry);
+    aws.send_job(&pool.queue_url, &job(&latest, &untagged, &["true"]))
+        .await;
+    for id in [&ok, &failed, &latest] {
+        wait_result(&aws, &pool.bucket, id).await;
+    }
+    eventually("three jobs counted", LONG, || async {
+        let (_, text) = scrape(&address, "/metrics").await;
+        sample(&text, "deckhand_jobs_total{status=\"rejected\"}") == Some(1.0)
+            && sample(&text, "deckhand_jobs_total{status=\"failed\"}") == Some(1.0)
+            && sample(&text, "deckhand_jobs_total{status=\"succeeded\"}") == Some(1.0)
+    })
+    .await;
+    let (status, text) = scrape(&address, "/metrics").await;
+    assert_eq!(status, 200);
+    for (name, value) in [
+        ("deckhand_messages_received_total", 3.0),
+        ("deckhand_jobs_total{status=\"timed_out\"}", 0.0),
+        (
+            "deckhand_job_duration_seconds_count{status=\"succeeded\"}",
+            1.0,
+        ),
+        ("deckhand_jobs_running", 0.0),
+        ("deckhand_slots", 1.0),
+        ("deckhand_ready", 1.0),
+        ("deckhand_docker_up", 1.0),
+        ("deckhand_draining", 0.0),
+    ] {
+        assert_eq!(sample(&text, name), Some(value), "{name} in\n{text}");
+    }
+
+    let long = unique("long");
+    aws.send_job(
+        &pool.queue_url,
+        &job(&long, &stack.image, &["sleep", "600"]),
+    )
+    .await;
+    agent.wait_log("Job started.", LONG).await;
+    eventually("the running job counted", LONG, || async {
+        sample(
+            &scrape(&address, "/metrics").await.1,
+            "deckhand_jobs_running",
+        ) == Some(1.0)
+    })
+    .await;
+    // Draining, the job still running (stop_timeout_secs 600): a load balancer or
+    // an operator's probe learns that this host takes no more work.
+    agent.signal(Signal::SIGTERM);
+    eventually("healthz to say draining", LONG, || async {
+        scrape(&address, "/healthz").await == (503, "draining\n".into())
+    })
+    .await;
+    assert_eq!(scrape(&address, "/nowhere").await.0, 404);
+    let post = reqwest::Client::new()
+        .post(format!("http://{address}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status().as_u16(), 405);
+
+    agent.signal(Signal::SIGTERM);
+    assert_eq!(agent.wait_exit(LONG).await, Some(0));
+    assert_eq!(aws.counts(&pool.queue_url).await, (1, 0), "handed back");
+    assert_clean(&long);
+}

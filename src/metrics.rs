@@ -2,9 +2,10 @@
 //! pool's monitoring scrapes from each host (jobs by outcome and duration, slots in
 //! use, whether Docker and the queue answer, whether the agent is draining).
 //!
-//! `GET /metrics` is the text exposition format 0.0.4. `GET /healthz` is 200 while
-//! the agent serves the queue with Docker and the queue answering, and 503 while it
-//! boots, drains or has lost one of them, with the reason as the body.
+//! `GET /metrics` is the text exposition format 0.0.4. `GET /healthz` (liveness) is
+//! 200 while Docker and the queue answered at their last use, the rule systemd's
+//! watchdog follows; a draining agent is healthy. `GET /readyz` is 200 only while
+//! the agent takes work: bootstrapped, not draining, and healthy. A 503 says why.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -109,18 +110,25 @@ impl Metrics {
         self.ready.store(true, Ordering::Relaxed);
     }
 
-    /// Why the host is not healthy, if it is not.
-    fn unhealthy(&self, state: &State) -> Option<&'static str> {
-        if state.draining {
-            Some("draining")
-        } else if !self.ready.load(Ordering::Relaxed) {
-            Some("starting")
-        } else if !state.docker_up {
+    /// Why the agent is not healthy, if it is not.
+    fn unhealthy(state: &State) -> Option<&'static str> {
+        if !state.docker_up {
             Some("Docker is unreachable")
         } else if !state.queue_up {
             Some("the job queue is unreachable")
         } else {
             None
+        }
+    }
+
+    /// Why the agent takes no work now, if it does not.
+    fn unready(&self, state: &State) -> Option<&'static str> {
+        if state.draining {
+            Some("draining")
+        } else if !self.ready.load(Ordering::Relaxed) {
+            Some("starting")
+        } else {
+            Metrics::unhealthy(state)
         }
     }
 
@@ -198,7 +206,7 @@ impl Metrics {
         }
 
         let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        out.push_str("# HELP deckhand_jobs_total Jobs that ended, by status.\n# TYPE deckhand_jobs_total counter\n");
+        out.push_str("# HELP deckhand_jobs_total Job attempts that ended, by status (interrupted and error ones run again).\n# TYPE deckhand_jobs_total counter\n");
         for status in Status::ALL {
             let count = jobs.get(status.as_str()).map_or(0, |d| d.count);
             let _ = writeln!(
@@ -297,24 +305,26 @@ fn respond(request: &Request<Incoming>, metrics: &Metrics, state: &State) -> Res
             "GET or HEAD only\n".into(),
         );
     }
+    let probe = |why: Option<&str>| match why {
+        None => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+        Some(why) => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            format!("{why}\n"),
+        ),
+    };
     match request.uri().path() {
         "/metrics" => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
             metrics.render(state),
         ),
-        "/healthz" => match metrics.unhealthy(state) {
-            None => reply(StatusCode::OK, "text/plain", "ok\n".into()),
-            Some(why) => reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "text/plain",
-                format!("{why}\n"),
-            ),
-        },
+        "/healthz" => probe(Metrics::unhealthy(state)),
+        "/readyz" => probe(metrics.unready(state)),
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "/metrics or /healthz\n".into(),
+            "/metrics, /healthz or /readyz\n".into(),
         ),
     }
 }
@@ -383,20 +393,27 @@ mod tests {
     }
 
     #[test]
-    fn health_says_why_not() {
+    fn probes_say_why_not() {
         let metrics = Metrics::default();
-        assert_eq!(metrics.unhealthy(&state()), Some("starting"));
+        assert_eq!(metrics.unready(&state()), Some("starting"));
+        assert_eq!(Metrics::unhealthy(&state()), None);
         metrics.ready(Duration::from_millis(20));
-        assert_eq!(metrics.unhealthy(&state()), None);
+        assert_eq!(metrics.unready(&state()), None);
         let down = State {
             docker_up: false,
             ..state()
         };
-        assert_eq!(metrics.unhealthy(&down), Some("Docker is unreachable"));
+        assert_eq!(Metrics::unhealthy(&down), Some("Docker is unreachable"));
+        assert_eq!(metrics.unready(&down), Some("Docker is unreachable"));
         let draining = State {
             draining: true,
             ..state()
         };
-        assert_eq!(metrics.unhealthy(&draining), Some("draining"));
+        assert_eq!(metrics.unready(&draining), Some("draining"));
+        assert_eq!(
+            Metrics::unhealthy(&draining),
+            None,
+            "a draining agent is alive"
+        );
     }
 }

@@ -859,6 +859,7 @@ async fn metrics_and_health_say_what_the_agent_does() {
         .unwrap()
         .to_owned();
     assert_eq!(scrape(&address, "/healthz").await, (200, "ok\n".into()));
+    assert_eq!(scrape(&address, "/readyz").await, (200, "ok\n".into()));
 
     let (ok, failed, latest) = (unique("ok"), unique("failed"), unique("latest"));
     aws.send_job(&pool.queue_url, &job(&ok, &stack.image, &["true"]))
@@ -916,10 +917,15 @@ async fn metrics_and_health_say_what_the_agent_does() {
     // Draining, the job still running (stop_timeout_secs 600): a load balancer or
     // an operator's probe learns that this host takes no more work.
     agent.signal(Signal::SIGTERM);
-    eventually("healthz to say draining", LONG, || async {
-        scrape(&address, "/healthz").await == (503, "draining\n".into())
+    eventually("readyz to say draining", LONG, || async {
+        scrape(&address, "/readyz").await == (503, "draining\n".into())
     })
     .await;
+    assert_eq!(
+        scrape(&address, "/healthz").await,
+        (200, "ok\n".into()),
+        "draining is healthy"
+    );
     assert_eq!(scrape(&address, "/nowhere").await.0, 404);
     let post = reqwest::Client::new()
         .post(format!("http://{address}/metrics"))

@@ -6,6 +6,7 @@
 //! message hidden. Nothing is ever dropped on the floor: whatever path a message
 //! takes, either a result is recorded or the message goes back to the queue.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use std::path::PathBuf;
 
 use crate::cache::{Cache, CacheError};
 use crate::config::{Config, RebalancePolicy, WarmFailure};
+use crate::disk::Disk;
 use crate::docker::{self, Docker};
 use crate::imds::{Identity, Imds};
 use crate::job::{Job, Rejection};
@@ -304,7 +306,22 @@ async fn bootstrap(
     };
     let mut runner =
         Runner::new(docker.clone(), config.clone(), instance_id.to_owned()).with_secrets(secrets);
-    phase("warm images", warm_images(&runner, config)).await?;
+    let warm = phase("warm images", warm_images(&runner, config)).await?;
+    let disk = &config.disk;
+    if disk.min_free_mb > 0 || disk.gc_free_mb > 0 {
+        let root = docker.root_dir().await.unwrap_or_else(|error| {
+            tracing::warn!(%error, "Cannot ask Docker for its data root; watching /var/lib/docker.");
+            "/var/lib/docker".into()
+        });
+        runner = runner.with_disk(Arc::new(Disk::new(
+            docker.clone(),
+            root,
+            &config.agent.work_dir,
+            disk.min_free_mb,
+            disk.gc_free_mb,
+            warm,
+        )));
+    }
     if let Some(source) = &config.cache.source {
         let cache = phase(
             "cache",
@@ -323,7 +340,9 @@ async fn bootstrap(
 /// Pulls `images.warm`, a few at a time, before the agent reports ready. An image
 /// already present is not pulled again; a digest pin is verified by pulling by
 /// digest.
-async fn warm_images(runner: &Runner, config: &Config) -> Result<(), AgentError> {
+/// Pulls `images.warm`; returns the ids of the images that are ready, which the
+/// disk's image collection keeps.
+async fn warm_images(runner: &Runner, config: &Config) -> Result<HashSet<String>, AgentError> {
     use futures_util::stream::{self, StreamExt};
     let warm = &config.images.warm;
     let results: Vec<_> = stream::iter(warm.iter().map(|image| async move {
@@ -337,10 +356,12 @@ async fn warm_images(runner: &Runner, config: &Config) -> Result<(), AgentError>
     .buffered(3)
     .collect()
     .await;
+    let mut ready = HashSet::new();
     for (image, result) in warm.iter().zip(results) {
         match (result, config.images.warm_failure) {
             (Ok(local), _) => {
-                tracing::info!(image = %image, digest = %local.reference, "Warm image ready.")
+                tracing::info!(image = %image, digest = %local.reference, "Warm image ready.");
+                ready.insert(local.id);
             }
             (Err(message), WarmFailure::Fail) => {
                 return Err(AgentError::Warm {
@@ -355,7 +376,7 @@ async fn warm_images(runner: &Runner, config: &Config) -> Result<(), AgentError>
             ),
         }
     }
-    Ok(())
+    Ok(ready)
 }
 
 /// Runs one boot phase, logging its duration.
@@ -451,6 +472,8 @@ impl Agent {
         let slots = Arc::new(Semaphore::new(self.config.agent.slots));
         let mut docker_backoff = Backoff::new(Duration::from_secs(1), MAX_BACKOFF);
         let mut queue_backoff = Backoff::new(Duration::from_secs(1), MAX_BACKOFF);
+        let mut disk_backoff = Backoff::new(Duration::from_secs(1), MAX_BACKOFF);
+        let mut disk_check_failed = false;
         let mut idle_since = Instant::now();
         let mut in_flight = None;
 
@@ -496,6 +519,37 @@ impl Agent {
             if docker_backoff.reset() {
                 tracing::info!("Docker is back; receiving again.");
                 systemd::status("serving the queue");
+            }
+            if let Some(disk) = self.runner.disk() {
+                match disk.ensure_room().await {
+                    Ok(room) => {
+                        disk_check_failed = false;
+                        self.metrics.disk(&room);
+                        if let Some(low) = room.low {
+                            let delay = disk_backoff.next_delay();
+                            tracing::warn!(path = %low.path.display(), free_mb = low.free_mb, min_free_mb = low.min_free_mb, retry_in_ms = delay.as_millis() as u64, "Disk space is low; not receiving.");
+                            systemd::status("disk space low; not receiving");
+                            tokio::select! {
+                                _ = tokio::time::sleep(delay) => {}
+                                _ = stop.draining().cancelled() => break,
+                            }
+                            continue;
+                        }
+                        if disk_backoff.reset() {
+                            tracing::info!(
+                                free_mb = room.free_mb,
+                                "Disk space is back; receiving again."
+                            );
+                            systemd::status("serving the queue");
+                        }
+                    }
+                    // Not a reason to stop: the check itself is what failed.
+                    Err(error) if !disk_check_failed => {
+                        disk_check_failed = true;
+                        tracing::warn!(%error, "Cannot check the free disk space; receiving anyway.");
+                    }
+                    Err(_) => {}
+                }
             }
             // At most 10: one receive brings no more.
             let mut free: Vec<OwnedSemaphorePermit> =

@@ -43,6 +43,7 @@ pub struct Config {
     pub cache: CacheConfig,
     pub drain: DrainConfig,
     pub metrics: MetricsConfig,
+    pub disk: DiskConfig,
     /// Job profiles by name; `default` always exists.
     pub profiles: BTreeMap<String, Profile>,
 }
@@ -91,6 +92,24 @@ pub struct ImdsConfig {
 #[derive(Debug, Clone)]
 pub struct DockerConfig {
     pub socket: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct DiskConfig {
+    /// Below this much free space (Docker's data root or the work dir) no job
+    /// starts; 0 never stops intake.
+    pub min_free_mb: u64,
+    /// Below this, unused images the agent ran are removed; 0 never collects.
+    pub gc_free_mb: u64,
+}
+
+impl Default for DiskConfig {
+    fn default() -> Self {
+        DiskConfig {
+            min_free_mb: 2048,
+            gc_free_mb: 10240,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -679,6 +698,33 @@ impl Reader<'_> {
         };
         self.finish(metrics);
 
+        let mut disk = self.section(&mut root, "disk");
+        let defaults = DiskConfig::default();
+        let disk_cfg = DiskConfig {
+            min_free_mb: self.int(
+                &mut disk,
+                "min_free_mb",
+                0..=1_000_000_000,
+                defaults.min_free_mb,
+            ),
+            gc_free_mb: self.int(
+                &mut disk,
+                "gc_free_mb",
+                0..=1_000_000_000,
+                defaults.gc_free_mb,
+            ),
+        };
+        if disk_cfg.gc_free_mb < disk_cfg.min_free_mb {
+            self.issue(
+                "disk.gc_free_mb",
+                &format!(
+                    "{} is below disk.min_free_mb = {}: images must be collected before intake stops",
+                    disk_cfg.gc_free_mb, disk_cfg.min_free_mb
+                ),
+            );
+        }
+        self.finish(disk);
+
         let profiles = self.profiles(&mut root);
 
         for key in root.keys() {
@@ -697,6 +743,7 @@ impl Reader<'_> {
             cache: cache_cfg,
             drain: drain_cfg,
             metrics: metrics_cfg,
+            disk: disk_cfg,
             profiles,
         }
     }

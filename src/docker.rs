@@ -10,8 +10,8 @@ use bollard::errors::Error as BollardError;
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, VolumeCreateRequest};
 use bollard::query_parameters::{
     AttachContainerOptions, CreateContainerOptions, CreateImageOptions, ListContainersOptions,
-    LogsOptions, RemoveContainerOptions, RemoveVolumeOptions, StopContainerOptions,
-    WaitContainerOptions,
+    LogsOptions, RemoveContainerOptions, RemoveImageOptions, RemoveVolumeOptions,
+    StopContainerOptions, WaitContainerOptions,
 };
 use futures_util::{Stream, StreamExt};
 
@@ -71,9 +71,23 @@ pub enum DockerError {
     RemoveVolume { name: String, source: BollardError },
     #[error("list containers: {source}")]
     List { source: BollardError },
+    #[error("remove image {image}: {source}")]
+    RemoveImage { image: String, source: BollardError },
+    #[error("docker info: {source}")]
+    Info { source: BollardError },
 }
 
 impl DockerError {
+    /// Docker answered 404: the thing is not there.
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            DockerError::RemoveImage { source, .. }
+            | DockerError::InspectContainer { source, .. }
+            | DockerError::Wait { source, .. } => is_not_found(source),
+            _ => false,
+        }
+    }
+
     /// True when Docker did not answer (no socket, a dropped connection, a
     /// timeout), as opposed to answering with an error: the call may work again
     /// once dockerd is back, and a running container may well still be running.
@@ -92,7 +106,9 @@ impl DockerError {
             | DockerError::RemoveContainer { source, .. }
             | DockerError::InspectVolume { source, .. }
             | DockerError::RemoveVolume { source, .. }
-            | DockerError::List { source } => source,
+            | DockerError::List { source }
+            | DockerError::RemoveImage { source, .. }
+            | DockerError::Info { source } => source,
         };
         matches!(
             source,
@@ -519,6 +535,51 @@ impl Docker {
                 source,
             }),
         }
+    }
+
+    /// The image ids of every container on the engine, running or not.
+    pub async fn container_images(&self) -> Result<std::collections::HashSet<String>, DockerError> {
+        let options = ListContainersOptions {
+            all: true,
+            ..Default::default()
+        };
+        let containers = self
+            .client
+            .list_containers(Some(options))
+            .await
+            .map_err(|source| DockerError::List { source })?;
+        Ok(containers.into_iter().filter_map(|c| c.image_id).collect())
+    }
+
+    /// Removes an image by id with all its tags. Docker refuses (409) while a
+    /// container uses it.
+    pub async fn remove_image(&self, id: &str) -> Result<(), DockerError> {
+        let options = RemoveImageOptions {
+            force: true,
+            noprune: false,
+            ..Default::default()
+        };
+        self.client
+            .remove_image(id, Some(options), None)
+            .await
+            .map(drop)
+            .map_err(|source| DockerError::RemoveImage {
+                image: id.to_owned(),
+                source,
+            })
+    }
+
+    /// Where Docker keeps images, containers and volumes (`docker info`).
+    pub async fn root_dir(&self) -> Result<std::path::PathBuf, DockerError> {
+        let info = self
+            .client
+            .info()
+            .await
+            .map_err(|source| DockerError::Info { source })?;
+        Ok(info
+            .docker_root_dir
+            .unwrap_or_else(|| "/var/lib/docker".to_owned())
+            .into())
     }
 
     /// Containers carrying deckhand's label and every `label=value` in `labels`.

@@ -19,6 +19,7 @@
 //!   termination hook after an Auto Scaling termination;
 //! - [`systemd`]: readiness and watchdog notifications;
 //! - [`metrics`]: Prometheus metrics and the health check over HTTP;
+//! - [`disk`]: disk watermarks and the collection of unused images;
 //! - [`exec`], [`submit`] and [`check`]: the `deckhand exec`, `submit` and `check`
 //!   commands; [`secrets`] also holds `deckhand seal`.
 
@@ -29,6 +30,7 @@ pub mod backoff;
 pub mod cache;
 pub mod check;
 pub mod config;
+pub mod disk;
 pub mod docker;
 pub mod ec2;
 pub mod exec;

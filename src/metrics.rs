@@ -50,6 +50,9 @@ pub struct Metrics {
     running: AtomicUsize,
     boot_ms: AtomicU64,
     ready: AtomicBool,
+    disk_free_mb: AtomicU64,
+    disk_low: AtomicBool,
+    images_removed: AtomicU64,
 }
 
 /// A histogram of one status's job durations.
@@ -110,6 +113,14 @@ impl Metrics {
         self.ready.store(true, Ordering::Relaxed);
     }
 
+    /// A disk check before a receive.
+    pub fn disk(&self, room: &crate::disk::Room) {
+        self.disk_free_mb.store(room.free_mb, Ordering::Relaxed);
+        self.disk_low.store(room.low.is_some(), Ordering::Relaxed);
+        self.images_removed
+            .fetch_add(room.removed as u64, Ordering::Relaxed);
+    }
+
     /// Why the agent is not healthy, if it is not.
     fn unhealthy(state: &State) -> Option<&'static str> {
         if !state.docker_up {
@@ -127,6 +138,8 @@ impl Metrics {
             Some("draining")
         } else if !self.ready.load(Ordering::Relaxed) {
             Some("starting")
+        } else if self.disk_low.load(Ordering::Relaxed) {
+            Some("disk space is low")
         } else {
             Metrics::unhealthy(state)
         }
@@ -177,6 +190,16 @@ impl Metrics {
             "Bootstrap time, secrets to ready.",
             format!("{}", self.boot_ms.load(Ordering::Relaxed) as f64 / 1000.0),
         );
+        gauge(
+            "deckhand_disk_free_megabytes",
+            "Least free space of Docker's data root and the work dir, at the last check (0 before one).",
+            self.disk_free_mb.load(Ordering::Relaxed).to_string(),
+        );
+        gauge(
+            "deckhand_disk_low",
+            "1 while free space is below disk.min_free_mb and no job is taken.",
+            flag(self.disk_low.load(Ordering::Relaxed)).to_string(),
+        );
         let _ = write!(
             out,
             "# HELP deckhand_build_info The running deckhand.\n# TYPE deckhand_build_info gauge\ndeckhand_build_info{{version=\"{AGENT_VERSION}\"}} 1\n"
@@ -191,6 +214,11 @@ impl Metrics {
                 "deckhand_receive_errors_total",
                 "Receives from the queue that failed.",
                 &self.receive_errors,
+            ),
+            (
+                "deckhand_images_removed_total",
+                "Unused images removed to make room on the disk.",
+                &self.images_removed,
             ),
             (
                 "deckhand_messages_handed_back_total",

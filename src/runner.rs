@@ -22,6 +22,7 @@ use std::sync::Arc;
 use crate::backoff::Backoff;
 use crate::cache::Cache;
 use crate::config::Config;
+use crate::disk::Disk;
 use crate::docker::{self, ContainerSpec, Docker, Output, RegistryAuth};
 use crate::job::{Job, Problem, Rejection};
 use crate::job_log::{JobLog, LogBody, Stream};
@@ -72,6 +73,7 @@ pub struct Runner {
     secrets: Arc<Secrets>,
     masker: Arc<Masker>,
     cache: Option<Cache>,
+    disk: Option<Arc<Disk>>,
 }
 
 /// A finished job: its result (without the `log` location, which the caller
@@ -105,6 +107,7 @@ impl Runner {
             secrets: Arc::default(),
             masker: Arc::new(Masker::none()),
             cache: None,
+            disk: None,
         }
     }
 
@@ -119,6 +122,16 @@ impl Runner {
     pub fn with_cache(mut self, cache: Cache) -> Self {
         self.cache = Some(cache);
         self
+    }
+
+    /// Each job's image is recorded as used, for the disk's image collection.
+    pub fn with_disk(mut self, disk: Arc<Disk>) -> Self {
+        self.disk = Some(disk);
+        self
+    }
+
+    pub fn disk(&self) -> Option<&Arc<Disk>> {
+        self.disk.as_ref()
     }
 
     pub fn masker(&self) -> &Arc<Masker> {
@@ -278,6 +291,9 @@ impl Runner {
             _ = stop.draining().cancelled() => return Outcome::Interrupted { code: None },
         };
         *image_ran = Some(image.reference.clone());
+        if let Some(disk) = &self.disk {
+            disk.used(&image.id);
+        }
 
         let mut labels = HashMap::from([
             (docker::LABEL_MANAGED.to_owned(), "true".to_owned()),

@@ -134,6 +134,8 @@ class Bench:
             text += f"[{section}]\n{body}"
         text += f'[images]\nallowed_registries = ["{self.registry}"]\n' + images
         text += f'[profiles.default]\nnetwork = "{self.network}"\n'
+        # No image collection or intake stop mid-figure, whatever the free space.
+        text += "[disk]\nmin_free_mb = 0\ngc_free_mb = 0\n"
         with open(path, "w") as f:
             f.write(text)
         return path

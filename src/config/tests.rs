@@ -339,3 +339,27 @@ fn env_secrets_cannot_shadow_deckhands_variables() {
         ]
     );
 }
+
+#[test]
+fn metrics_and_disk_keys_are_checked() {
+    let config = parse(
+        "[metrics]\nlisten = \"127.0.0.1:9102\"\n[disk]\nmin_free_mb = 100\ngc_free_mb = 500",
+    )
+    .unwrap();
+    assert_eq!(
+        config.metrics.listen,
+        Some("127.0.0.1:9102".parse().unwrap())
+    );
+    assert_eq!(
+        (config.disk.min_free_mb, config.disk.gc_free_mb),
+        (100, 500)
+    );
+    assert_eq!(parse("").unwrap().metrics.listen, None);
+    assert_issues(
+        &issues(
+            "[metrics]\nlisten = \"localhost\"\n[disk]\nmin_free_mb = 5000\ngc_free_mb = 1000",
+            &no_env(),
+        ),
+        &["metrics.listen", "disk.gc_free_mb"],
+    );
+}

@@ -67,11 +67,13 @@ pub struct TestConfig {
 
 impl TestConfig {
     /// The base test config with the TOML in `extra` merged over it, key by key.
+    /// Disk watermarks are off: a test must not depend on the machine's free space
+    /// (the disk test sets its own).
     pub fn new(stack: &Stack, extra: &str) -> TestConfig {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.toml");
         let base = format!(
-            "[agent]\nwork_dir = \"{work}\"\n[images]\nallowed_registries = [\"{registry}\"]\n[drain]\nstop_grace_secs = 2\n[profiles.default]\nnetwork = \"{network}\"\n",
+            "[agent]\nwork_dir = \"{work}\"\n[images]\nallowed_registries = [\"{registry}\"]\n[drain]\nstop_grace_secs = 2\n[profiles.default]\nnetwork = \"{network}\"\n[disk]\nmin_free_mb = 0\ngc_free_mb = 0\n",
             work = dir.path().display(),
             registry = stack.registry,
             network = stack.network,

@@ -10,6 +10,7 @@ use crate::docker::Docker;
 use crate::imds::Imds;
 
 /// Below this much free space in the work dir, jobs' spooled logs may not fit.
+/// What the disk probe wants when `disk.min_free_mb` is 0.
 const MIN_FREE_BYTES: u64 = 1 << 30;
 /// A probe that takes longer than this is a failure: the agent would hang on it.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -147,10 +148,15 @@ async fn disk(config: &Config) -> Result<String, String> {
         nix::sys::statvfs::statvfs(existing).map_err(|e| format!("{}: {e}", existing.display()))?;
     let free = stat.blocks_available() * stat.fragment_size();
     let detail = format!("{} has {:.1} GB free", dir.display(), free as f64 / 1e9);
-    if free < MIN_FREE_BYTES {
+    // Below disk.min_free_mb the agent would take no job.
+    let needed = match config.disk.min_free_mb {
+        0 => MIN_FREE_BYTES,
+        mb => mb * 1_000_000,
+    };
+    if free < needed {
         Err(format!(
             "{detail}; at least {:.1} GB are needed",
-            MIN_FREE_BYTES as f64 / 1e9
+            needed as f64 / 1e9
         ))
     } else {
         Ok(detail)

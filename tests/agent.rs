@@ -737,6 +737,17 @@ async fn check_reports_each_dependency() {
     let (code, report) = check(&bad);
     assert_eq!(code, Some(69), "{report}");
     assert!(report.contains("FAIL  sqs"), "{report}");
+    // The agent would take no job below disk.min_free_mb (here 1 PB).
+    let full = agent_config(
+        &stack,
+        &pool,
+        &aws.endpoint,
+        &unique("i-check"),
+        "[disk]\nmin_free_mb = 1000000000\ngc_free_mb = 1000000000",
+    );
+    let (code, report) = check(&full);
+    assert_ne!(code, Some(0), "{report}");
+    assert!(report.contains("FAIL  disk"), "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -539,16 +539,24 @@ impl Docker {
 
     /// The image ids of every container on the engine, running or not.
     pub async fn container_images(&self) -> Result<std::collections::HashSet<String>, DockerError> {
+        let containers = self.list_all(None).await?;
+        Ok(containers.into_iter().filter_map(|c| c.image_id).collect())
+    }
+
+    /// Every container, running or not, that matches the label filters.
+    async fn list_all(
+        &self,
+        labels: Option<Vec<String>>,
+    ) -> Result<Vec<bollard::models::ContainerSummary>, DockerError> {
         let options = ListContainersOptions {
             all: true,
+            filters: labels.map(|labels| HashMap::from([("label".to_owned(), labels)])),
             ..Default::default()
         };
-        let containers = self
-            .client
+        self.client
             .list_containers(Some(options))
             .await
-            .map_err(|source| DockerError::List { source })?;
-        Ok(containers.into_iter().filter_map(|c| c.image_id).collect())
+            .map_err(|source| DockerError::List { source })
     }
 
     /// Removes an image by id with all its tags. Docker refuses (409) while a
@@ -589,16 +597,7 @@ impl Docker {
     ) -> Result<Vec<ManagedContainer>, DockerError> {
         let mut filter = vec![format!("{LABEL_MANAGED}=true")];
         filter.extend(labels.iter().map(|(k, v)| format!("{k}={v}")));
-        let options = ListContainersOptions {
-            all: true,
-            filters: Some(HashMap::from([("label".to_owned(), filter)])),
-            ..Default::default()
-        };
-        let containers = self
-            .client
-            .list_containers(Some(options))
-            .await
-            .map_err(|source| DockerError::List { source })?;
+        let containers = self.list_all(Some(filter)).await?;
         Ok(containers
             .into_iter()
             .filter_map(|c| {

@@ -104,14 +104,7 @@ mod tests {
 
     #[test]
     fn status_wire_names() {
-        for status in [
-            Status::Succeeded,
-            Status::Failed,
-            Status::TimedOut,
-            Status::Rejected,
-            Status::Interrupted,
-            Status::Error,
-        ] {
+        for status in Status::ALL {
             let json = serde_json::to_string(&status).unwrap();
             assert_eq!(json, format!("\"{}\"", status.as_str()));
         }

@@ -486,22 +486,34 @@ async fn an_aws_outage_delays_but_loses_nothing() {
     assert_eq!(agent.count("Job started."), 2);
 }
 
+/// An agent config whose Docker socket is a proxy the test can cut.
+async fn behind_a_docker_proxy(
+    stack: &Stack,
+    aws: &Aws,
+    pool: &common::aws::Pool,
+) -> (common::proxy::Proxy, TestConfig) {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("docker.sock");
+    let proxy =
+        common::proxy::Proxy::unix(&socket, std::path::Path::new("/var/run/docker.sock")).await;
+    let mut config = agent_config(
+        stack,
+        pool,
+        &aws.endpoint,
+        &unique("i-dockerproxy"),
+        &format!("[docker]\nsocket = \"{}\"", socket.display()),
+    );
+    // The socket's directory lives as long as the config.
+    config.keep(dir);
+    (proxy, config)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn nothing_is_received_while_docker_is_down() {
     let stack = Stack::from_env();
     let aws = Aws::new().await;
     let pool = aws.pool("dockerdown", 5).await;
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("docker.sock");
-    let proxy =
-        common::proxy::Proxy::unix(&socket, std::path::Path::new("/var/run/docker.sock")).await;
-    let config = agent_config(
-        &stack,
-        &pool,
-        &aws.endpoint,
-        &unique("i-dockerdown"),
-        &format!("[docker]\nsocket = \"{}\"", socket.display()),
-    );
+    let (proxy, config) = behind_a_docker_proxy(&stack, &aws, &pool).await;
     let agent = AgentProcess::start(&config, "agent");
     agent.wait_log("Ready; serving the queue.", LONG).await;
 
@@ -540,17 +552,7 @@ async fn losing_docker_mid_job_loses_neither_the_job_nor_a_line_of_its_output() 
     let stack = Stack::from_env();
     let aws = Aws::new().await;
     let pool = aws.pool("dockerblip", 5).await;
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("docker.sock");
-    let proxy =
-        common::proxy::Proxy::unix(&socket, std::path::Path::new("/var/run/docker.sock")).await;
-    let config = agent_config(
-        &stack,
-        &pool,
-        &aws.endpoint,
-        &unique("i-dockerblip"),
-        &format!("[docker]\nsocket = \"{}\"", socket.display()),
-    );
+    let (proxy, config) = behind_a_docker_proxy(&stack, &aws, &pool).await;
     let agent = AgentProcess::start(&config, "agent");
     let id = unique("blip");
     let lines = 60;

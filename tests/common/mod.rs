@@ -63,6 +63,8 @@ pub fn unique(prefix: &str) -> String {
 pub struct TestConfig {
     pub dir: tempfile::TempDir,
     pub path: PathBuf,
+    /// Other directories the config names, removed with it.
+    kept: Vec<tempfile::TempDir>,
 }
 
 impl TestConfig {
@@ -81,7 +83,16 @@ impl TestConfig {
         let mut config: toml::Table = base.parse().unwrap();
         merge(&mut config, extra.parse().expect("extra config is TOML"));
         std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
-        TestConfig { dir, path }
+        TestConfig {
+            dir,
+            path,
+            kept: Vec::new(),
+        }
+    }
+
+    /// Keeps `dir` for as long as the config lives.
+    pub fn keep(&mut self, dir: tempfile::TempDir) {
+        self.kept.push(dir);
     }
 
     /// Writes `job` to a file in the config's dir and returns its path.

@@ -520,6 +520,7 @@ impl Agent {
                 tracing::info!("Docker is back; receiving again.");
                 systemd::status("serving the queue");
             }
+            self.runner.sweep_leftovers().await;
             if let Some(disk) = self.runner.disk() {
                 match disk.ensure_room().await {
                     Ok(room) => {

@@ -9,7 +9,9 @@
 //! returns.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -74,6 +76,10 @@ pub struct Runner {
     masker: Arc<Masker>,
     cache: Option<Cache>,
     disk: Option<Arc<Disk>>,
+    /// The containers of the jobs running now.
+    active: Arc<Mutex<HashSet<String>>>,
+    /// A cleanup left something behind: sweep once Docker answers.
+    leftovers: Arc<AtomicBool>,
 }
 
 /// A finished job: its result (without the `log` location, which the caller
@@ -108,6 +114,8 @@ impl Runner {
             masker: Arc::new(Masker::none()),
             cache: None,
             disk: None,
+            active: Arc::default(),
+            leftovers: Arc::default(),
         }
     }
 
@@ -186,6 +194,10 @@ impl Runner {
         let started_at = chrono::Utc::now();
         let clock = Instant::now();
         let names = Names::new(&job.id, attempt, &self.config.agent.secrets_dir);
+        self.active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(names.container.clone());
         let mut log = JobLog::new(self.masker.clone()).spool_to(
             self.config
                 .agent
@@ -199,6 +211,10 @@ impl Runner {
             .run_container(job, attempt, labels, &names, stop, &mut log, &mut image_ran)
             .await;
         self.clean_up(&names).await;
+        self.active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&names.container);
 
         let (status, exit_code, reason) = match outcome {
             Outcome::Exited { code: 0, .. } => (Status::Succeeded, Some(0), None),
@@ -567,13 +583,66 @@ impl Runner {
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "Could not remove the job's container.");
+                    tracing::warn!(%error, "Could not remove the job's container; removing it once Docker answers.");
                     break false;
                 }
             }
         };
-        if removed && let Err(error) = self.docker.remove_volume(&names.workspace).await {
-            tracing::warn!(%error, "Could not remove the job's workspace volume.");
+        let removed = removed
+            && match self.docker.remove_volume(&names.workspace).await {
+                Ok(()) => true,
+                Err(error) => {
+                    tracing::warn!(%error, "Could not remove the job's workspace volume.");
+                    false
+                }
+            };
+        if !removed {
+            self.leftovers.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Removes what a job's cleanup could not, Docker having been away for longer
+    /// than `CLEANUP_PATIENCE`: this agent's containers that no running job owns,
+    /// with their workspaces. Their jobs' messages met their fate already. Cheap
+    /// when there is nothing to do; the agent calls it whenever Docker answers.
+    pub async fn sweep_leftovers(&self) {
+        if !self.leftovers.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        let found = match self
+            .docker
+            .list_managed(&[(docker::LABEL_AGENT, &self.instance_id)])
+            .await
+        {
+            Ok(found) => found,
+            Err(error) => {
+                self.leftovers.store(true, Ordering::SeqCst);
+                tracing::warn!(%error, "Could not look for containers earlier jobs left.");
+                return;
+            }
+        };
+        let active = self
+            .active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for container in found.into_iter().filter(|c| !active.contains(&c.name)) {
+            let removed = match self.docker.remove_container(&container.name).await {
+                Ok(()) => match container.labels.get(docker::LABEL_WORKSPACE) {
+                    Some(volume) => self.docker.remove_volume(volume).await,
+                    None => Ok(()),
+                },
+                Err(error) => Err(error),
+            };
+            match removed {
+                Ok(()) => {
+                    tracing::info!(container = %container.name, "Removed a container an earlier job's cleanup could not.")
+                }
+                Err(error) => {
+                    self.leftovers.store(true, Ordering::SeqCst);
+                    tracing::warn!(%error, container = %container.name, "Could not remove a container an earlier job left.");
+                }
+            }
         }
     }
 }

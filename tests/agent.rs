@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::agent::{AgentProcess, agent_config};
+use common::agent::{AgentProcess, agent_config, behind_a_docker_proxy};
 use common::aws::{Aws, eventually};
 use common::*;
 use nix::sys::signal::Signal;
@@ -486,34 +486,12 @@ async fn an_aws_outage_delays_but_loses_nothing() {
     assert_eq!(agent.count("Job started."), 2);
 }
 
-/// An agent config whose Docker socket is a proxy the test can cut.
-async fn behind_a_docker_proxy(
-    stack: &Stack,
-    aws: &Aws,
-    pool: &common::aws::Pool,
-) -> (common::proxy::Proxy, TestConfig) {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("docker.sock");
-    let proxy =
-        common::proxy::Proxy::unix(&socket, std::path::Path::new("/var/run/docker.sock")).await;
-    let mut config = agent_config(
-        stack,
-        pool,
-        &aws.endpoint,
-        &unique("i-dockerproxy"),
-        &format!("[docker]\nsocket = \"{}\"", socket.display()),
-    );
-    // The socket's directory lives as long as the config.
-    config.keep(dir);
-    (proxy, config)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn nothing_is_received_while_docker_is_down() {
     let stack = Stack::from_env();
     let aws = Aws::new().await;
     let pool = aws.pool("dockerdown", 5).await;
-    let (proxy, config) = behind_a_docker_proxy(&stack, &aws, &pool).await;
+    let (proxy, config) = behind_a_docker_proxy(&stack, &aws, &pool, "").await;
     let agent = AgentProcess::start(&config, "agent");
     agent.wait_log("Ready; serving the queue.", LONG).await;
 
@@ -552,7 +530,7 @@ async fn losing_docker_mid_job_loses_neither_the_job_nor_a_line_of_its_output() 
     let stack = Stack::from_env();
     let aws = Aws::new().await;
     let pool = aws.pool("dockerblip", 5).await;
-    let (proxy, config) = behind_a_docker_proxy(&stack, &aws, &pool).await;
+    let (proxy, config) = behind_a_docker_proxy(&stack, &aws, &pool, "").await;
     let agent = AgentProcess::start(&config, "agent");
     let id = unique("blip");
     let lines = 60;
@@ -616,6 +594,46 @@ async fn losing_docker_mid_job_loses_neither_the_job_nor_a_line_of_its_output() 
         agent.count("Docker answers again; the job's container is still there."),
         1
     );
+    assert_clean(&id);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_a_cleanup_leaves_in_a_long_docker_outage_is_swept_when_docker_returns() {
+    let stack = Stack::from_env();
+    let aws = Aws::new().await;
+    let pool = aws.pool("sweep", 5).await;
+    let (proxy, config) = behind_a_docker_proxy(&stack, &aws, &pool, "").await;
+    let agent = AgentProcess::start(&config, "agent");
+    let id = unique("sweep");
+    let mut body = job(&id, &stack.image, &["sleep", "600"]);
+    body["timeout_secs"] = json!(2);
+    aws.send_job(&pool.queue_url, &body).await;
+    agent.wait_log("Job started.", LONG).await;
+
+    // Docker goes away before the timeout: the stop cannot reach it, and the
+    // cleanup gives up after its 30 s of patience.
+    proxy.set_down(true);
+    agent
+        .wait_log(
+            "Could not remove the job's container; removing it once Docker answers.",
+            LONG,
+        )
+        .await;
+    assert_eq!(leftovers(&id).len(), 2, "container and workspace left");
+    proxy.set_down(false);
+    agent
+        .wait_log(
+            "Removed a container an earlier job's cleanup could not.",
+            LONG,
+        )
+        .await;
+    eventually("the leftovers gone", LONG, || async {
+        leftovers(&id).is_empty()
+    })
+    .await;
+    // The attempt was an error (the host failed it), so the job ran again.
+    let r = wait_result(&aws, &pool.bucket, &id).await;
+    assert_eq!(r["status"], "timed_out", "{r}");
     assert_clean(&id);
 }
 

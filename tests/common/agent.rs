@@ -8,8 +8,38 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-use super::aws::{Pool, eventually};
+use super::aws::{Aws, Pool, eventually};
+use super::proxy::Proxy;
 use super::{Stack, TestConfig, deckhand};
+
+/// An agent config (plus `extra`) whose Docker socket is a proxy the test can cut.
+pub async fn behind_a_docker_proxy(
+    stack: &Stack,
+    aws: &Aws,
+    pool: &Pool,
+    extra: &str,
+) -> (Proxy, TestConfig) {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("docker.sock");
+    let proxy = Proxy::unix(&socket, Path::new("/var/run/docker.sock")).await;
+    let mut extra: toml::Table = extra.parse().expect("extra config is TOML");
+    super::merge(
+        &mut extra,
+        format!("[docker]\nsocket = \"{}\"", socket.display())
+            .parse()
+            .unwrap(),
+    );
+    let mut config = agent_config(
+        stack,
+        pool,
+        &aws.endpoint,
+        &super::unique("i-dockerproxy"),
+        &toml::to_string(&extra).unwrap(),
+    );
+    // The socket's directory lives as long as the config.
+    config.keep(dir);
+    (proxy, config)
+}
 
 pub struct AgentProcess {
     child: Child,

@@ -380,15 +380,29 @@ impl Runner {
         let ((), ended) = tokio::join!(pump, supervise);
         match ended {
             Err(e) => Outcome::Error(e.to_string()),
-            Ok((Ended::Exited, code)) => match docker.exit_state(&names.container).await {
-                Ok(exit) => Outcome::Exited {
-                    code,
-                    oom_killed: exit.oom_killed,
-                },
+            Ok((Ended::Exited, code)) => match self.oom_killed(&names.container, code).await {
+                Ok(oom_killed) => Outcome::Exited { code, oom_killed },
                 Err(e) => Outcome::Error(e.to_string()),
             },
             Ok((Ended::TimedOut, code)) => Outcome::TimedOut { code },
             Ok((Ended::Preempted, code)) => Outcome::Interrupted { code: Some(code) },
+        }
+    }
+
+    /// Whether the kernel's OOM killer ended the container. dockerd learns of an
+    /// OOM kill from an event of its own, which can come after the exit (seen on
+    /// cgroup v1 under load): a SIGKILLed job is asked about again for a moment
+    /// before it is taken for a plain `kill -9`.
+    async fn oom_killed(&self, container: &str, code: i64) -> Result<bool, docker::DockerError> {
+        const SIGKILLED: i64 = 128 + 9;
+        let mut asked = 0;
+        loop {
+            let exit = self.docker.exit_state(container).await?;
+            if exit.oom_killed || code != SIGKILLED || asked == 10 {
+                return Ok(exit.oom_killed);
+            }
+            asked += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

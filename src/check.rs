@@ -117,8 +117,33 @@ pub async fn run(config: &Config) -> Vec<Probe> {
             .await,
         );
     }
+    if let Some(address) = config.metrics.listen {
+        probes.push(probe("metrics", metrics(address)).await);
+    }
     probes.push(probe("disk", disk(config)).await);
     probes
+}
+
+/// On a host whose agent runs, what its `/readyz` says; before it runs, that the
+/// address can be bound.
+async fn metrics(address: std::net::SocketAddr) -> Result<String, String> {
+    let url = format!("http://{address}/readyz");
+    match reqwest::get(&url).await {
+        Ok(response) => {
+            let status = response.status();
+            let body = response.text().await.unwrap_or_default();
+            let detail = format!("{url} answers {}: {}", status.as_u16(), body.trim());
+            if status.is_success() {
+                Ok(detail)
+            } else {
+                Err(detail)
+            }
+        }
+        Err(_) => tokio::net::TcpListener::bind(address)
+            .await
+            .map(|_| format!("{address} is free for deckhand run"))
+            .map_err(|e| format!("{address} (metrics.listen): {e}")),
+    }
 }
 
 async fn probe(

@@ -768,6 +768,32 @@ async fn check_reports_each_dependency() {
     let (code, report) = check(&full);
     assert_ne!(code, Some(0), "{report}");
     assert!(report.contains("FAIL  disk"), "{report}");
+
+    // metrics.listen: free before the agent runs, taken by something else, and
+    // the agent's own /readyz once it does.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let with_metrics = agent_config(
+        &stack,
+        &pool,
+        &aws.endpoint,
+        &unique("i-check"),
+        &format!("[metrics]\nlisten = \"127.0.0.1:{port}\""),
+    );
+    let (code, report) = check(&with_metrics);
+    assert_eq!(code, Some(0), "{report}");
+    assert!(
+        report.contains(&format!("ok    metrics  127.0.0.1:{port} is free")),
+        "{report}"
+    );
+    let agent = AgentProcess::start(&with_metrics, "agent");
+    agent.wait_log("Ready; serving the queue.", LONG).await;
+    let (code, report) = check(&with_metrics);
+    assert_eq!(code, Some(0), "{report}");
+    assert!(report.contains("/readyz answers 200: ok"), "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -9,9 +9,9 @@ use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, VolumeCreateRequest};
 use bollard::query_parameters::{
-    AttachContainerOptions, CreateContainerOptions, CreateImageOptions, ListContainersOptions,
-    LogsOptions, RemoveContainerOptions, RemoveImageOptions, RemoveVolumeOptions,
-    StopContainerOptions, WaitContainerOptions,
+    AttachContainerOptions, CreateContainerOptions, CreateImageOptions, EventsOptions,
+    ListContainersOptions, LogsOptions, RemoveContainerOptions, RemoveImageOptions,
+    RemoveVolumeOptions, StopContainerOptions, WaitContainerOptions,
 };
 use futures_util::{Stream, StreamExt};
 
@@ -75,6 +75,8 @@ pub enum DockerError {
     RemoveImage { image: String, source: BollardError },
     #[error("docker info: {source}")]
     Info { source: BollardError },
+    #[error("events of container {name}: {source}")]
+    Events { name: String, source: BollardError },
 }
 
 impl DockerError {
@@ -108,7 +110,8 @@ impl DockerError {
             | DockerError::RemoveVolume { source, .. }
             | DockerError::List { source }
             | DockerError::RemoveImage { source, .. }
-            | DockerError::Info { source } => source,
+            | DockerError::Info { source }
+            | DockerError::Events { source, .. } => source,
         };
         matches!(
             source,
@@ -506,6 +509,29 @@ impl Docker {
             code: state.exit_code.unwrap_or(-1),
             oom_killed: state.oom_killed.unwrap_or(false),
         })
+    }
+
+    /// Whether Docker logged an `oom` event for the container since `since` (Unix
+    /// seconds). Past events only: the query ends at now.
+    pub async fn oom_event(&self, name: &str, since: i64) -> Result<bool, DockerError> {
+        let options = EventsOptions {
+            since: Some(since.to_string()),
+            until: Some(chrono::Utc::now().timestamp().saturating_add(1).to_string()),
+            filters: Some(HashMap::from([
+                ("type".to_owned(), vec!["container".to_owned()]),
+                ("container".to_owned(), vec![name.to_owned()]),
+                ("event".to_owned(), vec!["oom".to_owned()]),
+            ])),
+        };
+        let mut events = self.client.events(Some(options));
+        match events.next().await {
+            Some(Ok(_)) => Ok(true),
+            None => Ok(false),
+            Some(Err(source)) => Err(DockerError::Events {
+                name: name.to_owned(),
+                source,
+            }),
+        }
     }
 
     /// Removes the container and its anonymous volumes; gone already is fine.

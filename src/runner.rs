@@ -355,6 +355,7 @@ impl Runner {
             Ok(output) => output,
             Err(e) => return Outcome::Error(e.to_string()),
         };
+        let started = chrono::Utc::now();
         if let Err(e) = docker.start(&names.container).await {
             return Outcome::Error(e.to_string());
         }
@@ -380,7 +381,10 @@ impl Runner {
         let ((), ended) = tokio::join!(pump, supervise);
         match ended {
             Err(e) => Outcome::Error(e.to_string()),
-            Ok((Ended::Exited, code)) => match self.oom_killed(&names.container, code).await {
+            Ok((Ended::Exited, code)) => match self
+                .oom_killed(&names.container, code, started.timestamp() - 1)
+                .await
+            {
                 Ok(oom_killed) => Outcome::Exited { code, oom_killed },
                 Err(e) => Outcome::Error(e.to_string()),
             },
@@ -389,20 +393,32 @@ impl Runner {
         }
     }
 
-    /// Whether the kernel's OOM killer ended the container. dockerd learns of an
-    /// OOM kill from an event of its own, which can come after the exit (seen on
-    /// cgroup v1 under load): a SIGKILLed job is asked about again for a moment
-    /// before it is taken for a plain `kill -9`.
-    async fn oom_killed(&self, container: &str, code: i64) -> Result<bool, docker::DockerError> {
+    /// Whether the kernel's OOM killer ended the container. dockerd sets
+    /// `State.OOMKilled` only if containerd's OOM event reached it before the exit
+    /// event; under load on cgroup v1 it can come after (seen in the test suite),
+    /// and then only Docker's `oom` event tells. So a SIGKILLed job is asked
+    /// about both ways for up to 2 s before it is taken for a plain `kill -9`.
+    async fn oom_killed(
+        &self,
+        container: &str,
+        code: i64,
+        started: i64,
+    ) -> Result<bool, docker::DockerError> {
         const SIGKILLED: i64 = 128 + 9;
         let mut asked = 0;
         loop {
             let exit = self.docker.exit_state(container).await?;
-            if exit.oom_killed || code != SIGKILLED || asked == 10 {
+            if exit.oom_killed || code != SIGKILLED {
                 return Ok(exit.oom_killed);
             }
+            if self.docker.oom_event(container, started).await? {
+                return Ok(true);
+            }
+            if asked == 10 {
+                return Ok(false);
+            }
             asked += 1;
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 

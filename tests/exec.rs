@@ -87,6 +87,39 @@ fn a_job_past_its_timeout_is_stopped() {
     assert_clean(&id);
 }
 
+/// The second source deckhand asks when dockerd's `State.OOMKilled` lags the
+/// exit: Docker's own `oom` event for the container.
+#[tokio::test]
+async fn dockers_oom_event_is_found_for_a_memory_kill_only() {
+    let stack = Stack::from_env();
+    let engine = deckhand::docker::Docker::connect(&deckhand::config::DockerConfig {
+        socket: "/var/run/docker.sock".into(),
+    })
+    .await
+    .unwrap();
+    let since = chrono::Utc::now().timestamp() - 1;
+    let run = |name: &str, command: &[&str]| {
+        let mut args = vec!["run", "--name", name, "-m", "32m", "--memory-swap", "32m"];
+        args.extend(["--network", &stack.network, &stack.image]);
+        args.extend(command);
+        std::process::Command::new("docker")
+            .args(&args)
+            .output()
+            .unwrap()
+    };
+    let (oom, fine) = (unique("oom-event"), unique("no-oom-event"));
+    run(
+        &oom,
+        &["dd", "if=/dev/zero", "of=/dev/null", "bs=256M", "count=1"],
+    );
+    run(&fine, &["true"]);
+    let found = engine.oom_event(&oom, since).await.unwrap();
+    let not_found = engine.oom_event(&fine, since).await.unwrap();
+    docker(&["rm", "-f", &oom, &fine]);
+    assert!(found, "an oom event for {oom}");
+    assert!(!not_found, "no oom event for {fine}");
+}
+
 #[test]
 fn a_memory_kill_is_reported_as_such() {
     let stack = Stack::from_env();

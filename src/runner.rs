@@ -396,8 +396,9 @@ impl Runner {
     /// Whether the kernel's OOM killer ended the container. dockerd sets
     /// `State.OOMKilled` only if containerd's OOM event reached it before the exit
     /// event; under load on cgroup v1 it can come after (seen in the test suite),
-    /// and then only Docker's `oom` event tells. So a SIGKILLed job is asked
-    /// about both ways for up to 2 s before it is taken for a plain `kill -9`.
+    /// and then only Docker's `oom` event tells, which a busy dockerd may log
+    /// seconds later. So a SIGKILLed job is asked about both ways for up to 5 s
+    /// before it is taken for a plain `kill -9`.
     async fn oom_killed(
         &self,
         container: &str,
@@ -414,7 +415,7 @@ impl Runner {
             if self.docker.oom_event(container, started).await? {
                 return Ok(true);
             }
-            if asked == 10 {
+            if asked == 25 {
                 return Ok(false);
             }
             asked += 1;

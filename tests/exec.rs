@@ -87,6 +87,9 @@ fn a_job_past_its_timeout_is_stopped() {
     assert_clean(&id);
 }
 
+/// Runs for a second, then allocates 256 MiB at once (as PID 1).
+const OOM_AFTER_A_SECOND: &str = "sleep 1; exec dd if=/dev/zero of=/dev/null bs=256M count=1";
+
 /// The second source deckhand asks when dockerd's `State.OOMKilled` lags the
 /// exit: Docker's own `oom` event for the container.
 #[tokio::test]
@@ -108,12 +111,18 @@ async fn dockers_oom_event_is_found_for_a_memory_kill_only() {
             .unwrap()
     };
     let (oom, fine) = (unique("oom-event"), unique("no-oom-event"));
-    run(
-        &oom,
-        &["dd", "if=/dev/zero", "of=/dev/null", "bs=256M", "count=1"],
-    );
+    run(&oom, &["sh", "-c", OOM_AFTER_A_SECOND]);
     run(&fine, &["true"]);
-    let found = engine.oom_event(&oom, since).await.unwrap();
+    // A busy dockerd logs the event when it gets to it: wait for it, with a
+    // generous deadline; the clean exit has its `die` event by then, and no `oom`.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut found = false;
+    while !found && tokio::time::Instant::now() < deadline {
+        found = engine.oom_event(&oom, since).await.unwrap();
+        if !found {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
     let not_found = engine.oom_event(&fine, since).await.unwrap();
     docker(&["rm", "-f", &oom, &fine]);
     assert!(found, "an oom event for {oom}");
@@ -128,8 +137,11 @@ fn a_memory_kill_is_reported_as_such() {
     let mut spec = job(
         &id,
         &stack.image,
-        // dd allocates and fills a 256 MiB buffer: far over a 32 MB limit.
-        &["dd", "if=/dev/zero", "of=/dev/null", "bs=256M", "count=1"],
+        // dd allocates and fills a 256 MiB buffer: far over a 32 MB limit. After a
+        // second, as a build would: containerd watches a container's cgroup for
+        // OOM kills only once it has started it, and an OOM in the very first
+        // milliseconds can beat that on a busy host, leaving Docker none the wiser.
+        &["sh", "-c", OOM_AFTER_A_SECOND],
     );
     spec["resources"] = json!({"memory_mb": 32});
     let run = exec(&config, &spec);

@@ -831,3 +831,58 @@ impl Names {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(log: JobLog) -> String {
+        match log.into_body() {
+            LogBody::Memory(ref bytes) => String::from_utf8(bytes.clone()).unwrap(),
+            LogBody::Spooled { .. } => unreachable!("a few bytes stay in memory"),
+        }
+    }
+
+    fn out(s: &str) -> Output {
+        Output::Stdout(bytes::Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    fn err(s: &str) -> Output {
+        Output::Stderr(bytes::Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    #[test]
+    fn a_replay_adds_only_what_was_not_logged_per_stream() {
+        let mut log = JobLog::new(Arc::new(Masker::none()));
+        let mut seen = SeenBytes::default();
+        // The attach stream: one and a half stdout lines, one stderr line, cut.
+        seen.push_unseen(&mut log, out("one\ntw"));
+        seen.push_unseen(&mut log, err("e1\n"));
+        // The replay starts from each stream's first byte, framed differently
+        // (the log driver stores lines), and stderr comes first this time.
+        seen.replay();
+        seen.push_unseen(&mut log, err("e1\n"));
+        seen.push_unseen(&mut log, err("e2\n"));
+        seen.push_unseen(&mut log, out("one\n"));
+        seen.push_unseen(&mut log, out("two\nthree\n"));
+        // A second cut and replay, mid-line again.
+        seen.replay();
+        seen.push_unseen(&mut log, out("one\ntwo\nthree\nfo"));
+        seen.push_unseen(&mut log, out("ur\n"));
+        log.finish();
+        let text = text(log);
+        let lines: Vec<&str> = text.lines().collect();
+        let stdout: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|l| !l.starts_with('e'))
+            .collect();
+        let stderr: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|l| l.starts_with('e'))
+            .collect();
+        assert_eq!(stdout, ["one", "two", "three", "four"], "{text}");
+        assert_eq!(stderr, ["e1", "e2"], "{text}");
+    }
+}

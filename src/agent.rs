@@ -65,6 +65,8 @@ pub enum AgentError {
     MissingSecret { key: &'static str, name: String },
     #[error(transparent)]
     Metrics(#[from] crate::metrics::BindError),
+    #[error(transparent)]
+    Credentials(#[from] crate::credentials::BindError),
 }
 
 impl AgentError {
@@ -76,7 +78,10 @@ impl AgentError {
             | AgentError::SecretsDir { .. }
             | AgentError::MissingSecret { .. }
             // Another process has the port: the config must name another.
-            | AgentError::Metrics(_) => true,
+            | AgentError::Metrics(_)
+            // The host lacks the address (169.254.170.2 on lo) or another
+            // process has the port.
+            | AgentError::Credentials(_) => true,
             AgentError::Secrets(e) => e.is_permanent(),
             AgentError::Warm { .. } => false,
             AgentError::Cache(e) => e.is_permanent(),
@@ -158,6 +163,25 @@ pub async fn run(
             }
             None => None,
         };
+        // Only when some profile names a role: the address is the host's to set up.
+        let credentials = if config.profiles.values().any(|p| p.role_arn.is_some()) {
+            let (broker, listener) = crate::credentials::Broker::bind(
+                &sdk,
+                config.credentials.listen,
+                config.credentials.session,
+            )
+            .await?;
+            Some((broker, listener))
+        } else {
+            None
+        };
+        let (broker, credentials_server) = match credentials {
+            Some((broker, listener)) => (
+                Some(Arc::clone(&broker)),
+                Some(crate::credentials::serve(listener, broker)),
+            ),
+            None => (None, None),
+        };
         let life = async {
             let boot_started = Instant::now();
             // A stop during bootstrap (SIGTERM, a spot notice) ends it: nothing
@@ -166,10 +190,13 @@ pub async fn run(
                 booted = bootstrap(&config, &sdk, &instance_id, &log_masker, &stop) => booted?,
                 _ = stop.draining().cancelled() => None,
             };
-            let Some((runner, webhook)) = booted else {
+            let Some((mut runner, webhook)) = booted else {
                 tracing::info!("Stopped during bootstrap.");
                 return Ok(());
             };
+            if let Some(broker) = &broker {
+                runner = runner.with_credentials(Arc::clone(broker));
+            }
             let sqs = crate::aws::sqs_client(&sdk);
             let agent = Arc::new(Agent {
                 queue: Queue::new(sqs.clone(), queue_url),
@@ -237,10 +264,17 @@ pub async fn run(
                 None => std::future::pending().await,
             }
         };
+        let credentials_server = async {
+            match credentials_server {
+                Some(server) => server.await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             lived = life => lived?,
             never = watcher => match never {},
             never = metrics_server => match never {},
+            never = credentials_server => match never {},
         }
         if let Some(reason @ (StopReason::Idle { .. } | StopReason::AutoScaling)) = stop.reason() {
             let scale_in = crate::autoscaling::ScaleIn {

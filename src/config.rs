@@ -44,6 +44,7 @@ pub struct Config {
     pub drain: DrainConfig,
     pub metrics: MetricsConfig,
     pub disk: DiskConfig,
+    pub credentials: CredentialsConfig,
     /// Job profiles by name; `default` always exists.
     pub profiles: BTreeMap<String, Profile>,
 }
@@ -92,6 +93,26 @@ pub struct ImdsConfig {
 #[derive(Debug, Clone)]
 pub struct DockerConfig {
     pub socket: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct CredentialsConfig {
+    /// Where `deckhand run` serves per-job credentials, and the address jobs are
+    /// given. AWS SDKs accept only a loopback or the ECS link-local address over
+    /// plain HTTP; the host puts 169.254.170.2 on `lo`, which a job's network
+    /// reaches through the host.
+    pub listen: SocketAddr,
+    /// How long each job's role session lasts before it is renewed.
+    pub session: Duration,
+}
+
+impl Default for CredentialsConfig {
+    fn default() -> Self {
+        CredentialsConfig {
+            listen: SocketAddr::from(([169, 254, 170, 2], 51679)),
+            session: Duration::from_secs(3600),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -252,6 +273,8 @@ pub struct Profile {
     pub secrets: Vec<String>,
     /// Of those, the ones also given as environment variables.
     pub env_secrets: Vec<String>,
+    /// The IAM role whose credentials a job of this profile gets, and no other.
+    pub role_arn: Option<String>,
 }
 
 impl Default for Profile {
@@ -265,6 +288,7 @@ impl Default for Profile {
             network: "bridge".to_owned(),
             secrets: Vec::new(),
             env_secrets: Vec::new(),
+            role_arn: None,
         }
     }
 }
@@ -698,6 +722,31 @@ impl Reader<'_> {
         };
         self.finish(metrics);
 
+        let mut credentials = self.section(&mut root, "credentials");
+        let defaults = CredentialsConfig::default();
+        let credentials_cfg = CredentialsConfig {
+            listen: self
+                .opt_string(&mut credentials, "listen")
+                .and_then(|text| match text.parse::<SocketAddr>() {
+                    Ok(address) => Some(address),
+                    Err(_) => {
+                        self.issue(
+                            "credentials.listen",
+                            &format!("{text:?} must be an IP address and a port, like \"169.254.170.2:51679\""),
+                        );
+                        None
+                    }
+                })
+                .unwrap_or(defaults.listen),
+            session: Duration::from_secs(self.int(
+                &mut credentials,
+                "session_secs",
+                900..=43_200,
+                defaults.session.as_secs(),
+            )),
+        };
+        self.finish(credentials);
+
         let mut disk = self.section(&mut root, "disk");
         let defaults = DiskConfig::default();
         let disk_cfg = DiskConfig {
@@ -744,6 +793,7 @@ impl Reader<'_> {
             drain: drain_cfg,
             metrics: metrics_cfg,
             disk: disk_cfg,
+            credentials: credentials_cfg,
             profiles,
         }
     }
@@ -798,6 +848,15 @@ impl Reader<'_> {
                     );
                 }
             }
+            let role_arn = self.opt_string(&mut section, "role_arn");
+            if let Some(arn) = &role_arn
+                && !valid_role_arn(arn)
+            {
+                self.issue(
+                    &format!("profiles.{}.role_arn", name_of(&section)),
+                    &format!("{arn:?} must be an IAM role ARN, arn:aws:iam::<account>:role/<name>"),
+                );
+            }
             self.finish(section);
             profiles.insert(
                 name,
@@ -810,6 +869,7 @@ impl Reader<'_> {
                     network,
                     secrets,
                     env_secrets,
+                    role_arn,
                 },
             );
         }
@@ -1156,6 +1216,27 @@ fn valid_profile_name(name: &str) -> bool {
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
         && name.len() <= 64
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+/// `arn:<partition>:iam::<12 digits>:role/<path and name>`.
+fn valid_role_arn(arn: &str) -> bool {
+    let Some((partition, rest)) = arn
+        .strip_prefix("arn:")
+        .and_then(|rest| rest.split_once(":iam::"))
+    else {
+        return false;
+    };
+    let Some((account, name)) = rest.split_once(":role/") else {
+        return false;
+    };
+    partition.starts_with("aws")
+        && account.len() == 12
+        && account.bytes().all(|b| b.is_ascii_digit())
+        && !name.is_empty()
+        && name.len() <= 512
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_/-".contains(&b))
 }
 
 /// Docker's rule for network and volume names: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.

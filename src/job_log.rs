@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::logging::JOB_OUTPUT_TARGET;
-use crate::mask::Masker;
+use crate::mask::{Masker, SharedMasker};
 
 /// A line longer than this is cut into pieces, so one runaway line cannot hold the
 /// log hostage (or the agent's memory).
@@ -35,6 +35,8 @@ pub const SPOOL_AFTER_BYTES: usize = 8 * 1024 * 1024;
 /// The whole log of one job, in arrival order, masked.
 pub struct JobLog {
     masker: Arc<Masker>,
+    /// Secrets learned while the job runs (its role credentials), masked from then on.
+    later: SharedMasker,
     /// Where to spool, if the log grows past `SPOOL_AFTER_BYTES`.
     spool_path: Option<PathBuf>,
     spool: Option<std::fs::File>,
@@ -51,6 +53,7 @@ impl JobLog {
     pub fn new(masker: Arc<Masker>) -> Self {
         JobLog {
             masker,
+            later: SharedMasker::default(),
             spool_path: None,
             spool: None,
             bytes: 0,
@@ -94,9 +97,19 @@ impl JobLog {
         self
     }
 
+    /// Where to put secrets the job is given after it starts: every line emitted
+    /// after one is set is masked against them too.
+    pub fn later_secrets(&self) -> SharedMasker {
+        self.later.clone()
+    }
+
     fn emit(&mut self, stream: Stream, line: &[u8]) {
         let raw = String::from_utf8_lossy(line);
         let text = self.masker.mask(&raw);
+        let text = match self.later.get() {
+            Some(later) => std::borrow::Cow::Owned(later.mask(&text).into_owned()),
+            None => text,
+        };
         tracing::info!(target: JOB_OUTPUT_TARGET, stream = stream.as_str(), "{text}");
         self.text.extend_from_slice(text.as_bytes());
         self.text.push(b'\n');
@@ -234,6 +247,19 @@ impl LineSplitter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_learned_later_are_masked_from_then_on() {
+        let mut log = JobLog::new(Arc::new(Masker::new(["bundle-secret"])));
+        log.push(Stream::Stdout, b"early role-secret-1 bundle-secret\n");
+        log.later_secrets()
+            .set(Arc::new(Masker::new(["role-secret-1"])));
+        log.push(Stream::Stdout, b"late role-secret-1 bundle-secret\n");
+        assert_eq!(
+            String::from_utf8_lossy(log.text()),
+            "early role-secret-1 ***\nlate *** ***\n"
+        );
+    }
 
     fn split(chunks: &[&[u8]]) -> Vec<String> {
         let mut splitter = LineSplitter::default();

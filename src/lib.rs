@@ -20,6 +20,7 @@
 //! - [`systemd`]: readiness and watchdog notifications;
 //! - [`metrics`]: Prometheus metrics and the health check over HTTP;
 //! - [`disk`]: disk watermarks and the collection of unused images;
+//! - [`credentials`]: per-job AWS credentials for a profile's role;
 //! - [`exec`], [`submit`] and [`check`]: the `deckhand exec`, `submit` and `check`
 //!   commands; [`secrets`] also holds `deckhand seal`.
 
@@ -30,6 +31,7 @@ pub mod backoff;
 pub mod cache;
 pub mod check;
 pub mod config;
+pub mod credentials;
 pub mod disk;
 pub mod docker;
 pub mod ec2;

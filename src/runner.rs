@@ -24,6 +24,7 @@ use std::sync::Arc;
 use crate::backoff::Backoff;
 use crate::cache::Cache;
 use crate::config::Config;
+use crate::credentials::Broker;
 use crate::disk::Disk;
 use crate::docker::{self, ContainerSpec, Docker, Output, RegistryAuth};
 use crate::job::{Job, Problem, Rejection};
@@ -76,6 +77,7 @@ pub struct Runner {
     masker: Arc<Masker>,
     cache: Option<Cache>,
     disk: Option<Arc<Disk>>,
+    credentials: Option<Arc<Broker>>,
     /// The containers of the jobs running now.
     active: Arc<Mutex<HashSet<String>>>,
     /// A cleanup left something behind: sweep once Docker answers.
@@ -114,6 +116,7 @@ impl Runner {
             masker: Arc::new(Masker::none()),
             cache: None,
             disk: None,
+            credentials: None,
             active: Arc::default(),
             leftovers: Arc::default(),
         }
@@ -136,6 +139,18 @@ impl Runner {
     pub fn with_disk(mut self, disk: Arc<Disk>) -> Self {
         self.disk = Some(disk);
         self
+    }
+
+    /// Jobs whose profile names a role get its credentials from `broker`.
+    pub fn with_credentials(mut self, broker: Arc<Broker>) -> Self {
+        self.credentials = Some(broker);
+        self
+    }
+
+    fn role_arn(&self, job: &Job) -> Option<&str> {
+        self.config
+            .profile(&job.profile)
+            .and_then(|p| p.role_arn.as_deref())
     }
 
     pub fn disk(&self) -> Option<&Arc<Disk>> {
@@ -336,6 +351,23 @@ impl Runner {
         // Held for the whole run: a cache refresh removes the old volume only once
         // no running job mounts it.
         let cache_volume = self.cache.as_ref().and_then(Cache::current);
+        // Held until the container is gone: the job's credentials token works
+        // only while it runs.
+        let credentials = match (self.role_arn(job), &self.credentials) {
+            (None, _) => None,
+            (Some(role_arn), Some(broker)) => {
+                Some(broker.issue(&job.id, role_arn, log.later_secrets()))
+            }
+            (Some(_), None) => {
+                return Outcome::Error(format!(
+                    "profile {:?} has a role_arn: per-job AWS credentials are served by `deckhand run` only",
+                    job.profile
+                ));
+            }
+        };
+        if let Some(issued) = &credentials {
+            secret_env.extend(issued.env.iter().map(|(k, v)| format!("{k}={v}")));
+        }
         let mut spec = self.container_spec(job, attempt, names, image.id, labels, secret_env);
         if let Some(volume) = &cache_volume {
             spec.mounts.push(docker::volume_mount(

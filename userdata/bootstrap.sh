@@ -252,7 +252,7 @@ write_imds_block_unit() {
 # Written by deckhand's user data; Packer bakes it too. deckhand.service
 # requires it, so no job runs before the rule is in place.
 [Unit]
-Description=Drop container traffic to the EC2 instance metadata service
+Description=Keep containers off the instance metadata; add deckhand's credentials address
 # The DOCKER-USER chain exists once dockerd has started.
 Requires=docker.service
 After=docker.service
@@ -269,6 +269,10 @@ RemainAfterExit=yes
 # Only 169.254.169.254: the rest of 169.254.0.0/16 may serve job credentials.
 # No ExecStop: the rule stays when this unit stops (fail closed).
 ExecStart=/bin/sh -c 'iptables -w -C DOCKER-USER -d 169.254.169.254/32 -j DROP 2>/dev/null || iptables -w -I DOCKER-USER 1 -d 169.254.169.254/32 -j DROP'
+# Where deckhand serves per-job AWS credentials (credentials.listen), as
+# ECS does: on lo, a job reaches it through the host, and AWS SDKs accept
+# this link-local address over plain HTTP. "replace" is idempotent.
+ExecStart=/sbin/ip address replace 169.254.170.2/32 dev lo
 
 [Install]
 WantedBy=multi-user.target

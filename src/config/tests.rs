@@ -363,3 +363,32 @@ fn metrics_and_disk_keys_are_checked() {
         &["metrics.listen", "disk.gc_free_mb"],
     );
 }
+
+#[test]
+fn role_arns_and_the_credentials_address_are_checked() {
+    let config = parse(
+        "[credentials]\nlisten = \"127.0.0.1:0\"\nsession_secs = 900\n[profiles.deploy]\nrole_arn = \"arn:aws:iam::123456789012:role/ci/deploy\"",
+    )
+    .unwrap();
+    assert_eq!(
+        config.profiles["deploy"].role_arn.as_deref(),
+        Some("arn:aws:iam::123456789012:role/ci/deploy")
+    );
+    assert_eq!(config.credentials.session, Duration::from_secs(900));
+    assert_eq!(
+        parse("").unwrap().credentials.listen,
+        "169.254.170.2:51679".parse().unwrap()
+    );
+    assert_issues(
+        &issues(
+            "[credentials]\nlisten = \"nowhere\"\nsession_secs = 60\n[profiles.a]\nrole_arn = \"arn:aws:iam::123:role/x\"\n[profiles.b]\nrole_arn = \"arn:aws:s3:::bucket\"",
+            &no_env(),
+        ),
+        &[
+            "credentials.listen",
+            "credentials.session_secs",
+            "profiles.a.role_arn",
+            "profiles.b.role_arn",
+        ],
+    );
+}

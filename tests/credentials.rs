@@ -1,0 +1,171 @@
+//! Per-job AWS credentials: a job of a profile with `role_arn` gets that role's
+//! credentials through the ECS container-credentials variables, from STS (moto),
+//! with its own token, and only while it runs.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::agent::{AgentProcess, agent_config};
+use common::aws::Aws;
+use common::*;
+use serde_json::json;
+
+const LONG: Duration = Duration::from_secs(120);
+const ROLE: &str = "arn:aws:iam::123456789012:role/ci-deploy";
+
+/// The environment Docker gave the job's container.
+fn container_env(agent: &AgentProcess, job_id: &str) -> HashMap<String, String> {
+    let container = agent
+        .logs()
+        .into_iter()
+        .find(|l| l["msg"] == "Job started." && l["job_id"] == job_id)
+        .expect("the job started")["container"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let env: Vec<String> = serde_json::from_str(&docker(&[
+        "inspect",
+        "-f",
+        "{{json .Config.Env}}",
+        &container,
+    ]))
+    .unwrap();
+    env.into_iter()
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
+async fn ask(uri: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+    let mut request = reqwest::Client::new().get(uri);
+    if let Some(token) = token {
+        request = request.header("Authorization", token);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.text().await.unwrap();
+    (status, serde_json::from_str(&body).unwrap_or(json!(body)))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_gets_its_profiles_role_and_only_while_it_runs() {
+    let stack = Stack::from_env();
+    let aws = Aws::new().await;
+    let pool = aws.pool("creds", 5).await;
+    let config = agent_config(
+        &stack,
+        &pool,
+        &aws.endpoint,
+        &unique("i-creds"),
+        &format!(
+            "[agent]\nslots = 2\n[credentials]\nlisten = \"127.0.0.1:0\"\n[profiles.deploy]\nrole_arn = \"{ROLE}\""
+        ),
+    );
+    let agent = AgentProcess::start(&config, "agent");
+    let (deploy, plain) = (unique("deploy"), unique("plain"));
+    let mut body = job(
+        &deploy,
+        &stack.image,
+        &[
+            "sh",
+            "-c",
+            "echo token=$AWS_CONTAINER_AUTHORIZATION_TOKEN; sleep 600",
+        ],
+    );
+    body["profile"] = json!("deploy");
+    body["timeout_secs"] = json!(8);
+    aws.send_job(&pool.queue_url, &body).await;
+    let mut body = job(&plain, &stack.image, &["sleep", "600"]);
+    body["timeout_secs"] = json!(8);
+    aws.send_job(&pool.queue_url, &body).await;
+    common::aws::eventually("both jobs to run", LONG, || async {
+        agent.count("Job started.") == 2
+    })
+    .await;
+
+    let env = container_env(&agent, &deploy);
+    let uri = env["AWS_CONTAINER_CREDENTIALS_FULL_URI"].clone();
+    let token = env["AWS_CONTAINER_AUTHORIZATION_TOKEN"].clone();
+    assert!(uri.ends_with("/v1/credentials"), "{uri}");
+    assert_eq!(token.len(), 64);
+    let other = container_env(&agent, &plain);
+    assert!(
+        !other.keys().any(|k| k.starts_with("AWS_")),
+        "a profile without a role gets no AWS variables: {other:?}"
+    );
+
+    let (status, first) = ask(&uri, Some(&token)).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["RoleArn"], ROLE);
+    for field in ["AccessKeyId", "SecretAccessKey", "Token"] {
+        assert!(
+            !first[field].as_str().unwrap().is_empty(),
+            "{field} in {first}"
+        );
+    }
+    let expiration =
+        chrono::DateTime::parse_from_rfc3339(first["Expiration"].as_str().unwrap()).unwrap();
+    assert!(expiration > chrono::Utc::now() + chrono::TimeDelta::minutes(30));
+    let (_, again) = ask(&uri, Some(&token)).await;
+    assert_eq!(
+        again["AccessKeyId"], first["AccessKeyId"],
+        "reused until near expiry"
+    );
+    assert_eq!(agent.count("Assumed the job's role."), 1);
+
+    assert_eq!(ask(&uri, Some("not-the-token")).await.0, 403);
+    assert_eq!(ask(&uri, None).await.0, 401);
+
+    // The job ends (its timeout): its token with it.
+    let start = tokio::time::Instant::now();
+    while aws
+        .json(&pool.bucket, &format!("results/{deploy}/result.json"))
+        .await
+        .is_none()
+    {
+        assert!(start.elapsed() < LONG, "the job to end");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, body) = ask(&uri, Some(&token)).await;
+    assert_eq!(status, 403, "{body}");
+    let log = aws
+        .object(&pool.bucket, &format!("results/{deploy}/log.txt"))
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(log).unwrap(),
+        "token=***\n",
+        "the token is masked"
+    );
+    assert!(
+        !std::fs::read_to_string(agent.log_path())
+            .unwrap()
+            .contains(&token),
+        "nor is it in the agent's output"
+    );
+    assert_clean(&deploy);
+}
+
+#[test]
+fn exec_cannot_serve_a_role_and_says_so() {
+    let stack = Stack::from_env();
+    let config = TestConfig::new(&stack, &format!("[profiles.deploy]\nrole_arn = \"{ROLE}\""));
+    let id = unique("exec-role");
+    let mut spec = job(&id, &stack.image, &["true"]);
+    spec["profile"] = json!("deploy");
+    let run = exec(&config, &spec);
+    assert_eq!(run.result["status"], "error", "{}", run.stdout);
+    assert!(
+        run.result["reason"]
+            .as_str()
+            .unwrap()
+            .contains("served by `deckhand run` only"),
+        "{}",
+        run.result
+    );
+    assert_clean(&id);
+}

@@ -15,21 +15,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_sts::error::DisplayErrorContext;
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::{Method, Request, StatusCode};
 use serde::Serialize;
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
+
+use crate::http::{Reply, reply};
 
 use crate::mask::{Masker, SharedMasker};
 
 /// Credentials this close to expiring are renewed before they are handed out.
 const RENEW_BEFORE: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
 const PATH: &str = "/v1/credentials";
-const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 #[error("listen on {address} (credentials.listen): {source}")]
@@ -206,46 +203,16 @@ enum Refusal {
     AssumeRole(String),
 }
 
-/// Answers credential requests until dropped; connections live in a set owned by
-/// this future.
+/// Answers credential requests until dropped.
 pub async fn serve(listener: TcpListener, broker: Arc<Broker>) -> Infallible {
-    let mut connections = JoinSet::new();
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            Some(_) = connections.join_next() => continue,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(error) => {
-                tracing::warn!(%error, "Could not accept a credentials connection.");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    crate::http::serve(listener, "credentials", move |request| {
         let broker = Arc::clone(&broker);
-        connections.spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let broker = Arc::clone(&broker);
-                async move { Ok::<_, Infallible>(respond(&request, &broker).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+        async move { respond(&request, &broker).await }
+    })
+    .await
 }
 
-async fn respond(request: &Request<Incoming>, broker: &Broker) -> Response<Full<Bytes>> {
-    let reply = |status: StatusCode, content_type: &str, body: String| {
-        Response::builder()
-            .status(status)
-            .header("content-type", content_type)
-            .body(Full::new(Bytes::from(body)))
-            .expect("a response from constant parts")
-    };
+async fn respond(request: &Request<Incoming>, broker: &Broker) -> Reply {
     let error = |status: StatusCode, message: &str| {
         reply(
             status,

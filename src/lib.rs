@@ -19,6 +19,7 @@
 //!   termination hook after an Auto Scaling termination;
 //! - [`systemd`]: readiness and watchdog notifications;
 //! - [`metrics`]: Prometheus metrics and the health check over HTTP;
+//! - [`http`]: the accept loop the metrics and credentials servers share;
 //! - [`disk`]: disk watermarks and the collection of unused images;
 //! - [`credentials`]: per-job AWS credentials for a profile's role;
 //! - [`exec`], [`submit`] and [`check`]: the `deckhand exec`, `submit` and `check`
@@ -37,6 +38,7 @@ pub mod docker;
 pub mod ec2;
 pub mod exec;
 pub mod exit;
+pub mod http;
 pub mod image;
 pub mod imds;
 pub mod job;

@@ -17,12 +17,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::{Method, Request, StatusCode};
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
+
+use crate::http::Reply;
 
 use crate::outcome::{AGENT_VERSION, Status};
 
@@ -30,8 +29,6 @@ use crate::outcome::{AGENT_VERSION, Status};
 const DURATION_BUCKETS_SECS: [f64; 10] = [
     1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0,
 ];
-/// A scraper that sends no request within this is dropped.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 #[error("listen on {address} (metrics.listen): {source}")]
@@ -275,56 +272,27 @@ pub async fn bind(address: SocketAddr) -> Result<TcpListener, BindError> {
     Ok(listener)
 }
 
-/// Answers scrapes until dropped. Connections are served in a set owned by this
-/// future, so dropping it closes them all.
+/// Answers scrapes until dropped.
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     state: Arc<dyn Fn() -> State + Send + Sync>,
 ) -> Infallible {
-    let mut connections = JoinSet::new();
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            Some(_) = connections.join_next() => continue,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(error) => {
-                // Out of file descriptors, most likely: let some close first.
-                tracing::warn!(%error, "Could not accept a metrics connection.");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let metrics = Arc::clone(&metrics);
-        let state = Arc::clone(&state);
-        connections.spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let response = respond(&request, &metrics, &state());
-                async move { Ok::<_, Infallible>(response) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+    crate::http::serve(listener, "metrics", move |request| {
+        let reply = respond(&request, &metrics, &state());
+        async move { reply }
+    })
+    .await
 }
 
-fn respond(request: &Request<Incoming>, metrics: &Metrics, state: &State) -> Response<Full<Bytes>> {
+fn respond(request: &Request<Incoming>, metrics: &Metrics, state: &State) -> Reply {
     let reply = |status: StatusCode, content_type: &str, body: String| {
         let body = if request.method() == Method::HEAD {
             Bytes::new()
         } else {
             Bytes::from(body)
         };
-        Response::builder()
-            .status(status)
-            .header("content-type", content_type)
-            .body(Full::new(body))
-            .expect("a response from constant parts")
+        crate::http::reply(status, content_type, body)
     };
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return reply(

@@ -120,8 +120,31 @@ pub async fn run(config: &Config) -> Vec<Probe> {
     if let Some(address) = config.metrics.listen {
         probes.push(probe("metrics", metrics(address)).await);
     }
+    if config.profiles.values().any(|p| p.role_arn.is_some()) {
+        probes.push(probe("credentials", credentials(config.credentials.listen)).await);
+    }
     probes.push(probe("disk", disk(config)).await);
     probes
+}
+
+/// On a host whose agent runs, that it answers there (401 to a request without a
+/// token); before it runs, that the address can be bound, which fails when the
+/// host lacks it (169.254.170.2 is put on `lo` by deckhand-imds-block.service).
+async fn credentials(address: std::net::SocketAddr) -> Result<String, String> {
+    let url = format!("http://{address}/v1/credentials");
+    match reqwest::get(&url).await {
+        Ok(response) if response.status() == reqwest::StatusCode::UNAUTHORIZED => {
+            Ok(format!("{url} is served"))
+        }
+        Ok(response) => Err(format!(
+            "{url} answers {}: not deckhand's credentials",
+            response.status().as_u16()
+        )),
+        Err(_) => tokio::net::TcpListener::bind(address)
+            .await
+            .map(|_| format!("{address} is free for deckhand run"))
+            .map_err(|e| format!("{address} (credentials.listen): {e}")),
+    }
 }
 
 /// On a host whose agent runs, what its `/readyz` says; before it runs, that the

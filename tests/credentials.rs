@@ -169,3 +169,42 @@ fn exec_cannot_serve_a_role_and_says_so() {
     );
     assert_clean(&id);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_says_whether_the_credentials_address_can_be_served() {
+    let stack = Stack::from_env();
+    let aws = Aws::new().await;
+    let pool = aws.pool("creds-check", 5).await;
+    let check = |listen: &str| {
+        let config = agent_config(
+            &stack,
+            &pool,
+            &aws.endpoint,
+            &unique("i-creds-check"),
+            &format!(
+                "[credentials]\nlisten = \"{listen}\"\n[profiles.deploy]\nrole_arn = \"{ROLE}\""
+            ),
+        );
+        let output = deckhand()
+            .args(["--config", path_str(&config.path), "check"])
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (code, report) = check(&format!("127.0.0.1:{port}"));
+    assert_eq!(code, Some(0), "{report}");
+    assert!(report.contains("ok    credentials"), "{report}");
+    // An address this host does not have (TEST-NET-1), as 169.254.170.2 is
+    // until deckhand-imds-block.service puts it on lo.
+    let (code, report) = check("192.0.2.1:51679");
+    assert_ne!(code, Some(0), "{report}");
+    assert!(report.contains("FAIL  credentials"), "{report}");
+}

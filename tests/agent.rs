@@ -1004,7 +1004,7 @@ struct OwnImage(String);
 impl OwnImage {
     fn new(stack: &Stack) -> OwnImage {
         let name = format!("{}/ci/gc-{}:1", stack.registry, unique("victim"));
-        let container = docker(&["create", &stack.image, "true"]);
+        let container = docker(&["create", "--network", &stack.network, &stack.image, "true"]);
         let container = container.trim();
         docker(&["commit", "-c", "LABEL deckhand.test=gc", container, &name]);
         docker(&["rm", container]);

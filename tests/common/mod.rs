@@ -82,6 +82,17 @@ impl TestConfig {
         );
         let mut config: toml::Table = base.parse().unwrap();
         merge(&mut config, extra.parse().expect("extra config is TOML"));
+        // Every profile's containers go on the stack's network, not only the
+        // default's: see `Stack::network`.
+        if let Some(toml::Value::Table(profiles)) = config.get_mut("profiles") {
+            for (_, profile) in profiles.iter_mut() {
+                if let toml::Value::Table(profile) = profile {
+                    profile
+                        .entry("network")
+                        .or_insert_with(|| toml::Value::String(stack.network.clone()));
+                }
+            }
+        }
         std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
         TestConfig {
             dir,

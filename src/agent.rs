@@ -7,6 +7,7 @@
 //! takes, either a result is recorded or the message goes back to the queue.
 
 use std::collections::HashSet;
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -141,47 +142,32 @@ pub async fn run(
         let sdk = crate::aws::sdk_config(&config.aws).await;
         let healthy = Health::default();
         let metrics = Arc::new(Metrics::default());
-        // Bound before bootstrap, so /healthz says "starting" meanwhile.
+        // Both bound before bootstrap: /readyz says "starting" meanwhile, and a
+        // host that cannot serve them fails at once.
         let metrics_server = match config.metrics.listen {
             Some(address) => {
                 let listener = crate::metrics::bind(address).await?;
-                let state = {
-                    let (healthy, stop, slots) =
-                        (healthy.clone(), stop.clone(), config.agent.slots);
-                    move || crate::metrics::State {
-                        slots,
-                        docker_up: healthy.docker_up(),
-                        queue_up: healthy.queue_up(),
-                        draining: stop.is_draining(),
-                    }
-                };
-                Some(crate::metrics::serve(
-                    listener,
-                    Arc::clone(&metrics),
-                    Arc::new(state),
-                ))
+                let state = metrics_state(&config, &healthy, &stop);
+                Some(crate::metrics::serve(listener, Arc::clone(&metrics), state))
             }
             None => None,
         };
         // Only when some profile names a role: the address is the host's to set up.
         let credentials = if config.profiles.values().any(|p| p.role_arn.is_some()) {
-            let (broker, listener) = crate::credentials::Broker::bind(
-                &sdk,
-                config.credentials.listen,
-                config.credentials.session,
+            Some(
+                crate::credentials::Broker::bind(
+                    &sdk,
+                    config.credentials.listen,
+                    config.credentials.session,
+                )
+                .await?,
             )
-            .await?;
-            Some((broker, listener))
         } else {
             None
         };
-        let (broker, credentials_server) = match credentials {
-            Some((broker, listener)) => (
-                Some(Arc::clone(&broker)),
-                Some(crate::credentials::serve(listener, broker)),
-            ),
-            None => (None, None),
-        };
+        let broker = credentials.as_ref().map(|(broker, _)| Arc::clone(broker));
+        let credentials_server =
+            credentials.map(|(broker, listener)| crate::credentials::serve(listener, broker));
         let life = async {
             let boot_started = Instant::now();
             // A stop during bootstrap (SIGTERM, a spot notice) ends it: nothing
@@ -231,50 +217,28 @@ pub async fn run(
                 "Ready; serving the queue."
             );
             systemd::ready("serving the queue");
-            let refresh = async {
-                match (agent.runner.cache(), config.cache.refresh) {
-                    (Some(cache), Some(every)) => cache.watch(every).await,
-                    _ => std::future::pending().await,
-                }
-            };
-            let watchdog = async {
-                match systemd::watchdog_period() {
-                    Some(period) => agent.healthy.pet_while_healthy(period).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let refresh = agent
+                .runner
+                .cache()
+                .zip(config.cache.refresh)
+                .map(|(cache, every)| cache.watch(every));
+            let watchdog =
+                systemd::watchdog_period().map(|period| agent.healthy.pet_while_healthy(period));
             tokio::select! {
                 () = agent.serve(&stop) => {}
-                never = refresh => match never {},
-                never = watchdog => match never {},
+                never = duty(refresh) => match never {},
+                never = duty(watchdog) => match never {},
             }
             Ok::<_, AgentError>(())
         };
         // Notices are watched from the start: one that comes during bootstrap
         // stops it.
-        let watcher = async {
-            match imds {
-                Some(imds) => crate::notices::watch(imds, &config, stop.clone()).await,
-                None => std::future::pending().await,
-            }
-        };
-        let metrics_server = async {
-            match metrics_server {
-                Some(server) => server.await,
-                None => std::future::pending().await,
-            }
-        };
-        let credentials_server = async {
-            match credentials_server {
-                Some(server) => server.await,
-                None => std::future::pending().await,
-            }
-        };
+        let watcher = imds.map(|imds| crate::notices::watch(imds, &config, stop.clone()));
         tokio::select! {
             lived = life => lived?,
-            never = watcher => match never {},
-            never = metrics_server => match never {},
-            never = credentials_server => match never {},
+            never = duty(watcher) => match never {},
+            never = duty(metrics_server) => match never {},
+            never = duty(credentials_server) => match never {},
         }
         if let Some(reason @ (StopReason::Idle { .. } | StopReason::AutoScaling)) = stop.reason() {
             let scale_in = crate::autoscaling::ScaleIn {
@@ -925,7 +889,7 @@ impl Agent {
 
     /// Keeps the message hidden and the claim alive while the job runs. Never
     /// returns; dropping it is safe (each beat is a whole request or none).
-    async fn heartbeat(&self, message: &Received, job_id: &str) -> std::convert::Infallible {
+    async fn heartbeat(&self, message: &Received, job_id: &str) -> Infallible {
         let visibility = self.config.queue.visibility_timeout;
         // A third of the timeout: two beats may fail before the message reappears.
         let period = visibility / 3;
@@ -1130,7 +1094,7 @@ impl Health {
     /// Pets systemd's watchdog every `period` while healthy, so a wedged agent is
     /// restarted. Its own loop, not the receive loop's: a host whose slots are all
     /// busy for hours is healthy too.
-    async fn pet_while_healthy(&self, period: Duration) -> std::convert::Infallible {
+    async fn pet_while_healthy(&self, period: Duration) -> Infallible {
         loop {
             if self.is_healthy() {
                 systemd::watchdog();
@@ -1138,6 +1102,30 @@ impl Health {
             tokio::time::sleep(period).await;
         }
     }
+}
+
+/// A duty the agent may not have (no IMDS, no metrics listener, no cache to
+/// refresh): runs it, or never returns, so it can sit in a `select!` either way.
+async fn duty(duty: Option<impl std::future::Future<Output = Infallible>>) -> Infallible {
+    match duty {
+        Some(duty) => duty.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What `/metrics` and the probes read at scrape time.
+fn metrics_state(
+    config: &Config,
+    healthy: &Health,
+    stop: &Stop,
+) -> Arc<dyn Fn() -> crate::metrics::State + Send + Sync> {
+    let (healthy, stop, slots) = (healthy.clone(), stop.clone(), config.agent.slots);
+    Arc::new(move || crate::metrics::State {
+        slots,
+        docker_up: healthy.docker_up(),
+        queue_up: healthy.queue_up(),
+        draining: stop.is_draining(),
+    })
 }
 
 /// Sleeps until `at`; never returns without one.

@@ -15,6 +15,9 @@ use std::sync::Mutex;
 
 use crate::docker::{Docker, DockerError};
 
+/// How stale the written record of an image's last use may get.
+const SAVE_AFTER_SECS: i64 = 600;
+
 /// Space below a watermark, and where.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{path}: {free_mb} MB free, below disk.min_free_mb = {min_free_mb}")]
@@ -57,6 +60,8 @@ pub struct Disk {
 struct Record {
     path: PathBuf,
     last_used: BTreeMap<String, i64>,
+    /// When the file was last written (Unix seconds).
+    saved_at: i64,
 }
 
 impl Disk {
@@ -86,17 +91,24 @@ impl Disk {
             min_free_mb,
             gc_free_mb,
             keep,
-            record: Mutex::new(Record { path, last_used }),
+            record: Mutex::new(Record {
+                path,
+                last_used,
+                saved_at: 0,
+            }),
         }
     }
 
-    /// A job starts from `image_id`.
+    /// A job starts from `image_id`. The record is written for a new image, or
+    /// when the file is `SAVE_AFTER_SECS` old: the order of collection needs no
+    /// finer clock after a restart, and every job need not write a file.
     pub fn used(&self, image_id: &str) {
+        let now = chrono::Utc::now().timestamp();
         let mut record = self.record.lock().unwrap_or_else(|e| e.into_inner());
-        record
-            .last_used
-            .insert(image_id.to_owned(), chrono::Utc::now().timestamp());
-        record.save();
+        let new = record.last_used.insert(image_id.to_owned(), now).is_none();
+        if new || now - record.saved_at >= SAVE_AFTER_SECS {
+            record.save();
+        }
     }
 
     /// The least free space of the watched paths, in MB, and which path.
@@ -180,7 +192,8 @@ impl Disk {
 
 impl Record {
     /// Written whole, then renamed, so a crash leaves the old record or the new.
-    fn save(&self) {
+    fn save(&mut self) {
+        self.saved_at = chrono::Utc::now().timestamp();
         let tmp = self.path.with_extension("json.tmp");
         let written = serde_json::to_vec(&self.last_used)
             .map_err(std::io::Error::other)

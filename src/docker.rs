@@ -82,22 +82,38 @@ pub enum DockerError {
 impl DockerError {
     /// Docker answered 404: the thing is not there.
     pub fn is_not_found(&self) -> bool {
-        match self {
-            DockerError::RemoveImage { source, .. }
-            | DockerError::InspectContainer { source, .. }
-            | DockerError::Wait { source, .. } => is_not_found(source),
-            _ => false,
-        }
+        self.source_error().is_some_and(is_not_found)
     }
 
     /// True when Docker did not answer (no socket, a dropped connection, a
     /// timeout), as opposed to answering with an error: the call may work again
     /// once dockerd is back, and a running container may well still be running.
     pub fn is_unreachable(&self) -> bool {
-        let source = match self {
-            DockerError::Connect { .. } | DockerError::Ping { .. } => return true,
-            DockerError::Pull { .. } | DockerError::PullTimeout { .. } => return false,
-            DockerError::InspectImage { source, .. }
+        match self {
+            DockerError::Connect { .. } | DockerError::Ping { .. } => true,
+            _ => matches!(
+                self.source_error(),
+                Some(
+                    BollardError::IOError { .. }
+                        | BollardError::HyperResponseError { .. }
+                        | BollardError::HyperLegacyError { .. }
+                        | BollardError::HttpClientError { .. }
+                        | BollardError::RequestTimeoutError
+                        | BollardError::SocketNotFoundError(_)
+                        // A stream cut short (ours: "the wait stream ended without a status").
+                        | BollardError::DockerStreamError { .. }
+                )
+            ),
+        }
+    }
+
+    /// What bollard said, for the calls that reached it.
+    fn source_error(&self) -> Option<&BollardError> {
+        match self {
+            DockerError::Pull { .. } | DockerError::PullTimeout { .. } => None,
+            DockerError::Connect { source, .. }
+            | DockerError::Ping { source, .. }
+            | DockerError::InspectImage { source, .. }
             | DockerError::CreateVolume { source, .. }
             | DockerError::CreateContainer { source, .. }
             | DockerError::Attach { source, .. }
@@ -111,19 +127,8 @@ impl DockerError {
             | DockerError::List { source }
             | DockerError::RemoveImage { source, .. }
             | DockerError::Info { source }
-            | DockerError::Events { source, .. } => source,
-        };
-        matches!(
-            source,
-            BollardError::IOError { .. }
-                | BollardError::HyperResponseError { .. }
-                | BollardError::HyperLegacyError { .. }
-                | BollardError::HttpClientError { .. }
-                | BollardError::RequestTimeoutError
-                | BollardError::SocketNotFoundError(_)
-                // A stream cut short (ours: "the wait stream ended without a status").
-                | BollardError::DockerStreamError { .. }
-        )
+            | DockerError::Events { source, .. } => Some(source),
+        }
     }
 }
 

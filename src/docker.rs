@@ -16,7 +16,7 @@ use bollard::query_parameters::{
 use futures_util::{Stream, StreamExt};
 
 use crate::config::DockerConfig;
-use crate::image::ImageRef;
+use crate::job::image::ImageRef;
 
 /// Every container and volume deckhand creates carries this label, so a restarted
 /// agent can find what a previous one left behind.

@@ -1,9 +1,13 @@
-//! The process's exit codes. sysexits(3) numbers where one fits, so systemd's
+//! Every exit code the process can end with, and the one table that maps each
+//! outcome to one. sysexits(3) numbers where one fits, so systemd's
 //! `RestartPreventExitStatus=78` can stop a crash loop on bad config.
 
-use std::process::ExitCode;
-
-use crate::outcome::{JobResult, Status};
+use crate::agent::AgentError;
+use crate::cli::exec::ExecError;
+use crate::cli::seal::SealError;
+use crate::cli::submit::SubmitError;
+use crate::config::ConfigError;
+use crate::job::result::{JobResult, Status};
 
 /// Clean exit: the command did what it was asked, or the agent drained.
 pub const OK: u8 = 0;
@@ -22,19 +26,113 @@ pub const TIMED_OUT: u8 = 124;
 /// The job was interrupted by a signal to deckhand (128 + SIGINT, as shells do).
 pub const INTERRUPTED: u8 = 130;
 
-/// `deckhand exec` exits with the job's own exit code when it ran.
-pub fn for_result(result: &JobResult) -> ExitCode {
-    let code = match result.status {
-        Status::Succeeded => OK,
-        Status::Failed => result
-            .exit_code
-            .and_then(|c| u8::try_from(c).ok())
-            .filter(|c| *c != 0)
-            .unwrap_or(FAILURE),
-        Status::TimedOut => TIMED_OUT,
-        Status::Rejected => REJECTED,
-        Status::Interrupted => INTERRUPTED,
-        Status::Error => UNAVAILABLE,
-    };
-    ExitCode::from(code)
+/// What something that ends the process exits with.
+pub trait ExitStatus {
+    fn exit_code(&self) -> u8;
+}
+
+/// 78 for what an operator must fix (retrying cannot help), 69 for what may come
+/// back by itself.
+fn permanent_or_unavailable(permanent: bool) -> u8 {
+    if permanent { CONFIG } else { UNAVAILABLE }
+}
+
+/// `deckhand exec` and `submit --wait` exit with the job's own exit code when it ran.
+impl ExitStatus for JobResult {
+    fn exit_code(&self) -> u8 {
+        match self.status {
+            Status::Succeeded => OK,
+            Status::Failed => self
+                .exit_code
+                .and_then(|c| u8::try_from(c).ok())
+                .filter(|c| *c != 0)
+                .unwrap_or(FAILURE),
+            Status::TimedOut => TIMED_OUT,
+            Status::Rejected => REJECTED,
+            Status::Interrupted => INTERRUPTED,
+            Status::Error => UNAVAILABLE,
+        }
+    }
+}
+
+impl ExitStatus for ConfigError {
+    fn exit_code(&self) -> u8 {
+        CONFIG
+    }
+}
+
+impl ExitStatus for AgentError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            AgentError::Config(_)
+            | AgentError::SecretsDir { .. }
+            | AgentError::MissingSecret { .. }
+            // Another process has the port: the config must name another.
+            | AgentError::Metrics(_)
+            // The host lacks the address (169.254.170.2 on lo) or another
+            // process has the port.
+            | AgentError::Credentials(_) => CONFIG,
+            AgentError::Secrets(e) => permanent_or_unavailable(e.is_permanent()),
+            AgentError::Warm { .. } => UNAVAILABLE,
+            AgentError::Cache(e) => permanent_or_unavailable(e.is_permanent()),
+        }
+    }
+}
+
+impl ExitStatus for SubmitError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            SubmitError::Rejected(_) => REJECTED,
+            SubmitError::ReadJob { .. } => NO_INPUT,
+            SubmitError::NoQueue | SubmitError::NoBucket => CONFIG,
+            SubmitError::Send(_) | SubmitError::Store(_) => UNAVAILABLE,
+            SubmitError::WaitTimedOut { .. } => TIMED_OUT,
+        }
+    }
+}
+
+impl ExitStatus for ExecError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            ExecError::ReadJob { .. } => NO_INPUT,
+            ExecError::Docker(_) => UNAVAILABLE,
+            ExecError::SecretsDir { .. } => CONFIG,
+            ExecError::Secrets(e) => permanent_or_unavailable(e.is_permanent()),
+        }
+    }
+}
+
+impl ExitStatus for SealError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            SealError::Context(_) | SealError::Out(_) => CONFIG,
+            SealError::ReadInput(_) => NO_INPUT,
+            SealError::Seal(_) => UNAVAILABLE,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(status: Status, exit_code: Option<i64>) -> JobResult {
+        let mut result = JobResult::rejected("j".into(), String::new(), 1, "i-1");
+        result.status = status;
+        result.exit_code = exit_code;
+        result
+    }
+
+    #[test]
+    fn a_job_that_ran_exits_with_its_own_code() {
+        assert_eq!(result(Status::Succeeded, Some(0)).exit_code(), OK);
+        assert_eq!(result(Status::Failed, Some(3)).exit_code(), 3);
+        // Not representable, or 0 for a failure (killed for memory): 1.
+        assert_eq!(result(Status::Failed, Some(300)).exit_code(), FAILURE);
+        assert_eq!(result(Status::Failed, None).exit_code(), FAILURE);
+        assert_eq!(result(Status::TimedOut, None).exit_code(), TIMED_OUT);
+        assert_eq!(result(Status::Rejected, None).exit_code(), REJECTED);
+        assert_eq!(result(Status::Interrupted, None).exit_code(), INTERRUPTED);
+        assert_eq!(result(Status::Error, None).exit_code(), UNAVAILABLE);
+    }
 }

@@ -3,55 +3,30 @@
 //! It takes CI jobs from SQS and runs each in a fresh, locked-down container through
 //! the Docker API, writes every log line to stdout, and drains cleanly when the host
 //! is going away. The public contract (job and result JSON, config, CLI) is in
-//! `docs/`; this crate is laid out one module per external system or concept:
+//! `docs/`; `docs/architecture.md` walks the layout. From the bottom of the import
+//! graph up:
 //!
+//! - [`rules`], [`backoff`], [`exit`]: rules shared by the config and the job,
+//!   retry pacing, and every exit code;
 //! - [`config`]: the TOML config and its environment overrides, validated once;
-//! - [`job`] and [`image`]: the job message and the image policy;
-//! - [`docker`]: the Docker Engine API (bollard);
-//! - [`runner`]: one job in one container, to a result;
-//! - [`job_log`] and [`logging`]: job output and the agent's own logs on stdout;
-//! - [`stop`]: why and how the agent stops;
-//! - [`aws`], [`sqs`] and [`results`]: the SDK, the queues, and the S3 record;
-//! - [`agent`]: `deckhand run`, the queue loop and its drain;
-//! - [`imds`] and [`notices`]: the instance metadata, and the watcher that turns
-//!   spot, rebalance and Auto Scaling notices into drains;
-//! - [`autoscaling`] and [`ec2`]: scale-in after an idle drain, and the
-//!   termination hook after an Auto Scaling termination;
-//! - [`systemd`]: readiness and watchdog notifications;
-//! - [`metrics`]: Prometheus metrics and the health check over HTTP;
-//! - [`http`]: the accept loop the metrics and credentials servers share;
-//! - [`disk`]: disk watermarks and the collection of unused images;
-//! - [`credentials`]: per-job AWS credentials for a profile's role;
-//! - [`exec`], [`submit`] and [`check`]: the `deckhand exec`, `submit` and `check`
-//!   commands; [`secrets`] also holds `deckhand seal`.
+//! - [`docker`] and [`aws`]: one module per external system (Docker; the SDK, SQS,
+//!   the S3 record of results, Auto Scaling, EC2, instance metadata);
+//! - [`job`]: the job message, the image policy, one container's life, its log and
+//!   its result;
+//! - [`host`]: the host's duties (stop and notices, disk, cache, secrets,
+//!   credentials, systemd);
+//! - [`agent`]: `deckhand run`: boot, the serve loop, each message's delivery and
+//!   fate, the drain, recovery and health;
+//! - [`cli`]: the other commands; [`logging`]: the agent's own stdout.
 
 pub mod agent;
-pub mod autoscaling;
 pub mod aws;
 pub mod backoff;
-pub mod cache;
-pub mod check;
+pub mod cli;
 pub mod config;
-pub mod credentials;
-pub mod disk;
 pub mod docker;
-pub mod ec2;
-pub mod exec;
 pub mod exit;
-pub mod http;
-pub mod image;
-pub mod imds;
+pub mod host;
 pub mod job;
-pub mod job_log;
 pub mod logging;
-pub mod mask;
-pub mod metrics;
-pub mod notices;
-pub mod outcome;
-pub mod results;
-pub mod runner;
-pub mod secrets;
-pub mod sqs;
-pub mod stop;
-pub mod submit;
-pub mod systemd;
+pub mod rules;

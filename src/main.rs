@@ -7,12 +7,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use deckhand::cli::{self, exec::Executed};
 use deckhand::config::{self, Config, Env};
-use deckhand::exec::{ExecError, Executed};
+use deckhand::exit::{self, ExitStatus};
+use deckhand::host::stop::{self, Stop};
+use deckhand::job::mask::SharedMasker;
+use deckhand::job::result::JobResult;
 use deckhand::logging::{self, LogFormat};
-use deckhand::stop::{self, Stop};
-use deckhand::submit::SubmitError;
-use deckhand::{exit, outcome::JobResult};
 
 #[derive(Parser)]
 #[command(
@@ -114,10 +115,7 @@ fn main() -> ExitCode {
     };
     let config = match loaded {
         Ok(config) => Arc::new(config),
-        Err(e) => {
-            eprintln!("deckhand: {e}");
-            return ExitCode::from(exit::CONFIG);
-        }
+        Err(e) => return ExitCode::from(report(e)),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -129,50 +127,46 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::FAILURE);
         }
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         let stop = Stop::new();
         tokio::select! {
-            code = run(cli.command, config, &path, stop.clone(), log_masker) => code,
+            code = dispatch(cli.command, config, &path, stop.clone(), log_masker) => code,
             // Only returns if the signal handlers cannot be installed.
             Err(e) = stop::watch_signals(stop) => {
                 eprintln!("deckhand: install signal handlers: {e}");
-                ExitCode::from(exit::FAILURE)
+                exit::FAILURE
             }
         }
-    })
+    });
+    ExitCode::from(code)
 }
 
-async fn run(
+/// Runs `command` and says what the process exits with.
+async fn dispatch(
     command: Command,
     config: Arc<Config>,
     path: &std::path::Path,
     stop: Stop,
-    log_masker: deckhand::mask::SharedMasker,
-) -> ExitCode {
+    log_masker: SharedMasker,
+) -> u8 {
     match command {
-        Command::Run => match deckhand::agent::run(config, stop, log_masker).await {
-            Ok(()) => ExitCode::from(exit::OK),
-            Err(e) => {
-                tracing::error!(error = %e, "Cannot start.");
-                eprintln!("deckhand: {e}");
-                ExitCode::from(e.exit_code())
-            }
-        },
+        Command::Run => deckhand::agent::run(config, stop, log_masker)
+            .await
+            .map(|()| exit::OK)
+            .inspect_err(|e| tracing::error!(error = %e, "Cannot start."))
+            .unwrap_or_else(report),
         Command::Seal {
             kms_key,
             context,
             input,
             out,
-        } => match seal(&config, &kms_key, &context, &input, &out).await {
-            Ok(()) => {
+        } => cli::seal::seal(&config, &kms_key, &context, &input, &out)
+            .await
+            .map(|()| {
                 println!("sealed {} to {out}", input.display());
-                ExitCode::from(exit::OK)
-            }
-            Err((code, message)) => {
-                eprintln!("deckhand: {message}");
-                ExitCode::from(code)
-            }
-        },
+                exit::OK
+            })
+            .unwrap_or_else(report),
         Command::Submit {
             job,
             queue,
@@ -180,22 +174,12 @@ async fn run(
             timeout,
         } => {
             let wait = wait.then(|| std::time::Duration::from_secs(timeout));
-            match deckhand::submit::submit(config, &job, queue, wait).await {
-                Ok(Some(result)) => print_result(&result),
-                Ok(None) => ExitCode::from(exit::OK),
-                Err(e) => {
-                    eprintln!("deckhand: {e}");
-                    ExitCode::from(match e {
-                        SubmitError::Rejected(_) => exit::REJECTED,
-                        SubmitError::ReadJob { .. } => exit::NO_INPUT,
-                        SubmitError::NoQueue | SubmitError::NoBucket => exit::CONFIG,
-                        SubmitError::Send(_) | SubmitError::Store(_) => exit::UNAVAILABLE,
-                        SubmitError::WaitTimedOut { .. } => exit::TIMED_OUT,
-                    })
-                }
-            }
+            cli::submit::submit(config, &job, queue, wait)
+                .await
+                .map(|result| result.map_or(exit::OK, |r| print_result(&r)))
+                .unwrap_or_else(report)
         }
-        Command::Exec { job } => match deckhand::exec::exec(config, &job, stop, log_masker).await {
+        Command::Exec { job } => match cli::exec::exec(config, &job, stop, log_masker).await {
             Ok(Executed::Ran(result)) => print_result(&result),
             Ok(Executed::Rejected(result)) => {
                 eprintln!(
@@ -204,89 +188,37 @@ async fn run(
                 );
                 print_result(&result)
             }
-            Err(e @ ExecError::ReadJob { .. }) => {
-                eprintln!("deckhand: {e}");
-                ExitCode::from(exit::NO_INPUT)
-            }
-            Err(e @ ExecError::Docker(_)) => {
-                eprintln!("deckhand: {e}");
-                ExitCode::from(exit::UNAVAILABLE)
-            }
-            Err(e @ ExecError::SecretsDir { .. }) => {
-                eprintln!("deckhand: {e}");
-                ExitCode::from(exit::CONFIG)
-            }
-            Err(ExecError::Secrets(e)) => {
-                eprintln!("deckhand: {e}");
-                ExitCode::from(if e.is_permanent() {
-                    exit::CONFIG
-                } else {
-                    exit::UNAVAILABLE
-                })
-            }
+            Err(e) => report(e),
         },
         Command::Check { no_probe } => {
             println!("ok    config   {}", path.display());
             if no_probe {
-                return ExitCode::from(exit::OK);
+                return exit::OK;
             }
-            let probes = deckhand::check::run(&config).await;
+            let probes = cli::check::run(&config).await;
             for probe in &probes {
                 println!("{probe}");
             }
             if probes.iter().all(|p| p.outcome.is_ok()) {
-                ExitCode::from(exit::OK)
+                exit::OK
             } else {
-                ExitCode::from(exit::UNAVAILABLE)
+                exit::UNAVAILABLE
             }
         }
     }
 }
 
-/// `deckhand seal`: the error's exit code and message.
-async fn seal(
-    config: &Config,
-    kms_key: &str,
-    context: &[String],
-    input: &std::path::Path,
-    out: &str,
-) -> Result<(), (u8, String)> {
-    let usage = |message: String| (exit::CONFIG, message);
-    let mut pairs = std::collections::BTreeMap::new();
-    for pair in context {
-        let (k, v) = pair
-            .split_once('=')
-            .ok_or_else(|| usage(format!("--context {pair:?}: expected KEY=VALUE")))?;
-        pairs.insert(k.to_owned(), v.to_owned());
-    }
-    let (bucket, key) = out
-        .strip_prefix("s3://")
-        .and_then(|rest| rest.split_once('/'))
-        .filter(|(b, k)| !b.is_empty() && !k.is_empty())
-        .ok_or_else(|| usage(format!("--out {out:?}: expected s3://BUCKET/KEY")))?;
-    let secrets =
-        deckhand::secrets::read_input(input).map_err(|e| (exit::NO_INPUT, e.to_string()))?;
-    let sdk = deckhand::aws::sdk_config(&config.aws).await;
-    deckhand::secrets::seal(
-        &deckhand::aws::kms_client(&sdk),
-        &deckhand::aws::s3_client(&sdk, &config.aws),
-        kms_key,
-        &pairs,
-        &secrets,
-        &deckhand::config::BundleLocation {
-            bucket: bucket.to_owned(),
-            key: key.to_owned(),
-        },
-    )
-    .await
-    .map_err(|e| (exit::UNAVAILABLE, e.to_string()))
+/// The error goes to stderr; its exit code comes from the table in `exit`.
+fn report(error: impl std::fmt::Display + ExitStatus) -> u8 {
+    eprintln!("deckhand: {error}");
+    error.exit_code()
 }
 
 /// The result goes to stdout as one JSON line, after the job's own log lines.
-fn print_result(result: &JobResult) -> ExitCode {
+fn print_result(result: &JobResult) -> u8 {
     match serde_json::to_string(result) {
         Ok(json) => println!("{json}"),
         Err(e) => eprintln!("deckhand: encode the result: {e}"),
     }
-    exit::for_result(result)
+    result.exit_code()
 }

@@ -126,7 +126,7 @@ impl Aws {
     /// An EC2 instance's state name (`running`, `terminated`…), from moto's
     /// DescribeInstances.
     pub async fn instance_state(&self, instance_id: &str) -> Option<String> {
-        let ec2 = deckhand::ec2::Ec2::new(&self.sdk, Some(&self.endpoint));
+        let ec2 = deckhand::aws::ec2::Ec2::new(&self.sdk, Some(&self.endpoint));
         let xml = ec2
             .call("DescribeInstances", &[("InstanceId.1", instance_id)])
             .await

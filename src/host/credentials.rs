@@ -20,9 +20,9 @@ use hyper::{Method, Request, StatusCode};
 use serde::Serialize;
 use tokio::net::TcpListener;
 
-use crate::http::{Reply, reply};
+use crate::host::http::{Reply, reply};
 
-use crate::mask::{Masker, SharedMasker};
+use crate::job::mask::{Masker, SharedMasker};
 
 /// Credentials this close to expiring are renewed before they are handed out.
 const RENEW_BEFORE: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
@@ -205,7 +205,7 @@ enum Refusal {
 
 /// Answers credential requests until dropped.
 pub async fn serve(listener: TcpListener, broker: Arc<Broker>) -> Infallible {
-    crate::http::serve(listener, "credentials", move |request| {
+    crate::host::http::serve(listener, "credentials", move |request| {
         let broker = Arc::clone(&broker);
         async move { respond(&request, &broker).await }
     })

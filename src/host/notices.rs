@@ -18,10 +18,10 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::time::Instant;
 
+use crate::aws::imds::{Imds, SpotAction, SpotNotice};
 use crate::backoff::Backoff;
 use crate::config::{Config, RebalancePolicy, SpotPolicy};
-use crate::imds::{Imds, SpotAction, SpotNotice};
-use crate::stop::{Stop, StopReason};
+use crate::host::stop::{Stop, StopReason};
 
 /// What the watcher has already acted on: each notice is acted on once.
 #[derive(Default)]
@@ -63,7 +63,7 @@ async fn poll_once(
     config: &Config,
     stop: &Stop,
     seen: &mut Seen,
-) -> Result<(), crate::imds::ImdsError> {
+) -> Result<(), crate::aws::imds::ImdsError> {
     if let Some(notice) = imds.spot_notice().await?
         && seen.spot.as_ref() != Some(&notice)
     {
@@ -75,7 +75,7 @@ async fn poll_once(
     {
         seen.rebalance = true;
         let policy = config.drain.on_rebalance;
-        tracing::warn!(notice_time = %crate::outcome::timestamp(noticed), ?policy, "Rebalance recommendation.");
+        tracing::warn!(notice_time = %crate::rules::timestamp(noticed), ?policy, "Rebalance recommendation.");
         match policy {
             RebalancePolicy::Ignore => {}
             RebalancePolicy::StopIntake | RebalancePolicy::Drain => {
@@ -114,7 +114,7 @@ fn on_spot(notice: &SpotNotice, config: &Config, stop: &Stop) {
     };
     tracing::warn!(
         action = notice.action.as_str(),
-        interruption_time = %crate::outcome::timestamp(notice.time),
+        interruption_time = %crate::rules::timestamp(notice.time),
         deadline_in_ms = deadline.saturating_duration_since(Instant::now()).as_millis() as u64,
         preempt_in_ms = preempt_at.saturating_duration_since(Instant::now()).as_millis() as u64,
         policy = if release_now { "release" } else { "finish-if-possible" },

@@ -8,16 +8,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::image::ImageRef;
+use crate::job::image::ImageRef;
+use crate::rules::{
+    check_container_path, is_under, reserved_env_prefix, truncate, valid_env_name, valid_id,
+};
 
 /// The schema version this agent speaks.
 pub const VERSION: u32 = 1;
-
-/// Environment name prefixes that belong to deckhand and the credentials endpoint.
-const RESERVED_ENV_PREFIXES: &[&str] = &["DECKHAND_", "AWS_CONTAINER_"];
-
-/// Container paths a workdir or mount may not shadow.
-const RESERVED_CONTAINER_PATHS: &[&str] = &["/proc", "/sys", "/dev", "/run/secrets"];
 
 /// The wire form of a job. Unknown fields are an error: a typo must not be ignored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -174,7 +171,7 @@ impl JobSpec {
                 ),
             );
         }
-        let image = ImageRef::parse(&self.image, &config.images)
+        let image = ImageRef::parse(&self.image, config.images.policy())
             .map_err(|rule| problem("image", rule))
             .ok();
 
@@ -193,9 +190,7 @@ impl JobSpec {
             let field = format!("env.{}", truncate(name, 64));
             if !valid_env_name(name) {
                 problem(&field, "a name must match ^[A-Za-z_][A-Za-z0-9_]*$".into());
-            } else if let Some(prefix) =
-                RESERVED_ENV_PREFIXES.iter().find(|p| name.starts_with(**p))
-            {
+            } else if let Some(prefix) = reserved_env_prefix(name) {
                 problem(
                     &field,
                     format!("names starting {prefix} are reserved for deckhand"),
@@ -338,67 +333,6 @@ impl JobSpec {
             }),
             _ => Err(problems),
         }
-    }
-}
-
-/// `^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`
-pub fn valid_id(id: &str) -> bool {
-    let bytes = id.as_bytes();
-    (1..=128).contains(&bytes.len())
-        && bytes[0].is_ascii_alphanumeric()
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
-/// `^[A-Za-z_][A-Za-z0-9_]*$`
-fn valid_env_name(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    !bytes.is_empty()
-        && (bytes[0].is_ascii_alphabetic() || bytes[0] == b'_')
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || *b == b'_')
-}
-
-/// A path inside a container that deckhand may mount at: absolute, normalised, and
-/// not one the runtime or deckhand itself owns.
-pub(crate) fn check_container_path(path: &str) -> Result<(), String> {
-    if !path.starts_with('/') {
-        return Err(format!("{:?} must be an absolute path", truncate(path, 64)));
-    }
-    if path.len() > 1024 || path.contains('\0') || path.contains(':') || path.contains(',') {
-        return Err(format!("{:?} is not a usable path", truncate(path, 64)));
-    }
-    if path == "/" {
-        return Err("must not be the root directory".into());
-    }
-    if path
-        .split('/')
-        .skip(1)
-        .any(|c| c.is_empty() || c == "." || c == "..")
-    {
-        return Err(format!(
-            "{path:?} must be normalised (no empty, . or .. components, no trailing /)"
-        ));
-    }
-    if let Some(reserved) = RESERVED_CONTAINER_PATHS.iter().find(|r| is_under(path, r)) {
-        return Err(format!("{path:?} is inside {reserved}, which is reserved"));
-    }
-    Ok(())
-}
-
-fn is_under(path: &str, dir: &str) -> bool {
-    path == dir
-        || path
-            .strip_prefix(dir)
-            .is_some_and(|rest| rest.starts_with('/'))
-}
-
-fn truncate(text: &str, max_chars: usize) -> String {
-    match text.char_indices().nth(max_chars) {
-        Some((i, _)) => format!("{}…", &text[..i]),
-        None => text.to_owned(),
     }
 }
 

@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::aws::results::{ResultStore, StoreError};
+use crate::aws::sqs::{Queue, SqsError};
 use crate::config::Config;
+use crate::job::result::JobResult;
 use crate::job::{Job, Rejection};
-use crate::outcome::JobResult;
-use crate::results::{ResultStore, StoreError};
-use crate::sqs::{Queue, SqsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {

@@ -5,9 +5,9 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::aws::imds::Imds;
 use crate::config::Config;
 use crate::docker::Docker;
-use crate::imds::Imds;
 
 /// Below this much free space in the work dir, jobs' spooled logs may not fit.
 /// What the disk probe wants when `disk.min_free_mb` is 0.
@@ -34,17 +34,18 @@ pub async fn run(config: &Config) -> Vec<Probe> {
     let sdk = crate::aws::sdk_config(&config.aws).await;
     let s3 = crate::aws::s3_client(&sdk, &config.aws);
     let mut probes = vec![probe("docker", docker(config)).await];
-    if config.queue.url.is_none() {
-        probes.push(Probe {
-            name: "sqs",
-            outcome: Err("queue.url is not set: `deckhand run` needs it".into()),
-        });
-    }
-    if config.results.bucket.is_none() {
-        probes.push(Probe {
-            name: "s3",
-            outcome: Err("results.bucket is not set: `deckhand run` needs it".into()),
-        });
+    if let Err(error) = config.run_targets() {
+        for issue in error.issues() {
+            let name = if issue.key.starts_with("queue.") {
+                "sqs"
+            } else {
+                "s3"
+            };
+            probes.push(Probe {
+                name,
+                outcome: Err(issue.to_string()),
+            });
+        }
     }
     if let Some(url) = &config.queue.url {
         let sqs = crate::aws::sqs_client(&sdk);
@@ -89,7 +90,7 @@ pub async fn run(config: &Config) -> Vec<Probe> {
             probe("kms", async {
                 // Opening the bundle proves s3:GetObject and kms:Decrypt with the
                 // pool's context; the secrets are dropped (and zeroed) at once.
-                match crate::secrets::load(&config.secrets, &s3, &kms).await {
+                match crate::host::secrets::load(&config.secrets, &s3, &kms).await {
                     Ok(Some(secrets)) => {
                         Ok(format!("secret bundle opens ({} secrets)", secrets.len()))
                     }

@@ -25,8 +25,9 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::backoff::Backoff;
-use crate::config::{BundleLocation, SecretsConfig};
-use crate::mask::Masker;
+use crate::config::SecretsConfig;
+use crate::job::mask::Masker;
+use crate::rules::S3Location;
 
 pub const BUNDLE_VERSION: u32 = 1;
 const ALGORITHM: &str = "AES-256-GCM";
@@ -160,24 +161,6 @@ impl Secrets {
     }
 }
 
-/// The environment variable a secret is exposed as: upper case, `.` and `-` as `_`.
-pub fn env_name(secret: &str) -> String {
-    let mut name: String = secret
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_uppercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if name.starts_with(|c: char| c.is_ascii_digit()) {
-        name.insert(0, '_');
-    }
-    name
-}
-
 /// Makes `dir` ready for job secret files: created 0700 and on tmpfs (secrets must
 /// never reach a disk). With `clear_leftovers` (the agent at boot, when no job of
 /// its runs), it also removes what a crashed agent left behind; `exec` must not,
@@ -211,7 +194,7 @@ pub fn prepare_dir(dir: &Path, clear_leftovers: bool) -> Result<(), String> {
 
 /// The rule for secret names: like job ids, so they are safe file names.
 pub fn valid_name(name: &str) -> bool {
-    crate::job::valid_id(name)
+    crate::rules::valid_id(name)
 }
 
 fn associated_data(context: &BTreeMap<String, String>) -> Vec<u8> {
@@ -275,7 +258,7 @@ pub async fn seal(
     kms_key_id: &str,
     context: &BTreeMap<String, String>,
     secrets: &BTreeMap<String, Zeroizing<String>>,
-    out: &BundleLocation,
+    out: &S3Location,
 ) -> Result<(), SecretsError> {
     let generated = kms
         .generate_data_key()
@@ -391,7 +374,7 @@ pub async fn load(
 }
 
 async fn open(
-    location: &BundleLocation,
+    location: &S3Location,
     config: &SecretsConfig,
     s3: &aws_sdk_s3::Client,
     kms: &aws_sdk_kms::Client,
@@ -511,13 +494,6 @@ async fn open(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn env_names() {
-        assert_eq!(env_name("npm-token"), "NPM_TOKEN");
-        assert_eq!(env_name("db.password"), "DB_PASSWORD");
-        assert_eq!(env_name("1st"), "_1ST");
-    }
 
     #[test]
     fn values_never_print() {

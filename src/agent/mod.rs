@@ -6,6 +6,8 @@
 //! message hidden. Nothing is ever dropped on the floor: whatever path a message
 //! takes, either a result is recorded or the message goes back to the queue.
 
+pub mod metrics;
+
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -19,22 +21,22 @@ use tracing::Instrument;
 use crate::backoff::Backoff;
 use std::path::PathBuf;
 
-use crate::cache::{Cache, CacheError};
+use crate::agent::metrics::Metrics;
+use crate::aws::imds::{Identity, Imds};
+use crate::aws::results::{Claim, ClaimOutcome, Notifier, Recorded, ResultStore, StoreError};
+use crate::aws::sqs::{Queue, Received};
 use crate::config::{Config, RebalancePolicy, WarmFailure};
-use crate::disk::Disk;
 use crate::docker::{self, Docker};
-use crate::imds::{Identity, Imds};
+use crate::host::cache::{Cache, CacheError};
+use crate::host::disk::Disk;
+use crate::host::secrets::SecretsError;
+use crate::host::stop::{Stop, StopReason};
+use crate::host::systemd;
+use crate::job::log::LogBody;
+use crate::job::mask::SharedMasker;
+use crate::job::result::{JobResult, Status};
+use crate::job::runner::Runner;
 use crate::job::{Job, Rejection};
-use crate::job_log::LogBody;
-use crate::mask::SharedMasker;
-use crate::metrics::Metrics;
-use crate::outcome::{JobResult, Status};
-use crate::results::{Claim, ClaimOutcome, Notifier, Recorded, ResultStore, StoreError};
-use crate::runner::Runner;
-use crate::secrets::SecretsError;
-use crate::sqs::{Queue, Received};
-use crate::stop::{Stop, StopReason};
-use crate::systemd;
 
 /// On a job's container: the SQS receipt handle of its message, so that an agent
 /// restarted after a crash can hand the message back at once.
@@ -49,11 +51,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("{key}: {rule}")]
-    Config {
-        key: &'static str,
-        rule: &'static str,
-    },
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     #[error("agent.secrets_dir {path}: {reason}")]
     SecretsDir { path: PathBuf, reason: String },
     #[error(transparent)]
@@ -65,34 +64,9 @@ pub enum AgentError {
     #[error("{key}: names secret {name:?}, which is not in the bundle")]
     MissingSecret { key: &'static str, name: String },
     #[error(transparent)]
-    Metrics(#[from] crate::metrics::BindError),
+    Metrics(#[from] crate::agent::metrics::BindError),
     #[error(transparent)]
-    Credentials(#[from] crate::credentials::BindError),
-}
-
-impl AgentError {
-    /// 78 for what an operator must fix (retrying cannot help, so systemd must not
-    /// restart), 69 for a dependency that may come back.
-    pub fn exit_code(&self) -> u8 {
-        let permanent = match self {
-            AgentError::Config { .. }
-            | AgentError::SecretsDir { .. }
-            | AgentError::MissingSecret { .. }
-            // Another process has the port: the config must name another.
-            | AgentError::Metrics(_)
-            // The host lacks the address (169.254.170.2 on lo) or another
-            // process has the port.
-            | AgentError::Credentials(_) => true,
-            AgentError::Secrets(e) => e.is_permanent(),
-            AgentError::Warm { .. } => false,
-            AgentError::Cache(e) => e.is_permanent(),
-        };
-        if permanent {
-            crate::exit::CONFIG
-        } else {
-            crate::exit::UNAVAILABLE
-        }
-    }
+    Credentials(#[from] crate::host::credentials::BindError),
 }
 
 /// Everything a job task needs; shared by all of them.
@@ -115,14 +89,8 @@ pub async fn run(
     stop: Stop,
     log_masker: SharedMasker,
 ) -> Result<(), AgentError> {
-    let queue_url = config.queue.url.clone().ok_or(AgentError::Config {
-        key: "queue.url",
-        rule: "required by `deckhand run`",
-    })?;
-    let bucket = config.results.bucket.clone().ok_or(AgentError::Config {
-        key: "results.bucket",
-        rule: "required by `deckhand run`: S3 is the record of results",
-    })?;
+    let targets = config.run_targets()?;
+    let (queue_url, bucket) = (targets.queue_url.to_owned(), targets.bucket.to_owned());
     let (imds, identity) = metadata(&config).await;
     let instance_id = config
         .agent
@@ -146,16 +114,20 @@ pub async fn run(
         // host that cannot serve them fails at once.
         let metrics_server = match config.metrics.listen {
             Some(address) => {
-                let listener = crate::metrics::bind(address).await?;
+                let listener = crate::agent::metrics::bind(address).await?;
                 let state = metrics_state(&config, &healthy, &stop);
-                Some(crate::metrics::serve(listener, Arc::clone(&metrics), state))
+                Some(crate::agent::metrics::serve(
+                    listener,
+                    Arc::clone(&metrics),
+                    state,
+                ))
             }
             None => None,
         };
         // Only when some profile names a role: the address is the host's to set up.
         let credentials = if config.profiles.values().any(|p| p.role_arn.is_some()) {
             Some(
-                crate::credentials::Broker::bind(
+                crate::host::credentials::Broker::bind(
                     &sdk,
                     config.credentials.listen,
                     config.credentials.session,
@@ -167,7 +139,7 @@ pub async fn run(
         };
         let broker = credentials.as_ref().map(|(broker, _)| Arc::clone(broker));
         let credentials_server =
-            credentials.map(|(broker, listener)| crate::credentials::serve(listener, broker));
+            credentials.map(|(broker, listener)| crate::host::credentials::serve(listener, broker));
         let life = async {
             let boot_started = Instant::now();
             // A stop during bootstrap (SIGTERM, a spot notice) ends it: nothing
@@ -233,7 +205,7 @@ pub async fn run(
         };
         // Notices are watched from the start: one that comes during bootstrap
         // stops it.
-        let watcher = imds.map(|imds| crate::notices::watch(imds, &config, stop.clone()));
+        let watcher = imds.map(|imds| crate::host::notices::watch(imds, &config, stop.clone()));
         tokio::select! {
             lived = life => lived?,
             never = duty(watcher) => match never {},
@@ -241,10 +213,10 @@ pub async fn run(
             never = duty(credentials_server) => match never {},
         }
         if let Some(reason @ (StopReason::Idle { .. } | StopReason::AutoScaling)) = stop.reason() {
-            let scale_in = crate::autoscaling::ScaleIn {
+            let scale_in = crate::aws::autoscaling::ScaleIn {
                 config: &config,
                 autoscaling: &crate::aws::autoscaling_client(&sdk),
-                ec2: &crate::ec2::Ec2::new(&sdk, config.aws.endpoint_url.as_deref()),
+                ec2: &crate::aws::ec2::Ec2::new(&sdk, config.aws.endpoint_url.as_deref()),
                 instance_id: &instance_id,
             };
             if let Err(error) = scale_in.on_exit(*reason == StopReason::AutoScaling).await {
@@ -272,14 +244,14 @@ async fn bootstrap(
     let s3 = crate::aws::s3_client(sdk, &config.aws);
     let secrets = phase("secrets", async {
         let kms = crate::aws::kms_client(sdk);
-        let secrets = crate::secrets::load(&config.secrets, &s3, &kms).await?;
+        let secrets = crate::host::secrets::load(&config.secrets, &s3, &kms).await?;
         if secrets.is_some() {
-            crate::secrets::prepare_dir(&config.agent.secrets_dir, true).map_err(|reason| {
-                AgentError::SecretsDir {
+            crate::host::secrets::prepare_dir(&config.agent.secrets_dir, true).map_err(
+                |reason| AgentError::SecretsDir {
                     path: config.agent.secrets_dir.clone(),
                     reason,
-                }
-            })?;
+                },
+            )?;
         }
         Ok::<_, AgentError>(Arc::new(secrets.unwrap_or_default()))
     })
@@ -1053,7 +1025,11 @@ impl Agent {
 
 /// A long poll the drain interrupted, kept to finish.
 type InFlight<'a> = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<Vec<Received>, crate::sqs::SqsError>> + Send + 'a>,
+    Box<
+        dyn std::future::Future<Output = Result<Vec<Received>, crate::aws::sqs::SqsError>>
+            + Send
+            + 'a,
+    >,
 >;
 
 /// Whether Docker and the queue answered at their last use. Starts healthy: the
@@ -1118,9 +1094,9 @@ fn metrics_state(
     config: &Config,
     healthy: &Health,
     stop: &Stop,
-) -> Arc<dyn Fn() -> crate::metrics::State + Send + Sync> {
+) -> Arc<dyn Fn() -> crate::agent::metrics::State + Send + Sync> {
     let (healthy, stop, slots) = (healthy.clone(), stop.clone(), config.agent.slots);
-    Arc::new(move || crate::metrics::State {
+    Arc::new(move || crate::agent::metrics::State {
         slots,
         docker_up: healthy.docker_up(),
         queue_up: healthy.queue_up(),

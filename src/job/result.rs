@@ -74,7 +74,7 @@ impl JobResult {
     pub fn rejected(id: String, reason: String, attempt: u32, instance_id: &str) -> JobResult {
         let now = timestamp(chrono::Utc::now());
         JobResult {
-            version: crate::job::VERSION,
+            version: crate::job::spec::VERSION,
             id,
             status: Status::Rejected,
             exit_code: None,
@@ -93,10 +93,7 @@ impl JobResult {
 
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// RFC 3339 in UTC to the second, as results carry it.
-pub fn timestamp(at: chrono::DateTime<chrono::Utc>) -> String {
-    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
+pub use crate::rules::timestamp;
 
 #[cfg(test)]
 mod tests {

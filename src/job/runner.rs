@@ -22,17 +22,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::backoff::Backoff;
-use crate::cache::Cache;
 use crate::config::Config;
-use crate::credentials::Broker;
-use crate::disk::Disk;
 use crate::docker::{self, ContainerSpec, Docker, Output, RegistryAuth};
+use crate::host::cache::Cache;
+use crate::host::credentials::Broker;
+use crate::host::disk::Disk;
+use crate::host::secrets::Secrets;
+use crate::host::stop::Stop;
+use crate::job::log::{JobLog, LogBody, Stream};
+use crate::job::mask::Masker;
+use crate::job::result::{AGENT_VERSION, JobResult, Status, timestamp};
 use crate::job::{Job, Problem, Rejection};
-use crate::job_log::{JobLog, LogBody, Stream};
-use crate::mask::Masker;
-use crate::outcome::{AGENT_VERSION, JobResult, Status, timestamp};
-use crate::secrets::Secrets;
-use crate::stop::Stop;
 
 /// Capabilities a job keeps; Docker's default set minus NET_RAW (packet spoofing),
 /// MKNOD (device nodes), AUDIT_WRITE, SETFCAP, SETPCAP and SYS_CHROOT, which builds
@@ -278,7 +278,7 @@ impl Runner {
         );
         Finished {
             result: JobResult {
-                version: crate::job::VERSION,
+                version: crate::job::spec::VERSION,
                 id: job.id.clone(),
                 status,
                 exit_code,
@@ -614,7 +614,7 @@ impl Runner {
             if profile.is_some_and(|p| p.env_secrets.contains(name)) {
                 env.push(format!(
                     "{}={}",
-                    crate::secrets::env_name(name),
+                    crate::rules::secret_env_name(name),
                     value.expose()
                 ));
             }

@@ -15,8 +15,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::aws::imds::SpotAction;
 use crate::config::RebalancePolicy;
-use crate::imds::SpotAction;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StopReason {
@@ -44,7 +44,7 @@ impl fmt::Display for StopReason {
                 f,
                 "spot interruption notice ({} at {})",
                 action.as_str(),
-                crate::outcome::timestamp(*time)
+                crate::rules::timestamp(*time)
             ),
             StopReason::Rebalance { .. } => write!(f, "rebalance recommendation"),
             StopReason::AutoScaling => write!(f, "Auto Scaling termination"),

@@ -3,7 +3,14 @@
 
 use std::fmt;
 
-use crate::config::ImagesConfig;
+use crate::rules::valid_registry_host;
+
+/// What the pool allows (`images.allowed_registries`, `images.require_digest`).
+#[derive(Debug, Clone, Copy)]
+pub struct Policy<'a> {
+    pub allowed_registries: &'a [String],
+    pub require_digest: bool,
+}
 
 /// A parsed `host[:port]/repo[:tag][@sha256:<hex>]` reference that passed the policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,7 +27,7 @@ pub struct ImageRef {
 impl ImageRef {
     /// Parses `text` and applies `policy`; the error is the rule that was broken,
     /// worded for the person who wrote the job.
-    pub fn parse(text: &str, policy: &ImagesConfig) -> Result<ImageRef, String> {
+    pub fn parse(text: &str, policy: Policy<'_>) -> Result<ImageRef, String> {
         let image = Self::parse_syntax(text)?;
         if !policy.allowed_registries.contains(&image.registry) {
             return Err(format!(
@@ -155,27 +162,6 @@ fn looks_like_registry(component: &str) -> bool {
     component.contains('.') || component.contains(':') || component == "localhost"
 }
 
-/// `host[:port]` with a DNS name or IPv4 address.
-pub fn valid_registry_host(text: &str) -> bool {
-    let (host, port) = match text.rsplit_once(':') {
-        Some((host, port)) => (host, Some(port)),
-        None => (text, None),
-    };
-    let host_ok = !host.is_empty()
-        && host.len() <= 253
-        && host.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        });
-    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
-    host_ok && port_ok
-}
-
 fn valid_repository_path(path: &str) -> bool {
     !path.is_empty()
         && path.len() <= 255
@@ -203,23 +189,22 @@ fn valid_tag(tag: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
-    fn policy(require_digest: bool) -> ImagesConfig {
-        ImagesConfig {
-            allowed_registries: vec!["registry.internal".into(), "127.0.0.1:5000".into()],
+    const REGISTRIES: &[&str] = &["registry.internal", "127.0.0.1:5000"];
+
+    fn policy(require_digest: bool) -> Policy<'static> {
+        static ALLOWED: std::sync::LazyLock<Vec<String>> =
+            std::sync::LazyLock::new(|| REGISTRIES.iter().map(|r| r.to_string()).collect());
+        Policy {
+            allowed_registries: &ALLOWED,
             require_digest,
-            pull_timeout: Duration::from_secs(60),
-            warm: Vec::new(),
-            warm_failure: crate::config::WarmFailure::Fail,
-            registry_auth: Default::default(),
         }
     }
 
     fn parse(text: &str) -> Result<ImageRef, String> {
-        ImageRef::parse(text, &policy(false))
+        ImageRef::parse(text, policy(false))
     }
 
     #[test]
@@ -281,14 +266,10 @@ mod tests {
 
     #[test]
     fn require_digest_refuses_tags() {
-        let err = ImageRef::parse("registry.internal/ci/rust:1.83", &policy(true)).unwrap_err();
+        let err = ImageRef::parse("registry.internal/ci/rust:1.83", policy(true)).unwrap_err();
         assert!(err.contains("images.require_digest"), "{err}");
         assert!(
-            ImageRef::parse(
-                &format!("registry.internal/ci/rust@{DIGEST}"),
-                &policy(true)
-            )
-            .is_ok()
+            ImageRef::parse(&format!("registry.internal/ci/rust@{DIGEST}"), policy(true)).is_ok()
         );
     }
 

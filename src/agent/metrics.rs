@@ -21,9 +21,9 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
 use tokio::net::TcpListener;
 
-use crate::http::Reply;
+use crate::host::http::Reply;
 
-use crate::outcome::{AGENT_VERSION, Status};
+use crate::job::result::{AGENT_VERSION, Status};
 
 /// Upper bounds of the job duration histogram: CI jobs run from seconds to hours.
 const DURATION_BUCKETS_SECS: [f64; 10] = [
@@ -111,7 +111,7 @@ impl Metrics {
     }
 
     /// A disk check before a receive.
-    pub fn disk(&self, room: &crate::disk::Room) {
+    pub fn disk(&self, room: &crate::host::disk::Room) {
         self.disk_free_mb.store(room.free_mb, Ordering::Relaxed);
         self.disk_low.store(room.low.is_some(), Ordering::Relaxed);
         self.images_removed
@@ -278,7 +278,7 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     state: Arc<dyn Fn() -> State + Send + Sync>,
 ) -> Infallible {
-    crate::http::serve(listener, "metrics", move |request| {
+    crate::host::http::serve(listener, "metrics", move |request| {
         let reply = respond(&request, &metrics, &state());
         async move { reply }
     })
@@ -292,7 +292,7 @@ fn respond(request: &Request<Incoming>, metrics: &Metrics, state: &State) -> Rep
         } else {
             Bytes::from(body)
         };
-        crate::http::reply(status, content_type, body)
+        crate::host::http::reply(status, content_type, body)
     };
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return reply(

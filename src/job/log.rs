@@ -6,8 +6,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::job::mask::{Masker, SharedMasker};
 use crate::logging::JOB_OUTPUT_TARGET;
-use crate::mask::{Masker, SharedMasker};
 
 /// A line longer than this is cut into pieces, so one runaway line cannot hold the
 /// log hostage (or the agent's memory).

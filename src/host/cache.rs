@@ -22,8 +22,8 @@ use sha2::{Digest, Sha256};
 use tokio_util::io::SyncIoBridge;
 
 use crate::backoff::Backoff;
-use crate::config::CacheSource;
 use crate::docker::{Docker, DockerError, LABEL_MANAGED};
+use crate::rules::S3Location;
 
 const LABEL_CACHE: &str = "deckhand.cache";
 const LABEL_SOURCE: &str = "deckhand.cache.source";
@@ -93,7 +93,7 @@ pub struct Cache {
 struct Inner {
     docker: Docker,
     s3: aws_sdk_s3::Client,
-    source: CacheSource,
+    source: S3Location,
     markers: PathBuf,
     current: Mutex<Option<Arc<CacheVolume>>>,
     /// Replaced volumes, removed once no job holds them.
@@ -106,7 +106,7 @@ impl Cache {
     pub async fn bootstrap(
         docker: Docker,
         s3: aws_sdk_s3::Client,
-        source: CacheSource,
+        source: S3Location,
         work_dir: &Path,
     ) -> Result<Cache, CacheError> {
         let cache = Cache {
@@ -335,7 +335,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn volume_name(source: &CacheSource, etag: &str, version: &str) -> String {
+fn volume_name(source: &S3Location, etag: &str, version: &str) -> String {
     let digest = Sha256::digest(format!(
         "s3://{}/{}@{etag}#{version}",
         source.bucket, source.key
@@ -449,7 +449,7 @@ mod tests {
 
     #[test]
     fn names_follow_the_etag() {
-        let source = CacheSource {
+        let source = S3Location {
             bucket: "b".into(),
             key: "k.tar.gz".into(),
         };

@@ -18,10 +18,10 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
+use crate::aws::sqs::Queue;
 use crate::backoff::Backoff;
-use crate::job_log::LogBody;
-use crate::outcome::{JobResult, Status};
-use crate::sqs::Queue;
+use crate::job::log::LogBody;
+use crate::job::result::{JobResult, Status};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -21,6 +21,8 @@ use std::time::Duration;
 
 use toml::{Table, Value};
 
+use crate::rules::S3Location;
+
 /// Where the config lives unless `--config` or `DECKHAND_CONFIG` says otherwise.
 pub const DEFAULT_PATH: &str = "/etc/deckhand/config.toml";
 
@@ -173,7 +175,7 @@ pub struct ResultsConfig {
 #[derive(Debug, Clone, Default)]
 pub struct SecretsConfig {
     /// `None`: this pool has no secrets.
-    pub bundle: Option<BundleLocation>,
+    pub bundle: Option<S3Location>,
     /// The KMS encryption context the bundle was sealed with.
     pub context: BTreeMap<String, String>,
     /// The only KMS key the agent will decrypt with: a bundle sealed under any
@@ -184,12 +186,6 @@ pub struct SecretsConfig {
     pub boot_timeout: Duration,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BundleLocation {
-    pub bucket: String,
-    pub key: String,
-}
-
 #[derive(Debug, Clone)]
 pub struct ImagesConfig {
     /// `host[:port]` of every registry jobs may use.
@@ -197,10 +193,19 @@ pub struct ImagesConfig {
     pub require_digest: bool,
     pub pull_timeout: Duration,
     /// Pulled before the agent reports ready.
-    pub warm: Vec<crate::image::ImageRef>,
+    pub warm: Vec<crate::job::image::ImageRef>,
     pub warm_failure: WarmFailure,
     /// Registry `host[:port]` to the name of a secret holding `user:password`.
     pub registry_auth: BTreeMap<String, String>,
+}
+
+impl ImagesConfig {
+    pub fn policy(&self) -> crate::job::image::Policy<'_> {
+        crate::job::image::Policy {
+            allowed_registries: &self.allowed_registries,
+            require_digest: self.require_digest,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,16 +220,10 @@ pub struct CacheConfig {
     /// A Docker volume mounted read-only into every job, if set.
     pub volume: Option<String>,
     /// An archive in S3 extracted into a volume of its own and mounted read-only.
-    pub source: Option<CacheSource>,
+    pub source: Option<S3Location>,
     pub mount: String,
     /// How often to look for a new version of `source`; `None`: only at boot.
     pub refresh: Option<Duration>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CacheSource {
-    pub bucket: String,
-    pub key: String,
 }
 
 #[derive(Debug, Clone)]
@@ -305,6 +304,16 @@ pub enum ConfigError {
     Syntax { path: PathBuf, message: String },
     #[error("config {path}: {} invalid key(s):\n{}", issues.len(), Issues(issues))]
     Invalid { path: PathBuf, issues: Vec<Issue> },
+    #[error("config: {} key(s) `deckhand run` needs:\n{}", issues.len(), Issues(issues))]
+    NotForRun { issues: Vec<Issue> },
+}
+
+/// Where `deckhand run` takes jobs from and records results: optional for the
+/// other commands, required by the agent.
+#[derive(Debug, Clone, Copy)]
+pub struct RunTargets<'a> {
+    pub queue_url: &'a str,
+    pub bucket: &'a str,
 }
 
 /// One invalid key and the rule it broke.
@@ -416,6 +425,34 @@ impl Config {
     }
 
     /// The profile a job names, if the pool has it.
+    /// What `deckhand run` needs beyond a valid file; `deckhand check` reports the
+    /// same issues.
+    pub fn run_targets(&self) -> Result<RunTargets<'_>, ConfigError> {
+        let mut issues = Vec::new();
+        let mut need = |key: &str, value: &Option<String>, why: &str| {
+            if value.is_none() {
+                issues.push(Issue {
+                    key: key.to_owned(),
+                    rule: format!("is not set: {why}"),
+                });
+            }
+        };
+        need(
+            "queue.url",
+            &self.queue.url,
+            "`deckhand run` takes jobs from it",
+        );
+        need(
+            "results.bucket",
+            &self.results.bucket,
+            "`deckhand run` records results in it",
+        );
+        match (&self.queue.url, &self.results.bucket) {
+            (Some(queue_url), Some(bucket)) => Ok(RunTargets { queue_url, bucket }),
+            _ => Err(ConfigError::NotForRun { issues }),
+        }
+    }
+
     pub fn profile(&self, name: &str) -> Option<&Profile> {
         self.profiles.get(name)
     }
@@ -439,7 +476,7 @@ impl ConfigError {
     /// The invalid keys, for callers (and tests) that want them one by one.
     pub fn issues(&self) -> &[Issue] {
         match self {
-            ConfigError::Invalid { issues, .. } => issues,
+            ConfigError::Invalid { issues, .. } | ConfigError::NotForRun { issues } => issues,
             _ => &[],
         }
     }
@@ -554,7 +591,7 @@ impl Reader<'_> {
         let bucket = self.opt_string(&mut secrets, "bucket");
         let key = self.opt_string(&mut secrets, "key");
         let bundle = match (bucket, key) {
-            (Some(bucket), Some(key)) => Some(BundleLocation { bucket, key }),
+            (Some(bucket), Some(key)) => Some(S3Location { bucket, key }),
             (None, None) => None,
             (Some(_), None) => {
                 self.issue("secrets.key", "required when secrets.bucket is set");
@@ -617,7 +654,7 @@ impl Reader<'_> {
         };
         for image in self.strings(&mut images, "warm") {
             // Warm images obey the same policy as jobs' images.
-            match crate::image::ImageRef::parse(&image, &images_cfg) {
+            match crate::job::image::ImageRef::parse(&image, images_cfg.policy()) {
                 Ok(image) => images_cfg.warm.push(image),
                 Err(rule) => self.issue("images.warm", &format!("{image:?}: {rule}")),
             }
@@ -636,24 +673,14 @@ impl Reader<'_> {
         let cache_cfg = CacheConfig {
             volume: self.opt_string(&mut cache, "volume"),
             source: self.opt_string(&mut cache, "source").and_then(|url| {
-                match url
-                    .strip_prefix("s3://")
-                    .and_then(|rest| rest.split_once('/'))
-                {
-                    Some((bucket, key)) if !bucket.is_empty() && !key.is_empty() => {
-                        Some(CacheSource {
-                            bucket: bucket.to_owned(),
-                            key: key.to_owned(),
-                        })
-                    }
-                    _ => {
-                        self.issue(
-                            "cache.source",
-                            &format!("{url:?} must be s3://<bucket>/<key>"),
-                        );
-                        None
-                    }
+                let location = crate::rules::S3Location::parse(&url);
+                if location.is_none() {
+                    self.issue(
+                        "cache.source",
+                        &format!("{url:?} must be s3://<bucket>/<key>"),
+                    );
                 }
+                location
             }),
             mount: self.container_path(&mut cache, "mount", "/cache"),
             refresh: match self.int(&mut cache, "refresh_secs", 0..=86_400, 300) {
@@ -831,9 +858,8 @@ impl Reader<'_> {
             let secrets = self.strings(&mut section, "secrets");
             let env_secrets = self.strings(&mut section, "env_secrets");
             for name in &env_secrets {
-                let env = crate::secrets::env_name(name);
-                if env.starts_with("DECKHAND_") || env.starts_with("AWS_CONTAINER_") || env == "CI"
-                {
+                let env = crate::rules::secret_env_name(name);
+                if crate::rules::reserved_env_prefix(&env).is_some() || env == "CI" {
                     self.issue(
                         &format!("profiles.{}.env_secrets", name_of(&section)),
                         &format!(
@@ -901,7 +927,7 @@ impl Reader<'_> {
         let key = section.key("allowed_registries");
         let registries = self.strings(section, "allowed_registries");
         for registry in &registries {
-            if !crate::image::valid_registry_host(registry) {
+            if !crate::rules::valid_registry_host(registry) {
                 self.issue(&key, &format!("{registry:?} is not a registry host[:port]"));
             }
         }
@@ -1109,7 +1135,7 @@ impl Reader<'_> {
         match self.opt_string(section, key) {
             None => default.to_owned(),
             Some(p) => {
-                if let Err(rule) = crate::job::check_container_path(&p) {
+                if let Err(rule) = crate::rules::check_container_path(&p) {
                     self.issue(&section.key(key), &rule);
                 }
                 p

@@ -18,9 +18,9 @@ use std::time::Duration;
 
 use aws_sdk_autoscaling::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
+use crate::aws::ec2::{Ec2, Ec2Error};
 use crate::backoff::Backoff;
 use crate::config::{Config, OnExit};
-use crate::ec2::{Ec2, Ec2Error};
 
 /// How long scale-in keeps retrying a throttled or busy API.
 const DEADLINE: Duration = Duration::from_secs(120);

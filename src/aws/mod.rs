@@ -1,6 +1,12 @@
 //! The AWS SDK's shared configuration: region, the emulator endpoint in tests, and
 //! timeouts and retries on every call so that no AWS call can hang the agent.
 
+pub mod autoscaling;
+pub mod ec2;
+pub mod imds;
+pub mod results;
+pub mod sqs;
+
 use std::time::Duration;
 
 use aws_config::retry::RetryConfig;

@@ -8,12 +8,12 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::docker::{Docker, DockerError};
-use crate::job::Job;
-use crate::mask::SharedMasker;
-use crate::outcome::JobResult;
-use crate::runner::Runner;
-use crate::secrets::Secrets;
-use crate::stop::Stop;
+use crate::host::secrets::Secrets;
+use crate::host::stop::Stop;
+use crate::job::mask::SharedMasker;
+use crate::job::result::JobResult;
+use crate::job::runner::Runner;
+use crate::job::spec::Job;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
@@ -25,7 +25,7 @@ pub enum ExecError {
     #[error(transparent)]
     Docker(#[from] DockerError),
     #[error(transparent)]
-    Secrets(#[from] crate::secrets::SecretsError),
+    Secrets(#[from] crate::host::secrets::SecretsError),
     #[error("agent.secrets_dir {path}: {reason}")]
     SecretsDir { path: PathBuf, reason: String },
 }
@@ -74,7 +74,7 @@ pub async fn exec(
         && (!job.secrets.is_empty() || !config.images.registry_auth.is_empty())
     {
         let sdk = crate::aws::sdk_config(&config.aws).await;
-        let loaded = crate::secrets::load(
+        let loaded = crate::host::secrets::load(
             &config.secrets,
             &crate::aws::s3_client(&sdk, &config.aws),
             &crate::aws::kms_client(&sdk),
@@ -84,7 +84,7 @@ pub async fn exec(
         log_masker.set(Arc::new(secrets.masker()));
     }
     if !job.secrets.is_empty() {
-        crate::secrets::prepare_dir(&config.agent.secrets_dir, false).map_err(|reason| {
+        crate::host::secrets::prepare_dir(&config.agent.secrets_dir, false).map_err(|reason| {
             ExecError::SecretsDir {
                 path: config.agent.secrets_dir.clone(),
                 reason,

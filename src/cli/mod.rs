@@ -1,0 +1,7 @@
+//! The commands other than `run` (which is [`crate::agent::run`]): `exec`, `submit`,
+//! `check` and `seal`.
+
+pub mod check;
+pub mod exec;
+pub mod seal;
+pub mod submit;

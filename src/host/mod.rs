@@ -1,0 +1,12 @@
+//! The host's duties around the jobs: why and when it stops ([`stop`], [`notices`]),
+//! its disk ([`disk`]) and cache volume ([`cache`]), the pool's [`secrets`] and the
+//! per-job role [`credentials`], and what it tells [`systemd`].
+
+pub mod cache;
+pub mod credentials;
+pub mod disk;
+pub mod http;
+pub mod notices;
+pub mod secrets;
+pub mod stop;
+pub mod systemd;

@@ -9,11 +9,12 @@ use tracing::Instrument;
 use crate::config::Config;
 use crate::docker::{Docker, DockerError};
 use crate::host::secrets::Secrets;
-use crate::host::stop::Stop;
+use crate::host::stop::{Preemption, Stop};
 use crate::job::mask::SharedMasker;
 use crate::job::result::JobResult;
 use crate::job::runner::Runner;
 use crate::job::spec::Job;
+use crate::job::sweep::Sweeper;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
@@ -92,8 +93,7 @@ pub async fn exec(
         })?;
     }
     let docker = Docker::connect(&config.docker).await?;
-    let runner = Runner::new(docker, config, instance_id.clone()).with_secrets(secrets);
-    if let Err(rejection) = runner.check_secrets(&job) {
+    if let Err(rejection) = secrets.check_job(&job) {
         return Ok(Executed::Rejected(JobResult::rejected(
             job.id.clone(),
             rejection.to_string(),
@@ -101,7 +101,10 @@ pub async fn exec(
             &instance_id,
         )));
     }
+    let sweeper = Sweeper::new(docker.clone(), &instance_id);
+    let runner = Runner::new(docker, config, sweeper, &instance_id).with_secrets(secrets);
     let span = tracing::info_span!("job", job_id = %job.id, attempt = 1u32);
-    let finished = runner.run(&job, 1, &[], &stop).instrument(span).await;
+    let preemption = Preemption::of(&stop);
+    let finished = runner.run(&job, 1, &[], &preemption).instrument(span).await;
     Ok(Executed::Ran(finished.result))
 }

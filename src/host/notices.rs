@@ -1,11 +1,8 @@
 //! The "slave terminator": watches the instance metadata for the notices that mean
 //! this host is going away, and turns each into a drain with the right deadline.
 //!
-//! - `spot/instance-action` (terminate, stop, hibernate): the drain's deadline is the
-//!   interruption time minus `drain.safety_margin_secs`. Running jobs are handed back
-//!   at once (`drain.on_spot = "release"`, and always for hibernate, which gives no
-//!   two-minute warning), or may finish if they can before the deadline
-//!   (`finish-if-possible`);
+//! - `spot/instance-action` (terminate, stop, hibernate): a drain whose running jobs
+//!   are stopped per `drain.on_spot` (the plan is `agent::drain::plan`);
 //! - `events/recommendations/rebalance`, per `drain.on_rebalance`;
 //! - `autoscaling/target-lifecycle-state` = `Terminated`: drain as on SIGTERM.
 //!
@@ -16,11 +13,10 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::time::Instant;
 
-use crate::aws::imds::{Imds, SpotAction, SpotNotice};
+use crate::aws::imds::{Imds, SpotNotice};
 use crate::backoff::Backoff;
-use crate::config::{Config, RebalancePolicy, SpotPolicy};
+use crate::config::{Config, RebalancePolicy};
 use crate::host::stop::{Stop, StopReason};
 
 /// What the watcher has already acted on: each notice is acted on once.
@@ -92,34 +88,13 @@ async fn poll_once(
 }
 
 fn on_spot(notice: &SpotNotice, config: &Config, stop: &Stop) {
-    let drain = &config.drain;
-    let reason = StopReason::Spot {
-        action: notice.action,
-        time: notice.time,
-    };
-    // The deadline as a point on the monotonic clock the drain waits on.
-    let until_interruption = (notice.time - Utc::now()).to_std().unwrap_or_default();
-    let deadline = Instant::now() + until_interruption.saturating_sub(drain.safety_margin);
-    let release_now =
-        notice.action == SpotAction::Hibernate || drain.on_spot == SpotPolicy::Release;
-    // Jobs that may finish are stopped early enough for SIGTERM, the grace period
-    // and the hand-back to land before the deadline.
-    let preempt_at = if release_now {
-        Instant::now()
-    } else {
-        deadline
-            .checked_sub(drain.stop_grace)
-            .unwrap_or_else(Instant::now)
-            .max(Instant::now())
-    };
     tracing::warn!(
         action = notice.action.as_str(),
         interruption_time = %crate::rules::timestamp(notice.time),
-        deadline_in_ms = deadline.saturating_duration_since(Instant::now()).as_millis() as u64,
-        preempt_in_ms = preempt_at.saturating_duration_since(Instant::now()).as_millis() as u64,
-        policy = if release_now { "release" } else { "finish-if-possible" },
+        in_ms = (notice.time - Utc::now()).num_milliseconds().max(0),
+        policy = ?config.drain.on_spot,
         "Spot interruption notice."
     );
-    stop.begin(reason.clone());
-    stop.preempt_by(preempt_at, reason);
+    // What it means for running jobs is the drain's plan (agent/drain.rs).
+    stop.notice_spot(notice.clone());
 }

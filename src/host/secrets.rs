@@ -26,7 +26,9 @@ use zeroize::Zeroizing;
 
 use crate::backoff::Backoff;
 use crate::config::SecretsConfig;
+use crate::docker::RegistryAuth;
 use crate::job::mask::Masker;
+use crate::job::{Job, Problem, Rejection};
 use crate::rules::S3Location;
 
 pub const BUNDLE_VERSION: u32 = 1;
@@ -90,6 +92,17 @@ pub enum SecretsError {
     Input { path: PathBuf, reason: String },
     #[error("no secret bundle after {secs}s of retries; last error: {last}")]
     TimedOut { secs: u64, last: Box<SecretsError> },
+}
+
+/// Why a registry's credentials cannot be had.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryAuthError {
+    #[error(
+        "images.registry_auth names secret {secret:?} for {registry}, which is not in the bundle"
+    )]
+    Missing { secret: String, registry: String },
+    #[error("secret {secret:?} for {registry} is not user:password")]
+    NotUserPassword { secret: String, registry: String },
 }
 
 impl SecretsError {
@@ -158,6 +171,55 @@ impl Secrets {
                 .map(|(k, v)| (k, SecretValue(Zeroizing::new(v))))
                 .collect(),
         })
+    }
+
+    /// `user:password` for `registry`, from the secret `images.registry_auth`
+    /// (`auth`) names for it; `None` for a registry that needs none.
+    pub fn registry_auth(
+        &self,
+        auth: &BTreeMap<String, String>,
+        registry: &str,
+    ) -> Result<Option<RegistryAuth>, RegistryAuthError> {
+        let Some(secret) = auth.get(registry) else {
+            return Ok(None);
+        };
+        let missing = || RegistryAuthError::Missing {
+            secret: secret.clone(),
+            registry: registry.to_owned(),
+        };
+        let value = self.get(secret).ok_or_else(missing)?;
+        let (username, password) = value.expose().trim_end().split_once(':').ok_or_else(|| {
+            RegistryAuthError::NotUserPassword {
+                secret: secret.clone(),
+                registry: registry.to_owned(),
+            }
+        })?;
+        Ok(Some(RegistryAuth {
+            username: username.to_owned(),
+            password: password.to_owned(),
+        }))
+    }
+
+    /// A rejection when the job asks for a secret the bundle does not have (the
+    /// profile allows it, but the pool was sealed without it).
+    pub fn check_job(&self, job: &Job) -> Result<(), Rejection> {
+        let missing: Vec<Problem> = job
+            .secrets
+            .iter()
+            .filter(|name| self.get(name).is_none())
+            .map(|name| Problem {
+                field: format!("secrets.{name}"),
+                rule: "not in the pool's secret bundle".into(),
+            })
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(Rejection {
+                id: Some(job.id.clone()),
+                problems: missing,
+            })
+        }
     }
 }
 

@@ -1,21 +1,22 @@
-//! Why the agent stops, and the one signal that tells everything to stop.
+//! Why the agent stops, the one signal that tells everything to stop, and the
+//! preemption the drain hands its running jobs.
 //!
 //! Every trigger (a signal, a spot notice, a rebalance recommendation, an Auto
 //! Scaling termination, idleness) goes through [`Stop::begin`] with a
-//! [`StopReason`]; the first reason starts the drain. Triggers that carry a deadline
-//! (a spot notice) also set the instant by which running jobs must be stopped,
-//! through [`Stop::preempt_by`]; a later, earlier deadline tightens it. A second
-//! signal is the operator saying "now": [`Stop::force`].
+//! [`StopReason`]; the first reason starts the drain. A spot notice is also kept
+//! ([`Stop::notice_spot`]) even when it comes after the drain began, since its
+//! deadline still binds the running jobs; the drain's plan
+//! (`agent::drain::plan`) reads it. A second signal is the operator saying "now":
+//! [`Stop::force`].
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::aws::imds::SpotAction;
+use crate::aws::imds::{SpotAction, SpotNotice};
 use crate::config::RebalancePolicy;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,8 +61,8 @@ pub struct Stop {
     /// Cancelled when waiting is over: stop running jobs now.
     forced: CancellationToken,
     reason: Arc<OnceLock<StopReason>>,
-    /// When running jobs must be stopped, and why, if a trigger set a deadline.
-    preempt: Arc<watch::Sender<Option<(Instant, StopReason)>>>,
+    /// The latest spot interruption notice.
+    spot: Arc<watch::Sender<Option<SpotNotice>>>,
 }
 
 impl Default for Stop {
@@ -70,7 +71,7 @@ impl Default for Stop {
             draining: CancellationToken::new(),
             forced: CancellationToken::new(),
             reason: Arc::default(),
-            preempt: Arc::new(watch::channel(None).0),
+            spot: Arc::new(watch::channel(None).0),
         }
     }
 }
@@ -90,20 +91,19 @@ impl Stop {
         true
     }
 
-    /// Running jobs must be stopped by `at`; an earlier deadline already set stands.
-    pub fn preempt_by(&self, at: Instant, reason: StopReason) {
-        self.preempt.send_if_modified(|current| match current {
-            Some((existing, _)) if *existing <= at => false,
-            _ => {
-                *current = Some((at, reason));
-                true
-            }
+    /// A spot interruption notice: starts the drain if nothing else did, and is
+    /// kept for the drain's plan either way.
+    pub fn notice_spot(&self, notice: SpotNotice) {
+        self.begin(StopReason::Spot {
+            action: notice.action,
+            time: notice.time,
         });
+        self.spot.send_replace(Some(notice));
     }
 
-    /// Watches the preemption deadline.
-    pub fn preemption(&self) -> watch::Receiver<Option<(Instant, StopReason)>> {
-        self.preempt.subscribe()
+    /// Watches the latest spot notice.
+    pub fn spot_notices(&self) -> watch::Receiver<Option<SpotNotice>> {
+        self.spot.subscribe()
     }
 
     /// Stops running jobs without waiting for them any longer.
@@ -131,6 +131,65 @@ impl Stop {
     }
 }
 
+/// What running jobs are told: stop (SIGTERM, `drain.stop_grace_secs`, SIGKILL)
+/// or be killed at once, and why. The drain decides when; the runner obeys.
+#[derive(Clone, Debug, Default)]
+pub struct Preemption {
+    stopping: CancellationToken,
+    killing: CancellationToken,
+    reason: Arc<OnceLock<StopReason>>,
+}
+
+impl Preemption {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Follows the process's own stop, for `exec`, which has no drain: its job is
+    /// stopped at the first signal and killed at the second.
+    pub fn of(stop: &Stop) -> Self {
+        Preemption {
+            stopping: stop.draining.clone(),
+            killing: stop.forced.clone(),
+            reason: Arc::clone(&stop.reason),
+        }
+    }
+
+    /// Running jobs stop now, with their grace period. The first reason stands.
+    pub fn stop(&self, reason: StopReason) {
+        let _first = self.reason.set(reason);
+        self.stopping.cancel();
+    }
+
+    /// Running jobs are killed now.
+    pub fn kill(&self, reason: StopReason) {
+        self.stop(reason);
+        self.killing.cancel();
+    }
+
+    pub fn reason(&self) -> Option<&StopReason> {
+        self.reason.get()
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.is_cancelled()
+    }
+
+    pub fn is_killing(&self) -> bool {
+        self.killing.is_cancelled()
+    }
+
+    /// Resolves when running jobs must stop.
+    pub fn stopping(&self) -> &CancellationToken {
+        &self.stopping
+    }
+
+    /// Resolves when running jobs must die without their grace period.
+    pub fn killing(&self) -> &CancellationToken {
+        &self.killing
+    }
+}
+
 /// Feeds SIGTERM and SIGINT into `stop` for as long as it is polled: the first
 /// drains, the second forces. It never returns: callers race it against their work.
 pub async fn watch_signals(stop: Stop) -> std::io::Result<std::convert::Infallible> {
@@ -155,7 +214,6 @@ pub async fn watch_signals(stop: Stop) -> std::io::Result<std::convert::Infallib
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn first_reason_wins() {
@@ -170,30 +228,29 @@ mod tests {
         assert!(stop.forced().is_cancelled());
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn preemption_only_tightens() {
+    #[test]
+    fn a_spot_notice_after_a_signal_is_kept() {
         let stop = Stop::new();
-        let rx = stop.preemption();
-        let now = Instant::now();
-        stop.preempt_by(now + Duration::from_secs(60), StopReason::AutoScaling);
-        stop.preempt_by(now + Duration::from_secs(90), StopReason::Signal("SIGTERM"));
-        assert_eq!(
-            rx.borrow().as_ref().unwrap().0,
-            now + Duration::from_secs(60)
-        );
-        stop.preempt_by(
-            now + Duration::from_secs(5),
-            StopReason::Rebalance {
-                policy: RebalancePolicy::Drain,
-            },
-        );
-        let (at, reason) = rx.borrow().clone().unwrap();
-        assert_eq!(at, now + Duration::from_secs(5));
-        assert_eq!(
-            reason,
-            StopReason::Rebalance {
-                policy: RebalancePolicy::Drain
-            }
-        );
+        let notices = stop.spot_notices();
+        stop.begin(StopReason::Signal("SIGTERM"));
+        let notice = SpotNotice {
+            action: SpotAction::Terminate,
+            time: Utc::now(),
+        };
+        stop.notice_spot(notice.clone());
+        assert_eq!(stop.reason(), Some(&StopReason::Signal("SIGTERM")));
+        assert_eq!(*notices.borrow(), Some(notice));
+    }
+
+    #[test]
+    fn exec_preemption_follows_the_process_stop() {
+        let stop = Stop::new();
+        let preemption = Preemption::of(&stop);
+        assert!(!preemption.is_stopping());
+        stop.begin(StopReason::Signal("SIGINT"));
+        assert!(preemption.is_stopping() && !preemption.is_killing());
+        assert_eq!(preemption.reason(), Some(&StopReason::Signal("SIGINT")));
+        stop.force();
+        assert!(preemption.is_killing());
     }
 }

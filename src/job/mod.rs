@@ -1,12 +1,17 @@
-//! One job: its message ([`spec`]), the image policy ([`image`]), its life in one
-//! container ([`runner`]), its output ([`log`], masked by [`mask`]) and its
-//! recorded [`result`].
+//! One job: its message ([`spec`]) and image policy ([`image`]), the container
+//! it runs in ([`container`]) and that container's life ([`runner`], reading
+//! [`output`] into its [`log`], masked by [`mask`]), what became of it
+//! ([`outcome`]) and its recorded [`result`]; [`sweep`] removes what jobs leave.
 
+pub mod container;
 pub mod image;
 pub mod log;
 pub mod mask;
+pub mod outcome;
+pub mod output;
 pub mod result;
 pub mod runner;
 pub mod spec;
+pub mod sweep;
 
 pub use spec::{Job, Problem, Rejection};

@@ -1,0 +1,247 @@
+//! Boot: everything a host needs before its first job, in order: the instance's
+//! identity, the pool's secrets, Docker, the warm images, the disk watch and the
+//! cache volume.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::agent::AgentError;
+use crate::aws::imds::{Identity, Imds};
+use crate::backoff::Backoff;
+use crate::config::{Config, WarmFailure};
+use crate::docker::Docker;
+use crate::host::cache::Cache;
+use crate::host::disk::Disk;
+use crate::host::secrets::Secrets;
+use crate::host::stop::Stop;
+use crate::host::systemd;
+use crate::job::mask::SharedMasker;
+
+/// The longest pause of the boot's retry loops.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// What bootstrap made ready.
+pub struct Booted {
+    pub docker: Docker,
+    pub secrets: Arc<Secrets>,
+    pub disk: Option<Arc<Disk>>,
+    pub cache: Option<Cache>,
+    /// The webhook's URL and key, if results are posted to one.
+    pub webhook: Option<(String, String)>,
+}
+
+/// Everything a host needs before its first job, in order: secrets, Docker, warm
+/// images, the disk watch, the cache. `None` if the agent was stopped while waiting
+/// for Docker.
+pub async fn bootstrap(
+    config: &Arc<Config>,
+    sdk: &aws_config::SdkConfig,
+    log_masker: &SharedMasker,
+    stop: &Stop,
+) -> Result<Option<Booted>, AgentError> {
+    let started = Instant::now();
+    let s3 = crate::aws::s3_client(sdk, &config.aws);
+    let secrets = phase("secrets", load_secrets(config, sdk, &s3)).await?;
+    if !secrets.is_empty() {
+        log_masker.set(Arc::new(secrets.masker()));
+        tracing::info!(secrets = secrets.len(), "Secrets loaded into memory.");
+    }
+    let webhook = match (&config.results.webhook_url, &config.results.webhook_secret) {
+        (Some(url), Some(name)) => {
+            let key = secrets.get(name).ok_or_else(|| AgentError::MissingSecret {
+                key: "results.webhook_secret",
+                name: name.clone(),
+            })?;
+            Some((url.clone(), key.expose().to_owned()))
+        }
+        _ => None,
+    };
+    systemd::status("bootstrap: Docker");
+    let Some(docker) = connect_docker(config, stop).await else {
+        return Ok(None);
+    };
+    let warm = phase("warm images", warm_images(&docker, &secrets, config)).await?;
+    let disk = &config.disk;
+    let disk = if disk.min_free_mb > 0 || disk.gc_free_mb > 0 {
+        let root = docker.root_dir().await.unwrap_or_else(|error| {
+            tracing::warn!(%error, "Cannot ask Docker for its data root; watching /var/lib/docker.");
+            "/var/lib/docker".into()
+        });
+        let work_dir = &config.agent.work_dir;
+        let (min_free_mb, gc_free_mb) = (disk.min_free_mb, disk.gc_free_mb);
+        Some(Arc::new(Disk::new(
+            docker.clone(),
+            root,
+            work_dir,
+            min_free_mb,
+            gc_free_mb,
+            warm,
+        )))
+    } else {
+        None
+    };
+    let cache = match &config.cache.source {
+        Some(source) => {
+            let work_dir = &config.agent.work_dir;
+            let cache = Cache::bootstrap(docker.clone(), s3, source.clone(), work_dir);
+            Some(phase("cache", cache).await?)
+        }
+        None => None,
+    };
+    tracing::info!(
+        boot_ms = started.elapsed().as_millis() as u64,
+        "Bootstrapped."
+    );
+    Ok(Some(Booted {
+        docker,
+        secrets,
+        disk,
+        cache,
+        webhook,
+    }))
+}
+
+/// Opens the pool's secret bundle, if it has one, into memory, and makes the
+/// tmpfs directory jobs' secret files go to.
+async fn load_secrets(
+    config: &Config,
+    sdk: &aws_config::SdkConfig,
+    s3: &aws_sdk_s3::Client,
+) -> Result<Arc<Secrets>, AgentError> {
+    let kms = crate::aws::kms_client(sdk);
+    let secrets = crate::host::secrets::load(&config.secrets, s3, &kms).await?;
+    if secrets.is_some() {
+        let dir = &config.agent.secrets_dir;
+        crate::host::secrets::prepare_dir(dir, true).map_err(|reason| AgentError::SecretsDir {
+            path: dir.clone(),
+            reason,
+        })?;
+    }
+    Ok(Arc::new(secrets.unwrap_or_default()))
+}
+
+/// Pulls `images.warm`, a few at a time, before the agent reports ready; returns
+/// the ids of the images that are ready, which the disk's image collection keeps.
+/// An image already present is not pulled again; a digest pin is verified by
+/// pulling by digest.
+async fn warm_images(
+    docker: &Docker,
+    secrets: &Secrets,
+    config: &Config,
+) -> Result<HashSet<String>, AgentError> {
+    use futures_util::stream::{self, StreamExt};
+    let warm = &config.images.warm;
+    let results: Vec<_> = stream::iter(warm.iter().map(|image| async move {
+        let auth = secrets.registry_auth(&config.images.registry_auth, &image.registry)?;
+        docker
+            .ensure_image(image, config.images.pull_timeout, auth.as_ref())
+            .await
+            .map_err(Box::<dyn std::error::Error + Send + Sync>::from)
+    }))
+    .buffered(3)
+    .collect()
+    .await;
+    let mut ready = HashSet::new();
+    for (image, result) in warm.iter().zip(results) {
+        match (result, config.images.warm_failure) {
+            (Ok(local), _) => {
+                tracing::info!(image = %image, digest = %local.reference, "Warm image ready.");
+                ready.insert(local.id);
+            }
+            (Err(source), WarmFailure::Fail) => {
+                return Err(AgentError::Warm {
+                    image: image.to_string(),
+                    source,
+                });
+            }
+            (Err(error), WarmFailure::Continue) => tracing::warn!(
+                image = %image,
+                %error,
+                "Could not warm an image; going on (images.warm_failure = \"continue\")."
+            ),
+        }
+    }
+    Ok(ready)
+}
+
+/// Runs one boot phase, logging its duration.
+async fn phase<T, E>(
+    name: &'static str,
+    work: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    let started = Instant::now();
+    systemd::status(&format!("bootstrap: {name}"));
+    let result = work.await;
+    if result.is_ok() {
+        tracing::info!(
+            phase = name,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "Boot phase done."
+        );
+    }
+    result
+}
+
+/// The metadata client and this instance's identity, or neither off EC2 (one
+/// warning, then the watchers stay off: no crash loop on a laptop).
+pub async fn metadata(config: &Config) -> (Option<Imds>, Option<Identity>) {
+    if !config.imds.enabled {
+        tracing::info!(
+            "Instance metadata disabled (imds.enabled = false): no spot, rebalance or Auto Scaling watchers."
+        );
+        return (None, None);
+    }
+    let imds = match Imds::new(&config.imds) {
+        Ok(imds) => imds,
+        Err(error) => {
+            tracing::warn!(%error, "No instance metadata client; the watchers are off.");
+            return (None, None);
+        }
+    };
+    match imds.identity().await {
+        Ok(identity) => (Some(imds), Some(identity)),
+        Err(error) if error.is_unreachable() => {
+            tracing::warn!(
+                endpoint = %config.imds.endpoint,
+                %error,
+                "No instance metadata service: not on EC2? Spot, rebalance and Auto Scaling watchers are off."
+            );
+            (None, None)
+        }
+        // It answers, but not well: keep watching, it may recover.
+        Err(error) => {
+            tracing::warn!(%error, "Cannot read this instance's identity; watching for notices anyway.");
+            (Some(imds), None)
+        }
+    }
+}
+
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "unknown-host".to_owned())
+}
+
+/// Connects to Docker, retrying with backoff until it answers or the agent stops.
+async fn connect_docker(config: &Config, stop: &Stop) -> Option<Docker> {
+    let mut backoff = Backoff::new(Duration::from_secs(1), MAX_BACKOFF);
+    loop {
+        let error = match Docker::connect(&config.docker).await {
+            Ok(docker) => match docker.ping().await {
+                Ok(()) => return Some(docker),
+                Err(e) => e,
+            },
+            Err(e) => e,
+        };
+        let delay = backoff.next_delay();
+        tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "Docker is unreachable; waiting for it.");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.draining().cancelled() => return None,
+        }
+    }
+}

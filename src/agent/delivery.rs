@@ -1,0 +1,266 @@
+//! One message's delivery, from receipt to its fate: parse and check the job (or
+//! reject it), look for an earlier result and take the claim, run the job with
+//! heartbeats, record its result, and settle the message as [`fate`] decides.
+//!
+//! [`fate`]: crate::agent::fate
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+
+use crate::agent::Agent;
+use crate::agent::fate::{self, Admission, ClaimLookup, Fate, Lookup};
+use crate::aws::results::{Claim, ClaimOutcome, Recorded, StoreError};
+use crate::aws::sqs::Received;
+use crate::backoff::Backoff;
+use crate::host::stop::Preemption;
+use crate::job::log::LogBody;
+use crate::job::result::{JobResult, Status};
+use crate::job::{Job, Rejection};
+
+/// On a job's container: the SQS receipt handle of its message, so that an agent
+/// restarted after a crash can hand the message back at once.
+pub const LABEL_RECEIPT: &str = "deckhand.receipt";
+/// The longest pause between attempts to record a result.
+const MAX_RECORD_BACKOFF: Duration = Duration::from_secs(30);
+
+impl Agent {
+    /// One message, from receipt to its fate on the queue. `slot` is held until
+    /// the job's container is gone.
+    pub(super) async fn deliver(
+        &self,
+        message: Received,
+        slot: OwnedSemaphorePermit,
+        preemption: &Preemption,
+    ) {
+        let job = Job::parse(message.body.as_bytes(), &self.config)
+            .and_then(|job| self.secrets.check_job(&job).map(|()| job));
+        match job {
+            Ok(job) => {
+                tracing::Span::current().record("job_id", job.id.as_str());
+                self.run_job(message, job, slot, preemption).await;
+            }
+            Err(rejection) => self.reject(message, rejection).await,
+        }
+    }
+
+    async fn reject(&self, message: Received, rejection: Rejection) {
+        let id = rejection
+            .id
+            .clone()
+            .unwrap_or_else(|| message.message_id.clone());
+        tracing::Span::current().record("job_id", id.as_str());
+        let reason = rejection.to_string();
+        tracing::warn!(%reason, "Job rejected.");
+        self.metrics.job_finished(Status::Rejected, Duration::ZERO);
+        let mut result =
+            JobResult::rejected(id, reason.clone(), message.receive_count, &self.instance_id);
+        let deadline = fate::record_deadline(Status::Rejected);
+        let recorded = self
+            .record_until(&mut result, &LogBody::empty(), deadline)
+            .await;
+        let dead_lettered = match (&self.dead_letter, recorded) {
+            (Some(dlq), true) => {
+                let attributes = [
+                    ("deckhand_reason", reason.as_str()),
+                    ("deckhand_message_id", message.message_id.as_str()),
+                ];
+                let sent = dlq.send(&message.body, &attributes).await;
+                if let Err(error) = &sent {
+                    // Recorded but not dead-lettered: left, so the next delivery
+                    // tries the copy again.
+                    tracing::warn!(%error, "Could not copy the rejected job to the dead-letter queue.");
+                }
+                sent.is_ok()
+            }
+            (None, _) | (_, false) => true,
+        };
+        let fate = fate::after_reject(recorded, dead_lettered);
+        if fate == Fate::Delete {
+            self.notifier.notify(&result).await;
+        }
+        let settlement = fate::Settlement {
+            fate,
+            release_claim: false,
+        };
+        self.settle(&message, &result.id, settlement).await;
+    }
+
+    async fn run_job(
+        &self,
+        message: Received,
+        job: Job,
+        slot: OwnedSemaphorePermit,
+        preemption: &Preemption,
+    ) {
+        let attempt = message.receive_count;
+        let retry = fate::retry_visibility(attempt, self.config.queue.visibility_timeout);
+        if let Admission::Skip(settlement) = self.admit(&job, attempt, retry).await {
+            self.settle(&message, &job.id, settlement).await;
+            return;
+        }
+        let labels = [(LABEL_RECEIPT, message.receipt.as_str())];
+        self.metrics.running(true);
+        let run = self.runner.run(&job, attempt, &labels, preemption);
+        tokio::pin!(run);
+        let mut handed_back = false;
+        let mut finished = tokio::select! {
+            finished = &mut run => finished,
+            never = self.heartbeat(&message, &job.id) => match never {},
+            () = preemption.stopping().cancelled() => {
+                self.settle(&message, &job.id, fate::PREEMPTED).await;
+                handed_back = true;
+                run.await
+            }
+        };
+        drop(slot);
+        self.metrics.running(false);
+        let result = &mut finished.result;
+        let status = result.status;
+        self.metrics
+            .job_finished(status, Duration::from_millis(result.duration_ms));
+        let deadline = fate::record_deadline(status);
+        if !fate::records_first(status) {
+            let settlement = fate::after_run(status, false, handed_back, retry);
+            self.settle(&message, &job.id, settlement).await;
+            self.record_until(result, &finished.log, deadline).await;
+            return;
+        }
+        let record = self.record_until(result, &finished.log, deadline);
+        let recorded = if handed_back || !status.is_terminal() {
+            // No heartbeat after a hand-back: it would hide the message again.
+            record.await
+        } else {
+            tokio::select! {
+                recorded = record => recorded,
+                never = self.heartbeat(&message, &job.id) => match never {},
+            }
+        };
+        let settlement = fate::after_run(status, recorded, handed_back, retry);
+        if settlement.fate == Fate::Delete {
+            // Independent of each other: the result is recorded.
+            tokio::join!(
+                self.notifier.notify(result),
+                self.settle(&message, &job.id, settlement)
+            );
+        } else {
+            self.settle(&message, &job.id, settlement).await;
+        }
+    }
+
+    /// Looks for an earlier result and takes the claim, both at once: they are
+    /// independent round trips, and every millisecond here is paid by every job.
+    async fn admit(&self, job: &Job, attempt: u32, retry: Duration) -> Admission {
+        let claim = self.claim(attempt);
+        let (terminal, claimed) = tokio::join!(
+            self.store.terminal(&job.id),
+            self.store.claim(&job.id, &claim),
+        );
+        let result = match &terminal {
+            Ok(Some(existing)) => {
+                tracing::info!(
+                    status = existing.status.as_str(),
+                    "Duplicate delivery of a finished job; deleting it without running."
+                );
+                Lookup::Finished
+            }
+            Ok(None) => Lookup::Absent,
+            Err(error) => {
+                tracing::warn!(%error, "Cannot check for an earlier result; giving the message back.");
+                Lookup::Unreadable
+            }
+        };
+        let claim = match &claimed {
+            Ok(ClaimOutcome::Acquired) => ClaimLookup::Acquired,
+            Ok(ClaimOutcome::HeldBy(holder)) => {
+                if result == Lookup::Absent {
+                    tracing::info!(
+                        holder = %holder.instance_id,
+                        "Another agent is running this job; deferring the duplicate."
+                    );
+                }
+                ClaimLookup::HeldByOther
+            }
+            Err(error) => {
+                if result == Lookup::Absent {
+                    tracing::warn!(%error, "Cannot claim the job; giving the message back.");
+                }
+                ClaimLookup::Unreadable
+            }
+        };
+        fate::before_run(result, claim, retry)
+    }
+
+    fn claim(&self, attempt: u32) -> Claim {
+        Claim {
+            instance_id: self.instance_id.clone(),
+            attempt,
+            expires_at: chrono::Utc::now().timestamp()
+                + self.config.queue.visibility_timeout.as_secs() as i64,
+        }
+    }
+
+    /// Keeps the message hidden and the claim alive while the job runs. Never
+    /// returns; dropping it is safe (each beat is a whole request or none).
+    async fn heartbeat(&self, message: &Received, job_id: &str) -> Infallible {
+        let visibility = self.config.queue.visibility_timeout;
+        // A third of the timeout: two beats may fail before the message reappears.
+        let period = visibility / 3;
+        loop {
+            tokio::time::sleep(period).await;
+            if let Err(error) = self
+                .queue
+                .set_visibility(&message.message_id, &message.receipt, visibility)
+                .await
+            {
+                tracing::warn!(%error, "Heartbeat failed; the message may reappear.");
+            }
+            let attempt = message.receive_count;
+            if let Err(error) = self.store.renew(job_id, &self.claim(attempt)).await {
+                tracing::warn!(%error, "Could not renew the job's claim.");
+            }
+        }
+    }
+
+    /// Records `result`, retrying with backoff until `deadline`; true once recorded
+    /// (or found already recorded by another run).
+    async fn record_until(
+        &self,
+        result: &mut JobResult,
+        log: &LogBody,
+        deadline: Duration,
+    ) -> bool {
+        let give_up = Instant::now() + deadline;
+        let mut backoff = Backoff::new(Duration::from_millis(500), MAX_RECORD_BACKOFF);
+        loop {
+            let error: StoreError = match self.store.record(result, log).await {
+                Ok(Recorded::Stored) => {
+                    tracing::info!(
+                        status = result.status.as_str(),
+                        log = result.log.as_deref(),
+                        "Result recorded."
+                    );
+                    return true;
+                }
+                Ok(Recorded::Duplicate(existing)) => {
+                    tracing::warn!(
+                        recorded_status = existing.status.as_str(),
+                        recorded_by = %existing.instance_id,
+                        "Another run of this job recorded its result first; keeping that one."
+                    );
+                    return true;
+                }
+                Err(e) => e,
+            };
+            let delay = backoff.next_delay();
+            if Instant::now() + delay > give_up {
+                tracing::error!(%error, "Could not record the result; leaving the message to SQS.");
+                return false;
+            }
+            tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "Could not record the result; retrying.");
+            tokio::time::sleep(delay).await;
+        }
+    }
+}

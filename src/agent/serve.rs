@@ -1,0 +1,226 @@
+//! The receive loop: while the agent is not draining, receive as many messages as
+//! there are free slots, but only while a job could start (Docker answers, the disk
+//! has room), and give each message a task of its own ([`Agent::deliver`]). When
+//! the drain begins, the loop hands its tasks to [`Agent::drain`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::agent::Agent;
+use crate::agent::drain::reap;
+use crate::aws::sqs::{Received, SqsError};
+use crate::backoff::Backoff;
+use crate::host::stop::{Preemption, Stop, StopReason};
+use crate::host::systemd;
+
+/// The longest pause of the loop's backoffs.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// A long poll the drain interrupted, kept to finish.
+pub type InFlight<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Vec<Received>, SqsError>> + Send + 'a>,
+>;
+
+/// Whether the host can take a job now.
+enum Gate {
+    Open,
+    /// Not now: wait this long, then ask again.
+    Closed(Duration),
+}
+
+/// The loop's memory between rounds.
+struct Pacing {
+    docker: Backoff,
+    queue: Backoff,
+    disk: Backoff,
+    disk_check_failed: bool,
+    idle_since: Instant,
+}
+
+impl Agent {
+    /// The receive loop, then the drain.
+    pub(super) async fn serve(self: &Arc<Self>, stop: &Stop) {
+        // What the drain tells running jobs; it, not the first signal, stops them,
+        // so jobs get `drain.stop_timeout_secs` to finish.
+        let preemption = Preemption::new();
+        // Every task, from receipt to the message's fate: what the drain waits for.
+        let mut jobs: JoinSet<()> = JoinSet::new();
+        // A slot is a container, so a slot frees when its container is gone, while
+        // the result is still being recorded: the next job's receive, claim and
+        // start overlap the last one's uploads instead of queueing behind them.
+        let slots = Arc::new(Semaphore::new(self.config.agent.slots));
+        let backoff = || Backoff::new(Duration::from_secs(1), MAX_BACKOFF);
+        let mut pacing = Pacing {
+            docker: backoff(),
+            queue: backoff(),
+            disk: backoff(),
+            disk_check_failed: false,
+            idle_since: Instant::now(),
+        };
+        let mut in_flight = None;
+        while !stop.is_draining() {
+            while let Some(done) = jobs.try_join_next() {
+                reap(done);
+                pacing.idle_since = Instant::now();
+            }
+            if slots.available_permits() == 0 {
+                tokio::select! {
+                    Some(done) = jobs.join_next() => {
+                        reap(done);
+                        pacing.idle_since = Instant::now();
+                    }
+                    // A container finished; its task is still recording.
+                    permit = Arc::clone(&slots).acquire_owned() => drop(permit),
+                    _ = stop.draining().cancelled() => break,
+                }
+                continue;
+            }
+            if let Some(limit) = self.config.agent.idle_shutdown
+                && jobs.is_empty()
+                && pacing.idle_since.elapsed() >= limit
+            {
+                stop.begin(StopReason::Idle {
+                    after_secs: limit.as_secs(),
+                });
+                break;
+            }
+            if let Gate::Closed(delay) = self.gate(&mut pacing).await {
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => continue,
+                    _ = stop.draining().cancelled() => break,
+                }
+            }
+            // At most 10: one receive brings no more.
+            let mut free: Vec<OwnedSemaphorePermit> =
+                std::iter::from_fn(|| Arc::clone(&slots).try_acquire_owned().ok())
+                    .take(10)
+                    .collect();
+            let mut receive: InFlight<'_> = Box::pin(self.queue.receive(
+                free.len(),
+                self.config.queue.wait,
+                self.config.queue.visibility_timeout,
+            ));
+            let received = tokio::select! {
+                received = &mut receive => received,
+                // Not dropped: SQS may already have handed this long poll a
+                // message, which would stay hidden for the visibility timeout.
+                // The drain finishes it and hands back what it brings.
+                _ = stop.draining().cancelled() => {
+                    in_flight = Some(receive);
+                    break;
+                }
+            };
+            let messages = match self.received(received, &mut pacing) {
+                Ok(messages) => messages,
+                Err(error) => {
+                    let delay = pacing.queue.next_delay();
+                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "Could not receive; backing off.");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => continue,
+                        _ = stop.draining().cancelled() => break,
+                    }
+                }
+            };
+            for message in messages {
+                let slot = free.pop().expect("SQS returns at most as many as asked");
+                pacing.idle_since = Instant::now();
+                self.spawn_delivery(&mut jobs, message, slot, &preemption);
+            }
+        }
+        self.drain(jobs, &preemption, stop, in_flight).await;
+    }
+
+    /// Receives only while a job could start, so the agent never holds a message it
+    /// cannot run: Docker must answer (then what earlier cleanups left is swept)
+    /// and the disk must have room.
+    async fn gate(&self, pacing: &mut Pacing) -> Gate {
+        if let Err(error) = self.docker.ping().await {
+            self.healthy.set_docker(false);
+            let delay = pacing.docker.next_delay();
+            tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "Docker is unreachable; not receiving.");
+            systemd::status("Docker unreachable; not receiving");
+            return Gate::Closed(delay);
+        }
+        self.healthy.set_docker(true);
+        if pacing.docker.reset() {
+            tracing::info!("Docker is back; receiving again.");
+            systemd::status("serving the queue");
+        }
+        self.sweeper.sweep_leftovers().await;
+        let Some(disk) = &self.disk else {
+            return Gate::Open;
+        };
+        match disk.ensure_room().await {
+            Ok(room) => {
+                pacing.disk_check_failed = false;
+                self.metrics.disk(&room);
+                if let Some(low) = room.low {
+                    let delay = pacing.disk.next_delay();
+                    tracing::warn!(path = %low.path.display(), free_mb = low.free_mb, min_free_mb = low.min_free_mb, retry_in_ms = delay.as_millis() as u64, "Disk space is low; not receiving.");
+                    systemd::status("disk space low; not receiving");
+                    return Gate::Closed(delay);
+                }
+                if pacing.disk.reset() {
+                    tracing::info!(
+                        free_mb = room.free_mb,
+                        "Disk space is back; receiving again."
+                    );
+                    systemd::status("serving the queue");
+                }
+            }
+            // Not a reason to stop: the check itself is what failed.
+            Err(error) if !pacing.disk_check_failed => {
+                pacing.disk_check_failed = true;
+                tracing::warn!(%error, "Cannot check the free disk space; receiving anyway.");
+            }
+            Err(_) => {}
+        }
+        Gate::Open
+    }
+
+    /// Counts a receive and notes whether the queue answered.
+    fn received(
+        &self,
+        received: Result<Vec<Received>, SqsError>,
+        pacing: &mut Pacing,
+    ) -> Result<Vec<Received>, SqsError> {
+        match &received {
+            Ok(messages) => {
+                self.metrics.received(messages.len());
+                self.healthy.set_queue(true);
+                if pacing.queue.reset() {
+                    tracing::info!("The queue answers again.");
+                }
+            }
+            Err(_) => {
+                self.metrics.receive_failed();
+                self.healthy.set_queue(false);
+            }
+        }
+        received
+    }
+
+    /// One message's task, in the span that names it.
+    fn spawn_delivery(
+        self: &Arc<Self>,
+        jobs: &mut JoinSet<()>,
+        message: Received,
+        slot: OwnedSemaphorePermit,
+        preemption: &Preemption,
+    ) {
+        let span = tracing::info_span!(
+            "job",
+            job_id = tracing::field::Empty,
+            sqs_message_id = %message.message_id,
+            attempt = message.receive_count,
+        );
+        let agent = Arc::clone(self);
+        let preemption = preemption.clone();
+        jobs.spawn(async move { agent.deliver(message, slot, &preemption).await }.instrument(span));
+    }
+}

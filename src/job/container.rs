@@ -1,0 +1,182 @@
+//! What a job's container is: its names, its spec (image, command, environment,
+//! mounts, limits, capabilities) and its secret files. docs/interface.md ("What a
+//! job container sees") is the contract.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::docker::{self, ContainerSpec};
+use crate::host::secrets::Secrets;
+use crate::job::Job;
+
+/// Capabilities a job keeps; Docker's default set minus NET_RAW (packet spoofing),
+/// MKNOD (device nodes), AUDIT_WRITE, SETFCAP, SETPCAP and SYS_CHROOT, which builds
+/// do not need. What is left lets a root build install packages (chown, setuid to a
+/// package manager's user) and manage its own processes.
+pub const CAPABILITIES: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "NET_BIND_SERVICE",
+];
+
+/// Where a job's secrets appear in its container.
+pub const SECRETS_MOUNT: &str = "/run/secrets";
+
+/// The uid and gid to own secret files: the image's numeric `USER`, else root. A
+/// user *name* would need the image's /etc/passwd; images that want secrets as a
+/// non-root user set a numeric USER.
+fn container_ids(user: Option<&str>) -> (u32, u32) {
+    let Some(user) = user else { return (0, 0) };
+    let (uid, gid) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    match uid.parse::<u32>() {
+        Ok(uid) => (uid, gid.and_then(|g| g.parse().ok()).unwrap_or(uid)),
+        Err(_) => {
+            tracing::warn!(
+                user,
+                "The image's USER is a name; its secret files are owned by root."
+            );
+            (0, 0)
+        }
+    }
+}
+
+pub(crate) fn remove_secrets_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    // 0500 directories cannot be emptied until writable again.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    std::fs::remove_dir_all(dir)
+}
+
+/// The Docker names of one attempt's container and workspace, and its secrets
+/// directory. Unique per run, so two agents on one host (or a retry of the same
+/// job) never collide.
+pub(crate) struct Names {
+    pub container: String,
+    pub workspace: String,
+    pub secrets: PathBuf,
+}
+
+impl Names {
+    pub fn new(job_id: &str, attempt: u32, secrets_dir: &Path) -> Self {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let unique =
+            nanos ^ std::process::id().rotate_left(16) ^ COUNTER.fetch_add(1, Ordering::Relaxed);
+        let container = format!("deckhand-{job_id}-{attempt}-{unique:08x}");
+        Names {
+            secrets: secrets_dir.join(&container),
+            workspace: format!("deckhand-ws-{job_id}-{attempt}-{unique:08x}"),
+            container,
+        }
+    }
+}
+
+/// The container for `job`'s attempt. `env` goes after the job's own variables
+/// (secrets, credentials); `mounts` after its workspace (cache, secrets).
+pub(crate) fn spec(
+    job: &Job,
+    attempt: u32,
+    names: &Names,
+    image_id: String,
+    labels: HashMap<String, String>,
+    env: Vec<String>,
+    mounts: Vec<bollard::models::Mount>,
+) -> ContainerSpec {
+    let mut all_env: Vec<String> = job.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    all_env.extend(env);
+    // Ours last: Docker keeps the last of duplicate names.
+    all_env.push("CI=true".into());
+    all_env.push(format!("DECKHAND_JOB_ID={}", job.id));
+    all_env.push(format!("DECKHAND_ATTEMPT={attempt}"));
+    let mut all_mounts = vec![docker::volume_mount(&names.workspace, &job.workdir, false)];
+    all_mounts.extend(mounts);
+    ContainerSpec {
+        name: names.container.clone(),
+        image_id,
+        command: job.command.clone(),
+        env: all_env,
+        workdir: job.workdir.clone(),
+        labels,
+        mounts: all_mounts,
+        memory_bytes: (job.resources.memory_mb * 1024 * 1024) as i64,
+        nano_cpus: (job.resources.cpus * 1e9).round() as i64,
+        pids: job.resources.pids as i64,
+        network: job.network.clone(),
+        cap_add: CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretFilesError {
+    #[error("write the job's secrets ({operation} {dir}): {source}")]
+    Io {
+        operation: &'static str,
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("secret {0:?} vanished from the bundle")]
+    Vanished(String),
+}
+
+/// Writes the job's secrets as files (0400, owned by the container's user) in a
+/// directory of its own under `agent.secrets_dir` (tmpfs); returns the
+/// environment variables for those in `env_secrets` (the profile's).
+pub(crate) fn write_secret_files(
+    job: &Job,
+    dir: &Path,
+    image_user: Option<&str>,
+    secrets: &Secrets,
+    env_secrets: &[String],
+) -> Result<Vec<String>, SecretFilesError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    let fail = |operation: &'static str| {
+        move |source| SecretFilesError::Io {
+            operation,
+            dir: dir.to_owned(),
+            source,
+        }
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(fail("create"))?;
+    let (uid, gid) = container_ids(image_user);
+    let mut env = Vec::new();
+    for name in &job.secrets {
+        let value = secrets
+            .get(name)
+            .ok_or_else(|| SecretFilesError::Vanished(name.clone()))?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o400)
+            .open(dir.join(name))
+            .map_err(fail("open"))?;
+        std::io::Write::write_all(&mut file, value.expose().as_bytes()).map_err(fail("write"))?;
+        std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).map_err(fail("chown"))?;
+        if env_secrets.contains(name) {
+            env.push(format!(
+                "{}={}",
+                crate::rules::secret_env_name(name),
+                value.expose()
+            ));
+        }
+    }
+    // The container's user must be able to enter the directory; nobody else.
+    std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(fail("chown"))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o500)).map_err(fail("chmod"))?;
+    Ok(env)
+}

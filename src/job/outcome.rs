@@ -1,0 +1,128 @@
+//! What became of a job's container, before it is a recorded [`JobResult`]: the
+//! runner learns an [`Outcome`], this module words it as a status, an exit code and
+//! a reason, and builds the result.
+
+use chrono::{DateTime, Utc};
+
+use crate::docker::DockerError;
+use crate::host::secrets::RegistryAuthError;
+use crate::host::stop::StopReason;
+use crate::job::Job;
+use crate::job::container::SecretFilesError;
+use crate::job::result::{AGENT_VERSION, JobResult, Status, timestamp};
+
+/// Why the host could not run a job (status `error`: it is retried).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    RegistryAuth(#[from] RegistryAuthError),
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    #[error(transparent)]
+    SecretFiles(#[from] SecretFilesError),
+    #[error(
+        "profile {profile:?} has a role_arn: per-job AWS credentials are served by `deckhand run` only"
+    )]
+    NoCredentialsBroker { profile: String },
+}
+
+/// How a job's container ended.
+#[derive(Debug)]
+pub enum Outcome {
+    Exited {
+        code: i64,
+        oom_killed: bool,
+    },
+    TimedOut {
+        code: i64,
+    },
+    /// Preempted by the drain, or before its container started.
+    Interrupted {
+        code: Option<i64>,
+    },
+    Error(RunError),
+}
+
+impl Outcome {
+    /// Its status, exit code and reason. `preempted_for` is why the drain stopped
+    /// the job, if it did.
+    pub fn describe(
+        &self,
+        job: &Job,
+        preempted_for: Option<&StopReason>,
+    ) -> (Status, Option<i64>, Option<String>) {
+        match self {
+            Outcome::Exited { code: 0, .. } => (Status::Succeeded, Some(0), None),
+            Outcome::Exited {
+                code,
+                oom_killed: true,
+            } => (
+                Status::Failed,
+                Some(*code),
+                Some(format!(
+                    "killed: out of memory (limit {} MB)",
+                    job.resources.memory_mb
+                )),
+            ),
+            Outcome::Exited { code, .. } => (
+                Status::Failed,
+                Some(*code),
+                Some(format!("exited with code {code}")),
+            ),
+            Outcome::TimedOut { code } => (
+                Status::TimedOut,
+                Some(*code),
+                Some(format!(
+                    "still running after timeout_secs = {}; stopped",
+                    job.timeout.as_secs()
+                )),
+            ),
+            Outcome::Interrupted { code } => (
+                Status::Interrupted,
+                *code,
+                Some(match preempted_for {
+                    Some(reason) => format!("interrupted: {reason}"),
+                    None => "interrupted".to_owned(),
+                }),
+            ),
+            Outcome::Error(error) => (Status::Error, None, Some(error.to_string())),
+        }
+    }
+}
+
+/// The facts of one attempt that every result carries.
+pub struct Attempt<'a> {
+    pub job: &'a Job,
+    pub attempt: u32,
+    pub instance_id: &'a str,
+    /// The image that ran, by digest where the registry gave one.
+    pub image: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub duration_ms: u64,
+}
+
+impl Attempt<'_> {
+    /// The result of the attempt (without `log`, which the record sets).
+    pub fn result(
+        self,
+        status: Status,
+        exit_code: Option<i64>,
+        reason: Option<String>,
+    ) -> JobResult {
+        JobResult {
+            version: crate::job::spec::VERSION,
+            id: self.job.id.clone(),
+            status,
+            exit_code,
+            reason,
+            attempt: self.attempt,
+            instance_id: self.instance_id.to_owned(),
+            agent_version: AGENT_VERSION.to_owned(),
+            image: self.image.or_else(|| Some(self.job.image.to_string())),
+            started_at: timestamp(self.started_at),
+            finished_at: timestamp(Utc::now()),
+            duration_ms: self.duration_ms,
+            log: None,
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! This agent's job containers on the engine: which belong to running jobs, and the
+//! one sweep that removes the rest with their workspaces. The agent sweeps at boot
+//! (what a crashed run left: every container of this agent) and whenever Docker
+//! answers after a job's cleanup could not finish (what no running job owns).
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::docker::{self, Docker, ManagedContainer};
+
+/// Shared by the runner (which registers its containers) and the agent (which
+/// sweeps); cheap to clone.
+#[derive(Clone)]
+pub struct Sweeper {
+    docker: Docker,
+    instance_id: String,
+    /// The containers of the jobs running now.
+    active: Arc<Mutex<HashSet<String>>>,
+    /// A cleanup left something behind: sweep once Docker answers.
+    leftovers: Arc<AtomicBool>,
+}
+
+impl Sweeper {
+    pub fn new(docker: Docker, instance_id: impl Into<String>) -> Self {
+        Sweeper {
+            docker,
+            instance_id: instance_id.into(),
+            active: Arc::default(),
+            leftovers: Arc::default(),
+        }
+    }
+
+    /// `container` belongs to a running job until [`Sweeper::ended`].
+    pub fn started(&self, container: &str) {
+        self.active_set().insert(container.to_owned());
+    }
+
+    pub fn ended(&self, container: &str) {
+        self.active_set().remove(container);
+    }
+
+    /// A job's cleanup could not remove everything; the next sweep will.
+    pub fn left_behind(&self) {
+        self.leftovers.store(true, Ordering::SeqCst);
+    }
+
+    fn active_set(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        // The set stays consistent whatever a panicking holder did: inserts and
+        // removes are single operations.
+        self.active.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Removes what job cleanups left, if any did: this agent's containers that no
+    /// running job owns, with their workspaces. Their jobs' messages met their fate
+    /// already. Cheap when there is nothing to do.
+    pub async fn sweep_leftovers(&self) {
+        if !self.leftovers.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        if let Err(error) = self.sweep_containers().await {
+            self.left_behind();
+            tracing::warn!(%error, "Could not look for containers earlier jobs left.");
+        }
+    }
+
+    /// At boot, before any job runs: removes every container and workspace of this
+    /// agent and returns the containers removed, whose labels say which messages to
+    /// hand back.
+    pub async fn sweep_all(&self) -> Result<Vec<ManagedContainer>, docker::DockerError> {
+        let removed = self.sweep_containers().await?;
+        // Workspaces whose container never got created.
+        let volumes = self
+            .docker
+            .list_managed_volumes((docker::LABEL_AGENT, &self.instance_id))
+            .await?;
+        for volume in volumes {
+            if let Err(error) = self.docker.remove_volume(&volume).await {
+                tracing::warn!(%error, volume, "Could not remove an orphaned workspace.");
+            }
+        }
+        Ok(removed)
+    }
+
+    async fn sweep_containers(&self) -> Result<Vec<ManagedContainer>, docker::DockerError> {
+        let found = self
+            .docker
+            .list_managed(&[(docker::LABEL_AGENT, &self.instance_id)])
+            .await?;
+        let active = self.active_set().clone();
+        let mut removed = Vec::new();
+        for container in found.into_iter().filter(|c| !active.contains(&c.name)) {
+            match self.remove(&container).await {
+                Ok(()) => {
+                    tracing::info!(container = %container.name, "Removed a container no running job owns.");
+                    removed.push(container);
+                }
+                Err(error) => {
+                    self.left_behind();
+                    tracing::warn!(%error, container = %container.name, "Could not remove a container no running job owns.");
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    async fn remove(&self, container: &ManagedContainer) -> Result<(), docker::DockerError> {
+        self.docker.remove_container(&container.name).await?;
+        match container.labels.get(docker::LABEL_WORKSPACE) {
+            Some(volume) => self.docker.remove_volume(volume).await,
+            None => Ok(()),
+        }
+    }
+}

@@ -23,11 +23,17 @@ use tracing::Instrument;
 
 use crate::agent::Agent;
 use crate::agent::fate::{Fate, Settlement};
-use crate::agent::serve::InFlight;
 use crate::aws::imds::{SpotAction, SpotNotice};
+use crate::aws::sqs::{Received, SqsError};
 use crate::config::{DrainConfig, RebalancePolicy, SpotPolicy};
 use crate::host::stop::{Preemption, Stop, StopReason};
 use crate::host::systemd;
+
+/// A long poll the drain interrupted, kept to finish: SQS may already have handed
+/// it a message, which would stay hidden for its visibility timeout if dropped.
+pub type InFlight<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Vec<Received>, SqsError>> + Send + 'a>,
+>;
 
 /// What happens to the jobs running when the drain began.
 #[derive(Debug, Clone, PartialEq, Eq)]

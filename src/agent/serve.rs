@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::agent::Agent;
-use crate::agent::drain::reap;
+use crate::agent::drain::{InFlight, reap};
 use crate::aws::sqs::{Received, SqsError};
 use crate::backoff::Backoff;
 use crate::host::stop::{Preemption, Stop, StopReason};
@@ -20,11 +20,6 @@ use crate::host::systemd;
 
 /// The longest pause of the loop's backoffs.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-
-/// A long poll the drain interrupted, kept to finish.
-pub type InFlight<'a> = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<Vec<Received>, SqsError>> + Send + 'a>,
->;
 
 /// Whether the host can take a job now.
 enum Gate {

@@ -13,8 +13,9 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use zeroize::Zeroizing;
 
-use super::{ALGORITHM, BUNDLE_VERSION, Bundle, SecretsError, associated_data, valid_name};
 use crate::rules::S3Location;
+
+use super::{ALGORITHM, BUNDLE_VERSION, Bundle, SecretsError, associated_data, valid_name};
 
 /// Reads a secrets file: TOML of `name = "value"` or `name = { file = "PATH" }`
 /// (a file's whole content, relative paths from the secrets file's folder).

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -145,62 +145,77 @@ impl Metrics {
     /// The text exposition format.
     pub fn render(&self, state: &State) -> String {
         let mut out = String::with_capacity(4096);
-        let flag = |b: bool| u8::from(b);
-        let mut gauge = |name: &str, help: &str, value: String| {
-            let _ = write!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
-            );
-        };
-        gauge(
-            "deckhand_slots",
-            "Jobs this agent runs at once (agent.slots).",
-            state.slots.to_string(),
-        );
-        gauge(
-            "deckhand_jobs_running",
-            "Job containers running now.",
-            self.running.load(Ordering::Relaxed).to_string(),
-        );
-        gauge(
-            "deckhand_docker_up",
-            "1 if Docker answered at its last use.",
-            flag(state.docker_up).to_string(),
-        );
-        gauge(
-            "deckhand_queue_up",
-            "1 if the job queue answered at its last use.",
-            flag(state.queue_up).to_string(),
-        );
-        gauge(
-            "deckhand_draining",
-            "1 once the agent takes no more jobs and is draining.",
-            flag(state.draining).to_string(),
-        );
-        gauge(
-            "deckhand_ready",
-            "1 once bootstrap is done and the agent serves the queue.",
-            flag(self.ready.load(Ordering::Relaxed)).to_string(),
-        );
-        gauge(
-            "deckhand_boot_seconds",
-            "Bootstrap time, secrets to ready.",
-            format!("{}", self.boot_ms.load(Ordering::Relaxed) as f64 / 1000.0),
-        );
-        gauge(
-            "deckhand_disk_free_megabytes",
-            "Least free space of Docker's data root and the work dir, at the last check (0 before one).",
-            self.disk_free_mb.load(Ordering::Relaxed).to_string(),
-        );
-        gauge(
-            "deckhand_disk_low",
-            "1 while free space is below disk.min_free_mb and no job is taken.",
-            flag(self.disk_low.load(Ordering::Relaxed)).to_string(),
-        );
-        let _ = write!(
+        self.render_gauges(&mut out, state);
+        self.render_counters(&mut out);
+        self.render_jobs(&mut out);
+        out
+    }
+
+    /// What the agent is now: slots and containers, its dependencies, readiness,
+    /// the disk, and its own version.
+    fn render_gauges(&self, out: &mut String, state: &State) {
+        let flag = |b: bool| u8::from(b).to_string();
+        let boot_secs = self.boot_ms.load(Ordering::Relaxed) as f64 / 1000.0;
+        for (name, help, value) in [
+            (
+                "deckhand_slots",
+                "Jobs this agent runs at once (agent.slots).",
+                state.slots.to_string(),
+            ),
+            (
+                "deckhand_jobs_running",
+                "Job containers running now.",
+                self.running.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "deckhand_docker_up",
+                "1 if Docker answered at its last use.",
+                flag(state.docker_up),
+            ),
+            (
+                "deckhand_queue_up",
+                "1 if the job queue answered at its last use.",
+                flag(state.queue_up),
+            ),
+            (
+                "deckhand_draining",
+                "1 once the agent takes no more jobs and is draining.",
+                flag(state.draining),
+            ),
+            (
+                "deckhand_ready",
+                "1 once bootstrap is done and the agent serves the queue.",
+                flag(self.ready.load(Ordering::Relaxed)),
+            ),
+            (
+                "deckhand_boot_seconds",
+                "Bootstrap time, secrets to ready.",
+                boot_secs.to_string(),
+            ),
+            (
+                "deckhand_disk_free_megabytes",
+                "Least free space of Docker's data root and the work dir, at the last check (0 before one).",
+                self.disk_free_mb.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "deckhand_disk_low",
+                "1 while free space is below disk.min_free_mb and no job is taken.",
+                flag(self.disk_low.load(Ordering::Relaxed)),
+            ),
+        ] {
+            family(out, name, "gauge", help);
+            sample(out, name, value);
+        }
+        family(out, "deckhand_build_info", "gauge", "The running deckhand.");
+        sample(
             out,
-            "# HELP deckhand_build_info The running deckhand.\n# TYPE deckhand_build_info gauge\ndeckhand_build_info{{version=\"{AGENT_VERSION}\"}} 1\n"
+            format_args!("deckhand_build_info{{version=\"{AGENT_VERSION}\"}}"),
+            1,
         );
+    }
+
+    /// What happened since the agent started, apart from jobs.
+    fn render_counters(&self, out: &mut String) {
         for (name, help, value) in [
             (
                 "deckhand_messages_received_total",
@@ -223,42 +238,82 @@ impl Metrics {
                 &self.handed_back,
             ),
         ] {
-            let _ = write!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
-                value.load(Ordering::Relaxed)
-            );
+            family(out, name, "counter", help);
+            sample(out, name, value.load(Ordering::Relaxed));
         }
+    }
 
+    /// Job attempts by status (every status, even at 0), then the duration
+    /// histogram of each status that has ended a job.
+    fn render_jobs(&self, out: &mut String) {
+        // A copy: formatting must not hold up the tasks that finish jobs.
         let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        out.push_str("# HELP deckhand_jobs_total Job attempts that ended, by status (interrupted and error ones run again).\n# TYPE deckhand_jobs_total counter\n");
+        family(
+            out,
+            "deckhand_jobs_total",
+            "counter",
+            "Job attempts that ended, by status (interrupted and error ones run again).",
+        );
         for status in Status::ALL {
             let count = jobs.get(status.as_str()).map_or(0, |d| d.count);
-            let _ = writeln!(
+            let status = status.as_str();
+            sample(
                 out,
-                "deckhand_jobs_total{{status=\"{}\"}} {count}",
-                status.as_str()
+                format_args!("deckhand_jobs_total{{status=\"{status}\"}}"),
+                count,
             );
         }
-        out.push_str("# HELP deckhand_job_duration_seconds Wall time of jobs that ran, by status.\n# TYPE deckhand_job_duration_seconds histogram\n");
-        for (status, d) in &jobs {
-            for (bound, count) in DURATION_BUCKETS_SECS.iter().zip(d.buckets) {
-                let _ = writeln!(
-                    out,
-                    "deckhand_job_duration_seconds_bucket{{status=\"{status}\",le=\"{bound}\"}} {count}"
-                );
-            }
-            let _ = write!(
-                out,
-                "deckhand_job_duration_seconds_bucket{{status=\"{status}\",le=\"+Inf\"}} {count}\n\
-                 deckhand_job_duration_seconds_sum{{status=\"{status}\"}} {sum}\n\
-                 deckhand_job_duration_seconds_count{{status=\"{status}\"}} {count}\n",
-                count = d.count,
-                sum = d.sum_secs,
-            );
+        family(
+            out,
+            "deckhand_job_duration_seconds",
+            "histogram",
+            "Wall time of jobs that ran, by status.",
+        );
+        for (status, durations) in &jobs {
+            durations.render(out, status);
         }
-        out
     }
+}
+
+impl Durations {
+    /// This status's buckets, `+Inf`, sum and count.
+    fn render(&self, out: &mut String, status: &str) {
+        let name = "deckhand_job_duration_seconds";
+        for (bound, count) in DURATION_BUCKETS_SECS.iter().zip(self.buckets) {
+            sample(
+                out,
+                format_args!("{name}_bucket{{status=\"{status}\",le=\"{bound}\"}}"),
+                count,
+            );
+        }
+        sample(
+            out,
+            format_args!("{name}_bucket{{status=\"{status}\",le=\"+Inf\"}}"),
+            self.count,
+        );
+        sample(
+            out,
+            format_args!("{name}_sum{{status=\"{status}\"}}"),
+            self.sum_secs,
+        );
+        sample(
+            out,
+            format_args!("{name}_count{{status=\"{status}\"}}"),
+            self.count,
+        );
+    }
+}
+
+/// A family's `# HELP` and `# TYPE` lines, which precede its samples.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    // Writing to a String cannot fail.
+    let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
+}
+
+/// One sample: the series (name and labels) and its value.
+fn sample(out: &mut String, series: impl fmt::Display, value: impl fmt::Display) {
+    // Writing to a String cannot fail.
+    let _ = writeln!(out, "{series} {value}");
 }
 
 /// Binds `metrics.listen` (port 0: any free port; the log says which).
@@ -326,90 +381,4 @@ fn respond(request: &Request<Incoming>, metrics: &Metrics, state: &State) -> Rep
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn state() -> State {
-        State {
-            slots: 2,
-            docker_up: true,
-            queue_up: true,
-            draining: false,
-        }
-    }
-
-    #[test]
-    fn durations_fill_cumulative_buckets() {
-        let metrics = Metrics::default();
-        metrics.job_finished(Status::Succeeded, Duration::from_secs(3));
-        metrics.job_finished(Status::Succeeded, Duration::from_secs(100));
-        metrics.job_finished(Status::Failed, Duration::from_millis(500));
-        let text = metrics.render(&state());
-        for line in [
-            "deckhand_jobs_total{status=\"succeeded\"} 2",
-            "deckhand_jobs_total{status=\"failed\"} 1",
-            "deckhand_jobs_total{status=\"timed_out\"} 0",
-            "deckhand_job_duration_seconds_bucket{status=\"succeeded\",le=\"1\"} 0",
-            "deckhand_job_duration_seconds_bucket{status=\"succeeded\",le=\"5\"} 1",
-            "deckhand_job_duration_seconds_bucket{status=\"succeeded\",le=\"60\"} 1",
-            "deckhand_job_duration_seconds_bucket{status=\"succeeded\",le=\"300\"} 2",
-            "deckhand_job_duration_seconds_bucket{status=\"succeeded\",le=\"+Inf\"} 2",
-            "deckhand_job_duration_seconds_sum{status=\"succeeded\"} 103",
-            "deckhand_job_duration_seconds_count{status=\"failed\"} 1",
-            "deckhand_slots 2",
-        ] {
-            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
-        }
-    }
-
-    #[test]
-    fn every_sample_has_help_and_type() {
-        let metrics = Metrics::default();
-        metrics.job_finished(Status::TimedOut, Duration::from_secs(1800));
-        let text = metrics.render(&state());
-        let families: Vec<&str> = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("# TYPE "))
-            .map(|l| l.split(' ').next().unwrap())
-            .collect();
-        for sample in text.lines().filter(|l| !l.starts_with('#')) {
-            let name = sample.split(['{', ' ']).next().unwrap();
-            let family = name
-                .strip_suffix("_bucket")
-                .or_else(|| name.strip_suffix("_sum"))
-                .or_else(|| name.strip_suffix("_count"))
-                .filter(|f| families.contains(f))
-                .unwrap_or(name);
-            assert!(families.contains(&family), "{sample}: no # TYPE");
-            assert!(
-                text.contains(&format!("# HELP {family} ")),
-                "{family}: no # HELP"
-            );
-        }
-    }
-
-    #[test]
-    fn probes_say_why_not() {
-        let metrics = Metrics::default();
-        assert_eq!(metrics.unready(&state()), Some("starting"));
-        assert_eq!(Metrics::unhealthy(&state()), None);
-        metrics.ready(Duration::from_millis(20));
-        assert_eq!(metrics.unready(&state()), None);
-        let down = State {
-            docker_up: false,
-            ..state()
-        };
-        assert_eq!(Metrics::unhealthy(&down), Some("Docker is unreachable"));
-        assert_eq!(metrics.unready(&down), Some("Docker is unreachable"));
-        let draining = State {
-            draining: true,
-            ..state()
-        };
-        assert_eq!(metrics.unready(&draining), Some("draining"));
-        assert_eq!(
-            Metrics::unhealthy(&draining),
-            None,
-            "a draining agent is alive"
-        );
-    }
-}
+mod tests;

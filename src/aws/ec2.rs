@@ -10,13 +10,17 @@
 use std::time::{Duration, SystemTime};
 
 use aws_config::SdkConfig;
+use aws_credential_types::Credentials;
 use aws_credential_types::provider::ProvideCredentials;
-use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+use aws_sigv4::http_request::{
+    SignableBody, SignableRequest, SigningInstructions, SigningSettings,
+};
 use aws_sigv4::sign::v4;
 
 /// The Query API version every current EC2 SDK sends.
 const API_VERSION: &str = "2016-11-15";
 const TIMEOUT: Duration = Duration::from_secs(30);
+const CONTENT_TYPE: &str = "application/x-www-form-urlencoded; charset=utf-8";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Ec2Error {
@@ -103,6 +107,19 @@ impl Ec2 {
         action: &'static str,
         params: &[(&str, &str)],
     ) -> Result<String, Ec2Error> {
+        let (region, credentials) = self.identity(action).await?;
+        let body = form_urlencoded::Serializer::new(String::new())
+            .append_pair("Action", action)
+            .append_pair("Version", API_VERSION)
+            .extend_pairs(params)
+            .finish();
+        let url = format!("{}/", self.endpoint);
+        let signature = sign(action, &region, credentials, &url, &body)?;
+        self.send(action, &url, body, &signature).await
+    }
+
+    /// The region and the credentials to sign with, from the SDK's chain.
+    async fn identity(&self, action: &'static str) -> Result<(String, Credentials), Ec2Error> {
         let region = self
             .sdk
             .region()
@@ -123,43 +140,23 @@ impl Ec2 {
                     action,
                     message: aws_sdk_s3::error::DisplayErrorContext(&e).to_string(),
                 })?;
+        Ok((region, credentials))
+    }
 
-        let body = form_urlencoded::Serializer::new(String::new())
-            .append_pair("Action", action)
-            .append_pair("Version", API_VERSION)
-            .extend_pairs(params)
-            .finish();
-        let url = format!("{}/", self.endpoint);
-        let content_type = "application/x-www-form-urlencoded; charset=utf-8";
-        let sign_error = |message: String| Ec2Error::Sign { action, message };
-
-        let identity = credentials.into();
-        let params = v4::SigningParams::builder()
-            .identity(&identity)
-            .region(&region)
-            .name("ec2")
-            .time(SystemTime::now())
-            .settings(SigningSettings::default())
-            .build()
-            .map_err(|e| sign_error(e.to_string()))?
-            .into();
-        let signable = SignableRequest::new(
-            "POST",
-            url.as_str(),
-            [("content-type", content_type)].into_iter(),
-            SignableBody::Bytes(body.as_bytes()),
-        )
-        .map_err(|e| sign_error(e.to_string()))?;
-        let (instructions, _signature) = sign(signable, &params)
-            .map_err(|e| sign_error(e.to_string()))?
-            .into_parts();
-
+    /// POSTs the signed form; the body on a 2xx, else EC2's error document read.
+    async fn send(
+        &self,
+        action: &'static str,
+        url: &str,
+        body: String,
+        signature: &SigningInstructions,
+    ) -> Result<String, Ec2Error> {
         let mut request = self
             .http
-            .post(&url)
-            .header("content-type", content_type)
+            .post(url)
+            .header("content-type", CONTENT_TYPE)
             .body(body);
-        for (name, value) in instructions.headers() {
+        for (name, value) in signature.headers() {
             request = request.header(name, value);
         }
         let transport = |source| Ec2Error::Transport {
@@ -173,16 +170,54 @@ impl Ec2 {
         if status.is_success() {
             return Ok(text);
         }
-        Err(Ec2Error::Service {
-            action,
-            status: status.as_u16(),
-            code: element(&text, "Code").unwrap_or("unknown").to_owned(),
-            message: element(&text, "Message")
-                .unwrap_or(text.trim())
-                .chars()
-                .take(500)
-                .collect(),
-        })
+        Err(service_error(action, status.as_u16(), &text))
+    }
+}
+
+/// SigV4 for a POST of `body` to `url`: the headers to add to the request.
+fn sign(
+    action: &'static str,
+    region: &str,
+    credentials: Credentials,
+    url: &str,
+    body: &str,
+) -> Result<SigningInstructions, Ec2Error> {
+    let sign_error = |message: String| Ec2Error::Sign { action, message };
+    let identity = credentials.into();
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name("ec2")
+        .time(SystemTime::now())
+        .settings(SigningSettings::default())
+        .build()
+        .map_err(|e| sign_error(e.to_string()))?
+        .into();
+    let signable = SignableRequest::new(
+        "POST",
+        url,
+        [("content-type", CONTENT_TYPE)].into_iter(),
+        SignableBody::Bytes(body.as_bytes()),
+    )
+    .map_err(|e| sign_error(e.to_string()))?;
+    let (instructions, _signature) = aws_sigv4::http_request::sign(signable, &params)
+        .map_err(|e| sign_error(e.to_string()))?
+        .into_parts();
+    Ok(instructions)
+}
+
+/// An error answer as its code and message; the body itself when it is not an
+/// error document (a proxy's page), cut short.
+fn service_error(action: &'static str, status: u16, text: &str) -> Ec2Error {
+    Ec2Error::Service {
+        action,
+        status,
+        code: element(text, "Code").unwrap_or("unknown").to_owned(),
+        message: element(text, "Message")
+            .unwrap_or(text.trim())
+            .chars()
+            .take(500)
+            .collect(),
     }
 }
 

@@ -34,89 +34,20 @@ pub async fn run(config: &Config) -> Vec<Probe> {
     let sdk = crate::aws::sdk_config(&config.aws).await;
     let s3 = crate::aws::s3_client(&sdk, &config.aws);
     let mut probes = vec![probe("docker", docker(config)).await];
-    if let Err(error) = config.run_targets() {
-        for issue in error.issues() {
-            let name = if issue.key.starts_with("queue.") {
-                "sqs"
-            } else {
-                "s3"
-            };
-            probes.push(Probe {
-                name,
-                outcome: Err(issue.to_string()),
-            });
-        }
-    }
+    probes.extend(target_issues(config));
     if let Some(url) = &config.queue.url {
         let sqs = crate::aws::sqs_client(&sdk);
-        probes.push(
-            probe("sqs", async {
-                sqs.get_queue_attributes()
-                    .queue_url(url)
-                    .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
-                    .send()
-                    .await
-                    .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(&e).to_string())
-                    .map(|out| {
-                        let waiting = out
-                            .attributes
-                            .and_then(|a| {
-                                a.get(&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
-                                    .cloned()
-                            })
-                            .unwrap_or_default();
-                        format!("{url} ({waiting} waiting)")
-                    })
-            })
-            .await,
-        );
+        probes.push(probe("sqs", queue(&sqs, url)).await);
     }
     if let Some(bucket) = &config.results.bucket {
-        probes.push(
-            probe("s3", async {
-                s3.head_bucket()
-                    .bucket(bucket)
-                    .send()
-                    .await
-                    .map_err(|e| aws_sdk_s3::error::DisplayErrorContext(&e).to_string())
-                    .map(|_| format!("results bucket {bucket}"))
-            })
-            .await,
-        );
+        probes.push(probe("s3", results_bucket(&s3, bucket)).await);
     }
     if config.secrets.bundle.is_some() {
         let kms = crate::aws::kms_client(&sdk);
-        probes.push(
-            probe("kms", async {
-                // Opening the bundle proves s3:GetObject and kms:Decrypt with the
-                // pool's context; the secrets are dropped (and zeroed) at once.
-                match crate::host::secrets::load(&config.secrets, &s3, &kms).await {
-                    Ok(Some(secrets)) => {
-                        Ok(format!("secret bundle opens ({} secrets)", secrets.len()))
-                    }
-                    Ok(None) => Ok("no secret bundle".into()),
-                    Err(e) => Err(e.to_string()),
-                }
-            })
-            .await,
-        );
+        probes.push(probe("kms", secret_bundle(config, &s3, &kms)).await);
     }
     if config.imds.enabled {
-        probes.push(
-            probe("imds", async {
-                let imds = Imds::new(&config.imds).map_err(|e| e.to_string())?;
-                imds.identity()
-                    .await
-                    .map(|id| {
-                        format!(
-                            "{} ({}, {})",
-                            id.instance_id, id.instance_type, id.availability_zone
-                        )
-                    })
-                    .map_err(|e| e.to_string())
-            })
-            .await,
-        );
+        probes.push(probe("imds", imds(config)).await);
     }
     if let Some(address) = config.metrics.listen {
         probes.push(probe("metrics", metrics(address)).await);
@@ -126,6 +57,76 @@ pub async fn run(config: &Config) -> Vec<Probe> {
     }
     probes.push(probe("disk", disk(config)).await);
     probes
+}
+
+/// What the config lacks to run the agent (a queue, a results bucket), one failed
+/// probe per missing key, named after the service it is for.
+fn target_issues(config: &Config) -> Vec<Probe> {
+    let Err(error) = config.run_targets() else {
+        return Vec::new();
+    };
+    error
+        .issues()
+        .iter()
+        .map(|issue| Probe {
+            name: if issue.key.starts_with("queue.") {
+                "sqs"
+            } else {
+                "s3"
+            },
+            outcome: Err(issue.to_string()),
+        })
+        .collect()
+}
+
+/// That the queue answers, and how many messages wait in it.
+async fn queue(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<String, String> {
+    use aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages;
+    let out = sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(ApproximateNumberOfMessages)
+        .send()
+        .await
+        .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(&e).to_string())?;
+    let waiting = out
+        .attributes
+        .and_then(|a| a.get(&ApproximateNumberOfMessages).cloned())
+        .unwrap_or_default();
+    Ok(format!("{url} ({waiting} waiting)"))
+}
+
+async fn results_bucket(s3: &aws_sdk_s3::Client, bucket: &str) -> Result<String, String> {
+    s3.head_bucket()
+        .bucket(bucket)
+        .send()
+        .await
+        .map_err(|e| aws_sdk_s3::error::DisplayErrorContext(&e).to_string())
+        .map(|_| format!("results bucket {bucket}"))
+}
+
+/// Opening the bundle proves s3:GetObject and kms:Decrypt with the pool's context;
+/// the secrets are dropped (and zeroed) at once.
+async fn secret_bundle(
+    config: &Config,
+    s3: &aws_sdk_s3::Client,
+    kms: &aws_sdk_kms::Client,
+) -> Result<String, String> {
+    match crate::host::secrets::load(&config.secrets, s3, kms).await {
+        Ok(Some(secrets)) => Ok(format!("secret bundle opens ({} secrets)", secrets.len())),
+        Ok(None) => Ok("no secret bundle".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// That the instance metadata service answers, and what instance this is.
+async fn imds(config: &Config) -> Result<String, String> {
+    let imds = Imds::new(&config.imds).map_err(|e| e.to_string())?;
+    let id = imds.identity().await.map_err(|e| e.to_string())?;
+    Ok(format!(
+        "{} ({}, {})",
+        id.instance_id, id.instance_type, id.availability_zone
+    ))
 }
 
 /// On a host whose agent runs, that it answers there (401 to a request without a

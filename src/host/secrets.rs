@@ -18,9 +18,9 @@ use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_kms::primitives::Blob;
-use aws_sdk_s3::primitives::ByteStream;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -30,6 +30,10 @@ use crate::docker::RegistryAuth;
 use crate::job::mask::Masker;
 use crate::job::{Job, Problem, Rejection};
 use crate::rules::S3Location;
+
+mod sealing;
+
+pub use sealing::{read_input, seal};
 
 pub const BUNDLE_VERSION: u32 = 1;
 const ALGORITHM: &str = "AES-256-GCM";
@@ -265,144 +269,6 @@ fn associated_data(context: &BTreeMap<String, String>) -> Vec<u8> {
     aad
 }
 
-// === sealing ===
-
-/// Reads a secrets file: TOML of `name = "value"` or `name = { file = "PATH" }`
-/// (a file's whole content, relative paths from the secrets file's folder).
-pub fn read_input(path: &Path) -> Result<BTreeMap<String, Zeroizing<String>>, SecretsError> {
-    let input_error = |reason: String| SecretsError::Input {
-        path: path.to_owned(),
-        reason,
-    };
-    let text =
-        Zeroizing::new(std::fs::read_to_string(path).map_err(|e| input_error(e.to_string()))?);
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| input_error(format!("not valid TOML: {}", e.message())))?;
-    let mut secrets = BTreeMap::new();
-    for (name, value) in table {
-        if !valid_name(&name) {
-            return Err(input_error(format!(
-                "{name:?}: a secret name must match ^[A-Za-z0-9][A-Za-z0-9._-]{{0,127}}$"
-            )));
-        }
-        let value = match value {
-            toml::Value::String(s) => Zeroizing::new(s),
-            toml::Value::Table(t) => match t.get("file").and_then(|f| f.as_str()) {
-                Some(file) if t.len() == 1 => {
-                    let file = path.parent().unwrap_or(Path::new(".")).join(file);
-                    Zeroizing::new(std::fs::read_to_string(&file).map_err(|e| {
-                        input_error(format!("{name}: read {}: {e}", file.display()))
-                    })?)
-                }
-                _ => {
-                    return Err(input_error(format!(
-                        "{name}: expected a string or {{ file = \"PATH\" }}"
-                    )));
-                }
-            },
-            _ => {
-                return Err(input_error(format!(
-                    "{name}: expected a string or {{ file = \"PATH\" }}"
-                )));
-            }
-        };
-        secrets.insert(name, value);
-    }
-    Ok(secrets)
-}
-
-/// Seals `secrets` under a fresh data key from `kms_key_id` and uploads the bundle
-/// with SSE-KMS.
-pub async fn seal(
-    kms: &aws_sdk_kms::Client,
-    s3: &aws_sdk_s3::Client,
-    kms_key_id: &str,
-    context: &BTreeMap<String, String>,
-    secrets: &BTreeMap<String, Zeroizing<String>>,
-    out: &S3Location,
-) -> Result<(), SecretsError> {
-    let generated = kms
-        .generate_data_key()
-        .key_id(kms_key_id)
-        .key_spec(aws_sdk_kms::types::DataKeySpec::Aes256)
-        .set_encryption_context(Some(context.clone().into_iter().collect()))
-        .send()
-        .await
-        .map_err(|e| SecretsError::GenerateDataKey {
-            key_id: kms_key_id.to_owned(),
-            message: DisplayErrorContext(&e).to_string(),
-        })?;
-    let plain_key = Zeroizing::new(
-        generated
-            .plaintext
-            .map(Blob::into_inner)
-            .unwrap_or_default(),
-    );
-    let encrypted_key = generated
-        .ciphertext_blob
-        .map(Blob::into_inner)
-        .unwrap_or_default();
-    let plaintext = Zeroizing::new(
-        serde_json::to_vec(
-            &secrets
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect::<BTreeMap<_, _>>(),
-        )
-        .expect("strings serialise"),
-    );
-    let cipher =
-        Aes256Gcm::new_from_slice(&plain_key).map_err(|_| SecretsError::GenerateDataKey {
-            key_id: kms_key_id.to_owned(),
-            message: format!("expected a 32-byte data key, got {} bytes", plain_key.len()),
-        })?;
-    let nonce_bytes: [u8; 12] = rand_nonce();
-    let aad = associated_data(context);
-    let ciphertext = cipher
-        .encrypt(
-            Nonce::from_slice(&nonce_bytes),
-            Payload {
-                msg: &plaintext,
-                aad: &aad,
-            },
-        )
-        .expect("AES-GCM encryption of an in-memory buffer cannot fail");
-    let bundle = Bundle {
-        version: BUNDLE_VERSION,
-        algorithm: ALGORITHM.to_owned(),
-        kms_key_id: kms_key_id.to_owned(),
-        encryption_context: context.clone(),
-        encrypted_data_key: B64.encode(encrypted_key),
-        nonce: B64.encode(nonce_bytes),
-        ciphertext: B64.encode(ciphertext),
-    };
-    s3.put_object()
-        .bucket(&out.bucket)
-        .key(&out.key)
-        .content_type("application/json")
-        .server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms)
-        .ssekms_key_id(kms_key_id)
-        .body(ByteStream::from(
-            serde_json::to_vec_pretty(&bundle).expect("a bundle serialises"),
-        ))
-        .send()
-        .await
-        .map_err(|e| SecretsError::Upload {
-            bucket: out.bucket.clone(),
-            key: out.key.clone(),
-            message: aws_sdk_s3::error::DisplayErrorContext(&e).to_string(),
-        })?;
-    Ok(())
-}
-
-/// A nonce from the OS's generator. A data key seals one bundle only, so even a
-/// repeated nonce would not repeat a (key, nonce) pair; random costs nothing.
-fn rand_nonce() -> [u8; 12] {
-    use aes_gcm::aead::{AeadCore, OsRng};
-    Aes256Gcm::generate_nonce(&mut OsRng).into()
-}
-
 // === opening ===
 
 /// Fetches and opens the pool's bundle, retrying transient failures with backoff
@@ -441,11 +307,45 @@ async fn open(
     s3: &aws_sdk_s3::Client,
     kms: &aws_sdk_kms::Client,
 ) -> Result<Secrets, SecretsError> {
-    let context = &config.context;
-    let malformed = |reason: &str| SecretsError::Malformed {
+    let body = fetch(location, s3).await?;
+    let sealed = Sealed::parse(&body, location)?;
+    let data_key = decrypt_data_key(config, kms, sealed.encrypted_key).await?;
+    let cipher = Aes256Gcm::new_from_slice(&data_key)
+        .map_err(|_| malformed(location, "the data key is not 32 bytes"))?;
+    let plaintext = Zeroizing::new(
+        cipher
+            .decrypt(
+                Nonce::from_slice(&sealed.nonce),
+                Payload {
+                    msg: &sealed.ciphertext,
+                    aad: &associated_data(&config.context),
+                },
+            )
+            .map_err(|_| SecretsError::Tampered {
+                bucket: location.bucket.clone(),
+                key: location.key.clone(),
+            })?,
+    );
+    let secrets =
+        Secrets::from_plaintext(&plaintext).map_err(|reason| malformed(location, &reason))?;
+    for name in secrets.names() {
+        if !valid_name(name) {
+            return Err(malformed(
+                location,
+                &format!("secret name {name:?} is not valid"),
+            ));
+        }
+    }
+    Ok(secrets)
+}
+
+/// The bundle's bytes. Missing or forbidden is permanent: no retry brings it.
+async fn fetch(location: &S3Location, s3: &aws_sdk_s3::Client) -> Result<Bytes, SecretsError> {
+    let fetch_error = |message: String, permanent: bool| SecretsError::Fetch {
         bucket: location.bucket.clone(),
         key: location.key.clone(),
-        reason: reason.to_owned(),
+        message,
+        permanent,
     };
     let object = s3
         .get_object()
@@ -456,49 +356,70 @@ async fn open(
         .map_err(|e| {
             let status = e.raw_response().map(|r| r.status().as_u16());
             let code = e.code().unwrap_or_default().to_owned();
-            SecretsError::Fetch {
-                bucket: location.bucket.clone(),
-                key: location.key.clone(),
-                message: aws_sdk_s3::error::DisplayErrorContext(&e).to_string(),
-                permanent: matches!(code.as_str(), "NoSuchKey" | "NoSuchBucket" | "AccessDenied")
+            fetch_error(
+                aws_sdk_s3::error::DisplayErrorContext(&e).to_string(),
+                matches!(code.as_str(), "NoSuchKey" | "NoSuchBucket" | "AccessDenied")
                     || matches!(status, Some(403 | 404)),
-            }
+            )
         })?;
     let body = object
         .body
         .collect()
         .await
-        .map_err(|e| SecretsError::Fetch {
-            bucket: location.bucket.clone(),
-            key: location.key.clone(),
-            message: e.to_string(),
-            permanent: false,
-        })?
-        .into_bytes();
-    let bundle: Bundle = serde_json::from_slice(&body).map_err(|e| malformed(&e.to_string()))?;
-    if bundle.version != BUNDLE_VERSION || bundle.algorithm != ALGORITHM {
-        return Err(malformed(&format!(
-            "version {} / {} is not version {BUNDLE_VERSION} / {ALGORITHM}",
-            bundle.version, bundle.algorithm
-        )));
+        .map_err(|e| fetch_error(e.to_string(), false))?;
+    Ok(body.into_bytes())
+}
+
+/// A bundle's binary fields, decoded and checked for shape.
+struct Sealed {
+    encrypted_key: Vec<u8>,
+    nonce: Vec<u8>,
+    ciphertext: Vec<u8>,
+}
+
+impl Sealed {
+    fn parse(body: &[u8], location: &S3Location) -> Result<Sealed, SecretsError> {
+        let bundle: Bundle =
+            serde_json::from_slice(body).map_err(|e| malformed(location, &e.to_string()))?;
+        if bundle.version != BUNDLE_VERSION || bundle.algorithm != ALGORITHM {
+            return Err(malformed(
+                location,
+                &format!(
+                    "version {} / {} is not version {BUNDLE_VERSION} / {ALGORITHM}",
+                    bundle.version, bundle.algorithm
+                ),
+            ));
+        }
+        let decode = |field: &str, text: &str| {
+            B64.decode(text)
+                .map_err(|_| malformed(location, &format!("{field} is not base64")))
+        };
+        let sealed = Sealed {
+            encrypted_key: decode("encrypted_data_key", &bundle.encrypted_data_key)?,
+            nonce: decode("nonce", &bundle.nonce)?,
+            ciphertext: decode("ciphertext", &bundle.ciphertext)?,
+        };
+        if sealed.nonce.len() != 12 {
+            return Err(malformed(location, "nonce is not 12 bytes"));
+        }
+        Ok(sealed)
     }
-    let decode = |field: &str, text: &str| {
-        B64.decode(text)
-            .map_err(|_| malformed(&format!("{field} is not base64")))
-    };
-    let encrypted_key = decode("encrypted_data_key", &bundle.encrypted_data_key)?;
-    let nonce = decode("nonce", &bundle.nonce)?;
-    let ciphertext = decode("ciphertext", &bundle.ciphertext)?;
-    if nonce.len() != 12 {
-        return Err(malformed("nonce is not 12 bytes"));
-    }
+}
+
+/// The data key in plain, from KMS. Refusals are permanent, except KMS's own
+/// outages and throttling; transport failures are not.
+async fn decrypt_data_key(
+    config: &SecretsConfig,
+    kms: &aws_sdk_kms::Client,
+    encrypted_key: Vec<u8>,
+) -> Result<Zeroizing<Vec<u8>>, SecretsError> {
     // The configured context, not the bundle's: a bundle cannot choose the pool it
     // opens in.
     let decrypted = kms
         .decrypt()
         .ciphertext_blob(Blob::new(encrypted_key))
         .set_key_id(config.kms_key_id.clone())
-        .set_encryption_context(Some(context.clone().into_iter().collect()))
+        .set_encryption_context(Some(config.context.clone().into_iter().collect()))
         .send()
         .await
         .map_err(|e| {
@@ -521,36 +442,20 @@ async fn open(
                 code,
             }
         })?;
-    let data_key = Zeroizing::new(
+    Ok(Zeroizing::new(
         decrypted
             .plaintext
             .map(Blob::into_inner)
             .unwrap_or_default(),
-    );
-    let cipher = Aes256Gcm::new_from_slice(&data_key)
-        .map_err(|_| malformed("the data key is not 32 bytes"))?;
-    let tampered = || SecretsError::Tampered {
+    ))
+}
+
+fn malformed(location: &S3Location, reason: &str) -> SecretsError {
+    SecretsError::Malformed {
         bucket: location.bucket.clone(),
         key: location.key.clone(),
-    };
-    let plaintext = Zeroizing::new(
-        cipher
-            .decrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: &ciphertext,
-                    aad: &associated_data(context),
-                },
-            )
-            .map_err(|_| tampered())?,
-    );
-    let secrets = Secrets::from_plaintext(&plaintext).map_err(|reason| malformed(&reason))?;
-    for name in secrets.names() {
-        if !valid_name(name) {
-            return Err(malformed(&format!("secret name {name:?} is not valid")));
-        }
+        reason: reason.to_owned(),
     }
-    Ok(secrets)
 }
 
 #[cfg(test)]

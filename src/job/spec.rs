@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
+use crate::config::{Config, Profile};
 use crate::job::image::ImageRef;
 use crate::rules::{
     check_container_path, is_under, reserved_env_prefix, truncate, valid_env_name, valid_id,
@@ -149,177 +149,34 @@ impl Job {
 }
 
 impl JobSpec {
-    /// Checks every rule and reports every problem, not just the first.
+    /// Checks every rule and reports every problem, not just the first, in a fixed
+    /// order: rejections are compared and read by people, so keep it.
     pub fn validate(self, config: &Config) -> Result<Job, Vec<Problem>> {
-        let mut problems = Vec::new();
-        let mut problem = |field: &str, rule: String| {
-            problems.push(Problem {
-                field: field.to_owned(),
-                rule,
-            })
-        };
-
-        if self.version != VERSION {
-            problem("version", format!("must be {VERSION}"));
-        }
-        if !valid_id(&self.id) {
-            problem(
-                "id",
-                format!(
-                    "{:?} does not match ^[A-Za-z0-9][A-Za-z0-9._-]{{0,127}}$",
-                    truncate(&self.id, 64)
-                ),
-            );
-        }
+        let mut problems = Problems::default();
+        self.check_identity(&mut problems);
         let image = ImageRef::parse(&self.image, config.images.policy())
-            .map_err(|rule| problem("image", rule))
+            .map_err(|rule| problems.push("image", rule))
             .ok();
-
-        if let Some(command) = &self.command {
-            if command.is_empty() {
-                problem(
-                    "command",
-                    "must not be empty; leave it out to use the image's CMD".into(),
-                );
-            }
-            if command.iter().any(|arg| arg.contains('\0')) {
-                problem("command", "an argument contains a NUL byte".into());
-            }
-        }
-        for (name, value) in &self.env {
-            let field = format!("env.{}", truncate(name, 64));
-            if !valid_env_name(name) {
-                problem(&field, "a name must match ^[A-Za-z_][A-Za-z0-9_]*$".into());
-            } else if let Some(prefix) = reserved_env_prefix(name) {
-                problem(
-                    &field,
-                    format!("names starting {prefix} are reserved for deckhand"),
-                );
-            }
-            if value.contains('\0') {
-                problem(&field, "the value contains a NUL byte".into());
-            }
-        }
+        self.check_command(&mut problems);
+        self.check_env(&mut problems);
 
         let profile_name = self.profile.clone().unwrap_or_else(|| "default".to_owned());
-        let profile = config.profile(&profile_name);
-        if profile.is_none() {
-            problem(
-                "profile",
-                format!(
-                    "unknown profile {profile_name:?}; this pool has: {}",
-                    config
-                        .profiles
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            );
-        }
-        let default_profile = crate::config::Profile::default();
-        let profile = profile.unwrap_or(&default_profile);
-
-        for (i, secret) in self.secrets.iter().enumerate() {
-            if self.secrets[..i].contains(secret) {
-                problem(
-                    &format!("secrets.{}", truncate(secret, 64)),
-                    "listed twice".into(),
-                );
-            } else if !profile.secrets.contains(secret) {
-                problem(
-                    &format!("secrets.{}", truncate(secret, 64)),
-                    format!("not allowed by profile {profile_name:?}"),
-                );
-            }
-        }
-
-        let timeout = match self.timeout_secs {
-            None => profile.timeout,
-            Some(secs) if !(1..=86_400).contains(&secs) => {
-                problem(
-                    "timeout_secs",
-                    format!("{secs} is out of range (1 to 86400)"),
-                );
-                profile.timeout
-            }
-            Some(secs) if secs > profile.max_timeout.as_secs() => {
-                problem(
-                    "timeout_secs",
-                    format!(
-                        "{secs} is above profile {profile_name:?}'s cap of {}",
-                        profile.max_timeout.as_secs()
-                    ),
-                );
-                profile.timeout
-            }
-            Some(secs) => Duration::from_secs(secs),
+        // An unknown profile is one problem; the fields that depend on it are still
+        // checked, against the built-in defaults, so every other problem is reported too.
+        let default_profile = Profile::default();
+        let profile =
+            check_profile(config, &profile_name, &mut problems).unwrap_or(&default_profile);
+        let named = NamedProfile {
+            name: &profile_name,
+            profile,
         };
-
-        let asked = self.resources.clone().unwrap_or_default();
-        let resources = Resources {
-            memory_mb: asked.memory_mb.unwrap_or(profile.memory_mb),
-            cpus: asked.cpus.unwrap_or(profile.cpus),
-            pids: asked.pids.unwrap_or(profile.pids),
-        };
-        // Each limit: a floor of its own, and the profile's value as the cap.
-        let mut limit = |field: &str,
-                         below_floor: Option<String>,
-                         above_cap: bool,
-                         asked: &dyn std::fmt::Display,
-                         cap: &dyn std::fmt::Display| {
-            if let Some(rule) = below_floor {
-                problem(field, rule);
-            } else if above_cap {
-                problem(
-                    field,
-                    format!("{asked} is above profile {profile_name:?}'s cap of {cap}"),
-                );
-            }
-        };
-        let (memory_mb, cpus, pids) = (resources.memory_mb, resources.cpus, resources.pids);
-        limit(
-            "resources.memory_mb",
-            (memory_mb < 6).then(|| format!("{memory_mb} is below Docker's minimum of 6")),
-            memory_mb > profile.memory_mb,
-            &memory_mb,
-            &profile.memory_mb,
-        );
-        limit(
-            "resources.cpus",
-            (!(cpus > 0.0 && cpus.is_finite())).then(|| format!("{cpus} must be above 0")),
-            cpus > profile.cpus,
-            &cpus,
-            &profile.cpus,
-        );
-        limit(
-            "resources.pids",
-            (pids == 0).then(|| "must be at least 1".to_owned()),
-            pids > profile.pids,
-            &pids,
-            &profile.pids,
-        );
-
-        let workdir = self
-            .workdir
-            .clone()
-            .unwrap_or_else(|| "/workspace".to_owned());
-        if let Err(rule) = check_container_path(&workdir) {
-            problem("workdir", rule);
-        } else if (config.cache.volume.is_some() || config.cache.source.is_some())
-            && is_under(&workdir, &config.cache.mount)
-        {
-            problem(
-                "workdir",
-                format!(
-                    "{workdir:?} is inside the cache mount {}",
-                    config.cache.mount
-                ),
-            );
-        }
+        self.check_secrets(&named, &mut problems);
+        let timeout = self.timeout(&named, &mut problems);
+        let resources = self.resources(&named, &mut problems);
+        let workdir = self.workdir(config, &mut problems);
 
         match image {
-            Some(image) if problems.is_empty() => Ok(Job {
+            Some(image) if problems.0.is_empty() => Ok(Job {
                 id: self.id,
                 image,
                 command: self.command,
@@ -331,8 +188,199 @@ impl JobSpec {
                 workdir,
                 network: profile.network.clone(),
             }),
-            _ => Err(problems),
+            _ => Err(problems.0),
         }
+    }
+
+    /// The schema version and the id.
+    fn check_identity(&self, problems: &mut Problems) {
+        if self.version != VERSION {
+            problems.push("version", format!("must be {VERSION}"));
+        }
+        if !valid_id(&self.id) {
+            problems.push(
+                "id",
+                format!(
+                    "{:?} does not match ^[A-Za-z0-9][A-Za-z0-9._-]{{0,127}}$",
+                    truncate(&self.id, 64)
+                ),
+            );
+        }
+    }
+
+    fn check_command(&self, problems: &mut Problems) {
+        let Some(command) = &self.command else {
+            return;
+        };
+        if command.is_empty() {
+            problems.push(
+                "command",
+                "must not be empty; leave it out to use the image's CMD",
+            );
+        }
+        if command.iter().any(|arg| arg.contains('\0')) {
+            problems.push("command", "an argument contains a NUL byte");
+        }
+    }
+
+    /// Each variable's name (well-formed, not one of deckhand's own) and value.
+    fn check_env(&self, problems: &mut Problems) {
+        for (name, value) in &self.env {
+            let field = format!("env.{}", truncate(name, 64));
+            if !valid_env_name(name) {
+                problems.push(&field, "a name must match ^[A-Za-z_][A-Za-z0-9_]*$");
+            } else if let Some(prefix) = reserved_env_prefix(name) {
+                problems.push(
+                    &field,
+                    format!("names starting {prefix} are reserved for deckhand"),
+                );
+            }
+            if value.contains('\0') {
+                problems.push(&field, "the value contains a NUL byte");
+            }
+        }
+    }
+
+    /// Each secret once, and only those the profile allows.
+    fn check_secrets(&self, named: &NamedProfile<'_>, problems: &mut Problems) {
+        for (i, secret) in self.secrets.iter().enumerate() {
+            let field = format!("secrets.{}", truncate(secret, 64));
+            if self.secrets[..i].contains(secret) {
+                problems.push(&field, "listed twice");
+            } else if !named.profile.secrets.contains(secret) {
+                problems.push(&field, format!("not allowed by profile {:?}", named.name));
+            }
+        }
+    }
+
+    /// The job's timeout, or the profile's when it asks for none or for one out of
+    /// bounds (then reported).
+    fn timeout(&self, named: &NamedProfile<'_>, problems: &mut Problems) -> Duration {
+        let profile = named.profile;
+        match self.timeout_secs {
+            None => profile.timeout,
+            Some(secs) if !(1..=86_400).contains(&secs) => {
+                problems.push(
+                    "timeout_secs",
+                    format!("{secs} is out of range (1 to 86400)"),
+                );
+                profile.timeout
+            }
+            Some(secs) if secs > profile.max_timeout.as_secs() => {
+                problems.push(
+                    "timeout_secs",
+                    named.above_cap(secs, profile.max_timeout.as_secs()),
+                );
+                profile.timeout
+            }
+            Some(secs) => Duration::from_secs(secs),
+        }
+    }
+
+    /// Memory, CPUs and processes: what the job asks, the profile's value for what
+    /// it leaves out. Each limit has a floor of its own and the profile's value as
+    /// its cap.
+    fn resources(&self, named: &NamedProfile<'_>, problems: &mut Problems) -> Resources {
+        let profile = named.profile;
+        let asked = self.resources.clone().unwrap_or_default();
+        let resources = Resources {
+            memory_mb: asked.memory_mb.unwrap_or(profile.memory_mb),
+            cpus: asked.cpus.unwrap_or(profile.cpus),
+            pids: asked.pids.unwrap_or(profile.pids),
+        };
+        let (memory_mb, cpus, pids) = (resources.memory_mb, resources.cpus, resources.pids);
+        let mut limit = |field: &str, below_floor: Option<String>, above_cap: Option<String>| {
+            if let Some(rule) = below_floor.or(above_cap) {
+                problems.push(field, rule);
+            }
+        };
+        limit(
+            "resources.memory_mb",
+            (memory_mb < 6).then(|| format!("{memory_mb} is below Docker's minimum of 6")),
+            (memory_mb > profile.memory_mb).then(|| named.above_cap(memory_mb, profile.memory_mb)),
+        );
+        limit(
+            "resources.cpus",
+            (!(cpus > 0.0 && cpus.is_finite())).then(|| format!("{cpus} must be above 0")),
+            (cpus > profile.cpus).then(|| named.above_cap(cpus, profile.cpus)),
+        );
+        limit(
+            "resources.pids",
+            (pids == 0).then(|| "must be at least 1".to_owned()),
+            (pids > profile.pids).then(|| named.above_cap(pids, profile.pids)),
+        );
+        resources
+    }
+
+    /// The working directory: an absolute container path, outside the cache mount.
+    fn workdir(&self, config: &Config, problems: &mut Problems) -> String {
+        let workdir = self
+            .workdir
+            .clone()
+            .unwrap_or_else(|| "/workspace".to_owned());
+        if let Err(rule) = check_container_path(&workdir) {
+            problems.push("workdir", rule);
+        } else if (config.cache.volume.is_some() || config.cache.source.is_some())
+            && is_under(&workdir, &config.cache.mount)
+        {
+            problems.push(
+                "workdir",
+                format!(
+                    "{workdir:?} is inside the cache mount {}",
+                    config.cache.mount
+                ),
+            );
+        }
+        workdir
+    }
+}
+
+/// The profile the job runs under, or a problem listing the pool's profiles.
+fn check_profile<'a>(
+    config: &'a Config,
+    name: &str,
+    problems: &mut Problems,
+) -> Option<&'a Profile> {
+    let profile = config.profile(name);
+    if profile.is_none() {
+        problems.push(
+            "profile",
+            format!(
+                "unknown profile {name:?}; this pool has: {}",
+                config
+                    .profiles
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
+    }
+    profile
+}
+
+/// The problems found so far, in the order they were found.
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn push(&mut self, field: &str, rule: impl Into<String>) {
+        self.0.push(Problem {
+            field: field.to_owned(),
+            rule: rule.into(),
+        });
+    }
+}
+
+/// The profile a job runs under, with the name problems call it by.
+struct NamedProfile<'a> {
+    name: &'a str,
+    profile: &'a Profile,
+}
+
+impl NamedProfile<'_> {
+    fn above_cap(&self, asked: impl fmt::Display, cap: impl fmt::Display) -> String {
+        format!("{asked} is above profile {:?}'s cap of {cap}", self.name)
     }
 }
 

@@ -1,5 +1,5 @@
-//! The Docker Engine API, through bollard. No CLI, no trait: tests run against the
-//! real engine.
+//! Job containers and their volumes: created, attached, started, waited for,
+//! stopped, inspected, listed by label and removed.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -9,160 +9,13 @@ use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, VolumeCreateRequest};
 use bollard::query_parameters::{
-    AttachContainerOptions, CreateContainerOptions, CreateImageOptions, EventsOptions,
-    ListContainersOptions, LogsOptions, RemoveContainerOptions, RemoveImageOptions,
-    RemoveVolumeOptions, StopContainerOptions, WaitContainerOptions,
+    AttachContainerOptions, CreateContainerOptions, EventsOptions, ListContainersOptions,
+    LogsOptions, RemoveContainerOptions, RemoveVolumeOptions, StopContainerOptions,
+    WaitContainerOptions,
 };
 use futures_util::{Stream, StreamExt};
 
-use crate::config::DockerConfig;
-use crate::job::image::ImageRef;
-
-/// Every container and volume deckhand creates carries this label, so a restarted
-/// agent can find what a previous one left behind.
-pub const LABEL_MANAGED: &str = "deckhand.managed";
-pub const LABEL_JOB_ID: &str = "deckhand.job_id";
-pub const LABEL_ATTEMPT: &str = "deckhand.attempt";
-pub const LABEL_AGENT: &str = "deckhand.agent";
-/// On a container: the name of its workspace volume, for cleanup after a crash.
-pub const LABEL_WORKSPACE: &str = "deckhand.workspace";
-
-/// Per-request timeout for calls that should answer quickly. Long waits (container
-/// wait, pulls) stream their body after the headers, so this bounds only the start.
-const REQUEST_TIMEOUT_SECS: u64 = 60;
-
-#[derive(Debug, thiserror::Error)]
-pub enum DockerError {
-    #[error("connect to Docker at {socket}: {source}")]
-    Connect {
-        socket: String,
-        source: BollardError,
-    },
-    #[error("Docker at {socket} is not answering: {source}")]
-    Ping {
-        socket: String,
-        source: BollardError,
-    },
-    #[error("inspect image {image}: {source}")]
-    InspectImage { image: String, source: BollardError },
-    #[error("pull {image}: {message}")]
-    Pull { image: String, message: String },
-    #[error("pull {image}: no answer within {secs}s")]
-    PullTimeout { image: String, secs: u64 },
-    #[error("create volume {name}: {source}")]
-    CreateVolume { name: String, source: BollardError },
-    #[error("create container {name}: {source}")]
-    CreateContainer { name: String, source: BollardError },
-    #[error("attach to container {name}: {source}")]
-    Attach { name: String, source: BollardError },
-    #[error("start container {name}: {source}")]
-    Start { name: String, source: BollardError },
-    #[error("wait for container {name}: {source}")]
-    Wait { name: String, source: BollardError },
-    #[error("stop container {name}: {source}")]
-    Stop { name: String, source: BollardError },
-    #[error("inspect container {name}: {source}")]
-    InspectContainer { name: String, source: BollardError },
-    #[error("remove container {name}: {source}")]
-    RemoveContainer { name: String, source: BollardError },
-    #[error("inspect volume {name}: {source}")]
-    InspectVolume { name: String, source: BollardError },
-    #[error("remove volume {name}: {source}")]
-    RemoveVolume { name: String, source: BollardError },
-    #[error("list containers: {source}")]
-    List { source: BollardError },
-    #[error("remove image {image}: {source}")]
-    RemoveImage { image: String, source: BollardError },
-    #[error("docker info: {source}")]
-    Info { source: BollardError },
-    #[error("events of container {name}: {source}")]
-    Events { name: String, source: BollardError },
-}
-
-impl DockerError {
-    /// Docker answered 404: the thing is not there.
-    pub fn is_not_found(&self) -> bool {
-        self.source_error().is_some_and(is_not_found)
-    }
-
-    /// True when Docker did not answer (no socket, a dropped connection, a
-    /// timeout), as opposed to answering with an error: the call may work again
-    /// once dockerd is back, and a running container may well still be running.
-    pub fn is_unreachable(&self) -> bool {
-        match self {
-            DockerError::Connect { .. } | DockerError::Ping { .. } => true,
-            _ => matches!(
-                self.source_error(),
-                Some(
-                    BollardError::IOError { .. }
-                        | BollardError::HyperResponseError { .. }
-                        | BollardError::HyperLegacyError { .. }
-                        | BollardError::HttpClientError { .. }
-                        | BollardError::RequestTimeoutError
-                        | BollardError::SocketNotFoundError(_)
-                        // A stream cut short (ours: "the wait stream ended without a status").
-                        | BollardError::DockerStreamError { .. }
-                )
-            ),
-        }
-    }
-
-    /// What bollard said, for the calls that reached it.
-    fn source_error(&self) -> Option<&BollardError> {
-        match self {
-            DockerError::Pull { .. } | DockerError::PullTimeout { .. } => None,
-            DockerError::Connect { source, .. }
-            | DockerError::Ping { source, .. }
-            | DockerError::InspectImage { source, .. }
-            | DockerError::CreateVolume { source, .. }
-            | DockerError::CreateContainer { source, .. }
-            | DockerError::Attach { source, .. }
-            | DockerError::Start { source, .. }
-            | DockerError::Wait { source, .. }
-            | DockerError::Stop { source, .. }
-            | DockerError::InspectContainer { source, .. }
-            | DockerError::RemoveContainer { source, .. }
-            | DockerError::InspectVolume { source, .. }
-            | DockerError::RemoveVolume { source, .. }
-            | DockerError::List { source }
-            | DockerError::RemoveImage { source, .. }
-            | DockerError::Info { source }
-            | DockerError::Events { source, .. } => Some(source),
-        }
-    }
-}
-
-/// A Docker connection. Cheap to clone: bollard shares one connection pool.
-#[derive(Clone, Debug)]
-pub struct Docker {
-    client: bollard::Docker,
-    socket: String,
-}
-
-/// An image that is present locally, resolved to exactly what will run.
-#[derive(Debug, Clone)]
-pub struct LocalImage {
-    /// The content-addressed image id; containers are created from this, so the
-    /// digest recorded is the one that ran even if a tag moves meanwhile.
-    pub id: String,
-    /// `registry/repo@sha256:…` when the registry gave a digest, else the name.
-    pub reference: String,
-    /// The image's `USER`, if it sets one.
-    pub user: Option<String>,
-}
-
-/// `user:password` for a registry, from a named secret.
-#[derive(Clone)]
-pub struct RegistryAuth {
-    pub username: String,
-    pub password: String,
-}
-
-impl std::fmt::Debug for RegistryAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "RegistryAuth({}:***)", self.username)
-    }
-}
+use super::{Docker, DockerError, LABEL_MANAGED, is_not_found};
 
 /// What a job's container is made of; see `runner` for the policy behind each field.
 #[derive(Debug, Clone)]
@@ -196,154 +49,14 @@ pub struct Exit {
     pub oom_killed: bool,
 }
 
-// === impl Docker ===
+/// A container found by label.
+#[derive(Debug, Clone)]
+pub struct ManagedContainer {
+    pub name: String,
+    pub labels: HashMap<String, String>,
+}
 
 impl Docker {
-    /// Connects to the socket and settles the API version with the daemon (bollard
-    /// defaults to a newer one than Debian's engine speaks).
-    pub async fn connect(config: &DockerConfig) -> Result<Docker, DockerError> {
-        let socket = config.socket.display().to_string();
-        let connect = |source| DockerError::Connect {
-            socket: socket.clone(),
-            source,
-        };
-        let client = bollard::Docker::connect_with_unix(
-            &socket,
-            REQUEST_TIMEOUT_SECS,
-            bollard::API_DEFAULT_VERSION,
-        )
-        .map_err(connect)?
-        .negotiate_version()
-        .await
-        .map_err(connect)?;
-        Ok(Docker { client, socket })
-    }
-
-    /// Whether the daemon answers.
-    pub async fn ping(&self) -> Result<(), DockerError> {
-        self.client
-            .ping()
-            .await
-            .map(drop)
-            .map_err(|source| DockerError::Ping {
-                socket: self.socket.clone(),
-                source,
-            })
-    }
-
-    /// Makes `image` present locally and resolves it. A pinned digest that is already
-    /// here is never pulled again; a tag is pulled only when absent (tags other than
-    /// `latest` are treated as immutable releases).
-    pub async fn ensure_image(
-        &self,
-        image: &ImageRef,
-        pull_timeout: Duration,
-        auth: Option<&RegistryAuth>,
-    ) -> Result<LocalImage, DockerError> {
-        if let Some(local) = self.resolve_image(image).await? {
-            tracing::debug!(image = %image, "Image present; not pulling.");
-            return Ok(local);
-        }
-        let started = tokio::time::Instant::now();
-        tokio::time::timeout(pull_timeout, self.pull(image, auth))
-            .await
-            .map_err(|_| DockerError::PullTimeout {
-                image: image.to_string(),
-                secs: pull_timeout.as_secs(),
-            })??;
-        let local = self
-            .resolve_image(image)
-            .await?
-            .ok_or_else(|| DockerError::Pull {
-                image: image.to_string(),
-                message: "the pull finished but the image is not present".into(),
-            })?;
-        tracing::info!(
-            image = %image,
-            digest = %local.reference,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "Pulled image."
-        );
-        Ok(local)
-    }
-
-    async fn resolve_image(&self, image: &ImageRef) -> Result<Option<LocalImage>, DockerError> {
-        let name = image.local_name();
-        let inspect = match self.client.inspect_image(&name).await {
-            Ok(inspect) => inspect,
-            Err(e) if is_not_found(&e) => return Ok(None),
-            Err(source) => {
-                return Err(DockerError::InspectImage {
-                    image: name,
-                    source,
-                });
-            }
-        };
-        let Some(id) = inspect.id else {
-            return Ok(None);
-        };
-        let user = inspect
-            .config
-            .and_then(|c| c.user)
-            .filter(|u| !u.is_empty());
-        let prefix = format!("{}@", image.repository());
-        let reference = inspect
-            .repo_digests
-            .unwrap_or_default()
-            .into_iter()
-            .find(|d| d.starts_with(&prefix))
-            .unwrap_or(name);
-        Ok(Some(LocalImage {
-            id,
-            reference,
-            user,
-        }))
-    }
-
-    async fn pull(&self, image: &ImageRef, auth: Option<&RegistryAuth>) -> Result<(), DockerError> {
-        let options = CreateImageOptions {
-            from_image: Some(image.repository()),
-            tag: Some(image.pull_reference().to_owned()),
-            ..Default::default()
-        };
-        let credentials = auth.map(|auth| bollard::auth::DockerCredentials {
-            username: Some(auth.username.clone()),
-            password: Some(auth.password.clone()),
-            serveraddress: Some(image.registry.clone()),
-            ..Default::default()
-        });
-        let mut progress = self.client.create_image(Some(options), None, credentials);
-        let mut last_status = String::new();
-        while let Some(item) = progress.next().await {
-            let info = item.map_err(|e| DockerError::Pull {
-                image: image.to_string(),
-                message: e.to_string(),
-            })?;
-            if let Some(detail) = info.error_detail {
-                return Err(DockerError::Pull {
-                    image: image.to_string(),
-                    message: detail.message.unwrap_or_else(|| "unknown error".into()),
-                });
-            }
-            // Layer-level progress repeats many times a second; log each change of
-            // phase per layer once.
-            if let Some(status) = info.status {
-                let line = match &info.id {
-                    Some(id) => format!("{id}: {status}"),
-                    None => status,
-                };
-                if line != last_status
-                    && !line.contains("Downloading")
-                    && !line.contains("Extracting")
-                {
-                    tracing::info!(image = %image, progress = %line, "Pulling image.");
-                    last_status = line;
-                }
-            }
-        }
-        Ok(())
-    }
-
     pub async fn create_volume(
         &self,
         name: &str,
@@ -568,14 +281,8 @@ impl Docker {
         }
     }
 
-    /// The image ids of every container on the engine, running or not.
-    pub async fn container_images(&self) -> Result<std::collections::HashSet<String>, DockerError> {
-        let containers = self.list_all(None).await?;
-        Ok(containers.into_iter().filter_map(|c| c.image_id).collect())
-    }
-
     /// Every container, running or not, that matches the label filters.
-    async fn list_all(
+    pub(super) async fn list_all(
         &self,
         labels: Option<Vec<String>>,
     ) -> Result<Vec<bollard::models::ContainerSummary>, DockerError> {
@@ -588,37 +295,6 @@ impl Docker {
             .list_containers(Some(options))
             .await
             .map_err(|source| DockerError::List { source })
-    }
-
-    /// Removes an image by id with all its tags. Docker refuses (409) while a
-    /// container uses it.
-    pub async fn remove_image(&self, id: &str) -> Result<(), DockerError> {
-        let options = RemoveImageOptions {
-            force: true,
-            noprune: false,
-            ..Default::default()
-        };
-        self.client
-            .remove_image(id, Some(options), None)
-            .await
-            .map(drop)
-            .map_err(|source| DockerError::RemoveImage {
-                image: id.to_owned(),
-                source,
-            })
-    }
-
-    /// Where Docker keeps images, containers and volumes (`docker info`).
-    pub async fn root_dir(&self) -> Result<std::path::PathBuf, DockerError> {
-        let info = self
-            .client
-            .info()
-            .await
-            .map_err(|source| DockerError::Info { source })?;
-        Ok(info
-            .docker_root_dir
-            .unwrap_or_else(|| "/var/lib/docker".to_owned())
-            .into())
     }
 
     /// Containers carrying deckhand's label and every `label=value` in `labels`.
@@ -682,13 +358,6 @@ impl Docker {
     }
 }
 
-/// A container found by label.
-#[derive(Debug, Clone)]
-pub struct ManagedContainer {
-    pub name: String,
-    pub labels: HashMap<String, String>,
-}
-
 /// A named volume mounted into a job.
 pub fn volume_mount(source: &str, target: &str, read_only: bool) -> Mount {
     Mount {
@@ -731,14 +400,4 @@ fn output_stream(
         };
         std::future::ready(out)
     }))
-}
-
-fn is_not_found(e: &BollardError) -> bool {
-    matches!(
-        e,
-        BollardError::DockerResponseServerError {
-            status_code: 404,
-            ..
-        }
-    )
 }

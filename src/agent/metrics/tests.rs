@@ -1,0 +1,222 @@
+use super::*;
+
+fn state() -> State {
+    State {
+        slots: 2,
+        docker_up: true,
+        queue_up: true,
+        draining: false,
+    }
+}
+
+/// Every metric with a value that is not its default, so a change to any
+/// line of the exposition shows up.
+fn populated() -> (Metrics, State) {
+    let metrics = Metrics::default();
+    metrics.job_finished(Status::Succeeded, Duration::from_secs(3));
+    metrics.job_finished(Status::Succeeded, Duration::from_millis(100_250));
+    metrics.job_finished(Status::Failed, Duration::from_millis(500));
+    metrics.job_finished(Status::TimedOut, Duration::from_secs(7300));
+    metrics.received(7);
+    metrics.receive_failed();
+    metrics.receive_failed();
+    metrics.handed_back();
+    metrics.running(true);
+    metrics.running(true);
+    metrics.running(true);
+    metrics.running(false);
+    metrics.ready(Duration::from_millis(1234));
+    metrics.disk(&crate::host::disk::Room {
+        free_mb: 5120,
+        removed: 3,
+        low: Some(crate::host::disk::LowDisk {
+            path: "/var/lib/docker".into(),
+            free_mb: 5120,
+            min_free_mb: 8192,
+        }),
+    });
+    let state = State {
+        slots: 4,
+        docker_up: true,
+        queue_up: false,
+        draining: true,
+    };
+    (metrics, state)
+}
+
+/// The exposition, byte for byte: dashboards and alerts match these names,
+/// labels and help texts, so any change to them must be a deliberate one.
+#[test]
+fn exposition_is_unchanged() {
+    let (metrics, state) = populated();
+    let expected = EXPOSITION.replace("AGENT_VERSION", AGENT_VERSION);
+    assert_eq!(metrics.render(&state), expected);
+}
+
+const EXPOSITION: &str = r#"# HELP deckhand_slots Jobs this agent runs at once (agent.slots).
+# TYPE deckhand_slots gauge
+deckhand_slots 4
+# HELP deckhand_jobs_running Job containers running now.
+# TYPE deckhand_jobs_running gauge
+deckhand_jobs_running 2
+# HELP deckhand_docker_up 1 if Docker answered at its last use.
+# TYPE deckhand_docker_up gauge
+deckhand_docker_up 1
+# HELP deckhand_queue_up 1 if the job queue answered at its last use.
+# TYPE deckhand_queue_up gauge
+deckhand_queue_up 0
+# HELP deckhand_draining 1 once the agent takes no more jobs and is draining.
+# TYPE deckhand_draining gauge
+deckhand_draining 1
+# HELP deckhand_ready 1 once bootstrap is done and the agent serves the queue.
+# TYPE deckhand_ready gauge
+deckhand_ready 1
+# HELP deckhand_boot_seconds Bootstrap time, secrets to ready.
+# TYPE deckhand_boot_seconds gauge
+deckhand_boot_seconds 1.234
+# HELP deckhand_disk_free_megabytes Least free space of Docker's data root and the work dir, at the last check (0 before one).
+# TYPE deckhand_disk_free_megabytes gauge
+deckhand_disk_free_megabytes 5120
+# HELP deckhand_disk_low 1 while free space is below disk.min_free_mb and no job is taken.
+# TYPE deckhand_disk_low gauge
+deckhand_disk_low 1
+# HELP deckhand_build_info The running deckhand.
+# TYPE deckhand_build_info gauge
+deckhand_build_info{version="AGENT_VERSION"} 1
+# HELP deckhand_messages_received_total Job messages received from the queue.
+# TYPE deckhand_messages_received_total counter
+deckhand_messages_received_total 7
+# HELP deckhand_receive_errors_total Receives from the queue that failed.
+# TYPE deckhand_receive_errors_total counter
+deckhand_receive_errors_total 2
+# HELP deckhand_images_removed_total Unused images removed to make room on the disk.
+# TYPE deckhand_images_removed_total counter
+deckhand_images_removed_total 3
+# HELP deckhand_messages_handed_back_total Messages made visible again for another attempt (drains, errors, duplicates).
+# TYPE deckhand_messages_handed_back_total counter
+deckhand_messages_handed_back_total 1
+# HELP deckhand_jobs_total Job attempts that ended, by status (interrupted and error ones run again).
+# TYPE deckhand_jobs_total counter
+deckhand_jobs_total{status="succeeded"} 2
+deckhand_jobs_total{status="failed"} 1
+deckhand_jobs_total{status="timed_out"} 1
+deckhand_jobs_total{status="rejected"} 0
+deckhand_jobs_total{status="interrupted"} 0
+deckhand_jobs_total{status="error"} 0
+# HELP deckhand_job_duration_seconds Wall time of jobs that ran, by status.
+# TYPE deckhand_job_duration_seconds histogram
+deckhand_job_duration_seconds_bucket{status="failed",le="1"} 1
+deckhand_job_duration_seconds_bucket{status="failed",le="5"} 1
+deckhand_job_duration_seconds_bucket{status="failed",le="15"} 1
+deckhand_job_duration_seconds_bucket{status="failed",le="30"} 1
+deckhand_job_duration_seconds_bucket{status="failed",le="60"} 1
+deckhand_job_duration_seconds_bucket{status="failed",le="300"} 1
+deckhand_job_duration_seconds_bucket{status="failed",le="900"} 1
+deckhand_job_duration_seconds_bucket{status="failed",le="1800"} 1
+deckhand_job_duration_seconds_bucket{status="failed",le="3600"} 1
+deckhand_job_duration_seconds_bucket{status="failed",le="7200"} 1
+deckhand_job_duration_seconds_bucket{status="failed",le="+Inf"} 1
+deckhand_job_duration_seconds_sum{status="failed"} 0.5
+deckhand_job_duration_seconds_count{status="failed"} 1
+deckhand_job_duration_seconds_bucket{status="succeeded",le="1"} 0
+deckhand_job_duration_seconds_bucket{status="succeeded",le="5"} 1
+deckhand_job_duration_seconds_bucket{status="succeeded",le="15"} 1
+deckhand_job_duration_seconds_bucket{status="succeeded",le="30"} 1
+deckhand_job_duration_seconds_bucket{status="succeeded",le="60"} 1
+deckhand_job_duration_seconds_bucket{status="succeeded",le="300"} 2
+deckhand_job_duration_seconds_bucket{status="succeeded",le="900"} 2
+deckhand_job_duration_seconds_bucket{status="succeeded",le="1800"} 2
+deckhand_job_duration_seconds_bucket{status="succeeded",le="3600"} 2
+deckhand_job_duration_seconds_bucket{status="succeeded",le="7200"} 2
+deckhand_job_duration_seconds_bucket{status="succeeded",le="+Inf"} 2
+deckhand_job_duration_seconds_sum{status="succeeded"} 103.25
+deckhand_job_duration_seconds_count{status="succeeded"} 2
+deckhand_job_duration_seconds_bucket{status="timed_out",le="1"} 0
+deckhand_job_duration_seconds_bucket{status="timed_out",le="5"} 0
+deckhand_job_duration_seconds_bucket{status="timed_out",le="15"} 0
+deckhand_job_duration_seconds_bucket{status="timed_out",le="30"} 0
+deckhand_job_duration_seconds_bucket{status="timed_out",le="60"} 0
+deckhand_job_duration_seconds_bucket{status="timed_out",le="300"} 0
+deckhand_job_duration_seconds_bucket{status="timed_out",le="900"} 0
+deckhand_job_duration_seconds_bucket{status="timed_out",le="1800"} 0
+deckhand_job_duration_seconds_bucket{status="timed_out",le="3600"} 0
+deckhand_job_duration_seconds_bucket{status="timed_out",le="7200"} 0
+deckhand_job_duration_seconds_bucket{status="timed_out",le="+Inf"} 1
+deckhand_job_duration_seconds_sum{status="timed_out"} 7300
+deckhand_job_duration_seconds_count{status="timed_out"} 1
+"#;
+
+#[test]
+fn durations_fill_cumulative_buckets() {
+    let metrics = Metrics::default();
+    metrics.job_finished(Status::Succeeded, Duration::from_secs(3));
+    metrics.job_finished(Status::Succeeded, Duration::from_secs(100));
+    metrics.job_finished(Status::Failed, Duration::from_millis(500));
+    let text = metrics.render(&state());
+    for line in [
+        "deckhand_jobs_total{status=\"succeeded\"} 2",
+        "deckhand_jobs_total{status=\"failed\"} 1",
+        "deckhand_jobs_total{status=\"timed_out\"} 0",
+        "deckhand_job_duration_seconds_bucket{status=\"succeeded\",le=\"1\"} 0",
+        "deckhand_job_duration_seconds_bucket{status=\"succeeded\",le=\"5\"} 1",
+        "deckhand_job_duration_seconds_bucket{status=\"succeeded\",le=\"60\"} 1",
+        "deckhand_job_duration_seconds_bucket{status=\"succeeded\",le=\"300\"} 2",
+        "deckhand_job_duration_seconds_bucket{status=\"succeeded\",le=\"+Inf\"} 2",
+        "deckhand_job_duration_seconds_sum{status=\"succeeded\"} 103",
+        "deckhand_job_duration_seconds_count{status=\"failed\"} 1",
+        "deckhand_slots 2",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+    }
+}
+
+#[test]
+fn every_sample_has_help_and_type() {
+    let metrics = Metrics::default();
+    metrics.job_finished(Status::TimedOut, Duration::from_secs(1800));
+    let text = metrics.render(&state());
+    let families: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    for sample in text.lines().filter(|l| !l.starts_with('#')) {
+        let name = sample.split(['{', ' ']).next().unwrap();
+        let family = name
+            .strip_suffix("_bucket")
+            .or_else(|| name.strip_suffix("_sum"))
+            .or_else(|| name.strip_suffix("_count"))
+            .filter(|f| families.contains(f))
+            .unwrap_or(name);
+        assert!(families.contains(&family), "{sample}: no # TYPE");
+        assert!(
+            text.contains(&format!("# HELP {family} ")),
+            "{family}: no # HELP"
+        );
+    }
+}
+
+#[test]
+fn probes_say_why_not() {
+    let metrics = Metrics::default();
+    assert_eq!(metrics.unready(&state()), Some("starting"));
+    assert_eq!(Metrics::unhealthy(&state()), None);
+    metrics.ready(Duration::from_millis(20));
+    assert_eq!(metrics.unready(&state()), None);
+    let down = State {
+        docker_up: false,
+        ..state()
+    };
+    assert_eq!(Metrics::unhealthy(&down), Some("Docker is unreachable"));
+    assert_eq!(metrics.unready(&down), Some("Docker is unreachable"));
+    let draining = State {
+        draining: true,
+        ..state()
+    };
+    assert_eq!(metrics.unready(&draining), Some("draining"));
+    assert_eq!(
+        Metrics::unhealthy(&draining),
+        None,
+        "a draining agent is alive"
+    );
+}

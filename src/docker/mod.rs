@@ -1,0 +1,203 @@
+//! The Docker Engine API, through bollard. No CLI, no trait: tests run against the
+//! real engine.
+
+use std::time::Duration;
+
+use bollard::errors::Error as BollardError;
+
+use crate::backoff::Backoff;
+use crate::config::DockerConfig;
+
+mod containers;
+mod images;
+
+pub use containers::{
+    ContainerSpec, Exit, ManagedContainer, Output, OutputStream, bind_mount, volume_mount,
+};
+pub use images::{LocalImage, RegistryAuth};
+
+/// Every container and volume deckhand creates carries this label, so a restarted
+/// agent can find what a previous one left behind.
+pub const LABEL_MANAGED: &str = "deckhand.managed";
+pub const LABEL_JOB_ID: &str = "deckhand.job_id";
+pub const LABEL_ATTEMPT: &str = "deckhand.attempt";
+pub const LABEL_AGENT: &str = "deckhand.agent";
+/// On a container: the name of its workspace volume, for cleanup after a crash.
+pub const LABEL_WORKSPACE: &str = "deckhand.workspace";
+
+/// Per-request timeout for calls that should answer quickly. Long waits (container
+/// wait, pulls) stream their body after the headers, so this bounds only the start.
+const REQUEST_TIMEOUT_SECS: u64 = 60;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error("connect to Docker at {socket}: {source}")]
+    Connect {
+        socket: String,
+        source: BollardError,
+    },
+    #[error("Docker at {socket} is not answering: {source}")]
+    Ping {
+        socket: String,
+        source: BollardError,
+    },
+    #[error("inspect image {image}: {source}")]
+    InspectImage { image: String, source: BollardError },
+    #[error("pull {image}: {message}")]
+    Pull { image: String, message: String },
+    #[error("pull {image}: no answer within {secs}s")]
+    PullTimeout { image: String, secs: u64 },
+    #[error("create volume {name}: {source}")]
+    CreateVolume { name: String, source: BollardError },
+    #[error("create container {name}: {source}")]
+    CreateContainer { name: String, source: BollardError },
+    #[error("attach to container {name}: {source}")]
+    Attach { name: String, source: BollardError },
+    #[error("start container {name}: {source}")]
+    Start { name: String, source: BollardError },
+    #[error("wait for container {name}: {source}")]
+    Wait { name: String, source: BollardError },
+    #[error("stop container {name}: {source}")]
+    Stop { name: String, source: BollardError },
+    #[error("inspect container {name}: {source}")]
+    InspectContainer { name: String, source: BollardError },
+    #[error("remove container {name}: {source}")]
+    RemoveContainer { name: String, source: BollardError },
+    #[error("inspect volume {name}: {source}")]
+    InspectVolume { name: String, source: BollardError },
+    #[error("remove volume {name}: {source}")]
+    RemoveVolume { name: String, source: BollardError },
+    #[error("list containers: {source}")]
+    List { source: BollardError },
+    #[error("remove image {image}: {source}")]
+    RemoveImage { image: String, source: BollardError },
+    #[error("docker info: {source}")]
+    Info { source: BollardError },
+    #[error("events of container {name}: {source}")]
+    Events { name: String, source: BollardError },
+}
+
+impl DockerError {
+    /// Docker answered 404: the thing is not there.
+    pub fn is_not_found(&self) -> bool {
+        self.source_error().is_some_and(is_not_found)
+    }
+
+    /// True when Docker did not answer (no socket, a dropped connection, a
+    /// timeout), as opposed to answering with an error: the call may work again
+    /// once dockerd is back, and a running container may well still be running.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            DockerError::Connect { .. } | DockerError::Ping { .. } => true,
+            _ => matches!(
+                self.source_error(),
+                Some(
+                    BollardError::IOError { .. }
+                        | BollardError::HyperResponseError { .. }
+                        | BollardError::HyperLegacyError { .. }
+                        | BollardError::HttpClientError { .. }
+                        | BollardError::RequestTimeoutError
+                        | BollardError::SocketNotFoundError(_)
+                        // A stream cut short (ours: "the wait stream ended without a status").
+                        | BollardError::DockerStreamError { .. }
+                )
+            ),
+        }
+    }
+
+    /// What bollard said, for the calls that reached it.
+    fn source_error(&self) -> Option<&BollardError> {
+        match self {
+            DockerError::Pull { .. } | DockerError::PullTimeout { .. } => None,
+            DockerError::Connect { source, .. }
+            | DockerError::Ping { source, .. }
+            | DockerError::InspectImage { source, .. }
+            | DockerError::CreateVolume { source, .. }
+            | DockerError::CreateContainer { source, .. }
+            | DockerError::Attach { source, .. }
+            | DockerError::Start { source, .. }
+            | DockerError::Wait { source, .. }
+            | DockerError::Stop { source, .. }
+            | DockerError::InspectContainer { source, .. }
+            | DockerError::RemoveContainer { source, .. }
+            | DockerError::InspectVolume { source, .. }
+            | DockerError::RemoveVolume { source, .. }
+            | DockerError::List { source }
+            | DockerError::RemoveImage { source, .. }
+            | DockerError::Info { source }
+            | DockerError::Events { source, .. } => Some(source),
+        }
+    }
+}
+
+/// Retries while Docker does not answer: quick at first, since most outages are a
+/// restart of a few seconds.
+pub fn outage_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(250), Duration::from_secs(5))
+}
+
+/// A Docker connection. Cheap to clone: bollard shares one connection pool.
+#[derive(Clone, Debug)]
+pub struct Docker {
+    client: bollard::Docker,
+    socket: String,
+}
+
+// === impl Docker ===
+
+impl Docker {
+    /// Connects to the socket and settles the API version with the daemon (bollard
+    /// defaults to a newer one than Debian's engine speaks).
+    pub async fn connect(config: &DockerConfig) -> Result<Docker, DockerError> {
+        let socket = config.socket.display().to_string();
+        let connect = |source| DockerError::Connect {
+            socket: socket.clone(),
+            source,
+        };
+        let client = bollard::Docker::connect_with_unix(
+            &socket,
+            REQUEST_TIMEOUT_SECS,
+            bollard::API_DEFAULT_VERSION,
+        )
+        .map_err(connect)?
+        .negotiate_version()
+        .await
+        .map_err(connect)?;
+        Ok(Docker { client, socket })
+    }
+
+    /// Whether the daemon answers.
+    pub async fn ping(&self) -> Result<(), DockerError> {
+        self.client
+            .ping()
+            .await
+            .map(drop)
+            .map_err(|source| DockerError::Ping {
+                socket: self.socket.clone(),
+                source,
+            })
+    }
+
+    /// Where Docker keeps images, containers and volumes (`docker info`).
+    pub async fn root_dir(&self) -> Result<std::path::PathBuf, DockerError> {
+        let info = self
+            .client
+            .info()
+            .await
+            .map_err(|source| DockerError::Info { source })?;
+        Ok(info
+            .docker_root_dir
+            .unwrap_or_else(|| "/var/lib/docker".to_owned())
+            .into())
+    }
+}
+
+fn is_not_found(e: &BollardError) -> bool {
+    matches!(
+        e,
+        BollardError::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}

@@ -8,9 +8,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::docker::outage_backoff;
 use crate::docker::{self, Docker, Output};
 use crate::job::log::{JobLog, Stream};
-use crate::job::runner::outage_backoff;
 
 /// After the container exits, how long its output may take to drain before the
 /// log is closed without the rest.

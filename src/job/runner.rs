@@ -12,9 +12,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
 use crate::config::Config;
-use crate::docker::{self, Docker, OutputStream};
+use crate::docker::{self, Docker, OutputStream, outage_backoff};
 use crate::host::cache::{Cache, CacheVolume};
 use crate::host::credentials::{Broker, Issued};
 use crate::host::disk::Disk;
@@ -32,12 +31,6 @@ use crate::job::sweep::Sweeper;
 /// How long cleanup retries while Docker does not answer. What is still left
 /// then is removed by the agent's sweep once Docker answers, or at its next start.
 const CLEANUP_PATIENCE: Duration = Duration::from_secs(30);
-
-/// Retries while Docker does not answer: quick at first, since most outages are a
-/// restart of a few seconds.
-pub(crate) fn outage_backoff() -> Backoff {
-    Backoff::new(Duration::from_millis(250), Duration::from_secs(5))
-}
 
 /// Runs jobs on one Docker engine for one agent.
 #[derive(Clone)]

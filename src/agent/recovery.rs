@@ -30,7 +30,6 @@ impl Agent {
                 .unwrap_or_default();
             let span = tracing::info_span!("job", job_id = %job_id, container = %orphan.name);
             async {
-                tracing::warn!("Removed a container left by an earlier run.");
                 let Some(receipt) = orphan.labels.get(LABEL_RECEIPT) else {
                     return;
                 };

@@ -7,6 +7,8 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use tracing::Instrument;
+
 use crate::docker::{self, Docker, ManagedContainer};
 
 /// Shared by the runner (which registers its containers) and the agent (which
@@ -58,17 +60,17 @@ impl Sweeper {
         if !self.leftovers.swap(false, Ordering::SeqCst) {
             return;
         }
-        if let Err(error) = self.sweep_containers().await {
+        if let Err(error) = self.sweep_containers(Occasion::Leftovers).await {
             self.left_behind();
             tracing::warn!(%error, "Could not look for containers earlier jobs left.");
         }
     }
 
     /// At boot, before any job runs: removes every container and workspace of this
-    /// agent and returns the containers removed, whose labels say which messages to
-    /// hand back.
+    /// agent and returns the containers found, removed or not, whose labels say
+    /// which messages to hand back.
     pub async fn sweep_all(&self) -> Result<Vec<ManagedContainer>, docker::DockerError> {
-        let removed = self.sweep_containers().await?;
+        let found = self.sweep_containers(Occasion::Boot).await?;
         // Workspaces whose container never got created.
         let volumes = self
             .docker
@@ -79,29 +81,48 @@ impl Sweeper {
                 tracing::warn!(%error, volume, "Could not remove an orphaned workspace.");
             }
         }
-        Ok(removed)
+        Ok(found)
     }
 
-    async fn sweep_containers(&self) -> Result<Vec<ManagedContainer>, docker::DockerError> {
+    async fn sweep_containers(
+        &self,
+        occasion: Occasion,
+    ) -> Result<Vec<ManagedContainer>, docker::DockerError> {
         let found = self
             .docker
             .list_managed(&[(docker::LABEL_AGENT, &self.instance_id)])
             .await?;
         let active = self.active_set().clone();
-        let mut removed = Vec::new();
-        for container in found.into_iter().filter(|c| !active.contains(&c.name)) {
-            match self.remove(&container).await {
-                Ok(()) => {
-                    tracing::info!(container = %container.name, "Removed a container no running job owns.");
-                    removed.push(container);
-                }
-                Err(error) => {
-                    self.left_behind();
-                    tracing::warn!(%error, container = %container.name, "Could not remove a container no running job owns.");
-                }
+        let found: Vec<_> = found
+            .into_iter()
+            .filter(|c| !active.contains(&c.name))
+            .collect();
+        for container in &found {
+            let job_id = container
+                .labels
+                .get(docker::LABEL_JOB_ID)
+                .map(String::as_str)
+                .unwrap_or_default();
+            let span = tracing::info_span!("job", job_id, container = %container.name);
+            self.sweep_one(container, occasion).instrument(span).await;
+        }
+        Ok(found)
+    }
+
+    async fn sweep_one(&self, container: &ManagedContainer, occasion: Occasion) {
+        if occasion == Occasion::Boot {
+            tracing::warn!("Found a container left by an earlier run; removing it.");
+        }
+        match self.remove(container).await {
+            Ok(()) if occasion == Occasion::Leftovers => {
+                tracing::info!("Removed a container an earlier job's cleanup could not.");
+            }
+            Ok(()) => {}
+            Err(error) => {
+                self.left_behind();
+                tracing::warn!(%error, "Could not remove a container no running job owns.");
             }
         }
-        Ok(removed)
     }
 
     async fn remove(&self, container: &ManagedContainer) -> Result<(), docker::DockerError> {
@@ -111,4 +132,12 @@ impl Sweeper {
             None => Ok(()),
         }
     }
+}
+
+/// Why a sweep runs, which decides what it says: at boot every container found is
+/// news (a crash); later only the removal of what a cleanup left is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Occasion {
+    Boot,
+    Leftovers,
 }

@@ -11,6 +11,7 @@ use crate::config::DockerConfig;
 mod containers;
 mod images;
 
+pub use bollard::models::Mount;
 pub use containers::{
     ContainerSpec, Exit, ManagedContainer, Output, OutputStream, bind_mount, volume_mount,
 };

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::docker::{self, Docker, OutputStream, outage_backoff};
+use crate::docker::{self, Docker, LocalImage, OutputStream, outage_backoff};
 use crate::host::cache::{Cache, CacheVolume};
 use crate::host::credentials::{Broker, Issued};
 use crate::host::disk::Disk;
@@ -235,79 +235,22 @@ impl Runner {
         image_ran: &mut Option<String>,
     ) -> Result<Option<Started>, RunError> {
         let docker = &self.docker;
-        let auth = self
-            .secrets
-            .registry_auth(&self.config.images.registry_auth, &job.image.registry)?;
-        let pull = docker.ensure_image(&job.image, self.config.images.pull_timeout, auth.as_ref());
-        let image = tokio::select! {
-            image = pull => image?,
-            // Only a pull is long enough to be worth cutting short, and dropping it
-            // only stops our reading of its progress. Past it, the container is
-            // created and started, and supervision stops it at once.
-            _ = preemption.stopping().cancelled() => return Ok(None),
+        let Some(image) = self.pull(job, preemption).await? else {
+            return Ok(None);
         };
         *image_ran = Some(image.reference.clone());
-        if let Some(disk) = &self.disk {
-            disk.used(&image.id);
-        }
-        let mut labels = HashMap::from([
-            (docker::LABEL_MANAGED.to_owned(), "true".to_owned()),
-            (docker::LABEL_JOB_ID.to_owned(), job.id.clone()),
-            (docker::LABEL_ATTEMPT.to_owned(), attempt.to_string()),
-            (docker::LABEL_AGENT.to_owned(), self.instance_id.clone()),
-        ]);
-        labels.extend(
-            extra_labels
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-        );
+        let mut labels = self.labels(job, attempt, extra_labels);
         docker.create_volume(&names.workspace, &labels).await?;
         labels.insert(docker::LABEL_WORKSPACE.to_owned(), names.workspace.clone());
-        let profile = self.config.profile(&job.profile);
-        let mut env = Vec::new();
-        let mut mounts = Vec::new();
-        if !job.secrets.is_empty() {
-            let env_secrets = profile
-                .map(|p| p.env_secrets.as_slice())
-                .unwrap_or_default();
-            let user = image.user.as_deref();
-            env = container::write_secret_files(
-                job,
-                &names.secrets,
-                user,
-                &self.secrets,
-                env_secrets,
-            )?;
-            mounts.push(docker::bind_mount(&names.secrets, SECRETS_MOUNT, true));
-        }
-        let credentials = match (
-            profile.and_then(|p| p.role_arn.as_deref()),
-            &self.credentials,
-        ) {
-            (None, _) => None,
-            (Some(role_arn), Some(broker)) => {
-                Some(broker.issue(&job.id, role_arn, log.later_secrets()))
-            }
-            (Some(_), None) => {
-                return Err(RunError::NoCredentialsBroker {
-                    profile: job.profile.clone(),
-                });
-            }
-        };
+        let (mut env, mut mounts) = self.secret_files(job, names, image.user.as_deref())?;
+        let credentials = self.credentials(job, log)?;
         if let Some(issued) = &credentials {
             env.extend(issued.env.iter().map(|(k, v)| format!("{k}={v}")));
         }
+        // Held for the whole run: a cache refresh removes the old volume only once
+        // no running job mounts it.
         let cache = self.cache.as_ref().and_then(Cache::current);
-        let cache_mount = &self.config.cache.mount;
-        match (&cache, &self.config.cache.volume) {
-            (Some(volume), _) => {
-                mounts.push(docker::volume_mount(volume.name(), cache_mount, true))
-            }
-            (None, Some(volume)) if self.cache.is_none() => {
-                mounts.push(docker::volume_mount(volume, cache_mount, true))
-            }
-            _ => {}
-        }
+        mounts.extend(self.cache_mount(cache.as_deref()));
         let spec = container::spec(job, attempt, names, image.id, labels, env, mounts);
         docker.create_container(&spec).await?;
         let output = docker.attach(&names.container).await?;
@@ -325,6 +268,107 @@ impl Runner {
             _credentials: credentials,
             _cache: cache,
         }))
+    }
+
+    /// The job's image, pulled if the engine lacks it; `None` when a stop came
+    /// first.
+    async fn pull(
+        &self,
+        job: &Job,
+        preemption: &Preemption,
+    ) -> Result<Option<LocalImage>, RunError> {
+        let auth = self
+            .secrets
+            .registry_auth(&self.config.images.registry_auth, &job.image.registry)?;
+        let pull =
+            self.docker
+                .ensure_image(&job.image, self.config.images.pull_timeout, auth.as_ref());
+        let image = tokio::select! {
+            image = pull => image?,
+            // Only a pull is long enough to be worth cutting short, and dropping it
+            // only stops our reading of its progress. Past it, the container is
+            // created and started, and supervision stops it at once.
+            _ = preemption.stopping().cancelled() => return Ok(None),
+        };
+        if let Some(disk) = &self.disk {
+            disk.used(&image.id);
+        }
+        Ok(Some(image))
+    }
+
+    /// What ties the workspace and the container to this job and this agent: the
+    /// orphan sweep and recovery find them by these.
+    fn labels(
+        &self,
+        job: &Job,
+        attempt: u32,
+        extra_labels: &[(&str, &str)],
+    ) -> HashMap<String, String> {
+        let mut labels = HashMap::from([
+            (docker::LABEL_MANAGED.to_owned(), "true".to_owned()),
+            (docker::LABEL_JOB_ID.to_owned(), job.id.clone()),
+            (docker::LABEL_ATTEMPT.to_owned(), attempt.to_string()),
+            (docker::LABEL_AGENT.to_owned(), self.instance_id.clone()),
+        ]);
+        labels.extend(
+            extra_labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        labels
+    }
+
+    /// The job's secrets as files on tmpfs, mounted read-only, and the env
+    /// variables its profile lets carry a secret's value.
+    fn secret_files(
+        &self,
+        job: &Job,
+        names: &Names,
+        user: Option<&str>,
+    ) -> Result<(Vec<String>, Vec<docker::Mount>), RunError> {
+        if job.secrets.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let env_secrets = self
+            .config
+            .profile(&job.profile)
+            .map(|p| p.env_secrets.as_slice())
+            .unwrap_or_default();
+        let env =
+            container::write_secret_files(job, &names.secrets, user, &self.secrets, env_secrets)?;
+        let mounts = vec![docker::bind_mount(&names.secrets, SECRETS_MOUNT, true)];
+        Ok((env, mounts))
+    }
+
+    /// This job's credentials, when its profile names a role; they work until the
+    /// returned value is dropped.
+    fn credentials(&self, job: &Job, log: &JobLog) -> Result<Option<Issued>, RunError> {
+        let role_arn = self
+            .config
+            .profile(&job.profile)
+            .and_then(|p| p.role_arn.as_deref());
+        match (role_arn, &self.credentials) {
+            (None, _) => Ok(None),
+            (Some(role_arn), Some(broker)) => {
+                Ok(Some(broker.issue(&job.id, role_arn, log.later_secrets())))
+            }
+            (Some(_), None) => Err(RunError::NoCredentialsBroker {
+                profile: job.profile.clone(),
+            }),
+        }
+    }
+
+    /// The code/library cache, read-only: the managed volume of the moment, or
+    /// the operator's own volume when the agent does not manage one.
+    fn cache_mount(&self, current: Option<&CacheVolume>) -> Option<docker::Mount> {
+        let mount = &self.config.cache.mount;
+        match (current, &self.config.cache.volume) {
+            (Some(volume), _) => Some(docker::volume_mount(volume.name(), mount, true)),
+            (None, Some(volume)) if self.cache.is_none() => {
+                Some(docker::volume_mount(volume, mount, true))
+            }
+            _ => None,
+        }
     }
 
     /// Whether the kernel's OOM killer ended the container. dockerd sets

@@ -113,28 +113,8 @@ pub async fn run(
         let metrics = Arc::new(Metrics::default());
         // Both bound before bootstrap: /readyz says "starting" meanwhile, and a
         // host that cannot serve them fails at once.
-        let metrics_server = match config.metrics.listen {
-            Some(address) => {
-                let listener = crate::agent::metrics::bind(address).await?;
-                let state = health::metrics_state(&config, &healthy, &stop);
-                Some(crate::agent::metrics::serve(
-                    listener,
-                    Arc::clone(&metrics),
-                    state,
-                ))
-            }
-            None => None,
-        };
-        // Only when some profile names a role: the address is the host's to set up.
-        let credentials = if config.profiles.values().any(|p| p.role_arn.is_some()) {
-            let (listen, session) = (config.credentials.listen, config.credentials.session);
-            Some(crate::host::credentials::Broker::bind(&sdk, listen, session).await?)
-        } else {
-            None
-        };
-        let broker = credentials.as_ref().map(|(broker, _)| Arc::clone(broker));
-        let credentials_server =
-            credentials.map(|(broker, listener)| crate::host::credentials::serve(listener, broker));
+        let metrics_server = metrics_server(&config, &healthy, &metrics, &stop).await?;
+        let (broker, credentials_server) = credentials_broker(&config, &sdk).await?;
         let life = async {
             let boot_started = Instant::now();
             // A stop during bootstrap (SIGTERM, a spot notice) ends it: nothing
@@ -171,15 +151,13 @@ pub async fn run(
             never = duty(credentials_server) => match never {},
         }
         if let Some(reason @ (StopReason::Idle { .. } | StopReason::AutoScaling)) = stop.reason() {
-            let scale_in = crate::aws::autoscaling::ScaleIn {
-                config: &config,
-                autoscaling: &crate::aws::autoscaling_client(&sdk),
-                ec2: &crate::aws::ec2::Ec2::new(&sdk, config.aws.endpoint_url.as_deref()),
-                instance_id: &instance_id,
-            };
-            if let Err(error) = scale_in.on_exit(*reason == StopReason::AutoScaling).await {
-                tracing::error!(%error, "Scale-in failed; the instance stays up.");
-            }
+            scale_in(
+                &config,
+                &sdk,
+                &instance_id,
+                *reason == StopReason::AutoScaling,
+            )
+            .await;
         }
         tracing::info!("Drained; exiting.");
         Ok(())
@@ -258,6 +236,65 @@ impl Agent {
             never = duty(refresh) => match never {},
             never = duty(watchdog) => match never {},
         }
+    }
+}
+
+/// The metrics and health listener, when configured.
+async fn metrics_server(
+    config: &Arc<Config>,
+    healthy: &Health,
+    metrics: &Arc<Metrics>,
+    stop: &Stop,
+) -> Result<Option<impl Future<Output = Infallible> + use<>>, AgentError> {
+    let Some(address) = config.metrics.listen else {
+        return Ok(None);
+    };
+    let listener = crate::agent::metrics::bind(address).await?;
+    let state = health::metrics_state(config, healthy, stop);
+    Ok(Some(crate::agent::metrics::serve(
+        listener,
+        Arc::clone(metrics),
+        state,
+    )))
+}
+
+/// The per-job credentials broker and its listener, only when some profile names
+/// a role: the address is the host's to set up.
+async fn credentials_broker(
+    config: &Config,
+    sdk: &aws_config::SdkConfig,
+) -> Result<
+    (
+        Option<Arc<crate::host::credentials::Broker>>,
+        Option<impl Future<Output = Infallible> + use<>>,
+    ),
+    AgentError,
+> {
+    if !config.profiles.values().any(|p| p.role_arn.is_some()) {
+        return Ok((None, None));
+    }
+    let (listen, session) = (config.credentials.listen, config.credentials.session);
+    let (broker, listener) = crate::host::credentials::Broker::bind(sdk, listen, session).await?;
+    let server = crate::host::credentials::serve(listener, Arc::clone(&broker));
+    Ok((Some(broker), Some(server)))
+}
+
+/// After an idle or Auto Scaling drain: completes the lifecycle action or
+/// terminates the instance, as the config says. A failure leaves the instance up.
+async fn scale_in(
+    config: &Config,
+    sdk: &aws_config::SdkConfig,
+    instance_id: &str,
+    group_terminating: bool,
+) {
+    let scale_in = crate::aws::autoscaling::ScaleIn {
+        config,
+        autoscaling: &crate::aws::autoscaling_client(sdk),
+        ec2: &crate::aws::ec2::Ec2::new(sdk, config.aws.endpoint_url.as_deref()),
+        instance_id,
+    };
+    if let Err(error) = scale_in.on_exit(group_terminating).await {
+        tracing::error!(%error, "Scale-in failed; the instance stays up.");
     }
 }
 

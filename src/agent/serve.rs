@@ -64,24 +64,12 @@ impl Agent {
                 pacing.idle_since = Instant::now();
             }
             if slots.available_permits() == 0 {
-                tokio::select! {
-                    Some(done) = jobs.join_next() => {
-                        reap(done);
-                        pacing.idle_since = Instant::now();
-                    }
-                    // A container finished; its task is still recording.
-                    permit = Arc::clone(&slots).acquire_owned() => drop(permit),
-                    _ = stop.draining().cancelled() => break,
+                if !wait_for_slot(&mut jobs, &slots, &mut pacing, stop).await {
+                    break;
                 }
                 continue;
             }
-            if let Some(limit) = self.config.agent.idle_shutdown
-                && jobs.is_empty()
-                && pacing.idle_since.elapsed() >= limit
-            {
-                stop.begin(StopReason::Idle {
-                    after_secs: limit.as_secs(),
-                });
+            if self.idle_too_long(&jobs, &pacing, stop) {
                 break;
             }
             if let Gate::Closed(delay) = self.gate(&mut pacing).await {
@@ -128,6 +116,20 @@ impl Agent {
             }
         }
         self.drain(jobs, &preemption, stop, in_flight).await;
+    }
+
+    /// Begins the idle drain when no job has run for `agent.idle_shutdown_secs`.
+    fn idle_too_long(&self, jobs: &JoinSet<()>, pacing: &Pacing, stop: &Stop) -> bool {
+        let Some(limit) = self.config.agent.idle_shutdown else {
+            return false;
+        };
+        if !jobs.is_empty() || pacing.idle_since.elapsed() < limit {
+            return false;
+        }
+        stop.begin(StopReason::Idle {
+            after_secs: limit.as_secs(),
+        });
+        true
     }
 
     /// Receives only while a job could start, so the agent never holds a message it
@@ -218,4 +220,23 @@ impl Agent {
         let preemption = preemption.clone();
         jobs.spawn(async move { agent.deliver(message, slot, &preemption).await }.instrument(span));
     }
+}
+
+/// With every slot taken: waits until a job's task ends or its container is gone
+/// (its task still recording). False when the drain began instead.
+async fn wait_for_slot(
+    jobs: &mut JoinSet<()>,
+    slots: &Arc<Semaphore>,
+    pacing: &mut Pacing,
+    stop: &Stop,
+) -> bool {
+    tokio::select! {
+        Some(done) = jobs.join_next() => {
+            reap(done);
+            pacing.idle_since = Instant::now();
+        }
+        permit = Arc::clone(slots).acquire_owned() => drop(permit),
+        _ = stop.draining().cancelled() => return false,
+    }
+    true
 }

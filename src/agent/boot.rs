@@ -115,9 +115,9 @@ async fn load_secrets(
     let secrets = crate::host::secrets::load(&config.secrets, s3, &kms).await?;
     if secrets.is_some() {
         let dir = &config.agent.secrets_dir;
-        crate::host::secrets::prepare_dir(dir, true).map_err(|reason| AgentError::SecretsDir {
+        crate::host::secrets::prepare_dir(dir, true).map_err(|source| AgentError::SecretsDir {
             path: dir.clone(),
-            reason,
+            source,
         })?;
     }
     Ok(Arc::new(secrets.unwrap_or_default()))

@@ -45,8 +45,11 @@ use crate::job::sweep::Sweeper;
 pub enum AgentError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-    #[error("agent.secrets_dir {path}: {reason}")]
-    SecretsDir { path: PathBuf, reason: String },
+    #[error("agent.secrets_dir {path}: {source}")]
+    SecretsDir {
+        path: PathBuf,
+        source: crate::host::secrets::SecretsDirError,
+    },
     #[error(transparent)]
     Secrets(#[from] SecretsError),
     #[error("warm image {image}: {source} (images.warm_failure = \"fail\")")]

@@ -28,11 +28,11 @@ const TERMINATING: &str = "autoscaling:EC2_INSTANCE_TERMINATING";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScaleInError {
-    #[error("{operation} for {instance_id}: {message}")]
+    #[error("{operation} for {instance_id}: {}", DisplayErrorContext(&**source))]
     AutoScaling {
         operation: &'static str,
         instance_id: String,
-        message: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("terminate {instance_id}: {source}")]
     Ec2 {
@@ -96,7 +96,7 @@ impl ScaleIn<'_> {
                 .send()
         })
         .await
-        .map_err(|e| self.error("DescribeAutoScalingInstances", &e))?;
+        .map_err(|e| self.error("DescribeAutoScalingInstances", e))?;
         Ok(instances
             .auto_scaling_instances()
             .first()
@@ -135,7 +135,7 @@ impl ScaleIn<'_> {
             {
                 Ok(false)
             }
-            Err(e) => Err(self.error("TerminateInstanceInAutoScalingGroup", &e)),
+            Err(e) => Err(self.error("TerminateInstanceInAutoScalingGroup", e)),
         }
     }
 
@@ -181,7 +181,7 @@ impl ScaleIn<'_> {
                         .send()
                 })
                 .await
-                .map_err(|e| self.error("DescribeLifecycleHooks", &e))?;
+                .map_err(|e| self.error("DescribeLifecycleHooks", e))?;
                 let mut names: Vec<String> = hooks
                     .lifecycle_hooks()
                     .iter()
@@ -216,7 +216,7 @@ impl ScaleIn<'_> {
                 .send()
         })
         .await
-        .map_err(|e| self.error("CompleteLifecycleAction", &e))?;
+        .map_err(|e| self.error("CompleteLifecycleAction", e))?;
         tracing::info!(
             group,
             hook,
@@ -225,15 +225,15 @@ impl ScaleIn<'_> {
         Ok(())
     }
 
-    fn error<E, R>(&self, operation: &'static str, error: &SdkError<E, R>) -> ScaleInError
+    fn error<E, R>(&self, operation: &'static str, error: SdkError<E, R>) -> ScaleInError
     where
-        E: std::error::Error + 'static,
-        R: std::fmt::Debug,
+        E: std::error::Error + Send + Sync + 'static,
+        R: std::fmt::Debug + Send + Sync + 'static,
     {
         ScaleInError::AutoScaling {
             operation,
             instance_id: self.instance_id.to_owned(),
-            message: DisplayErrorContext(error).to_string(),
+            source: error.into(),
         }
     }
 }

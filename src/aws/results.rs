@@ -25,13 +25,15 @@ use crate::job::result::{JobResult, Status};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{operation} s3://{bucket}/{key}: {message}")]
+    #[error("{operation} s3://{bucket}/{key}: {}", DisplayErrorContext(&**source))]
     S3 {
         operation: &'static str,
         bucket: String,
         key: String,
-        message: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("s3://{bucket}/{key}: a conditional put failed, yet no result is there")]
+    Vanished { bucket: String, key: String },
     #[error("s3://{bucket}/{key} is not a valid record: {source}")]
     Corrupt {
         bucket: String,
@@ -135,12 +137,13 @@ impl ResultStore {
         {
             // Lost a race with another run after the check above (claims make
             // this rare); the result that landed first stands.
-            let existing: JobResult = self.get_json(&key).await?.ok_or_else(|| StoreError::S3 {
-                operation: "get",
-                bucket: self.bucket.clone(),
-                key: key.clone(),
-                message: "a conditional put failed but no result is there".into(),
-            })?;
+            let existing: JobResult =
+                self.get_json(&key)
+                    .await?
+                    .ok_or_else(|| StoreError::Vanished {
+                        bucket: self.bucket.clone(),
+                        key: key.clone(),
+                    })?;
             if !is_same_run(&existing, result) {
                 return Ok(Recorded::Duplicate(Box::new(existing)));
             }
@@ -205,7 +208,7 @@ impl ResultStore {
                         operation: "read the log spool for",
                         bucket: self.bucket.clone(),
                         key: key.to_owned(),
-                        message: e.to_string(),
+                        source: e.into(),
                     })?
             }
         };
@@ -270,7 +273,7 @@ impl ResultStore {
                 operation: "read",
                 bucket: self.bucket.clone(),
                 key: key.to_owned(),
-                message: e.to_string(),
+                source: e.into(),
             })?
             .into_bytes();
         serde_json::from_slice(&bytes)
@@ -291,7 +294,7 @@ impl ResultStore {
             operation,
             bucket: self.bucket.clone(),
             key: key.to_owned(),
-            message: DisplayErrorContext(&e).to_string(),
+            source: e.into(),
         }
     }
 }
@@ -366,7 +369,7 @@ impl Notifier {
 }
 
 impl Webhook {
-    async fn post(&self, body: &str) -> Result<(), String> {
+    async fn post(&self, body: &str) -> Result<(), WebhookError> {
         let response = self
             .client
             .post(&self.url)
@@ -378,14 +381,23 @@ impl Webhook {
             .body(body.to_owned())
             .send()
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(WebhookError::Send)?;
         let status = response.status();
         if status.is_success() {
             Ok(())
         } else {
-            Err(format!("{} answered {status}", self.url))
+            Err(WebhookError::Status(status))
         }
     }
+}
+
+/// Why a result did not reach the webhook (the URL is in the log line's fields).
+#[derive(Debug, thiserror::Error)]
+enum WebhookError {
+    #[error("{0}")]
+    Send(#[source] reqwest::Error),
+    #[error("answered {0}")]
+    Status(reqwest::StatusCode),
 }
 
 /// `sha256=<hex HMAC-SHA256 of the body>`, as GitHub signs its webhooks.

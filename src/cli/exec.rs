@@ -27,8 +27,11 @@ pub enum ExecError {
     Docker(#[from] DockerError),
     #[error(transparent)]
     Secrets(#[from] crate::host::secrets::SecretsError),
-    #[error("agent.secrets_dir {path}: {reason}")]
-    SecretsDir { path: PathBuf, reason: String },
+    #[error("agent.secrets_dir {path}: {source}")]
+    SecretsDir {
+        path: PathBuf,
+        source: crate::host::secrets::SecretsDirError,
+    },
 }
 
 /// What `exec` did with the job.
@@ -85,10 +88,10 @@ pub async fn exec(
         log_masker.set(Arc::new(secrets.masker()));
     }
     if !job.secrets.is_empty() {
-        crate::host::secrets::prepare_dir(&config.agent.secrets_dir, false).map_err(|reason| {
+        crate::host::secrets::prepare_dir(&config.agent.secrets_dir, false).map_err(|source| {
             ExecError::SecretsDir {
                 path: config.agent.secrets_dir.clone(),
-                reason,
+                source,
             }
         })?;
     }

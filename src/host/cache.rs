@@ -18,6 +18,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use aws_sdk_s3::error::DisplayErrorContext;
 use sha2::{Digest, Sha256};
 use tokio_util::io::SyncIoBridge;
 
@@ -31,17 +32,17 @@ const LABEL_ETAG: &str = "deckhand.cache.etag";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
-    #[error("look up the cache archive s3://{bucket}/{key}: {message}")]
+    #[error("look up the cache archive s3://{bucket}/{key}: {}", DisplayErrorContext(&**source))]
     Head {
         bucket: String,
         key: String,
-        message: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("download the cache archive s3://{bucket}/{key}: {message}")]
+    #[error("download the cache archive s3://{bucket}/{key}: {}", DisplayErrorContext(&**source))]
     Get {
         bucket: String,
         key: String,
-        message: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error(transparent)]
     Docker(#[from] DockerError),
@@ -53,12 +54,17 @@ pub enum CacheError {
         key: String,
         entry: String,
     },
-    #[error("extract the cache archive s3://{bucket}/{key} into {dir}: {message}")]
+    #[error("extract the cache archive s3://{bucket}/{key} into {dir}: {source}")]
     Extract {
         bucket: String,
         key: String,
         dir: PathBuf,
-        message: String,
+        source: std::io::Error,
+    },
+    #[error("write the cache's completion marker {path}: {source}")]
+    Marker {
+        path: PathBuf,
+        source: std::io::Error,
     },
     #[error("the cache volume {volume} has no mount point on this host")]
     NoMountpoint { volume: String },
@@ -157,7 +163,7 @@ impl Cache {
             .map_err(|e| CacheError::Head {
                 bucket: source.bucket.clone(),
                 key: source.key.clone(),
-                message: aws_sdk_s3::error::DisplayErrorContext(&e).to_string(),
+                source: e.into(),
             })?;
         let etag = head.e_tag.unwrap_or_default();
         let version = head.version_id.unwrap_or_default();
@@ -176,11 +182,9 @@ impl Cache {
                 .await?;
             std::fs::create_dir_all(&inner.markers)
                 .and_then(|()| std::fs::write(&marker, &etag))
-                .map_err(|e| CacheError::Extract {
-                    bucket: source.bucket.clone(),
-                    key: source.key.clone(),
-                    dir: marker.clone(),
-                    message: format!("write the completion marker: {e}"),
+                .map_err(|source| CacheError::Marker {
+                    path: marker.clone(),
+                    source,
                 })?;
         }
         let new = Arc::new(CacheVolume { name, etag });
@@ -260,7 +264,7 @@ impl Cache {
             .map_err(|e| CacheError::Get {
                 bucket: source.bucket.clone(),
                 key: source.key.clone(),
-                message: aws_sdk_s3::error::DisplayErrorContext(&e).to_string(),
+                source: e.into(),
             })?;
         let reader = SyncIoBridge::new(object.body.into_async_read());
         let (bucket, key) = (source.bucket.clone(), source.key.clone());
@@ -284,11 +288,11 @@ impl Cache {
                 self.remove(name).await;
                 Err(match failure {
                     Unpack::Escape(entry) => CacheError::Escape { bucket, key, entry },
-                    Unpack::Io(e) => CacheError::Extract {
+                    Unpack::Io(source) => CacheError::Extract {
                         bucket,
                         key,
                         dir,
-                        message: e.to_string(),
+                        source,
                     },
                 })
             }

@@ -59,11 +59,11 @@ pub struct Bundle {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretsError {
-    #[error("fetch the secret bundle s3://{bucket}/{key}: {message}")]
+    #[error("fetch the secret bundle s3://{bucket}/{key}: {}", aws_sdk_s3::error::DisplayErrorContext(&**source))]
     Fetch {
         bucket: String,
         key: String,
-        message: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
         permanent: bool,
     },
     #[error("the secret bundle s3://{bucket}/{key} is not a bundle: {reason}")]
@@ -231,31 +231,52 @@ impl Secrets {
 /// never reach a disk). With `clear_leftovers` (the agent at boot, when no job of
 /// its runs), it also removes what a crashed agent left behind; `exec` must not,
 /// since an agent may be running jobs beside it.
-pub fn prepare_dir(dir: &Path, clear_leftovers: bool) -> Result<(), String> {
+pub fn prepare_dir(dir: &Path, clear_leftovers: bool) -> Result<(), SecretsDirError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|e| e.to_string())?;
-    let fs = nix::sys::statfs::statfs(dir).map_err(|e| e.to_string())?;
+        .map_err(SecretsDirError::Create)?;
+    let fs = nix::sys::statfs::statfs(dir).map_err(SecretsDirError::Statfs)?;
     if fs.filesystem_type() != nix::sys::statfs::TMPFS_MAGIC {
-        return Err("not on tmpfs: secrets must never reach a disk".into());
+        return Err(SecretsDirError::NotTmpfs);
     }
     if !clear_leftovers {
         return Ok(());
     }
-    for entry in std::fs::read_dir(dir).map_err(|e| e.to_string())?.flatten() {
+    for entry in std::fs::read_dir(dir)
+        .map_err(SecretsDirError::Create)?
+        .flatten()
+    {
         let path = entry.path();
         if path.is_dir() {
             // Job directories are 0500: writable again before they can be emptied.
             let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700));
-            std::fs::remove_dir_all(&path)
-                .map_err(|e| format!("remove leftover {}: {e}", path.display()))?;
+            std::fs::remove_dir_all(&path).map_err(|source| SecretsDirError::RemoveLeftover {
+                path: path.clone(),
+                source,
+            })?;
             tracing::warn!(dir = %path.display(), "Removed secrets a previous run left behind.");
         }
     }
     Ok(())
+}
+
+/// Why the directory for job secret files cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretsDirError {
+    #[error("{0}")]
+    Create(#[source] std::io::Error),
+    #[error("statfs: {0}")]
+    Statfs(#[source] nix::errno::Errno),
+    #[error("not on tmpfs: secrets must never reach a disk")]
+    NotTmpfs,
+    #[error("remove leftover {}: {source}", path.display())]
+    RemoveLeftover {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The rule for secret names: like job ids, so they are safe file names.
@@ -341,10 +362,10 @@ async fn open(
 
 /// The bundle's bytes. Missing or forbidden is permanent: no retry brings it.
 async fn fetch(location: &S3Location, s3: &aws_sdk_s3::Client) -> Result<Bytes, SecretsError> {
-    let fetch_error = |message: String, permanent: bool| SecretsError::Fetch {
+    let fetch_error = |source, permanent: bool| SecretsError::Fetch {
         bucket: location.bucket.clone(),
         key: location.key.clone(),
-        message,
+        source,
         permanent,
     };
     let object = s3
@@ -356,17 +377,15 @@ async fn fetch(location: &S3Location, s3: &aws_sdk_s3::Client) -> Result<Bytes, 
         .map_err(|e| {
             let status = e.raw_response().map(|r| r.status().as_u16());
             let code = e.code().unwrap_or_default().to_owned();
-            fetch_error(
-                aws_sdk_s3::error::DisplayErrorContext(&e).to_string(),
-                matches!(code.as_str(), "NoSuchKey" | "NoSuchBucket" | "AccessDenied")
-                    || matches!(status, Some(403 | 404)),
-            )
+            let permanent = matches!(code.as_str(), "NoSuchKey" | "NoSuchBucket" | "AccessDenied")
+                || matches!(status, Some(403 | 404));
+            fetch_error(e.into(), permanent)
         })?;
     let body = object
         .body
         .collect()
         .await
-        .map_err(|e| fetch_error(e.to_string(), false))?;
+        .map_err(|e| fetch_error(e.into(), false))?;
     Ok(body.into_bytes())
 }
 

@@ -67,11 +67,9 @@ impl ExitStatus for AgentError {
             AgentError::Config(_)
             | AgentError::SecretsDir { .. }
             | AgentError::MissingSecret { .. }
-            // Another process has the port: the config must name another.
-            | AgentError::Metrics(_)
-            // The host lacks the address (169.254.170.2 on lo) or another
-            // process has the port.
-            | AgentError::Credentials(_) => CONFIG,
+            // Another process has the port, or the host lacks the address
+            // (169.254.170.2 on lo): the config or the host must change.
+            | AgentError::Bind(_) => CONFIG,
             AgentError::Secrets(e) => permanent_or_unavailable(e.is_permanent()),
             AgentError::Warm { .. } => UNAVAILABLE,
             AgentError::Cache(e) => permanent_or_unavailable(e.is_permanent()),

@@ -30,13 +30,6 @@ const DURATION_BUCKETS_SECS: [f64; 10] = [
     1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0,
 ];
 
-#[derive(Debug, thiserror::Error)]
-#[error("listen on {address} (metrics.listen): {source}")]
-pub struct BindError {
-    address: SocketAddr,
-    source: std::io::Error,
-}
-
 /// The agent's counters and gauges. Cheap to update from any task.
 #[derive(Default)]
 pub struct Metrics {
@@ -317,10 +310,8 @@ fn sample(out: &mut String, series: impl fmt::Display, value: impl fmt::Display)
 }
 
 /// Binds `metrics.listen` (port 0: any free port; the log says which).
-pub async fn bind(address: SocketAddr) -> Result<TcpListener, BindError> {
-    let listener = TcpListener::bind(address)
-        .await
-        .map_err(|source| BindError { address, source })?;
+pub async fn bind(address: SocketAddr) -> Result<TcpListener, crate::host::http::BindError> {
+    let listener = crate::host::http::bind(address, "metrics.listen").await?;
     if let Ok(bound) = listener.local_addr() {
         tracing::info!(address = %bound, "Serving metrics and health.");
     }

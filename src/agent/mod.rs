@@ -61,10 +61,9 @@ pub enum AgentError {
     Cache(#[from] CacheError),
     #[error("{key}: names secret {name:?}, which is not in the bundle")]
     MissingSecret { key: &'static str, name: String },
+    /// `metrics.listen` or `credentials.listen`.
     #[error(transparent)]
-    Metrics(#[from] crate::agent::metrics::BindError),
-    #[error(transparent)]
-    Credentials(#[from] crate::host::credentials::BindError),
+    Bind(#[from] crate::host::http::BindError),
 }
 
 /// Everything a job task needs; shared by all of them.

@@ -19,7 +19,7 @@ use std::time::Duration;
 use aws_sdk_autoscaling::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
 use crate::aws::ec2::{Ec2, Ec2Error};
-use crate::backoff::Backoff;
+use crate::backoff::{Backoff, Budget};
 use crate::config::{Config, OnExit};
 
 /// How long scale-in keeps retrying a throttled or busy API.
@@ -240,35 +240,30 @@ impl ScaleIn<'_> {
 
 /// Runs an Auto Scaling call until it succeeds, fails for good, or `DEADLINE`
 /// passes. The SDK's own three attempts are too few for a throttled account.
-async fn retrying<T, E, R, F, Fut>(mut call: F) -> Result<T, SdkError<E, R>>
+async fn retrying<T, E, R, F, Fut>(call: F) -> Result<T, SdkError<E, R>>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, SdkError<E, R>>>,
     E: ProvideErrorMetadata,
 {
-    let give_up = tokio::time::Instant::now() + DEADLINE;
-    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
-    loop {
-        let error = match call().await {
-            Ok(output) => return Ok(output),
-            Err(e) => e,
-        };
-        let code = error.code().unwrap_or_default().to_owned();
+    let pace = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+    let budget = Budget::Until(tokio::time::Instant::now() + DEADLINE);
+    crate::backoff::retry(pace, budget, call, |error, delay| {
+        let code = error.code().unwrap_or_default();
         let retryable = matches!(
-            code.as_str(),
+            code,
             "Throttling"
                 | "ThrottlingException"
                 | "RequestLimitExceeded"
                 | "ScalingActivityInProgress"
         ) || error.as_service_error().is_none();
-        let delay = backoff.next_delay();
-        if !retryable || tokio::time::Instant::now() + delay > give_up {
-            return Err(error);
+        if retryable {
+            let message = error.message().unwrap_or_default();
+            tracing::warn!(%code, error = %message, retry_in_ms = delay.as_millis() as u64, "Auto Scaling refused for now; retrying.");
         }
-        let message = error.message().unwrap_or_default().to_owned();
-        tracing::warn!(%code, error = %message, retry_in_ms = delay.as_millis() as u64, "Auto Scaling refused for now; retrying.");
-        tokio::time::sleep(delay).await;
-    }
+        retryable
+    })
+    .await
 }
 
 fn is_not_in_group(message: &str) -> bool {

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use crate::aws::sqs::Queue;
-use crate::backoff::Backoff;
+use crate::backoff::{Backoff, Budget};
 use crate::job::log::LogBody;
 use crate::job::result::{JobResult, Status};
 
@@ -407,25 +407,15 @@ pub fn signature(key: &[u8], body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-/// Up to `attempts` tries, with the agent's usual backoff (from 500 ms, jittered)
-/// between them.
-async fn retry<T, E, F, Fut>(attempts: u32, mut call: F) -> Result<T, E>
+/// Up to `attempts` tries of any failure, with the agent's usual backoff (from
+/// 500 ms, jittered) between them.
+async fn retry<T, E, F, Fut>(attempts: u32, call: F) -> Result<T, E>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
 {
-    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
-    let mut tried = 1;
-    loop {
-        match call().await {
-            Ok(value) => return Ok(value),
-            Err(e) if tried >= attempts => return Err(e),
-            Err(_) => {
-                tokio::time::sleep(backoff.next_delay()).await;
-                tried += 1;
-            }
-        }
-    }
+    let pace = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+    crate::backoff::retry(pace, Budget::Attempts(attempts), call, |_, _| true).await
 }
 
 #[cfg(test)]

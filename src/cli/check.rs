@@ -194,9 +194,7 @@ async fn disk(config: &Config) -> Result<String, String> {
     // The work dir may not exist yet on a fresh host: its nearest existing parent
     // is the filesystem it will be on.
     let existing = dir.ancestors().find(|p| p.exists()).unwrap_or(dir);
-    let stat =
-        nix::sys::statvfs::statvfs(existing).map_err(|e| format!("{}: {e}", existing.display()))?;
-    let free = stat.blocks_available() * stat.fragment_size();
+    let free = crate::host::disk::free_bytes(existing).map_err(|e| e.to_string())?;
     let detail = format!("{} has {:.1} GB free", dir.display(), free as f64 / 1e9);
     // Below disk.min_free_mb the agent would take no job.
     let needed = match config.disk.min_free_mb {

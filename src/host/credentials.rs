@@ -28,13 +28,6 @@ use crate::job::mask::{Masker, SharedMasker};
 const RENEW_BEFORE: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
 const PATH: &str = "/v1/credentials";
 
-#[derive(Debug, thiserror::Error)]
-#[error("listen on {address} (credentials.listen): {source}")]
-pub struct BindError {
-    address: SocketAddr,
-    source: std::io::Error,
-}
-
 /// Hands out each running job's role credentials to that job only.
 pub struct Broker {
     sts: aws_sdk_sts::Client,
@@ -91,13 +84,8 @@ impl Broker {
         sdk: &aws_config::SdkConfig,
         listen: SocketAddr,
         session: Duration,
-    ) -> Result<(Arc<Broker>, TcpListener), BindError> {
-        let listener = TcpListener::bind(listen)
-            .await
-            .map_err(|source| BindError {
-                address: listen,
-                source,
-            })?;
+    ) -> Result<(Arc<Broker>, TcpListener), crate::host::http::BindError> {
+        let listener = crate::host::http::bind(listen, "credentials.listen").await?;
         let bound = listener.local_addr().unwrap_or(listen);
         tracing::info!(address = %bound, "Serving per-job AWS credentials.");
         let broker = Broker {

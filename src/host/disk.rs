@@ -115,11 +115,7 @@ impl Disk {
     pub fn free_mb(&self) -> Result<(u64, &Path), DiskError> {
         let mut least: Option<(u64, &Path)> = None;
         for path in &self.paths {
-            let stat = nix::sys::statvfs::statvfs(path).map_err(|source| DiskError::Statvfs {
-                path: path.clone(),
-                source,
-            })?;
-            let free = stat.blocks_available() as u64 * stat.fragment_size() as u64 / 1_000_000;
+            let free = free_bytes(path)? / 1_000_000;
             if least.is_none_or(|(least, _)| free < least) {
                 least = Some((free, path));
             }
@@ -203,4 +199,13 @@ impl Record {
             tracing::warn!(%error, path = %self.path.display(), "Could not save the record of used images.");
         }
     }
+}
+
+/// The bytes an unprivileged writer may still use on `path`'s filesystem.
+pub fn free_bytes(path: &Path) -> Result<u64, DiskError> {
+    let stat = nix::sys::statvfs::statvfs(path).map_err(|source| DiskError::Statvfs {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
 }

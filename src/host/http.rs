@@ -15,6 +15,30 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
+/// A listener the host could not open: the address is taken or not the host's.
+#[derive(Debug, thiserror::Error)]
+#[error("listen on {address} ({key}): {source}")]
+pub struct BindError {
+    /// The config key that names the address.
+    key: &'static str,
+    address: std::net::SocketAddr,
+    source: std::io::Error,
+}
+
+/// Binds `address` (port 0: any free port), for the server configured at `key`.
+pub async fn bind(
+    address: std::net::SocketAddr,
+    key: &'static str,
+) -> Result<TcpListener, BindError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| BindError {
+            key,
+            address,
+            source,
+        })
+}
+
 /// A client that sends no request head within this is dropped.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 

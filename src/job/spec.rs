@@ -75,7 +75,8 @@ pub struct Resources {
 /// Why a job was refused: every broken rule, each naming its field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
-    /// The job's id when the message carried a well-formed one.
+    /// The job's id, when the message is a job by the schema and its id is valid:
+    /// only then may its result be recorded under that id.
     pub id: Option<String>,
     pub problems: Vec<Problem>,
 }
@@ -119,30 +120,29 @@ impl Job {
     pub fn parse(body: &[u8], config: &Config) -> Result<Job, Rejection> {
         let value: serde_json::Value = serde_json::from_slice(body)
             .map_err(|e| Rejection::one(None, "body", format!("not valid JSON: {e}")))?;
-        // Keep the id even when the rest is wrong, so the rejection is recorded under
-        // the id its producer will look for.
-        let id = value
-            .get("id")
-            .and_then(|v| v.as_str())
-            .filter(|id| valid_id(id))
-            .map(str::to_owned);
         if !value.is_object() {
-            return Err(Rejection::one(id, "body", "must be a JSON object"));
+            return Err(Rejection::one(None, "body", "must be a JSON object"));
         }
         if let Some(version) = value.get("version").and_then(|v| v.as_u64())
             && version != u64::from(VERSION)
         {
             return Err(Rejection::one(
-                id,
+                None,
                 "version",
                 format!("unsupported version {version}; this agent speaks version {VERSION}"),
             ));
         }
+        // Only a message that is a job by the schema may speak for the id it names:
+        // a malformed one recorded under that id would squat it, and the real job
+        // sent after would be taken for done. It is recorded under its SQS message id.
         let spec: JobSpec = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
             let field = if path == "." { "body".to_owned() } else { path };
-            Rejection::one(id.clone(), &field, e.into_inner().to_string())
+            Rejection::one(None, &field, e.into_inner().to_string())
         })?;
+        // A policy refusal of a well-formed job is its producer's answer: recorded
+        // under the id, where they look.
+        let id = Some(spec.id.clone()).filter(|id| valid_id(id));
         spec.validate(config)
             .map_err(|problems| Rejection { id, problems })
     }

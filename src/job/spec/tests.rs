@@ -107,9 +107,30 @@ fn unknown_fields_are_refused() {
 }
 
 #[test]
-fn the_id_is_kept_when_the_rest_is_wrong() {
-    let err = parse(&with("imagee", json!("x"))).unwrap_err();
+fn a_policy_refusal_is_recorded_under_the_jobs_id() {
+    let err = parse(&with("image", json!("elsewhere.example/ci/rust:1.83"))).unwrap_err();
     assert_eq!(err.id.as_deref(), Some("build-812-unit"));
+}
+
+#[test]
+fn a_malformed_message_never_speaks_for_the_id_it_names() {
+    // Each would otherwise squat the id: the real job sent after would be deleted
+    // unrun, its id already holding a terminal result.
+    let squatters = [
+        with("bogus", json!(1)),
+        with("timeout_secs", json!("ten")),
+        with("resources", json!({"gpus": 1})),
+        with("version", json!(2)),
+        {
+            let mut job = base();
+            job.as_object_mut().unwrap().remove("image");
+            job
+        },
+    ];
+    for message in squatters {
+        let err = parse(&message).unwrap_err();
+        assert_eq!(err.id, None, "{message} -> {err}");
+    }
 }
 
 #[test]

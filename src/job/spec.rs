@@ -13,6 +13,9 @@ use crate::rules::{
     check_container_path, is_under, reserved_env_prefix, truncate, valid_env_name, valid_id,
 };
 
+/// The least CPU share Docker turns into a limit.
+pub const MIN_CPUS: f64 = 0.01;
+
 /// The schema version this agent speaks.
 pub const VERSION: u32 = 1;
 
@@ -301,7 +304,9 @@ impl JobSpec {
         );
         limit(
             "resources.cpus",
-            (!(cpus > 0.0 && cpus.is_finite())).then(|| format!("{cpus} must be above 0")),
+            // Docker turns less than a hundredth of a CPU into NanoCpus 0: no limit.
+            (!(cpus >= MIN_CPUS && cpus.is_finite()))
+                .then(|| format!("{cpus} is below Docker's minimum of {MIN_CPUS}")),
             (cpus > profile.cpus).then(|| named.above_cap(cpus, profile.cpus)),
         );
         limit(

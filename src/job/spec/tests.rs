@@ -279,7 +279,11 @@ fn resources_may_not_exceed_the_profile() {
     let text = rejected(with("resources", json!({"cpus": 8.0})), "resources.cpus");
     assert!(text.contains("cap of 2"), "{text}");
     let text = rejected(with("resources", json!({"cpus": 0})), "resources.cpus");
-    assert!(text.contains("must be above 0"), "{text}");
+    assert!(text.contains("below Docker's minimum of 0.01"), "{text}");
+    // NanoCpus would round this to 0, which Docker reads as no limit at all.
+    let text = rejected(with("resources", json!({"cpus": 1e-10})), "resources.cpus");
+    assert!(text.contains("below Docker's minimum of 0.01"), "{text}");
+    assert!(parse(&with("resources", json!({"cpus": 0.01}))).is_ok());
     let text = rejected(with("resources", json!({"pids": 100000})), "resources.pids");
     assert!(text.contains("cap of 256"), "{text}");
     let text = rejected(with("resources", json!({"pids": 0})), "resources.pids");

@@ -149,9 +149,59 @@ pub fn truncate(text: &str, max_chars: usize) -> String {
     }
 }
 
+/// `text` made safe to store and to pass on where it came from input: every
+/// control character and Unicode noncharacter escaped (`\u{0}`; SQS refuses them
+/// in a message attribute, and a NUL cuts some logs short), then cut to at most
+/// `max_bytes` bytes with `…`.
+pub fn bounded_text(text: &str, max_bytes: usize) -> String {
+    let mut escaped = String::with_capacity(text.len().min(max_bytes + 8));
+    for c in text.chars() {
+        if c.is_control() || is_noncharacter(c) {
+            escaped.extend(c.escape_unicode());
+        } else {
+            escaped.push(c);
+        }
+        // Enough to know it must be cut; the rest is never read.
+        if escaped.len() > max_bytes {
+            break;
+        }
+    }
+    if escaped.len() <= max_bytes {
+        return escaped;
+    }
+    let mut end = max_bytes.saturating_sub('…'.len_utf8());
+    while !escaped.is_char_boundary(end) {
+        end -= 1;
+    }
+    escaped.truncate(end);
+    escaped.push('…');
+    escaped
+}
+
+fn is_noncharacter(c: char) -> bool {
+    let c = c as u32;
+    (0xFDD0..=0xFDEF).contains(&c) || (c & 0xFFFE) == 0xFFFE
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bounded_text_escapes_and_cuts() {
+        assert_eq!(
+            bounded_text("a\0b\nc\u{FFFE}", 100),
+            "a\\u{0}b\\u{a}c\\u{fffe}"
+        );
+        assert_eq!(bounded_text("plain", 100), "plain");
+        let long = bounded_text(&"k".repeat(200_000), 1024);
+        assert!(long.len() <= 1024 && long.ends_with('…'), "{}", long.len());
+        // Never cuts inside a character.
+        let wide = bounded_text(&"é".repeat(1000), 101);
+        assert!(wide.len() <= 101 && wide.ends_with('…'));
+        // Exactly the bound is kept whole.
+        assert_eq!(bounded_text(&"x".repeat(1024), 1024), "x".repeat(1024));
+    }
 
     #[test]
     fn secret_env_names() {

@@ -84,6 +84,28 @@ impl DockerError {
         self.source_error().is_some_and(is_not_found)
     }
 
+    /// True when Docker refused to create or start the container as asked (HTTP
+    /// 400): the job's own doing (a binary its image lacks, an argument list too
+    /// long), which no retry on any host would change.
+    pub fn is_job_fault(&self) -> bool {
+        matches!(
+            self,
+            DockerError::CreateContainer {
+                source: BollardError::DockerResponseServerError {
+                    status_code: 400,
+                    ..
+                },
+                ..
+            } | DockerError::Start {
+                source: BollardError::DockerResponseServerError {
+                    status_code: 400,
+                    ..
+                },
+                ..
+            }
+        )
+    }
+
     /// True when Docker did not answer (no socket, a dropped connection, a
     /// timeout), as opposed to answering with an error: the call may work again
     /// once dockerd is back, and a running container may well still be running.

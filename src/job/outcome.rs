@@ -11,7 +11,8 @@ use crate::job::Job;
 use crate::job::container::SecretFilesError;
 use crate::job::result::{AGENT_VERSION, JobResult, Status, timestamp};
 
-/// Why the host could not run a job (status `error`: it is retried).
+/// Why a job could not run: the host's trouble (status `error`: it is retried),
+/// except what Docker refuses as the job's own fault (`failed`).
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
@@ -84,6 +85,13 @@ impl Outcome {
                     Some(reason) => format!("interrupted: {reason}"),
                     None => "interrupted".to_owned(),
                 }),
+            ),
+            // Terminal: retrying what the job itself got wrong only loops it
+            // until its redrive.
+            Outcome::Error(RunError::Docker(error)) if error.is_job_fault() => (
+                Status::Failed,
+                None,
+                Some(format!("the container could not start: {error}")),
             ),
             Outcome::Error(error) => (Status::Error, None, Some(error.to_string())),
         }

@@ -91,18 +91,27 @@ pub struct Problem {
 }
 
 impl fmt::Display for Rejection {
+    /// Every problem, escaped and bounded to [`MAX_REASON_BYTES`]: this text is
+    /// recorded, logged, printed and put on the dead-letter copy.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut all = String::new();
         for (i, p) in self.problems.iter().enumerate() {
             if i > 0 {
-                f.write_str("; ")?;
+                all.push_str("; ");
             }
-            write!(f, "{}: {}", p.field, p.rule)?;
+            all.push_str(&p.field);
+            all.push_str(": ");
+            all.push_str(&p.rule);
         }
-        Ok(())
+        f.write_str(&crate::rules::bounded_text(&all, MAX_REASON_BYTES))
     }
 }
 
 impl std::error::Error for Rejection {}
+
+/// The longest rejection reason stored or passed on: the input it echoes may be
+/// any size (a 200 KB key), and SQS caps a dead-letter copy's attributes.
+pub const MAX_REASON_BYTES: usize = 1024;
 
 impl Rejection {
     fn one(id: Option<String>, field: &str, rule: impl Into<String>) -> Self {

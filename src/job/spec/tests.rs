@@ -334,3 +334,20 @@ fn a_secret_listed_twice_is_named() {
     );
     assert!(text.contains("listed twice"), "{text}");
 }
+
+#[test]
+fn a_rejection_is_bounded_and_escaped_whatever_it_echoes() {
+    let huge_key = "K".repeat(200_000);
+    let mut job = base();
+    job["env"] = json!({ huge_key.clone(): "v", "NUL\u{0}KEY": "v" });
+    let err = parse(&job).unwrap_err();
+    let reason = err.to_string();
+    assert!(reason.len() <= MAX_REASON_BYTES, "{} bytes", reason.len());
+    assert!(!reason.chars().any(char::is_control), "{reason:?}");
+    assert!(reason.starts_with("env."), "{reason}");
+
+    let mut squatter = base();
+    squatter[&huge_key] = json!(1);
+    let reason = parse(&squatter).unwrap_err().to_string();
+    assert!(reason.len() <= MAX_REASON_BYTES, "{} bytes", reason.len());
+}

@@ -28,6 +28,7 @@ use tracing::Instrument;
 use crate::agent::boot::Booted;
 use crate::agent::health::Health;
 use crate::agent::metrics::Metrics;
+use crate::aws::autoscaling::Leaving;
 use crate::aws::results::{Notifier, ResultStore};
 use crate::aws::sqs::Queue;
 use crate::config::Config;
@@ -152,14 +153,8 @@ pub async fn run(
             never = duty(metrics_server) => match never {},
             never = duty(credentials_server) => match never {},
         }
-        if let Some(reason @ (StopReason::Idle { .. } | StopReason::AutoScaling)) = stop.reason() {
-            scale_in(
-                &config,
-                &sdk,
-                &instance_id,
-                *reason == StopReason::AutoScaling,
-            )
-            .await;
+        if let Some(leaving) = stop.reason().and_then(leaving) {
+            scale_in(&config, &sdk, &instance_id, leaving).await;
         }
         tracing::info!("Drained; exiting.");
         Ok(())
@@ -281,13 +276,25 @@ async fn credentials_broker(
     Ok((Some(broker), Some(server)))
 }
 
-/// After an idle or Auto Scaling drain: completes the lifecycle action or
-/// terminates the instance, as the config says. A failure leaves the instance up.
+/// Whether a drain for `reason` ends with `agent.on_exit`: not after a signal
+/// (the operator or systemd is stopping us) nor a spot notice (EC2 takes the
+/// instance itself).
+fn leaving(reason: &StopReason) -> Option<Leaving> {
+    match reason {
+        StopReason::Idle { .. } => Some(Leaving::Idle),
+        StopReason::Rebalance { .. } => Some(Leaving::Rebalance),
+        StopReason::AutoScaling => Some(Leaving::GroupTerminating),
+        StopReason::Signal(_) | StopReason::Spot { .. } => None,
+    }
+}
+
+/// After an idle, rebalance or Auto Scaling drain: completes the lifecycle action
+/// or terminates the instance, as the config says. A failure leaves the instance up.
 async fn scale_in(
     config: &Config,
     sdk: &aws_config::SdkConfig,
     instance_id: &str,
-    group_terminating: bool,
+    leaving: Leaving,
 ) {
     let scale_in = crate::aws::autoscaling::ScaleIn {
         config,
@@ -295,7 +302,7 @@ async fn scale_in(
         ec2: &crate::aws::ec2::Ec2::new(sdk, config.aws.endpoint_url.as_deref()),
         instance_id,
     };
-    if let Err(error) = scale_in.on_exit(group_terminating).await {
+    if let Err(error) = scale_in.on_exit(leaving).await {
         tracing::error!(%error, "Scale-in failed; the instance stays up.");
     }
 }

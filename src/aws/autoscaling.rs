@@ -58,19 +58,30 @@ pub struct ScaleIn<'a> {
     pub instance_id: &'a str,
 }
 
+/// Why the agent leaves, which decides what `agent.on_exit` asks of Auto Scaling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leaving {
+    /// No work: the pool is too big, so the group shrinks by one.
+    Idle,
+    /// EC2 recommends moving off this instance: the group should replace it
+    /// elsewhere, so its capacity stays.
+    Rebalance,
+    /// Auto Scaling is already terminating this instance: asking again would
+    /// decrement its capacity a second time, so its hook is completed instead.
+    GroupTerminating,
+}
+
 impl ScaleIn<'_> {
-    /// Carries out `agent.on_exit`. `group_terminating` says Auto Scaling is
-    /// already terminating this instance: asking again would decrement the group's
-    /// capacity a second time, so its hook is completed instead.
-    pub async fn on_exit(&self, group_terminating: bool) -> Result<(), ScaleInError> {
+    /// Carries out `agent.on_exit` for an agent leaving because of `leaving`.
+    pub async fn on_exit(&self, leaving: Leaving) -> Result<(), ScaleInError> {
         match self.config.agent.on_exit {
             OnExit::None => Ok(()),
-            OnExit::Terminate | OnExit::Shutdown if group_terminating => {
+            OnExit::Terminate | OnExit::Shutdown if leaving == Leaving::GroupTerminating => {
                 self.complete_lifecycle_hook().await
             }
             OnExit::Shutdown => shutdown(&self.config.agent.shutdown_command).await,
             OnExit::Terminate => {
-                if self.terminate_in_group().await? {
+                if self.terminate_in_group(leaving == Leaving::Idle).await? {
                     return Ok(());
                 }
                 tracing::info!(
@@ -105,8 +116,8 @@ impl ScaleIn<'_> {
     }
 
     /// True once Auto Scaling accepted the termination; false if the instance is
-    /// in no group.
-    async fn terminate_in_group(&self) -> Result<bool, ScaleInError> {
+    /// in no group. `decrement`: the group shrinks rather than replacing it.
+    async fn terminate_in_group(&self, decrement: bool) -> Result<bool, ScaleInError> {
         let Some(group) = self.group().await? else {
             return Ok(false);
         };
@@ -114,18 +125,26 @@ impl ScaleIn<'_> {
             self.autoscaling
                 .terminate_instance_in_auto_scaling_group()
                 .instance_id(self.instance_id)
-                .should_decrement_desired_capacity(true)
+                .should_decrement_desired_capacity(decrement)
                 .send()
         })
         .await;
         match result {
             Ok(output) => {
                 let activity = output.activity.and_then(|a| a.description);
-                tracing::info!(
-                    group,
-                    activity = activity.as_deref(),
-                    "Auto Scaling is terminating this instance; desired capacity decremented."
-                );
+                if decrement {
+                    tracing::info!(
+                        group,
+                        activity = activity.as_deref(),
+                        "Auto Scaling is terminating this instance; desired capacity decremented."
+                    );
+                } else {
+                    tracing::info!(
+                        group,
+                        activity = activity.as_deref(),
+                        "Auto Scaling is terminating this instance; it will start a replacement."
+                    );
+                }
                 Ok(true)
             }
             // It left the group since we asked.

@@ -185,36 +185,63 @@ async fn phase<T, E>(
     result
 }
 
-/// The metadata client and this instance's identity, or neither off EC2 (one
-/// warning, then the watchers stay off: no crash loop on a laptop).
-pub async fn metadata(config: &Config) -> (Option<Imds>, Option<Identity>) {
+/// What the instance metadata gave at boot.
+pub struct Metadata {
+    /// The client, unless metadata is disabled or misconfigured.
+    pub imds: Option<Imds>,
+    pub identity: Option<Identity>,
+    /// Whether the service answered at all; the watchers wait for it if not.
+    pub answered: bool,
+}
+
+/// The metadata client and this instance's identity. Off EC2 (no answer) one
+/// warning, and the watchers wait quietly for the service: a host whose metadata
+/// came up late still gets its notices, and a laptop gets no crash loop.
+pub async fn metadata(config: &Config) -> Metadata {
+    let none = Metadata {
+        imds: None,
+        identity: None,
+        answered: false,
+    };
     if !config.imds.enabled {
         tracing::info!(
             "Instance metadata disabled (imds.enabled = false): no spot, rebalance or Auto Scaling watchers."
         );
-        return (None, None);
+        return none;
     }
     let imds = match Imds::new(&config.imds) {
         Ok(imds) => imds,
         Err(error) => {
             tracing::warn!(%error, "No instance metadata client; the watchers are off.");
-            return (None, None);
+            return none;
         }
     };
     match imds.identity().await {
-        Ok(identity) => (Some(imds), Some(identity)),
+        Ok(identity) => Metadata {
+            imds: Some(imds),
+            identity: Some(identity),
+            answered: true,
+        },
         Err(error) if error.is_unreachable() => {
             tracing::warn!(
                 endpoint = %config.imds.endpoint,
                 %error,
-                "No instance metadata service: not on EC2? Spot, rebalance and Auto Scaling watchers are off."
+                "No instance metadata service: not on EC2? Spot, rebalance and Auto Scaling watchers start if it answers."
             );
-            (None, None)
+            Metadata {
+                imds: Some(imds),
+                identity: None,
+                answered: false,
+            }
         }
         // It answers, but not well: keep watching, it may recover.
         Err(error) => {
             tracing::warn!(%error, "Cannot read this instance's identity; watching for notices anyway.");
-            (Some(imds), None)
+            Metadata {
+                imds: Some(imds),
+                identity: None,
+                answered: true,
+            }
         }
     }
 }

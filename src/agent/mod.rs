@@ -95,7 +95,11 @@ pub async fn run(
     log_masker: SharedMasker,
 ) -> Result<(), AgentError> {
     config.run_targets()?;
-    let (imds, identity) = boot::metadata(&config).await;
+    let boot::Metadata {
+        imds,
+        identity,
+        answered,
+    } = boot::metadata(&config).await;
     let instance_id = config
         .agent
         .instance_id
@@ -146,7 +150,8 @@ pub async fn run(
         };
         // Notices are watched from the start: one that comes during bootstrap
         // stops it.
-        let watcher = imds.map(|imds| crate::host::notices::watch(imds, &config, stop.clone()));
+        let watcher =
+            imds.map(|imds| crate::host::notices::watch(imds, answered, &config, stop.clone()));
         tokio::select! {
             lived = life => lived?,
             never = duty(watcher) => match never {},

@@ -19,6 +19,24 @@ use crate::backoff::Backoff;
 use crate::config::{Config, RebalancePolicy};
 use crate::host::stop::{Stop, StopReason};
 
+/// Asks, slowly and quietly, until the metadata service answers at all: off EC2
+/// it never will, and a warning a minute would be noise.
+async fn wait_for_service(imds: &Imds) {
+    let mut backoff = Backoff::new(Duration::from_secs(5), Duration::from_secs(300));
+    loop {
+        tokio::time::sleep(backoff.next_delay()).await;
+        match imds.identity().await {
+            Err(error) if error.is_unreachable() => {
+                tracing::debug!(%error, "Still no instance metadata service.");
+            }
+            _ => {
+                tracing::info!("The instance metadata service answers now; watching for notices.");
+                return;
+            }
+        }
+    }
+}
+
 /// What the watcher has already acted on: each notice is acted on once.
 #[derive(Default)]
 struct Seen {
@@ -28,7 +46,17 @@ struct Seen {
 }
 
 /// Polls every `imds.poll_ms` until dropped.
-pub async fn watch(imds: Imds, config: &Config, stop: Stop) -> std::convert::Infallible {
+/// `answered`: whether the service answered at boot; if not, the watch begins
+/// once it does.
+pub async fn watch(
+    imds: Imds,
+    answered: bool,
+    config: &Config,
+    stop: Stop,
+) -> std::convert::Infallible {
+    if !answered {
+        wait_for_service(&imds).await;
+    }
     let poll = config.imds.poll;
     let mut seen = Seen::default();
     let mut backoff = Backoff::new(poll.max(Duration::from_secs(1)), Duration::from_secs(30));

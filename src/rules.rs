@@ -141,6 +141,14 @@ pub fn timestamp(at: chrono::DateTime<chrono::Utc>) -> String {
     at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
+/// `bytes` random bytes from the OS, in hex: tokens and ids nobody may guess.
+pub fn random_hex(bytes: usize) -> String {
+    use aes_gcm::aead::rand_core::RngCore;
+    let mut buffer = vec![0u8; bytes];
+    aes_gcm::aead::OsRng.fill_bytes(&mut buffer);
+    hex::encode(buffer)
+}
+
 /// At most `max_chars` characters of `text`, with `…` where it was cut.
 pub fn truncate(text: &str, max_chars: usize) -> String {
     match text.char_indices().nth(max_chars) {

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::agent::Agent;
 use crate::agent::fate::{self, Admission, ClaimLookup, Fate, Lookup};
-use crate::aws::results::{Claim, ClaimOutcome, Recorded, StoreError};
+use crate::aws::results::{Claim, ClaimOutcome, Recorded, Renewal, StoreError};
 use crate::aws::sqs::Received;
 use crate::backoff::Backoff;
 use crate::host::stop::Preemption;
@@ -25,6 +25,17 @@ use crate::job::{Job, Rejection};
 pub const LABEL_RECEIPT: &str = "deckhand.receipt";
 /// The longest pause between attempts to record a result.
 const MAX_RECORD_BACKOFF: Duration = Duration::from_secs(30);
+
+/// What recording a result came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recording {
+    /// Ours is the result.
+    Ours,
+    /// Another run's result was there first and stands.
+    Theirs,
+    /// Not recorded before the deadline.
+    Failed,
+}
 
 impl Agent {
     /// One message, from receipt to its fate on the queue. `slot` is held until
@@ -58,9 +69,10 @@ impl Agent {
         let mut result =
             JobResult::rejected(id, reason.clone(), message.receive_count, &self.instance_id);
         let deadline = fate::record_deadline(Status::Rejected);
-        let recorded = self
+        let recording = self
             .record_until(&mut result, &LogBody::empty(), deadline)
             .await;
+        let recorded = recording != Recording::Failed;
         let dead_lettered = match (&self.dead_letter, recorded) {
             (Some(dlq), true) => {
                 let attributes = [
@@ -78,7 +90,8 @@ impl Agent {
             (None, _) | (_, false) => true,
         };
         let fate = fate::after_reject(recorded, dead_lettered);
-        if fate == Fate::Delete {
+        // Another run's result stands: announcing ours would contradict it.
+        if fate == Fate::Delete && recording == Recording::Ours {
             self.notifier.notify(&result).await;
         }
         let settlement = fate::Settlement {
@@ -129,17 +142,19 @@ impl Agent {
             return;
         }
         let record = self.record_until(result, &finished.log, deadline);
-        let recorded = if handed_back || !status.is_terminal() {
+        let recording = if handed_back || !status.is_terminal() {
             // No heartbeat after a hand-back: it would hide the message again.
             record.await
         } else {
             tokio::select! {
-                recorded = record => recorded,
+                recording = record => recording,
                 never = self.heartbeat(&message, &job.id) => match never {},
             }
         };
+        let recorded = recording != Recording::Failed;
         let settlement = fate::after_run(status, recorded, handed_back, retry);
-        if settlement.fate == Fate::Delete {
+        // Another run's result stands: announcing ours would contradict it.
+        if settlement.fate == Fate::Delete && recording == Recording::Ours {
             // Independent of each other: the result is recorded.
             tokio::join!(
                 self.notifier.notify(result),
@@ -193,9 +208,10 @@ impl Agent {
         fate::before_run(result, claim, retry)
     }
 
-    fn claim(&self, attempt: u32) -> Claim {
+    pub(super) fn claim(&self, attempt: u32) -> Claim {
         Claim {
             instance_id: self.instance_id.clone(),
+            run: self.run.clone(),
             attempt,
             expires_at: chrono::Utc::now().timestamp()
                 + self.config.queue.visibility_timeout.as_secs() as i64,
@@ -218,20 +234,23 @@ impl Agent {
                 tracing::warn!(%error, "Heartbeat failed; the message may reappear.");
             }
             let attempt = message.receive_count;
-            if let Err(error) = self.store.renew(job_id, &self.claim(attempt)).await {
-                tracing::warn!(%error, "Could not renew the job's claim.");
+            match self.store.renew(job_id, &self.claim(attempt)).await {
+                Ok(Renewal::Renewed) => {}
+                Ok(Renewal::Lost) => tracing::warn!(
+                    "Another run took over this job's claim; the first result recorded stands."
+                ),
+                Err(error) => tracing::warn!(%error, "Could not renew the job's claim."),
             }
         }
     }
 
-    /// Records `result`, retrying with backoff until `deadline`; true once recorded
-    /// (or found already recorded by another run).
+    /// Records `result`, retrying with backoff until `deadline`.
     async fn record_until(
         &self,
         result: &mut JobResult,
         log: &LogBody,
         deadline: Duration,
-    ) -> bool {
+    ) -> Recording {
         let give_up = Instant::now() + deadline;
         let mut backoff = Backoff::new(Duration::from_millis(500), MAX_RECORD_BACKOFF);
         loop {
@@ -242,7 +261,7 @@ impl Agent {
                         log = result.log.as_deref(),
                         "Result recorded."
                     );
-                    return true;
+                    return Recording::Ours;
                 }
                 Ok(Recorded::Duplicate(existing)) => {
                     tracing::warn!(
@@ -250,14 +269,14 @@ impl Agent {
                         recorded_by = %existing.instance_id,
                         "Another run of this job recorded its result first; keeping that one."
                     );
-                    return true;
+                    return Recording::Theirs;
                 }
                 Err(e) => e,
             };
             let delay = backoff.next_delay();
             if Instant::now() + delay > give_up {
                 tracing::error!(%error, "Could not record the result; leaving the message to SQS.");
-                return false;
+                return Recording::Failed;
             }
             tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "Could not record the result; retrying.");
             tokio::time::sleep(delay).await;

@@ -160,7 +160,7 @@ impl Agent {
     /// `job_id` names the claim, if there is one to release.
     pub(super) async fn settle(&self, message: &Received, job_id: &str, settlement: Settlement) {
         if settlement.release_claim
-            && let Err(error) = self.store.release(job_id).await
+            && let Err(error) = self.store.release(job_id, &self.claim(0)).await
         {
             tracing::warn!(%error, "Could not release the job's claim; it expires by itself.");
         }

@@ -71,6 +71,9 @@ pub enum AgentError {
 pub(crate) struct Agent {
     config: Arc<Config>,
     instance_id: String,
+    /// This process among the instance's agents over time: random per start, so
+    /// a claim tells this process's running job from an earlier process's.
+    run: String,
     docker: Docker,
     disk: Option<Arc<Disk>>,
     cache: Option<Cache>,
@@ -205,6 +208,7 @@ impl Agent {
             metrics: Arc::clone(metrics),
             queue: Queue::new(sqs.clone(), targets.queue_url),
             dead_letter: config.queue.dead_letter_url.as_ref().map(queue_at),
+            run: crate::rules::random_hex(8),
             store: ResultStore::new(
                 crate::aws::s3_client(sdk, &config.aws),
                 targets.bucket,

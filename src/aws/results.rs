@@ -8,15 +8,19 @@
 //! - `attempt-<n>/result.json` and `attempt-<n>/log.txt`: an `interrupted` or
 //!   `error` attempt, kept for the record;
 //! - `claim.json`: which agent is running the job now, until when. A duplicate
-//!   delivery finds it and waits instead of running the job a second time.
+//!   delivery finds it and waits instead of running the job a second time
+//!   (`claims.rs`).
 
 use std::time::Duration;
 
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use hmac::{Hmac, Mac};
-use serde::{Deserialize, Serialize};
 use sha2::Sha256;
+
+mod claims;
+
+pub use claims::{Claim, ClaimOutcome, Renewal};
 
 use crate::aws::sqs::Queue;
 use crate::backoff::{Backoff, Budget};
@@ -48,6 +52,9 @@ pub struct ResultStore {
     s3: aws_sdk_s3::Client,
     bucket: String,
     prefix: String,
+    /// The ETag of each claim this process holds, for conditional renewals and
+    /// releases: a claim another run has taken over is never overwritten.
+    held: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
 }
 
 /// What recording a terminal result found.
@@ -57,22 +64,6 @@ pub enum Recorded {
     Stored,
     /// Another run's result was there first; ours was not written.
     Duplicate(Box<JobResult>),
-}
-
-/// Who runs a job now.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Claim {
-    pub instance_id: String,
-    pub attempt: u32,
-    /// Unix seconds after which the claim is stale (its holder died).
-    pub expires_at: i64,
-}
-
-/// The answer to "may I run this job?".
-#[derive(Debug, PartialEq)]
-pub enum ClaimOutcome {
-    Acquired,
-    HeldBy(Claim),
 }
 
 impl ResultStore {
@@ -85,6 +76,7 @@ impl ResultStore {
             s3,
             bucket: bucket.into(),
             prefix: prefix.into(),
+            held: Default::default(),
         }
     }
 
@@ -151,52 +143,6 @@ impl ResultStore {
         Ok(Recorded::Stored)
     }
 
-    /// Claims `id` for this agent, unless a live claim of another agent holds it.
-    pub async fn claim(&self, id: &str, claim: &Claim) -> Result<ClaimOutcome, StoreError> {
-        let key = self.key(id, "claim.json");
-        let body = serde_json::to_vec(claim).expect("a claim always serialises");
-        if self
-            .put(&key, body.clone(), "application/json", true)
-            .await?
-        {
-            return Ok(ClaimOutcome::Acquired);
-        }
-        let held: Option<Claim> = self.get_json(&key).await?;
-        match held {
-            Some(held)
-                if held.instance_id != claim.instance_id
-                    && held.expires_at > chrono::Utc::now().timestamp() =>
-            {
-                Ok(ClaimOutcome::HeldBy(held))
-            }
-            // Stale, ours from before a restart, or deleted meanwhile: take it over.
-            _ => {
-                self.put(&key, body, "application/json", false).await?;
-                Ok(ClaimOutcome::Acquired)
-            }
-        }
-    }
-
-    /// Extends a claim this agent holds.
-    pub async fn renew(&self, id: &str, claim: &Claim) -> Result<(), StoreError> {
-        let body = serde_json::to_vec(claim).expect("a claim always serialises");
-        self.put(&self.key(id, "claim.json"), body, "application/json", false)
-            .await
-            .map(drop)
-    }
-
-    pub async fn release(&self, id: &str) -> Result<(), StoreError> {
-        let key = self.key(id, "claim.json");
-        self.s3
-            .delete_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .send()
-            .await
-            .map(drop)
-            .map_err(|e| self.error("delete", &key, e))
-    }
-
     /// Uploads a log from memory or, streamed, from its spool file.
     async fn put_log(&self, key: &str, log: &LogBody) -> Result<(), StoreError> {
         let body = match log {
@@ -232,19 +178,39 @@ impl ResultStore {
         content_type: &str,
         only_if_absent: bool,
     ) -> Result<bool, StoreError> {
-        let mut request = self
+        let condition = if only_if_absent {
+            Condition::Absent
+        } else {
+            Condition::None
+        };
+        let put = self.put_if(key, body, content_type, condition).await?;
+        Ok(put.is_some())
+    }
+
+    /// Puts an object if `condition` holds: its new ETag, or `None` when S3 refused
+    /// for the condition.
+    async fn put_if(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+        condition: Condition<'_>,
+    ) -> Result<Option<String>, StoreError> {
+        let request = self
             .s3
             .put_object()
             .bucket(&self.bucket)
             .key(key)
             .content_type(content_type)
             .body(ByteStream::from(body));
-        if only_if_absent {
-            request = request.if_none_match("*");
-        }
+        let request = match condition {
+            Condition::None => request,
+            Condition::Absent => request.if_none_match("*"),
+            Condition::Match(etag) => request.if_match(etag),
+        };
         match request.send().await {
-            Ok(_) => Ok(true),
-            Err(e) if only_if_absent && is_precondition_failed(&e) => Ok(false),
+            Ok(output) => Ok(Some(output.e_tag.unwrap_or_default())),
+            Err(e) if condition != Condition::None && is_precondition_failed(&e) => Ok(None),
             Err(e) => Err(self.error("put", key, e)),
         }
     }
@@ -253,6 +219,14 @@ impl ResultStore {
         &self,
         key: &str,
     ) -> Result<Option<T>, StoreError> {
+        Ok(self.get_json_tagged(key).await?.map(|(value, _)| value))
+    }
+
+    /// An object as JSON, with its ETag for a conditional write after.
+    async fn get_json_tagged<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<(T, String)>, StoreError> {
         let output = match self
             .s3
             .get_object()
@@ -265,6 +239,7 @@ impl ResultStore {
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
             Err(e) => return Err(self.error("get", key, e)),
         };
+        let etag = output.e_tag.clone().unwrap_or_default();
         let bytes = output
             .body
             .collect()
@@ -277,7 +252,7 @@ impl ResultStore {
             })?
             .into_bytes();
         serde_json::from_slice(&bytes)
-            .map(Some)
+            .map(|value| Some((value, etag)))
             .map_err(|source| StoreError::Corrupt {
                 bucket: self.bucket.clone(),
                 key: key.to_owned(),
@@ -297,6 +272,16 @@ impl ResultStore {
             source: e.into(),
         }
     }
+}
+
+/// When a put may replace what is there.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Condition<'a> {
+    None,
+    /// Only if nothing is there (`If-None-Match: *`).
+    Absent,
+    /// Only if what is there has this ETag (`If-Match`).
+    Match(&'a str),
 }
 
 /// Our own earlier try at the same record (a retry after a failed put).

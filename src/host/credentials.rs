@@ -240,10 +240,7 @@ async fn respond(request: &Request<Incoming>, broker: &Broker) -> Reply {
 
 /// 256 random bits, hex.
 fn new_token() -> String {
-    use aes_gcm::aead::rand_core::RngCore;
-    let mut bytes = [0u8; 32];
-    aes_gcm::aead::OsRng.fill_bytes(&mut bytes);
-    hex::encode(bytes)
+    crate::rules::random_hex(32)
 }
 
 /// `deckhand-<job id>`, in STS's alphabet (`[\w+=,.@-]`) and at most 64 long, so

@@ -1,7 +1,9 @@
 //! The agent's small HTTP servers (`metrics`, `credentials`) share this: one
 //! accept loop whose connections live in a set owned by the serving future, so
 //! dropping it closes them all (no detached tasks), and hyper's HTTP/1.1 with a
-//! deadline for the request head.
+//! deadline for the request head. Connections are capped in number and buffer
+//! size and serve one request each, so a job flooding the credentials endpoint
+//! costs the agent a bounded number of descriptors and bytes.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -41,6 +43,13 @@ pub async fn bind(
 
 /// A client that sends no request head within this is dropped.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once. Past it, new ones wait in the listen backlog: a
+/// job opening sockets in a loop must not take the file descriptors the agent's
+/// SQS, S3 and Docker calls need.
+const MAX_CONNECTIONS: usize = 64;
+/// Each connection's read buffer, and so the largest request head: these
+/// servers answer short GETs.
+const MAX_BUFFER_BYTES: usize = 16 * 1024;
 
 pub type Reply = Response<Full<Bytes>>;
 
@@ -53,6 +62,10 @@ where
 {
     let mut connections = JoinSet::new();
     loop {
+        if connections.len() >= MAX_CONNECTIONS {
+            connections.join_next().await;
+            continue;
+        }
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             Some(_) = connections.join_next() => continue,
@@ -76,6 +89,10 @@ where
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_BUFFER_BYTES)
+                // One request per connection: an idle keep-alive would hold a
+                // slot of the few above for as long as its client likes.
+                .keep_alive(false)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
@@ -89,4 +106,66 @@ pub fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> 
         .header("content-type", content_type)
         .body(Full::new(body.into()))
         .expect("a response from valid parts")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn open_descriptors() -> usize {
+        std::fs::read_dir("/proc/self/fd").unwrap().count()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_socket_flood_holds_a_bounded_number_of_descriptors_and_still_gets_answers() {
+        let listener = bind("127.0.0.1:0".parse().unwrap(), "test.listen")
+            .await
+            .unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = tokio::spawn(serve(listener, "test", |_request| async {
+            reply(StatusCode::OK, "text/plain", "ok\n")
+        }));
+        let before = open_descriptors();
+        // Idle connections that never send a request, as a hostile job would.
+        let mut flood = Vec::new();
+        for _ in 0..(MAX_CONNECTIONS * 3) {
+            flood.push(tokio::net::TcpStream::connect(address).await.unwrap());
+        }
+        // Let the server accept what it will.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut grown = 0;
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = open_descriptors() - before;
+            if now == grown && now >= flood.len() + MAX_CONNECTIONS {
+                break;
+            }
+            grown = now;
+        }
+        // Ours (the flood) plus at most MAX_CONNECTIONS accepted, plus slack for
+        // the runtime's own.
+        let held = open_descriptors() - before - flood.len();
+        assert!(
+            held <= MAX_CONNECTIONS + 8,
+            "the server holds {held} descriptors"
+        );
+
+        // A real request still gets its answer once the idle ones time out.
+        let answered = tokio::time::timeout(Duration::from_secs(60), async {
+            let mut client = tokio::net::TcpStream::connect(address).await.unwrap();
+            client
+                .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let mut text = String::new();
+            client.read_to_string(&mut text).await.unwrap();
+            text
+        })
+        .await
+        .expect("an answer within the header timeouts of the flood");
+        assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
+        drop(flood);
+        server.abort();
+    }
 }

@@ -66,6 +66,12 @@ pub enum CacheError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("the cache archive s3://{bucket}/{key} unpacks to {limit}; refusing it")]
+    Limit {
+        bucket: String,
+        key: String,
+        limit: String,
+    },
     #[error("the cache volume {volume} has no mount point on this host")]
     NoMountpoint { volume: String },
 }
@@ -73,7 +79,7 @@ pub enum CacheError {
 impl CacheError {
     /// An archive that can never be extracted safely: retrying will not help.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, CacheError::Escape { .. })
+        matches!(self, CacheError::Escape { .. } | CacheError::Limit { .. })
     }
 }
 
@@ -269,7 +275,15 @@ impl Cache {
         let reader = SyncIoBridge::new(object.body.into_async_read());
         let (bucket, key) = (source.bucket.clone(), source.key.clone());
         let target = dir.clone();
-        let extracted = tokio::task::spawn_blocking(move || unpack(reader, &target))
+        // What the disk can take now, less room for the jobs running beside.
+        let limits = Limits {
+            // Unknown free space is no reason to refuse: the size cap is for bombs.
+            bytes: crate::host::disk::free_bytes(&dir)
+                .unwrap_or(u64::MAX)
+                .saturating_sub(KEEP_FREE_BYTES),
+            entries: MAX_ENTRIES,
+        };
+        let extracted = tokio::task::spawn_blocking(move || unpack(reader, &target, limits))
             .await
             .unwrap_or_else(|e| Err(Unpack::Io(std::io::Error::other(e.to_string()))));
         match extracted {
@@ -288,6 +302,7 @@ impl Cache {
                 self.remove(name).await;
                 Err(match failure {
                     Unpack::Escape(entry) => CacheError::Escape { bucket, key, entry },
+                    Unpack::Limit(limit) => CacheError::Limit { bucket, key, limit },
                     Unpack::Io(source) => CacheError::Extract {
                         bucket,
                         key,
@@ -349,8 +364,24 @@ fn volume_name(source: &S3Location, etag: &str, version: &str) -> String {
 
 enum Unpack {
     Escape(String),
+    /// Past a limit: a decompression bomb, or more than the disk can take.
+    Limit(String),
     Io(std::io::Error),
 }
+
+/// How much an archive may unpack to.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    bytes: u64,
+    entries: u64,
+}
+
+/// The most entries an archive may hold: a real code/library cache has far
+/// fewer; a bomb of empty files has far more.
+const MAX_ENTRIES: u64 = 2_000_000;
+/// Room kept free below the volume while unpacking, so running jobs beside it
+/// keep their disk.
+const KEEP_FREE_BYTES: u64 = 2_000_000_000;
 
 impl From<std::io::Error> for Unpack {
     fn from(e: std::io::Error) -> Self {
@@ -359,8 +390,9 @@ impl From<std::io::Error> for Unpack {
 }
 
 /// Decodes (gzip, zstd or plain, by magic bytes) and unpacks a tar stream into
-/// `dir`; the number of entries.
-fn unpack(reader: impl Read, dir: &Path) -> Result<u64, Unpack> {
+/// `dir`, within `limits`; the number of entries. Refuses any entry or link that
+/// leads outside `dir`.
+fn unpack(reader: impl Read, dir: &Path, limits: Limits) -> Result<u64, Unpack> {
     let mut reader = std::io::BufReader::with_capacity(1 << 20, reader);
     let magic = {
         let buf = std::io::BufRead::fill_buf(&mut reader)?;
@@ -378,16 +410,25 @@ fn unpack(reader: impl Read, dir: &Path) -> Result<u64, Unpack> {
     archive.set_mask(0o7000);
     archive.set_overwrite(true);
     archive.set_unpack_xattrs(false);
-    let mut count = 0;
+    let (mut count, mut bytes) = (0, 0);
     for entry in archive.entries()? {
         let mut entry = entry?;
         let path = entry.path()?.into_owned();
-        if path.components().any(|c| {
-            matches!(
-                c,
-                Component::ParentDir | Component::RootDir | Component::Prefix(_)
-            )
-        }) {
+        count += 1;
+        bytes += entry.header().size()?;
+        if count > limits.entries {
+            return Err(Unpack::Limit(format!(
+                "more than {} entries",
+                limits.entries
+            )));
+        }
+        if bytes > limits.bytes {
+            return Err(Unpack::Limit(format!(
+                "more than {} MB unpacked, the room the disk has",
+                limits.bytes / 1_000_000
+            )));
+        }
+        if escapes(&path, None) || link_escapes(&entry, &path)? {
             return Err(Unpack::Escape(path.display().to_string()));
         }
         // unpack_in also refuses entries that would pass through a symlink or hard
@@ -395,14 +436,117 @@ fn unpack(reader: impl Read, dir: &Path) -> Result<u64, Unpack> {
         if !entry.unpack_in(dir)? {
             return Err(Unpack::Escape(path.display().to_string()));
         }
-        count += 1;
     }
     Ok(count)
+}
+
+/// Whether `path` (relative to the volume; `from`: the directory a link's target
+/// is relative to) leads outside the volume.
+fn escapes(path: &Path, from: Option<&Path>) -> bool {
+    let mut depth: i64 = from.map_or(0, |dir| dir.components().count() as i64);
+    for component in path.components() {
+        match component {
+            Component::ParentDir => depth -= 1,
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::RootDir | Component::Prefix(_) => return true,
+        }
+        if depth < 0 {
+            return true;
+        }
+    }
+    false
+}
+
+/// Whether a symlink's or hard link's target leads outside the volume. A hard
+/// link names its target from the archive's root; a symlink from its own folder.
+fn link_escapes<R: Read>(entry: &tar::Entry<'_, R>, path: &Path) -> std::io::Result<bool> {
+    let kind = entry.header().entry_type();
+    if !(kind.is_symlink() || kind.is_hard_link()) {
+        return Ok(false);
+    }
+    let Some(target) = entry.link_name()? else {
+        return Ok(false);
+    };
+    let from = if kind.is_symlink() {
+        path.parent()
+    } else {
+        None
+    };
+    Ok(escapes(&target, from))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const ROOMY: Limits = Limits {
+        bytes: u64::MAX,
+        entries: MAX_ENTRIES,
+    };
+
+    fn link(path: &str, target: &str, kind: tar::EntryType) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(kind);
+        header.set_size(0);
+        header.set_mode(0o777);
+        header.set_path(path).unwrap();
+        // set_link_name refuses `..` and absolute targets; write them raw.
+        header.as_gnu_mut().unwrap().linkname[..target.len()].copy_from_slice(target.as_bytes());
+        header.set_cksum();
+        builder.append(&header, std::io::empty()).unwrap();
+        builder.into_inner().unwrap()
+    }
+
+    #[test]
+    fn refuses_links_that_lead_out() {
+        use tar::EntryType::{Link, Symlink};
+        for (path, target, kind) in [
+            ("lib/up", "../../etc", Symlink),
+            ("abs", "/etc/passwd", Symlink),
+            ("hard", "../outside", Link),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            match unpack(link(path, target, kind).as_slice(), dir.path(), ROOMY) {
+                Err(Unpack::Escape(entry)) => assert_eq!(entry, path),
+                _ => panic!("{path} -> {target} was not refused"),
+            }
+        }
+        // Inside the volume is fine.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("lib")).unwrap();
+        assert!(
+            unpack(
+                link("lib/sibling", "../b.txt", Symlink).as_slice(),
+                dir.path(),
+                ROOMY
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn stops_at_its_limits() {
+        let tar = archive(&[("a.txt", &[b'a'; 4096]), ("b.txt", &[b'b'; 4096])]);
+        let dir = tempfile::tempdir().unwrap();
+        let small = Limits {
+            bytes: 5000,
+            entries: 10,
+        };
+        assert!(matches!(
+            unpack(tar.as_slice(), dir.path(), small),
+            Err(Unpack::Limit(_))
+        ));
+        let few = Limits {
+            bytes: u64::MAX,
+            entries: 1,
+        };
+        assert!(matches!(
+            unpack(tar.as_slice(), dir.path(), few),
+            Err(Unpack::Limit(_))
+        ));
+    }
 
     fn archive(entries: &[(&str, &[u8])]) -> Vec<u8> {
         let mut builder = tar::Builder::new(Vec::new());
@@ -427,7 +571,7 @@ mod tests {
         let zst = zstd::encode_all(tar.as_slice(), 3).unwrap();
         for bytes in [tar.clone(), gz, zst] {
             let dir = tempfile::tempdir().unwrap();
-            let n = unpack(bytes.as_slice(), dir.path()).ok().unwrap();
+            let n = unpack(bytes.as_slice(), dir.path(), ROOMY).ok().unwrap();
             assert_eq!(n, 2);
             assert_eq!(
                 std::fs::read(dir.path().join("lib/a.txt")).unwrap(),
@@ -443,7 +587,7 @@ mod tests {
             let inner = dir.path().join("volume");
             std::fs::create_dir(&inner).unwrap();
             let tar = archive(&[("ok.txt", b"fine"), (bad, b"evil")]);
-            match unpack(tar.as_slice(), &inner) {
+            match unpack(tar.as_slice(), &inner, ROOMY) {
                 Err(Unpack::Escape(entry)) => assert_eq!(entry, bad),
                 _ => panic!("{bad} was not refused"),
             }

@@ -1,4 +1,5 @@
 use super::*;
+use std::time::Duration;
 
 fn no_env() -> Env {
     Env::from_iter(Vec::<(String, String)>::new())

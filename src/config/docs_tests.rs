@@ -1,0 +1,109 @@
+//! docs/config.md states every default; these are the consts it must quote.
+
+use std::collections::BTreeMap;
+
+use super::defaults::*;
+
+/// `section.key` → the default column of its row, for every key row in the doc.
+fn documented_defaults() -> BTreeMap<String, String> {
+    let doc = include_str!("../../docs/config.md");
+    let mut section = String::new();
+    let mut defaults = BTreeMap::new();
+    for line in doc.lines() {
+        if let Some(heading) = line.strip_prefix("### `[") {
+            section = heading.trim_end_matches("]`").to_owned();
+            continue;
+        }
+        let cells: Vec<&str> = line.split(" | ").collect();
+        if section.is_empty() || cells.len() < 4 || !cells[0].starts_with("| `") {
+            continue;
+        }
+        let key = cells[0].trim_start_matches("| ").trim_matches('`');
+        defaults.insert(format!("{section}.{key}"), cells[2].to_owned());
+    }
+    defaults
+}
+
+#[test]
+fn the_reference_states_each_default_the_code_uses() {
+    let code = |text: String| format!("`{text}`");
+    let quoted = |text: &str| format!("`\"{text}\"`");
+    let expected = [
+        ("agent.slots", code(DEFAULT_SLOTS.to_string())),
+        ("agent.work_dir", code(DEFAULT_WORK_DIR.to_owned())),
+        ("agent.secrets_dir", code(DEFAULT_SECRETS_DIR.to_owned())),
+        (
+            "agent.idle_shutdown_secs",
+            code(DEFAULT_IDLE_SHUTDOWN_SECS.to_string()),
+        ),
+        (
+            "agent.shutdown_command",
+            code(format!("{DEFAULT_SHUTDOWN_COMMAND:?}")),
+        ),
+        ("docker.socket", code(DEFAULT_SOCKET.to_owned())),
+        ("imds.endpoint", code(DEFAULT_ENDPOINT.to_owned())),
+        ("imds.poll_ms", code(DEFAULT_POLL_MS.to_string())),
+        ("queue.wait_secs", code(DEFAULT_WAIT_SECS.to_string())),
+        (
+            "queue.visibility_timeout_secs",
+            code(DEFAULT_VISIBILITY_TIMEOUT_SECS.to_string()),
+        ),
+        ("results.prefix", quoted(DEFAULT_PREFIX)),
+        (
+            "secrets.boot_timeout_secs",
+            code(DEFAULT_BOOT_TIMEOUT_SECS.to_string()),
+        ),
+        (
+            "images.pull_timeout_secs",
+            code(DEFAULT_PULL_TIMEOUT_SECS.to_string()),
+        ),
+        ("cache.mount", quoted(DEFAULT_MOUNT)),
+        ("cache.refresh_secs", code(DEFAULT_REFRESH_SECS.to_string())),
+        (
+            "drain.safety_margin_secs",
+            code(DEFAULT_SAFETY_MARGIN_SECS.to_string()),
+        ),
+        (
+            "drain.stop_timeout_secs",
+            code(DEFAULT_STOP_TIMEOUT_SECS.to_string()),
+        ),
+        (
+            "drain.stop_grace_secs",
+            code(DEFAULT_STOP_GRACE_SECS.to_string()),
+        ),
+        ("credentials.listen", quoted(&DEFAULT_LISTEN.to_string())),
+        (
+            "credentials.session_secs",
+            code(DEFAULT_SESSION_SECS.to_string()),
+        ),
+        ("disk.min_free_mb", code(DEFAULT_MIN_FREE_MB.to_string())),
+        ("disk.gc_free_mb", code(DEFAULT_GC_FREE_MB.to_string())),
+        (
+            "profiles.NAME.memory_mb",
+            code(DEFAULT_MEMORY_MB.to_string()),
+        ),
+        ("profiles.NAME.cpus", code(format!("{DEFAULT_CPUS:.1}"))),
+        ("profiles.NAME.pids", code(DEFAULT_PIDS.to_string())),
+        (
+            "profiles.NAME.timeout_secs",
+            code(DEFAULT_TIMEOUT_SECS.to_string()),
+        ),
+        (
+            "profiles.NAME.max_timeout_secs",
+            code(DEFAULT_MAX_TIMEOUT_SECS.to_string()),
+        ),
+        ("profiles.NAME.network", quoted(DEFAULT_NETWORK)),
+    ];
+    let documented = documented_defaults();
+    let wrong: Vec<String> = expected
+        .iter()
+        .filter(|(key, default)| documented.get(*key) != Some(default))
+        .map(|(key, default)| {
+            format!(
+                "{key}: the code says {default}, docs/config.md says {:?}",
+                documented.get(*key)
+            )
+        })
+        .collect();
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}

@@ -1,0 +1,210 @@
+//! `[profiles.NAME]`: the pool's "task definitions", each the defaults and the
+//! caps of what a job may ask for.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use toml::{Table, Value};
+
+use super::reader::{Reader, Section};
+
+/// A job's memory limit when it asks for none, and its cap.
+pub const DEFAULT_MEMORY_MB: u64 = 2048;
+/// CPU quota when a job asks for none, and its cap.
+pub const DEFAULT_CPUS: f64 = 1.0;
+/// Process limit, and its cap: stops fork bombs.
+pub const DEFAULT_PIDS: u64 = 1024;
+/// A job's timeout when it names none.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 3600;
+/// The longest timeout a job may ask for.
+pub const DEFAULT_MAX_TIMEOUT_SECS: u64 = 86_400;
+/// Docker's default network mode.
+pub const DEFAULT_NETWORK: &str = "bridge";
+
+/// A job profile: the pool's "task definition". Holds the defaults and the caps of
+/// what a job may ask for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Profile {
+    pub memory_mb: u64,
+    pub cpus: f64,
+    pub pids: u64,
+    /// A job's timeout when it names none.
+    pub timeout: Duration,
+    /// The longest timeout a job may ask for.
+    pub max_timeout: Duration,
+    /// Docker network mode: `bridge`, `none` or a user-defined network.
+    pub network: String,
+    /// Secrets a job of this profile may ask for.
+    pub secrets: Vec<String>,
+    /// Of those, the ones also given as environment variables.
+    pub env_secrets: Vec<String>,
+    /// The IAM role whose credentials a job of this profile gets, and no other.
+    pub role_arn: Option<String>,
+}
+
+impl Default for Profile {
+    fn default() -> Self {
+        Profile {
+            memory_mb: DEFAULT_MEMORY_MB,
+            cpus: DEFAULT_CPUS,
+            pids: DEFAULT_PIDS,
+            timeout: Duration::from_secs(DEFAULT_TIMEOUT_SECS),
+            max_timeout: Duration::from_secs(DEFAULT_MAX_TIMEOUT_SECS),
+            network: DEFAULT_NETWORK.to_owned(),
+            secrets: Vec::new(),
+            env_secrets: Vec::new(),
+            role_arn: None,
+        }
+    }
+}
+
+/// Every profile; `default` always, so its keys can be overridden from the
+/// environment even when the file leaves it out.
+pub(super) fn read(r: &mut Reader<'_>, root: &mut Table) -> BTreeMap<String, Profile> {
+    let mut profiles = BTreeMap::new();
+    let mut all = r.section(root, "profiles");
+    all.table
+        .entry("default")
+        .or_insert_with(|| Value::Table(Table::new()));
+    let names: Vec<String> = all.table.keys().cloned().collect();
+    for name in names {
+        if !valid_profile_name(&name) {
+            r.issue(
+                &format!("profiles.{name}"),
+                "a profile name is 1 to 64 of [a-z0-9_-], starting with a letter or digit",
+            );
+        }
+        let section = r.subsection(&mut all, &name);
+        let profile = read_one(r, section);
+        profiles.insert(name, profile);
+    }
+    profiles
+}
+
+fn read_one(r: &mut Reader<'_>, mut section: Section) -> Profile {
+    let memory_mb = r.int(&mut section, "memory_mb", 6..=1 << 24, DEFAULT_MEMORY_MB);
+    let cpus = r.float(&mut section, "cpus", 0.01..=512.0, DEFAULT_CPUS);
+    let pids = r.int(&mut section, "pids", 1..=1 << 22, DEFAULT_PIDS);
+    let timeout_secs = r.int(
+        &mut section,
+        "timeout_secs",
+        1..=86_400,
+        DEFAULT_TIMEOUT_SECS,
+    );
+    let max_timeout_secs = r.int(
+        &mut section,
+        "max_timeout_secs",
+        1..=86_400,
+        DEFAULT_MAX_TIMEOUT_SECS,
+    );
+    if timeout_secs > max_timeout_secs {
+        r.issue(
+            &section.key("timeout_secs"),
+            &format!("{timeout_secs} is above max_timeout_secs ({max_timeout_secs})"),
+        );
+    }
+    let network = network(r, &mut section);
+    let secrets = r.strings(&mut section, "secrets");
+    let env_secrets = r.strings(&mut section, "env_secrets");
+    check_env_secrets(r, &section, &secrets, &env_secrets);
+    let role_arn = r.opt_string(&mut section, "role_arn");
+    if let Some(arn) = &role_arn
+        && !valid_role_arn(arn)
+    {
+        r.issue(
+            &section.key("role_arn"),
+            &format!("{arn:?} must be an IAM role ARN, arn:aws:iam::<account>:role/<name>"),
+        );
+    }
+    r.finish(section);
+    Profile {
+        memory_mb,
+        cpus,
+        pids,
+        timeout: Duration::from_secs(timeout_secs),
+        max_timeout: Duration::from_secs(max_timeout_secs),
+        network,
+        secrets,
+        env_secrets,
+        role_arn,
+    }
+}
+
+/// Each env secret is one of the profile's secrets, and its variable is not one
+/// deckhand sets itself.
+fn check_env_secrets(
+    r: &mut Reader<'_>,
+    section: &Section,
+    secrets: &[String],
+    env_secrets: &[String],
+) {
+    let key = section.key("env_secrets");
+    for name in env_secrets {
+        let env = crate::rules::secret_env_name(name);
+        if crate::rules::reserved_env_prefix(&env).is_some() || env == "CI" {
+            r.issue(
+                &key,
+                &format!("{name:?} would be the variable {env}, which deckhand sets itself"),
+            );
+        }
+        if !secrets.contains(name) {
+            r.issue(&key, &format!("{name:?} is not in this profile's secrets"));
+        }
+    }
+}
+
+fn network(r: &mut Reader<'_>, section: &mut Section) -> String {
+    let Some(network) = r.opt_string(section, "network") else {
+        return DEFAULT_NETWORK.to_owned();
+    };
+    let key = section.key("network");
+    if network == "host" {
+        r.issue(
+            &key,
+            "\"host\" is not allowed: it would share the host's network and its instance metadata",
+        );
+    } else if network.starts_with("container:") {
+        r.issue(&key, "joining another container's network is not allowed");
+    } else if !valid_docker_name(&network) {
+        r.issue(
+            &key,
+            "must be \"bridge\", \"none\" or the name of a Docker network",
+        );
+    }
+    network
+}
+
+fn valid_profile_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name.len() <= 64
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+/// `arn:<partition>:iam::<12 digits>:role/<path and name>`.
+fn valid_role_arn(arn: &str) -> bool {
+    let Some((partition, rest)) = arn
+        .strip_prefix("arn:")
+        .and_then(|rest| rest.split_once(":iam::"))
+    else {
+        return false;
+    };
+    let Some((account, name)) = rest.split_once(":role/") else {
+        return false;
+    };
+    partition.starts_with("aws")
+        && account.len() == 12
+        && account.bytes().all(|b| b.is_ascii_digit())
+        && !name.is_empty()
+        && name.len() <= 512
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_/-".contains(&b))
+}
+
+/// Docker's rule for network and volume names: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
+fn valid_docker_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}

@@ -1,0 +1,43 @@
+//! `[results]`: the S3 record of results and where they are announced.
+
+use toml::Table;
+
+use super::reader::Reader;
+
+/// A result lands at `<prefix><id>/result.json`.
+pub const DEFAULT_PREFIX: &str = "results/";
+
+#[derive(Debug, Clone)]
+pub struct ResultsConfig {
+    pub bucket: Option<String>,
+    /// Key prefix; a result lands at `<prefix><id>/result.json`.
+    pub prefix: String,
+    pub queue_url: Option<String>,
+    pub webhook_url: Option<String>,
+    /// The name of the secret (in the bundle) whose value signs webhook bodies
+    /// (`X-Deckhand-Signature`).
+    pub webhook_secret: Option<String>,
+}
+
+impl ResultsConfig {
+    pub(super) fn read(r: &mut Reader<'_>, root: &mut Table) -> Self {
+        let mut section = r.section(root, "results");
+        let results = ResultsConfig {
+            bucket: r.opt_string(&mut section, "bucket"),
+            prefix: r
+                .opt_string(&mut section, "prefix")
+                .unwrap_or_else(|| DEFAULT_PREFIX.to_owned()),
+            queue_url: r.opt_url(&mut section, "queue_url"),
+            webhook_url: r.opt_url(&mut section, "webhook_url"),
+            webhook_secret: r.opt_string(&mut section, "webhook_secret"),
+        };
+        if results.webhook_url.is_some() && results.webhook_secret.is_none() {
+            r.issue(
+                "results.webhook_secret",
+                "required when results.webhook_url is set (results are signed)",
+            );
+        }
+        r.finish(section);
+        results
+    }
+}

@@ -67,7 +67,7 @@ pub mod defaults {
     pub use super::imds::{DEFAULT_ENDPOINT, DEFAULT_POLL_MS};
     pub use super::profiles::{
         DEFAULT_CPUS, DEFAULT_MAX_TIMEOUT_SECS, DEFAULT_MEMORY_MB, DEFAULT_NETWORK, DEFAULT_PIDS,
-        DEFAULT_TIMEOUT_SECS,
+        DEFAULT_TIMEOUT_SECS, MAX_JOB_TIMEOUT_SECS,
     };
     pub use super::queue::{
         DEFAULT_VISIBILITY_TIMEOUT_SECS, DEFAULT_WAIT_SECS, MAX_VISIBILITY_SECS,
@@ -315,6 +315,7 @@ fn read(r: &mut Reader<'_>, mut root: Table) -> Config {
     let credentials = CredentialsConfig::read(r, &mut root);
     let disk = DiskConfig::read(r, &mut root);
     let profiles = profiles::read(r, &mut root);
+    profiles::check_fits_the_queue(r, &profiles, images.pull_timeout, drain.stop_grace);
     for key in root.keys() {
         r.issue(key, "unknown section");
     }

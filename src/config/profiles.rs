@@ -16,8 +16,14 @@ pub const DEFAULT_CPUS: f64 = 1.0;
 pub const DEFAULT_PIDS: u64 = 1024;
 /// A job's timeout when it names none.
 pub const DEFAULT_TIMEOUT_SECS: u64 = 3600;
+/// The longest timeout any job may have: SQS hides a message for at most 12
+/// hours from its receive, and the pull, the stop and the record need time too.
+/// Past that the message would reappear mid-run and the job run twice.
+pub const MAX_JOB_TIMEOUT_SECS: u64 = 41_400;
 /// The longest timeout a job may ask for.
-pub const DEFAULT_MAX_TIMEOUT_SECS: u64 = 86_400;
+pub const DEFAULT_MAX_TIMEOUT_SECS: u64 = MAX_JOB_TIMEOUT_SECS;
+/// Time kept for recording a result before SQS's limit.
+const RECORD_SECS: u64 = 300;
 /// Docker's default network mode.
 pub const DEFAULT_NETWORK: &str = "bridge";
 
@@ -88,13 +94,13 @@ fn read_one(r: &mut Reader<'_>, mut section: Section) -> Profile {
     let timeout_secs = r.int(
         &mut section,
         "timeout_secs",
-        1..=86_400,
+        1..=MAX_JOB_TIMEOUT_SECS,
         DEFAULT_TIMEOUT_SECS,
     );
     let max_timeout_secs = r.int(
         &mut section,
         "max_timeout_secs",
-        1..=86_400,
+        1..=MAX_JOB_TIMEOUT_SECS,
         DEFAULT_MAX_TIMEOUT_SECS,
     );
     if timeout_secs > max_timeout_secs {
@@ -127,6 +133,30 @@ fn read_one(r: &mut Reader<'_>, mut section: Section) -> Profile {
         secrets,
         env_secrets,
         role_arn,
+    }
+}
+
+/// Every profile's longest job, with the longest pull, the stop's grace and the
+/// record, ends within SQS's 12 hours from the receive: else its message would
+/// reappear mid-run and the job run twice.
+pub(super) fn check_fits_the_queue(
+    r: &mut Reader<'_>,
+    profiles: &BTreeMap<String, Profile>,
+    pull_timeout: Duration,
+    stop_grace: Duration,
+) {
+    let around = pull_timeout.as_secs() + stop_grace.as_secs() + RECORD_SECS;
+    for (name, profile) in profiles {
+        let max = profile.max_timeout.as_secs();
+        if max + around > super::queue::MAX_VISIBILITY_SECS {
+            r.issue(
+                &format!("profiles.{name}.max_timeout_secs"),
+                &format!(
+                    "{max} s, with images.pull_timeout_secs, drain.stop_grace_secs and {RECORD_SECS} s to record ({around} s), passes SQS's {} s visibility limit: lower one",
+                    super::queue::MAX_VISIBILITY_SECS
+                ),
+            );
+        }
     }
 }
 

@@ -393,3 +393,23 @@ fn role_arns_and_the_credentials_address_are_checked() {
         ],
     );
 }
+
+#[test]
+fn a_profile_whose_longest_job_outlives_the_queue_is_refused() {
+    // 41400 + 7200 + 10 + 300 s is past SQS's 43200 s: the message would reappear
+    // while the job still runs, and it would run twice.
+    let found = issues("[images]\npull_timeout_secs = 7200", &no_env());
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].starts_with("profiles.default.max_timeout_secs: 41400 s, with"),
+        "{found:?}"
+    );
+    // Lowering the profile's cap is the way out.
+    let text = "[images]\npull_timeout_secs = 7200\n[profiles.default]\nmax_timeout_secs = 35000";
+    assert!(parse(text).is_ok());
+    let found = issues("[profiles.default]\nmax_timeout_secs = 86400", &no_env());
+    assert!(
+        found[0].contains("86400 is out of range (1 to 41400)"),
+        "{found:?}"
+    );
+}

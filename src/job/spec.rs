@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::defaults::MAX_JOB_TIMEOUT_SECS;
 use crate::config::{Config, Profile};
 use crate::job::image::ImageRef;
 use crate::rules::{
@@ -271,10 +272,10 @@ impl JobSpec {
         let profile = named.profile;
         match self.timeout_secs {
             None => profile.timeout,
-            Some(secs) if !(1..=86_400).contains(&secs) => {
+            Some(secs) if !(1..=MAX_JOB_TIMEOUT_SECS).contains(&secs) => {
                 problems.push(
                     "timeout_secs",
-                    format!("{secs} is out of range (1 to 86400)"),
+                    format!("{secs} is out of range (1 to {MAX_JOB_TIMEOUT_SECS}): SQS hides a message for at most 12 hours"),
                 );
                 profile.timeout
             }

@@ -249,7 +249,7 @@ fn unknown_profile_lists_the_known_ones() {
 #[test]
 fn timeout_bounds_and_profile_cap() {
     let text = rejected(with("timeout_secs", json!(0)), "timeout_secs");
-    assert!(text.contains("0 is out of range (1 to 86400)"), "{text}");
+    assert!(text.contains("0 is out of range (1 to 41400)"), "{text}");
     let text = rejected(with("timeout_secs", json!(86_401)), "timeout_secs");
     assert!(text.contains("out of range"), "{text}");
     let text = rejected(with("timeout_secs", json!(7200)), "timeout_secs");

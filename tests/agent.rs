@@ -6,43 +6,19 @@ mod common;
 use std::time::Duration;
 
 use common::agent::{AgentProcess, agent_config, behind_a_docker_proxy};
-use common::aws::{Aws, eventually};
+use common::aws::Aws;
+use common::scenario::Scenario;
 use common::*;
 use nix::sys::signal::Signal;
 use serde_json::json;
 
-const LONG: Duration = Duration::from_secs(120);
-
-async fn result(aws: &Aws, bucket: &str, id: &str) -> Option<serde_json::Value> {
-    aws.json(bucket, &format!("results/{id}/result.json")).await
-}
-
-async fn wait_result(aws: &Aws, bucket: &str, id: &str) -> serde_json::Value {
-    let start = tokio::time::Instant::now();
-    loop {
-        if let Some(found) = result(aws, bucket, id).await {
-            return found;
-        }
-        assert!(
-            start.elapsed() < LONG,
-            "timed out waiting for a result for {id}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn wait_empty(aws: &Aws, queue_url: &str) {
-    eventually("the queue to be empty, nothing in flight", LONG, || async {
-        aws.counts(queue_url).await == (0, 0)
-    })
-    .await;
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn each_outcome_meets_its_fate_on_the_queue() {
-    let stack = Stack::from_env();
-    let aws = Aws::new().await;
-    let pool = aws.pool("fates", 2).await;
+    let Some(s) = Scenario::with_receives("fates", 2).await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
     let config = agent_config(
         &stack,
         &pool,
@@ -74,29 +50,29 @@ async fn each_outcome_meets_its_fate_on_the_queue() {
     aws.send_job(&pool.queue_url, &refused).await;
     let garbage_id = aws.send(&pool.queue_url, "this is not json").await;
 
-    let r = wait_result(&aws, &pool.bucket, &ok).await;
+    let r = aws.wait_result(&pool, &ok).await;
     assert_eq!(
         (r["status"].as_str(), r["exit_code"].as_i64()),
         (Some("succeeded"), Some(0))
     );
     assert_eq!(
         r["log"],
-        format!("s3://{}/results/{ok}/log.txt", pool.bucket)
+        format!("s3://{}/{}", pool.bucket, keys::log(&ok))
     );
     let log = aws
-        .object(&pool.bucket, &format!("results/{ok}/log.txt"))
+        .object(&pool.bucket, &keys::log(&ok))
         .await
         .unwrap();
     assert_eq!(String::from_utf8(log).unwrap(), "all good\n");
 
-    let r = wait_result(&aws, &pool.bucket, &failed).await;
+    let r = aws.wait_result(&pool, &failed).await;
     assert_eq!(
         (r["status"].as_str(), r["exit_code"].as_i64()),
         (Some("failed"), Some(7))
     );
-    let r = wait_result(&aws, &pool.bucket, &slow).await;
+    let r = aws.wait_result(&pool, &slow).await;
     assert_eq!(r["status"], "timed_out");
-    let r = wait_result(&aws, &pool.bucket, &latest).await;
+    let r = aws.wait_result(&pool, &latest).await;
     assert_eq!(r["status"], "rejected");
     assert!(
         r["reason"]
@@ -104,7 +80,7 @@ async fn each_outcome_meets_its_fate_on_the_queue() {
             .unwrap()
             .starts_with("image: tag \"latest\" is not allowed")
     );
-    let r = wait_result(&aws, &pool.bucket, &garbage_id).await;
+    let r = aws.wait_result(&pool, &garbage_id).await;
     assert_eq!(
         r["status"], "rejected",
         "keyed by the SQS message id when there is no job id"
@@ -117,7 +93,7 @@ async fn each_outcome_meets_its_fate_on_the_queue() {
     );
 
     // Terminal outcomes are deleted; the rejected ones are copied to the DLQ first.
-    wait_empty(&aws, &pool.queue_url).await;
+    aws.wait_empty(&pool).await;
     let dead = aws.drain_queue(&pool.dlq_url).await;
     let mut reasons: Vec<String> = dead
         .iter()
@@ -147,9 +123,10 @@ async fn each_outcome_meets_its_fate_on_the_queue() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_that_cannot_run_is_left_to_the_redrive_policy() {
-    let stack = Stack::from_env();
-    let aws = Aws::new().await;
-    let pool = aws.pool("errors", 2).await;
+    let Some(s) = Scenario::with_receives("errors", 2).await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
     let config = agent_config(&stack, &pool, &aws.endpoint, &unique("i-errors"), "");
     let agent = AgentProcess::start(&config, "agent");
     let id = unique("nopull");
@@ -162,12 +139,12 @@ async fn a_job_that_cannot_run_is_left_to_the_redrive_policy() {
         aws.counts(&pool.dlq_url).await.0 == 1
     })
     .await;
-    wait_empty(&aws, &pool.queue_url).await;
+    aws.wait_empty(&pool).await;
     for attempt in [1, 2] {
         let r = aws
             .json(
                 &pool.bucket,
-                &format!("results/{id}/attempt-{attempt}/result.json"),
+                &keys::attempt(&id, attempt),
             )
             .await
             .unwrap_or_else(|| panic!("attempt {attempt} recorded"));
@@ -181,7 +158,7 @@ async fn a_job_that_cannot_run_is_left_to_the_redrive_policy() {
         );
     }
     assert!(
-        result(&aws, &pool.bucket, &id).await.is_none(),
+        aws.result(&pool, &id).await.is_none(),
         "an error is not terminal"
     );
     drop(agent);
@@ -189,9 +166,10 @@ async fn a_job_that_cannot_run_is_left_to_the_redrive_policy() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_agents_forty_jobs_each_finished_exactly_once() {
-    let stack = Stack::from_env();
-    let aws = Aws::new().await;
-    let pool = aws.pool("pair", 3).await;
+    let Some(s) = Scenario::with_receives("pair", 3).await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
     let mut agents = Vec::new();
     let mut configs = Vec::new();
     for name in ["a", "b"] {
@@ -216,20 +194,20 @@ async fn two_agents_forty_jobs_each_finished_exactly_once() {
     aws.send(&pool.queue_url, "{\"poison\": true}").await;
     aws.send(&pool.queue_url, "poison").await;
 
-    wait_empty(&aws, &pool.queue_url).await;
+    aws.wait_empty(&pool).await;
     let mut by_agent = std::collections::HashMap::new();
     for id in &ids {
-        let r = wait_result(&aws, &pool.bucket, id).await;
+        let r = aws.wait_result(&pool, id).await;
         assert_eq!(r["status"], "succeeded", "{r}");
         *by_agent
             .entry(r["instance_id"].as_str().unwrap().to_owned())
             .or_insert(0) += 1;
         let log = aws
-            .object(&pool.bucket, &format!("results/{id}/log.txt"))
+            .object(&pool.bucket, &keys::log(&id))
             .await
             .unwrap();
         assert_eq!(String::from_utf8(log).unwrap(), format!("{id}\n"));
-        let keys = aws.keys(&pool.bucket, &format!("results/{id}/")).await;
+        let keys = aws.keys(&pool.bucket, &keys::job(&id)).await;
         assert_eq!(
             keys.len(),
             2,
@@ -247,16 +225,17 @@ async fn two_agents_forty_jobs_each_finished_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_redelivered_finished_job_is_not_run_again() {
-    let stack = Stack::from_env();
-    let aws = Aws::new().await;
-    let pool = aws.pool("dupes", 3).await;
+    let Some(s) = Scenario::with_receives("dupes", 3).await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
     let config = agent_config(&stack, &pool, &aws.endpoint, &unique("i-dupes"), "");
     let agent = AgentProcess::start(&config, "agent");
     let id = unique("once");
     let body = job(&id, &stack.image, &["sh", "-c", "echo ran"]).to_string();
     aws.send(&pool.queue_url, &body).await;
-    let first = wait_result(&aws, &pool.bucket, &id).await;
-    wait_empty(&aws, &pool.queue_url).await;
+    let first = aws.wait_result(&pool, &id).await;
+    aws.wait_empty(&pool).await;
 
     // SQS delivers at least once: the same job again.
     aws.send(&pool.queue_url, &body).await;
@@ -266,16 +245,17 @@ async fn a_redelivered_finished_job_is_not_run_again() {
             LONG,
         )
         .await;
-    wait_empty(&aws, &pool.queue_url).await;
+    aws.wait_empty(&pool).await;
     assert_eq!(agent.count("Job started."), 1);
-    assert_eq!(result(&aws, &pool.bucket, &id).await.unwrap(), first);
+    assert_eq!(aws.result(&pool, &id).await.unwrap(), first);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_mid_job_then_restart_completes_the_job_once() {
-    let stack = Stack::from_env();
-    let aws = Aws::new().await;
-    let pool = aws.pool("crash", 5).await;
+    let Some(s) = Scenario::new("crash").await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
     let instance = unique("i-crash");
     // The visibility timeout is long: only the receipt kept in the container's
     // labels can bring the message back quickly.
@@ -311,24 +291,25 @@ async fn kill_9_mid_job_then_restart_completes_the_job_once() {
             LONG,
         )
         .await;
-    let r = wait_result(&aws, &pool.bucket, &id).await;
+    let r = aws.wait_result(&pool, &id).await;
     assert_eq!(r["status"], "succeeded");
     assert_eq!(r["attempt"], 2);
     let log = aws
-        .object(&pool.bucket, &format!("results/{id}/log.txt"))
+        .object(&pool.bucket, &keys::log(&id))
         .await
         .unwrap();
     assert_eq!(String::from_utf8(log).unwrap(), "finished on attempt 2\n");
-    wait_empty(&aws, &pool.queue_url).await;
+    aws.wait_empty(&pool).await;
     assert_eq!(second.count("Job started."), 1);
     assert_clean(&id);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_releases_running_jobs_at_once() {
-    let stack = Stack::from_env();
-    let aws = Aws::new().await;
-    let pool = aws.pool("sigterm", 5).await;
+    let Some(s) = Scenario::new("sigterm").await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
     let config = agent_config(
         &stack,
         &pool,
@@ -362,21 +343,22 @@ async fn sigterm_releases_running_jobs_at_once() {
     );
     for id in &ids {
         let r = aws
-            .json(&pool.bucket, &format!("results/{id}/attempt-1/result.json"))
+            .json(&pool.bucket, &keys::attempt(&id, 1))
             .await
             .expect("the interrupted attempt is recorded");
         assert_eq!(r["status"], "interrupted");
         assert_eq!(r["reason"], "interrupted: SIGTERM received");
-        assert!(result(&aws, &pool.bucket, id).await.is_none());
+        assert!(aws.result(&pool, id).await.is_none());
         assert_clean(id);
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_lets_running_jobs_finish_within_the_stop_timeout() {
-    let stack = Stack::from_env();
-    let aws = Aws::new().await;
-    let pool = aws.pool("finish", 5).await;
+    let Some(s) = Scenario::new("finish").await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
     let config = agent_config(
         &stack,
         &pool,
@@ -394,7 +376,7 @@ async fn sigterm_lets_running_jobs_finish_within_the_stop_timeout() {
     agent.wait_log("Job started.", LONG).await;
     agent.signal(Signal::SIGTERM);
     assert_eq!(agent.wait_exit(LONG).await, Some(0));
-    let r = result(&aws, &pool.bucket, &id)
+    let r = aws.result(&pool, &id)
         .await
         .expect("finished before exit");
     assert_eq!(r["status"], "succeeded");
@@ -403,9 +385,10 @@ async fn sigterm_lets_running_jobs_finish_within_the_stop_timeout() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_sigterm_skips_the_wait() {
-    let stack = Stack::from_env();
-    let aws = Aws::new().await;
-    let pool = aws.pool("twice", 5).await;
+    let Some(s) = Scenario::new("twice").await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
     let config = agent_config(
         &stack,
         &pool,
@@ -435,9 +418,10 @@ async fn a_second_sigterm_skips_the_wait() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_aws_outage_delays_but_loses_nothing() {
-    let stack = Stack::from_env();
-    let aws = Aws::new().await;
-    let pool = aws.pool("outage", 5).await;
+    let Some(s) = Scenario::new("outage").await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
     let upstream = aws.upstream();
     let proxy = common::proxy::Proxy::tcp(&upstream).await;
     // Two slots: while one job waits to record its result, the loop still polls.
@@ -473,10 +457,10 @@ async fn an_aws_outage_delays_but_loses_nothing() {
     proxy.set_down(false);
 
     for id in [&first, &second] {
-        let r = wait_result(&aws, &pool.bucket, id).await;
+        let r = aws.wait_result(&pool, id).await;
         assert_eq!(r["status"], "succeeded", "{r}");
     }
-    wait_empty(&aws, &pool.queue_url).await;
+    aws.wait_empty(&pool).await;
     agent.wait_log("The queue answers again.", LONG).await;
     // Once per backoff step, not once per attempt: a handful, not a flood.
     assert!(
@@ -488,9 +472,10 @@ async fn an_aws_outage_delays_but_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn nothing_is_received_while_docker_is_down() {
-    let stack = Stack::from_env();
-    let aws = Aws::new().await;
-    let pool = aws.pool("dockerdown", 5).await;
+    let Some(s) = Scenario::new("dockerdown").await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
     let (proxy, config) = behind_a_docker_proxy(&stack, &aws, &pool, "").await;
     let agent = AgentProcess::start(&config, "agent");
     agent.wait_log("Ready; serving the queue.", LONG).await;
@@ -519,7 +504,7 @@ async fn nothing_is_received_while_docker_is_down() {
     agent
         .wait_log("Docker is back; receiving again.", LONG)
         .await;
-    let r = wait_result(&aws, &pool.bucket, &id).await;
+    let r = aws.wait_result(&pool, &id).await;
     assert_eq!(r["status"], "succeeded");
     assert_eq!(r["attempt"], 1, "never received while Docker was down");
     assert_clean(&id);
@@ -527,9 +512,10 @@ async fn nothing_is_received_while_docker_is_down() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn losing_docker_mid_job_loses_neither_the_job_nor_a_line_of_its_output() {
-    let stack = Stack::from_env();
-    let aws = Aws::new().await;
-    let pool = aws.pool("dockerblip", 5).await;
+    let Some(s) = Scenario::new("dockerblip").await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
     let (proxy, config) = behind_a_docker_proxy(&stack, &aws, &pool, "").await;
     let agent = AgentProcess::start(&config, "agent");
     let id = unique("blip");
@@ -564,7 +550,7 @@ async fn losing_docker_mid_job_loses_neither_the_job_nor_a_line_of_its_output() 
     .await;
     proxy.set_down(false);
 
-    let r = wait_result(&aws, &pool.bucket, &id).await;
+    let r = aws.wait_result(&pool, &id).await;
     assert_eq!(
         (r["status"].as_str(), r["exit_code"].as_i64()),
         (Some("succeeded"), Some(0)),
@@ -575,7 +561,7 @@ async fn losing_docker_mid_job_loses_neither_the_job_nor_a_line_of_its_output() 
         "Docker was lost while the job ran ({lost_at} lines)"
     );
     let log = aws
-        .object(&pool.bucket, &format!("results/{id}/log.txt"))
+        .object(&pool.bucket, &keys::log(&id))
         .await
         .unwrap();
     let log = String::from_utf8(log).unwrap();
@@ -599,9 +585,10 @@ async fn losing_docker_mid_job_loses_neither_the_job_nor_a_line_of_its_output() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn what_a_cleanup_leaves_in_a_long_docker_outage_is_swept_when_docker_returns() {
-    let stack = Stack::from_env();
-    let aws = Aws::new().await;
-    let pool = aws.pool("sweep", 5).await;
+    let Some(s) = Scenario::new("sweep").await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
     let (proxy, config) = behind_a_docker_proxy(&stack, &aws, &pool, "").await;
     let agent = AgentProcess::start(&config, "agent");
     let id = unique("sweep");
@@ -632,16 +619,17 @@ async fn what_a_cleanup_leaves_in_a_long_docker_outage_is_swept_when_docker_retu
     })
     .await;
     // The attempt was an error (the host failed it), so the job ran again.
-    let r = wait_result(&aws, &pool.bucket, &id).await;
+    let r = aws.wait_result(&pool, &id).await;
     assert_eq!(r["status"], "timed_out", "{r}");
     assert_clean(&id);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_huge_log_is_spooled_to_disk_and_uploaded_whole() {
-    let stack = Stack::from_env();
-    let aws = Aws::new().await;
-    let pool = aws.pool("hugelog", 5).await;
+    let Some(s) = Scenario::new("hugelog").await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
     let config = agent_config(&stack, &pool, &aws.endpoint, &unique("i-huge"), "");
     let agent = AgentProcess::start(&config, "agent");
     let id = unique("chatty");
@@ -652,11 +640,11 @@ async fn a_huge_log_is_spooled_to_disk_and_uploaded_whole() {
         &job(&id, &stack.image, &["sh", "-c", script]),
     )
     .await;
-    let r = wait_result(&aws, &pool.bucket, &id).await;
+    let r = aws.wait_result(&pool, &id).await;
     assert_eq!(r["status"], "succeeded");
     let spooled = agent.count("The job's log is large; spooling it to disk.");
     let log = aws
-        .object(&pool.bucket, &format!("results/{id}/log.txt"))
+        .object(&pool.bucket, &keys::log(&id))
         .await
         .unwrap();
     let text = String::from_utf8(log).unwrap();
@@ -672,9 +660,10 @@ async fn a_huge_log_is_spooled_to_disk_and_uploaded_whole() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn submit_validates_enqueues_and_waits_for_the_result() {
-    let stack = Stack::from_env();
-    let aws = Aws::new().await;
-    let pool = aws.pool("submit", 5).await;
+    let Some(s) = Scenario::new("submit").await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
     let config = agent_config(&stack, &pool, &aws.endpoint, &unique("i-submit"), "");
     let _agent = AgentProcess::start(&config, "agent");
     let submit = |job: &serde_json::Value, wait: bool| {
@@ -722,9 +711,10 @@ async fn submit_validates_enqueues_and_waits_for_the_result() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn check_reports_each_dependency() {
-    let stack = Stack::from_env();
-    let aws = Aws::new().await;
-    let pool = aws.pool("check", 5).await;
+    let Some(s) = Scenario::new("check").await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
     let check = |config: &TestConfig| {
         let output = deckhand()
             .args(["--config", path_str(&config.path), "check"])
@@ -798,9 +788,10 @@ async fn check_reports_each_dependency() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn heartbeats_keep_a_long_job_hidden_past_the_visibility_timeout() {
-    let stack = Stack::from_env();
-    let aws = Aws::new().await;
-    let pool = aws.pool("heartbeat", 5).await;
+    let Some(s) = Scenario::new("heartbeat").await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
     // The shortest visibility timeout there is; the job outlives it by far.
     let config = agent_config(
         &stack,
@@ -838,20 +829,21 @@ async fn heartbeats_keep_a_long_job_hidden_past_the_visibility_timeout() {
         start.elapsed() > Duration::from_secs(30),
         "the job outlived the visibility timeout"
     );
-    let r = wait_result(&aws, &pool.bucket, &id).await;
+    let r = aws.wait_result(&pool, &id).await;
     assert_eq!(
         (r["status"].as_str(), r["attempt"].as_i64()),
         (Some("succeeded"), Some(1))
     );
-    wait_empty(&aws, &pool.queue_url).await;
+    aws.wait_empty(&pool).await;
     assert_eq!(agent.count("Job started."), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_message_that_lands_in_the_last_long_poll_is_handed_back() {
-    let stack = Stack::from_env();
-    let aws = Aws::new().await;
-    let pool = aws.pool("lastpoll", 5).await;
+    let Some(s) = Scenario::new("lastpoll").await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
     // A long poll and a long visibility timeout: a message lost to an abandoned
     // poll would stay hidden for ten minutes.
     let config = agent_config(
@@ -895,9 +887,10 @@ fn sample(metrics: &str, name: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_and_health_say_what_the_agent_does() {
-    let stack = Stack::from_env();
-    let aws = Aws::new().await;
-    let pool = aws.pool("metrics", 5).await;
+    let Some(s) = Scenario::new("metrics").await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
     let config = agent_config(
         &stack,
         &pool,
@@ -930,7 +923,7 @@ async fn metrics_and_health_say_what_the_agent_does() {
     aws.send_job(&pool.queue_url, &job(&latest, &untagged, &["true"]))
         .await;
     for id in [&ok, &failed, &latest] {
-        wait_result(&aws, &pool.bucket, id).await;
+        aws.wait_result(&pool, id).await;
     }
     eventually("three jobs counted", LONG, || async {
         let (_, text) = scrape(&address, "/metrics").await;
@@ -1031,9 +1024,10 @@ impl Drop for OwnImage {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_disk_collects_unused_images_and_stops_intake() {
-    let stack = Stack::from_env();
-    let aws = Aws::new().await;
-    let pool = aws.pool("disk", 5).await;
+    let Some(s) = Scenario::new("disk").await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
     let victim = OwnImage::new(&stack);
     let work = tempfile::tempdir().unwrap();
     let instance = unique("i-disk");
@@ -1061,7 +1055,7 @@ async fn a_full_disk_collects_unused_images_and_stops_intake() {
         .await;
     for id in [&a, &b] {
         assert_eq!(
-            wait_result(&aws, &pool.bucket, id).await["status"],
+            aws.wait_result(&pool, id).await["status"],
             "succeeded"
         );
     }

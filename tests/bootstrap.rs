@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use base64::Engine;
 use common::agent::{AgentProcess, agent_config};
-use common::aws::{Aws, Pool, eventually};
+use common::aws::{Aws, Pool};
+use common::scenario::Scenario;
 use common::*;
 use serde_json::json;
 
-const LONG: Duration = Duration::from_secs(120);
 
 const NPM_TOKEN: &str = "npm_S3cr3tV4lue_0123456789";
 const DEPLOY_KEY: &str =
@@ -144,9 +144,10 @@ fn assert_no_secret(what: &str, text: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn jobs_get_exactly_their_secrets_and_logs_never_show_them() {
-    let stack = Stack::from_env();
-    let aws = Aws::new().await;
-    let pool = aws.pool("secrets", 5).await;
+    let Some(s) = Scenario::new("secrets").await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
     let dir = tempfile::tempdir().unwrap();
     let sealed = seal(&aws, &pool, dir.path()).await;
     let shm = secrets_dir();
@@ -184,11 +185,11 @@ async fn jobs_get_exactly_their_secrets_and_logs_never_show_them() {
     aws.send_job(&pool.queue_url, &greedy).await;
 
     let result = aws
-        .wait_json(&pool.bucket, &format!("results/{id}/result.json"))
+        .wait_json(&pool.bucket, &keys::result(&id))
         .await;
     assert_eq!(result["status"], "succeeded", "{result}");
     let rejected = aws
-        .wait_json(&pool.bucket, &format!("results/{refused}/result.json"))
+        .wait_json(&pool.bucket, &keys::result(&refused))
         .await;
     assert_eq!(rejected["status"], "rejected");
     assert_eq!(
@@ -197,7 +198,7 @@ async fn jobs_get_exactly_their_secrets_and_logs_never_show_them() {
     );
 
     let log = String::from_utf8(
-        aws.object(&pool.bucket, &format!("results/{id}/log.txt"))
+        aws.object(&pool.bucket, &keys::log(&id))
             .await
             .unwrap(),
     )
@@ -277,9 +278,10 @@ async fn boot_failure(stack: &Stack, aws: &Aws, pool: &Pool, extra: &str) -> (Op
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_bundles_stop_the_agent_with_exit_78_and_one_line() {
-    let stack = Stack::from_env();
-    let aws = Aws::new().await;
-    let pool = aws.pool("badseal", 5).await;
+    let Some(s) = Scenario::new("badseal").await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
     let dir = tempfile::tempdir().unwrap();
     let sealed = seal(&aws, &pool, dir.path()).await;
     let shm = secrets_dir();
@@ -380,7 +382,9 @@ async fn bad_bundles_stop_the_agent_with_exit_78_and_one_line() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn registry_credentials_come_from_a_secret() {
-    let stack = Stack::from_env();
+    let Some(stack) = Stack::or_skip() else {
+        return;
+    };
     let auth_image =
         std::env::var("STACK_AUTH_IMAGE").expect("STACK_AUTH_IMAGE from scripts/stack env");
     let auth_registry = std::env::var("STACK_AUTH_REGISTRY").unwrap();
@@ -435,9 +439,10 @@ async fn registry_credentials_come_from_a_secret() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn warm_images_are_pulled_before_the_first_job_and_only_once() {
-    let stack = Stack::from_env();
-    let aws = Aws::new().await;
-    let pool = aws.pool("warm", 5).await;
+    let Some(s) = Scenario::new("warm").await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
     let warm = format!("{}/test/{}:2.0", stack.registry, unique("warm"));
     docker(&["tag", &stack.image, &warm]);
     docker(&["push", "--quiet", &warm]);
@@ -486,9 +491,10 @@ async fn warm_images_are_pulled_before_the_first_job_and_only_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_warm_image_that_cannot_be_pulled_fails_the_boot() {
-    let stack = Stack::from_env();
-    let aws = Aws::new().await;
-    let pool = aws.pool("warmfail", 5).await;
+    let Some(s) = Scenario::new("warmfail").await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
     let missing = format!("{}/ci/never-pushed:1.0", stack.registry);
     let (code, line) = boot_failure(
         &stack,
@@ -555,9 +561,10 @@ fn cache_volumes(source: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cache_volume_is_extracted_once_reused_and_swapped() {
-    let stack = Stack::from_env();
-    let aws = Aws::new().await;
-    let pool = aws.pool("cache", 5).await;
+    let Some(s) = Scenario::new("cache").await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
     let key = "cache/libs.tar.gz";
     let source = format!("s3://{}/{key}", pool.bucket);
     put(
@@ -585,7 +592,7 @@ async fn the_cache_volume_is_extracted_once_reused_and_swapped() {
     .await;
     first.wait_log("Result recorded.", LONG).await;
     let log = aws
-        .object(&pool.bucket, &format!("results/{id}/log.txt"))
+        .object(&pool.bucket, &keys::log(&id))
         .await
         .unwrap();
     assert_eq!(
@@ -631,7 +638,7 @@ async fn the_cache_volume_is_extracted_once_reused_and_swapped() {
         let bucket = pool.bucket.clone();
         async move {
             String::from_utf8(
-                aws.wait_object(&bucket, &format!("results/{id}/log.txt"))
+                aws.wait_object(&bucket, &keys::log(&id))
                     .await,
             )
             .unwrap()
@@ -672,9 +679,10 @@ async fn the_cache_volume_is_extracted_once_reused_and_swapped() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cache_archive_that_escapes_is_refused() {
-    let stack = Stack::from_env();
-    let aws = Aws::new().await;
-    let pool = aws.pool("escape", 5).await;
+    let Some(s) = Scenario::new("escape").await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
     let key = "cache/evil.tar";
     let mut builder = tar::Builder::new(Vec::new());
     for (path, text) in [
@@ -755,9 +763,10 @@ async fn webhook_receiver() -> (
 #[tokio::test(flavor = "multi_thread")]
 async fn results_reach_the_results_queue_and_a_signed_webhook() {
     use hmac::Mac;
-    let stack = Stack::from_env();
-    let aws = Aws::new().await;
-    let pool = aws.pool("notify-results", 5).await;
+    let Some(s) = Scenario::new("notify-results").await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
     let results_queue = aws.pool("results-queue", 5).await.queue_url;
     let dir = tempfile::tempdir().unwrap();
     let sealed = seal(&aws, &pool, dir.path()).await;

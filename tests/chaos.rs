@@ -9,12 +9,12 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::agent::{AgentProcess, agent_config, behind_a_docker_proxy};
-use common::aws::{Aws, Pool, eventually};
+use common::aws::{Aws, Pool};
 use common::imds::ImdsSim;
+use common::scenario::Scenario;
 use common::*;
 use nix::sys::signal::Signal;
 
-const LONG: Duration = Duration::from_secs(180);
 const JOBS: usize = 40;
 
 /// Jobs of 0.2 to 1.8 s, so that at any moment some run and some wait.
@@ -33,7 +33,7 @@ fn jobs(stack: &Stack) -> Vec<(String, serde_json::Value)> {
 }
 
 async fn results(aws: &Aws, pool: &Pool) -> usize {
-    aws.keys(&pool.bucket, "results/")
+    aws.keys(&pool.bucket, keys::PREFIX)
         .await
         .iter()
         .filter(|k| k.ends_with("/result.json") && !k.contains("/attempt-"))
@@ -42,9 +42,10 @@ async fn results(aws: &Aws, pool: &Pool) -> usize {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn no_job_is_lost_when_agents_die_docker_drops_and_spot_takes_a_host() {
-    let stack = Stack::from_env();
-    let aws = Aws::new().await;
-    let pool = aws.pool("chaos", 5).await;
+    let Some(s) = Scenario::new("chaos").await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
     // Short enough that a message whose agent died between recording its result
     // and deleting it comes back within the test (and is then deleted as a
     // duplicate); heartbeats keep running jobs hidden.
@@ -73,21 +74,21 @@ async fn no_job_is_lost_when_agents_die_docker_drops_and_spot_takes_a_host() {
     }
 
     // 1. A is killed outright mid-work and restarted: its orphans go back.
-    eventually("a few results", LONG, || async {
+    eventually("a few results", VERY_LONG, || async {
         results(&aws, &pool).await >= 4
     })
     .await;
     a.signal(Signal::SIGKILL);
-    a.wait_exit(LONG).await;
+    a.wait_exit(VERY_LONG).await;
     let mut a2 = AgentProcess::start(&a_config, "a2");
 
     // 2. B loses Docker for a while.
-    eventually("more results", LONG, || async {
+    eventually("more results", VERY_LONG, || async {
         results(&aws, &pool).await >= 12
     })
     .await;
     docker_link.set_down(true);
-    eventually("B to notice", LONG, || async {
+    eventually("B to notice", VERY_LONG, || async {
         [
             "Docker is unreachable; not receiving.",
             "Lost Docker while the job runs; waiting for it to answer again.",
@@ -102,21 +103,21 @@ async fn no_job_is_lost_when_agents_die_docker_drops_and_spot_takes_a_host() {
     docker_link.set_down(false);
 
     // 3. A's host gets a spot notice; a fresh host C takes its place.
-    eventually("yet more results", LONG, || async {
+    eventually("yet more results", VERY_LONG, || async {
         results(&aws, &pool).await >= 22
     })
     .await;
     sim.spot("terminate", 120).await;
-    assert_eq!(a2.wait_exit(LONG).await, Some(0), "a spot drain exits 0");
+    assert_eq!(a2.wait_exit(VERY_LONG).await, Some(0), "a spot drain exits 0");
     let c_config = agent_config(&stack, &pool, &aws.endpoint, &unique("i-chaos-c"), settings);
     let c = AgentProcess::start(&c_config, "c");
 
     // Every job ends, succeeded, once.
-    eventually("every job's result", LONG, || async {
+    eventually("every job's result", VERY_LONG, || async {
         results(&aws, &pool).await == JOBS
     })
     .await;
-    eventually("the queue to be empty", LONG, || async {
+    eventually("the queue to be empty", VERY_LONG, || async {
         aws.counts(&pool.queue_url).await == (0, 0)
     })
     .await;
@@ -127,12 +128,12 @@ async fn no_job_is_lost_when_agents_die_docker_drops_and_spot_takes_a_host() {
     );
     for (i, (id, _)) in jobs.iter().enumerate() {
         let r = aws
-            .json(&pool.bucket, &format!("results/{id}/result.json"))
+            .json(&pool.bucket, &keys::result(&id))
             .await
             .unwrap();
         assert_eq!(r["status"], "succeeded", "{r}");
         let log = aws
-            .object(&pool.bucket, &format!("results/{id}/log.txt"))
+            .object(&pool.bucket, &keys::log(&id))
             .await
             .unwrap();
         assert_eq!(

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use common::agent::{AgentProcess, agent_config};
 use common::aws::Aws;
+use common::scenario::Scenario;
 use common::*;
 use serde_json::json;
 
-const LONG: Duration = Duration::from_secs(120);
 const ROLE: &str = "arn:aws:iam::123456789012:role/ci-deploy";
 
 /// The environment Docker gave the job's container.
@@ -53,9 +53,10 @@ async fn ask(uri: &str, token: Option<&str>) -> (u16, serde_json::Value) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_gets_its_profiles_role_and_only_while_it_runs() {
-    let stack = Stack::from_env();
-    let aws = Aws::new().await;
-    let pool = aws.pool("creds", 5).await;
+    let Some(s) = Scenario::new("creds").await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
     let config = agent_config(
         &stack,
         &pool,
@@ -123,7 +124,7 @@ async fn a_job_gets_its_profiles_role_and_only_while_it_runs() {
     // The job ends (its timeout): its token with it.
     let start = tokio::time::Instant::now();
     while aws
-        .json(&pool.bucket, &format!("results/{deploy}/result.json"))
+        .json(&pool.bucket, &keys::result(&deploy))
         .await
         .is_none()
     {
@@ -133,7 +134,7 @@ async fn a_job_gets_its_profiles_role_and_only_while_it_runs() {
     let (status, body) = ask(&uri, Some(&token)).await;
     assert_eq!(status, 403, "{body}");
     let log = aws
-        .object(&pool.bucket, &format!("results/{deploy}/log.txt"))
+        .object(&pool.bucket, &keys::log(&deploy))
         .await
         .unwrap();
     assert_eq!(
@@ -152,7 +153,9 @@ async fn a_job_gets_its_profiles_role_and_only_while_it_runs() {
 
 #[test]
 fn exec_cannot_serve_a_role_and_says_so() {
-    let stack = Stack::from_env();
+    let Some(stack) = Stack::or_skip() else {
+        return;
+    };
     let config = TestConfig::new(&stack, &format!("[profiles.deploy]\nrole_arn = \"{ROLE}\""));
     let id = unique("exec-role");
     let mut spec = job(&id, &stack.image, &["true"]);
@@ -172,9 +175,10 @@ fn exec_cannot_serve_a_role_and_says_so() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn check_says_whether_the_credentials_address_can_be_served() {
-    let stack = Stack::from_env();
-    let aws = Aws::new().await;
-    let pool = aws.pool("creds-check", 5).await;
+    let Some(s) = Scenario::new("creds-check").await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
     let check = |listen: &str| {
         let config = agent_config(
             &stack,

@@ -12,7 +12,9 @@ use serde_json::json;
 
 #[test]
 fn a_passing_job_streams_its_output_and_succeeds() {
-    let stack = Stack::from_env();
+    let Some(stack) = Stack::or_skip() else {
+        return;
+    };
     let config = TestConfig::new(&stack, "");
     let id = unique("pass");
     let run = exec(
@@ -48,7 +50,9 @@ fn a_passing_job_streams_its_output_and_succeeds() {
 
 #[test]
 fn a_failing_job_reports_its_exit_code() {
-    let stack = Stack::from_env();
+    let Some(stack) = Stack::or_skip() else {
+        return;
+    };
     let config = TestConfig::new(&stack, "");
     let id = unique("fail");
     let run = exec(
@@ -64,7 +68,9 @@ fn a_failing_job_reports_its_exit_code() {
 
 #[test]
 fn a_job_past_its_timeout_is_stopped() {
-    let stack = Stack::from_env();
+    let Some(stack) = Stack::or_skip() else {
+        return;
+    };
     let config = TestConfig::new(&stack, "");
     let id = unique("timeout");
     let mut spec = job(&id, &stack.image, &["sleep", "600"]);
@@ -94,7 +100,9 @@ const OOM_AFTER_A_SECOND: &str = "sleep 1; exec dd if=/dev/zero of=/dev/null bs=
 /// exit: Docker's own `oom` event for the container.
 #[tokio::test]
 async fn dockers_oom_event_is_found_for_a_memory_kill_only() {
-    let stack = Stack::from_env();
+    let Some(stack) = Stack::or_skip() else {
+        return;
+    };
     let engine = deckhand::docker::Docker::connect(&deckhand::config::DockerConfig {
         socket: "/var/run/docker.sock".into(),
     })
@@ -131,7 +139,9 @@ async fn dockers_oom_event_is_found_for_a_memory_kill_only() {
 
 #[test]
 fn a_memory_kill_is_reported_as_such() {
-    let stack = Stack::from_env();
+    let Some(stack) = Stack::or_skip() else {
+        return;
+    };
     let config = TestConfig::new(&stack, "");
     let id = unique("oom");
     let mut spec = job(
@@ -154,7 +164,9 @@ fn a_memory_kill_is_reported_as_such() {
 
 #[test]
 fn a_digest_pin_is_pulled_from_the_registry_once() {
-    let stack = Stack::from_env();
+    let Some(stack) = Stack::or_skip() else {
+        return;
+    };
     // A repository of this test's own, so that no other test has it locally.
     let repo = format!("{}/test/{}", stack.registry, unique("pull"));
     let tagged = format!("{repo}:1.0");
@@ -192,7 +204,9 @@ fn a_digest_pin_is_pulled_from_the_registry_once() {
 
 #[test]
 fn a_missing_image_is_an_error_not_a_failure() {
-    let stack = Stack::from_env();
+    let Some(stack) = Stack::or_skip() else {
+        return;
+    };
     let config = TestConfig::new(&stack, "");
     let id = unique("nopull");
     let image = format!("{}/ci/does-not-exist:0.0.1", stack.registry);
@@ -212,7 +226,9 @@ fn a_missing_image_is_an_error_not_a_failure() {
 
 #[test]
 fn the_container_is_locked_down() {
-    let stack = Stack::from_env();
+    let Some(stack) = Stack::or_skip() else {
+        return;
+    };
     let volume = unique("cache");
     docker(&["volume", "create", &volume]);
     docker(&[
@@ -263,7 +279,9 @@ fn the_container_is_locked_down() {
 
 #[test]
 fn refusals_name_the_field_and_exit_65() {
-    let stack = Stack::from_env();
+    let Some(stack) = Stack::or_skip() else {
+        return;
+    };
     let config = TestConfig::new(&stack, "");
     let base = |id: &str| job(id, &stack.image, &["true"]);
     let image = |image: &str| {
@@ -348,7 +366,9 @@ fn refusals_name_the_field_and_exit_65() {
 
 #[test]
 fn sigterm_mid_job_interrupts_and_cleans_up() {
-    let stack = Stack::from_env();
+    let Some(stack) = Stack::or_skip() else {
+        return;
+    };
     let config = TestConfig::new(&stack, "");
     let id = unique("sigterm");
     let child = deckhand()
@@ -363,7 +383,7 @@ fn sigterm_mid_job_interrupts_and_cleans_up() {
         .spawn()
         .unwrap();
     let filter = format!("label=deckhand.job_id={id}");
-    wait_for(
+    eventually_blocking(
         "the job's container to run",
         Duration::from_secs(60),
         || {

@@ -8,17 +8,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::agent::{AgentProcess, agent_config};
-use common::aws::{Aws, eventually};
+use common::aws::Aws;
+use common::scenario::Scenario;
 use common::*;
 use nix::sys::signal::Signal;
 
-const LONG: Duration = Duration::from_secs(120);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn notifications_arrive_in_order() {
-    let stack = Stack::from_env();
-    let aws = Aws::new().await;
-    let pool = aws.pool("notify", 5).await;
+    let Some(s) = Scenario::new("notify").await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
     let dir = tempfile::tempdir().unwrap();
     let socket_path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();

@@ -6,12 +6,12 @@ mod common;
 use std::time::Duration;
 
 use common::agent::{AgentProcess, agent_config};
-use common::aws::{Aws, Pool, eventually};
+use common::aws::{Aws, Pool};
 use common::imds::ImdsSim;
+use common::scenario::Scenario;
 use common::*;
 use serde_json::json;
 
-const LONG: Duration = Duration::from_secs(120);
 
 /// A job that runs for ten minutes on its first delivery and finishes at once on
 /// any later one: what a second agent completes after a spot notice.
@@ -98,39 +98,12 @@ fn scale_in_host(stack: &Stack, pool: &Pool, endpoint: &str, me: &str, agent: &s
     }
 }
 
-async fn result(aws: &Aws, pool: &Pool, id: &str) -> Option<serde_json::Value> {
-    aws.json(&pool.bucket, &format!("results/{id}/result.json"))
-        .await
-}
-
-async fn attempt(aws: &Aws, pool: &Pool, id: &str, n: u32) -> Option<serde_json::Value> {
-    aws.json(
-        &pool.bucket,
-        &format!("results/{id}/attempt-{n}/result.json"),
-    )
-    .await
-}
-
-async fn wait_for<F, Fut>(what: &str, mut get: F) -> serde_json::Value
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<serde_json::Value>>,
-{
-    let start = tokio::time::Instant::now();
-    loop {
-        if let Some(found) = get().await {
-            return found;
-        }
-        assert!(start.elapsed() < LONG, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_spot_notice_hands_the_job_to_another_agent() {
-    let stack = Stack::from_env();
-    let aws = Aws::new().await;
-    let pool = aws.pool("spot", 5).await;
+    let Some(s) = Scenario::new("spot").await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
     let sim = ImdsSim::start(&unique("i-spot"));
     let config = sim_config(
         &stack,
@@ -155,7 +128,7 @@ async fn a_spot_notice_hands_the_job_to_another_agent() {
     // Well inside the 105 s the notice leaves (120 s minus the 15 s margin).
     let exited_after = noticed.elapsed();
     assert!(exited_after < Duration::from_secs(60), "{exited_after:?}");
-    let interrupted = wait_for("the interrupted attempt", || attempt(&aws, &pool, &id, 1)).await;
+    let interrupted = eventually("the interrupted attempt", LONG, || aws.attempt(&pool, &id, 1)).await;
     assert_eq!(interrupted["status"], "interrupted");
     assert!(
         interrupted["reason"]
@@ -174,7 +147,7 @@ async fn a_spot_notice_hands_the_job_to_another_agent() {
 
     let rescuer_config = agent_config(&stack, &pool, &aws.endpoint, &unique("i-rescuer"), "");
     let _rescuer = AgentProcess::start(&rescuer_config, "rescuer");
-    let done = wait_for("the terminal result", || result(&aws, &pool, &id)).await;
+    let done = eventually("the terminal result", LONG, || aws.result(&pool, &id)).await;
     assert_eq!(done["status"], "succeeded");
     assert_eq!(done["attempt"], 2);
     assert_clean(&id);
@@ -182,9 +155,10 @@ async fn a_spot_notice_hands_the_job_to_another_agent() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn finish_if_possible_finishes_a_short_job_and_releases_a_long_one() {
-    let stack = Stack::from_env();
-    let aws = Aws::new().await;
-    let pool = aws.pool("finish", 5).await;
+    let Some(s) = Scenario::new("finish").await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
     let sim = ImdsSim::start(&unique("i-finish"));
     let config = sim_config(
         &stack,
@@ -226,11 +200,11 @@ async fn finish_if_possible_finishes_a_short_job_and_releases_a_long_one() {
         "exited {exited_after:?} after the notice"
     );
     assert_eq!(
-        result(&aws, &pool, &short).await.unwrap()["status"],
+        aws.result(&pool, &short).await.unwrap()["status"],
         "succeeded"
     );
     assert_eq!(
-        attempt(&aws, &pool, &long, 1).await.unwrap()["status"],
+        aws.attempt(&pool, &long, 1).await.unwrap()["status"],
         "interrupted"
     );
     assert_eq!(
@@ -242,9 +216,10 @@ async fn finish_if_possible_finishes_a_short_job_and_releases_a_long_one() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hibernate_drains_at_once_whatever_the_policy() {
-    let stack = Stack::from_env();
-    let aws = Aws::new().await;
-    let pool = aws.pool("hibernate", 5).await;
+    let Some(s) = Scenario::new("hibernate").await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
     let sim = ImdsSim::start(&unique("i-hib"));
     let config = sim_config(
         &stack,
@@ -262,7 +237,7 @@ async fn hibernate_drains_at_once_whatever_the_policy() {
     sim.spot("hibernate", 120).await;
     assert_eq!(agent.wait_exit(LONG).await, Some(0));
     assert_eq!(
-        attempt(&aws, &pool, &id, 1).await.unwrap()["status"],
+        aws.attempt(&pool, &id, 1).await.unwrap()["status"],
         "interrupted"
     );
     assert_eq!(aws.counts(&pool.queue_url).await, (1, 0));
@@ -270,9 +245,10 @@ async fn hibernate_drains_at_once_whatever_the_policy() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rebalance_ignore_keeps_serving() {
-    let stack = Stack::from_env();
-    let aws = Aws::new().await;
-    let pool = aws.pool("rb-ignore", 5).await;
+    let Some(s) = Scenario::new("rb-ignore").await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
     let sim = ImdsSim::start(&unique("i-rbi"));
     let config = sim_config(
         &stack,
@@ -288,16 +264,17 @@ async fn rebalance_ignore_keeps_serving() {
     let id = unique("after");
     aws.send_job(&pool.queue_url, &job(&id, &stack.image, &["true"]))
         .await;
-    let r = wait_for("the job sent after the notice", || result(&aws, &pool, &id)).await;
+    let r = eventually("the job sent after the notice", LONG, || aws.result(&pool, &id)).await;
     assert_eq!(r["status"], "succeeded");
     assert_eq!(agent.count("Draining."), 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rebalance_stop_intake_finishes_running_jobs_and_takes_no_more() {
-    let stack = Stack::from_env();
-    let aws = Aws::new().await;
-    let pool = aws.pool("rb-intake", 5).await;
+    let Some(s) = Scenario::new("rb-intake").await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
     let sim = ImdsSim::start(&unique("i-rbs"));
     let config = sim_config(
         &stack,
@@ -324,7 +301,7 @@ async fn rebalance_stop_intake_finishes_running_jobs_and_takes_no_more() {
     assert_eq!(agent.wait_exit(LONG).await, Some(0));
     // stop_timeout_secs = 0 does not apply: stop-intake lets the job finish.
     assert_eq!(
-        result(&aws, &pool, &running).await.unwrap()["status"],
+        aws.result(&pool, &running).await.unwrap()["status"],
         "succeeded"
     );
     assert_eq!(
@@ -336,9 +313,10 @@ async fn rebalance_stop_intake_finishes_running_jobs_and_takes_no_more() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rebalance_drain_acts_like_sigterm() {
-    let stack = Stack::from_env();
-    let aws = Aws::new().await;
-    let pool = aws.pool("rb-drain", 5).await;
+    let Some(s) = Scenario::new("rb-drain").await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
     let sim = ImdsSim::start(&unique("i-rbd"));
     let config = sim_config(
         &stack,
@@ -354,7 +332,7 @@ async fn rebalance_drain_acts_like_sigterm() {
     agent.wait_log("Job started.", LONG).await;
     sim.control("rebalance", json!({"in_secs": 0})).await;
     assert_eq!(agent.wait_exit(LONG).await, Some(0));
-    let r = attempt(&aws, &pool, &id, 1).await.unwrap();
+    let r = aws.attempt(&pool, &id, 1).await.unwrap();
     assert_eq!(r["status"], "interrupted");
     assert_eq!(r["reason"], "interrupted: rebalance recommendation");
     assert_eq!(aws.counts(&pool.queue_url).await, (1, 0));
@@ -362,9 +340,10 @@ async fn rebalance_drain_acts_like_sigterm() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn auto_scaling_termination_drains_then_completes_the_termination_hook() {
-    let stack = Stack::from_env();
-    let aws = Aws::new().await;
-    let pool = aws.pool("asg-term", 5).await;
+    let Some(s) = Scenario::new("asg-term").await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
     let group = aws.group(2).await;
     let me = group.instances[0].clone();
     let hook = unique("drain-hook");
@@ -392,7 +371,7 @@ async fn auto_scaling_termination_drains_then_completes_the_termination_hook() {
     host.auto_scaling_terminates().await;
     assert_eq!(agent.wait_exit(LONG).await, Some(0));
     assert_eq!(
-        result(&aws, &pool, &id).await.unwrap()["status"],
+        aws.result(&pool, &id).await.unwrap()["status"],
         "succeeded",
         "finished within stop_timeout_secs"
     );
@@ -420,9 +399,10 @@ async fn auto_scaling_termination_drains_then_completes_the_termination_hook() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn with_several_termination_hooks_only_the_configured_one_is_completed() {
-    let stack = Stack::from_env();
-    let aws = Aws::new().await;
-    let pool = aws.pool("asg-hooks", 5).await;
+    let Some(s) = Scenario::new("asg-hooks").await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
     let group = aws.group(1).await;
     let me = group.instances[0].clone();
     let hooks = [unique("ours"), unique("log-shipper")];
@@ -472,9 +452,10 @@ async fn with_several_termination_hooks_only_the_configured_one_is_completed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metadata_faults_never_stop_the_jobs() {
-    let stack = Stack::from_env();
-    let aws = Aws::new().await;
-    let pool = aws.pool("imdsfault", 5).await;
+    let Some(s) = Scenario::new("imdsfault").await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
     let sim = ImdsSim::start(&unique("i-fault"));
     let config = sim_config(&stack, &aws, &pool, &sim, "");
     let agent = AgentProcess::start(&config, "agent");
@@ -490,8 +471,8 @@ async fn metadata_faults_never_stop_the_jobs() {
         let id = unique(&format!("during-{mode}"));
         aws.send_job(&pool.queue_url, &job(&id, &stack.image, &["true"]))
             .await;
-        let r = wait_for(&format!("a job during fault {mode}"), || {
-            result(&aws, &pool, &id)
+        let r = eventually(&format!("a job during fault {mode}"), LONG, || {
+            aws.result(&pool, &id)
         })
         .await;
         assert_eq!(r["status"], "succeeded");
@@ -510,9 +491,10 @@ async fn metadata_faults_never_stop_the_jobs() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_poll_misses_no_notice() {
-    let stack = Stack::from_env();
-    let aws = Aws::new().await;
-    let pool = aws.pool("missed", 5).await;
+    let Some(s) = Scenario::new("missed").await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
     let sim = ImdsSim::start(&unique("i-missed"));
     let config = sim_config(&stack, &aws, &pool, &sim, "");
     let mut agent = AgentProcess::start(&config, "agent");
@@ -526,9 +508,10 @@ async fn a_failed_poll_misses_no_notice() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn off_ec2_the_watchers_are_off_with_one_warning() {
-    let stack = Stack::from_env();
-    let aws = Aws::new().await;
-    let pool = aws.pool("offec2", 5).await;
+    let Some(s) = Scenario::new("offec2").await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
     // A loopback port nobody listens on stands for "no metadata service here".
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", closed.local_addr().unwrap());
@@ -544,7 +527,7 @@ async fn off_ec2_the_watchers_are_off_with_one_warning() {
     let id = unique("offec2");
     aws.send_job(&pool.queue_url, &job(&id, &stack.image, &["true"]))
         .await;
-    let r = wait_for("the job", || result(&aws, &pool, &id)).await;
+    let r = eventually("the job", LONG, || aws.result(&pool, &id)).await;
     assert_eq!(r["status"], "succeeded");
     let warnings: Vec<_> = agent
         .logs()
@@ -562,9 +545,10 @@ async fn off_ec2_the_watchers_are_off_with_one_warning() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_scale_in_leaves_the_group_and_survives_throttling() {
-    let stack = Stack::from_env();
-    let aws = Aws::new().await;
-    let pool = aws.pool("scalein", 5).await;
+    let Some(s) = Scenario::new("scalein").await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
     let group = aws.group(2).await;
     let me = group.instances[0].clone();
 
@@ -604,9 +588,10 @@ async fn idle_scale_in_leaves_the_group_and_survives_throttling() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_scale_in_outside_a_group_terminates_through_ec2() {
-    let stack = Stack::from_env();
-    let aws = Aws::new().await;
-    let pool = aws.pool("scalein-ec2", 5).await;
+    let Some(s) = Scenario::new("scalein-ec2").await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
     // An instance that was in a group and was detached from it: EC2 still runs it,
     // Auto Scaling no longer knows it.
     let group = aws.group(1).await;

@@ -7,7 +7,7 @@ use aws_config::BehaviorVersion;
 use aws_sdk_sqs::types::QueueAttributeName;
 use serde_json::Value;
 
-use super::unique;
+use super::{LONG, eventually, keys, unique};
 
 pub struct Aws {
     pub endpoint: String,
@@ -275,21 +275,42 @@ impl Aws {
 
     /// Waits for an object to exist; its bytes.
     pub async fn wait_object(&self, bucket: &str, key: &str) -> Vec<u8> {
-        let start = tokio::time::Instant::now();
-        loop {
-            if let Some(bytes) = self.object(bucket, key).await {
-                return bytes;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(120),
-                "timed out waiting for s3://{bucket}/{key}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let what = format!("s3://{bucket}/{key}");
+        eventually(&what, LONG, || self.object(bucket, key)).await
     }
 
     pub async fn wait_json(&self, bucket: &str, key: &str) -> Value {
         serde_json::from_slice(&self.wait_object(bucket, key).await).unwrap()
+    }
+
+    /// A job's terminal result, if recorded.
+    pub async fn result(&self, pool: &Pool, id: &str) -> Option<Value> {
+        self.json(&pool.bucket, &keys::result(id)).await
+    }
+
+    /// Waits for a job's terminal result.
+    pub async fn wait_result(&self, pool: &Pool, id: &str) -> Value {
+        let what = format!("a result for {id}");
+        eventually(&what, LONG, || self.result(pool, id)).await
+    }
+
+    /// An interrupted or failed attempt's record.
+    pub async fn attempt(&self, pool: &Pool, id: &str, n: u32) -> Option<Value> {
+        self.json(&pool.bucket, &keys::attempt(id, n)).await
+    }
+
+    /// A job's whole log, as text.
+    pub async fn log(&self, pool: &Pool, id: &str) -> Option<String> {
+        let bytes = self.object(&pool.bucket, &keys::log(id)).await?;
+        Some(String::from_utf8(bytes).unwrap())
+    }
+
+    /// Waits until the job queue holds nothing, visible or in flight.
+    pub async fn wait_empty(&self, pool: &Pool) {
+        eventually("the queue to be empty, nothing in flight", LONG, || async {
+            self.counts(&pool.queue_url).await == (0, 0)
+        })
+        .await;
     }
 
     /// Every key under `prefix`.
@@ -315,18 +336,3 @@ impl Aws {
     }
 }
 
-/// Polls an async condition until it holds; panics with `what` after `deadline`.
-pub async fn eventually<F, Fut>(what: &str, deadline: Duration, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = tokio::time::Instant::now();
-    while !condition().await {
-        assert!(
-            start.elapsed() < deadline,
-            "timed out after {deadline:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}

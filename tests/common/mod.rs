@@ -1,15 +1,22 @@
 //! Shared by the integration tests: the local stack's endpoints, configs in temp
-//! dirs, the real binary, and checks against the real Docker engine.
+//! dirs, the real binary, checks against the real Docker engine, one way to wait
+//! ([`eventually`]) and one place for the S3 keys of the record ([`keys`]).
+//! [`scenario::Scenario`] is the usual start of a test: see docs/testing.md.
 //!
-//! The stack is `scripts/stack up`; `scripts/test` exports its endpoints. A test that
-//! finds them missing fails: a test that skips itself asserts nothing.
+//! The stack is `scripts/stack up`; `scripts/test` exports its endpoints and sets
+//! `STACK_REQUIRED=1`, so there a test that finds the stack missing fails.
+//! A plain `cargo test` without the stack runs the unit tests, and each of these
+//! says once, on stderr, that it was skipped and how to run it: the gate that
+//! counts is `scripts/test`, which runs everything.
 
 #![allow(dead_code)]
 
 pub mod agent;
 pub mod aws;
 pub mod imds;
+pub mod keys;
 pub mod proxy;
+pub mod scenario;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -28,7 +35,27 @@ pub struct Stack {
     pub network: String,
 }
 
+/// How long a test waits for what the agent does in seconds on a quiet machine:
+/// generous, since a 2-core box under a full test run is anything but quiet.
+pub const LONG: Duration = Duration::from_secs(120);
+/// For whole fleets of work (the chaos test).
+pub const VERY_LONG: Duration = Duration::from_secs(180);
+
 impl Stack {
+    /// The stack, or `None` (after one line on stderr) when its variables are
+    /// absent and `STACK_REQUIRED` is not set: `let Some(stack) =
+    /// Stack::or_skip() else { return };`.
+    pub fn or_skip() -> Option<Stack> {
+        let present = std::env::var_os("STACK_REGISTRY").is_some();
+        if !present && std::env::var_os("STACK_REQUIRED").is_none() {
+            eprintln!(
+                "skipped: needs the local stack; run scripts/test, or `scripts/stack up && eval \"$(scripts/stack env)\"` first"
+            );
+            return None;
+        }
+        Some(Stack::from_env())
+    }
+
     pub fn from_env() -> Stack {
         let var = |name: &str| {
             std::env::var(name).unwrap_or_else(|_| {
@@ -231,8 +258,51 @@ pub fn assert_clean(job_id: &str) {
     assert!(left.is_empty(), "left behind for {job_id}: {left:?}");
 }
 
-/// Polls `condition` until it holds or `deadline` passes; never sleep-then-assert.
-pub fn wait_for(what: &str, deadline: Duration, mut condition: impl FnMut() -> bool) {
+/// What a polled condition gives: `true` or `Some(value)` when it holds.
+pub trait Ready {
+    type Value;
+    fn ready(self) -> Option<Self::Value>;
+}
+
+impl Ready for bool {
+    type Value = ();
+    fn ready(self) -> Option<()> {
+        self.then_some(())
+    }
+}
+
+impl<T> Ready for Option<T> {
+    type Value = T;
+    fn ready(self) -> Option<T> {
+        self
+    }
+}
+
+/// Polls `condition` every 100 ms until it holds (`true`, or `Some(value)`, which
+/// it returns); panics naming `what` after `deadline`. The one way tests wait:
+/// never sleep-then-assert.
+pub async fn eventually<F, Fut, R>(what: &str, deadline: Duration, mut condition: F) -> R::Value
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = R>,
+    R: Ready,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        if let Some(value) = condition().await.ready() {
+            return value;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// [`eventually`] for the tests that run without a runtime (`exec` and the
+/// packaging checks, which only start processes).
+pub fn eventually_blocking(what: &str, deadline: Duration, mut condition: impl FnMut() -> bool) {
     let start = Instant::now();
     while !condition() {
         assert!(

@@ -124,7 +124,7 @@ impl Runner {
         let started_at = chrono::Utc::now();
         let clock = Instant::now();
         let names = Names::new(&job.id, attempt, &self.config.agent.secrets_dir);
-        self.sweeper.started(&names.container);
+        self.sweeper.started(&names.container, &names.workspace);
         let spool = self.config.agent.work_dir.join("spool");
         let mut log = JobLog::new(self.masker.clone())
             .spool_to(spool.join(format!("{}.log", names.container)));
@@ -141,7 +141,7 @@ impl Runner {
             )
             .await;
         self.clean_up(&names).await;
-        self.sweeper.ended(&names.container);
+        self.sweeper.ended(&names.container, &names.workspace);
 
         let (status, exit_code, reason) = outcome.describe(job, preemption.reason());
         let reason = reason.map(|r| self.masker.mask(&r).into_owned());
@@ -463,6 +463,29 @@ impl Runner {
         }
     }
 
+    /// Runs a removal until it succeeds, fails for a reason other than Docker's
+    /// absence, or `give_up` passes; whether it succeeded.
+    async fn patiently<F, Fut>(&self, give_up: Instant, what: &str, mut remove: F) -> bool
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), docker::DockerError>>,
+    {
+        let mut backoff = outage_backoff();
+        loop {
+            match remove().await {
+                Ok(()) => return true,
+                Err(error) if error.is_unreachable() && Instant::now() < give_up => {
+                    tracing::warn!(%error, "Could not remove the job's {what} yet; Docker does not answer.");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "Could not remove the job's {what}; removing it once Docker answers.");
+                    return false;
+                }
+            }
+        }
+    }
+
     /// Removes the container and the workspace, retrying for `CLEANUP_PATIENCE`
     /// while Docker does not answer. Never cancelled: a second signal must not
     /// leave them behind.
@@ -473,29 +496,17 @@ impl Runner {
             tracing::error!(%error, dir = %names.secrets.display(), "Could not remove the job's secrets.");
         }
         let give_up = Instant::now() + CLEANUP_PATIENCE;
-        let mut backoff = outage_backoff();
         // The volume is in use until the container is gone.
-        let removed = loop {
-            match self.docker.remove_container(&names.container).await {
-                Ok(()) => break true,
-                Err(error) if error.is_unreachable() && Instant::now() < give_up => {
-                    tracing::warn!(%error, "Could not remove the job's container yet; Docker does not answer.");
-                    tokio::time::sleep(backoff.next_delay()).await;
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "Could not remove the job's container; removing it once Docker answers.");
-                    break false;
-                }
-            }
-        };
-        let removed = removed
-            && match self.docker.remove_volume(&names.workspace).await {
-                Ok(()) => true,
-                Err(error) => {
-                    tracing::warn!(%error, "Could not remove the job's workspace volume.");
-                    false
-                }
-            };
+        let removed = self
+            .patiently(give_up, "container", || {
+                self.docker.remove_container(&names.container)
+            })
+            .await
+            && self
+                .patiently(give_up, "workspace volume", || {
+                    self.docker.remove_volume(&names.workspace)
+                })
+                .await;
         if !removed {
             self.sweeper.left_behind();
         }

@@ -17,7 +17,7 @@ use crate::docker::{self, Docker, ManagedContainer};
 pub struct Sweeper {
     docker: Docker,
     instance_id: String,
-    /// The containers of the jobs running now.
+    /// The containers and workspaces of the jobs running now.
     active: Arc<Mutex<HashSet<String>>>,
     /// A cleanup left something behind: sweep once Docker answers.
     leftovers: Arc<AtomicBool>,
@@ -33,13 +33,18 @@ impl Sweeper {
         }
     }
 
-    /// `container` belongs to a running job until [`Sweeper::ended`].
-    pub fn started(&self, container: &str) {
-        self.active_set().insert(container.to_owned());
+    /// `container` and its `workspace` belong to a running job until
+    /// [`Sweeper::ended`].
+    pub fn started(&self, container: &str, workspace: &str) {
+        let mut active = self.active_set();
+        active.insert(container.to_owned());
+        active.insert(workspace.to_owned());
     }
 
-    pub fn ended(&self, container: &str) {
-        self.active_set().remove(container);
+    pub fn ended(&self, container: &str, workspace: &str) {
+        let mut active = self.active_set();
+        active.remove(container);
+        active.remove(workspace);
     }
 
     /// A job's cleanup could not remove everything; the next sweep will.
@@ -60,7 +65,11 @@ impl Sweeper {
         if !self.leftovers.swap(false, Ordering::SeqCst) {
             return;
         }
-        if let Err(error) = self.sweep_containers(Occasion::Leftovers).await {
+        let swept = match self.sweep_containers(Occasion::Leftovers).await {
+            Ok(_) => self.sweep_volumes().await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = swept {
             self.left_behind();
             tracing::warn!(%error, "Could not look for containers earlier jobs left.");
         }
@@ -71,17 +80,25 @@ impl Sweeper {
     /// which messages to hand back.
     pub async fn sweep_all(&self) -> Result<Vec<ManagedContainer>, docker::DockerError> {
         let found = self.sweep_containers(Occasion::Boot).await?;
-        // Workspaces whose container never got created.
+        self.sweep_volumes().await?;
+        Ok(found)
+    }
+
+    /// Workspaces no running job owns: their container never got created, or
+    /// is gone while removing the volume failed.
+    async fn sweep_volumes(&self) -> Result<(), docker::DockerError> {
         let volumes = self
             .docker
             .list_managed_volumes((docker::LABEL_AGENT, &self.instance_id))
             .await?;
-        for volume in volumes {
+        let active = self.active_set().clone();
+        for volume in volumes.into_iter().filter(|v| !active.contains(v)) {
             if let Err(error) = self.docker.remove_volume(&volume).await {
+                self.left_behind();
                 tracing::warn!(%error, volume, "Could not remove an orphaned workspace.");
             }
         }
-        Ok(found)
+        Ok(())
     }
 
     async fn sweep_containers(

@@ -6,12 +6,10 @@ mod common;
 use std::time::Duration;
 
 use common::agent::{AgentProcess, agent_config, behind_a_docker_proxy};
-use common::aws::Aws;
 use common::scenario::Scenario;
 use common::*;
 use nix::sys::signal::Signal;
 use serde_json::json;
-
 
 #[tokio::test(flavor = "multi_thread")]
 async fn each_outcome_meets_its_fate_on_the_queue() {
@@ -19,14 +17,7 @@ async fn each_outcome_meets_its_fate_on_the_queue() {
         return;
     };
     let Scenario { stack, aws, pool } = &s;
-    let config = agent_config(
-        &stack,
-        &pool,
-        &aws.endpoint,
-        &unique("i-fates"),
-        "[agent]\nslots = 2",
-    );
-    let agent = AgentProcess::start(&config, "agent");
+    let (_config, agent) = s.agent("i-fates", "[agent]\nslots = 2");
 
     let ok = unique("ok");
     let failed = unique("failed");
@@ -55,14 +46,8 @@ async fn each_outcome_meets_its_fate_on_the_queue() {
         (r["status"].as_str(), r["exit_code"].as_i64()),
         (Some("succeeded"), Some(0))
     );
-    assert_eq!(
-        r["log"],
-        format!("s3://{}/{}", pool.bucket, keys::log(&ok))
-    );
-    let log = aws
-        .object(&pool.bucket, &keys::log(&ok))
-        .await
-        .unwrap();
+    assert_eq!(r["log"], format!("s3://{}/{}", pool.bucket, keys::log(&ok)));
+    let log = aws.object(&pool.bucket, &keys::log(&ok)).await.unwrap();
     assert_eq!(String::from_utf8(log).unwrap(), "all good\n");
 
     let r = aws.wait_result(&pool, &failed).await;
@@ -127,8 +112,7 @@ async fn a_job_that_cannot_run_is_left_to_the_redrive_policy() {
         return;
     };
     let Scenario { stack, aws, pool } = &s;
-    let config = agent_config(&stack, &pool, &aws.endpoint, &unique("i-errors"), "");
-    let agent = AgentProcess::start(&config, "agent");
+    let (_config, agent) = s.agent("i-errors", "");
     let id = unique("nopull");
     let image = format!("{}/ci/no-such-image:1.0", stack.registry);
     aws.send_job(&pool.queue_url, &job(&id, &image, &["true"]))
@@ -142,10 +126,7 @@ async fn a_job_that_cannot_run_is_left_to_the_redrive_policy() {
     aws.wait_empty(&pool).await;
     for attempt in [1, 2] {
         let r = aws
-            .json(
-                &pool.bucket,
-                &keys::attempt(&id, attempt),
-            )
+            .json(&pool.bucket, &keys::attempt(&id, attempt))
             .await
             .unwrap_or_else(|| panic!("attempt {attempt} recorded"));
         assert_eq!(r["status"], "error");
@@ -202,10 +183,7 @@ async fn two_agents_forty_jobs_each_finished_exactly_once() {
         *by_agent
             .entry(r["instance_id"].as_str().unwrap().to_owned())
             .or_insert(0) += 1;
-        let log = aws
-            .object(&pool.bucket, &keys::log(&id))
-            .await
-            .unwrap();
+        let log = aws.object(&pool.bucket, &keys::log(&id)).await.unwrap();
         assert_eq!(String::from_utf8(log).unwrap(), format!("{id}\n"));
         let keys = aws.keys(&pool.bucket, &keys::job(&id)).await;
         assert_eq!(
@@ -229,8 +207,7 @@ async fn a_redelivered_finished_job_is_not_run_again() {
         return;
     };
     let Scenario { stack, aws, pool } = &s;
-    let config = agent_config(&stack, &pool, &aws.endpoint, &unique("i-dupes"), "");
-    let agent = AgentProcess::start(&config, "agent");
+    let (_config, agent) = s.agent("i-dupes", "");
     let id = unique("once");
     let body = job(&id, &stack.image, &["sh", "-c", "echo ran"]).to_string();
     aws.send(&pool.queue_url, &body).await;
@@ -294,10 +271,7 @@ async fn kill_9_mid_job_then_restart_completes_the_job_once() {
     let r = aws.wait_result(&pool, &id).await;
     assert_eq!(r["status"], "succeeded");
     assert_eq!(r["attempt"], 2);
-    let log = aws
-        .object(&pool.bucket, &keys::log(&id))
-        .await
-        .unwrap();
+    let log = aws.object(&pool.bucket, &keys::log(&id)).await.unwrap();
     assert_eq!(String::from_utf8(log).unwrap(), "finished on attempt 2\n");
     aws.wait_empty(&pool).await;
     assert_eq!(second.count("Job started."), 1);
@@ -310,14 +284,7 @@ async fn sigterm_releases_running_jobs_at_once() {
         return;
     };
     let Scenario { stack, aws, pool } = &s;
-    let config = agent_config(
-        &stack,
-        &pool,
-        &aws.endpoint,
-        &unique("i-sigterm"),
-        "[agent]\nslots = 2\n[queue]\nvisibility_timeout_secs = 600\n[drain]\nstop_timeout_secs = 0\nstop_grace_secs = 0",
-    );
-    let mut agent = AgentProcess::start(&config, "agent");
+    let (_config, mut agent) = s.agent("i-sigterm", "[agent]\nslots = 2\n[queue]\nvisibility_timeout_secs = 600\n[drain]\nstop_timeout_secs = 0\nstop_grace_secs = 0");
     let ids = [unique("long"), unique("long")];
     for id in &ids {
         aws.send_job(&pool.queue_url, &job(id, &stack.image, &["sleep", "600"]))
@@ -359,14 +326,7 @@ async fn sigterm_lets_running_jobs_finish_within_the_stop_timeout() {
         return;
     };
     let Scenario { stack, aws, pool } = &s;
-    let config = agent_config(
-        &stack,
-        &pool,
-        &aws.endpoint,
-        &unique("i-finish"),
-        "[drain]\nstop_timeout_secs = 120",
-    );
-    let mut agent = AgentProcess::start(&config, "agent");
+    let (_config, mut agent) = s.agent("i-finish", "[drain]\nstop_timeout_secs = 120");
     let id = unique("short");
     aws.send_job(
         &pool.queue_url,
@@ -376,9 +336,7 @@ async fn sigterm_lets_running_jobs_finish_within_the_stop_timeout() {
     agent.wait_log("Job started.", LONG).await;
     agent.signal(Signal::SIGTERM);
     assert_eq!(agent.wait_exit(LONG).await, Some(0));
-    let r = aws.result(&pool, &id)
-        .await
-        .expect("finished before exit");
+    let r = aws.result(&pool, &id).await.expect("finished before exit");
     assert_eq!(r["status"], "succeeded");
     assert_eq!(aws.counts(&pool.queue_url).await, (0, 0));
 }
@@ -389,14 +347,7 @@ async fn a_second_sigterm_skips_the_wait() {
         return;
     };
     let Scenario { stack, aws, pool } = &s;
-    let config = agent_config(
-        &stack,
-        &pool,
-        &aws.endpoint,
-        &unique("i-twice"),
-        "[queue]\nvisibility_timeout_secs = 600\n[drain]\nstop_timeout_secs = 3600\nstop_grace_secs = 300",
-    );
-    let mut agent = AgentProcess::start(&config, "agent");
+    let (_config, mut agent) = s.agent("i-twice", "[queue]\nvisibility_timeout_secs = 600\n[drain]\nstop_timeout_secs = 3600\nstop_grace_secs = 300");
     let id = unique("stubborn");
     aws.send_job(&pool.queue_url, &job(&id, &stack.image, &["sleep", "600"]))
         .await;
@@ -560,10 +511,7 @@ async fn losing_docker_mid_job_loses_neither_the_job_nor_a_line_of_its_output() 
         lost_at < lines,
         "Docker was lost while the job ran ({lost_at} lines)"
     );
-    let log = aws
-        .object(&pool.bucket, &keys::log(&id))
-        .await
-        .unwrap();
+    let log = aws.object(&pool.bucket, &keys::log(&id)).await.unwrap();
     let log = String::from_utf8(log).unwrap();
     for stream in ["out", "err"] {
         let got: Vec<&str> = log.lines().filter(|l| l.starts_with(stream)).collect();
@@ -630,8 +578,7 @@ async fn a_huge_log_is_spooled_to_disk_and_uploaded_whole() {
         return;
     };
     let Scenario { stack, aws, pool } = &s;
-    let config = agent_config(&stack, &pool, &aws.endpoint, &unique("i-huge"), "");
-    let agent = AgentProcess::start(&config, "agent");
+    let (config, agent) = s.agent("i-huge", "");
     let id = unique("chatty");
     // 20 MB of output in 10 kB lines: well past the 8 MiB kept in memory.
     let script = "head -c 20000000 /dev/zero | tr '\\0' x | fold -w 10000; echo; echo the end";
@@ -643,10 +590,7 @@ async fn a_huge_log_is_spooled_to_disk_and_uploaded_whole() {
     let r = aws.wait_result(&pool, &id).await;
     assert_eq!(r["status"], "succeeded");
     let spooled = agent.count("The job's log is large; spooling it to disk.");
-    let log = aws
-        .object(&pool.bucket, &keys::log(&id))
-        .await
-        .unwrap();
+    let log = aws.object(&pool.bucket, &keys::log(&id)).await.unwrap();
     let text = String::from_utf8(log).unwrap();
     assert_eq!(text.matches('x').count(), 20_000_000);
     assert!(text.ends_with("\nthe end\n"));
@@ -664,8 +608,7 @@ async fn submit_validates_enqueues_and_waits_for_the_result() {
         return;
     };
     let Scenario { stack, aws, pool } = &s;
-    let config = agent_config(&stack, &pool, &aws.endpoint, &unique("i-submit"), "");
-    let _agent = AgentProcess::start(&config, "agent");
+    let (config, _agent) = s.agent("i-submit", "");
     let submit = |job: &serde_json::Value, wait: bool| {
         let mut cmd = deckhand();
         cmd.args(["--config", path_str(&config.path), "submit"])
@@ -793,14 +736,10 @@ async fn heartbeats_keep_a_long_job_hidden_past_the_visibility_timeout() {
     };
     let Scenario { stack, aws, pool } = &s;
     // The shortest visibility timeout there is; the job outlives it by far.
-    let config = agent_config(
-        &stack,
-        &pool,
-        &aws.endpoint,
-        &unique("i-beat"),
+    let (_config, agent) = s.agent(
+        "i-beat",
         "[agent]\nslots = 2\n[queue]\nvisibility_timeout_secs = 30",
     );
-    let agent = AgentProcess::start(&config, "agent");
     let id = unique("long-haul");
     aws.send_job(
         &pool.queue_url,
@@ -846,14 +785,10 @@ async fn a_message_that_lands_in_the_last_long_poll_is_handed_back() {
     let Scenario { stack, aws, pool } = &s;
     // A long poll and a long visibility timeout: a message lost to an abandoned
     // poll would stay hidden for ten minutes.
-    let config = agent_config(
-        &stack,
-        &pool,
-        &aws.endpoint,
-        &unique("i-lastpoll"),
+    let (_config, mut agent) = s.agent(
+        "i-lastpoll",
         "[queue]\nwait_secs = 20\nvisibility_timeout_secs = 600",
     );
-    let mut agent = AgentProcess::start(&config, "agent");
     agent.wait_log("Ready; serving the queue.", LONG).await;
     agent.signal(Signal::SIGTERM);
     // Sent after the drain began: only the poll already waiting at SQS can take it.
@@ -891,14 +826,7 @@ async fn metrics_and_health_say_what_the_agent_does() {
         return;
     };
     let Scenario { stack, aws, pool } = &s;
-    let config = agent_config(
-        &stack,
-        &pool,
-        &aws.endpoint,
-        &unique("i-metrics"),
-        "[metrics]\nlisten = \"127.0.0.1:0\"\n[queue]\nvisibility_timeout_secs = 600\n[drain]\nstop_timeout_secs = 600",
-    );
-    let mut agent = AgentProcess::start(&config, "agent");
+    let (_config, mut agent) = s.agent("i-metrics", "[metrics]\nlisten = \"127.0.0.1:0\"\n[queue]\nvisibility_timeout_secs = 600\n[drain]\nstop_timeout_secs = 600");
     agent.wait_log("Ready; serving the queue.", LONG).await;
     let address = agent
         .logs()
@@ -1054,10 +982,7 @@ async fn a_full_disk_collects_unused_images_and_stops_intake() {
     aws.send_job(&pool.queue_url, &job(&b, &stack.image, &["true"]))
         .await;
     for id in [&a, &b] {
-        assert_eq!(
-            aws.wait_result(&pool, id).await["status"],
-            "succeeded"
-        );
+        assert_eq!(aws.wait_result(&pool, id).await["status"], "succeeded");
     }
     agent.signal(Signal::SIGTERM);
     assert_eq!(agent.wait_exit(LONG).await, Some(0));

@@ -14,7 +14,6 @@ use common::scenario::Scenario;
 use common::*;
 use serde_json::json;
 
-
 const NPM_TOKEN: &str = "npm_S3cr3tV4lue_0123456789";
 const DEPLOY_KEY: &str =
     "-----BEGIN KEY-----\nQUJDREVGR0hJSktMTU5PUFFSU1RVVldY\n-----END KEY-----\n";
@@ -184,25 +183,16 @@ async fn jobs_get_exactly_their_secrets_and_logs_never_show_them() {
     greedy["secrets"] = json!(["db-pass"]);
     aws.send_job(&pool.queue_url, &greedy).await;
 
-    let result = aws
-        .wait_json(&pool.bucket, &keys::result(&id))
-        .await;
+    let result = aws.wait_json(&pool.bucket, &keys::result(&id)).await;
     assert_eq!(result["status"], "succeeded", "{result}");
-    let rejected = aws
-        .wait_json(&pool.bucket, &keys::result(&refused))
-        .await;
+    let rejected = aws.wait_json(&pool.bucket, &keys::result(&refused)).await;
     assert_eq!(rejected["status"], "rejected");
     assert_eq!(
         rejected["reason"],
         "secrets.db-pass: not allowed by profile \"deploy\""
     );
 
-    let log = String::from_utf8(
-        aws.object(&pool.bucket, &keys::log(&id))
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let log = String::from_utf8(aws.object(&pool.bucket, &keys::log(&id)).await.unwrap()).unwrap();
     let lines: Vec<&str> = log.lines().collect();
     assert_eq!(
         &lines[..7],
@@ -509,14 +499,10 @@ async fn a_warm_image_that_cannot_be_pulled_fails_the_boot() {
         "{line}"
     );
 
-    let config = agent_config(
-        &stack,
-        &pool,
-        &aws.endpoint,
-        &unique("i-warmgo"),
+    let (_config, agent) = s.agent(
+        "i-warmgo",
         &format!("[images]\nwarm = [\"{missing}\"]\nwarm_failure = \"continue\""),
     );
-    let agent = AgentProcess::start(&config, "agent");
     agent.wait_log("Ready; serving the queue.", LONG).await;
 }
 
@@ -574,14 +560,10 @@ async fn the_cache_volume_is_extracted_once_reused_and_swapped() {
         tar_gz(&[("version.txt", "v1\n"), ("lib/dep.txt", "a library\n")]),
     )
     .await;
-    let config = agent_config(
-        &stack,
-        &pool,
-        &aws.endpoint,
-        &unique("i-cache"),
+    let (config, mut first) = s.agent(
+        "i-cache",
         &format!("[agent]\nslots = 2\n[cache]\nsource = \"{source}\"\nrefresh_secs = 1"),
     );
-    let mut first = AgentProcess::start(&config, "first");
     first.wait_log("Cache extracted.", LONG).await;
     let id = unique("reads-cache");
     let script = "cat /cache/version.txt /cache/lib/dep.txt; touch /cache/x 2>/dev/null && echo WRITABLE || echo read-only";
@@ -591,10 +573,7 @@ async fn the_cache_volume_is_extracted_once_reused_and_swapped() {
     )
     .await;
     first.wait_log("Result recorded.", LONG).await;
-    let log = aws
-        .object(&pool.bucket, &keys::log(&id))
-        .await
-        .unwrap();
+    let log = aws.object(&pool.bucket, &keys::log(&id)).await.unwrap();
     assert_eq!(
         String::from_utf8(log).unwrap(),
         "v1\na library\nread-only\n"
@@ -636,13 +615,7 @@ async fn the_cache_volume_is_extracted_once_reused_and_swapped() {
     let wait_log = |id: String| {
         let aws = &aws;
         let bucket = pool.bucket.clone();
-        async move {
-            String::from_utf8(
-                aws.wait_object(&bucket, &keys::log(&id))
-                    .await,
-            )
-            .unwrap()
-        }
+        async move { String::from_utf8(aws.wait_object(&bucket, &keys::log(&id)).await).unwrap() }
     };
     assert_eq!(wait_log(new_reader.clone()).await, "v2\n");
     assert_eq!(
@@ -772,17 +745,10 @@ async fn results_reach_the_results_queue_and_a_signed_webhook() {
     let sealed = seal(&aws, &pool, dir.path()).await;
     let (url, mut posts) = webhook_receiver().await;
     let shm = secrets_dir();
-    let config = agent_config(
-        &stack,
-        &pool,
-        &aws.endpoint,
-        &unique("i-hook"),
-        &format!(
+    let (_config, _agent) = s.agent("i-hook", &format!(
             "{}\n[results]\nqueue_url = \"{results_queue}\"\nwebhook_url = \"{url}\"\nwebhook_secret = \"db-pass\"\n",
             secrets_config(&sealed, &shm, &sealed.pool_name)
-        ),
-    );
-    let _agent = AgentProcess::start(&config, "agent");
+        ));
     let id = unique("announced");
     aws.send_job(&pool.queue_url, &job(&id, &stack.image, &["true"]))
         .await;

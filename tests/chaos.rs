@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use common::agent::{AgentProcess, agent_config, behind_a_docker_proxy};
 use common::aws::{Aws, Pool};
@@ -108,7 +107,11 @@ async fn no_job_is_lost_when_agents_die_docker_drops_and_spot_takes_a_host() {
     })
     .await;
     sim.spot("terminate", 120).await;
-    assert_eq!(a2.wait_exit(VERY_LONG).await, Some(0), "a spot drain exits 0");
+    assert_eq!(
+        a2.wait_exit(VERY_LONG).await,
+        Some(0),
+        "a spot drain exits 0"
+    );
     let c_config = agent_config(&stack, &pool, &aws.endpoint, &unique("i-chaos-c"), settings);
     let c = AgentProcess::start(&c_config, "c");
 
@@ -127,15 +130,9 @@ async fn no_job_is_lost_when_agents_die_docker_drops_and_spot_takes_a_host() {
         "nothing dead-lettered"
     );
     for (i, (id, _)) in jobs.iter().enumerate() {
-        let r = aws
-            .json(&pool.bucket, &keys::result(&id))
-            .await
-            .unwrap();
+        let r = aws.json(&pool.bucket, &keys::result(&id)).await.unwrap();
         assert_eq!(r["status"], "succeeded", "{r}");
-        let log = aws
-            .object(&pool.bucket, &keys::log(&id))
-            .await
-            .unwrap();
+        let log = aws.object(&pool.bucket, &keys::log(&id)).await.unwrap();
         assert_eq!(
             String::from_utf8(log).unwrap(),
             format!("job {i} done on attempt {}\n", r["attempt"]),

@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::agent::{AgentProcess, agent_config};
-use common::aws::Aws;
 use common::scenario::Scenario;
 use common::*;
 use serde_json::json;
@@ -57,16 +56,9 @@ async fn a_job_gets_its_profiles_role_and_only_while_it_runs() {
         return;
     };
     let Scenario { stack, aws, pool } = &s;
-    let config = agent_config(
-        &stack,
-        &pool,
-        &aws.endpoint,
-        &unique("i-creds"),
-        &format!(
+    let (_config, agent) = s.agent("i-creds", &format!(
             "[agent]\nslots = 2\n[credentials]\nlisten = \"127.0.0.1:0\"\n[profiles.deploy]\nrole_arn = \"{ROLE}\""
-        ),
-    );
-    let agent = AgentProcess::start(&config, "agent");
+        ));
     let (deploy, plain) = (unique("deploy"), unique("plain"));
     let mut body = job(
         &deploy,
@@ -83,7 +75,7 @@ async fn a_job_gets_its_profiles_role_and_only_while_it_runs() {
     let mut body = job(&plain, &stack.image, &["sleep", "600"]);
     body["timeout_secs"] = json!(8);
     aws.send_job(&pool.queue_url, &body).await;
-    common::aws::eventually("both jobs to run", LONG, || async {
+    eventually("both jobs to run", LONG, || async {
         agent.count("Job started.") == 2
     })
     .await;
@@ -133,10 +125,7 @@ async fn a_job_gets_its_profiles_role_and_only_while_it_runs() {
     }
     let (status, body) = ask(&uri, Some(&token)).await;
     assert_eq!(status, 403, "{body}");
-    let log = aws
-        .object(&pool.bucket, &keys::log(&deploy))
-        .await
-        .unwrap();
+    let log = aws.object(&pool.bucket, &keys::log(&deploy)).await.unwrap();
     assert_eq!(
         String::from_utf8(log).unwrap(),
         "token=***\n",

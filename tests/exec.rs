@@ -336,7 +336,11 @@ fn refusals_name_the_field_and_exit_65() {
         let run = exec(&config, &spec);
         assert_eq!(run.code, Some(65), "{spec}: {}", run.stderr);
         assert_eq!(run.result["status"], "rejected");
-        assert_eq!(run.result["id"], "refused");
+        // A message that is not a job by the schema never speaks for the id it
+        // names: it would squat it.
+        let malformed = reason.starts_with("colour:");
+        let id = if malformed { "unknown" } else { "refused" };
+        assert_eq!(run.result["id"], id, "{spec}");
         let recorded = run.result["reason"].as_str().unwrap();
         assert!(recorded.starts_with(reason), "{spec}: {recorded}");
         assert!(

@@ -8,11 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::agent::{AgentProcess, agent_config};
-use common::aws::Aws;
 use common::scenario::Scenario;
 use common::*;
 use nix::sys::signal::Signal;
-
 
 #[tokio::test(flavor = "multi_thread")]
 async fn notifications_arrive_in_order() {

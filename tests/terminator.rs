@@ -12,7 +12,6 @@ use common::scenario::Scenario;
 use common::*;
 use serde_json::json;
 
-
 /// A job that runs for ten minutes on its first delivery and finishes at once on
 /// any later one: what a second agent completes after a spot notice.
 fn first_attempt_hangs(id: &str, stack: &Stack) -> String {
@@ -31,6 +30,25 @@ fn imds_config(sim: &ImdsSim, extra: &str) -> String {
 /// simulator, plus `extra`.
 fn sim_config(stack: &Stack, aws: &Aws, pool: &Pool, sim: &ImdsSim, extra: &str) -> TestConfig {
     agent_config(stack, pool, &aws.endpoint, "", &imds_config(sim, extra))
+}
+
+/// An agent watching a metadata simulator of its own, with `extra` TOML.
+fn under_a_simulator(
+    s: &Scenario,
+    instance: &str,
+    extra: &str,
+) -> (ImdsSim, TestConfig, AgentProcess) {
+    let sim = ImdsSim::start(&unique(instance));
+    let config = sim_config(&s.stack, &s.aws, &s.pool, &sim, extra);
+    let agent = AgentProcess::start(&config, "agent");
+    (sim, config, agent)
+}
+
+/// Sends a job that sleeps for ten minutes and waits until it runs; its id.
+async fn running_a_long_job(s: &Scenario, agent: &AgentProcess, name: &str) -> String {
+    let id = s.send(name, &["sleep", "600"]).await;
+    agent.wait_log("Job started.", LONG).await;
+    id
 }
 
 /// A host for scale-in tests: `me` in the simulator, AWS through `endpoint` (a
@@ -128,7 +146,10 @@ async fn a_spot_notice_hands_the_job_to_another_agent() {
     // Well inside the 105 s the notice leaves (120 s minus the 15 s margin).
     let exited_after = noticed.elapsed();
     assert!(exited_after < Duration::from_secs(60), "{exited_after:?}");
-    let interrupted = eventually("the interrupted attempt", LONG, || aws.attempt(&pool, &id, 1)).await;
+    let interrupted = eventually("the interrupted attempt", LONG, || {
+        aws.attempt(&pool, &id, 1)
+    })
+    .await;
     assert_eq!(interrupted["status"], "interrupted");
     assert!(
         interrupted["reason"]
@@ -219,20 +240,13 @@ async fn hibernate_drains_at_once_whatever_the_policy() {
     let Some(s) = Scenario::new("hibernate").await else {
         return;
     };
-    let Scenario { stack, aws, pool } = &s;
-    let sim = ImdsSim::start(&unique("i-hib"));
-    let config = sim_config(
-        &stack,
-        &aws,
-        &pool,
-        &sim,
+    let Scenario { aws, pool, .. } = &s;
+    let (sim, _config, mut agent) = under_a_simulator(
+        &s,
+        "i-hib",
         "[queue]\nvisibility_timeout_secs = 600\n[drain]\non_spot = \"finish-if-possible\"\nstop_grace_secs = 1",
     );
-    let mut agent = AgentProcess::start(&config, "agent");
-    let id = unique("hib");
-    aws.send_job(&pool.queue_url, &job(&id, &stack.image, &["sleep", "600"]))
-        .await;
-    agent.wait_log("Job started.", LONG).await;
+    let id = running_a_long_job(&s, &agent, "hib").await;
     // The notice time says two minutes, but hibernation gives no warning.
     sim.spot("hibernate", 120).await;
     assert_eq!(agent.wait_exit(LONG).await, Some(0));
@@ -264,7 +278,10 @@ async fn rebalance_ignore_keeps_serving() {
     let id = unique("after");
     aws.send_job(&pool.queue_url, &job(&id, &stack.image, &["true"]))
         .await;
-    let r = eventually("the job sent after the notice", LONG, || aws.result(&pool, &id)).await;
+    let r = eventually("the job sent after the notice", LONG, || {
+        aws.result(&pool, &id)
+    })
+    .await;
     assert_eq!(r["status"], "succeeded");
     assert_eq!(agent.count("Draining."), 0);
 }
@@ -316,20 +333,13 @@ async fn rebalance_drain_acts_like_sigterm() {
     let Some(s) = Scenario::new("rb-drain").await else {
         return;
     };
-    let Scenario { stack, aws, pool } = &s;
-    let sim = ImdsSim::start(&unique("i-rbd"));
-    let config = sim_config(
-        &stack,
-        &aws,
-        &pool,
-        &sim,
+    let Scenario { aws, pool, .. } = &s;
+    let (sim, _config, mut agent) = under_a_simulator(
+        &s,
+        "i-rbd",
         "[queue]\nvisibility_timeout_secs = 600\n[drain]\non_rebalance = \"drain\"\nstop_timeout_secs = 0\nstop_grace_secs = 0",
     );
-    let mut agent = AgentProcess::start(&config, "agent");
-    let id = unique("drained");
-    aws.send_job(&pool.queue_url, &job(&id, &stack.image, &["sleep", "600"]))
-        .await;
-    agent.wait_log("Job started.", LONG).await;
+    let id = running_a_long_job(&s, &agent, "drained").await;
     sim.control("rebalance", json!({"in_secs": 0})).await;
     assert_eq!(agent.wait_exit(LONG).await, Some(0));
     let r = aws.attempt(&pool, &id, 1).await.unwrap();

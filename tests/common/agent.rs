@@ -8,7 +8,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-use super::aws::{Aws, Pool, eventually};
+use super::aws::{Aws, Pool};
+use super::eventually;
 use super::proxy::Proxy;
 use super::{Stack, TestConfig, deckhand};
 

@@ -1,7 +1,6 @@
 //! moto, through the real AWS SDK: queues, buckets and results of a test's own.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use aws_config::BehaviorVersion;
 use aws_sdk_sqs::types::QueueAttributeName;
@@ -335,4 +334,3 @@ impl Aws {
         keys
     }
 }
-

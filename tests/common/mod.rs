@@ -48,9 +48,16 @@ impl Stack {
     pub fn or_skip() -> Option<Stack> {
         let present = std::env::var_os("STACK_REGISTRY").is_some();
         if !present && std::env::var_os("STACK_REQUIRED").is_none() {
-            eprintln!(
-                "skipped: needs the local stack; run scripts/test, or `scripts/stack up && eval \"$(scripts/stack env)\"` first"
-            );
+            // Once per test binary, and past libtest's capture (which would hide
+            // it for a passing test): the reader must see how to run the rest.
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "skipped: these tests need the local stack; run scripts/test, or `scripts/stack up && eval \"$(scripts/stack env)\"` first"
+                );
+            });
             return None;
         }
         Some(Stack::from_env())

@@ -3,6 +3,7 @@
 //! `RestartPreventExitStatus=78` can stop a crash loop on bad config.
 
 use crate::agent::AgentError;
+use crate::cli::cancel::CancelError;
 use crate::cli::exec::ExecError;
 use crate::cli::seal::SealError;
 use crate::cli::submit::SubmitError;
@@ -25,6 +26,8 @@ pub const CONFIG: u8 = 78;
 pub const TIMED_OUT: u8 = 124;
 /// The job was interrupted by a signal to deckhand (128 + SIGINT, as shells do).
 pub const INTERRUPTED: u8 = 130;
+/// The job was cancelled (128 + SIGTERM, as a shell reports a job it terminated).
+pub const CANCELLED: u8 = 143;
 
 /// What something that ends the process exits with.
 pub trait ExitStatus {
@@ -50,6 +53,7 @@ impl ExitStatus for JobResult {
             Status::TimedOut => TIMED_OUT,
             Status::Rejected => REJECTED,
             Status::Interrupted => INTERRUPTED,
+            Status::Cancelled => CANCELLED,
             Status::Error => UNAVAILABLE,
         }
     }
@@ -85,6 +89,16 @@ impl ExitStatus for SubmitError {
             SubmitError::NoQueue | SubmitError::NoBucket => CONFIG,
             SubmitError::Send(_) | SubmitError::Store(_) => UNAVAILABLE,
             SubmitError::WaitTimedOut { .. } => TIMED_OUT,
+        }
+    }
+}
+
+impl ExitStatus for CancelError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            CancelError::InvalidId { .. } => REJECTED,
+            CancelError::NoBucket => CONFIG,
+            CancelError::Store(_) => UNAVAILABLE,
         }
     }
 }
@@ -132,5 +146,6 @@ mod tests {
         assert_eq!(result(Status::Rejected, None).exit_code(), REJECTED);
         assert_eq!(result(Status::Interrupted, None).exit_code(), INTERRUPTED);
         assert_eq!(result(Status::Error, None).exit_code(), UNAVAILABLE);
+        assert_eq!(result(Status::Cancelled, Some(137)).exit_code(), CANCELLED);
     }
 }

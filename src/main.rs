@@ -59,6 +59,15 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         timeout: u64,
     },
+    /// Ask for a job to be cancelled: never started if it has not, stopped if it
+    /// runs. Prints what it knows: already finished, or cancel requested.
+    Cancel {
+        /// The job's id.
+        id: String,
+        /// Why; it becomes part of the result's reason.
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Run one job locally through Docker with the pool's policy; print its result.
     Exec {
         /// The job message (JSON), as it would arrive on the queue.
@@ -179,6 +188,13 @@ async fn dispatch(
                 .map(|result| result.map_or(exit::OK, |r| print_result(&r)))
                 .unwrap_or_else(report)
         }
+        Command::Cancel { id, reason } => cli::cancel::cancel(config, &id, reason)
+            .await
+            .map(|outcome| {
+                println!("{outcome}");
+                exit::OK
+            })
+            .unwrap_or_else(report),
         Command::Exec { job } => match cli::exec::exec(config, &job, stop, log_masker).await {
             Ok(Executed::Ran(result)) => print_result(&result),
             Ok(Executed::Rejected(result)) => {

@@ -12,12 +12,14 @@ use tokio::time::Instant;
 
 use crate::agent::Agent;
 use crate::agent::fate::{self, Admission, ClaimLookup, Fate, Lookup};
-use crate::aws::results::{Claim, ClaimOutcome, Recorded, Renewal, StoreError};
+use crate::aws::results::{CancelRequest, Claim, ClaimOutcome, Recorded, Renewal, StoreError};
 use crate::aws::sqs::Received;
 use crate::backoff::Backoff;
 use crate::host::stop::Preemption;
+use crate::job::cancel::Cancel;
 use crate::job::log::LogBody;
 use crate::job::result::{JobResult, Status};
+use crate::job::runner::{Finished, Stoppers};
 use crate::job::{Job, Rejection};
 
 /// On a job's container: the SQS receipt handle of its message, so that an agent
@@ -69,9 +71,7 @@ impl Agent {
         let mut result =
             JobResult::rejected(id, reason.clone(), message.receive_count, &self.instance_id);
         let deadline = fate::record_deadline(Status::Rejected);
-        let recording = self
-            .record_until(&mut result, &LogBody::empty(), deadline)
-            .await;
+        let recording = self.record_until(&mut result, None, deadline).await;
         let recorded = recording != Recording::Failed;
         let dead_lettered = match (&self.dead_letter, recorded) {
             (Some(dlq), true) => {
@@ -110,27 +110,27 @@ impl Agent {
     ) {
         let attempt = message.receive_count;
         let retry = fate::retry_visibility(attempt, self.config.queue.visibility_timeout);
-        if let Admission::Skip(settlement) = self.admit(&job, attempt, retry).await {
-            self.settle(&message, &job.id, settlement).await;
-            return;
-        }
-        let labels = [(LABEL_RECEIPT, message.receipt.as_str())];
-        self.metrics.running(true);
-        let run = self.runner.run(&job, attempt, &labels, preemption);
-        tokio::pin!(run);
-        let mut handed_back = false;
-        let mut finished = tokio::select! {
-            finished = &mut run => finished,
-            never = self.heartbeat(&message, &job.id) => match never {},
-            () = preemption.stopping().cancelled() => {
-                self.settle(&message, &job.id, fate::PREEMPTED).await;
-                handed_back = true;
-                run.await
+        let (admission, cancel_request) = self.admit(&job, attempt, retry).await;
+        let (mut result, log, handed_back) = match admission {
+            Admission::Skip(settlement) => {
+                self.settle(&message, &job.id, settlement).await;
+                return;
+            }
+            Admission::Cancel => {
+                drop(slot);
+                let reason =
+                    cancel_request.map_or_else(|| "cancelled".to_owned(), |r| r.describe());
+                tracing::info!(%reason, "Job cancelled before it started; not running it.");
+                let result =
+                    JobResult::cancelled(job.id.clone(), reason, attempt, &self.instance_id);
+                (result, None, false)
+            }
+            Admission::Run => {
+                let (finished, handed_back) =
+                    self.run_attempt(&message, &job, slot, preemption).await;
+                (finished.result, Some(finished.log), handed_back)
             }
         };
-        drop(slot);
-        self.metrics.running(false);
-        let result = &mut finished.result;
         let status = result.status;
         self.metrics
             .job_finished(status, Duration::from_millis(result.duration_ms));
@@ -138,10 +138,10 @@ impl Agent {
         if !fate::records_first(status) {
             let settlement = fate::after_run(status, false, handed_back, retry);
             self.settle(&message, &job.id, settlement).await;
-            self.record_until(result, &finished.log, deadline).await;
+            self.record_until(&mut result, log.as_ref(), deadline).await;
             return;
         }
-        let record = self.record_until(result, &finished.log, deadline);
+        let record = self.record_until(&mut result, log.as_ref(), deadline);
         let recording = if handed_back || !status.is_terminal() {
             // No heartbeat after a hand-back: it would hide the message again.
             record.await
@@ -157,7 +157,7 @@ impl Agent {
         if settlement.fate == Fate::Delete && recording == Recording::Ours {
             // Independent of each other: the result is recorded.
             tokio::join!(
-                self.notifier.notify(result),
+                self.notifier.notify(&result),
                 self.settle(&message, &job.id, settlement)
             );
         } else {
@@ -165,32 +165,103 @@ impl Agent {
         }
     }
 
-    /// Looks for an earlier result and takes the claim, both at once: they are
-    /// independent round trips, and every millisecond here is paid by every job.
-    async fn admit(&self, job: &Job, attempt: u32, retry: Duration) -> Admission {
+    /// Runs the job's container to its end, with heartbeats and the watch for a
+    /// cancel request. Whether the drain handed the message back while it ran.
+    async fn run_attempt(
+        &self,
+        message: &Received,
+        job: &Job,
+        slot: OwnedSemaphorePermit,
+        preemption: &Preemption,
+    ) -> (Finished, bool) {
+        let labels = [(LABEL_RECEIPT, message.receipt.as_str())];
+        let cancel = Cancel::default();
+        self.metrics.running(true);
+        let stoppers = Stoppers {
+            preemption,
+            cancel: &cancel,
+        };
+        let run = self
+            .runner
+            .run(job, message.receive_count, &labels, stoppers);
+        tokio::pin!(run);
+        let mut handed_back = false;
+        let finished = tokio::select! {
+            finished = &mut run => finished,
+            never = self.heartbeat(message, &job.id) => match never {},
+            never = self.watch_cancel(&job.id, &cancel) => match never {},
+            () = preemption.stopping().cancelled() => {
+                self.settle(message, &job.id, fate::PREEMPTED).await;
+                handed_back = true;
+                run.await
+            }
+        };
+        drop(slot);
+        self.metrics.running(false);
+        (finished, handed_back)
+    }
+
+    /// Looks for the job's cancel request every `results.cancel_poll_secs` and
+    /// cancels it once one is there: one S3 GET per period per running job. Never
+    /// returns; dropping it is safe.
+    async fn watch_cancel(&self, job_id: &str, cancel: &Cancel) -> Infallible {
+        let Some(period) = self.config.results.cancel_poll else {
+            return std::future::pending().await;
+        };
+        let mut failing = false;
+        loop {
+            tokio::time::sleep(period).await;
+            match self.store.cancel_request(job_id).await {
+                Ok(Some(request)) => {
+                    cancel.request(request.describe());
+                    return std::future::pending().await;
+                }
+                Ok(None) => failing = false,
+                // Once per spell of failures: every period would flood the log.
+                Err(error) if !failing => {
+                    failing = true;
+                    tracing::warn!(%error, "Cannot look for a cancel request; the job runs on.");
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Looks for an earlier result and a cancel request, and takes the claim, all
+    /// at once: they are independent round trips, and every millisecond here is
+    /// paid by every job. The cancel request, if there is one.
+    async fn admit(
+        &self,
+        job: &Job,
+        attempt: u32,
+        retry: Duration,
+    ) -> (Admission, Option<CancelRequest>) {
         let claim = self.claim(attempt);
-        let (terminal, claimed) = tokio::join!(
+        let (terminal, cancel, claimed) = tokio::join!(
             self.store.terminal(&job.id),
+            self.store.cancel_request(&job.id),
             self.store.claim(&job.id, &claim),
         );
-        let result = match &terminal {
-            Ok(Some(existing)) => {
+        let result = match (&terminal, &cancel) {
+            (Ok(Some(existing)), _) => {
                 tracing::info!(
                     status = existing.status.as_str(),
                     "Duplicate delivery of a finished job; deleting it without running."
                 );
                 Lookup::Finished
             }
-            Ok(None) => Lookup::Absent,
-            Err(error) => {
+            (Ok(None), Ok(None)) => Lookup::Absent,
+            (Ok(None), Ok(Some(_))) => Lookup::CancelRequested,
+            (Err(error), _) | (_, Err(error)) => {
                 tracing::warn!(%error, "Cannot check for an earlier result; giving the message back.");
                 Lookup::Unreadable
             }
         };
+        let unfinished = matches!(result, Lookup::Absent | Lookup::CancelRequested);
         let claim = match &claimed {
             Ok(ClaimOutcome::Acquired) => ClaimLookup::Acquired,
             Ok(ClaimOutcome::HeldBy(holder)) => {
-                if result == Lookup::Absent {
+                if unfinished {
                     tracing::info!(
                         holder = %holder.instance_id,
                         "Another agent is running this job; deferring the duplicate."
@@ -199,13 +270,16 @@ impl Agent {
                 ClaimLookup::HeldByOther
             }
             Err(error) => {
-                if result == Lookup::Absent {
+                if unfinished {
                     tracing::warn!(%error, "Cannot claim the job; giving the message back.");
                 }
                 ClaimLookup::Unreadable
             }
         };
-        fate::before_run(result, claim, retry)
+        (
+            fate::before_run(result, claim, retry),
+            cancel.ok().flatten(),
+        )
     }
 
     pub(super) fn claim(&self, attempt: u32) -> Claim {
@@ -248,7 +322,7 @@ impl Agent {
     async fn record_until(
         &self,
         result: &mut JobResult,
-        log: &LogBody,
+        log: Option<&LogBody>,
         deadline: Duration,
     ) -> Recording {
         let give_up = Instant::now() + deadline;

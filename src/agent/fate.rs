@@ -50,6 +50,8 @@ pub enum Lookup {
     Finished,
     /// No result.
     Absent,
+    /// No result, and the one who sent the job asked to cancel it.
+    CancelRequested,
     /// S3 could not be read.
     Unreadable,
 }
@@ -65,10 +67,13 @@ pub enum ClaimLookup {
     Unreadable,
 }
 
-/// Before a job runs: run it, or settle its message without running it.
+/// Before a job runs: run it, record it cancelled without running it, or settle
+/// its message without running it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
     Run,
+    /// Its result is `cancelled`; the message goes as a terminal status's does.
+    Cancel,
     Skip(Settlement),
 }
 
@@ -83,10 +88,16 @@ pub fn before_run(result: Lookup, claim: ClaimLookup, retry: Duration) -> Admiss
     };
     match (result, claim) {
         (Lookup::Absent, ClaimLookup::Acquired) => Admission::Run,
+        // Recorded under the claim, so a duplicate delivery cannot race it.
+        (Lookup::CancelRequested, ClaimLookup::Acquired) => Admission::Cancel,
         // deckhand runs a job once.
         (Lookup::Finished, _) => skip(Fate::Delete),
-        (Lookup::Absent, ClaimLookup::HeldByOther) => skip(Fate::HandBack(DEFER_VISIBILITY)),
-        (Lookup::Unreadable, _) | (Lookup::Absent, ClaimLookup::Unreadable) => {
+        // The holder runs it, and sees the cancel request too.
+        (Lookup::Absent | Lookup::CancelRequested, ClaimLookup::HeldByOther) => {
+            skip(Fate::HandBack(DEFER_VISIBILITY))
+        }
+        (Lookup::Unreadable, _)
+        | (Lookup::Absent | Lookup::CancelRequested, ClaimLookup::Unreadable) => {
             skip(Fate::HandBack(retry))
         }
     }
@@ -216,6 +227,16 @@ mod tests {
         use Lookup as L;
         // No result and the claim is ours: run it.
         assert_eq!(before_run(L::Absent, C::Acquired, RETRY), Admission::Run);
+        // A cancel request and the claim is ours: recorded cancelled, never run.
+        assert_eq!(
+            before_run(L::CancelRequested, C::Acquired, RETRY),
+            Admission::Cancel
+        );
+        // ... and another agent's claim: it runs the job and sees the request.
+        assert_eq!(
+            before_run(L::CancelRequested, C::HeldByOther, RETRY),
+            Admission::Skip(settled(Fate::HandBack(DEFER_VISIBILITY), false))
+        );
         // result.json already there: deleted without running; a claim we just
         // took is given up.
         assert_eq!(
@@ -248,8 +269,13 @@ mod tests {
 
     #[test]
     fn outcomes_row_by_row() {
-        // succeeded, failed, timed_out: deleted once recorded.
-        for status in [Status::Succeeded, Status::Failed, Status::TimedOut] {
+        // succeeded, failed, timed_out, cancelled: deleted once recorded.
+        for status in [
+            Status::Succeeded,
+            Status::Failed,
+            Status::TimedOut,
+            Status::Cancelled,
+        ] {
             assert_eq!(
                 after_run(status, true, false, RETRY),
                 settled(Fate::Delete, true)

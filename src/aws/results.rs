@@ -9,7 +9,9 @@
 //!   `error` attempt, kept for the record;
 //! - `claim.json`: which agent is running the job now, until when. A duplicate
 //!   delivery finds it and waits instead of running the job a second time
-//!   (`claims.rs`).
+//!   (`claims.rs`);
+//! - `cancel.json`: a request to cancel the job, from `deckhand cancel`
+//!   (`cancel.rs`).
 
 use std::time::Duration;
 
@@ -18,14 +20,16 @@ use aws_sdk_s3::primitives::ByteStream;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+mod cancel;
 mod claims;
 
+pub use cancel::{CancelAnswer, CancelRequest};
 pub use claims::{Claim, ClaimOutcome, Renewal};
 
 use crate::aws::sqs::Queue;
 use crate::backoff::{Backoff, Budget};
 use crate::job::log::LogBody;
-use crate::job::result::{JobResult, Status};
+use crate::job::result::JobResult;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -95,33 +99,37 @@ impl ResultStore {
 
     /// Records a finished attempt. A terminal result goes to `result.json` once; a
     /// second terminal result for the same id is refused and returned as a
-    /// duplicate. Sets `result.log` to where the log was stored.
+    /// duplicate. Sets `result.log` to where the log was stored; `log` is `None`
+    /// for a job that never started (rejected, cancelled first), which has none.
     pub async fn record(
         &self,
         result: &mut JobResult,
-        log: &LogBody,
+        log: Option<&LogBody>,
     ) -> Result<Recorded, StoreError> {
-        if !result.status.is_terminal() {
+        let (key, log_key) = if result.status.is_terminal() {
+            (
+                self.key(&result.id, "result.json"),
+                self.key(&result.id, "log.txt"),
+            )
+        } else {
             let dir = format!("attempt-{}", result.attempt);
-            let log_key = self.key(&result.id, &format!("{dir}/log.txt"));
-            result.log = Some(self.url(&log_key));
-            self.put_log(&log_key, log).await?;
-            let key = self.key(&result.id, &format!("{dir}/result.json"));
-            self.put(&key, to_json(result), "application/json", false)
-                .await?;
-            return Ok(Recorded::Stored);
-        }
-        let key = self.key(&result.id, "result.json");
-        let log_key = self.key(&result.id, "log.txt");
-        // A rejected job never ran: it has no log.
-        let has_log = result.status != Status::Rejected;
-        result.log = has_log.then(|| self.url(&log_key));
+            (
+                self.key(&result.id, &format!("{dir}/result.json")),
+                self.key(&result.id, &format!("{dir}/log.txt")),
+            )
+        };
+        result.log = log.is_some().then(|| self.url(&log_key));
         // The log before the result, so that whoever sees the result can read its
         // log at once. A second run that could overwrite the log of the run whose
         // result stands is what the claim prevents: the caller holds it, renewed,
         // and a live claim is never taken over.
-        if has_log {
+        if let Some(log) = log {
             self.put_log(&log_key, log).await?;
+        }
+        if !result.status.is_terminal() {
+            self.put(&key, to_json(result), "application/json", false)
+                .await?;
+            return Ok(Recorded::Stored);
         }
         if !self
             .put(&key, to_json(result), "application/json", true)

@@ -10,9 +10,10 @@ use crate::config::Config;
 use crate::docker::{Docker, DockerError};
 use crate::host::secrets::Secrets;
 use crate::host::stop::{Preemption, Stop};
+use crate::job::cancel::Cancel;
 use crate::job::mask::SharedMasker;
 use crate::job::result::JobResult;
-use crate::job::runner::Runner;
+use crate::job::runner::{Runner, Stoppers};
 use crate::job::spec::Job;
 use crate::job::sweep::Sweeper;
 
@@ -108,6 +109,12 @@ pub async fn exec(
     let runner = Runner::new(docker, config, sweeper, &instance_id).with_secrets(secrets);
     let span = tracing::info_span!("job", job_id = %job.id, attempt = 1u32);
     let preemption = Preemption::of(&stop);
-    let finished = runner.run(&job, 1, &[], &preemption).instrument(span).await;
+    // A job run by hand is stopped with ^C, not with `deckhand cancel`.
+    let cancel = Cancel::never();
+    let stoppers = Stoppers {
+        preemption: &preemption,
+        cancel: &cancel,
+    };
+    let finished = runner.run(&job, 1, &[], stoppers).instrument(span).await;
     Ok(Executed::Ran(finished.result))
 }

@@ -1,6 +1,7 @@
 //! The commands other than `run` (which is [`crate::agent::run`]): `exec`, `submit`,
-//! `check` and `seal`.
+//! `cancel`, `check` and `seal`.
 
+pub mod cancel;
 pub mod check;
 pub mod exec;
 pub mod seal;

@@ -50,6 +50,10 @@ fn the_reference_states_each_default_the_code_uses() {
         ),
         ("results.prefix", quoted(DEFAULT_PREFIX)),
         (
+            "results.cancel_poll_secs",
+            code(DEFAULT_CANCEL_POLL_SECS.to_string()),
+        ),
+        (
             "secrets.boot_timeout_secs",
             code(DEFAULT_BOOT_TIMEOUT_SECS.to_string()),
         ),

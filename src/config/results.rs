@@ -1,11 +1,16 @@
 //! `[results]`: the S3 record of results and where they are announced.
 
+use std::time::Duration;
+
 use toml::Table;
 
 use super::reader::Reader;
 
 /// A result lands at `<prefix><id>/result.json`.
 pub const DEFAULT_PREFIX: &str = "results/";
+/// How often a running job's cancel request is looked for: one S3 GET per running
+/// job per period.
+pub const DEFAULT_CANCEL_POLL_SECS: u64 = 2;
 
 #[derive(Debug, Clone)]
 pub struct ResultsConfig {
@@ -17,6 +22,9 @@ pub struct ResultsConfig {
     /// The name of the secret (in the bundle) whose value signs webhook bodies
     /// (`X-Deckhand-Signature`).
     pub webhook_secret: Option<String>,
+    /// How often a running job looks for its cancel request; `None` (0 in the
+    /// file): only before it starts.
+    pub cancel_poll: Option<Duration>,
 }
 
 impl ResultsConfig {
@@ -30,6 +38,15 @@ impl ResultsConfig {
             queue_url: r.opt_url(&mut section, "queue_url"),
             webhook_url: r.opt_url(&mut section, "webhook_url"),
             webhook_secret: r.opt_string(&mut section, "webhook_secret"),
+            cancel_poll: match r.int(
+                &mut section,
+                "cancel_poll_secs",
+                0..=3600,
+                DEFAULT_CANCEL_POLL_SECS,
+            ) {
+                0 => None,
+                secs => Some(Duration::from_secs(secs)),
+            },
         };
         if results.webhook_url.is_some() && results.webhook_secret.is_none() {
             r.issue(

@@ -1,8 +1,10 @@
 //! One job: its message ([`spec`]) and image policy ([`image`]), the container
 //! it runs in ([`container`]) and that container's life ([`runner`], reading
 //! [`output`] into its [`log`], masked by [`mask`]), what became of it
-//! ([`outcome`]) and its recorded [`result`]; [`sweep`] removes what jobs leave.
+//! ([`outcome`]) and its recorded [`result`]; [`sweep`] removes what jobs leave;
+//! [`cancel`] carries a cancel request to the runner.
 
+pub mod cancel;
 pub mod container;
 pub mod image;
 pub mod log;

@@ -41,16 +41,21 @@ pub enum Outcome {
     Interrupted {
         code: Option<i64>,
     },
+    /// Stopped on a cancel request, or before its container started.
+    Cancelled {
+        code: Option<i64>,
+    },
     Error(RunError),
 }
 
 impl Outcome {
     /// Its status, exit code and reason. `preempted_for` is why the drain stopped
-    /// the job, if it did.
+    /// the job, if it did; `cancelled_for` the cancel request's reason.
     pub fn describe(
         &self,
         job: &Job,
         preempted_for: Option<&StopReason>,
+        cancelled_for: Option<&str>,
     ) -> (Status, Option<i64>, Option<String>) {
         match self {
             Outcome::Exited { code: 0, .. } => (Status::Succeeded, Some(0), None),
@@ -85,6 +90,11 @@ impl Outcome {
                     Some(reason) => format!("interrupted: {reason}"),
                     None => "interrupted".to_owned(),
                 }),
+            ),
+            Outcome::Cancelled { code } => (
+                Status::Cancelled,
+                *code,
+                Some(cancelled_for.unwrap_or("cancelled").to_owned()),
             ),
             // Terminal: retrying what the job itself got wrong only loops it
             // until its redrive.

@@ -14,6 +14,9 @@ pub enum Status {
     TimedOut,
     /// Refused before it ran (schema, policy). Message dead-lettered and deleted.
     Rejected,
+    /// Stopped, or never started, on a cancel request (`deckhand cancel`). Message
+    /// deleted.
+    Cancelled,
     /// The host drained before it finished. Message released for another host.
     Interrupted,
     /// The host could not run it (pull failed, Docker error). Message left to SQS.
@@ -21,11 +24,12 @@ pub enum Status {
 }
 
 impl Status {
-    pub const ALL: [Status; 6] = [
+    pub const ALL: [Status; 7] = [
         Status::Succeeded,
         Status::Failed,
         Status::TimedOut,
         Status::Rejected,
+        Status::Cancelled,
         Status::Interrupted,
         Status::Error,
     ];
@@ -34,7 +38,11 @@ impl Status {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            Status::Succeeded | Status::Failed | Status::TimedOut | Status::Rejected
+            Status::Succeeded
+                | Status::Failed
+                | Status::TimedOut
+                | Status::Rejected
+                | Status::Cancelled
         )
     }
 
@@ -44,6 +52,7 @@ impl Status {
             Status::Failed => "failed",
             Status::TimedOut => "timed_out",
             Status::Rejected => "rejected",
+            Status::Cancelled => "cancelled",
             Status::Interrupted => "interrupted",
             Status::Error => "error",
         }
@@ -72,11 +81,26 @@ pub struct JobResult {
 impl JobResult {
     /// The record of a job refused before it ran.
     pub fn rejected(id: String, reason: String, attempt: u32, instance_id: &str) -> JobResult {
+        JobResult::never_ran(Status::Rejected, id, reason, attempt, instance_id)
+    }
+
+    /// The record of a job cancelled before it started.
+    pub fn cancelled(id: String, reason: String, attempt: u32, instance_id: &str) -> JobResult {
+        JobResult::never_ran(Status::Cancelled, id, reason, attempt, instance_id)
+    }
+
+    fn never_ran(
+        status: Status,
+        id: String,
+        reason: String,
+        attempt: u32,
+        instance_id: &str,
+    ) -> JobResult {
         let now = timestamp(chrono::Utc::now());
         JobResult {
             version: crate::job::spec::VERSION,
             id,
-            status: Status::Rejected,
+            status,
             exit_code: None,
             reason: Some(reason),
             attempt,
@@ -111,6 +135,7 @@ mod tests {
     fn only_finished_outcomes_are_terminal() {
         assert!(Status::Succeeded.is_terminal());
         assert!(Status::Rejected.is_terminal());
+        assert!(Status::Cancelled.is_terminal());
         assert!(!Status::Interrupted.is_terminal());
         assert!(!Status::Error.is_terminal());
     }

@@ -20,6 +20,7 @@ use crate::host::disk::Disk;
 use crate::host::secrets::Secrets;
 use crate::host::stop::Preemption;
 use crate::job::Job;
+use crate::job::cancel::Cancel;
 use crate::job::container::{self, Names, SECRETS_MOUNT};
 use crate::job::log::{JobLog, LogBody};
 use crate::job::mask::Masker;
@@ -58,6 +59,14 @@ enum Ended {
     Exited,
     TimedOut,
     Preempted,
+    Cancelled,
+}
+
+/// What stops a job before its end: the drain, for all jobs, and this job's own
+/// cancel request.
+pub struct Stoppers<'a> {
+    pub preemption: &'a Preemption,
+    pub cancel: &'a Cancel,
 }
 
 /// A created and started container, and what must live as long as it does.
@@ -110,16 +119,16 @@ impl Runner {
         self
     }
 
-    /// Runs `job` to the end. `preemption` stops it: the container gets SIGTERM and
-    /// `drain.stop_grace_secs`, or SIGKILL at once when it kills. `labels` are added
-    /// to the container's (the agent keeps the SQS receipt there, for recovery after
-    /// a crash).
+    /// Runs `job` to the end. The drain's preemption or the job's cancel stops
+    /// it: the container gets SIGTERM and `drain.stop_grace_secs`, or SIGKILL at
+    /// once when the drain kills. `labels` are added to the container's (the agent
+    /// keeps the SQS receipt there, for recovery after a crash).
     pub async fn run(
         &self,
         job: &Job,
         attempt: u32,
         labels: &[(&str, &str)],
-        preemption: &Preemption,
+        stoppers: Stoppers<'_>,
     ) -> Finished {
         let started_at = chrono::Utc::now();
         let clock = Instant::now();
@@ -135,7 +144,7 @@ impl Runner {
                 attempt,
                 labels,
                 &names,
-                preemption,
+                &stoppers,
                 &mut log,
                 &mut image_ran,
             )
@@ -143,7 +152,8 @@ impl Runner {
         self.clean_up(&names).await;
         self.sweeper.ended(&names.container, &names.workspace);
 
-        let (status, exit_code, reason) = outcome.describe(job, preemption.reason());
+        let (status, exit_code, reason) =
+            outcome.describe(job, stoppers.preemption.reason(), stoppers.cancel.reason());
         let reason = reason.map(|r| self.masker.mask(&r).into_owned());
         let duration_ms = clock.elapsed().as_millis() as u64;
         tracing::info!(
@@ -174,15 +184,18 @@ impl Runner {
         attempt: u32,
         labels: &[(&str, &str)],
         names: &Names,
-        preemption: &Preemption,
+        stoppers: &Stoppers<'_>,
         log: &mut JobLog,
         image_ran: &mut Option<String>,
     ) -> Outcome {
         let started = match self
-            .start(job, attempt, labels, names, preemption, log, image_ran)
+            .start(job, attempt, labels, names, stoppers, log, image_ran)
             .await
         {
             Ok(Some(started)) => started,
+            Ok(None) if stoppers.cancel.reason().is_some() => {
+                return Outcome::Cancelled { code: None };
+            }
             Ok(None) => return Outcome::Interrupted { code: None },
             Err(error) => return Outcome::Error(error),
         };
@@ -201,7 +214,7 @@ impl Runner {
         );
         let supervise = async {
             let ended = self
-                .supervise(&names.container, job.timeout, preemption, &outages)
+                .supervise(&names.container, job.timeout, stoppers, &outages)
                 .await;
             exited.cancel();
             ended
@@ -217,12 +230,13 @@ impl Runner {
             },
             Ok((Ended::TimedOut, code)) => Outcome::TimedOut { code },
             Ok((Ended::Preempted, code)) => Outcome::Interrupted { code: Some(code) },
+            Ok((Ended::Cancelled, code)) => Outcome::Cancelled { code: Some(code) },
         }
     }
 
     /// Pulls the image, makes the workspace, the secret files and the credentials,
-    /// then creates, attaches to and starts the container. `None`: preempted
-    /// during the pull.
+    /// then creates, attaches to and starts the container. `None`: preempted or
+    /// cancelled during the pull.
     #[allow(clippy::too_many_arguments)]
     async fn start(
         &self,
@@ -230,12 +244,12 @@ impl Runner {
         attempt: u32,
         extra_labels: &[(&str, &str)],
         names: &Names,
-        preemption: &Preemption,
+        stoppers: &Stoppers<'_>,
         log: &JobLog,
         image_ran: &mut Option<String>,
     ) -> Result<Option<Started>, RunError> {
         let docker = &self.docker;
-        let Some(image) = self.pull(job, preemption).await? else {
+        let Some(image) = self.pull(job, stoppers).await? else {
             return Ok(None);
         };
         *image_ran = Some(image.reference.clone());
@@ -270,12 +284,12 @@ impl Runner {
         }))
     }
 
-    /// The job's image, pulled if the engine lacks it; `None` when a stop came
-    /// first.
+    /// The job's image, pulled if the engine lacks it; `None` when a stop or a
+    /// cancel came first.
     async fn pull(
         &self,
         job: &Job,
-        preemption: &Preemption,
+        stoppers: &Stoppers<'_>,
     ) -> Result<Option<LocalImage>, RunError> {
         let auth = self
             .secrets
@@ -288,7 +302,8 @@ impl Runner {
             // Only a pull is long enough to be worth cutting short, and dropping it
             // only stops our reading of its progress. Past it, the container is
             // created and started, and supervision stops it at once.
-            _ = preemption.stopping().cancelled() => return Ok(None),
+            _ = stoppers.preemption.stopping().cancelled() => return Ok(None),
+            () = stoppers.cancel.requested() => return Ok(None),
         };
         if let Some(disk) = &self.disk {
             disk.used(&image.id);
@@ -401,20 +416,22 @@ impl Runner {
         }
     }
 
-    /// Waits for the container to exit, its timeout, or preemption; stops it in the
-    /// latter two cases. Returns how it ended and the exit code.
+    /// Waits for the container to exit, its timeout, preemption or a cancel; stops
+    /// it in the latter three cases. Returns how it ended and the exit code.
     async fn supervise(
         &self,
         container: &str,
         timeout: Duration,
-        preemption: &Preemption,
+        stoppers: &Stoppers<'_>,
         outages: &AtomicU32,
     ) -> Result<(Ended, i64), docker::DockerError> {
         let docker = &self.docker;
+        let preemption = stoppers.preemption;
         let ended = tokio::select! {
             code = self.wait_through_outages(container, outages) => return Ok((Ended::Exited, code?)),
             _ = tokio::time::sleep(timeout) => Ended::TimedOut,
             _ = preemption.stopping().cancelled() => Ended::Preempted,
+            () = stoppers.cancel.requested() => Ended::Cancelled,
         };
         let grace = self.config.drain.stop_grace;
         match ended {
@@ -422,6 +439,11 @@ impl Runner {
                 timeout_secs = timeout.as_secs(),
                 grace_secs = grace.as_secs(),
                 "Job timed out; stopping it."
+            ),
+            Ended::Cancelled => tracing::info!(
+                grace_secs = grace.as_secs(),
+                reason = stoppers.cancel.reason(),
+                "Job cancelled; stopping it."
             ),
             _ => tracing::info!(grace_secs = grace.as_secs(), "Stopping job."),
         }

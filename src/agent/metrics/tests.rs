@@ -101,6 +101,7 @@ deckhand_jobs_total{status="succeeded"} 2
 deckhand_jobs_total{status="failed"} 1
 deckhand_jobs_total{status="timed_out"} 1
 deckhand_jobs_total{status="rejected"} 0
+deckhand_jobs_total{status="cancelled"} 0
 deckhand_jobs_total{status="interrupted"} 0
 deckhand_jobs_total{status="error"} 0
 # HELP deckhand_job_duration_seconds Wall time of jobs that ran, by status.

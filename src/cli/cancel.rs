@@ -1,0 +1,75 @@
+//! `deckhand cancel ID`: ask for a job to be cancelled, by a request beside its
+//! result. The agent that holds the job (or the next one to receive it) reads the
+//! request; this command only says what it knows now.
+
+use std::sync::Arc;
+
+use crate::aws::results::{CancelAnswer, CancelRequest, ResultStore, StoreError};
+use crate::config::Config;
+use crate::job::result::JobResult;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    #[error("job id {id:?}: must be 1-128 of [A-Za-z0-9._-], starting with a letter or digit")]
+    InvalidId { id: String },
+    #[error("cancel needs results.bucket: the request is written beside the result in S3")]
+    NoBucket,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What `deckhand cancel` found.
+#[derive(Debug)]
+pub enum CancelOutcome {
+    /// The job has its result; nothing is left to cancel.
+    AlreadyFinished(Box<JobResult>),
+    /// The request is recorded; the job is cancelled when an agent next looks.
+    Requested,
+    /// An earlier request stands, with its reason.
+    AlreadyRequested(CancelRequest),
+}
+
+impl std::fmt::Display for CancelOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CancelOutcome::AlreadyFinished(result) => {
+                write!(f, "already finished: {}", result.status.as_str())
+            }
+            CancelOutcome::Requested => f.write_str("cancel requested"),
+            CancelOutcome::AlreadyRequested(earlier) => {
+                write!(f, "cancel requested (already, at {})", earlier.requested_at)
+            }
+        }
+    }
+}
+
+pub async fn cancel(
+    config: Arc<Config>,
+    id: &str,
+    reason: Option<String>,
+) -> Result<CancelOutcome, CancelError> {
+    if !crate::rules::valid_id(id) {
+        return Err(CancelError::InvalidId { id: id.to_owned() });
+    }
+    let bucket = config.results.bucket.clone().ok_or(CancelError::NoBucket)?;
+    let sdk = crate::aws::sdk_config(&config.aws).await;
+    let store = ResultStore::new(
+        crate::aws::s3_client(&sdk, &config.aws),
+        bucket,
+        config.results.prefix.clone(),
+    );
+    if let Some(result) = store.terminal(id).await? {
+        return Ok(CancelOutcome::AlreadyFinished(Box::new(result)));
+    }
+    let request = CancelRequest::new(reason);
+    let answer = store.request_cancel(id, &request).await?;
+    // The job may have finished between the two: say so rather than claim a
+    // cancel that will never act.
+    if let Some(result) = store.terminal(id).await? {
+        return Ok(CancelOutcome::AlreadyFinished(Box::new(result)));
+    }
+    Ok(match answer {
+        CancelAnswer::Requested => CancelOutcome::Requested,
+        CancelAnswer::AlreadyRequested(earlier) => CancelOutcome::AlreadyRequested(earlier),
+    })
+}

@@ -41,7 +41,7 @@ async fn each_outcome_meets_its_fate_on_the_queue() {
     aws.send_job(&pool.queue_url, &refused).await;
     let garbage_id = aws.send(&pool.queue_url, "this is not json").await;
 
-    let r = aws.wait_result(&pool, &ok).await;
+    let r = aws.wait_result(pool, &ok).await;
     assert_eq!(
         (r["status"].as_str(), r["exit_code"].as_i64()),
         (Some("succeeded"), Some(0))
@@ -50,14 +50,14 @@ async fn each_outcome_meets_its_fate_on_the_queue() {
     let log = aws.object(&pool.bucket, &keys::log(&ok)).await.unwrap();
     assert_eq!(String::from_utf8(log).unwrap(), "all good\n");
 
-    let r = aws.wait_result(&pool, &failed).await;
+    let r = aws.wait_result(pool, &failed).await;
     assert_eq!(
         (r["status"].as_str(), r["exit_code"].as_i64()),
         (Some("failed"), Some(7))
     );
-    let r = aws.wait_result(&pool, &slow).await;
+    let r = aws.wait_result(pool, &slow).await;
     assert_eq!(r["status"], "timed_out");
-    let r = aws.wait_result(&pool, &latest).await;
+    let r = aws.wait_result(pool, &latest).await;
     assert_eq!(r["status"], "rejected");
     assert!(
         r["reason"]
@@ -65,7 +65,7 @@ async fn each_outcome_meets_its_fate_on_the_queue() {
             .unwrap()
             .starts_with("image: tag \"latest\" is not allowed")
     );
-    let r = aws.wait_result(&pool, &garbage_id).await;
+    let r = aws.wait_result(pool, &garbage_id).await;
     assert_eq!(
         r["status"], "rejected",
         "keyed by the SQS message id when there is no job id"
@@ -78,7 +78,7 @@ async fn each_outcome_meets_its_fate_on_the_queue() {
     );
 
     // Terminal outcomes are deleted; the rejected ones are copied to the DLQ first.
-    aws.wait_empty(&pool).await;
+    aws.wait_empty(pool).await;
     let dead = aws.drain_queue(&pool.dlq_url).await;
     let mut reasons: Vec<String> = dead
         .iter()
@@ -123,7 +123,7 @@ async fn a_job_that_cannot_run_is_left_to_the_redrive_policy() {
         aws.counts(&pool.dlq_url).await.0 == 1
     })
     .await;
-    aws.wait_empty(&pool).await;
+    aws.wait_empty(pool).await;
     for attempt in [1, 2] {
         let r = aws
             .json(&pool.bucket, &keys::attempt(&id, attempt))
@@ -139,7 +139,7 @@ async fn a_job_that_cannot_run_is_left_to_the_redrive_policy() {
         );
     }
     assert!(
-        aws.result(&pool, &id).await.is_none(),
+        aws.result(pool, &id).await.is_none(),
         "an error is not terminal"
     );
     drop(agent);
@@ -155,8 +155,8 @@ async fn two_agents_forty_jobs_each_finished_exactly_once() {
     let mut configs = Vec::new();
     for name in ["a", "b"] {
         let config = agent_config(
-            &stack,
-            &pool,
+            stack,
+            pool,
             &aws.endpoint,
             &unique(&format!("i-{name}")),
             "[agent]\nslots = 2",
@@ -175,17 +175,17 @@ async fn two_agents_forty_jobs_each_finished_exactly_once() {
     aws.send(&pool.queue_url, "{\"poison\": true}").await;
     aws.send(&pool.queue_url, "poison").await;
 
-    aws.wait_empty(&pool).await;
+    aws.wait_empty(pool).await;
     let mut by_agent = std::collections::HashMap::new();
     for id in &ids {
-        let r = aws.wait_result(&pool, id).await;
+        let r = aws.wait_result(pool, id).await;
         assert_eq!(r["status"], "succeeded", "{r}");
         *by_agent
             .entry(r["instance_id"].as_str().unwrap().to_owned())
             .or_insert(0) += 1;
-        let log = aws.object(&pool.bucket, &keys::log(&id)).await.unwrap();
+        let log = aws.object(&pool.bucket, &keys::log(id)).await.unwrap();
         assert_eq!(String::from_utf8(log).unwrap(), format!("{id}\n"));
-        let keys = aws.keys(&pool.bucket, &keys::job(&id)).await;
+        let keys = aws.keys(&pool.bucket, &keys::job(id)).await;
         assert_eq!(
             keys.len(),
             2,
@@ -211,8 +211,8 @@ async fn a_redelivered_finished_job_is_not_run_again() {
     let id = unique("once");
     let body = job(&id, &stack.image, &["sh", "-c", "echo ran"]).to_string();
     aws.send(&pool.queue_url, &body).await;
-    let first = aws.wait_result(&pool, &id).await;
-    aws.wait_empty(&pool).await;
+    let first = aws.wait_result(pool, &id).await;
+    aws.wait_empty(pool).await;
 
     // SQS delivers at least once: the same job again.
     aws.send(&pool.queue_url, &body).await;
@@ -222,9 +222,9 @@ async fn a_redelivered_finished_job_is_not_run_again() {
             LONG,
         )
         .await;
-    aws.wait_empty(&pool).await;
+    aws.wait_empty(pool).await;
     assert_eq!(agent.count("Job started."), 1);
-    assert_eq!(aws.result(&pool, &id).await.unwrap(), first);
+    assert_eq!(aws.result(pool, &id).await.unwrap(), first);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -237,8 +237,8 @@ async fn kill_9_mid_job_then_restart_completes_the_job_once() {
     // The visibility timeout is long: only the receipt kept in the container's
     // labels can bring the message back quickly.
     let config = agent_config(
-        &stack,
-        &pool,
+        stack,
+        pool,
         &aws.endpoint,
         &instance,
         "[queue]\nvisibility_timeout_secs = 600",
@@ -268,12 +268,12 @@ async fn kill_9_mid_job_then_restart_completes_the_job_once() {
             LONG,
         )
         .await;
-    let r = aws.wait_result(&pool, &id).await;
+    let r = aws.wait_result(pool, &id).await;
     assert_eq!(r["status"], "succeeded");
     assert_eq!(r["attempt"], 2);
     let log = aws.object(&pool.bucket, &keys::log(&id)).await.unwrap();
     assert_eq!(String::from_utf8(log).unwrap(), "finished on attempt 2\n");
-    aws.wait_empty(&pool).await;
+    aws.wait_empty(pool).await;
     assert_eq!(second.count("Job started."), 1);
     assert_clean(&id);
 }
@@ -310,12 +310,12 @@ async fn sigterm_releases_running_jobs_at_once() {
     );
     for id in &ids {
         let r = aws
-            .json(&pool.bucket, &keys::attempt(&id, 1))
+            .json(&pool.bucket, &keys::attempt(id, 1))
             .await
             .expect("the interrupted attempt is recorded");
         assert_eq!(r["status"], "interrupted");
         assert_eq!(r["reason"], "interrupted: SIGTERM received");
-        assert!(aws.result(&pool, id).await.is_none());
+        assert!(aws.result(pool, id).await.is_none());
         assert_clean(id);
     }
 }
@@ -336,7 +336,7 @@ async fn sigterm_lets_running_jobs_finish_within_the_stop_timeout() {
     agent.wait_log("Job started.", LONG).await;
     agent.signal(Signal::SIGTERM);
     assert_eq!(agent.wait_exit(LONG).await, Some(0));
-    let r = aws.result(&pool, &id).await.expect("finished before exit");
+    let r = aws.result(pool, &id).await.expect("finished before exit");
     assert_eq!(r["status"], "succeeded");
     assert_eq!(aws.counts(&pool.queue_url).await, (0, 0));
 }
@@ -377,8 +377,8 @@ async fn an_aws_outage_delays_but_loses_nothing() {
     let proxy = common::proxy::Proxy::tcp(&upstream).await;
     // Two slots: while one job waits to record its result, the loop still polls.
     let config = agent_config(
-        &stack,
-        &pool,
+        stack,
+        pool,
         &proxy.address,
         &unique("i-outage"),
         "[agent]\nslots = 2",
@@ -408,10 +408,10 @@ async fn an_aws_outage_delays_but_loses_nothing() {
     proxy.set_down(false);
 
     for id in [&first, &second] {
-        let r = aws.wait_result(&pool, id).await;
+        let r = aws.wait_result(pool, id).await;
         assert_eq!(r["status"], "succeeded", "{r}");
     }
-    aws.wait_empty(&pool).await;
+    aws.wait_empty(pool).await;
     agent.wait_log("The queue answers again.", LONG).await;
     // Once per backoff step, not once per attempt: a handful, not a flood.
     assert!(
@@ -427,7 +427,7 @@ async fn nothing_is_received_while_docker_is_down() {
         return;
     };
     let Scenario { stack, aws, pool } = &s;
-    let (proxy, config) = behind_a_docker_proxy(&stack, &aws, &pool, "").await;
+    let (proxy, config) = behind_a_docker_proxy(stack, aws, pool, "").await;
     let agent = AgentProcess::start(&config, "agent");
     agent.wait_log("Ready; serving the queue.", LONG).await;
 
@@ -455,7 +455,7 @@ async fn nothing_is_received_while_docker_is_down() {
     agent
         .wait_log("Docker is back; receiving again.", LONG)
         .await;
-    let r = aws.wait_result(&pool, &id).await;
+    let r = aws.wait_result(pool, &id).await;
     assert_eq!(r["status"], "succeeded");
     assert_eq!(r["attempt"], 1, "never received while Docker was down");
     assert_clean(&id);
@@ -467,7 +467,7 @@ async fn losing_docker_mid_job_loses_neither_the_job_nor_a_line_of_its_output() 
         return;
     };
     let Scenario { stack, aws, pool } = &s;
-    let (proxy, config) = behind_a_docker_proxy(&stack, &aws, &pool, "").await;
+    let (proxy, config) = behind_a_docker_proxy(stack, aws, pool, "").await;
     let agent = AgentProcess::start(&config, "agent");
     let id = unique("blip");
     let lines = 60;
@@ -501,7 +501,7 @@ async fn losing_docker_mid_job_loses_neither_the_job_nor_a_line_of_its_output() 
     .await;
     proxy.set_down(false);
 
-    let r = aws.wait_result(&pool, &id).await;
+    let r = aws.wait_result(pool, &id).await;
     assert_eq!(
         (r["status"].as_str(), r["exit_code"].as_i64()),
         (Some("succeeded"), Some(0)),
@@ -537,7 +537,7 @@ async fn what_a_cleanup_leaves_in_a_long_docker_outage_is_swept_when_docker_retu
         return;
     };
     let Scenario { stack, aws, pool } = &s;
-    let (proxy, config) = behind_a_docker_proxy(&stack, &aws, &pool, "").await;
+    let (proxy, config) = behind_a_docker_proxy(stack, aws, pool, "").await;
     let agent = AgentProcess::start(&config, "agent");
     let id = unique("sweep");
     let mut body = job(&id, &stack.image, &["sleep", "600"]);
@@ -567,7 +567,7 @@ async fn what_a_cleanup_leaves_in_a_long_docker_outage_is_swept_when_docker_retu
     })
     .await;
     // The attempt was an error (the host failed it), so the job ran again.
-    let r = aws.wait_result(&pool, &id).await;
+    let r = aws.wait_result(pool, &id).await;
     assert_eq!(r["status"], "timed_out", "{r}");
     assert_clean(&id);
 }
@@ -587,7 +587,7 @@ async fn a_huge_log_is_spooled_to_disk_and_uploaded_whole() {
         &job(&id, &stack.image, &["sh", "-c", script]),
     )
     .await;
-    let r = aws.wait_result(&pool, &id).await;
+    let r = aws.wait_result(pool, &id).await;
     assert_eq!(r["status"], "succeeded");
     let spooled = agent.count("The job's log is large; spooling it to disk.");
     let log = aws.object(&pool.bucket, &keys::log(&id)).await.unwrap();
@@ -668,7 +668,7 @@ async fn check_reports_each_dependency() {
             String::from_utf8_lossy(&output.stdout).into_owned(),
         )
     };
-    let good = agent_config(&stack, &pool, &aws.endpoint, &unique("i-check"), "");
+    let good = agent_config(stack, pool, &aws.endpoint, &unique("i-check"), "");
     let (code, report) = check(&good);
     assert_eq!(code, Some(0), "{report}");
     for probe in [
@@ -681,8 +681,8 @@ async fn check_reports_each_dependency() {
         assert!(report.contains(probe), "{probe} in {report}");
     }
     let bad = agent_config(
-        &stack,
-        &pool,
+        stack,
+        pool,
         &aws.endpoint,
         &unique("i-check"),
         &format!("[queue]\nurl = \"{}-missing\"", pool.queue_url),
@@ -692,8 +692,8 @@ async fn check_reports_each_dependency() {
     assert!(report.contains("FAIL  sqs"), "{report}");
     // The agent would take no job below disk.min_free_mb (here 1 PB).
     let full = agent_config(
-        &stack,
-        &pool,
+        stack,
+        pool,
         &aws.endpoint,
         &unique("i-check"),
         "[disk]\nmin_free_mb = 1000000000\ngc_free_mb = 1000000000",
@@ -710,8 +710,8 @@ async fn check_reports_each_dependency() {
         .unwrap()
         .port();
     let with_metrics = agent_config(
-        &stack,
-        &pool,
+        stack,
+        pool,
         &aws.endpoint,
         &unique("i-check"),
         &format!("[metrics]\nlisten = \"127.0.0.1:{port}\""),
@@ -768,12 +768,12 @@ async fn heartbeats_keep_a_long_job_hidden_past_the_visibility_timeout() {
         start.elapsed() > Duration::from_secs(30),
         "the job outlived the visibility timeout"
     );
-    let r = aws.wait_result(&pool, &id).await;
+    let r = aws.wait_result(pool, &id).await;
     assert_eq!(
         (r["status"].as_str(), r["attempt"].as_i64()),
         (Some("succeeded"), Some(1))
     );
-    aws.wait_empty(&pool).await;
+    aws.wait_empty(pool).await;
     assert_eq!(agent.count("Job started."), 1);
 }
 
@@ -851,7 +851,7 @@ async fn metrics_and_health_say_what_the_agent_does() {
     aws.send_job(&pool.queue_url, &job(&latest, &untagged, &["true"]))
         .await;
     for id in [&ok, &failed, &latest] {
-        aws.wait_result(&pool, id).await;
+        aws.wait_result(pool, id).await;
     }
     eventually("three jobs counted", LONG, || async {
         let (_, text) = scrape(&address, "/metrics").await;
@@ -956,13 +956,13 @@ async fn a_full_disk_collects_unused_images_and_stops_intake() {
         return;
     };
     let Scenario { stack, aws, pool } = &s;
-    let victim = OwnImage::new(&stack);
+    let victim = OwnImage::new(stack);
     let work = tempfile::tempdir().unwrap();
     let instance = unique("i-disk");
     let config = |disk: &str, warm: &str| {
         agent_config(
-            &stack,
-            &pool,
+            stack,
+            pool,
             &aws.endpoint,
             &instance,
             &format!(
@@ -982,7 +982,7 @@ async fn a_full_disk_collects_unused_images_and_stops_intake() {
     aws.send_job(&pool.queue_url, &job(&b, &stack.image, &["true"]))
         .await;
     for id in [&a, &b] {
-        assert_eq!(aws.wait_result(&pool, id).await["status"], "succeeded");
+        assert_eq!(aws.wait_result(pool, id).await["status"], "succeeded");
     }
     agent.signal(Signal::SIGTERM);
     assert_eq!(agent.wait_exit(LONG).await, Some(0));

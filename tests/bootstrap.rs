@@ -148,11 +148,11 @@ async fn jobs_get_exactly_their_secrets_and_logs_never_show_them() {
     };
     let Scenario { stack, aws, pool } = &s;
     let dir = tempfile::tempdir().unwrap();
-    let sealed = seal(&aws, &pool, dir.path()).await;
+    let sealed = seal(aws, pool, dir.path()).await;
     let shm = secrets_dir();
     let config = agent_config(
-        &stack,
-        &pool,
+        stack,
+        pool,
         &aws.endpoint,
         &unique("i-secrets"),
         &secrets_config(&sealed, &shm, &sealed.pool_name),
@@ -273,13 +273,13 @@ async fn bad_bundles_stop_the_agent_with_exit_78_and_one_line() {
     };
     let Scenario { stack, aws, pool } = &s;
     let dir = tempfile::tempdir().unwrap();
-    let sealed = seal(&aws, &pool, dir.path()).await;
+    let sealed = seal(aws, pool, dir.path()).await;
     let shm = secrets_dir();
 
     let (code, line) = boot_failure(
-        &stack,
-        &aws,
-        &pool,
+        stack,
+        aws,
+        pool,
         &secrets_config(&sealed, &shm, "some-other-pool"),
     )
     .await;
@@ -291,12 +291,12 @@ async fn bad_bundles_stop_the_agent_with_exit_78_and_one_line() {
 
     let missing = Sealed {
         key: "secrets/nothing-here.json".into(),
-        ..seal(&aws, &pool, dir.path()).await
+        ..seal(aws, pool, dir.path()).await
     };
     let (code, line) = boot_failure(
-        &stack,
-        &aws,
-        &pool,
+        stack,
+        aws,
+        pool,
         &secrets_config(&missing, &shm, &missing.pool_name),
     )
     .await;
@@ -307,7 +307,7 @@ async fn bad_bundles_stop_the_agent_with_exit_78_and_one_line() {
     );
 
     // One byte of the ciphertext changed.
-    let tampered = seal(&aws, &pool, dir.path()).await;
+    let tampered = seal(aws, pool, dir.path()).await;
     let mut bundle: serde_json::Value = aws.json(&tampered.bucket, &tampered.key).await.unwrap();
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut ciphertext = b64.decode(bundle["ciphertext"].as_str().unwrap()).unwrap();
@@ -322,9 +322,9 @@ async fn bad_bundles_stop_the_agent_with_exit_78_and_one_line() {
         .await
         .unwrap();
     let (code, line) = boot_failure(
-        &stack,
-        &aws,
-        &pool,
+        stack,
+        aws,
+        pool,
         &secrets_config(&tampered, &shm, &tampered.pool_name),
     )
     .await;
@@ -333,8 +333,8 @@ async fn bad_bundles_stop_the_agent_with_exit_78_and_one_line() {
 
     // The pool may only decrypt with its own key; this bundle was sealed with
     // another one, so KMS denies it.
-    let denied = seal(&aws, &pool, dir.path()).await;
-    let other_key = kms(&aws)
+    let denied = seal(aws, pool, dir.path()).await;
+    let other_key = kms(aws)
         .await
         .create_key()
         .send()
@@ -348,7 +348,7 @@ async fn bad_bundles_stop_the_agent_with_exit_78_and_one_line() {
         "[profiles.deploy]",
         &format!("kms_key_id = \"{other_key}\"\n[profiles.deploy]"),
     );
-    let (code, line) = boot_failure(&stack, &aws, &pool, &config).await;
+    let (code, line) = boot_failure(stack, aws, pool, &config).await;
     assert_eq!(code, Some(78), "denied: {line}");
     assert!(
         line.contains("KMS refused the bundle's data key (AccessDeniedException)"),
@@ -359,9 +359,9 @@ async fn bad_bundles_stop_the_agent_with_exit_78_and_one_line() {
     // Under target/: on the disk whatever TMPDIR says.
     let on_disk = Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("not-tmpfs"));
     let (code, line) = boot_failure(
-        &stack,
-        &aws,
-        &pool,
+        stack,
+        aws,
+        pool,
         &secrets_config(&sealed, &on_disk, &sealed.pool_name),
     )
     .await;
@@ -438,8 +438,8 @@ async fn warm_images_are_pulled_before_the_first_job_and_only_once() {
     docker(&["push", "--quiet", &warm]);
     docker(&["rmi", &warm]);
     let config = agent_config(
-        &stack,
-        &pool,
+        stack,
+        pool,
         &aws.endpoint,
         &unique("i-warm"),
         &format!("[images]\nwarm = [\"{warm}\"]"),
@@ -487,9 +487,9 @@ async fn a_warm_image_that_cannot_be_pulled_fails_the_boot() {
     let Scenario { stack, aws, pool } = &s;
     let missing = format!("{}/ci/never-pushed:1.0", stack.registry);
     let (code, line) = boot_failure(
-        &stack,
-        &aws,
-        &pool,
+        stack,
+        aws,
+        pool,
         &format!("[images]\nwarm = [\"{missing}\"]"),
     )
     .await;
@@ -554,7 +554,7 @@ async fn the_cache_volume_is_extracted_once_reused_and_swapped() {
     let key = "cache/libs.tar.gz";
     let source = format!("s3://{}/{key}", pool.bucket);
     put(
-        &aws,
+        aws,
         &pool.bucket,
         key,
         tar_gz(&[("version.txt", "v1\n"), ("lib/dep.txt", "a library\n")]),
@@ -602,7 +602,7 @@ async fn the_cache_volume_is_extracted_once_reused_and_swapped() {
     )
     .await;
     second.wait_log("Job started.", LONG).await;
-    put(&aws, &pool.bucket, key, tar_gz(&[("version.txt", "v2\n")])).await;
+    put(aws, &pool.bucket, key, tar_gz(&[("version.txt", "v2\n")])).await;
     second
         .wait_log("Switched to a new cache version for new jobs.", LONG)
         .await;
@@ -669,15 +669,10 @@ async fn a_cache_archive_that_escapes_is_refused() {
         header.set_cksum();
         builder.append(&header, text.as_bytes()).unwrap();
     }
-    put(&aws, &pool.bucket, key, builder.into_inner().unwrap()).await;
+    put(aws, &pool.bucket, key, builder.into_inner().unwrap()).await;
     let source = format!("s3://{}/{key}", pool.bucket);
-    let (code, line) = boot_failure(
-        &stack,
-        &aws,
-        &pool,
-        &format!("[cache]\nsource = \"{source}\""),
-    )
-    .await;
+    let (code, line) =
+        boot_failure(stack, aws, pool, &format!("[cache]\nsource = \"{source}\"")).await;
     assert_eq!(code, Some(78));
     assert!(
         line.contains("has an entry outside the volume: \"../../../../tmp/deckhand-escaped.txt\""),
@@ -742,7 +737,7 @@ async fn results_reach_the_results_queue_and_a_signed_webhook() {
     let Scenario { stack, aws, pool } = &s;
     let results_queue = aws.pool("results-queue", 5).await.queue_url;
     let dir = tempfile::tempdir().unwrap();
-    let sealed = seal(&aws, &pool, dir.path()).await;
+    let sealed = seal(aws, pool, dir.path()).await;
     let (url, mut posts) = webhook_receiver().await;
     let shm = secrets_dir();
     let (_config, _agent) = s.agent("i-hook", &format!(

@@ -53,8 +53,8 @@ async fn no_job_is_lost_when_agents_die_docker_drops_and_spot_takes_a_host() {
     // Agent A watches a metadata simulator: the spot notice comes there.
     let sim = ImdsSim::start(&unique("i-chaos-a"));
     let a_config = agent_config(
-        &stack,
-        &pool,
+        stack,
+        pool,
         &aws.endpoint,
         "",
         &format!(
@@ -63,18 +63,18 @@ async fn no_job_is_lost_when_agents_die_docker_drops_and_spot_takes_a_host() {
         ),
     );
     // Agent B reaches Docker through a socket the test can cut.
-    let (docker_link, b_config) = behind_a_docker_proxy(&stack, &aws, &pool, settings).await;
+    let (docker_link, b_config) = behind_a_docker_proxy(stack, aws, pool, settings).await;
     let mut a = AgentProcess::start(&a_config, "a");
     let b = AgentProcess::start(&b_config, "b");
 
-    let jobs = jobs(&stack);
+    let jobs = jobs(stack);
     for (_, body) in &jobs {
         aws.send_job(&pool.queue_url, body).await;
     }
 
     // 1. A is killed outright mid-work and restarted: its orphans go back.
     eventually("a few results", VERY_LONG, || async {
-        results(&aws, &pool).await >= 4
+        results(aws, pool).await >= 4
     })
     .await;
     a.signal(Signal::SIGKILL);
@@ -83,7 +83,7 @@ async fn no_job_is_lost_when_agents_die_docker_drops_and_spot_takes_a_host() {
 
     // 2. B loses Docker for a while.
     eventually("more results", VERY_LONG, || async {
-        results(&aws, &pool).await >= 12
+        results(aws, pool).await >= 12
     })
     .await;
     docker_link.set_down(true);
@@ -103,7 +103,7 @@ async fn no_job_is_lost_when_agents_die_docker_drops_and_spot_takes_a_host() {
 
     // 3. A's host gets a spot notice; a fresh host C takes its place.
     eventually("yet more results", VERY_LONG, || async {
-        results(&aws, &pool).await >= 22
+        results(aws, pool).await >= 22
     })
     .await;
     sim.spot("terminate", 120).await;
@@ -112,12 +112,12 @@ async fn no_job_is_lost_when_agents_die_docker_drops_and_spot_takes_a_host() {
         Some(0),
         "a spot drain exits 0"
     );
-    let c_config = agent_config(&stack, &pool, &aws.endpoint, &unique("i-chaos-c"), settings);
+    let c_config = agent_config(stack, pool, &aws.endpoint, &unique("i-chaos-c"), settings);
     let c = AgentProcess::start(&c_config, "c");
 
     // Every job ends, succeeded, once.
     eventually("every job's result", VERY_LONG, || async {
-        results(&aws, &pool).await == JOBS
+        results(aws, pool).await == JOBS
     })
     .await;
     eventually("the queue to be empty", VERY_LONG, || async {
@@ -130,9 +130,9 @@ async fn no_job_is_lost_when_agents_die_docker_drops_and_spot_takes_a_host() {
         "nothing dead-lettered"
     );
     for (i, (id, _)) in jobs.iter().enumerate() {
-        let r = aws.json(&pool.bucket, &keys::result(&id)).await.unwrap();
+        let r = aws.json(&pool.bucket, &keys::result(id)).await.unwrap();
         assert_eq!(r["status"], "succeeded", "{r}");
-        let log = aws.object(&pool.bucket, &keys::log(&id)).await.unwrap();
+        let log = aws.object(&pool.bucket, &keys::log(id)).await.unwrap();
         assert_eq!(
             String::from_utf8(log).unwrap(),
             format!("job {i} done on attempt {}\n", r["attempt"]),

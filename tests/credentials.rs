@@ -170,8 +170,8 @@ async fn check_says_whether_the_credentials_address_can_be_served() {
     let Scenario { stack, aws, pool } = &s;
     let check = |listen: &str| {
         let config = agent_config(
-            &stack,
-            &pool,
+            stack,
+            pool,
             &aws.endpoint,
             &unique("i-creds-check"),
             &format!(

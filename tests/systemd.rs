@@ -42,7 +42,7 @@ async fn notifications_arrive_in_order() {
             }
         })
     };
-    let config = agent_config(&stack, &pool, &aws.endpoint, &unique("i-notify"), "");
+    let config = agent_config(stack, pool, &aws.endpoint, &unique("i-notify"), "");
     let mut agent = AgentProcess::start_with(
         &config,
         "agent",

@@ -124,15 +124,15 @@ async fn a_spot_notice_hands_the_job_to_another_agent() {
     let Scenario { stack, aws, pool } = &s;
     let sim = ImdsSim::start(&unique("i-spot"));
     let config = sim_config(
-        &stack,
-        &aws,
-        &pool,
+        stack,
+        aws,
+        pool,
         &sim,
         "[queue]\nvisibility_timeout_secs = 600\n[drain]\non_spot = \"release\"\nstop_grace_secs = 1",
     );
     let mut doomed = AgentProcess::start(&config, "doomed");
     let id = unique("spot");
-    aws.send(&pool.queue_url, &first_attempt_hangs(&id, &stack))
+    aws.send(&pool.queue_url, &first_attempt_hangs(&id, stack))
         .await;
     doomed.wait_log("Job started.", LONG).await;
 
@@ -147,7 +147,7 @@ async fn a_spot_notice_hands_the_job_to_another_agent() {
     let exited_after = noticed.elapsed();
     assert!(exited_after < Duration::from_secs(60), "{exited_after:?}");
     let interrupted = eventually("the interrupted attempt", LONG, || {
-        aws.attempt(&pool, &id, 1)
+        aws.attempt(pool, &id, 1)
     })
     .await;
     assert_eq!(interrupted["status"], "interrupted");
@@ -166,9 +166,9 @@ async fn a_spot_notice_hands_the_job_to_another_agent() {
             .starts_with("i-spot-")
     );
 
-    let rescuer_config = agent_config(&stack, &pool, &aws.endpoint, &unique("i-rescuer"), "");
+    let rescuer_config = agent_config(stack, pool, &aws.endpoint, &unique("i-rescuer"), "");
     let _rescuer = AgentProcess::start(&rescuer_config, "rescuer");
-    let done = eventually("the terminal result", LONG, || aws.result(&pool, &id)).await;
+    let done = eventually("the terminal result", LONG, || aws.result(pool, &id)).await;
     assert_eq!(done["status"], "succeeded");
     assert_eq!(done["attempt"], 2);
     assert_clean(&id);
@@ -182,9 +182,9 @@ async fn finish_if_possible_finishes_a_short_job_and_releases_a_long_one() {
     let Scenario { stack, aws, pool } = &s;
     let sim = ImdsSim::start(&unique("i-finish"));
     let config = sim_config(
-        &stack,
-        &aws,
-        &pool,
+        stack,
+        aws,
+        pool,
         &sim,
         "[agent]\nslots = 2\n[queue]\nvisibility_timeout_secs = 600\n[drain]\non_spot = \"finish-if-possible\"\nsafety_margin_secs = 2\nstop_grace_secs = 1",
     );
@@ -221,11 +221,11 @@ async fn finish_if_possible_finishes_a_short_job_and_releases_a_long_one() {
         "exited {exited_after:?} after the notice"
     );
     assert_eq!(
-        aws.result(&pool, &short).await.unwrap()["status"],
+        aws.result(pool, &short).await.unwrap()["status"],
         "succeeded"
     );
     assert_eq!(
-        aws.attempt(&pool, &long, 1).await.unwrap()["status"],
+        aws.attempt(pool, &long, 1).await.unwrap()["status"],
         "interrupted"
     );
     assert_eq!(
@@ -251,7 +251,7 @@ async fn hibernate_drains_at_once_whatever_the_policy() {
     sim.spot("hibernate", 120).await;
     assert_eq!(agent.wait_exit(LONG).await, Some(0));
     assert_eq!(
-        aws.attempt(&pool, &id, 1).await.unwrap()["status"],
+        aws.attempt(pool, &id, 1).await.unwrap()["status"],
         "interrupted"
     );
     assert_eq!(aws.counts(&pool.queue_url).await, (1, 0));
@@ -264,13 +264,7 @@ async fn rebalance_ignore_keeps_serving() {
     };
     let Scenario { stack, aws, pool } = &s;
     let sim = ImdsSim::start(&unique("i-rbi"));
-    let config = sim_config(
-        &stack,
-        &aws,
-        &pool,
-        &sim,
-        "[drain]\non_rebalance = \"ignore\"",
-    );
+    let config = sim_config(stack, aws, pool, &sim, "[drain]\non_rebalance = \"ignore\"");
     let agent = AgentProcess::start(&config, "agent");
     agent.wait_log("Ready; serving the queue.", LONG).await;
     sim.control("rebalance", json!({"in_secs": 0})).await;
@@ -279,7 +273,7 @@ async fn rebalance_ignore_keeps_serving() {
     aws.send_job(&pool.queue_url, &job(&id, &stack.image, &["true"]))
         .await;
     let r = eventually("the job sent after the notice", LONG, || {
-        aws.result(&pool, &id)
+        aws.result(pool, &id)
     })
     .await;
     assert_eq!(r["status"], "succeeded");
@@ -294,9 +288,9 @@ async fn rebalance_stop_intake_finishes_running_jobs_and_takes_no_more() {
     let Scenario { stack, aws, pool } = &s;
     let sim = ImdsSim::start(&unique("i-rbs"));
     let config = sim_config(
-        &stack,
-        &aws,
-        &pool,
+        stack,
+        aws,
+        pool,
         &sim,
         "[drain]\non_rebalance = \"stop-intake\"\nstop_timeout_secs = 0",
     );
@@ -318,7 +312,7 @@ async fn rebalance_stop_intake_finishes_running_jobs_and_takes_no_more() {
     assert_eq!(agent.wait_exit(LONG).await, Some(0));
     // stop_timeout_secs = 0 does not apply: stop-intake lets the job finish.
     assert_eq!(
-        aws.result(&pool, &running).await.unwrap()["status"],
+        aws.result(pool, &running).await.unwrap()["status"],
         "succeeded"
     );
     assert_eq!(
@@ -342,7 +336,7 @@ async fn rebalance_drain_acts_like_sigterm() {
     let id = running_a_long_job(&s, &agent, "drained").await;
     sim.control("rebalance", json!({"in_secs": 0})).await;
     assert_eq!(agent.wait_exit(LONG).await, Some(0));
-    let r = aws.attempt(&pool, &id, 1).await.unwrap();
+    let r = aws.attempt(pool, &id, 1).await.unwrap();
     assert_eq!(r["status"], "interrupted");
     assert_eq!(r["reason"], "interrupted: rebalance recommendation");
     assert_eq!(aws.counts(&pool.queue_url).await, (1, 0));
@@ -362,14 +356,8 @@ async fn auto_scaling_termination_drains_then_completes_the_termination_hook() {
     // Not a termination hook: discovery must pass it over.
     aws.put_hook(&group.name, "warm-up", "autoscaling:EC2_INSTANCE_LAUNCHING")
         .await;
-    let (proxy, completed) = completing_proxy(&aws).await;
-    let host = scale_in_host(
-        &stack,
-        &pool,
-        &proxy.address,
-        &me,
-        "on_exit = \"terminate\"",
-    );
+    let (proxy, completed) = completing_proxy(aws).await;
+    let host = scale_in_host(stack, pool, &proxy.address, &me, "on_exit = \"terminate\"");
     let mut agent = AgentProcess::start(&host.config, "agent");
     let id = unique("last");
     aws.send_job(
@@ -381,7 +369,7 @@ async fn auto_scaling_termination_drains_then_completes_the_termination_hook() {
     host.auto_scaling_terminates().await;
     assert_eq!(agent.wait_exit(LONG).await, Some(0));
     assert_eq!(
-        aws.result(&pool, &id).await.unwrap()["status"],
+        aws.result(pool, &id).await.unwrap()["status"],
         "succeeded",
         "finished within stop_timeout_secs"
     );
@@ -420,16 +408,10 @@ async fn with_several_termination_hooks_only_the_configured_one_is_completed() {
         aws.put_hook(&group.name, hook, "autoscaling:EC2_INSTANCE_TERMINATING")
             .await;
     }
-    let (proxy, completed) = completing_proxy(&aws).await;
+    let (proxy, completed) = completing_proxy(aws).await;
 
     // Not told which: completing another tool's hook would cut its work short.
-    let host = scale_in_host(
-        &stack,
-        &pool,
-        &proxy.address,
-        &me,
-        "on_exit = \"terminate\"",
-    );
+    let host = scale_in_host(stack, pool, &proxy.address, &me, "on_exit = \"terminate\"");
     let mut agent = AgentProcess::start(&host.config, "guessing");
     host.auto_scaling_terminates().await;
     assert_eq!(agent.wait_exit(LONG).await, Some(0));
@@ -446,8 +428,8 @@ async fn with_several_termination_hooks_only_the_configured_one_is_completed() {
     assert!(completed.lock().unwrap().is_empty());
 
     let host = scale_in_host(
-        &stack,
-        &pool,
+        stack,
+        pool,
         &proxy.address,
         &me,
         &format!("on_exit = \"terminate\"\nlifecycle_hook = \"{}\"", hooks[0]),
@@ -467,7 +449,7 @@ async fn metadata_faults_never_stop_the_jobs() {
     };
     let Scenario { stack, aws, pool } = &s;
     let sim = ImdsSim::start(&unique("i-fault"));
-    let config = sim_config(&stack, &aws, &pool, &sim, "");
+    let config = sim_config(stack, aws, pool, &sim, "");
     let agent = AgentProcess::start(&config, "agent");
     agent.wait_log("Ready; serving the queue.", LONG).await;
     let warning = "Cannot read the instance metadata; jobs go on.";
@@ -482,7 +464,7 @@ async fn metadata_faults_never_stop_the_jobs() {
         aws.send_job(&pool.queue_url, &job(&id, &stack.image, &["true"]))
             .await;
         let r = eventually(&format!("a job during fault {mode}"), LONG, || {
-            aws.result(&pool, &id)
+            aws.result(pool, &id)
         })
         .await;
         assert_eq!(r["status"], "succeeded");
@@ -506,7 +488,7 @@ async fn a_failed_poll_misses_no_notice() {
     };
     let Scenario { stack, aws, pool } = &s;
     let sim = ImdsSim::start(&unique("i-missed"));
-    let config = sim_config(&stack, &aws, &pool, &sim, "");
+    let config = sim_config(stack, aws, pool, &sim, "");
     let mut agent = AgentProcess::start(&config, "agent");
     agent.wait_log("Ready; serving the queue.", LONG).await;
     // The very next request is dropped; the notice is there from now on.
@@ -527,8 +509,8 @@ async fn off_ec2_the_watchers_are_off_with_one_warning() {
     let url = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
     let config = agent_config(
-        &stack,
-        &pool,
+        stack,
+        pool,
         &aws.endpoint,
         "",
         &format!("[imds]\nenabled = true\nendpoint = \"{url}\""),
@@ -537,7 +519,7 @@ async fn off_ec2_the_watchers_are_off_with_one_warning() {
     let id = unique("offec2");
     aws.send_job(&pool.queue_url, &job(&id, &stack.image, &["true"]))
         .await;
-    let r = eventually("the job", LONG, || aws.result(&pool, &id)).await;
+    let r = eventually("the job", LONG, || aws.result(pool, &id)).await;
     assert_eq!(r["status"], "succeeded");
     let warnings: Vec<_> = agent
         .logs()
@@ -567,8 +549,8 @@ async fn idle_scale_in_leaves_the_group_and_survives_throttling() {
     let (proxy, throttled) =
         common::proxy::Proxy::tcp_throttling(&aws.upstream(), "/autoscaling/aws4_request", 4).await;
     let host = scale_in_host(
-        &stack,
-        &pool,
+        stack,
+        pool,
         &proxy.address,
         &me,
         "idle_shutdown_secs = 2\non_exit = \"terminate\"",
@@ -628,8 +610,8 @@ async fn idle_scale_in_outside_a_group_terminates_through_ec2() {
     )
     .await;
     let host = scale_in_host(
-        &stack,
-        &pool,
+        stack,
+        pool,
         &proxy.address,
         &me,
         "idle_shutdown_secs = 2\non_exit = \"terminate\"",

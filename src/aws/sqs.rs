@@ -11,33 +11,33 @@ use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SqsError {
-    #[error("receive from {queue_url}: {}", DisplayErrorContext(source))]
+    #[error("receive from {queue_url}: {}", DisplayErrorContext(&**source))]
     Receive {
         queue_url: String,
-        source: aws_sdk_sqs::Error,
+        source: Box<aws_sdk_sqs::Error>,
     },
     #[error(
         "delete message {message_id} from {queue_url}: {}",
-        DisplayErrorContext(source)
+        DisplayErrorContext(&**source)
     )]
     Delete {
         queue_url: String,
         message_id: String,
-        source: aws_sdk_sqs::Error,
+        source: Box<aws_sdk_sqs::Error>,
     },
     #[error(
         "change visibility of message {message_id} on {queue_url}: {}",
-        DisplayErrorContext(source)
+        DisplayErrorContext(&**source)
     )]
     ChangeVisibility {
         queue_url: String,
         message_id: String,
-        source: aws_sdk_sqs::Error,
+        source: Box<aws_sdk_sqs::Error>,
     },
-    #[error("send to {queue_url}: {}", DisplayErrorContext(source))]
+    #[error("send to {queue_url}: {}", DisplayErrorContext(&**source))]
     Send {
         queue_url: String,
-        source: aws_sdk_sqs::Error,
+        source: Box<aws_sdk_sqs::Error>,
     },
 }
 
@@ -91,7 +91,7 @@ impl Queue {
             .await
             .map_err(|e| SqsError::Receive {
                 queue_url: self.url.clone(),
-                source: e.into(),
+                source: Box::new(e.into()),
             })?;
         Ok(output
             .messages
@@ -125,7 +125,7 @@ impl Queue {
             .map_err(|e| SqsError::Delete {
                 queue_url: self.url.clone(),
                 message_id: message.message_id.clone(),
-                source: e.into(),
+                source: Box::new(e.into()),
             })
     }
 
@@ -147,7 +147,7 @@ impl Queue {
             .map_err(|e| SqsError::ChangeVisibility {
                 queue_url: self.url.clone(),
                 message_id: message_id.to_owned(),
-                source: e.into(),
+                source: Box::new(e.into()),
             })
     }
 
@@ -168,7 +168,7 @@ impl Queue {
         }
         let output = request.send().await.map_err(|e| SqsError::Send {
             queue_url: self.url.clone(),
-            source: e.into(),
+            source: Box::new(e.into()),
         })?;
         Ok(output.message_id.unwrap_or_default())
     }

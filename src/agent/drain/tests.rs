@@ -39,11 +39,14 @@ enum End {
     Killed,
 }
 
+/// How each job ended and when, after the pool began.
+type Ends = Arc<Mutex<Vec<(&'static str, End, Duration)>>>;
+
 struct Pool {
     jobs: JoinSet<()>,
     preemption: Preemption,
     began: Instant,
-    ends: Arc<Mutex<Vec<(&'static str, End, Duration)>>>,
+    ends: Ends,
 }
 
 impl Pool {

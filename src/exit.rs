@@ -5,6 +5,7 @@
 use crate::agent::AgentError;
 use crate::cli::cancel::CancelError;
 use crate::cli::exec::ExecError;
+use crate::cli::logs::LogsError;
 use crate::cli::seal::SealError;
 use crate::cli::submit::SubmitError;
 use crate::config::ConfigError;
@@ -89,6 +90,7 @@ impl ExitStatus for SubmitError {
             SubmitError::NoQueue | SubmitError::NoBucket => CONFIG,
             SubmitError::Send(_) | SubmitError::Store(_) => UNAVAILABLE,
             SubmitError::WaitTimedOut { .. } => TIMED_OUT,
+            SubmitError::Follow(e) => e.exit_code(),
         }
     }
 }
@@ -99,6 +101,20 @@ impl ExitStatus for CancelError {
             CancelError::InvalidId { .. } => REJECTED,
             CancelError::NoBucket => CONFIG,
             CancelError::Store(_) => UNAVAILABLE,
+        }
+    }
+}
+
+impl ExitStatus for LogsError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            LogsError::InvalidId { .. } => REJECTED,
+            LogsError::NoBucket => CONFIG,
+            LogsError::NotFound { .. } => NO_INPUT,
+            LogsError::Store(_) => UNAVAILABLE,
+            // Nobody reads the rest (a closed pipe).
+            LogsError::Write(_) => FAILURE,
+            LogsError::WaitTimedOut { .. } => TIMED_OUT,
         }
     }
 }

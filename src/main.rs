@@ -58,6 +58,21 @@ enum Command {
         /// With --wait, give up after this many seconds.
         #[arg(long, default_value_t = 3600)]
         timeout: u64,
+        /// With --wait, print the job's log as it runs.
+        #[arg(long, requires = "wait")]
+        follow: bool,
+    },
+    /// Print a job's log; with --follow, as it runs, until the job ends.
+    Logs {
+        /// The job's id.
+        id: String,
+        /// Print new output as it is uploaded, until the job ends; exit as
+        /// `submit --wait` does.
+        #[arg(long)]
+        follow: bool,
+        /// The log of this attempt (an interrupted one's, say).
+        #[arg(long)]
+        attempt: Option<u32>,
     },
     /// Ask for a job to be cancelled: never started if it has not, stopped if it
     /// runs. Prints what it knows: already finished, or cancel requested.
@@ -181,13 +196,37 @@ async fn dispatch(
             queue,
             wait,
             timeout,
+            follow,
         } => {
-            let wait = wait.then(|| std::time::Duration::from_secs(timeout));
+            let wait = wait.then(|| cli::submit::Wait {
+                timeout: std::time::Duration::from_secs(timeout),
+                follow,
+            });
             cli::submit::submit(config, &job, queue, wait)
                 .await
                 .map(|result| result.map_or(exit::OK, |r| print_result(&r)))
                 .unwrap_or_else(report)
         }
+        Command::Logs {
+            id,
+            follow,
+            attempt,
+        } => match cli::logs::logs(config, &id, follow, attempt).await {
+            Ok(None) => exit::OK,
+            Ok(Some(result)) => {
+                eprintln!(
+                    "deckhand: {id} {}{}",
+                    result.status.as_str(),
+                    result
+                        .reason
+                        .as_deref()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default()
+                );
+                result.exit_code()
+            }
+            Err(e) => report(e),
+        },
         Command::Cancel { id, reason } => cli::cancel::cancel(config, &id, reason)
             .await
             .map(|outcome| {

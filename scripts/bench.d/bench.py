@@ -28,7 +28,7 @@ import uuid
 import boto3
 from botocore.config import Config as BotoConfig
 
-FIGURES = ("exec_true", "queue_serial", "queue_parallel", "idle", "notice", "boot", "cache")
+FIGURES = ("exec_true", "queue_serial", "queue_parallel", "cancel", "idle", "notice", "boot", "cache")
 TARGETS = {
     "exec_true": 1.10,
     "queue_serial": 1.15,
@@ -161,14 +161,14 @@ class Bench:
         self.buckets.append(bucket)
         return url, bucket
 
-    def agent_config(self, name, url, bucket, slots, wait_secs=20):
+    def agent_config(self, name, url, bucket, slots, wait_secs=20, results=""):
         return self.config(
             name,
             {
                 "agent": f"slots = {slots}\n",
                 "aws": f'region = "{self.region}"\nendpoint_url = "{self.endpoint}"\n',
                 "queue": f'url = "{url}"\nwait_secs = {wait_secs}\nvisibility_timeout_secs = 300\n',
-                "results": f'bucket = "{bucket}"\n',
+                "results": f'bucket = "{bucket}"\n' + results,
             },
         )
 
@@ -449,6 +449,75 @@ class Bench:
 
     def queue_parallel(self):
         self._queue("queue_parallel", 2)
+
+    def cancel(self):
+        """`deckhand cancel` of a running job until its container is gone, against
+        `docker stop` of the same container run by hand (its floor: the signal and
+        the removal), 10 times each."""
+        runs = 10
+        poll_secs = 2
+        url, bucket = self.pool("cancel")
+        config = self.agent_config(
+            "cancel", url, bucket, 1, wait_secs=1, results=f"cancel_poll_secs = {poll_secs}\n"
+        )
+        proc, log = self.start_agent(config, "cancel")
+        self.wait_log(proc, log, lambda ls: any(l.get("msg") == READY for l in ls), "the agent to be ready", 60)
+        # A job that exits on SIGTERM at once: the figure is deckhand's delay.
+        script = "trap 'exit 143' TERM; echo running; while true; do sleep 0.05; done"
+
+        def containers(label):
+            return subprocess.run(
+                ["docker", "ps", "-aq", "--filter", f"label={label}"],
+                capture_output=True, text=True, check=True,
+            ).stdout.split()
+
+        def wait_for(what, condition, timeout=60):
+            deadline = time.monotonic() + timeout
+            while not condition():
+                if time.monotonic() > deadline:
+                    raise BenchError(f"cancel: timed out waiting for {what}:\n{tail(log)}")
+                time.sleep(0.02)
+
+        ours, theirs = [], []
+        for n in range(runs):
+            job_id = f"bench-cancel-{self.run_id}-{n}"
+            job = {"version": 1, "id": job_id, "image": self.image, "command": ["sh", "-c", script]}
+            self.sqs.send_message(QueueUrl=url, MessageBody=json.dumps(job))
+            label = f"deckhand.job_id={job_id}"
+            wait_for("the job to run", lambda: any(
+                l.get("msg") == "running" and l.get("job_id") == job_id for l in self.read_log(log)))
+            t0 = time.perf_counter()
+            subprocess.run(
+                [self.binary, "--config", config, "cancel", job_id, "--reason", "bench"],
+                check=True, stdout=subprocess.DEVNULL, env=self.env,
+            )
+            wait_for("the container to go", lambda: not containers(label))
+            ours.append(time.perf_counter() - t0)
+            key = f"results/{job_id}/result.json"
+            wait_for("the result", lambda: self.s3.list_objects_v2(Bucket=bucket, Prefix=key).get("KeyCount"))
+            status = json.loads(self.s3.get_object(Bucket=bucket, Key=key)["Body"].read())["status"]
+            if status != "cancelled":
+                raise BenchError(f"cancel: {job_id} ended {status}, not cancelled")
+
+            name = f"deckhand-bench-stop-{self.run_id}-{n}"
+            subprocess.run(
+                ["docker", "run", "-d", "--name", name, "--label", f"bench={name}",
+                 f"--network={self.network}", self.image, "sh", "-c", script],
+                check=True, stdout=subprocess.DEVNULL,
+            )
+            t0 = time.perf_counter()
+            subprocess.run(["docker", "stop", "-t", "10", name], check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(["docker", "rm", name], check=True, stdout=subprocess.DEVNULL)
+            theirs.append(time.perf_counter() - t0)
+        self.stop_agent(proc)
+        a, b = median_ms(ours), median_ms(theirs)
+        target = (poll_secs + 0.5) * 1000
+        say(
+            f"cancel: deckhand cancel -> container gone median {a:.0f} ms (max {max(ours) * 1000:.0f}), "
+            f"docker stop + rm median {b:.0f} ms; target <= cancel_poll_secs + 0.5 s = {target:.0f} ms"
+        )
+        say(f"  the poll alone waits {poll_secs / 2 * 1000:.0f} ms on average; the rest is the CLI, S3 and the stop")
+        self.row("cancel", f"{a:.0f} ms", f"{b:.0f} ms", f"{a / b:.2f}", f"<= {target:.0f} ms", a <= target)
 
     def idle(self):
         secs = self.args.idle_secs

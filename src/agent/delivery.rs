@@ -4,7 +4,6 @@
 //!
 //! [`fate`]: crate::agent::fate
 
-use std::convert::Infallible;
 use std::time::Duration;
 
 use tokio::sync::OwnedSemaphorePermit;
@@ -12,14 +11,15 @@ use tokio::time::Instant;
 
 use crate::agent::Agent;
 use crate::agent::fate::{self, Admission, ClaimLookup, Fate, Lookup};
-use crate::aws::results::{CancelRequest, Claim, ClaimOutcome, Recorded, Renewal, StoreError};
+use crate::aws::results::{CancelRequest, Claim, ClaimOutcome, Recorded, StoreError};
 use crate::aws::sqs::Received;
 use crate::backoff::Backoff;
 use crate::host::stop::Preemption;
 use crate::job::cancel::Cancel;
+use crate::job::live::LiveTail;
 use crate::job::log::LogBody;
 use crate::job::result::{JobResult, Status};
-use crate::job::runner::{Finished, Stoppers};
+use crate::job::runner::{Controls, Finished};
 use crate::job::{Job, Rejection};
 
 /// On a job's container: the SQS receipt handle of its message, so that an agent
@@ -27,6 +27,15 @@ use crate::job::{Job, Rejection};
 pub const LABEL_RECEIPT: &str = "deckhand.receipt";
 /// The longest pause between attempts to record a result.
 const MAX_RECORD_BACKOFF: Duration = Duration::from_secs(30);
+
+/// A job run to its end.
+struct Attempted {
+    finished: Finished,
+    /// The drain handed the message back while it ran.
+    handed_back: bool,
+    /// Live chunks uploaded (`None`: the live log is off).
+    chunks: Option<u32>,
+}
 
 /// What recording a result came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +120,7 @@ impl Agent {
         let attempt = message.receive_count;
         let retry = fate::retry_visibility(attempt, self.config.queue.visibility_timeout);
         let (admission, cancel_request) = self.admit(&job, attempt, retry).await;
+        let mut chunks = None;
         let (mut result, log, handed_back) = match admission {
             Admission::Skip(settlement) => {
                 self.settle(&message, &job.id, settlement).await;
@@ -126,9 +136,10 @@ impl Agent {
                 (result, None, false)
             }
             Admission::Run => {
-                let (finished, handed_back) =
-                    self.run_attempt(&message, &job, slot, preemption).await;
-                (finished.result, Some(finished.log), handed_back)
+                let attempted = self.run_attempt(&message, &job, slot, preemption).await;
+                chunks = attempted.chunks;
+                let Finished { result, log } = attempted.finished;
+                (result, Some(log), attempted.handed_back)
             }
         };
         let status = result.status;
@@ -138,7 +149,8 @@ impl Agent {
         if !fate::records_first(status) {
             let settlement = fate::after_run(status, false, handed_back, retry);
             self.settle(&message, &job.id, settlement).await;
-            self.record_until(&mut result, log.as_ref(), deadline).await;
+            let recording = self.record_until(&mut result, log.as_ref(), deadline).await;
+            self.clean_live(&job.id, attempt, chunks, recording).await;
             return;
         }
         let record = self.record_until(&mut result, log.as_ref(), deadline);
@@ -153,6 +165,7 @@ impl Agent {
         };
         let recorded = recording != Recording::Failed;
         let settlement = fate::after_run(status, recorded, handed_back, retry);
+        self.clean_live(&job.id, attempt, chunks, recording).await;
         // Another run's result stands: announcing ours would contradict it.
         if settlement.fate == Fate::Delete && recording == Recording::Ours {
             // Independent of each other: the result is recorded.
@@ -165,31 +178,34 @@ impl Agent {
         }
     }
 
-    /// Runs the job's container to its end, with heartbeats and the watch for a
-    /// cancel request. Whether the drain handed the message back while it ran.
+    /// Runs the job's container to its end, with heartbeats, the watch for a
+    /// cancel request and the live log.
     async fn run_attempt(
         &self,
         message: &Received,
         job: &Job,
         slot: OwnedSemaphorePermit,
         preemption: &Preemption,
-    ) -> (Finished, bool) {
+    ) -> Attempted {
+        let attempt = message.receive_count;
         let labels = [(LABEL_RECEIPT, message.receipt.as_str())];
         let cancel = Cancel::default();
+        let live = self.config.results.log_flush.map(|_| LiveTail::default());
+        let mut chunks = None;
         self.metrics.running(true);
-        let stoppers = Stoppers {
+        let controls = Controls {
             preemption,
             cancel: &cancel,
+            live: live.clone(),
         };
-        let run = self
-            .runner
-            .run(job, message.receive_count, &labels, stoppers);
+        let run = self.runner.run(job, attempt, &labels, controls);
         tokio::pin!(run);
         let mut handed_back = false;
         let finished = tokio::select! {
             finished = &mut run => finished,
             never = self.heartbeat(message, &job.id) => match never {},
             never = self.watch_cancel(&job.id, &cancel) => match never {},
+            never = self.stream_log(&job.id, attempt, live.as_ref(), &mut chunks) => match never {},
             () = preemption.stopping().cancelled() => {
                 self.settle(message, &job.id, fate::PREEMPTED).await;
                 handed_back = true;
@@ -198,32 +214,23 @@ impl Agent {
         };
         drop(slot);
         self.metrics.running(false);
-        (finished, handed_back)
+        Attempted {
+            finished,
+            handed_back,
+            chunks,
+        }
     }
 
-    /// Looks for the job's cancel request every `results.cancel_poll_secs` and
-    /// cancels it once one is there: one S3 GET per period per running job. Never
-    /// returns; dropping it is safe.
-    async fn watch_cancel(&self, job_id: &str, cancel: &Cancel) -> Infallible {
-        let Some(period) = self.config.results.cancel_poll else {
-            return std::future::pending().await;
-        };
-        let mut failing = false;
-        loop {
-            tokio::time::sleep(period).await;
-            match self.store.cancel_request(job_id).await {
-                Ok(Some(request)) => {
-                    cancel.request(request.describe());
-                    return std::future::pending().await;
-                }
-                Ok(None) => failing = false,
-                // Once per spell of failures: every period would flood the log.
-                Err(error) if !failing => {
-                    failing = true;
-                    tracing::warn!(%error, "Cannot look for a cancel request; the job runs on.");
-                }
-                Err(_) => {}
-            }
+    /// Deletes an attempt's live chunks once its log is recorded (theirs or
+    /// ours: either way the live view is over); kept when it was not, as the
+    /// only copy of the output.
+    async fn clean_live(&self, id: &str, attempt: u32, chunks: Option<u32>, recording: Recording) {
+        let Some(count) = chunks else { return };
+        if recording == Recording::Failed {
+            return;
+        }
+        if let Err(error) = self.store.delete_chunks(id, attempt, count).await {
+            tracing::warn!(%error, "Could not delete the live log's chunks.");
         }
     }
 
@@ -289,32 +296,6 @@ impl Agent {
             attempt,
             expires_at: chrono::Utc::now().timestamp()
                 + self.config.queue.visibility_timeout.as_secs() as i64,
-        }
-    }
-
-    /// Keeps the message hidden and the claim alive while the job runs. Never
-    /// returns; dropping it is safe (each beat is a whole request or none).
-    async fn heartbeat(&self, message: &Received, job_id: &str) -> Infallible {
-        let visibility = self.config.queue.visibility_timeout;
-        // A third of the timeout: two beats may fail before the message reappears.
-        let period = visibility / 3;
-        loop {
-            tokio::time::sleep(period).await;
-            if let Err(error) = self
-                .queue
-                .set_visibility(&message.message_id, &message.receipt, visibility)
-                .await
-            {
-                tracing::warn!(%error, "Heartbeat failed; the message may reappear.");
-            }
-            let attempt = message.receive_count;
-            match self.store.renew(job_id, &self.claim(attempt)).await {
-                Ok(Renewal::Renewed) => {}
-                Ok(Renewal::Lost) => tracing::warn!(
-                    "Another run took over this job's claim; the first result recorded stands."
-                ),
-                Err(error) => tracing::warn!(%error, "Could not renew the job's claim."),
-            }
         }
     }
 

@@ -16,6 +16,7 @@ pub mod fate;
 pub mod health;
 pub mod metrics;
 pub mod recovery;
+pub mod running;
 pub mod serve;
 
 use std::convert::Infallible;

@@ -11,7 +11,9 @@
 //!   delivery finds it and waits instead of running the job a second time
 //!   (`claims.rs`);
 //! - `cancel.json`: a request to cancel the job, from `deckhand cancel`
-//!   (`cancel.rs`).
+//!   (`cancel.rs`);
+//! - `live/attempt-<n>/<seq>.txt`: a running attempt's output so far, in chunks,
+//!   until its log is recorded (`live.rs`).
 
 use std::time::Duration;
 
@@ -22,6 +24,7 @@ use sha2::Sha256;
 
 mod cancel;
 mod claims;
+mod live;
 
 pub use cancel::{CancelAnswer, CancelRequest};
 pub use claims::{Claim, ClaimOutcome, Renewal};
@@ -235,6 +238,31 @@ impl ResultStore {
         &self,
         key: &str,
     ) -> Result<Option<(T, String)>, StoreError> {
+        let Some(object) = self.get_object(key).await? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&object.bytes)
+            .map(|value| Some((value, object.etag)))
+            .map_err(|source| StoreError::Corrupt {
+                bucket: self.bucket.clone(),
+                key: key.to_owned(),
+                source,
+            })
+    }
+
+    /// An object's bytes and its user metadata.
+    async fn get_bytes(
+        &self,
+        key: &str,
+    ) -> Result<Option<(Vec<u8>, Option<std::collections::HashMap<String, String>>)>, StoreError>
+    {
+        Ok(self
+            .get_object(key)
+            .await?
+            .map(|object| (object.bytes, object.metadata)))
+    }
+
+    async fn get_object(&self, key: &str) -> Result<Option<Object>, StoreError> {
         let output = match self
             .s3
             .get_object()
@@ -248,6 +276,7 @@ impl ResultStore {
             Err(e) => return Err(self.error("get", key, e)),
         };
         let etag = output.e_tag.clone().unwrap_or_default();
+        let metadata = output.metadata.clone();
         let bytes = output
             .body
             .collect()
@@ -258,14 +287,13 @@ impl ResultStore {
                 key: key.to_owned(),
                 source: e.into(),
             })?
-            .into_bytes();
-        serde_json::from_slice(&bytes)
-            .map(|value| Some((value, etag)))
-            .map_err(|source| StoreError::Corrupt {
-                bucket: self.bucket.clone(),
-                key: key.to_owned(),
-                source,
-            })
+            .into_bytes()
+            .to_vec();
+        Ok(Some(Object {
+            bytes,
+            etag,
+            metadata,
+        }))
     }
 
     fn error<E, R>(&self, operation: &'static str, key: &str, e: SdkError<E, R>) -> StoreError
@@ -280,6 +308,13 @@ impl ResultStore {
             source: e.into(),
         }
     }
+}
+
+/// An object read whole.
+struct Object {
+    bytes: Vec<u8>,
+    etag: String,
+    metadata: Option<std::collections::HashMap<String, String>>,
 }
 
 /// When a put may replace what is there.

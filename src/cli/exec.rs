@@ -13,7 +13,7 @@ use crate::host::stop::{Preemption, Stop};
 use crate::job::cancel::Cancel;
 use crate::job::mask::SharedMasker;
 use crate::job::result::JobResult;
-use crate::job::runner::{Runner, Stoppers};
+use crate::job::runner::{Controls, Runner};
 use crate::job::spec::Job;
 use crate::job::sweep::Sweeper;
 
@@ -111,10 +111,11 @@ pub async fn exec(
     let preemption = Preemption::of(&stop);
     // A job run by hand is stopped with ^C, not with `deckhand cancel`.
     let cancel = Cancel::never();
-    let stoppers = Stoppers {
+    let controls = Controls {
         preemption: &preemption,
         cancel: &cancel,
+        live: None,
     };
-    let finished = runner.run(&job, 1, &[], stoppers).instrument(span).await;
+    let finished = runner.run(&job, 1, &[], controls).instrument(span).await;
     Ok(Executed::Ran(finished.result))
 }

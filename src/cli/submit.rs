@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::aws::results::{ResultStore, StoreError};
 use crate::aws::sqs::{Queue, SqsError};
+use crate::cli::logs::{Follower, LogsError};
 use crate::config::Config;
 use crate::job::result::JobResult;
 use crate::job::{Job, Rejection};
@@ -30,6 +31,16 @@ pub enum SubmitError {
     Store(#[from] StoreError),
     #[error("no result for {id} after {secs}s")]
     WaitTimedOut { id: String, secs: u64 },
+    #[error(transparent)]
+    Follow(#[from] LogsError),
+}
+
+/// How `submit` waits for the result.
+#[derive(Debug, Clone, Copy)]
+pub struct Wait {
+    pub timeout: Duration,
+    /// Print the job's log to stdout as it runs.
+    pub follow: bool,
 }
 
 /// Enqueues the job in `path`; with `wait`, returns its terminal result.
@@ -37,7 +48,7 @@ pub async fn submit(
     config: Arc<Config>,
     path: &Path,
     queue_url: Option<String>,
-    wait: Option<Duration>,
+    wait: Option<Wait>,
 ) -> Result<Option<JobResult>, SubmitError> {
     let body = tokio::fs::read(path)
         .await
@@ -58,7 +69,7 @@ pub async fn submit(
     let body = String::from_utf8_lossy(&body);
     let message_id = queue.send(&body, &[]).await?;
     tracing::info!(job_id = %job.id, sqs_message_id = %message_id, "Job submitted.");
-    let Some(timeout) = wait else {
+    let Some(Wait { timeout, follow }) = wait else {
         return Ok(None);
     };
     let store = ResultStore::new(
@@ -67,6 +78,16 @@ pub async fn submit(
         config.results.prefix.clone(),
     );
     let give_up = tokio::time::Instant::now() + timeout;
+    if follow {
+        let mut follower = Follower::new(&store, &job.id, None, std::io::stdout());
+        return match follower.follow(Some((give_up, timeout))).await {
+            Ok(result) => Ok(Some(result)),
+            Err(LogsError::WaitTimedOut { id, secs }) => {
+                Err(SubmitError::WaitTimedOut { id, secs })
+            }
+            Err(error) => Err(error.into()),
+        };
+    }
     loop {
         if let Some(result) = store.terminal(&job.id).await? {
             return Ok(Some(result));

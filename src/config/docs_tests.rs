@@ -54,6 +54,10 @@ fn the_reference_states_each_default_the_code_uses() {
             code(DEFAULT_CANCEL_POLL_SECS.to_string()),
         ),
         (
+            "results.log_flush_secs",
+            code(DEFAULT_LOG_FLUSH_SECS.to_string()),
+        ),
+        (
             "secrets.boot_timeout_secs",
             code(DEFAULT_BOOT_TIMEOUT_SECS.to_string()),
         ),

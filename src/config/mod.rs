@@ -72,7 +72,7 @@ pub mod defaults {
     pub use super::queue::{
         DEFAULT_VISIBILITY_TIMEOUT_SECS, DEFAULT_WAIT_SECS, MAX_VISIBILITY_SECS,
     };
-    pub use super::results::{DEFAULT_CANCEL_POLL_SECS, DEFAULT_PREFIX};
+    pub use super::results::{DEFAULT_CANCEL_POLL_SECS, DEFAULT_LOG_FLUSH_SECS, DEFAULT_PREFIX};
     pub use super::secrets::DEFAULT_BOOT_TIMEOUT_SECS;
 }
 

@@ -11,6 +11,9 @@ pub const DEFAULT_PREFIX: &str = "results/";
 /// How often a running job's cancel request is looked for: one S3 GET per running
 /// job per period.
 pub const DEFAULT_CANCEL_POLL_SECS: u64 = 2;
+/// How often a running job's new output is uploaded for followers: one S3 PUT per
+/// running job per period, and only when it printed something.
+pub const DEFAULT_LOG_FLUSH_SECS: u64 = 5;
 
 #[derive(Debug, Clone)]
 pub struct ResultsConfig {
@@ -25,6 +28,9 @@ pub struct ResultsConfig {
     /// How often a running job looks for its cancel request; `None` (0 in the
     /// file): only before it starts.
     pub cancel_poll: Option<Duration>,
+    /// How often a running job's new output is uploaded as a live chunk; `None`
+    /// (0 in the file): only the whole log, at the end.
+    pub log_flush: Option<Duration>,
 }
 
 impl ResultsConfig {
@@ -38,15 +44,18 @@ impl ResultsConfig {
             queue_url: r.opt_url(&mut section, "queue_url"),
             webhook_url: r.opt_url(&mut section, "webhook_url"),
             webhook_secret: r.opt_string(&mut section, "webhook_secret"),
-            cancel_poll: match r.int(
+            cancel_poll: period(r.int(
                 &mut section,
                 "cancel_poll_secs",
                 0..=3600,
                 DEFAULT_CANCEL_POLL_SECS,
-            ) {
-                0 => None,
-                secs => Some(Duration::from_secs(secs)),
-            },
+            )),
+            log_flush: period(r.int(
+                &mut section,
+                "log_flush_secs",
+                0..=3600,
+                DEFAULT_LOG_FLUSH_SECS,
+            )),
         };
         if results.webhook_url.is_some() && results.webhook_secret.is_none() {
             r.issue(
@@ -57,4 +66,9 @@ impl ResultsConfig {
         r.finish(section);
         results
     }
+}
+
+/// A period in seconds where 0 means never.
+fn period(secs: u64) -> Option<Duration> {
+    (secs > 0).then(|| Duration::from_secs(secs))
 }

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::job::live::LiveTail;
 use crate::job::mask::{Masker, SharedMasker};
 use crate::logging::JOB_OUTPUT_TARGET;
 
@@ -45,6 +46,8 @@ pub struct JobLog {
     stderr: LineSplitter,
     text: Vec<u8>,
     lines: u64,
+    /// Where lines also go while the job runs, for followers.
+    live: Option<LiveTail>,
 }
 
 impl JobLog {
@@ -61,6 +64,7 @@ impl JobLog {
             stderr: LineSplitter::default(),
             text: Vec::new(),
             lines: 0,
+            live: None,
         }
     }
 
@@ -97,6 +101,12 @@ impl JobLog {
         self
     }
 
+    /// Every line also goes to `live`, masked, for the live view.
+    pub fn live_to(mut self, live: Option<LiveTail>) -> Self {
+        self.live = live;
+        self
+    }
+
     /// Where to put secrets the job is given after it starts: every line emitted
     /// after one is set is masked against them too.
     pub fn later_secrets(&self) -> SharedMasker {
@@ -111,6 +121,9 @@ impl JobLog {
             None => text,
         };
         tracing::info!(target: JOB_OUTPUT_TARGET, stream = stream.as_str(), "{text}");
+        if let Some(live) = &self.live {
+            live.push_line(text.as_bytes());
+        }
         self.text.extend_from_slice(text.as_bytes());
         self.text.push(b'\n');
         self.lines += 1;

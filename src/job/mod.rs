@@ -2,11 +2,13 @@
 //! it runs in ([`container`]) and that container's life ([`runner`], reading
 //! [`output`] into its [`log`], masked by [`mask`]), what became of it
 //! ([`outcome`]) and its recorded [`result`]; [`sweep`] removes what jobs leave;
-//! [`cancel`] carries a cancel request to the runner.
+//! [`cancel`] carries a cancel request to the runner; [`live`] holds the output
+//! not yet uploaded for followers.
 
 pub mod cancel;
 pub mod container;
 pub mod image;
+pub mod live;
 pub mod log;
 pub mod mask;
 pub mod outcome;

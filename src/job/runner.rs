@@ -22,6 +22,7 @@ use crate::host::stop::Preemption;
 use crate::job::Job;
 use crate::job::cancel::Cancel;
 use crate::job::container::{self, Names, SECRETS_MOUNT};
+use crate::job::live::LiveTail;
 use crate::job::log::{JobLog, LogBody};
 use crate::job::mask::Masker;
 use crate::job::outcome::{Attempt, Outcome, RunError};
@@ -62,11 +63,14 @@ enum Ended {
     Cancelled,
 }
 
-/// What stops a job before its end: the drain, for all jobs, and this job's own
-/// cancel request.
-pub struct Stoppers<'a> {
+/// What the caller hands a run besides the job: what stops it before its end (the
+/// drain, for all jobs, and this job's own cancel request), and where its output
+/// goes live.
+pub struct Controls<'a> {
     pub preemption: &'a Preemption,
     pub cancel: &'a Cancel,
+    /// Each masked line also goes here, for the live log.
+    pub live: Option<LiveTail>,
 }
 
 /// A created and started container, and what must live as long as it does.
@@ -128,7 +132,7 @@ impl Runner {
         job: &Job,
         attempt: u32,
         labels: &[(&str, &str)],
-        stoppers: Stoppers<'_>,
+        controls: Controls<'_>,
     ) -> Finished {
         let started_at = chrono::Utc::now();
         let clock = Instant::now();
@@ -136,7 +140,8 @@ impl Runner {
         self.sweeper.started(&names.container, &names.workspace);
         let spool = self.config.agent.work_dir.join("spool");
         let mut log = JobLog::new(self.masker.clone())
-            .spool_to(spool.join(format!("{}.log", names.container)));
+            .spool_to(spool.join(format!("{}.log", names.container)))
+            .live_to(controls.live.clone());
         let mut image_ran = None;
         let outcome = self
             .run_container(
@@ -144,7 +149,7 @@ impl Runner {
                 attempt,
                 labels,
                 &names,
-                &stoppers,
+                &controls,
                 &mut log,
                 &mut image_ran,
             )
@@ -153,7 +158,7 @@ impl Runner {
         self.sweeper.ended(&names.container, &names.workspace);
 
         let (status, exit_code, reason) =
-            outcome.describe(job, stoppers.preemption.reason(), stoppers.cancel.reason());
+            outcome.describe(job, controls.preemption.reason(), controls.cancel.reason());
         let reason = reason.map(|r| self.masker.mask(&r).into_owned());
         let duration_ms = clock.elapsed().as_millis() as u64;
         tracing::info!(
@@ -184,16 +189,16 @@ impl Runner {
         attempt: u32,
         labels: &[(&str, &str)],
         names: &Names,
-        stoppers: &Stoppers<'_>,
+        controls: &Controls<'_>,
         log: &mut JobLog,
         image_ran: &mut Option<String>,
     ) -> Outcome {
         let started = match self
-            .start(job, attempt, labels, names, stoppers, log, image_ran)
+            .start(job, attempt, labels, names, controls, log, image_ran)
             .await
         {
             Ok(Some(started)) => started,
-            Ok(None) if stoppers.cancel.reason().is_some() => {
+            Ok(None) if controls.cancel.reason().is_some() => {
                 return Outcome::Cancelled { code: None };
             }
             Ok(None) => return Outcome::Interrupted { code: None },
@@ -214,7 +219,7 @@ impl Runner {
         );
         let supervise = async {
             let ended = self
-                .supervise(&names.container, job.timeout, stoppers, &outages)
+                .supervise(&names.container, job.timeout, controls, &outages)
                 .await;
             exited.cancel();
             ended
@@ -244,12 +249,12 @@ impl Runner {
         attempt: u32,
         extra_labels: &[(&str, &str)],
         names: &Names,
-        stoppers: &Stoppers<'_>,
+        controls: &Controls<'_>,
         log: &JobLog,
         image_ran: &mut Option<String>,
     ) -> Result<Option<Started>, RunError> {
         let docker = &self.docker;
-        let Some(image) = self.pull(job, stoppers).await? else {
+        let Some(image) = self.pull(job, controls).await? else {
             return Ok(None);
         };
         *image_ran = Some(image.reference.clone());
@@ -289,7 +294,7 @@ impl Runner {
     async fn pull(
         &self,
         job: &Job,
-        stoppers: &Stoppers<'_>,
+        controls: &Controls<'_>,
     ) -> Result<Option<LocalImage>, RunError> {
         let auth = self
             .secrets
@@ -302,8 +307,8 @@ impl Runner {
             // Only a pull is long enough to be worth cutting short, and dropping it
             // only stops our reading of its progress. Past it, the container is
             // created and started, and supervision stops it at once.
-            _ = stoppers.preemption.stopping().cancelled() => return Ok(None),
-            () = stoppers.cancel.requested() => return Ok(None),
+            _ = controls.preemption.stopping().cancelled() => return Ok(None),
+            () = controls.cancel.requested() => return Ok(None),
         };
         if let Some(disk) = &self.disk {
             disk.used(&image.id);
@@ -422,16 +427,16 @@ impl Runner {
         &self,
         container: &str,
         timeout: Duration,
-        stoppers: &Stoppers<'_>,
+        controls: &Controls<'_>,
         outages: &AtomicU32,
     ) -> Result<(Ended, i64), docker::DockerError> {
         let docker = &self.docker;
-        let preemption = stoppers.preemption;
+        let preemption = controls.preemption;
         let ended = tokio::select! {
             code = self.wait_through_outages(container, outages) => return Ok((Ended::Exited, code?)),
             _ = tokio::time::sleep(timeout) => Ended::TimedOut,
             _ = preemption.stopping().cancelled() => Ended::Preempted,
-            () = stoppers.cancel.requested() => Ended::Cancelled,
+            () = controls.cancel.requested() => Ended::Cancelled,
         };
         let grace = self.config.drain.stop_grace;
         match ended {
@@ -442,7 +447,7 @@ impl Runner {
             ),
             Ended::Cancelled => tracing::info!(
                 grace_secs = grace.as_secs(),
-                reason = stoppers.cancel.reason(),
+                reason = controls.cancel.reason(),
                 "Job cancelled; stopping it."
             ),
             _ => tracing::info!(grace_secs = grace.as_secs(), "Stopping job."),

@@ -211,22 +211,7 @@ async fn dispatch(
             id,
             follow,
             attempt,
-        } => match cli::logs::logs(config, &id, follow, attempt).await {
-            Ok(None) => exit::OK,
-            Ok(Some(result)) => {
-                eprintln!(
-                    "deckhand: {id} {}{}",
-                    result.status.as_str(),
-                    result
-                        .reason
-                        .as_deref()
-                        .map(|r| format!(": {r}"))
-                        .unwrap_or_default()
-                );
-                result.exit_code()
-            }
-            Err(e) => report(e),
-        },
+        } => logs(config, &id, follow, attempt).await,
         Command::Cancel { id, reason } => cli::cancel::cancel(config, &id, reason)
             .await
             .map(|outcome| {
@@ -245,21 +230,44 @@ async fn dispatch(
             }
             Err(e) => report(e),
         },
-        Command::Check { no_probe } => {
-            println!("ok    config   {}", path.display());
-            if no_probe {
-                return exit::OK;
-            }
-            let probes = cli::check::run(&config).await;
-            for probe in &probes {
-                println!("{probe}");
-            }
-            if probes.iter().all(|p| p.outcome.is_ok()) {
-                exit::OK
-            } else {
-                exit::UNAVAILABLE
-            }
+        Command::Check { no_probe } => check(&config, path, no_probe).await,
+    }
+}
+
+/// `deckhand logs`: with `--follow`, a summary on stderr and the job's exit code.
+async fn logs(config: Arc<Config>, id: &str, follow: bool, attempt: Option<u32>) -> u8 {
+    match cli::logs::logs(config, id, follow, attempt).await {
+        Ok(None) => exit::OK,
+        Ok(Some(result)) => {
+            eprintln!(
+                "deckhand: {id} {}{}",
+                result.status.as_str(),
+                result
+                    .reason
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            );
+            result.exit_code()
         }
+        Err(e) => report(e),
+    }
+}
+
+/// `deckhand check`: one line per probe; 69 if any failed.
+async fn check(config: &Config, path: &std::path::Path, no_probe: bool) -> u8 {
+    println!("ok    config   {}", path.display());
+    if no_probe {
+        return exit::OK;
+    }
+    let probes = cli::check::run(config).await;
+    for probe in &probes {
+        println!("{probe}");
+    }
+    if probes.iter().all(|p| p.outcome.is_ok()) {
+        exit::OK
+    } else {
+        exit::UNAVAILABLE
     }
 }
 

@@ -154,10 +154,14 @@ impl<'a, W: Write> Follower<'a, W> {
     async fn step(&mut self) -> Result<Option<JobResult>, LogsError> {
         let store = self.store;
         if let Some(result) = store.terminal(self.id).await? {
-            let same = self.attempt.is_none_or(|n| n == result.attempt);
             if self.only.is_none_or(|n| n == result.attempt) {
                 let log = store.log(self.id, None).await?.unwrap_or_default();
-                let from = if same { self.printed } else { 0 };
+                // Printed so far of this very attempt; of another, nothing.
+                let from = if self.attempt == Some(result.attempt) {
+                    self.printed
+                } else {
+                    0
+                };
                 self.write_from(&log, from)?;
             }
             return Ok(Some(result));
@@ -166,7 +170,7 @@ impl<'a, W: Write> Follower<'a, W> {
             && let Some(claim) = store.current_claim(self.id).await?
             && claim.attempt > self.ended
         {
-            self.start(claim.attempt);
+            self.follow_attempt(Some(claim.attempt));
         }
         let Some(attempt) = self.attempt else {
             return Ok(None);
@@ -185,13 +189,13 @@ impl<'a, W: Write> Follower<'a, W> {
                 ended.status.as_str()
             );
             self.ended = attempt;
-            self.attempt = None;
+            self.follow_attempt(None);
         }
         Ok(None)
     }
 
-    fn start(&mut self, attempt: u32) {
-        self.attempt = Some(attempt);
+    fn follow_attempt(&mut self, attempt: Option<u32>) {
+        self.attempt = attempt;
         self.seq = 0;
         self.printed = 0;
     }

@@ -303,6 +303,24 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_split_between_two_live_chunks_is_in_neither() {
+        let live = crate::job::live::LiveTail::default();
+        let mut log =
+            JobLog::new(Arc::new(Masker::new(["hunter22-secret"]))).live_to(Some(live.clone()));
+        log.push(Stream::Stdout, b"before\ntoken: hunter2");
+        // A flush comes between the two halves: only the whole line before it goes.
+        let first = live.take().unwrap();
+        log.push(Stream::Stdout, b"2-secret\nafter\n");
+        let second = live.take().unwrap();
+        assert_eq!(first.bytes, b"before\n");
+        assert_eq!(second.bytes, b"token: ***\nafter\n");
+        assert_eq!(second.offset, first.bytes.len() as u64);
+        // The chunks are the whole log's bytes, in order.
+        let whole = [first.bytes, second.bytes].concat();
+        assert_eq!(log.text(), whole.as_slice());
+    }
+
+    #[test]
     fn a_large_log_is_spooled_and_removed_after() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("spool/job.log");

@@ -245,7 +245,7 @@ async fn logs(config: Arc<Config>, id: &str, follow: bool, attempt: Option<u32>)
                 result
                     .reason
                     .as_deref()
-                    .map(|r| format!(": {r}"))
+                    .map(|r| format!(" ({r})"))
                     .unwrap_or_default()
             );
             result.exit_code()

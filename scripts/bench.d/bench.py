@@ -28,7 +28,7 @@ import uuid
 import boto3
 from botocore.config import Config as BotoConfig
 
-FIGURES = ("exec_true", "queue_serial", "queue_parallel", "cancel", "idle", "notice", "boot", "cache")
+FIGURES = ("exec_true", "queue_serial", "queue_parallel", "cancel", "live_log", "idle", "notice", "boot", "cache")
 TARGETS = {
     "exec_true": 1.10,
     "queue_serial": 1.15,
@@ -518,6 +518,53 @@ class Bench:
         )
         say(f"  the poll alone waits {poll_secs / 2 * 1000:.0f} ms on average; the rest is the CLI, S3 and the stop")
         self.row("cancel", f"{a:.0f} ms", f"{b:.0f} ms", f"{a / b:.2f}", f"<= {target:.0f} ms", a <= target)
+
+    def live_log(self):
+        """A line the job prints until `deckhand logs --follow` prints it, against
+        the agent's own log line for it (the floor: the moment the agent read it)."""
+        flush_secs = 5
+        lines_wanted = 40
+        url, bucket = self.pool("live")
+        config = self.agent_config(
+            "live", url, bucket, 1, wait_secs=1, results=f"log_flush_secs = {flush_secs}\n"
+        )
+        proc, log = self.start_agent(config, "live")
+        self.wait_log(proc, log, lambda ls: any(l.get("msg") == READY for l in ls), "the agent to be ready", 60)
+        job_id = f"bench-live-{self.run_id}"
+        script = f"for i in $(seq {lines_wanted}); do echo line $i; sleep 0.5; done"
+        job = {"version": 1, "id": job_id, "image": self.image, "command": ["sh", "-c", script]}
+        self.sqs.send_message(QueueUrl=url, MessageBody=json.dumps(job))
+        follower = subprocess.Popen(
+            [self.binary, "--config", config, "logs", job_id, "--follow"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=self.env,
+            text=True,
+        )
+        arrived = {}
+        for line in follower.stdout:
+            arrived.setdefault(line.strip(), time.time())
+        code = follower.wait(120)
+        self.stop_agent(proc)
+        if code != 0:
+            raise BenchError(f"live_log: logs --follow exited {code}")
+        read = {
+            l["msg"]: parse_ts(l["ts"])
+            for l in self.read_log(log)
+            if l.get("stream") == "stdout" and l.get("job_id") == job_id
+        }
+        latencies = sorted(arrived[m] - t for m, t in read.items() if m in arrived)
+        if len(latencies) != lines_wanted:
+            raise BenchError(f"live_log: the follower printed {len(latencies)} of {lines_wanted} lines")
+        p50 = latencies[len(latencies) // 2] * 1000
+        p95 = latencies[int(len(latencies) * 0.95) - 1] * 1000
+        target = (flush_secs + 1) * 1000
+        say(
+            f"live_log: printed -> seen by logs --follow p50 {p50:.0f} ms, p95 {p95:.0f} ms, "
+            f"max {latencies[-1] * 1000:.0f} ms over {lines_wanted} lines, one every 0.5 s "
+            f"(log_flush_secs = {flush_secs}; target p95 <= {target:.0f} ms)"
+        )
+        self.row("live_log p95", f"{p95:.0f} ms", "0 ms (the agent's own log line)", "", f"<= {target:.0f} ms", p95 <= target)
 
     def idle(self):
         secs = self.args.idle_secs

@@ -3,6 +3,7 @@
 //! `RestartPreventExitStatus=78` can stop a crash loop on bad config.
 
 use crate::agent::AgentError;
+use crate::cli::artifacts::ArtifactsError;
 use crate::cli::cancel::CancelError;
 use crate::cli::exec::ExecError;
 use crate::cli::logs::LogsError;
@@ -19,6 +20,8 @@ pub const FAILURE: u8 = 1;
 pub const REJECTED: u8 = 65;
 /// An input file could not be read (EX_NOINPUT).
 pub const NO_INPUT: u8 = 66;
+/// An output file could not be written (EX_CANTCREAT).
+pub const CANT_CREATE: u8 = 73;
 /// A service deckhand needs is unavailable: Docker, the queue (EX_UNAVAILABLE).
 pub const UNAVAILABLE: u8 = 69;
 /// Invalid configuration (EX_CONFIG). systemd must not restart on it.
@@ -101,6 +104,20 @@ impl ExitStatus for CancelError {
             CancelError::InvalidId { .. } => REJECTED,
             CancelError::NoBucket => CONFIG,
             CancelError::Store(_) => UNAVAILABLE,
+        }
+    }
+}
+
+impl ExitStatus for ArtifactsError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            ArtifactsError::InvalidId { .. } => REJECTED,
+            ArtifactsError::NoBucket => CONFIG,
+            ArtifactsError::NoResult { .. } | ArtifactsError::Missing { .. } => NO_INPUT,
+            // What S3 holds is not what the result lists: the data is wrong.
+            ArtifactsError::Mismatch { .. } | ArtifactsError::UnsafePath { .. } => REJECTED,
+            ArtifactsError::Store(_) => UNAVAILABLE,
+            ArtifactsError::Write { .. } => CANT_CREATE,
         }
     }
 }

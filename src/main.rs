@@ -74,6 +74,14 @@ enum Command {
         #[arg(long)]
         attempt: Option<u32>,
     },
+    /// Download a finished job's artifacts, each checked against its SHA-256.
+    Artifacts {
+        /// The job's id.
+        id: String,
+        /// Where they go, as DIR/<path>.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Ask for a job to be cancelled: never started if it has not, stopped if it
     /// runs. Prints what it knows: already finished, or cancel requested.
     Cancel {
@@ -212,6 +220,18 @@ async fn dispatch(
             follow,
             attempt,
         } => logs(config, &id, follow, attempt).await,
+        Command::Artifacts { id, out } => cli::artifacts::download(config, &id, &out)
+            .await
+            .map(|artifacts| {
+                for artifact in &artifacts {
+                    println!(
+                        "ok    {}  {} bytes  sha256 {}",
+                        artifact.path, artifact.bytes, artifact.sha256
+                    );
+                }
+                exit::OK
+            })
+            .unwrap_or_else(report),
         Command::Cancel { id, reason } => cli::cancel::cancel(config, &id, reason)
             .await
             .map(|outcome| {

@@ -486,6 +486,9 @@ class Bench:
             label = f"deckhand.job_id={job_id}"
             wait_for("the job to run", lambda: any(
                 l.get("msg") == "running" and l.get("job_id") == job_id for l in self.read_log(log)))
+            # A cancel comes at any moment of the agent's poll period, not just
+            # after the job's start (which would always wait a whole period).
+            time.sleep(random.uniform(0, poll_secs))
             t0 = time.perf_counter()
             subprocess.run(
                 [self.binary, "--config", config, "cancel", job_id, "--reason", "bench"],

@@ -12,6 +12,7 @@
 //!   (`claims.rs`);
 //! - `cancel.json`: a request to cancel the job, from `deckhand cancel`
 //!   (`cancel.rs`);
+//! - `artifacts/<path>`: the files a job's `artifacts` matched (`artifacts.rs`);
 //! - `live/attempt-<n>/<seq>.txt`: a running attempt's output so far, in chunks,
 //!   until its log is recorded (`live.rs`).
 
@@ -22,6 +23,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+mod artifacts;
 mod cancel;
 mod claims;
 mod live;

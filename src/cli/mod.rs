@@ -1,6 +1,7 @@
 //! The commands other than `run` (which is [`crate::agent::run`]): `exec`, `submit`,
-//! `cancel`, `logs`, `check` and `seal`.
+//! `cancel`, `logs`, `artifacts`, `check` and `seal`.
 
+pub mod artifacts;
 pub mod cancel;
 pub mod check;
 pub mod exec;

@@ -101,6 +101,14 @@ fn the_reference_states_each_default_the_code_uses() {
             code(DEFAULT_MAX_TIMEOUT_SECS.to_string()),
         ),
         ("profiles.NAME.network", quoted(DEFAULT_NETWORK)),
+        (
+            "profiles.NAME.artifacts_max_mb",
+            code(DEFAULT_ARTIFACTS_MAX_MB.to_string()),
+        ),
+        (
+            "profiles.NAME.artifacts_max_files",
+            code(DEFAULT_ARTIFACTS_MAX_FILES.to_string()),
+        ),
     ];
     let documented = documented_defaults();
     let wrong: Vec<String> = expected

@@ -26,6 +26,10 @@ pub const DEFAULT_MAX_TIMEOUT_SECS: u64 = MAX_JOB_TIMEOUT_SECS;
 const RECORD_SECS: u64 = 300;
 /// Docker's default network mode.
 pub const DEFAULT_NETWORK: &str = "bridge";
+/// The most a job's artifacts may weigh, all together.
+pub const DEFAULT_ARTIFACTS_MAX_MB: u64 = 1024;
+/// The most files a job may upload as artifacts.
+pub const DEFAULT_ARTIFACTS_MAX_FILES: u64 = 1000;
 
 /// A job profile: the pool's "task definition". Holds the defaults and the caps of
 /// what a job may ask for.
@@ -46,6 +50,10 @@ pub struct Profile {
     pub env_secrets: Vec<String>,
     /// The IAM role whose credentials a job of this profile gets, and no other.
     pub role_arn: Option<String>,
+    /// The most a job's artifacts may weigh, all together, in MB (10^6 bytes).
+    pub artifacts_max_mb: u64,
+    /// The most files a job may upload as artifacts.
+    pub artifacts_max_files: u64,
 }
 
 impl Default for Profile {
@@ -60,6 +68,8 @@ impl Default for Profile {
             secrets: Vec::new(),
             env_secrets: Vec::new(),
             role_arn: None,
+            artifacts_max_mb: DEFAULT_ARTIFACTS_MAX_MB,
+            artifacts_max_files: DEFAULT_ARTIFACTS_MAX_FILES,
         }
     }
 }
@@ -122,6 +132,18 @@ fn read_one(r: &mut Reader<'_>, mut section: Section) -> Profile {
             &format!("{arn:?} must be an IAM role ARN, arn:aws:iam::<account>:role/<name>"),
         );
     }
+    let artifacts_max_mb = r.int(
+        &mut section,
+        "artifacts_max_mb",
+        0..=1 << 30,
+        DEFAULT_ARTIFACTS_MAX_MB,
+    );
+    let artifacts_max_files = r.int(
+        &mut section,
+        "artifacts_max_files",
+        0..=1_000_000,
+        DEFAULT_ARTIFACTS_MAX_FILES,
+    );
     r.finish(section);
     Profile {
         memory_mb,
@@ -133,6 +155,8 @@ fn read_one(r: &mut Reader<'_>, mut section: Section) -> Profile {
         secrets,
         env_secrets,
         role_arn,
+        artifacts_max_mb,
+        artifacts_max_files,
     }
 }
 

@@ -9,9 +9,9 @@ use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, VolumeCreateRequest};
 use bollard::query_parameters::{
-    AttachContainerOptions, CreateContainerOptions, EventsOptions, ListContainersOptions,
-    LogsOptions, RemoveContainerOptions, RemoveVolumeOptions, StopContainerOptions,
-    WaitContainerOptions,
+    AttachContainerOptions, CreateContainerOptions, DownloadFromContainerOptions, EventsOptions,
+    ListContainersOptions, LogsOptions, RemoveContainerOptions, RemoveVolumeOptions,
+    StopContainerOptions, WaitContainerOptions,
 };
 use futures_util::{Stream, StreamExt};
 
@@ -41,6 +41,9 @@ pub enum Output {
 }
 
 pub type OutputStream = Pin<Box<dyn Stream<Item = Result<Output, DockerError>> + Send>>;
+
+/// A tar archive read from a container.
+pub type TarStream = Pin<Box<dyn Stream<Item = Result<bytes::Bytes, DockerError>> + Send>>;
 
 /// How a container ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +160,35 @@ impl Docker {
             ..Default::default()
         };
         output_stream(name, self.client.logs(name, Some(options)))
+    }
+
+    /// The file or folder at `path` in the container as Docker's tar stream,
+    /// read from the container's own view of its filesystem (a symlink resolves
+    /// inside it, never to a host file; a stopped container works too). `None`:
+    /// nothing is at `path`.
+    pub async fn download(&self, name: &str, path: &str) -> Result<Option<TarStream>, DockerError> {
+        let options = DownloadFromContainerOptions {
+            path: path.to_owned(),
+        };
+        let error = {
+            let (name, path) = (name.to_owned(), path.to_owned());
+            move |source| DockerError::Download {
+                name: name.clone(),
+                path: path.clone(),
+                source,
+            }
+        };
+        let mut stream = self.client.download_from_container(name, Some(options));
+        // Docker answers a missing path with 404 before any byte of the archive.
+        let first = match stream.next().await {
+            None => return Ok(Some(Box::pin(futures_util::stream::empty()))),
+            Some(Err(e)) if is_not_found(&e) => return Ok(None),
+            Some(first) => first.map_err(&error)?,
+        };
+        let rest = stream.map(move |item| item.map_err(&error));
+        Ok(Some(Box::pin(
+            futures_util::stream::once(async move { Ok(first) }).chain(rest),
+        )))
     }
 
     pub async fn start(&self, name: &str) -> Result<(), DockerError> {

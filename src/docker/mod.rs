@@ -13,7 +13,8 @@ mod images;
 
 pub use bollard::models::Mount;
 pub use containers::{
-    ContainerSpec, Exit, ManagedContainer, Output, OutputStream, bind_mount, volume_mount,
+    ContainerSpec, Exit, ManagedContainer, Output, OutputStream, TarStream, bind_mount,
+    volume_mount,
 };
 pub use images::{LocalImage, RegistryAuth};
 
@@ -68,6 +69,12 @@ pub enum DockerError {
     InspectVolume { name: String, source: BollardError },
     #[error("remove volume {name}: {source}")]
     RemoveVolume { name: String, source: BollardError },
+    #[error("read {path} from container {name}: {source}")]
+    Download {
+        name: String,
+        path: String,
+        source: BollardError,
+    },
     #[error("list containers: {source}")]
     List { source: BollardError },
     #[error("remove image {image}: {source}")]
@@ -136,6 +143,7 @@ impl DockerError {
             | DockerError::Ping { source, .. }
             | DockerError::InspectImage { source, .. }
             | DockerError::CreateVolume { source, .. }
+            | DockerError::Download { source, .. }
             | DockerError::CreateContainer { source, .. }
             | DockerError::Attach { source, .. }
             | DockerError::Start { source, .. }

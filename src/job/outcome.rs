@@ -141,6 +141,9 @@ impl Attempt<'_> {
             finished_at: timestamp(Utc::now()),
             duration_ms: self.duration_ms,
             log: None,
+            artifacts: None,
+            artifacts_unmatched: Vec::new(),
+            artifacts_left_out: Vec::new(),
         }
     }
 }

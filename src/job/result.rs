@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::job::artifacts::{Artifact, LeftOut};
+
 /// What became of a job; decides the fate of its SQS message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -76,6 +78,17 @@ pub struct JobResult {
     pub duration_ms: u64,
     /// Where the whole log was stored, if it was.
     pub log: Option<String>,
+    /// The files uploaded for the job's `artifacts` patterns; absent when it named
+    /// none (an addition to v1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<Vec<Artifact>>,
+    /// Patterns that matched no file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts_unmatched: Vec<String>,
+    /// Files matched but not uploaded (past a cap, not a regular file, an upload
+    /// that failed), and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts_left_out: Vec<LeftOut>,
 }
 
 impl JobResult {
@@ -111,6 +124,9 @@ impl JobResult {
             finished_at: now,
             duration_ms: 0,
             log: None,
+            artifacts: None,
+            artifacts_unmatched: Vec::new(),
+            artifacts_left_out: Vec::new(),
         }
     }
 }

@@ -20,6 +20,7 @@ use crate::host::disk::Disk;
 use crate::host::secrets::Secrets;
 use crate::host::stop::Preemption;
 use crate::job::Job;
+use crate::job::artifacts::{self, Collected};
 use crate::job::cancel::Cancel;
 use crate::job::container::{self, Names, SECRETS_MOUNT};
 use crate::job::live::LiveTail;
@@ -53,6 +54,9 @@ pub struct Runner {
 pub struct Finished {
     pub result: JobResult,
     pub log: LogBody,
+    /// The files its `artifacts` matched, staged for upload; `None` when it
+    /// named none, or its container did not run to an end (interrupted, error).
+    pub artifacts: Option<Collected>,
 }
 
 /// How supervision of a started container ended.
@@ -154,6 +158,7 @@ impl Runner {
                 &mut image_ran,
             )
             .await;
+        let artifacts = self.artifacts(job, &names, &outcome).await;
         self.clean_up(&names).await;
         self.sweeper.ended(&names.container, &names.workspace);
 
@@ -179,7 +184,44 @@ impl Runner {
         Finished {
             result: attempt.result(status, exit_code, reason),
             log: log.into_body(),
+            artifacts,
         }
+    }
+
+    /// The files the job's `artifacts` patterns match, read from its exited
+    /// container (succeeded, failed, timed out or cancelled while it ran). A
+    /// Docker failure here leaves them out; the job's status stands.
+    async fn artifacts(&self, job: &Job, names: &Names, outcome: &Outcome) -> Option<Collected> {
+        let ran = matches!(
+            outcome,
+            Outcome::Exited { .. }
+                | Outcome::TimedOut { .. }
+                | Outcome::Cancelled { code: Some(_) }
+        );
+        if job.artifacts.is_empty() || !ran {
+            return None;
+        }
+        let staging = self
+            .config
+            .agent
+            .work_dir
+            .join("artifacts")
+            .join(&names.container);
+        let collected = artifacts::collect(
+            &self.docker,
+            &names.container,
+            &job.workdir,
+            &job.artifacts,
+            job.artifact_caps,
+            staging,
+        )
+        .await;
+        Some(collected.unwrap_or_else(|error| {
+            tracing::warn!(%error, "Could not read the job's artifacts.");
+            let mut collected = Collected::default();
+            collected.leave_out(&job.workdir, format!("could not be read: {error}"));
+            collected
+        }))
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::defaults::MAX_JOB_TIMEOUT_SECS;
 use crate::config::{Config, Profile};
+use crate::job::artifacts::{Caps, MAX_PATTERNS, Pattern};
 use crate::job::image::ImageRef;
 use crate::rules::{
     check_container_path, is_under, reserved_env_prefix, truncate, valid_env_name, valid_id,
@@ -41,6 +42,9 @@ pub struct JobSpec {
     pub resources: Option<ResourcesSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workdir: Option<String>,
+    /// Paths or globs relative to the workdir, uploaded after the container exits.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -67,6 +71,9 @@ pub struct Job {
     pub resources: Resources,
     pub workdir: String,
     pub network: String,
+    pub artifacts: Vec<Pattern>,
+    /// The profile's caps on them.
+    pub artifact_caps: Caps,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -187,6 +194,7 @@ impl JobSpec {
         let timeout = self.timeout(&named, &mut problems);
         let resources = self.resources(&named, &mut problems);
         let workdir = self.workdir(config, &mut problems);
+        let artifacts = self.artifacts(&mut problems);
 
         match image {
             Some(image) if problems.0.is_empty() => Ok(Job {
@@ -200,6 +208,11 @@ impl JobSpec {
                 resources,
                 workdir,
                 network: profile.network.clone(),
+                artifacts,
+                artifact_caps: Caps {
+                    max_files: profile.artifacts_max_files,
+                    max_bytes: profile.artifacts_max_mb.saturating_mul(1_000_000),
+                },
             }),
             _ => Err(problems.0),
         }
@@ -252,6 +265,26 @@ impl JobSpec {
                 problems.push(&field, "the value contains a NUL byte");
             }
         }
+    }
+
+    /// At most 64 patterns, each relative to the workdir and inside it.
+    fn artifacts(&self, problems: &mut Problems) -> Vec<Pattern> {
+        if self.artifacts.len() > MAX_PATTERNS {
+            problems.push(
+                "artifacts",
+                format!("{} patterns; at most {MAX_PATTERNS}", self.artifacts.len()),
+            );
+            return Vec::new();
+        }
+        self.artifacts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, text)| {
+                Pattern::parse(text)
+                    .map_err(|rule| problems.push(&format!("artifacts[{i}]"), rule))
+                    .ok()
+            })
+            .collect()
     }
 
     /// Each secret once, and only those the profile allows.

@@ -1,0 +1,43 @@
+//! Artifacts: `artifacts/<path>` under the job's prefix, one object per file,
+//! uploaded streamed from the agent's staging file; the result lists each with its
+//! size and SHA-256, which `deckhand artifacts` checks on the way down.
+
+use std::path::Path;
+
+use aws_sdk_s3::primitives::ByteStream;
+
+use super::{ResultStore, StoreError};
+
+impl ResultStore {
+    fn artifact_key(&self, id: &str, path: &str) -> String {
+        self.key(id, &format!("artifacts/{path}"))
+    }
+
+    /// Uploads the staged `file` as artifact `path` of job `id`.
+    pub async fn put_artifact(&self, id: &str, path: &str, file: &Path) -> Result<(), StoreError> {
+        let key = self.artifact_key(id, path);
+        let body = ByteStream::from_path(file)
+            .await
+            .map_err(|e| StoreError::S3 {
+                operation: "read the staged artifact for",
+                bucket: self.bucket.clone(),
+                key: key.clone(),
+                source: e.into(),
+            })?;
+        self.s3
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .body(body)
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| self.error("put", &key, e))
+    }
+
+    /// Artifact `path` of job `id`, whole; `None` when it is not there.
+    pub async fn artifact(&self, id: &str, path: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = self.artifact_key(id, path);
+        Ok(self.get_bytes(&key).await?.map(|(bytes, _)| bytes))
+    }
+}

@@ -13,8 +13,7 @@
 //! A volume is known complete by a marker in the agent's work dir, not inside the
 //! volume, so jobs never see it.
 
-use std::io::Read;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,6 +23,7 @@ use tokio_util::io::SyncIoBridge;
 
 use crate::backoff::Backoff;
 use crate::docker::{Docker, DockerError, LABEL_MANAGED};
+use crate::host::archive::{Limits, Unpack, unpack};
 use crate::rules::S3Location;
 
 const LABEL_CACHE: &str = "deckhand.cache";
@@ -66,6 +66,14 @@ pub enum CacheError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "the cache archive s3://{bucket}/{key} has a device file or FIFO: {entry:?}; refusing it"
+    )]
+    Special {
+        bucket: String,
+        key: String,
+        entry: String,
+    },
     #[error("the cache archive s3://{bucket}/{key} unpacks to {limit}; refusing it")]
     Limit {
         bucket: String,
@@ -79,7 +87,10 @@ pub enum CacheError {
 impl CacheError {
     /// An archive that can never be extracted safely: retrying will not help.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, CacheError::Escape { .. } | CacheError::Limit { .. })
+        matches!(
+            self,
+            CacheError::Escape { .. } | CacheError::Special { .. } | CacheError::Limit { .. }
+        )
     }
 }
 
@@ -295,6 +306,7 @@ impl Cache {
                 self.remove(name).await;
                 Err(match failure {
                     Unpack::Escape(entry) => CacheError::Escape { bucket, key, entry },
+                    Unpack::Special(entry) => CacheError::Special { bucket, key, entry },
                     Unpack::Limit(limit) => CacheError::Limit { bucket, key, limit },
                     Unpack::Io(source) => CacheError::Extract {
                         bucket,
@@ -353,134 +365,6 @@ fn volume_name(source: &S3Location, etag: &str, version: &str) -> String {
         source.bucket, source.key
     ));
     format!("deckhand-cache-{}", &hex::encode(digest)[..16])
-}
-
-enum Unpack {
-    Escape(String),
-    /// Past a limit: a decompression bomb, or more than the disk can take.
-    Limit(String),
-    Io(std::io::Error),
-}
-
-/// How much an archive may unpack to.
-#[derive(Clone, Copy, Debug)]
-struct Limits {
-    bytes: u64,
-    entries: u64,
-}
-
-impl Limits {
-    /// What the disk under `dir` can take now, less room for the jobs running
-    /// beside. Unknown free space is no reason to refuse: the size cap is for
-    /// bombs.
-    fn for_disk_of(dir: &Path) -> Limits {
-        Limits {
-            bytes: crate::host::disk::free_bytes(dir)
-                .unwrap_or(u64::MAX)
-                .saturating_sub(KEEP_FREE_BYTES),
-            entries: MAX_ENTRIES,
-        }
-    }
-}
-
-/// The most entries an archive may hold: a real code/library cache has far
-/// fewer; a bomb of empty files has far more.
-const MAX_ENTRIES: u64 = 2_000_000;
-/// Room kept free below the volume while unpacking, so running jobs beside it
-/// keep their disk.
-const KEEP_FREE_BYTES: u64 = 2_000_000_000;
-
-impl From<std::io::Error> for Unpack {
-    fn from(e: std::io::Error) -> Self {
-        Unpack::Io(e)
-    }
-}
-
-/// Decodes (gzip, zstd or plain, by magic bytes) and unpacks a tar stream into
-/// `dir`, within `limits`; the number of entries. Refuses any entry or link that
-/// leads outside `dir`.
-fn unpack(reader: impl Read, dir: &Path, limits: Limits) -> Result<u64, Unpack> {
-    let mut reader = std::io::BufReader::with_capacity(1 << 20, reader);
-    let magic = {
-        let buf = std::io::BufRead::fill_buf(&mut reader)?;
-        buf.get(..4).map(<[u8]>::to_vec).unwrap_or_default()
-    };
-    let decoded: Box<dyn Read> = match magic.as_slice() {
-        [0x1f, 0x8b, ..] => Box::new(flate2::read::GzDecoder::new(reader)),
-        [0x28, 0xb5, 0x2f, 0xfd] => Box::new(zstd::stream::read::Decoder::with_buffer(reader)?),
-        _ => Box::new(reader),
-    };
-    let mut archive = tar::Archive::new(decoded);
-    archive.set_preserve_permissions(true);
-    // No setuid, setgid or sticky bits: jobs run with no-new-privileges, and the
-    // unit's RestrictSUIDSGID refuses to create such files anyway.
-    archive.set_mask(0o7000);
-    archive.set_overwrite(true);
-    archive.set_unpack_xattrs(false);
-    let (mut count, mut bytes) = (0, 0);
-    for entry in archive.entries()? {
-        let mut entry = entry?;
-        let path = entry.path()?.into_owned();
-        count += 1;
-        bytes += entry.header().size()?;
-        if count > limits.entries {
-            return Err(Unpack::Limit(format!(
-                "more than {} entries",
-                limits.entries
-            )));
-        }
-        if bytes > limits.bytes {
-            return Err(Unpack::Limit(format!(
-                "more than {} MB unpacked, the room the disk has",
-                limits.bytes / 1_000_000
-            )));
-        }
-        if escapes(&path, None) || link_escapes(&entry, &path)? {
-            return Err(Unpack::Escape(path.display().to_string()));
-        }
-        // unpack_in also refuses entries that would pass through a symlink or hard
-        // link out of `dir`; it says so with `false`.
-        if !entry.unpack_in(dir)? {
-            return Err(Unpack::Escape(path.display().to_string()));
-        }
-    }
-    Ok(count)
-}
-
-/// Whether `path` (relative to the volume; `from`: the directory a link's target
-/// is relative to) leads outside the volume.
-fn escapes(path: &Path, from: Option<&Path>) -> bool {
-    let mut depth: i64 = from.map_or(0, |dir| dir.components().count() as i64);
-    for component in path.components() {
-        match component {
-            Component::ParentDir => depth -= 1,
-            Component::Normal(_) => depth += 1,
-            Component::CurDir => {}
-            Component::RootDir | Component::Prefix(_) => return true,
-        }
-        if depth < 0 {
-            return true;
-        }
-    }
-    false
-}
-
-/// Whether a symlink's or hard link's target leads outside the volume. A hard
-/// link names its target from the archive's root; a symlink from its own folder.
-fn link_escapes<R: Read>(entry: &tar::Entry<'_, R>, path: &Path) -> std::io::Result<bool> {
-    let kind = entry.header().entry_type();
-    if !(kind.is_symlink() || kind.is_hard_link()) {
-        return Ok(false);
-    }
-    let Some(target) = entry.link_name()? else {
-        return Ok(false);
-    };
-    let from = if kind.is_symlink() {
-        path.parent()
-    } else {
-        None
-    };
-    Ok(escapes(&target, from))
 }
 
 #[cfg(test)]

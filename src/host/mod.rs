@@ -2,6 +2,7 @@
 //! its disk ([`disk`]) and cache volume ([`cache`]), the pool's [`secrets`] and the
 //! per-job role [`credentials`], and what it tells [`systemd`].
 
+pub mod archive;
 pub mod cache;
 pub mod credentials;
 pub mod disk;

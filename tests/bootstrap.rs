@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use common::agent::{AgentProcess, agent_config};
+use common::archives::{raw_tar, tar_gz};
 use common::aws::{Aws, Pool};
 use common::scenario::Scenario;
 use common::*;
@@ -313,14 +314,12 @@ async fn bad_bundles_stop_the_agent_with_exit_78_and_one_line() {
     let mut ciphertext = b64.decode(bundle["ciphertext"].as_str().unwrap()).unwrap();
     ciphertext[3] ^= 0x01;
     bundle["ciphertext"] = json!(b64.encode(ciphertext));
-    aws.s3
-        .put_object()
-        .bucket(&tampered.bucket)
-        .key(&tampered.key)
-        .body(bundle.to_string().into_bytes().into())
-        .send()
-        .await
-        .unwrap();
+    aws.put(
+        &tampered.bucket,
+        &tampered.key,
+        bundle.to_string().into_bytes(),
+    )
+    .await;
     let (code, line) = boot_failure(
         stack,
         aws,
@@ -506,31 +505,6 @@ async fn a_warm_image_that_cannot_be_pulled_fails_the_boot() {
     agent.wait_log("Ready; serving the queue.", LONG).await;
 }
 
-fn tar_gz(files: &[(&str, &str)]) -> Vec<u8> {
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let mut builder = tar::Builder::new(gz);
-    for (path, text) in files {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(text.len() as u64);
-        header.set_mode(0o644);
-        header.set_path(path).unwrap();
-        header.set_cksum();
-        builder.append(&header, text.as_bytes()).unwrap();
-    }
-    builder.into_inner().unwrap().finish().unwrap()
-}
-
-async fn put(aws: &Aws, bucket: &str, key: &str, body: Vec<u8>) {
-    aws.s3
-        .put_object()
-        .bucket(bucket)
-        .key(key)
-        .body(body.into())
-        .send()
-        .await
-        .unwrap();
-}
-
 fn cache_volumes(source: &str) -> Vec<String> {
     docker(&[
         "volume",
@@ -553,13 +527,8 @@ async fn the_cache_volume_is_extracted_once_reused_and_swapped() {
     let Scenario { stack, aws, pool } = &s;
     let key = "cache/libs.tar.gz";
     let source = format!("s3://{}/{key}", pool.bucket);
-    put(
-        aws,
-        &pool.bucket,
-        key,
-        tar_gz(&[("version.txt", "v1\n"), ("lib/dep.txt", "a library\n")]),
-    )
-    .await;
+    let libs = tar_gz(&[("version.txt", "v1\n"), ("lib/dep.txt", "a library\n")]);
+    aws.put(&pool.bucket, key, libs).await;
     let (config, mut first) = s.agent(
         "i-cache",
         &format!("[agent]\nslots = 2\n[cache]\nsource = \"{source}\"\nrefresh_secs = 1"),
@@ -602,7 +571,8 @@ async fn the_cache_volume_is_extracted_once_reused_and_swapped() {
     )
     .await;
     second.wait_log("Job started.", LONG).await;
-    put(aws, &pool.bucket, key, tar_gz(&[("version.txt", "v2\n")])).await;
+    aws.put(&pool.bucket, key, tar_gz(&[("version.txt", "v2\n")]))
+        .await;
     second
         .wait_log("Switched to a new cache version for new jobs.", LONG)
         .await;
@@ -657,19 +627,15 @@ async fn a_cache_archive_that_escapes_is_refused() {
     };
     let Scenario { stack, aws, pool } = &s;
     let key = "cache/evil.tar";
-    let mut builder = tar::Builder::new(Vec::new());
-    for (path, text) in [
-        ("fine.txt", "ok"),
-        ("../../../../tmp/deckhand-escaped.txt", "evil"),
-    ] {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(text.len() as u64);
-        header.set_mode(0o644);
-        header.as_gnu_mut().unwrap().name[..path.len()].copy_from_slice(path.as_bytes());
-        header.set_cksum();
-        builder.append(&header, text.as_bytes()).unwrap();
-    }
-    put(aws, &pool.bucket, key, builder.into_inner().unwrap()).await;
+    let evil = raw_tar(&[
+        ("fine.txt", "ok", tar::EntryType::Regular),
+        (
+            "../../../../tmp/deckhand-escaped.txt",
+            "evil",
+            tar::EntryType::Regular,
+        ),
+    ]);
+    aws.put(&pool.bucket, key, evil).await;
     let source = format!("s3://{}/{key}", pool.bucket);
     let (code, line) =
         boot_failure(stack, aws, pool, &format!("[cache]\nsource = \"{source}\"")).await;

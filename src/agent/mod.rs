@@ -186,6 +186,7 @@ impl Agent {
         let sqs = crate::aws::sqs_client(sdk);
         let queue_at = |url: &String| Queue::new(sqs.clone(), url);
         let sweeper = Sweeper::new(booted.docker.clone(), instance_id);
+        let s3 = crate::aws::s3_client(sdk, &config.aws);
         let runner = Runner::new(
             booted.docker.clone(),
             config.clone(),
@@ -195,7 +196,8 @@ impl Agent {
         .with_secrets(booted.secrets.clone())
         .with_cache(booted.cache.clone())
         .with_disk(booted.disk.clone())
-        .with_credentials(broker);
+        .with_credentials(broker)
+        .with_inputs(Some(s3.clone()));
         Agent {
             config: config.clone(),
             instance_id: instance_id.to_owned(),
@@ -210,11 +212,7 @@ impl Agent {
             queue: Queue::new(sqs.clone(), targets.queue_url),
             dead_letter: config.queue.dead_letter_url.as_ref().map(queue_at),
             run: crate::rules::random_hex(8),
-            store: ResultStore::new(
-                crate::aws::s3_client(sdk, &config.aws),
-                targets.bucket,
-                config.results.prefix.clone(),
-            ),
+            store: ResultStore::new(s3, targets.bucket, config.results.prefix.clone()),
             notifier: Notifier::new(
                 config.results.queue_url.as_ref().map(queue_at),
                 booted.webhook,

@@ -106,6 +106,10 @@ fn the_reference_states_each_default_the_code_uses() {
             code(DEFAULT_ARTIFACTS_MAX_MB.to_string()),
         ),
         (
+            "profiles.NAME.inputs_max_mb",
+            code(DEFAULT_INPUTS_MAX_MB.to_string()),
+        ),
+        (
             "profiles.NAME.artifacts_max_files",
             code(DEFAULT_ARTIFACTS_MAX_FILES.to_string()),
         ),

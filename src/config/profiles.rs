@@ -30,6 +30,8 @@ pub const DEFAULT_NETWORK: &str = "bridge";
 pub const DEFAULT_ARTIFACTS_MAX_MB: u64 = 1024;
 /// The most files a job may upload as artifacts.
 pub const DEFAULT_ARTIFACTS_MAX_FILES: u64 = 1000;
+/// The most a job's inputs may unpack to, all together.
+pub const DEFAULT_INPUTS_MAX_MB: u64 = 2048;
 
 /// A job profile: the pool's "task definition". Holds the defaults and the caps of
 /// what a job may ask for.
@@ -54,6 +56,10 @@ pub struct Profile {
     pub artifacts_max_mb: u64,
     /// The most files a job may upload as artifacts.
     pub artifacts_max_files: u64,
+    /// The buckets a job's `inputs` may come from.
+    pub input_buckets: Vec<String>,
+    /// The most a job's inputs may unpack to, all together, in MB.
+    pub inputs_max_mb: u64,
 }
 
 impl Default for Profile {
@@ -70,6 +76,8 @@ impl Default for Profile {
             role_arn: None,
             artifacts_max_mb: DEFAULT_ARTIFACTS_MAX_MB,
             artifacts_max_files: DEFAULT_ARTIFACTS_MAX_FILES,
+            input_buckets: Vec::new(),
+            inputs_max_mb: DEFAULT_INPUTS_MAX_MB,
         }
     }
 }
@@ -144,6 +152,13 @@ fn read_one(r: &mut Reader<'_>, mut section: Section) -> Profile {
         0..=1_000_000,
         DEFAULT_ARTIFACTS_MAX_FILES,
     );
+    let input_buckets = r.strings(&mut section, "input_buckets");
+    let inputs_max_mb = r.int(
+        &mut section,
+        "inputs_max_mb",
+        0..=1 << 30,
+        DEFAULT_INPUTS_MAX_MB,
+    );
     r.finish(section);
     Profile {
         memory_mb,
@@ -157,6 +172,8 @@ fn read_one(r: &mut Reader<'_>, mut section: Section) -> Profile {
         role_arn,
         artifacts_max_mb,
         artifacts_max_files,
+        input_buckets,
+        inputs_max_mb,
     }
 }
 

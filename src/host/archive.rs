@@ -6,6 +6,14 @@
 use std::io::Read;
 use std::path::{Component, Path};
 
+/// What an archive unpacked to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unpacked {
+    pub entries: u64,
+    /// The size of its files, as the archive gives them.
+    pub bytes: u64,
+}
+
 /// Why an archive was not unpacked.
 #[derive(Debug)]
 pub enum Unpack {
@@ -69,9 +77,9 @@ impl From<std::io::Error> for Unpack {
 }
 
 /// Decodes (gzip, zstd or plain, by magic bytes) and unpacks a tar stream into
-/// `dir`, within `limits`; the number of entries. Refuses any entry or link that
+/// `dir`, within `limits`. Refuses any entry or link that
 /// leads outside `dir`, and device files and FIFOs.
-pub fn unpack(reader: impl Read, dir: &Path, limits: Limits) -> Result<u64, Unpack> {
+pub fn unpack(reader: impl Read, dir: &Path, limits: Limits) -> Result<Unpacked, Unpack> {
     let mut reader = std::io::BufReader::with_capacity(1 << 20, reader);
     let magic = {
         let buf = std::io::BufRead::fill_buf(&mut reader)?;
@@ -122,7 +130,10 @@ pub fn unpack(reader: impl Read, dir: &Path, limits: Limits) -> Result<u64, Unpa
             return Err(Unpack::Escape(path.display().to_string()));
         }
     }
-    Ok(count)
+    Ok(Unpacked {
+        entries: count,
+        bytes,
+    })
 }
 
 /// Whether `path` (relative to the volume; `from`: the directory a link's target

@@ -23,7 +23,7 @@ use tokio_util::io::SyncIoBridge;
 
 use crate::backoff::Backoff;
 use crate::docker::{Docker, DockerError, LABEL_MANAGED};
-use crate::host::archive::{Limits, Unpack, unpack};
+use crate::host::archive::{Limits, Unpack, Unpacked, unpack};
 use crate::rules::S3Location;
 
 const LABEL_CACHE: &str = "deckhand.cache";
@@ -291,7 +291,7 @@ impl Cache {
             .await
             .unwrap_or_else(|e| Err(Unpack::Io(std::io::Error::other(e.to_string()))));
         match extracted {
-            Ok(entries) => {
+            Ok(Unpacked { entries, .. }) => {
                 let elapsed = started.elapsed();
                 tracing::info!(
                     volume = %name,

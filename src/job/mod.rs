@@ -2,13 +2,14 @@
 //! it runs in ([`container`]) and that container's life ([`runner`], reading
 //! [`output`] into its [`log`], masked by [`mask`]), what became of it
 //! ([`outcome`]) and its recorded [`result`]; [`sweep`] removes what jobs leave;
-//! [`artifacts`] reads the files a job names out of its container; [`cancel`] carries a cancel request to the runner; [`live`] holds the output
+//! [`inputs`] places the sources it names in its workspace, [`artifacts`] reads the files a job names out of its container; [`cancel`] carries a cancel request to the runner; [`live`] holds the output
 //! not yet uploaded for followers.
 
 pub mod artifacts;
 pub mod cancel;
 pub mod container;
 pub mod image;
+pub mod inputs;
 pub mod live;
 pub mod log;
 pub mod mask;

@@ -9,6 +9,7 @@ use crate::host::secrets::RegistryAuthError;
 use crate::host::stop::StopReason;
 use crate::job::Job;
 use crate::job::container::SecretFilesError;
+use crate::job::inputs::InputError;
 use crate::job::result::{AGENT_VERSION, JobResult, Status, timestamp};
 
 /// Why a job could not run: the host's trouble (status `error`: it is retried),
@@ -25,6 +26,12 @@ pub enum RunError {
         "profile {profile:?} has a role_arn: per-job AWS credentials are served by `deckhand run` only"
     )]
     NoCredentialsBroker { profile: String },
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error("the job names inputs: they are fetched from S3 by `deckhand run` only")]
+    NoInputStore,
+    #[error("the workspace volume {volume} has no folder on this host to place inputs in")]
+    NoWorkspaceFolder { volume: String },
 }
 
 /// How a job's container ended.
@@ -103,6 +110,11 @@ impl Outcome {
                 None,
                 Some(format!("the container could not start: {error}")),
             ),
+            // A missing or forbidden object, an archive that breaks the rules: the
+            // producer's to fix.
+            Outcome::Error(RunError::Input(error)) if error.is_job_fault() => {
+                (Status::Failed, None, Some(error.to_string()))
+            }
             Outcome::Error(error) => (Status::Error, None, Some(error.to_string())),
         }
     }

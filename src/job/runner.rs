@@ -23,6 +23,7 @@ use crate::job::Job;
 use crate::job::artifacts::{self, Collected};
 use crate::job::cancel::Cancel;
 use crate::job::container::{self, Names, SECRETS_MOUNT};
+use crate::job::inputs;
 use crate::job::live::LiveTail;
 use crate::job::log::{JobLog, LogBody};
 use crate::job::mask::Masker;
@@ -46,6 +47,8 @@ pub struct Runner {
     cache: Option<Cache>,
     disk: Option<Arc<Disk>>,
     credentials: Option<Arc<Broker>>,
+    /// Where jobs' `inputs` are read from.
+    inputs: Option<aws_sdk_s3::Client>,
     sweeper: Sweeper,
 }
 
@@ -98,6 +101,7 @@ impl Runner {
             cache: None,
             disk: None,
             credentials: None,
+            inputs: None,
             sweeper,
         }
     }
@@ -118,6 +122,12 @@ impl Runner {
     /// Each job's image is recorded as used, for the disk's image collection.
     pub fn with_disk(mut self, disk: Option<Arc<Disk>>) -> Self {
         self.disk = disk;
+        self
+    }
+
+    /// Jobs' `inputs` are read from S3 with `s3`.
+    pub fn with_inputs(mut self, s3: Option<aws_sdk_s3::Client>) -> Self {
+        self.inputs = s3;
         self
     }
 
@@ -303,6 +313,7 @@ impl Runner {
         let mut labels = self.labels(job, attempt, extra_labels);
         docker.create_volume(&names.workspace, &labels).await?;
         labels.insert(docker::LABEL_WORKSPACE.to_owned(), names.workspace.clone());
+        self.place_inputs(job, &names.workspace).await?;
         let (mut env, mut mounts) = self.secret_files(job, names, image.user.as_deref())?;
         let credentials = self.credentials(job, log)?;
         if let Some(issued) = &credentials {
@@ -356,6 +367,38 @@ impl Runner {
             disk.used(&image.id);
         }
         Ok(Some(image))
+    }
+
+    /// The job's inputs, in its workspace volume (through the volume's folder on
+    /// this host: the container does not exist yet).
+    async fn place_inputs(&self, job: &Job, workspace: &str) -> Result<(), RunError> {
+        if job.inputs.is_empty() {
+            return Ok(());
+        }
+        let s3 = self.inputs.as_ref().ok_or(RunError::NoInputStore)?;
+        let root = self
+            .docker
+            .volume_mountpoint(workspace)
+            .await?
+            .ok_or_else(|| RunError::NoWorkspaceFolder {
+                volume: workspace.to_owned(),
+            })?;
+        let started = Instant::now();
+        let bytes = inputs::place(
+            s3,
+            &job.inputs,
+            &root,
+            job.inputs_max_bytes,
+            "inputs_max_mb",
+        )
+        .await?;
+        tracing::info!(
+            inputs = job.inputs.len(),
+            bytes,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "Inputs placed."
+        );
+        Ok(())
     }
 
     /// What ties the workspace and the container to this job and this agent: the

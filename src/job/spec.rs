@@ -11,6 +11,7 @@ use crate::config::defaults::MAX_JOB_TIMEOUT_SECS;
 use crate::config::{Config, Profile};
 use crate::job::artifacts::{Caps, MAX_PATTERNS, Pattern};
 use crate::job::image::ImageRef;
+use crate::job::inputs::{Input, InputSpec, MAX_INPUTS};
 use crate::rules::{
     check_container_path, is_under, reserved_env_prefix, truncate, valid_env_name, valid_id,
 };
@@ -45,6 +46,9 @@ pub struct JobSpec {
     /// Paths or globs relative to the workdir, uploaded after the container exits.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub artifacts: Vec<String>,
+    /// S3 objects placed in the workspace before the container starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<InputSpec>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -74,6 +78,9 @@ pub struct Job {
     pub artifacts: Vec<Pattern>,
     /// The profile's caps on them.
     pub artifact_caps: Caps,
+    pub inputs: Vec<Input>,
+    /// The most the inputs may unpack to, together (the profile's `inputs_max_mb`).
+    pub inputs_max_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -195,6 +202,7 @@ impl JobSpec {
         let resources = self.resources(&named, &mut problems);
         let workdir = self.workdir(config, &mut problems);
         let artifacts = self.artifacts(&mut problems);
+        let inputs = self.inputs(&named, &mut problems);
 
         match image {
             Some(image) if problems.0.is_empty() => Ok(Job {
@@ -213,6 +221,8 @@ impl JobSpec {
                     max_files: profile.artifacts_max_files,
                     max_bytes: profile.artifacts_max_mb.saturating_mul(1_000_000),
                 },
+                inputs,
+                inputs_max_bytes: profile.inputs_max_mb.saturating_mul(1_000_000),
             }),
             _ => Err(problems.0),
         }
@@ -285,6 +295,31 @@ impl JobSpec {
                     .ok()
             })
             .collect()
+    }
+
+    /// At most 16 inputs, each from a bucket the profile allows, each landing
+    /// inside the workdir.
+    fn inputs(&self, named: &NamedProfile<'_>, problems: &mut Problems) -> Vec<Input> {
+        if self.inputs.len() > MAX_INPUTS {
+            problems.push(
+                "inputs",
+                format!("{} inputs; at most {MAX_INPUTS}", self.inputs.len()),
+            );
+            return Vec::new();
+        }
+        let buckets = &named.profile.input_buckets;
+        let mut inputs = Vec::new();
+        for (i, spec) in self.inputs.iter().enumerate() {
+            match spec.check(buckets, named.name) {
+                Ok(input) => inputs.push(input),
+                Err(broken) => {
+                    for (field, rule) in broken {
+                        problems.push(&format!("inputs[{i}].{field}"), rule);
+                    }
+                }
+            }
+        }
+        inputs
     }
 
     /// Each secret once, and only those the profile allows.

@@ -258,6 +258,17 @@ impl Aws {
         }
     }
 
+    pub async fn put(&self, bucket: &str, key: &str, body: Vec<u8>) {
+        self.s3
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(body.into())
+            .send()
+            .await
+            .unwrap();
+    }
+
     pub async fn object(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
         match self.s3.get_object().bucket(bucket).key(key).send().await {
             Ok(out) => Some(out.body.collect().await.unwrap().into_bytes().to_vec()),

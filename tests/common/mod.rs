@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod archives;
 pub mod aws;
 pub mod imds;
 pub mod keys;

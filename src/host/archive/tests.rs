@@ -94,8 +94,14 @@ fn unpacks_plain_gzip_and_zstd() {
     let zst = zstd::encode_all(tar.as_slice(), 3).unwrap();
     for bytes in [tar.clone(), gz, zst] {
         let dir = tempfile::tempdir().unwrap();
-        let n = unpack(bytes.as_slice(), dir.path(), ROOMY).ok().unwrap();
-        assert_eq!(n, 2);
+        let unpacked = unpack(bytes.as_slice(), dir.path(), ROOMY).ok().unwrap();
+        assert_eq!(
+            unpacked,
+            Unpacked {
+                entries: 2,
+                bytes: 9
+            }
+        );
         assert_eq!(
             std::fs::read(dir.path().join("lib/a.txt")).unwrap(),
             b"alpha"

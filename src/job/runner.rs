@@ -20,10 +20,9 @@ use crate::host::disk::Disk;
 use crate::host::secrets::Secrets;
 use crate::host::stop::Preemption;
 use crate::job::Job;
-use crate::job::artifacts::{self, Collected};
+use crate::job::artifacts::Collected;
 use crate::job::cancel::Cancel;
 use crate::job::container::{self, Names, SECRETS_MOUNT};
-use crate::job::inputs;
 use crate::job::live::LiveTail;
 use crate::job::log::{JobLog, LogBody};
 use crate::job::mask::Masker;
@@ -31,6 +30,8 @@ use crate::job::outcome::{Attempt, Outcome, RunError};
 use crate::job::output::pump_output;
 use crate::job::result::JobResult;
 use crate::job::sweep::Sweeper;
+
+mod workspace;
 
 /// How long cleanup retries while Docker does not answer. What is still left
 /// then is removed by the agent's sweep once Docker answers, or at its next start.
@@ -198,42 +199,6 @@ impl Runner {
         }
     }
 
-    /// The files the job's `artifacts` patterns match, read from its exited
-    /// container (succeeded, failed, timed out or cancelled while it ran). A
-    /// Docker failure here leaves them out; the job's status stands.
-    async fn artifacts(&self, job: &Job, names: &Names, outcome: &Outcome) -> Option<Collected> {
-        let ran = matches!(
-            outcome,
-            Outcome::Exited { .. }
-                | Outcome::TimedOut { .. }
-                | Outcome::Cancelled { code: Some(_) }
-        );
-        if job.artifacts.is_empty() || !ran {
-            return None;
-        }
-        let staging = self
-            .config
-            .agent
-            .work_dir
-            .join("artifacts")
-            .join(&names.container);
-        let collected = artifacts::collect(
-            &self.docker,
-            &names.container,
-            &job.workdir,
-            &job.artifacts,
-            job.artifact_caps,
-            staging,
-        )
-        .await;
-        Some(collected.unwrap_or_else(|error| {
-            tracing::warn!(%error, "Could not read the job's artifacts.");
-            let mut collected = Collected::default();
-            collected.leave_out(&job.workdir, format!("could not be read: {error}"));
-            collected
-        }))
-    }
-
     #[allow(clippy::too_many_arguments)]
     async fn run_container(
         &self,
@@ -367,38 +332,6 @@ impl Runner {
             disk.used(&image.id);
         }
         Ok(Some(image))
-    }
-
-    /// The job's inputs, in its workspace volume (through the volume's folder on
-    /// this host: the container does not exist yet).
-    async fn place_inputs(&self, job: &Job, workspace: &str) -> Result<(), RunError> {
-        if job.inputs.is_empty() {
-            return Ok(());
-        }
-        let s3 = self.inputs.as_ref().ok_or(RunError::NoInputStore)?;
-        let root = self
-            .docker
-            .volume_mountpoint(workspace)
-            .await?
-            .ok_or_else(|| RunError::NoWorkspaceFolder {
-                volume: workspace.to_owned(),
-            })?;
-        let started = Instant::now();
-        let bytes = inputs::place(
-            s3,
-            &job.inputs,
-            &root,
-            job.inputs_max_bytes,
-            "inputs_max_mb",
-        )
-        .await?;
-        tracing::info!(
-            inputs = job.inputs.len(),
-            bytes,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "Inputs placed."
-        );
-        Ok(())
     }
 
     /// What ties the workspace and the container to this job and this agent: the

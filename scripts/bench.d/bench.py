@@ -28,7 +28,7 @@ import uuid
 import boto3
 from botocore.config import Config as BotoConfig
 
-FIGURES = ("exec_true", "queue_serial", "queue_parallel", "cancel", "live_log", "idle", "notice", "boot", "cache")
+FIGURES = ("exec_true", "queue_serial", "queue_parallel", "cancel", "live_log", "artifacts", "inputs", "idle", "notice", "boot", "cache")
 TARGETS = {
     "exec_true": 1.10,
     "queue_serial": 1.15,
@@ -38,6 +38,8 @@ TARGETS = {
     "notice_exit_s": 5.0,
     "boot_ms": 1000.0,
     "cache_vs_tar": 0.80,
+    "artifacts_rate": 0.80,
+    "inputs_rate": 0.80,
 }
 READY = "Ready; serving the queue."
 STARTED = "Job started."
@@ -121,6 +123,7 @@ class Bench:
         registry allowed, plus `sections` ({"queue": "key = value\\n", ...})."""
         sections = dict(sections or {})
         images = sections.pop("images", "")
+        profile = sections.pop("profile", "")
         work = os.path.join(self.tmp, f"work-{name}")
         os.makedirs(work, exist_ok=True)
         path = os.path.join(self.tmp, f"{name}.toml")
@@ -133,7 +136,7 @@ class Bench:
         for section, body in sections.items():
             text += f"[{section}]\n{body}"
         text += f'[images]\nallowed_registries = ["{self.registry}"]\n' + images
-        text += f'[profiles.default]\nnetwork = "{self.network}"\n'
+        text += f'[profiles.default]\nnetwork = "{self.network}"\n' + profile
         # No image collection or intake stop mid-figure, whatever the free space.
         text += "[disk]\nmin_free_mb = 0\ngc_free_mb = 0\n"
         with open(path, "w") as f:
@@ -161,7 +164,7 @@ class Bench:
         self.buckets.append(bucket)
         return url, bucket
 
-    def agent_config(self, name, url, bucket, slots, wait_secs=20, results=""):
+    def agent_config(self, name, url, bucket, slots, wait_secs=20, results="", profile=""):
         return self.config(
             name,
             {
@@ -169,6 +172,7 @@ class Bench:
                 "aws": f'region = "{self.region}"\nendpoint_url = "{self.endpoint}"\n',
                 "queue": f'url = "{url}"\nwait_secs = {wait_secs}\nvisibility_timeout_secs = 300\n',
                 "results": f'bucket = "{bucket}"\n' + results,
+                "profile": profile,
             },
         )
 
@@ -568,6 +572,99 @@ class Bench:
             f"(log_flush_secs = {flush_secs}; target p95 <= {target:.0f} ms)"
         )
         self.row("live_log p95", f"{p95:.0f} ms", "0 ms (the agent's own log line)", "", f"<= {target:.0f} ms", p95 <= target)
+
+    def artifacts(self):
+        """A job's artifacts read out of its container and uploaded, against boto3
+        uploading the same files from a local folder to the same moto, 4 at a time
+        on both sides."""
+        files, mb_each = 20, 10
+        url, bucket = self.pool("artifacts")
+        config = self.agent_config(
+            "artifacts", url, bucket, 1, wait_secs=1, profile="artifacts_max_mb = 100000\n"
+        )
+        proc, log = self.start_agent(config, "artifacts")
+        self.wait_log(proc, log, lambda ls: any(l.get("msg") == READY for l in ls), "the agent to be ready", 60)
+        job_id = f"bench-artifacts-{self.run_id}"
+        script = f"mkdir out && for i in $(seq {files}); do head -c {mb_each * 1000000} /dev/urandom > out/f$i.bin; done"
+        job = {"version": 1, "id": job_id, "image": self.image, "command": ["sh", "-c", script],
+               "artifacts": ["out/*.bin"], "timeout_secs": 600}
+        self.sqs.send_message(QueueUrl=url, MessageBody=json.dumps(job))
+        lines = self.wait_log(proc, log, lambda ls: any(l.get("msg") == RECORDED and l.get("job_id") == job_id for l in ls), "the result", 300)
+        self.stop_agent(proc)
+        read = next(l for l in lines if l.get("msg") == "Artifacts read.")
+        uploaded = next(l for l in lines if l.get("msg") == "Artifacts uploaded.")
+        if read["files"] != files or uploaded["uploaded"] != files:
+            raise BenchError(f"artifacts: read {read['files']}, uploaded {uploaded['uploaded']} of {files}")
+        total = read["bytes"]
+        ours_s = (read["elapsed_ms"] + uploaded["elapsed_ms"]) / 1000
+        local = os.path.join(self.tmp, "artifacts-local")
+        os.makedirs(local, exist_ok=True)
+        for i in range(files):
+            with open(os.path.join(local, f"f{i}.bin"), "wb") as f:
+                f.write(os.urandom(mb_each * 1000000))
+        from concurrent.futures import ThreadPoolExecutor
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda i: self.s3.upload_file(os.path.join(local, f"f{i}.bin"), bucket, f"baseline/f{i}.bin"), range(files)))
+        theirs_s = time.perf_counter() - t0
+        shutil.rmtree(local, ignore_errors=True)
+        ours, theirs = total / 1e6 / ours_s, total / 1e6 / theirs_s
+        ratio = ours / theirs
+        target = TARGETS["artifacts_rate"]
+        say(
+            f"artifacts: {files} x {mb_each} MB read out of the container in {read['elapsed_ms']} ms and uploaded in "
+            f"{uploaded['elapsed_ms']} ms: {ours:.0f} MB/s; boto3 from a local folder (4 threads) {theirs:.0f} MB/s; "
+            f"ratio {ratio:.2f} (target >= {target:.2f})"
+        )
+        self.row("artifacts", f"{ours:.0f} MB/s", f"{theirs:.0f} MB/s (boto3)", f"{ratio:.2f}", f">= {target:.2f}", ratio >= target)
+
+    def inputs(self):
+        """A job's source archive from S3 unpacked into its workspace, against
+        `tar -xzf` of the same archive from a local file."""
+        files, kb_each = 2000, 100
+        url, bucket = self.pool("inputs")
+        src = os.path.join(self.tmp, "inputs-src")
+        os.makedirs(os.path.join(src, "tree"), exist_ok=True)
+        for i in range(files):
+            with open(os.path.join(src, "tree", f"f{i}.bin"), "wb") as f:
+                f.write(os.urandom(kb_each * 1000))
+        archive = os.path.join(self.tmp, "inputs.tar.gz")
+        subprocess.run(["tar", "-czf", archive, "-C", src, "tree"], check=True)
+        self.s3.upload_file(archive, bucket, "sources.tar.gz")
+        config = self.agent_config(
+            "inputs", url, bucket, 1, wait_secs=1,
+            profile=f'input_buckets = ["{bucket}"]\ninputs_max_mb = 100000\n',
+        )
+        proc, log = self.start_agent(config, "inputs")
+        self.wait_log(proc, log, lambda ls: any(l.get("msg") == READY for l in ls), "the agent to be ready", 60)
+        job_id = f"bench-inputs-{self.run_id}"
+        job = {"version": 1, "id": job_id, "image": self.image, "command": ["true"],
+               "inputs": [{"source": f"s3://{bucket}/sources.tar.gz", "path": "src"}]}
+        self.sqs.send_message(QueueUrl=url, MessageBody=json.dumps(job))
+        lines = self.wait_log(proc, log, lambda ls: any(l.get("msg") == RECORDED and l.get("job_id") == job_id for l in ls), "the result", 300)
+        self.stop_agent(proc)
+        placed = next((l for l in lines if l.get("msg") == "Inputs placed."), None)
+        if placed is None:
+            raise BenchError(f"inputs: no 'Inputs placed.' line:\n{tail(log)}")
+        total = placed["bytes"]
+        ours_s = placed["elapsed_ms"] / 1000
+        out = os.path.join(self.tmp, "inputs-out")
+        os.makedirs(out, exist_ok=True)
+        subprocess.run(["sync"], check=True)
+        t0 = time.perf_counter()
+        subprocess.run(["tar", "-xzf", archive, "-C", out], check=True)
+        theirs_s = time.perf_counter() - t0
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(src, ignore_errors=True)
+        ours, theirs = total / 1e6 / ours_s, total / 1e6 / theirs_s
+        ratio = ours / theirs
+        target = TARGETS["inputs_rate"]
+        say(
+            f"inputs: {files} x {kb_each} kB tar.gz from S3 into the workspace in {placed['elapsed_ms']} ms: "
+            f"{ours:.0f} MB/s; tar -xzf of the same local archive {theirs * 1000 / 1000:.0f} MB/s "
+            f"({theirs_s * 1000:.0f} ms); ratio {ratio:.2f} (target >= {target:.2f})"
+        )
+        self.row("inputs", f"{ours:.0f} MB/s", f"{theirs:.0f} MB/s (tar -xzf)", f"{ratio:.2f}", f">= {target:.2f}", ratio >= target)
 
     def idle(self):
         secs = self.args.idle_secs

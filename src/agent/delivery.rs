@@ -237,6 +237,7 @@ impl Agent {
     /// is listed as left out. The job's status does not change.
     async fn upload_artifacts(&self, result: &mut JobResult, mut collected: Collected) {
         let id = result.id.clone();
+        let started = Instant::now();
         // Collected first: a lazy map over borrows does not prove the future Send.
         let uploads: Vec<_> = collected
             .staged
@@ -276,6 +277,7 @@ impl Agent {
             bytes = uploaded.iter().map(|a| a.bytes).sum::<u64>(),
             unmatched = collected.unmatched.len(),
             left_out = collected.left_out.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
             "Artifacts uploaded."
         );
         result.artifacts = Some(uploaded);

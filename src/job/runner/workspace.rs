@@ -67,6 +67,7 @@ impl Runner {
             .work_dir
             .join("artifacts")
             .join(&names.container);
+        let started = Instant::now();
         let collected = artifacts::collect(
             &self.docker,
             &names.container,
@@ -76,6 +77,14 @@ impl Runner {
             staging,
         )
         .await;
+        if let Ok(collected) = &collected {
+            tracing::info!(
+                files = collected.staged.len(),
+                bytes = collected.staged.iter().map(|s| s.artifact.bytes).sum::<u64>(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "Artifacts read."
+            );
+        }
         Some(collected.unwrap_or_else(|error| {
             tracing::warn!(%error, "Could not read the job's artifacts.");
             let mut collected = Collected::default();

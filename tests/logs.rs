@@ -248,3 +248,31 @@ async fn an_interrupted_attempt_is_followed_into_the_next_and_readable_by_number
     s.wait_empty().await;
     assert_clean(&id);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_log_flood_past_max_log_mb_stops_the_job_and_keeps_the_log_bounded() {
+    let Some(s) = Scenario::new("logs-flood").await else {
+        return;
+    };
+    let (_config, agent) = s.agent("i-logs-flood", "[profiles.default]\nmax_log_mb = 1");
+    let id = unique("flood");
+    let flood = "yes 0123456789012345678901234567890123456789 | head -c 5000000; sleep 600";
+    s.send_job(&job(&id, &s.stack.image, &["sh", "-c", flood]))
+        .await;
+    let result = s.wait_result(&id).await;
+    assert_eq!(result["status"], "failed", "{result}");
+    assert_eq!(
+        result["reason"],
+        "the output passed max_log_mb = 1; stopped"
+    );
+    let log = s.log(&id).await.expect("log.txt");
+    assert!(log.len() <= 1_000_000 + 200, "{} bytes kept", log.len());
+    assert!(
+        log.ends_with("passed max_log_mb = 1; the rest is dropped and the job stopped\n"),
+        "{}",
+        &log[log.len().saturating_sub(200)..]
+    );
+    assert_eq!(agent.count("The job's log is full; stopping the job."), 1);
+    s.wait_empty().await;
+    assert_clean(&id);
+}

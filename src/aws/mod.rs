@@ -12,6 +12,7 @@ use std::time::Duration;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
 
 use crate::config::AwsConfig;
 
@@ -45,6 +46,10 @@ pub fn s3_client(sdk: &SdkConfig, config: &AwsConfig) -> aws_sdk_s3::Client {
         // An emulator on localhost cannot serve virtual-hosted buckets
         // (`bucket.localhost`).
         .force_path_style(config.endpoint_url.is_some())
+        // No CRC32 trailer on every upload (aws-chunked bodies): TLS and SigV4
+        // already guard the bytes, and logs and artifacts are large and hot.
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
         .build();
     aws_sdk_s3::Client::from_conf(s3)
 }

@@ -106,6 +106,10 @@ fn the_reference_states_each_default_the_code_uses() {
             code(DEFAULT_ARTIFACTS_MAX_MB.to_string()),
         ),
         (
+            "profiles.NAME.max_log_mb",
+            code(DEFAULT_MAX_LOG_MB.to_string()),
+        ),
+        (
             "profiles.NAME.inputs_max_mb",
             code(DEFAULT_INPUTS_MAX_MB.to_string()),
         ),

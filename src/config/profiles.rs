@@ -32,6 +32,8 @@ pub const DEFAULT_ARTIFACTS_MAX_MB: u64 = 1024;
 pub const DEFAULT_ARTIFACTS_MAX_FILES: u64 = 1000;
 /// The most a job's inputs may unpack to, all together.
 pub const DEFAULT_INPUTS_MAX_MB: u64 = 2048;
+/// The most output a job may print before it is stopped.
+pub const DEFAULT_MAX_LOG_MB: u64 = 256;
 
 /// A job profile: the pool's "task definition". Holds the defaults and the caps of
 /// what a job may ask for.
@@ -60,6 +62,9 @@ pub struct Profile {
     pub input_buckets: Vec<String>,
     /// The most a job's inputs may unpack to, all together, in MB.
     pub inputs_max_mb: u64,
+    /// The most output a job may print, in MB; past it the job is stopped and
+    /// `failed`.
+    pub max_log_mb: u64,
 }
 
 impl Default for Profile {
@@ -78,6 +83,7 @@ impl Default for Profile {
             artifacts_max_files: DEFAULT_ARTIFACTS_MAX_FILES,
             input_buckets: Vec::new(),
             inputs_max_mb: DEFAULT_INPUTS_MAX_MB,
+            max_log_mb: DEFAULT_MAX_LOG_MB,
         }
     }
 }
@@ -159,6 +165,7 @@ fn read_one(r: &mut Reader<'_>, mut section: Section) -> Profile {
         0..=1 << 30,
         DEFAULT_INPUTS_MAX_MB,
     );
+    let max_log_mb = r.int(&mut section, "max_log_mb", 1..=1 << 20, DEFAULT_MAX_LOG_MB);
     r.finish(section);
     Profile {
         memory_mb,
@@ -174,6 +181,7 @@ fn read_one(r: &mut Reader<'_>, mut section: Section) -> Profile {
         artifacts_max_files,
         input_buckets,
         inputs_max_mb,
+        max_log_mb,
     }
 }
 

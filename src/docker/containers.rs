@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
-use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, VolumeCreateRequest};
+use bollard::models::{
+    ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, VolumeCreateRequest,
+};
 use bollard::query_parameters::{
     AttachContainerOptions, CreateContainerOptions, DownloadFromContainerOptions, EventsOptions,
     ListContainersOptions, LogsOptions, RemoveContainerOptions, RemoveVolumeOptions,
@@ -32,6 +34,8 @@ pub struct ContainerSpec {
     pub pids: i64,
     pub network: String,
     pub cap_add: Vec<String>,
+    /// The most Docker keeps of the container's output (json-file, one file).
+    pub log_max_bytes: u64,
 }
 
 /// One chunk of a container's output.
@@ -97,6 +101,15 @@ impl Docker {
             privileged: Some(false),
             // Keep the host's devices, IPC and PID namespace out of reach.
             ipc_mode: Some("private".into()),
+            // json-file, which `docker logs` reads back after an outage, in one
+            // file of bounded size: a flood cannot fill the host's disk.
+            log_config: Some(HostConfigLogConfig {
+                typ: Some("json-file".into()),
+                config: Some(HashMap::from([
+                    ("max-size".to_owned(), spec.log_max_bytes.to_string()),
+                    ("max-file".to_owned(), "1".to_owned()),
+                ])),
+            }),
             ..Default::default()
         };
         let body = ContainerCreateBody {

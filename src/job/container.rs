@@ -115,6 +115,12 @@ pub(crate) fn spec(
         pids: job.resources.pids as i64,
         network: job.network.clone(),
         cap_add: CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
+        // Docker's copy carries JSON around every line: room for that, and for
+        // the lines past the cap printed before the job stops.
+        log_max_bytes: job
+            .max_log_bytes
+            .saturating_mul(2)
+            .saturating_add(16_000_000),
     }
 }
 

@@ -6,6 +6,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::job::live::LiveTail;
 use crate::job::mask::{Masker, SharedMasker};
 use crate::logging::JOB_OUTPUT_TARGET;
@@ -48,6 +50,12 @@ pub struct JobLog {
     lines: u64,
     /// Where lines also go while the job runs, for followers.
     live: Option<LiveTail>,
+    /// The most the log may hold (`max_log_mb`); past it the rest is dropped.
+    max_bytes: u64,
+    /// Cancelled once the log passes `max_bytes`: the job is then stopped.
+    full: CancellationToken,
+    /// Bytes of output dropped past `max_bytes`.
+    dropped: u64,
 }
 
 impl JobLog {
@@ -65,6 +73,9 @@ impl JobLog {
             text: Vec::new(),
             lines: 0,
             live: None,
+            max_bytes: u64::MAX,
+            full: CancellationToken::new(),
+            dropped: 0,
         }
     }
 
@@ -101,6 +112,18 @@ impl JobLog {
         self
     }
 
+    /// Keeps at most `max_bytes`; past it one line says so, the rest is dropped,
+    /// and [`JobLog::full`] fires so the job can be stopped.
+    pub fn capped_at(mut self, max_bytes: u64) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    /// Fires once the log passes its cap.
+    pub fn full(&self) -> CancellationToken {
+        self.full.clone()
+    }
+
     /// Every line also goes to `live`, masked, for the live view.
     pub fn live_to(mut self, live: Option<LiveTail>) -> Self {
         self.live = live;
@@ -114,12 +137,35 @@ impl JobLog {
     }
 
     fn emit(&mut self, stream: Stream, line: &[u8]) {
+        if self.full.is_cancelled() {
+            self.dropped += line.len() as u64 + 1;
+            return;
+        }
+        if self.bytes + line.len() as u64 + 1 > self.max_bytes {
+            self.dropped += line.len() as u64 + 1;
+            self.full.cancel();
+            let note = format!(
+                "deckhand: the job's output passed max_log_mb = {}; the rest is dropped and the job stopped",
+                self.max_bytes / 1_000_000
+            );
+            tracing::warn!(
+                max_log_mb = self.max_bytes / 1_000_000,
+                "The job's log is full; stopping the job."
+            );
+            self.keep(Stream::Stderr, &note);
+            return;
+        }
         let raw = String::from_utf8_lossy(line);
         let text = self.masker.mask(&raw);
         let text = match self.later.get() {
             Some(later) => std::borrow::Cow::Owned(later.mask(&text).into_owned()),
             None => text,
         };
+        self.keep(stream, &text);
+    }
+
+    /// One masked line: to stdout, the live view and the whole log.
+    fn keep(&mut self, stream: Stream, text: &str) {
         tracing::info!(target: JOB_OUTPUT_TARGET, stream = stream.as_str(), "{text}");
         if let Some(live) = &self.live {
             live.push_line(text.as_bytes());
@@ -191,6 +237,11 @@ impl JobLog {
 
     pub fn line_count(&self) -> u64 {
         self.lines
+    }
+
+    /// Output dropped past the cap, in bytes.
+    pub fn dropped_bytes(&self) -> u64 {
+        self.dropped
     }
 }
 
@@ -318,6 +369,22 @@ mod tests {
         // The chunks are the whole log's bytes, in order.
         let whole = [first.bytes, second.bytes].concat();
         assert_eq!(log.text(), whole.as_slice());
+    }
+
+    #[test]
+    fn past_its_cap_the_log_says_so_drops_the_rest_and_fires() {
+        let mut log = JobLog::new(Arc::new(Masker::none())).capped_at(1_000_000);
+        let full = log.full();
+        let line = format!("{}\n", "x".repeat(599_999));
+        log.push(Stream::Stdout, line.as_bytes());
+        assert!(!full.is_cancelled());
+        log.push(Stream::Stdout, line.as_bytes());
+        log.push(Stream::Stdout, b"after\n");
+        assert!(full.is_cancelled());
+        let text = String::from_utf8(log.text().to_vec()).unwrap();
+        assert!(text.ends_with("passed max_log_mb = 1; the rest is dropped and the job stopped\n"));
+        assert!(!text.contains("after"));
+        assert_eq!(log.dropped_bytes(), 600_000 + 6);
     }
 
     #[test]

@@ -52,6 +52,10 @@ pub enum Outcome {
     Cancelled {
         code: Option<i64>,
     },
+    /// Stopped because its output passed the profile's `max_log_mb`.
+    LogFull {
+        code: i64,
+    },
     Error(RunError),
 }
 
@@ -97,6 +101,14 @@ impl Outcome {
                     Some(reason) => format!("interrupted: {reason}"),
                     None => "interrupted".to_owned(),
                 }),
+            ),
+            Outcome::LogFull { code } => (
+                Status::Failed,
+                Some(*code),
+                Some(format!(
+                    "the output passed max_log_mb = {}; stopped",
+                    job.max_log_bytes / 1_000_000
+                )),
             ),
             Outcome::Cancelled { code } => (
                 Status::Cancelled,

@@ -69,6 +69,7 @@ enum Ended {
     TimedOut,
     Preempted,
     Cancelled,
+    LogFull,
 }
 
 /// What the caller hands a run besides the job: what stops it before its end (the
@@ -156,7 +157,8 @@ impl Runner {
         let spool = self.config.agent.work_dir.join("spool");
         let mut log = JobLog::new(self.masker.clone())
             .spool_to(spool.join(format!("{}.log", names.container)))
-            .live_to(controls.live.clone());
+            .live_to(controls.live.clone())
+            .capped_at(job.max_log_bytes);
         let mut image_ran = None;
         let outcome = self
             .run_container(
@@ -222,6 +224,7 @@ impl Runner {
             Err(error) => return Outcome::Error(error),
         };
         let exited = CancellationToken::new();
+        let log_full = log.full();
         // Each time Docker failed to answer the wait: an output stream older than
         // the last of these may have been cut short.
         let outages = AtomicU32::new(0);
@@ -236,7 +239,7 @@ impl Runner {
         );
         let supervise = async {
             let ended = self
-                .supervise(&names.container, job.timeout, controls, &outages)
+                .supervise(&names.container, job.timeout, controls, &log_full, &outages)
                 .await;
             exited.cancel();
             ended
@@ -253,6 +256,7 @@ impl Runner {
             Ok((Ended::TimedOut, code)) => Outcome::TimedOut { code },
             Ok((Ended::Preempted, code)) => Outcome::Interrupted { code: Some(code) },
             Ok((Ended::Cancelled, code)) => Outcome::Cancelled { code: Some(code) },
+            Ok((Ended::LogFull, code)) => Outcome::LogFull { code },
         }
     }
 
@@ -439,13 +443,14 @@ impl Runner {
         }
     }
 
-    /// Waits for the container to exit, its timeout, preemption or a cancel; stops
-    /// it in the latter three cases. Returns how it ended and the exit code.
+    /// Waits for the container to exit, its timeout, preemption, a cancel or its
+    /// log filling up; stops it in the latter four cases. Returns how it ended and the exit code.
     async fn supervise(
         &self,
         container: &str,
         timeout: Duration,
         controls: &Controls<'_>,
+        log_full: &CancellationToken,
         outages: &AtomicU32,
     ) -> Result<(Ended, i64), docker::DockerError> {
         let docker = &self.docker;
@@ -455,6 +460,7 @@ impl Runner {
             _ = tokio::time::sleep(timeout) => Ended::TimedOut,
             _ = preemption.stopping().cancelled() => Ended::Preempted,
             () = controls.cancel.requested() => Ended::Cancelled,
+            () = log_full.cancelled() => Ended::LogFull,
         };
         let grace = self.config.drain.stop_grace;
         match ended {

@@ -81,6 +81,8 @@ pub struct Job {
     pub inputs: Vec<Input>,
     /// The most the inputs may unpack to, together (the profile's `inputs_max_mb`).
     pub inputs_max_bytes: u64,
+    /// The most output it may print (the profile's `max_log_mb`).
+    pub max_log_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -223,6 +225,7 @@ impl JobSpec {
                 },
                 inputs,
                 inputs_max_bytes: profile.inputs_max_mb.saturating_mul(1_000_000),
+                max_log_bytes: profile.max_log_mb.saturating_mul(1_000_000),
             }),
             _ => Err(problems.0),
         }

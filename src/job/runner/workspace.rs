@@ -80,7 +80,11 @@ impl Runner {
         if let Ok(collected) = &collected {
             tracing::info!(
                 files = collected.staged.len(),
-                bytes = collected.staged.iter().map(|s| s.artifact.bytes).sum::<u64>(),
+                bytes = collected
+                    .staged
+                    .iter()
+                    .map(|s| s.artifact.bytes)
+                    .sum::<u64>(),
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "Artifacts read."
             );

@@ -10,25 +10,24 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use crate::agent::Agent;
+use crate::agent::artifacts::Upload;
 use crate::agent::fate::{self, Admission, ClaimLookup, Fate, Lookup};
 use crate::aws::results::{CancelRequest, Claim, ClaimOutcome, Recorded, StoreError};
 use crate::aws::sqs::Received;
-use crate::backoff::{Backoff, Budget};
+use crate::backoff::Backoff;
 use crate::host::stop::Preemption;
-use crate::job::artifacts::Collected;
 use crate::job::cancel::Cancel;
 use crate::job::live::LiveTail;
 use crate::job::log::LogBody;
 use crate::job::result::{JobResult, Status};
 use crate::job::runner::{Controls, Finished};
 use crate::job::{Job, Rejection};
-use futures_util::StreamExt;
 
 /// On a job's container: the SQS receipt handle of its message, so that an agent
 /// restarted after a crash can hand the message back at once.
 pub const LABEL_RECEIPT: &str = "deckhand.receipt";
-/// Artifact uploads in flight at once, per job.
-const ARTIFACT_UPLOADS_AT_ONCE: usize = 4;
+/// Artifacts read but not yet uploaded, at most: the staging disk stays bounded.
+const ARTIFACTS_QUEUED: usize = 8;
 /// The longest pause between attempts to record a result.
 const MAX_RECORD_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -39,6 +38,8 @@ struct Attempted {
     handed_back: bool,
     /// Live chunks uploaded (`None`: the live log is off).
     chunks: Option<u32>,
+    /// The artifacts uploaded while they were read, and how each upload went.
+    uploads: Vec<Upload>,
 }
 
 /// What recording a result came to.
@@ -148,7 +149,8 @@ impl Agent {
                     artifacts,
                 } = attempted.finished;
                 if let Some(collected) = artifacts {
-                    self.upload_artifacts(&mut result, collected).await;
+                    self.list_artifacts(&mut result, collected, attempted.uploads)
+                        .await;
                 }
                 (result, Some(log), attempted.handed_back)
             }
@@ -203,16 +205,30 @@ impl Agent {
         let cancel = Cancel::default();
         let live = self.config.results.log_flush.map(|_| LiveTail::default());
         let mut chunks = None;
+        // Artifacts go up as they are read out of the container.
+        let (sink, staged) = match job.artifacts.is_empty() {
+            true => (None, None),
+            false => {
+                let (sink, staged) = tokio::sync::mpsc::channel(ARTIFACTS_QUEUED);
+                (Some(sink), Some(staged))
+            }
+        };
         self.metrics.running(true);
         let controls = Controls {
             preemption,
             cancel: &cancel,
             live: live.clone(),
+            artifacts: sink,
         };
-        let run = self.runner.run(job, attempt, &labels, controls);
+        let run = async {
+            tokio::join!(
+                self.runner.run(job, attempt, &labels, controls),
+                self.upload_staged(&job.id, staged)
+            )
+        };
         tokio::pin!(run);
         let mut handed_back = false;
-        let finished = tokio::select! {
+        let (finished, uploads) = tokio::select! {
             finished = &mut run => finished,
             never = self.heartbeat(message, &job.id) => match never {},
             never = self.watch_cancel(&job.id, &cancel) => match never {},
@@ -229,60 +245,8 @@ impl Agent {
             finished,
             handed_back,
             chunks,
+            uploads,
         }
-    }
-
-    /// Uploads the files the job's patterns matched, a few at a time, each tried
-    /// up to 3 times, and lists them in the result; one that cannot be uploaded
-    /// is listed as left out. The job's status does not change.
-    async fn upload_artifacts(&self, result: &mut JobResult, mut collected: Collected) {
-        let id = result.id.clone();
-        let started = Instant::now();
-        // Collected first: a lazy map over borrows does not prove the future Send.
-        let uploads: Vec<_> = collected
-            .staged
-            .iter()
-            .map(|staged| {
-                let (id, path, file) = (
-                    id.clone(),
-                    staged.artifact.path.clone(),
-                    staged.file.clone(),
-                );
-                async move {
-                    let pace = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
-                    let put = || self.store.put_artifact(&id, &path, &file);
-                    crate::backoff::retry(pace, Budget::Attempts(3), put, |_, _| true).await
-                }
-            })
-            .collect();
-        let outcomes: Vec<_> = futures_util::stream::iter(uploads)
-            .buffered(ARTIFACT_UPLOADS_AT_ONCE)
-            .collect()
-            .await;
-        let mut uploaded = Vec::new();
-        for (staged, outcome) in std::mem::take(&mut collected.staged)
-            .into_iter()
-            .zip(outcomes)
-        {
-            match outcome {
-                Ok(()) => uploaded.push(staged.artifact),
-                Err(error) => {
-                    tracing::warn!(%error, path = %staged.artifact.path, "Could not upload an artifact.");
-                    collected.leave_out(&staged.artifact.path, format!("upload failed: {error}"));
-                }
-            }
-        }
-        tracing::info!(
-            uploaded = uploaded.len(),
-            bytes = uploaded.iter().map(|a| a.bytes).sum::<u64>(),
-            unmatched = collected.unmatched.len(),
-            left_out = collected.left_out.len(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "Artifacts uploaded."
-        );
-        result.artifacts = Some(uploaded);
-        result.artifacts_unmatched = std::mem::take(&mut collected.unmatched);
-        result.artifacts_left_out = std::mem::take(&mut collected.left_out);
     }
 
     /// Deletes an attempt's live chunks once its log is recorded (theirs or

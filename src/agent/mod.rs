@@ -9,6 +9,7 @@
 //! message hidden. Nothing is ever dropped on the floor: whatever path a message
 //! takes, either a result is recorded or the message goes back to the queue.
 
+pub mod artifacts;
 pub mod boot;
 pub mod delivery;
 pub mod drain;

@@ -115,6 +115,7 @@ pub async fn exec(
         preemption: &preemption,
         cancel: &cancel,
         live: None,
+        artifacts: None,
     };
     let finished = runner.run(&job, 1, &[], controls).instrument(span).await;
     Ok(Executed::Ran(finished.result))

@@ -144,10 +144,18 @@ pub struct Staged {
     pub file: PathBuf,
 }
 
+/// Where each staged file goes as soon as it is on disk, so uploads overlap the
+/// reading; a file the receiver does not take stays in [`Collected::staged`].
+pub type Sink = tokio::sync::mpsc::Sender<Staged>;
+
 /// What the patterns found. The staged files are removed when it is dropped.
 #[derive(Debug, Default)]
 pub struct Collected {
+    /// Files staged and not handed to a sink.
     pub staged: Vec<Staged>,
+    /// Files and bytes staged in all, sink or not.
+    pub files: u64,
+    pub bytes: u64,
     /// Patterns that matched no file.
     pub unmatched: Vec<String>,
     pub left_out: Vec<LeftOut>,
@@ -200,6 +208,7 @@ pub async fn collect(
     patterns: &[Pattern],
     caps: Caps,
     dir: PathBuf,
+    sink: Option<Sink>,
 ) -> Result<Collected, DockerError> {
     let mut collected = Collected::default();
     collected.dir = Some(dir.clone());
@@ -216,6 +225,7 @@ pub async fn collect(
         };
         let reader = SyncIoBridge::new(StreamReader::new(tar.map_err(std::io::Error::other)));
         let scan = Scan {
+            sink: sink.clone(),
             patterns: patterns.to_vec(),
             base,
             caps,
@@ -258,6 +268,7 @@ fn bases(patterns: &[Pattern]) -> Vec<String> {
 
 /// One folder's archive, read entry by entry on a blocking thread.
 struct Scan {
+    sink: Option<Sink>,
     patterns: Vec<Pattern>,
     base: String,
     caps: Caps,
@@ -313,16 +324,24 @@ impl Scan {
                 self.collected.leave_out(&path, reason);
                 continue;
             }
-            let file = self.dir.join(self.collected.staged.len().to_string());
+            let file = self.dir.join(self.collected.files.to_string());
             let sha256 = stage(&mut entry, &file)?;
-            self.collected.staged.push(Staged {
+            self.collected.files += 1;
+            self.collected.bytes += bytes;
+            let staged = Staged {
                 artifact: Artifact {
                     path,
                     bytes,
                     sha256,
                 },
                 file,
-            });
+            };
+            // Waits while the uploads are behind: the staging disk stays bounded.
+            let kept = match &self.sink {
+                Some(sink) => sink.blocking_send(staged).err().map(|unsent| unsent.0),
+                None => Some(staged),
+            };
+            self.collected.staged.extend(kept);
         }
         Ok(())
     }
@@ -359,15 +378,13 @@ impl Scan {
     }
 
     fn over_cap(&self, bytes: u64) -> Option<String> {
-        let staged = &self.collected.staged;
-        if staged.len() as u64 >= self.caps.max_files {
+        if self.collected.files >= self.caps.max_files {
             return Some(format!(
                 "artifacts_max_files = {} reached",
                 self.caps.max_files
             ));
         }
-        let total: u64 = staged.iter().map(|s| s.artifact.bytes).sum();
-        (total + bytes > self.caps.max_bytes).then(|| {
+        (self.collected.bytes + bytes > self.caps.max_bytes).then(|| {
             format!(
                 "artifacts_max_mb = {} reached",
                 self.caps.max_bytes / 1_000_000

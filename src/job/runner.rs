@@ -20,7 +20,7 @@ use crate::host::disk::Disk;
 use crate::host::secrets::Secrets;
 use crate::host::stop::Preemption;
 use crate::job::Job;
-use crate::job::artifacts::Collected;
+use crate::job::artifacts::{Collected, Sink};
 use crate::job::cancel::Cancel;
 use crate::job::container::{self, Names, SECRETS_MOUNT};
 use crate::job::live::LiveTail;
@@ -80,6 +80,8 @@ pub struct Controls<'a> {
     pub cancel: &'a Cancel,
     /// Each masked line also goes here, for the live log.
     pub live: Option<LiveTail>,
+    /// Each artifact goes here as soon as it is read, to be uploaded.
+    pub artifacts: Option<Sink>,
 }
 
 /// A created and started container, and what must live as long as it does.
@@ -171,7 +173,9 @@ impl Runner {
                 &mut image_ran,
             )
             .await;
-        let artifacts = self.artifacts(job, &names, &outcome).await;
+        let artifacts = self
+            .artifacts(job, &names, &outcome, controls.artifacts.clone())
+            .await;
         self.clean_up(&names).await;
         self.sweeper.ended(&names.container, &names.workspace);
 

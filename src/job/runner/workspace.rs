@@ -5,7 +5,7 @@ use tokio::time::Instant;
 
 use super::Runner;
 use crate::job::Job;
-use crate::job::artifacts::{self, Collected};
+use crate::job::artifacts::{self, Collected, Sink};
 use crate::job::container::Names;
 use crate::job::inputs;
 use crate::job::outcome::{Outcome, RunError};
@@ -51,6 +51,7 @@ impl Runner {
         job: &Job,
         names: &Names,
         outcome: &Outcome,
+        sink: Option<Sink>,
     ) -> Option<Collected> {
         let ran = matches!(
             outcome,
@@ -75,16 +76,13 @@ impl Runner {
             &job.artifacts,
             job.artifact_caps,
             staging,
+            sink,
         )
         .await;
         if let Ok(collected) = &collected {
             tracing::info!(
-                files = collected.staged.len(),
-                bytes = collected
-                    .staged
-                    .iter()
-                    .map(|s| s.artifact.bytes)
-                    .sum::<u64>(),
+                files = collected.files,
+                bytes = collected.bytes,
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "Artifacts read."
             );

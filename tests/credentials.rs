@@ -15,15 +15,20 @@ use serde_json::json;
 const ROLE: &str = "arn:aws:iam::123456789012:role/ci-deploy";
 
 /// The environment Docker gave the job's container.
-fn container_env(agent: &AgentProcess, job_id: &str) -> HashMap<String, String> {
-    let container = agent
+/// The container of a job the agent started.
+fn container_of(agent: &AgentProcess, job_id: &str) -> String {
+    agent
         .logs()
         .into_iter()
         .find(|l| l["msg"] == "Job started." && l["job_id"] == job_id)
         .expect("the job started")["container"]
         .as_str()
         .unwrap()
-        .to_owned();
+        .to_owned()
+}
+
+fn container_env(agent: &AgentProcess, job_id: &str) -> HashMap<String, String> {
+    let container = container_of(agent, job_id);
     let env: Vec<String> = serde_json::from_str(&docker(&[
         "inspect",
         "-f",
@@ -66,7 +71,7 @@ async fn a_job_gets_its_profiles_role_and_only_while_it_runs() {
         &[
             "sh",
             "-c",
-            "echo token=$AWS_CONTAINER_AUTHORIZATION_TOKEN; sleep 600",
+            "echo token=$(cat $AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE); sleep 600",
         ],
     );
     body["profile"] = json!("deploy");
@@ -82,7 +87,17 @@ async fn a_job_gets_its_profiles_role_and_only_while_it_runs() {
 
     let env = container_env(&agent, &deploy);
     let uri = env["AWS_CONTAINER_CREDENTIALS_FULL_URI"].clone();
-    let token = env["AWS_CONTAINER_AUTHORIZATION_TOKEN"].clone();
+    let token_file = env["AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"].clone();
+    assert_eq!(
+        token_file,
+        "/run/secrets/.aws-container-authorization-token"
+    );
+    assert!(
+        !env.contains_key("AWS_CONTAINER_AUTHORIZATION_TOKEN"),
+        "the token is never in the container's config on disk: {env:?}"
+    );
+    let token = docker(&["exec", &container_of(&agent, &deploy), "cat", &token_file]);
+    let token = token.trim().to_owned();
     assert!(uri.ends_with("/v1/credentials"), "{uri}");
     assert_eq!(token.len(), 64);
     let other = container_env(&agent, &plain);

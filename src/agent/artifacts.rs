@@ -43,9 +43,10 @@ impl Agent {
 
     async fn upload(&self, id: &str, staged: Staged) -> Upload {
         let pace = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
+        let artifact = &staged.artifact;
         let put = || {
             self.store
-                .put_artifact(id, &staged.artifact.path, &staged.file)
+                .put_artifact(id, &artifact.path, &staged.file, &artifact.sha256)
         };
         let outcome = crate::backoff::retry(pace, Budget::Attempts(3), put, |_, _| true).await;
         (staged, outcome)

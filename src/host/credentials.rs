@@ -1,7 +1,10 @@
 //! Per-job AWS credentials, in the ECS container-credentials format.
 //!
 //! A job whose profile names a `role_arn` gets `AWS_CONTAINER_CREDENTIALS_FULL_URI`
-//! and `AWS_CONTAINER_AUTHORIZATION_TOKEN`, which every AWS SDK reads. The token is
+//! and its token as a file on the secrets tmpfs, named by
+//! `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`, which current AWS SDKs read (never as
+//! an environment variable: Docker keeps those on disk, in the container's
+//! config, for as long as the container exists). The token is
 //! the job's alone and lives only as long as the job: the broker answers it with
 //! credentials of that role (STS AssumeRole with the instance's own credentials, a
 //! session named after the job), renewed before they expire, and forgets it when
@@ -62,9 +65,17 @@ struct RoleCredentials {
 
 /// What a job's container is given. Revokes the token when dropped.
 pub struct Issued {
-    pub env: [(String, String); 2],
+    /// `AWS_CONTAINER_CREDENTIALS_FULL_URI`.
+    pub uri: String,
     broker: Arc<Broker>,
     token: String,
+}
+
+impl Issued {
+    /// The job's token, for its file.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
 }
 
 impl Drop for Issued {
@@ -117,16 +128,7 @@ impl Broker {
                 },
             );
         Issued {
-            env: [
-                (
-                    "AWS_CONTAINER_CREDENTIALS_FULL_URI".to_owned(),
-                    self.uri.clone(),
-                ),
-                (
-                    "AWS_CONTAINER_AUTHORIZATION_TOKEN".to_owned(),
-                    token.clone(),
-                ),
-            ],
+            uri: self.uri.clone(),
             broker: Arc::clone(self),
             token,
         }

@@ -26,6 +26,10 @@ pub const CAPABILITIES: &[&str] = &[
 ];
 
 /// Where a job's secrets appear in its container.
+/// The job's AWS credentials token, in the secrets mount: a dot-file, so no
+/// secret (whose names start with a letter or digit) can take its name.
+pub const TOKEN_FILE: &str = ".aws-container-authorization-token";
+
 pub const SECRETS_MOUNT: &str = "/run/secrets";
 
 /// The uid and gid to own secret files: the image's numeric `USER`, else root. A
@@ -136,53 +140,71 @@ pub enum SecretFilesError {
     Vanished(String),
 }
 
-/// Writes the job's secrets as files (0400, owned by the container's user) in a
-/// directory of its own under `agent.secrets_dir` (tmpfs); returns the
-/// environment variables for those in `env_secrets` (the profile's).
-pub(crate) fn write_secret_files(
-    job: &Job,
-    dir: &Path,
-    image_user: Option<&str>,
-    secrets: &Secrets,
-    env_secrets: &[String],
-) -> Result<Vec<String>, SecretFilesError> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-    let fail = |operation: &'static str| {
-        move |source| SecretFilesError::Io {
-            operation,
-            dir: dir.to_owned(),
-            source,
+/// Where a job's secret files go and what goes in them.
+pub(crate) struct SecretFiles<'a> {
+    /// On tmpfs, mounted read-only at `/run/secrets`.
+    pub dir: &'a Path,
+    pub image_user: Option<&'a str>,
+    pub secrets: &'a Secrets,
+    /// Secrets the profile also gives as environment variables.
+    pub env_secrets: &'a [String],
+    /// The job's AWS credentials token, if its profile names a role.
+    pub token: Option<&'a str>,
+}
+
+impl SecretFiles<'_> {
+    /// Writes each of the job's secrets, and the token, as a file readable by
+    /// the image's user only; returns the env variables the profile allows.
+    pub(crate) fn write(&self, job: &Job) -> Result<Vec<String>, SecretFilesError> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let dir = self.dir;
+        let fail = |operation: &'static str| {
+            move |source| SecretFilesError::Io {
+                operation,
+                dir: dir.to_owned(),
+                source,
+            }
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(fail("create"))?;
+        let (uid, gid) = container_ids(self.image_user);
+        let mut env = Vec::new();
+        for name in &job.secrets {
+            let value = self
+                .secrets
+                .get(name)
+                .ok_or_else(|| SecretFilesError::Vanished(name.clone()))?;
+            write_owned(&dir.join(name), value.expose(), uid, gid).map_err(fail("write"))?;
+            if self.env_secrets.contains(name) {
+                env.push(format!(
+                    "{}={}",
+                    crate::rules::secret_env_name(name),
+                    value.expose()
+                ));
+            }
         }
-    };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(fail("create"))?;
-    let (uid, gid) = container_ids(image_user);
-    let mut env = Vec::new();
-    for name in &job.secrets {
-        let value = secrets
-            .get(name)
-            .ok_or_else(|| SecretFilesError::Vanished(name.clone()))?;
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o400)
-            .open(dir.join(name))
-            .map_err(fail("open"))?;
-        std::io::Write::write_all(&mut file, value.expose().as_bytes()).map_err(fail("write"))?;
-        std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).map_err(fail("chown"))?;
-        if env_secrets.contains(name) {
-            env.push(format!(
-                "{}={}",
-                crate::rules::secret_env_name(name),
-                value.expose()
-            ));
+        if let Some(token) = self.token {
+            write_owned(&dir.join(TOKEN_FILE), token, uid, gid).map_err(fail("write"))?;
         }
+        // The container's user must be able to enter the directory; nobody else.
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(fail("chown"))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o500))
+            .map_err(fail("chmod"))?;
+        Ok(env)
     }
-    // The container's user must be able to enter the directory; nobody else.
-    std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(fail("chown"))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o500)).map_err(fail("chmod"))?;
-    Ok(env)
+}
+
+/// A new file holding `value`, mode 0400, owned by `uid:gid`.
+fn write_owned(path: &Path, value: &str, uid: u32, gid: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o400)
+        .open(path)?;
+    std::io::Write::write_all(&mut file, value.as_bytes())?;
+    std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
 }

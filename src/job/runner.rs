@@ -22,7 +22,7 @@ use crate::host::stop::Preemption;
 use crate::job::Job;
 use crate::job::artifacts::{Collected, Sink};
 use crate::job::cancel::Cancel;
-use crate::job::container::{self, Names, SECRETS_MOUNT};
+use crate::job::container::{self, Names, SECRETS_MOUNT, TOKEN_FILE};
 use crate::job::live::LiveTail;
 use crate::job::log::{JobLog, LogBody};
 use crate::job::mask::Masker;
@@ -287,10 +287,14 @@ impl Runner {
         docker.create_volume(&names.workspace, &labels).await?;
         labels.insert(docker::LABEL_WORKSPACE.to_owned(), names.workspace.clone());
         self.place_inputs(job, &names.workspace).await?;
-        let (mut env, mut mounts) = self.secret_files(job, names, image.user.as_deref())?;
         let credentials = self.credentials(job, log)?;
+        let token = credentials.as_ref().map(Issued::token);
+        let (mut env, mut mounts) = self.secret_files(job, names, image.user.as_deref(), token)?;
         if let Some(issued) = &credentials {
-            env.extend(issued.env.iter().map(|(k, v)| format!("{k}={v}")));
+            env.push(format!("AWS_CONTAINER_CREDENTIALS_FULL_URI={}", issued.uri));
+            env.push(format!(
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE={SECRETS_MOUNT}/{TOKEN_FILE}"
+            ));
         }
         // Held for the whole run: a cache refresh removes the old volume only once
         // no running job mounts it.
@@ -364,15 +368,16 @@ impl Runner {
         labels
     }
 
-    /// The job's secrets as files on tmpfs, mounted read-only, and the env
-    /// variables its profile lets carry a secret's value.
+    /// The job's secrets (and its credentials token) as files on tmpfs, mounted
+    /// read-only, and the env variables its profile lets carry a secret's value.
     fn secret_files(
         &self,
         job: &Job,
         names: &Names,
         user: Option<&str>,
+        token: Option<&str>,
     ) -> Result<(Vec<String>, Vec<docker::Mount>), RunError> {
-        if job.secrets.is_empty() {
+        if job.secrets.is_empty() && token.is_none() {
             return Ok((Vec::new(), Vec::new()));
         }
         let env_secrets = self
@@ -380,8 +385,14 @@ impl Runner {
             .profile(&job.profile)
             .map(|p| p.env_secrets.as_slice())
             .unwrap_or_default();
-        let env =
-            container::write_secret_files(job, &names.secrets, user, &self.secrets, env_secrets)?;
+        let files = container::SecretFiles {
+            dir: &names.secrets,
+            image_user: user,
+            secrets: &self.secrets,
+            env_secrets,
+            token,
+        };
+        let env = files.write(job)?;
         let mounts = vec![docker::bind_mount(&names.secrets, SECRETS_MOUNT, true)];
         Ok((env, mounts))
     }

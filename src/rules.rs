@@ -149,6 +149,32 @@ pub fn random_hex(bytes: usize) -> String {
     hex::encode(buffer)
 }
 
+/// The most a path inside a job's workdir may be, in bytes.
+pub const MAX_WORKDIR_PATH_BYTES: usize = 1024;
+
+/// A path a job names inside its workdir (an input's place, an artifact
+/// pattern), as its segments with `.` and empty ones dropped; or the rule it
+/// breaks. `what` says what goes there, for the `..` rule.
+pub fn workdir_segments<'a>(path: &'a str, what: &str) -> Result<Vec<&'a str>, String> {
+    if path.len() > MAX_WORKDIR_PATH_BYTES {
+        return Err(format!("at most {MAX_WORKDIR_PATH_BYTES} bytes"));
+    }
+    if path.starts_with('/') {
+        return Err("must be relative to the workdir, not absolute".to_owned());
+    }
+    if path.contains('\0') {
+        return Err("contains a NUL byte".to_owned());
+    }
+    let segments: Vec<&str> = path
+        .split('/')
+        .filter(|s| !s.is_empty() && *s != ".")
+        .collect();
+    if segments.contains(&"..") {
+        return Err(format!("must not contain `..`: {what} inside the workdir"));
+    }
+    Ok(segments)
+}
+
 /// At most `max_chars` characters of `text`, with `…` where it was cut.
 pub fn truncate(text: &str, max_chars: usize) -> String {
     match text.char_indices().nth(max_chars) {

@@ -99,17 +99,7 @@ async fn matched_files_are_uploaded_listed_and_checked_on_the_way_down() {
     );
 
     let out = tempfile::tempdir().unwrap();
-    let downloaded = deckhand()
-        .args([
-            "--config",
-            path_str(&config.path),
-            "artifacts",
-            &id,
-            "--out",
-        ])
-        .arg(out.path())
-        .output()
-        .unwrap();
+    let downloaded = deckhand_with(&config, &["artifacts", &id, "--out", path_str(out.path())]);
     assert_eq!(
         downloaded.status.code(),
         Some(0),

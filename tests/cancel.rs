@@ -12,11 +12,7 @@ use common::*;
 
 /// `deckhand cancel ID --reason REASON` with `config`: its exit code and stdout.
 fn cancel(config: &TestConfig, id: &str, reason: &str) -> (Option<i32>, String) {
-    let output = deckhand()
-        .args(["--config", path_str(&config.path), "cancel", id])
-        .args(["--reason", reason])
-        .output()
-        .unwrap();
+    let output = deckhand_with(config, &["cancel", id, "--reason", reason]);
     (
         output.status.code(),
         String::from_utf8_lossy(&output.stdout).trim().to_owned(),

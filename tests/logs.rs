@@ -121,10 +121,7 @@ async fn a_follower_sees_a_line_while_the_job_still_runs_and_ends_with_its_code(
     follower.wait_line("first line", LONG);
     assert!(s.result(&id).await.is_none(), "the job still runs");
     let (code, said) = {
-        let output = deckhand()
-            .args(["--config", path_str(&config.path), "logs", &id])
-            .output()
-            .unwrap();
+        let output = deckhand_with(&config, &["logs", &id]);
         (
             output.status.code(),
             String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -136,10 +133,7 @@ async fn a_follower_sees_a_line_while_the_job_still_runs_and_ends_with_its_code(
         "logs without --follow prints what is there: {said:?}"
     );
 
-    let cancelled = deckhand()
-        .args(["--config", path_str(&config.path), "cancel", &id])
-        .output()
-        .unwrap();
+    let cancelled = deckhand_with(&config, &["cancel", &id]);
     assert!(cancelled.status.success());
     let (code, printed, stderr) = follower.finish(LONG);
     assert_eq!(code, Some(143), "exits as submit --wait would: {stderr}");
@@ -217,33 +211,12 @@ async fn an_interrupted_attempt_is_followed_into_the_next_and_readable_by_number
         "{stderr}"
     );
 
-    let by_number = deckhand()
-        .args([
-            "--config",
-            path_str(&config.path),
-            "logs",
-            &id,
-            "--attempt",
-            "1",
-        ])
-        .output()
-        .unwrap();
+    let by_number = deckhand_with(&config, &["logs", &id, "--attempt", "1"]);
     assert_eq!(by_number.status.code(), Some(0));
     assert_eq!(String::from_utf8_lossy(&by_number.stdout), "attempt 1\n");
-    let whole = deckhand()
-        .args(["--config", path_str(&config.path), "logs", &id])
-        .output()
-        .unwrap();
+    let whole = deckhand_with(&config, &["logs", &id]);
     assert_eq!(String::from_utf8_lossy(&whole.stdout), "attempt 2\ndone\n");
-    let unknown = deckhand()
-        .args([
-            "--config",
-            path_str(&config.path),
-            "logs",
-            &unique("nobody"),
-        ])
-        .output()
-        .unwrap();
+    let unknown = deckhand_with(&config, &["logs", &unique("nobody")]);
     assert_eq!(unknown.status.code(), Some(66), "no such job: EX_NOINPUT");
     s.wait_empty().await;
     assert_clean(&id);

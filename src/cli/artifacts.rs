@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use crate::aws::results::{ResultStore, StoreError};
+use crate::aws::results::StoreError;
 use crate::config::Config;
 use crate::job::artifacts::Artifact;
 
@@ -46,17 +46,9 @@ pub async fn download(
     if !crate::rules::valid_id(id) {
         return Err(ArtifactsError::InvalidId { id: id.to_owned() });
     }
-    let bucket = config
-        .results
-        .bucket
-        .clone()
+    let store = super::results_store(&config)
+        .await
         .ok_or(ArtifactsError::NoBucket)?;
-    let sdk = crate::aws::sdk_config(&config.aws).await;
-    let store = ResultStore::new(
-        crate::aws::s3_client(&sdk, &config.aws),
-        bucket,
-        config.results.prefix.clone(),
-    );
     let result = store
         .terminal(id)
         .await?

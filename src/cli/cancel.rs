@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::aws::results::{CancelAnswer, CancelRequest, ResultStore, StoreError};
+use crate::aws::results::{CancelAnswer, CancelRequest, StoreError};
 use crate::config::Config;
 use crate::job::result::JobResult;
 
@@ -51,13 +51,9 @@ pub async fn cancel(
     if !crate::rules::valid_id(id) {
         return Err(CancelError::InvalidId { id: id.to_owned() });
     }
-    let bucket = config.results.bucket.clone().ok_or(CancelError::NoBucket)?;
-    let sdk = crate::aws::sdk_config(&config.aws).await;
-    let store = ResultStore::new(
-        crate::aws::s3_client(&sdk, &config.aws),
-        bucket,
-        config.results.prefix.clone(),
-    );
+    let store = super::results_store(&config)
+        .await
+        .ok_or(CancelError::NoBucket)?;
     if let Some(result) = store.terminal(id).await? {
         return Ok(CancelOutcome::AlreadyFinished(Box::new(result)));
     }

@@ -43,13 +43,9 @@ pub async fn logs(
     if !crate::rules::valid_id(id) {
         return Err(LogsError::InvalidId { id: id.to_owned() });
     }
-    let bucket = config.results.bucket.clone().ok_or(LogsError::NoBucket)?;
-    let sdk = crate::aws::sdk_config(&config.aws).await;
-    let store = ResultStore::new(
-        crate::aws::s3_client(&sdk, &config.aws),
-        bucket,
-        config.results.prefix.clone(),
-    );
+    let store = super::results_store(&config)
+        .await
+        .ok_or(LogsError::NoBucket)?;
     let mut follower = Follower::new(&store, id, attempt, std::io::stdout());
     if follow {
         follower.follow(None).await.map(Some)

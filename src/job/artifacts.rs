@@ -14,11 +14,10 @@ use sha2::{Digest, Sha256};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use crate::docker::{Docker, DockerError};
+use crate::rules::workdir_segments;
 
 /// The most patterns a job may name.
 pub const MAX_PATTERNS: usize = 64;
-/// The longest pattern.
-const MAX_PATTERN_BYTES: usize = 1024;
 /// The most left-out files a result lists by name; the rest are counted.
 const MAX_LISTED_LEFT_OUT: usize = 100;
 
@@ -36,23 +35,10 @@ impl Pattern {
         if text.is_empty() {
             return Err("must not be empty".to_owned());
         }
-        if text.len() > MAX_PATTERN_BYTES {
-            return Err(format!("at most {MAX_PATTERN_BYTES} bytes"));
-        }
-        if text.starts_with('/') {
-            return Err("must be relative to the workdir, not absolute".to_owned());
-        }
-        if text.contains('\0') {
-            return Err("contains a NUL byte".to_owned());
-        }
-        let segments: Vec<String> = text
-            .split('/')
-            .filter(|s| !s.is_empty() && *s != ".")
+        let segments: Vec<String> = workdir_segments(text, "artifacts come from")?
+            .into_iter()
             .map(str::to_owned)
             .collect();
-        if segments.iter().any(|s| s == "..") {
-            return Err("must not contain `..`: artifacts come from inside the workdir".to_owned());
-        }
         if segments.is_empty() {
             return Err("names no file".to_owned());
         }

@@ -13,12 +13,10 @@ use tokio::io::AsyncReadExt;
 use tokio_util::io::SyncIoBridge;
 
 use crate::host::archive::{Limits, Unpack, unpack};
-use crate::rules::S3Location;
+use crate::rules::{S3Location, workdir_segments};
 
 /// The most inputs a job may name.
 pub const MAX_INPUTS: usize = 16;
-/// The longest `path`.
-const MAX_PATH_BYTES: usize = 1024;
 
 /// The wire form of one input.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -93,23 +91,7 @@ impl InputSpec {
 
 /// `path` normalised, or the rule it breaks: relative to the workdir and inside it.
 fn relative_path(path: &str) -> Result<String, String> {
-    if path.len() > MAX_PATH_BYTES {
-        return Err(format!("at most {MAX_PATH_BYTES} bytes"));
-    }
-    if path.starts_with('/') {
-        return Err("must be relative to the workdir, not absolute".to_owned());
-    }
-    if path.contains('\0') {
-        return Err("contains a NUL byte".to_owned());
-    }
-    let segments: Vec<&str> = path
-        .split('/')
-        .filter(|s| !s.is_empty() && *s != ".")
-        .collect();
-    if segments.contains(&"..") {
-        return Err("must not contain `..`: inputs go inside the workdir".to_owned());
-    }
-    Ok(segments.join("/"))
+    workdir_segments(path, "inputs go").map(|segments| segments.join("/"))
 }
 
 /// Why the inputs could not be placed.

@@ -171,6 +171,16 @@ pub fn deckhand() -> Command {
     cmd
 }
 
+/// A deckhand command with `config`, to completion.
+pub fn deckhand_with(config: &TestConfig, args: &[&str]) -> Output {
+    deckhand()
+        .arg("--config")
+        .arg(&config.path)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 /// `deckhand exec` of `job` with `config`, to completion.
 pub fn exec(config: &TestConfig, job: &Value) -> Exec {
     let output = deckhand()

@@ -128,6 +128,7 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::CONFIG);
         }
     };
+    let _ = PRINT_MASKER.set(log_masker.clone());
     let env = Env::from_process();
     let path = cli
         .config
@@ -244,7 +245,7 @@ async fn dispatch(
             Ok(Executed::Rejected(result)) => {
                 eprintln!(
                     "deckhand: job rejected: {}",
-                    result.reason.as_deref().unwrap_or("")
+                    masked(result.reason.as_deref().unwrap_or(""))
                 );
                 print_result(&result)
             }
@@ -291,9 +292,22 @@ async fn check(config: &Config, path: &std::path::Path, no_probe: bool) -> u8 {
     }
 }
 
+/// Every secret the process has loaded, for what it prints outside the log
+/// layer (its errors on stderr); set once logging is up.
+static PRINT_MASKER: std::sync::OnceLock<SharedMasker> = std::sync::OnceLock::new();
+
+/// `text` with every secret the process knows masked: an error may quote a job
+/// or a response that holds one.
+fn masked(text: &str) -> String {
+    match PRINT_MASKER.get().and_then(SharedMasker::get) {
+        Some(masker) => masker.mask(text).into_owned(),
+        None => text.to_owned(),
+    }
+}
+
 /// The error goes to stderr; its exit code comes from the table in `exit`.
 fn report(error: impl std::fmt::Display + ExitStatus) -> u8 {
-    eprintln!("deckhand: {error}");
+    eprintln!("deckhand: {}", masked(&error.to_string()));
     error.exit_code()
 }
 

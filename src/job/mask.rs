@@ -1,5 +1,7 @@
-//! Masks secret values, as written and base64-encoded, in everything deckhand
-//! writes: the job's log, its result, and the agent's own stdout.
+//! Masks secret values, as written, base64-encoded (whole, or wrapped at 76
+//! columns as `base64` prints it), JSON-escaped and URL-encoded, in everything
+//! deckhand writes: the job's log, its result, the agent's own stdout and the
+//! CLI's errors.
 
 use std::borrow::Cow;
 use std::sync::{Arc, RwLock};
@@ -13,6 +15,11 @@ pub const MASK: &str = "***";
 /// Shorter values are not masked: masking every "a" or "ok" would destroy the log
 /// and reveal the value anyway by where the stars appear.
 pub const MIN_MASKED_LEN: usize = 4;
+/// The column `base64` (coreutils, busybox) and MIME wrap at.
+const BASE64_WRAP: usize = 76;
+/// The shortest piece of a wrapped encoding masked on its own: the last line of
+/// one is often only a few characters, which would mask unrelated text.
+const MIN_WRAPPED_PIECE: usize = 16;
 
 /// Finds every form of every secret in one pass over a line.
 #[derive(Debug)]
@@ -37,7 +44,9 @@ impl Masker {
             // not have; the unpadded body still identifies it.
             forms.push(STANDARD.encode(trimmed).trim_end_matches('=').to_owned());
             forms.extend(trimmed.lines().map(|l| l.trim().to_owned()));
+            forms.extend(escaped_forms(trimmed));
             patterns.extend(forms.into_iter().filter(|f| f.len() >= MIN_MASKED_LEN));
+            patterns.extend(wrapped_base64(trimmed));
         }
         patterns.sort();
         patterns.dedup();
@@ -62,6 +71,42 @@ impl Masker {
             _ => Cow::Borrowed(text),
         }
     }
+}
+
+/// The value as it appears inside a JSON string (quotes, backslashes, newlines
+/// escaped) and URL-encoded (a password in a URL), where those differ from it.
+fn escaped_forms(value: &str) -> Vec<String> {
+    let json = serde_json::to_string(value).expect("a string always serialises");
+    let json = json[1..json.len() - 1].to_owned();
+    let url: String = form_urlencoded::byte_serialize(value.as_bytes()).collect();
+    let url_spaces = url.replace('+', "%20");
+    [json, url, url_spaces]
+        .into_iter()
+        .filter(|form| form != value)
+        .collect()
+}
+
+/// The lines `base64` prints for the value (with and without a trailing
+/// newline, as `echo` adds one), when its encoding is longer than one line:
+/// each line of the output is masked on its own, as the log is read.
+fn wrapped_base64(value: &str) -> Vec<String> {
+    let mut pieces = Vec::new();
+    for encoded in [
+        STANDARD.encode(value),
+        STANDARD.encode(format!("{value}\n")),
+    ] {
+        if encoded.len() <= BASE64_WRAP {
+            continue;
+        }
+        pieces.extend(
+            encoded
+                .as_bytes()
+                .chunks(BASE64_WRAP)
+                .map(|line| String::from_utf8_lossy(line).into_owned())
+                .filter(|line| line.len() >= MIN_WRAPPED_PIECE),
+        );
+    }
+    pieces
 }
 
 /// The masker the log layer applies to every line, set once secrets are loaded.
@@ -103,6 +148,46 @@ mod tests {
         let masker = Masker::new([key]);
         assert_eq!(masker.mask("AAAABBBBCCCC"), "***");
         assert_eq!(masker.mask("  DDDDEEEE"), "  ***");
+    }
+
+    #[test]
+    fn masks_json_escaped_and_url_encoded_forms() {
+        let secret = "p@ss \"word\"\\x";
+        let masker = Masker::new([secret]);
+        let json = serde_json::json!({ "password": secret }).to_string();
+        assert_eq!(masker.mask(&json), r#"{"password":"***"}"#);
+        assert_eq!(
+            masker.mask("https://u:p%40ss+%22word%22%5Cx@host/"),
+            "https://u:***@host/"
+        );
+        assert_eq!(
+            masker.mask("https://u:p%40ss%20%22word%22%5Cx@host/"),
+            "https://u:***@host/"
+        );
+        let multi_line = "line one\nline two";
+        let masker = Masker::new([multi_line]);
+        assert_eq!(
+            masker.mask(r#"{"key":"line one\nline two"}"#),
+            r#"{"key":"***"}"#
+        );
+    }
+
+    #[test]
+    fn masks_base64_wrapped_at_76_columns_line_by_line() {
+        let secret = "a-service-account-key-that-is-long-enough-to-wrap-0123456789-abcdefghij";
+        let masker = Masker::new([secret]);
+        for encoded in [
+            STANDARD.encode(secret),
+            STANDARD.encode(format!("{secret}\n")),
+        ] {
+            assert!(encoded.len() > 76);
+            for line in encoded.as_bytes().chunks(76) {
+                let line = std::str::from_utf8(line).unwrap();
+                if line.len() >= MIN_WRAPPED_PIECE {
+                    assert_eq!(masker.mask(line), "***", "{line}");
+                }
+            }
+        }
     }
 
     #[test]

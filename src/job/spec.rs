@@ -16,6 +16,12 @@ use crate::rules::{
     check_container_path, is_under, reserved_env_prefix, truncate, valid_env_name, valid_id,
 };
 
+/// The longest environment variable name a job may set.
+pub const MAX_ENV_NAME_BYTES: usize = 256;
+/// The longest `NAME=value` the kernel passes to a process (MAX_ARG_STRLEN, less
+/// its NUL): past it the container could not start.
+pub const MAX_ENV_ENTRY_BYTES: usize = 131_071;
+
 /// The least CPU share Docker turns into a limit.
 pub const MIN_CPUS: f64 = 0.01;
 
@@ -152,6 +158,16 @@ impl Job {
         if !value.is_object() {
             return Err(Rejection::one(None, "body", "must be a JSON object"));
         }
+        if let Some((field, rule)) = strict::misshapen(&value) {
+            return Err(Rejection::one(None, &field, rule));
+        }
+        if let Some(key) = strict::duplicate_key(body) {
+            return Err(Rejection::one(
+                None,
+                "body",
+                format!("the key {key} is named twice; which one is meant is not clear"),
+            ));
+        }
         if let Some(version) = value.get("version").and_then(|v| v.as_u64())
             && version != u64::from(VERSION)
         {
@@ -276,6 +292,17 @@ impl JobSpec {
             }
             if value.contains('\0') {
                 problems.push(&field, "the value contains a NUL byte");
+            }
+            if name.len() > MAX_ENV_NAME_BYTES {
+                problems.push(
+                    &field,
+                    format!("a name is at most {MAX_ENV_NAME_BYTES} bytes"),
+                );
+            } else if name.len() + 1 + value.len() > MAX_ENV_ENTRY_BYTES {
+                problems.push(
+                    &field,
+                    format!("NAME=value is at most {MAX_ENV_ENTRY_BYTES} bytes, the kernel's limit for one"),
+                );
             }
         }
     }
@@ -469,6 +496,8 @@ impl NamedProfile<'_> {
         format!("{asked} is above profile {:?}'s cap of {cap}", self.name)
     }
 }
+
+mod strict;
 
 #[cfg(test)]
 mod tests;

@@ -148,6 +148,11 @@ impl AgentProcess {
         kill(Pid::from_raw(self.pid()), signal).unwrap();
     }
 
+    /// Whether the process has exited: its exit status, without waiting.
+    pub fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
     /// Waits for the process to exit; its exit code.
     pub async fn wait_exit(&mut self, deadline: Duration) -> Option<i32> {
         let start = tokio::time::Instant::now();

@@ -1,0 +1,131 @@
+//! The hostile corpus (tests/hostile/corpus.rs) through `deckhand exec`, then
+//! through one agent on one queue: every message gets exactly one result, under
+//! the id it may speak for, with a reason that names the field and stays within
+//! 1 KiB; the agent stays up; the queue ends empty.
+
+mod common;
+#[path = "hostile/corpus.rs"]
+mod corpus;
+
+use common::scenario::Scenario;
+use common::*;
+use corpus::{Case, Under};
+
+/// The case's body with its placeholders filled in, and the id it names.
+fn body(case: &Case, stack: &Stack) -> (String, String) {
+    let id = unique("hostile");
+    let mut body = case
+        .body
+        .replace("{ID}", &id)
+        .replace("{IMG}", &stack.image)
+        .replace("{REG}", &stack.registry);
+    let mut named = id.clone();
+    if body.contains("{PAD}") {
+        let pad = "x".repeat(128 - id.len() - 1);
+        body = body.replace("{PAD}", &pad);
+        named = format!("{id}-{pad}");
+    }
+    (body, named)
+}
+
+/// What is wrong with `result` for `case`, if anything.
+fn wrong(case: &Case, result: &serde_json::Value) -> Option<String> {
+    let name = case.name;
+    let status = &result["status"];
+    let reason = result["reason"].as_str().unwrap_or_default();
+    match case.rejected {
+        None if status != "succeeded" => Some(format!("{name}: {status} {reason:?}")),
+        None => None,
+        Some(_) if status != "rejected" => Some(format!("{name}: {status}, not rejected")),
+        Some(_) if reason.len() > 1024 => Some(format!("{name}: a {} byte reason", reason.len())),
+        Some(words) => words
+            .iter()
+            .find(|word| !reason.contains(*word))
+            .map(|word| format!("{name}: {word:?} not in {reason:?}")),
+    }
+}
+
+/// Panics listing every case that went wrong.
+fn assert_all_right(wrongs: Vec<String>) {
+    assert!(
+        wrongs.is_empty(),
+        "{} wrong:\n{}",
+        wrongs.len(),
+        wrongs.join("\n")
+    );
+}
+
+#[test]
+fn the_corpus_has_what_the_boundary_promises() {
+    let cases = corpus::cases();
+    assert!(cases.len() >= 80, "{} cases", cases.len());
+    let mut names: Vec<_> = cases.iter().map(|c| c.name).collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), cases.len(), "case names are unique");
+}
+
+#[test]
+fn every_hostile_message_gets_its_result_from_exec() {
+    let Some(stack) = Stack::or_skip() else {
+        return;
+    };
+    let config = TestConfig::new(&stack, "");
+    let mut wrongs = Vec::new();
+    for case in corpus::cases() {
+        let (body, id) = body(&case, &stack);
+        let path = config.dir.path().join("job.json");
+        std::fs::write(&path, &body).unwrap();
+        let output = deckhand_with(&config, &["exec", path_str(&path)]);
+        let run = Exec::from_output(output);
+        wrongs.extend(wrong(&case, &run.result));
+        let expected_id = match case.under {
+            Under::Id => id.as_str(),
+            Under::MessageId => "unknown",
+        };
+        if run.result["id"] != expected_id {
+            wrongs.push(format!("{}: recorded as {}", case.name, run.result["id"]));
+        }
+        assert_clean(&id);
+    }
+    assert_all_right(wrongs);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_hostile_message_gets_one_result_from_the_agent_which_stays_up() {
+    let Some(s) = Scenario::new("hostile").await else {
+        return;
+    };
+    let (_config, mut agent) = s.agent("i-hostile", "[agent]\nslots = 2");
+    let mut sent = Vec::new();
+    for case in corpus::cases() {
+        let (body, id) = body(&case, &s.stack);
+        let message_id = s.aws.send(&s.pool.queue_url, &body).await;
+        let under = match case.under {
+            Under::Id => id.clone(),
+            Under::MessageId => message_id,
+        };
+        sent.push((case, id, under));
+    }
+    let mut wrongs = Vec::new();
+    for (case, id, under) in &sent {
+        let result = s.wait_result(under).await;
+        wrongs.extend(wrong(case, &result));
+        if case.under == Under::MessageId && s.result(id).await.is_some() {
+            wrongs.push(format!("{}: written under the id it names", case.name));
+        }
+    }
+    assert_all_right(wrongs);
+    s.wait_empty().await;
+    let rejected = sent.iter().filter(|(c, ..)| c.rejected.is_some()).count() as u64;
+    eventually(
+        "every rejected message in the dead-letter queue",
+        LONG,
+        || async { s.aws.counts(&s.pool.dlq_url).await.0 == rejected },
+    )
+    .await;
+    assert_eq!(agent.try_exit(), None, "the agent is still serving");
+    for (_, id, _) in &sent {
+        assert_clean(id);
+    }
+}

@@ -13,6 +13,8 @@ pub mod inputs;
 pub mod live;
 pub mod log;
 pub mod mask;
+#[cfg(test)]
+mod masking_properties;
 pub mod outcome;
 pub mod output;
 pub mod result;

@@ -500,4 +500,6 @@ impl NamedProfile<'_> {
 mod strict;
 
 #[cfg(test)]
+mod properties;
+#[cfg(test)]
 mod tests;

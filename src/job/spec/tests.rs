@@ -4,7 +4,7 @@ use serde_json::json;
 
 const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
-fn config() -> Config {
+pub(super) fn config() -> Config {
     let text = r#"
         [images]
         allowed_registries = ["registry.internal"]

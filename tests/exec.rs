@@ -93,9 +93,6 @@ fn a_job_past_its_timeout_is_stopped() {
     assert_clean(&id);
 }
 
-/// Runs for a second, then allocates 256 MiB at once (as PID 1).
-const OOM_AFTER_A_SECOND: &str = "sleep 1; exec dd if=/dev/zero of=/dev/null bs=256M count=1";
-
 /// The second source deckhand asks when dockerd's `State.OOMKilled` lags the
 /// exit: Docker's own `oom` event for the container.
 #[tokio::test]

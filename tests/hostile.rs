@@ -129,3 +129,44 @@ async fn every_hostile_message_gets_one_result_from_the_agent_which_stays_up() {
         assert_clean(id);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_jobs_are_contained_and_the_job_beside_them_runs() {
+    let Some(s) = Scenario::new("hostile-jobs").await else {
+        return;
+    };
+    let (_config, mut agent) = s.agent(
+        "i-hostile-jobs",
+        "[agent]\nslots = 3\n[profiles.default]\npids = 64\nmemory_mb = 64",
+    );
+    let send = |name: &'static str, script: &'static str, timeout_secs: u64| {
+        let s = &s;
+        async move {
+            let id = unique(name);
+            let mut body = job(&id, &s.stack.image, &["sh", "-c", script]);
+            body["timeout_secs"] = serde_json::json!(timeout_secs);
+            s.send_job(&body).await;
+            id
+        }
+    };
+    // Forks until the pids limit stops it, then holds on until its timeout.
+    let bomb = send("fork-bomb", "b(){ b | b & }; b; sleep 600", 8).await;
+    let hog = send("memory-hog", OOM_AFTER_A_SECOND, 60).await;
+    let beside = send("beside", "echo fine", 60).await;
+
+    let result = s.wait_result(&beside).await;
+    assert_eq!(result["status"], "succeeded", "{result}");
+    let result = s.wait_result(&hog).await;
+    assert_eq!(result["status"], "failed", "{result}");
+    assert_eq!(result["reason"], "killed: out of memory (limit 64 MB)");
+    let result = s.wait_result(&bomb).await;
+    assert!(
+        result["status"] == "timed_out" || result["status"] == "failed",
+        "a fork bomb is held by its pids limit, then stopped: {result}"
+    );
+    s.wait_empty().await;
+    assert_eq!(agent.try_exit(), None, "the agent is still serving");
+    for id in [&bomb, &hog, &beside] {
+        assert_clean(id);
+    }
+}

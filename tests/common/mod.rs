@@ -171,6 +171,10 @@ pub fn deckhand() -> Command {
     cmd
 }
 
+/// A memory hog: runs for a second, then dd allocates and fills a 256 MiB buffer
+/// at once, as PID 1 (see `exec.rs`'s memory-kill test for why the second).
+pub const OOM_AFTER_A_SECOND: &str = "sleep 1; exec dd if=/dev/zero of=/dev/null bs=256M count=1";
+
 /// A deckhand command with `config`, to completion.
 pub fn deckhand_with(config: &TestConfig, args: &[&str]) -> Output {
     deckhand()

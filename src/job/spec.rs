@@ -153,20 +153,20 @@ impl Rejection {
 impl Job {
     /// Parses a message body and validates it against the pool's config.
     pub fn parse(body: &[u8], config: &Config) -> Result<Job, Rejection> {
-        let value: serde_json::Value = serde_json::from_slice(body)
-            .map_err(|e| Rejection::one(None, "body", format!("not valid JSON: {e}")))?;
+        let value = strict::parse(body).map_err(|malformed| {
+            let rule = match malformed {
+                strict::Malformed::Syntax(e) => format!("not valid JSON: {e}"),
+                strict::Malformed::DuplicateKey(key) => {
+                    format!("the key {key} is named twice; which one is meant is not clear")
+                }
+            };
+            Rejection::one(None, "body", rule)
+        })?;
         if !value.is_object() {
             return Err(Rejection::one(None, "body", "must be a JSON object"));
         }
         if let Some((field, rule)) = strict::misshapen(&value) {
             return Err(Rejection::one(None, &field, rule));
-        }
-        if let Some(key) = strict::duplicate_key(body) {
-            return Err(Rejection::one(
-                None,
-                "body",
-                format!("the key {key} is named twice; which one is meant is not clear"),
-            ));
         }
         if let Some(version) = value.get("version").and_then(|v| v.as_u64())
             && version != u64::from(VERSION)

@@ -5,19 +5,34 @@
 use std::fmt;
 
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
 
-/// Checks `body` for an object with a key twice; the key, if so. Syntax errors
-/// are left to the parse that follows.
-pub fn duplicate_key(body: &[u8]) -> Option<String> {
+/// Why a body is not a JSON value we take.
+#[derive(Debug)]
+pub enum Malformed {
+    /// An object names this key (quoted) twice.
+    DuplicateKey(String),
+    /// Not JSON at all, or nested past serde_json's limit.
+    Syntax(serde_json::Error),
+}
+
+/// `body` as one JSON value, in one pass, refusing an object that names a key
+/// twice.
+pub fn parse(body: &[u8]) -> Result<Value, Malformed> {
     let mut deserializer = serde_json::Deserializer::from_slice(body);
-    match deserializer.deserialize_any(NoDuplicates) {
-        Err(e) => e
-            .to_string()
-            .strip_prefix(DUPLICATE)
-            .and_then(|rest| rest.split(" at line ").next())
-            .map(str::to_owned),
-        Ok(()) => None,
-    }
+    let value = deserializer
+        .deserialize_any(Strict)
+        .and_then(|value| deserializer.end().map(|()| value))
+        .map_err(|e| {
+            let text = e.to_string();
+            match text.strip_prefix(DUPLICATE) {
+                Some(rest) => Malformed::DuplicateKey(
+                    rest.split(" at line ").next().unwrap_or(rest).to_owned(),
+                ),
+                None => Malformed::Syntax(e),
+            }
+        })?;
+    Ok(value)
 }
 
 const DUPLICATE: &str = "duplicate key ";
@@ -37,63 +52,79 @@ pub fn misshapen(job: &serde_json::Value) -> Option<(String, String)> {
         .map(|i| (format!("inputs[{i}]"), "must be an object".into()))
 }
 
-/// Walks any JSON value, remembering each object's keys.
-struct NoDuplicates;
+/// Builds any JSON value, refusing a key an object already has.
+struct Strict;
 
-impl<'de> de::Deserialize<'de> for NoDuplicates {
+/// A value read by [`Strict`].
+struct StrictValue(Value);
+
+impl<'de> de::Deserialize<'de> for StrictValue {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(NoDuplicates)?;
-        Ok(NoDuplicates)
+        deserializer.deserialize_any(Strict).map(StrictValue)
     }
 }
 
-impl<'de> Visitor<'de> for NoDuplicates {
-    type Value = ();
+impl<'de> Visitor<'de> for Strict {
+    type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("any JSON value")
     }
 
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
     }
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
     }
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
     }
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
     }
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        Ok(())
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
     }
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
     }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element::<NoDuplicates>()?.is_some() {}
-        Ok(())
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let mut keys = std::collections::HashSet::new();
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(StrictValue(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            if !keys.insert(key.clone()) {
+            if object.contains_key(&key) {
                 let shown = crate::rules::truncate(&key, 64);
                 return Err(de::Error::custom(format!("{DUPLICATE}{shown:?}")));
             }
-            map.next_value::<NoDuplicates>()?;
+            let StrictValue(value) = map.next_value()?;
+            object.insert(key, value);
         }
-        Ok(())
+        Ok(Value::Object(object))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn duplicate_key(body: &[u8]) -> Option<String> {
+        match parse(body) {
+            Err(Malformed::DuplicateKey(key)) => Some(key),
+            _ => None,
+        }
+    }
 
     #[test]
     fn a_key_named_twice_is_found_at_any_depth() {
@@ -110,7 +141,16 @@ mod tests {
             Some("\"b\"")
         );
         assert_eq!(duplicate_key(br#"{"a":1,"b":{"a":2}}"#), None);
-        assert_eq!(duplicate_key(b"not json"), None);
+        assert!(matches!(parse(b"not json"), Err(Malformed::Syntax(_))));
+        assert!(matches!(parse(b"{} trailing"), Err(Malformed::Syntax(_))));
+    }
+
+    #[test]
+    fn what_it_reads_is_what_serde_json_reads() {
+        let body = br#"{"a":[1,-2,3.5,"x",null,true,{"b":{}}],"c":18446744073709551615}"#;
+        let ours = parse(body).unwrap();
+        let theirs: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(ours, theirs);
     }
 
     #[test]

@@ -81,11 +81,7 @@ impl Agent {
         tracing::Span::current().record("job_id", id.as_str());
         // The reason echoes the message; a secret in it stays masked in the record
         // and the dead-letter copy's attribute too.
-        let reason = self
-            .secrets
-            .masker()
-            .mask(&rejection.to_string())
-            .into_owned();
+        let reason = self.masker.mask(&rejection.to_string()).into_owned();
         tracing::warn!(%reason, "Job rejected.");
         self.metrics.job_finished(Status::Rejected, Duration::ZERO);
         let mut result =

@@ -40,6 +40,7 @@ use crate::host::disk::Disk;
 use crate::host::secrets::{Secrets, SecretsError};
 use crate::host::stop::{Stop, StopReason};
 use crate::host::systemd;
+use crate::job::mask::Masker;
 use crate::job::mask::SharedMasker;
 use crate::job::runner::Runner;
 use crate::job::sweep::Sweeper;
@@ -80,6 +81,8 @@ pub(crate) struct Agent {
     disk: Option<Arc<Disk>>,
     cache: Option<Cache>,
     secrets: Arc<Secrets>,
+    /// Every secret's forms, built once: a rejection's reason is masked with it.
+    masker: Masker,
     sweeper: Sweeper,
     runner: Runner,
     /// What systemd's watchdog is told: Docker and the queue answered last time.
@@ -205,6 +208,7 @@ impl Agent {
             docker: booted.docker,
             disk: booted.disk,
             cache: booted.cache,
+            masker: booted.secrets.masker(),
             secrets: booted.secrets,
             sweeper,
             runner,

@@ -596,7 +596,10 @@ class Bench:
         if read["files"] != files or uploaded["uploaded"] != files:
             raise BenchError(f"artifacts: read {read['files']}, uploaded {uploaded['uploaded']} of {files}")
         total = read["bytes"]
-        ours_s = (read["elapsed_ms"] + uploaded["elapsed_ms"]) / 1000
+        # From the start of the read to the last upload's end: the uploads run
+        # beside the read, and the last few finish after it (the container's
+        # removal, a few tens of ms, falls in between and is counted too).
+        ours_s = read["elapsed_ms"] / 1000 + parse_ts(uploaded["ts"]) - parse_ts(read["ts"])
         local = os.path.join(self.tmp, "artifacts-local")
         os.makedirs(local, exist_ok=True)
         for i in range(files):
@@ -612,8 +615,8 @@ class Bench:
         ratio = ours / theirs
         target = TARGETS["artifacts_rate"]
         say(
-            f"artifacts: {files} x {mb_each} MB read out of the container in {read['elapsed_ms']} ms and uploaded in "
-            f"{uploaded['elapsed_ms']} ms: {ours:.0f} MB/s; boto3 from a local folder (4 threads) {theirs:.0f} MB/s; "
+            f"artifacts: {files} x {mb_each} MB read out of the container and uploaded in "
+            f"{ours_s * 1000:.0f} ms (the read alone {read['elapsed_ms']} ms): {ours:.0f} MB/s; boto3 from a local folder (4 threads) {theirs:.0f} MB/s; "
             f"ratio {ratio:.2f} (target >= {target:.2f})"
         )
         self.row("artifacts", f"{ours:.0f} MB/s", f"{theirs:.0f} MB/s (boto3)", f"{ratio:.2f}", f">= {target:.2f}", ratio >= target)

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc::Receiver;
-use tokio::time::Instant;
 
 use crate::agent::Agent;
 use crate::aws::results::StoreError;
@@ -53,23 +52,18 @@ impl Agent {
     }
 
     /// Lists the job's artifacts in its result: those uploaded while they were
-    /// read (`uploads`), and any the runner kept, uploaded now. One that could
-    /// not be uploaded is listed as left out.
-    pub(super) async fn list_artifacts(
+    /// read (`uploads`); one that could not be uploaded is listed as left out.
+    pub(super) fn list_artifacts(
         &self,
         result: &mut JobResult,
         mut collected: Collected,
-        mut uploads: Vec<Upload>,
+        uploads: Vec<Upload>,
     ) {
-        let started = Instant::now();
-        let kept: Vec<Staged> = std::mem::take(&mut collected.staged);
-        let id = result.id.clone();
-        let late: Vec<Upload> = futures_util::stream::iter(kept)
-            .map(|file| self.upload(&id, file))
-            .buffered(UPLOADS_AT_ONCE)
-            .collect()
-            .await;
-        uploads.extend(late);
+        // Every file went to the uploads: the runner keeps one only when the
+        // upload side is gone, which it never is before the runner is done.
+        for kept in std::mem::take(&mut collected.staged) {
+            collected.leave_out(&kept.artifact.path, "not uploaded".to_owned());
+        }
         let mut uploaded = Vec::new();
         for (staged, outcome) in uploads {
             match outcome {
@@ -80,16 +74,16 @@ impl Agent {
                 }
             }
         }
+        let left_out = collected.take_left_out();
         tracing::info!(
             uploaded = uploaded.len(),
             bytes = uploaded.iter().map(|a| a.bytes).sum::<u64>(),
             unmatched = collected.unmatched.len(),
-            left_out = collected.left_out.len(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
+            left_out = left_out.len(),
             "Artifacts uploaded."
         );
         result.artifacts = Some(uploaded);
         result.artifacts_unmatched = std::mem::take(&mut collected.unmatched);
-        result.artifacts_left_out = std::mem::take(&mut collected.left_out);
+        result.artifacts_left_out = left_out;
     }
 }

@@ -151,8 +151,7 @@ impl Agent {
                     artifacts,
                 } = attempted.finished;
                 if let Some(collected) = artifacts {
-                    self.list_artifacts(&mut result, collected, attempted.uploads)
-                        .await;
+                    self.list_artifacts(&mut result, collected, attempted.uploads);
                 }
                 (result, Some(log), attempted.handed_back)
             }

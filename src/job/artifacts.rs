@@ -144,34 +144,45 @@ pub struct Collected {
     pub bytes: u64,
     /// Patterns that matched no file.
     pub unmatched: Vec<String>,
-    pub left_out: Vec<LeftOut>,
+    /// The first files left out, by name.
+    left_out: Vec<LeftOut>,
+    /// How many more were left out past those.
+    left_out_unlisted: u64,
     dir: Option<PathBuf>,
 }
 
 impl Collected {
-    /// Notes a file left out; past the listing bound, counted in one last entry.
+    /// Nothing yet; what is staged goes under `dir`, removed with the value.
+    fn staged_in(dir: PathBuf) -> Self {
+        let mut collected = Collected::default();
+        collected.dir = Some(dir);
+        collected
+    }
+
+    /// Notes a file left out; past the listing bound, only counted.
     pub fn leave_out(&mut self, path: &str, reason: String) {
         if self.left_out.len() < MAX_LISTED_LEFT_OUT {
             self.left_out.push(LeftOut {
                 path: path.to_owned(),
                 reason,
             });
-            return;
+        } else {
+            self.left_out_unlisted += 1;
         }
-        if self.left_out.len() == MAX_LISTED_LEFT_OUT {
-            self.left_out.push(LeftOut {
+    }
+
+    /// The files left out, as the result lists them: by name, then one entry
+    /// counting the rest.
+    pub fn take_left_out(&mut self) -> Vec<LeftOut> {
+        let mut left_out = std::mem::take(&mut self.left_out);
+        let unlisted = std::mem::take(&mut self.left_out_unlisted);
+        if unlisted > 0 {
+            left_out.push(LeftOut {
                 path: "…".to_owned(),
-                reason: "and 1 more".to_owned(),
+                reason: format!("and {unlisted} more"),
             });
-        } else if let Some(last) = self.left_out.last_mut() {
-            let more: u64 = last
-                .reason
-                .trim_start_matches("and ")
-                .trim_end_matches(" more")
-                .parse()
-                .unwrap_or(0);
-            last.reason = format!("and {} more", more + 1);
         }
+        left_out
     }
 }
 
@@ -196,10 +207,15 @@ pub async fn collect(
     dir: PathBuf,
     sink: Option<Sink>,
 ) -> Result<Collected, DockerError> {
-    let mut collected = Collected::default();
-    collected.dir = Some(dir.clone());
-    let mut matched = vec![false; patterns.len()];
-    let mut seen = BTreeSet::new();
+    let mut scan = Scan {
+        sink,
+        patterns: patterns.to_vec(),
+        caps,
+        matched: vec![false; patterns.len()],
+        seen: BTreeSet::new(),
+        collected: Collected::staged_in(dir.clone()),
+        dir,
+    };
     for base in bases(patterns) {
         let path = if base.is_empty() {
             workdir.to_owned()
@@ -210,29 +226,21 @@ pub async fn collect(
             continue;
         };
         let reader = SyncIoBridge::new(StreamReader::new(tar.map_err(std::io::Error::other)));
-        let scan = Scan {
-            sink: sink.clone(),
-            patterns: patterns.to_vec(),
-            base,
-            caps,
-            dir: dir.clone(),
-            matched: std::mem::take(&mut matched),
-            seen: std::mem::take(&mut seen),
-            collected: std::mem::take(&mut collected),
-        };
-        let scanned = tokio::task::spawn_blocking(move || scan.run(reader))
-            .await
-            .expect("the artifact scan does not panic");
-        matched = scanned.matched;
-        seen = scanned.seen;
-        collected = scanned.collected;
-        if let Some(error) = scanned.error {
-            collected.leave_out(&path, format!("could not be read: {error}"));
+        let reading = tokio::task::spawn_blocking(move || {
+            let read = scan.entries(&base, reader);
+            (scan, read)
+        });
+        let read;
+        (scan, read) = reading.await.expect("the artifact scan does not panic");
+        if let Err(error) = read {
+            scan.collected
+                .leave_out(&path, format!("could not be read: {error}"));
         }
     }
+    let mut collected = std::mem::take(&mut scan.collected);
     collected.unmatched = patterns
         .iter()
-        .zip(&matched)
+        .zip(&scan.matched)
         .filter(|(_, m)| !**m)
         .map(|(p, _)| p.as_str().to_owned())
         .collect();
@@ -252,41 +260,27 @@ fn bases(patterns: &[Pattern]) -> Vec<String> {
         .collect()
 }
 
-/// One folder's archive, read entry by entry on a blocking thread.
+/// The patterns' reading, across the folders they start from: each folder's
+/// archive is read entry by entry on a blocking thread.
 struct Scan {
     sink: Option<Sink>,
     patterns: Vec<Pattern>,
-    base: String,
     caps: Caps,
     dir: PathBuf,
+    /// Which patterns have matched a file.
     matched: Vec<bool>,
+    /// Paths already taken (folders' archives may overlap).
     seen: BTreeSet<String>,
     collected: Collected,
-}
-
-struct Scanned {
-    matched: Vec<bool>,
-    seen: BTreeSet<String>,
-    collected: Collected,
-    error: Option<std::io::Error>,
 }
 
 impl Scan {
-    fn run(mut self, reader: impl Read) -> Scanned {
-        let error = self.entries(reader).err();
-        Scanned {
-            matched: self.matched,
-            seen: self.seen,
-            collected: self.collected,
-            error,
-        }
-    }
-
-    fn entries(&mut self, reader: impl Read) -> std::io::Result<()> {
+    /// The entries of the archive of folder `base` (relative to the workdir).
+    fn entries(&mut self, base: &str, reader: impl Read) -> std::io::Result<()> {
         let mut archive = tar::Archive::new(reader);
         for entry in archive.entries()? {
             let mut entry = entry?;
-            let Some(path) = self.relative(&entry.path()?) else {
+            let Some(path) = relative(base, &entry.path()?) else {
                 continue;
             };
             let kind = entry.header().entry_type();
@@ -332,26 +326,6 @@ impl Scan {
         Ok(())
     }
 
-    /// The entry's path relative to the workdir. Docker names entries from the
-    /// folder asked for (`release/x` for `target/release`).
-    fn relative(&self, entry: &Path) -> Option<String> {
-        let mut names = Vec::new();
-        for component in entry.components() {
-            match component {
-                Component::Normal(name) => names.push(name.to_str()?.to_owned()),
-                Component::CurDir => {}
-                _ => return None,
-            }
-        }
-        if self.base.is_empty() {
-            // The workdir itself was read: its own name comes first.
-            names.remove(0);
-        } else if let Some((parent, _)) = self.base.rsplit_once('/') {
-            names.insert(0, parent.to_owned());
-        }
-        (!names.is_empty()).then(|| names.join("/"))
-    }
-
     fn matches(&mut self, path: &str) -> bool {
         let mut any = false;
         for (pattern, matched) in self.patterns.iter().zip(self.matched.iter_mut()) {
@@ -377,6 +351,26 @@ impl Scan {
             )
         })
     }
+}
+
+/// The entry's path relative to the workdir. Docker names entries from the
+/// folder asked for (`release/x` for `target/release`).
+fn relative(base: &str, entry: &Path) -> Option<String> {
+    let mut names = Vec::new();
+    for component in entry.components() {
+        match component {
+            Component::Normal(name) => names.push(name.to_str()?.to_owned()),
+            Component::CurDir => {}
+            _ => return None,
+        }
+    }
+    if base.is_empty() {
+        // The workdir itself was read: its own name comes first.
+        names.remove(0);
+    } else if let Some((parent, _)) = base.rsplit_once('/') {
+        names.insert(0, parent.to_owned());
+    }
+    (!names.is_empty()).then(|| names.join("/"))
 }
 
 /// Copies a file's content to `file`; its hex SHA-256.
@@ -452,7 +446,8 @@ mod tests {
         for n in 0..103 {
             collected.leave_out(&format!("f{n}"), "cap".into());
         }
-        assert_eq!(collected.left_out.len(), 101);
-        assert_eq!(collected.left_out[100].reason, "and 3 more");
+        let left_out = collected.take_left_out();
+        assert_eq!(left_out.len(), 101);
+        assert_eq!(left_out[100].reason, "and 3 more");
     }
 }

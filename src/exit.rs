@@ -3,6 +3,7 @@
 //! `RestartPreventExitStatus=78` can stop a crash loop on bad config.
 
 use crate::agent::AgentError;
+use crate::cli::RecordError;
 use crate::cli::artifacts::ArtifactsError;
 use crate::cli::cancel::CancelError;
 use crate::cli::exec::ExecError;
@@ -98,11 +99,19 @@ impl ExitStatus for SubmitError {
     }
 }
 
+impl ExitStatus for RecordError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            RecordError::InvalidId { .. } => REJECTED,
+            RecordError::NoBucket { .. } => CONFIG,
+        }
+    }
+}
+
 impl ExitStatus for CancelError {
     fn exit_code(&self) -> u8 {
         match self {
-            CancelError::InvalidId { .. } => REJECTED,
-            CancelError::NoBucket => CONFIG,
+            CancelError::Record(e) => e.exit_code(),
             CancelError::Store(_) => UNAVAILABLE,
         }
     }
@@ -111,8 +120,7 @@ impl ExitStatus for CancelError {
 impl ExitStatus for ArtifactsError {
     fn exit_code(&self) -> u8 {
         match self {
-            ArtifactsError::InvalidId { .. } => REJECTED,
-            ArtifactsError::NoBucket => CONFIG,
+            ArtifactsError::Record(e) => e.exit_code(),
             ArtifactsError::NoResult { .. } | ArtifactsError::Missing { .. } => NO_INPUT,
             // What S3 holds is not what the result lists: the data is wrong.
             ArtifactsError::Mismatch { .. } | ArtifactsError::UnsafePath { .. } => REJECTED,
@@ -125,8 +133,7 @@ impl ExitStatus for ArtifactsError {
 impl ExitStatus for LogsError {
     fn exit_code(&self) -> u8 {
         match self {
-            LogsError::InvalidId { .. } => REJECTED,
-            LogsError::NoBucket => CONFIG,
+            LogsError::Record(e) => e.exit_code(),
             LogsError::NotFound { .. } => NO_INPUT,
             LogsError::Store(_) => UNAVAILABLE,
             // Nobody reads the rest (a closed pipe).

@@ -7,15 +7,14 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use crate::aws::results::StoreError;
+use crate::cli::RecordError;
 use crate::config::Config;
 use crate::job::artifacts::Artifact;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactsError {
-    #[error("job id {id:?}: must be 1-128 of [A-Za-z0-9._-], starting with a letter or digit")]
-    InvalidId { id: String },
-    #[error("artifacts need results.bucket: they are read from S3")]
-    NoBucket,
+    #[error(transparent)]
+    Record(#[from] RecordError),
     #[error("no result for {id}: it has not finished, or the id is unknown")]
     NoResult { id: String },
     #[error("artifact {path:?} is listed but not in S3")]
@@ -43,12 +42,8 @@ pub async fn download(
     id: &str,
     out: &Path,
 ) -> Result<Vec<Artifact>, ArtifactsError> {
-    if !crate::rules::valid_id(id) {
-        return Err(ArtifactsError::InvalidId { id: id.to_owned() });
-    }
-    let store = super::results_store(&config)
-        .await
-        .ok_or(ArtifactsError::NoBucket)?;
+    let why = "they are read from S3";
+    let store = super::job_record(&config, id, "artifacts", why).await?;
     let result = store
         .terminal(id)
         .await?

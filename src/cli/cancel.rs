@@ -5,15 +5,14 @@
 use std::sync::Arc;
 
 use crate::aws::results::{CancelAnswer, CancelRequest, StoreError};
+use crate::cli::RecordError;
 use crate::config::Config;
 use crate::job::result::JobResult;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CancelError {
-    #[error("job id {id:?}: must be 1-128 of [A-Za-z0-9._-], starting with a letter or digit")]
-    InvalidId { id: String },
-    #[error("cancel needs results.bucket: the request is written beside the result in S3")]
-    NoBucket,
+    #[error(transparent)]
+    Record(#[from] RecordError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -48,12 +47,8 @@ pub async fn cancel(
     id: &str,
     reason: Option<String>,
 ) -> Result<CancelOutcome, CancelError> {
-    if !crate::rules::valid_id(id) {
-        return Err(CancelError::InvalidId { id: id.to_owned() });
-    }
-    let store = super::results_store(&config)
-        .await
-        .ok_or(CancelError::NoBucket)?;
+    let why = "the request is written beside the result in S3";
+    let store = super::job_record(&config, id, "cancel", why).await?;
     if let Some(result) = store.terminal(id).await? {
         return Ok(CancelOutcome::AlreadyFinished(Box::new(result)));
     }

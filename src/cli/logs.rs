@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::aws::results::{ResultStore, StoreError};
+use crate::cli::RecordError;
 use crate::config::Config;
 use crate::job::result::JobResult;
 
@@ -18,10 +19,8 @@ const FOLLOW_POLL: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogsError {
-    #[error("job id {id:?}: must be 1-128 of [A-Za-z0-9._-], starting with a letter or digit")]
-    InvalidId { id: String },
-    #[error("logs need results.bucket: the log is read from S3")]
-    NoBucket,
+    #[error(transparent)]
+    Record(#[from] RecordError),
     #[error("no log for {id}{}: it has not started, or the id is unknown", attempt.map(|n| format!(" attempt {n}")).unwrap_or_default())]
     NotFound { id: String, attempt: Option<u32> },
     #[error(transparent)]
@@ -40,12 +39,7 @@ pub async fn logs(
     follow: bool,
     attempt: Option<u32>,
 ) -> Result<Option<JobResult>, LogsError> {
-    if !crate::rules::valid_id(id) {
-        return Err(LogsError::InvalidId { id: id.to_owned() });
-    }
-    let store = super::results_store(&config)
-        .await
-        .ok_or(LogsError::NoBucket)?;
+    let store = super::job_record(&config, id, "logs", "the log is read from S3").await?;
     let mut follower = Follower::new(&store, id, attempt, std::io::stdout());
     if follow {
         follower.follow(None).await.map(Some)

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::aws::results::{ResultStore, StoreError};
+use crate::aws::results::StoreError;
 use crate::aws::sqs::{Queue, SqsError};
 use crate::cli::logs::{Follower, LogsError};
 use crate::config::Config;
@@ -72,11 +72,7 @@ pub async fn submit(
     let Some(Wait { timeout, follow }) = wait else {
         return Ok(None);
     };
-    let store = ResultStore::new(
-        crate::aws::s3_client(&sdk, &config.aws),
-        config.results.bucket.clone().expect("checked above"),
-        config.results.prefix.clone(),
-    );
+    let store = super::results_store(&config, &sdk).expect("checked above");
     let give_up = tokio::time::Instant::now() + timeout;
     if follow {
         let mut follower = Follower::new(&store, &job.id, None, std::io::stdout());

@@ -97,9 +97,35 @@ impl ResultStore {
         format!("s3://{}/{key}", self.bucket)
     }
 
+    /// Where a result and its log go: the job's own (`attempt: None`) or those
+    /// of an attempt that did not finish it.
+    fn record_keys(&self, id: &str, attempt: Option<u32>) -> (String, String) {
+        let dir = attempt.map(|n| format!("attempt-{n}/")).unwrap_or_default();
+        (
+            self.key(id, &format!("{dir}result.json")),
+            self.key(id, &format!("{dir}log.txt")),
+        )
+    }
+
     /// The terminal result recorded for `id`, if any.
     pub async fn terminal(&self, id: &str) -> Result<Option<JobResult>, StoreError> {
-        self.get_json(&self.key(id, "result.json")).await
+        self.get_json(&self.record_keys(id, None).0).await
+    }
+
+    /// The result of an attempt that did not finish the job (`interrupted`, `error`).
+    pub async fn attempt_result(
+        &self,
+        id: &str,
+        attempt: u32,
+    ) -> Result<Option<JobResult>, StoreError> {
+        self.get_json(&self.record_keys(id, Some(attempt)).0).await
+    }
+
+    /// The whole log of the job (`attempt: None`) or of one attempt that did not
+    /// finish it, once recorded.
+    pub async fn log(&self, id: &str, attempt: Option<u32>) -> Result<Option<Vec<u8>>, StoreError> {
+        let (_, key) = self.record_keys(id, attempt);
+        Ok(self.get_bytes(&key).await?.map(|(bytes, _)| bytes))
     }
 
     /// Records a finished attempt. A terminal result goes to `result.json` once; a
@@ -111,18 +137,8 @@ impl ResultStore {
         result: &mut JobResult,
         log: Option<&LogBody>,
     ) -> Result<Recorded, StoreError> {
-        let (key, log_key) = if result.status.is_terminal() {
-            (
-                self.key(&result.id, "result.json"),
-                self.key(&result.id, "log.txt"),
-            )
-        } else {
-            let dir = format!("attempt-{}", result.attempt);
-            (
-                self.key(&result.id, &format!("{dir}/result.json")),
-                self.key(&result.id, &format!("{dir}/log.txt")),
-            )
-        };
+        let attempt = (!result.status.is_terminal()).then_some(result.attempt);
+        let (key, log_key) = self.record_keys(&result.id, attempt);
         result.log = log.is_some().then(|| self.url(&log_key));
         // The log before the result, so that whoever sees the result can read its
         // log at once. A second run that could overwrite the log of the run whose
@@ -161,14 +177,7 @@ impl ResultStore {
         let body = match log {
             LogBody::Memory(text) => ByteStream::from(text.clone()),
             LogBody::Spooled { path, .. } => {
-                ByteStream::from_path(path)
-                    .await
-                    .map_err(|e| StoreError::S3 {
-                        operation: "read the log spool for",
-                        bucket: self.bucket.clone(),
-                        key: key.to_owned(),
-                        source: e.into(),
-                    })?
+                self.file_body(key, path, "read the log spool for").await?
             }
         };
         self.s3
@@ -181,6 +190,24 @@ impl ResultStore {
             .await
             .map(drop)
             .map_err(|e| self.error("put", key, e))
+    }
+
+    /// A local file as the body of the object at `key`, streamed; `reading`
+    /// names what the file is, for the error.
+    async fn file_body(
+        &self,
+        key: &str,
+        path: &std::path::Path,
+        reading: &'static str,
+    ) -> Result<ByteStream, StoreError> {
+        ByteStream::from_path(path)
+            .await
+            .map_err(|e| StoreError::S3 {
+                operation: reading,
+                bucket: self.bucket.clone(),
+                key: key.to_owned(),
+                source: e.into(),
+            })
     }
 
     /// Puts an object; with `only_if_absent`, returns false instead of overwriting.

@@ -4,7 +4,6 @@
 
 use std::path::Path;
 
-use aws_sdk_s3::primitives::ByteStream;
 use base64::Engine;
 
 use super::{ResultStore, StoreError};
@@ -25,14 +24,9 @@ impl ResultStore {
         sha256: &str,
     ) -> Result<(), StoreError> {
         let key = self.artifact_key(id, path);
-        let body = ByteStream::from_path(file)
-            .await
-            .map_err(|e| StoreError::S3 {
-                operation: "read the staged artifact for",
-                bucket: self.bucket.clone(),
-                key: key.clone(),
-                source: e.into(),
-            })?;
+        let body = self
+            .file_body(&key, file, "read the staged artifact for")
+            .await?;
         self.s3
             .put_object()
             .bucket(&self.bucket)

@@ -99,6 +99,11 @@ impl ResultStore {
         Ok(winner.map_or(ClaimOutcome::Acquired, ClaimOutcome::HeldBy))
     }
 
+    /// Who runs the job now, if anyone.
+    pub async fn current_claim(&self, id: &str) -> Result<Option<Claim>, StoreError> {
+        self.get_json(&self.key(id, CLAIM)).await
+    }
+
     /// Extends a claim this process holds, unless another run took it over.
     pub async fn renew(&self, id: &str, claim: &Claim) -> Result<Renewal, StoreError> {
         let Some(etag) = self.held_etag(id) else {

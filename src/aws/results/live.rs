@@ -7,9 +7,8 @@
 use aws_sdk_s3::primitives::ByteStream;
 use futures_util::StreamExt;
 
-use super::{Claim, ResultStore, StoreError};
+use super::{ResultStore, StoreError};
 use crate::job::live::Chunk;
-use crate::job::result::JobResult;
 
 /// The object metadata key carrying a chunk's offset in the whole log.
 const OFFSET: &str = "offset";
@@ -91,33 +90,5 @@ impl ResultStore {
             deleted?;
         }
         Ok(())
-    }
-
-    /// The whole log of the job (`attempt: None`) or of one attempt that did not
-    /// finish it, once recorded.
-    pub async fn log(&self, id: &str, attempt: Option<u32>) -> Result<Option<Vec<u8>>, StoreError> {
-        let name = match attempt {
-            None => "log.txt".to_owned(),
-            Some(n) => format!("attempt-{n}/log.txt"),
-        };
-        Ok(self
-            .get_bytes(&self.key(id, &name))
-            .await?
-            .map(|(bytes, _)| bytes))
-    }
-
-    /// The result of an attempt that did not finish the job (`interrupted`, `error`).
-    pub async fn attempt_result(
-        &self,
-        id: &str,
-        attempt: u32,
-    ) -> Result<Option<JobResult>, StoreError> {
-        self.get_json(&self.key(id, &format!("attempt-{attempt}/result.json")))
-            .await
-    }
-
-    /// Who runs the job now, if anyone.
-    pub async fn current_claim(&self, id: &str) -> Result<Option<Claim>, StoreError> {
-        self.get_json(&self.key(id, "claim.json")).await
     }
 }

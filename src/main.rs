@@ -128,7 +128,6 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::CONFIG);
         }
     };
-    let _ = PRINT_MASKER.set(log_masker.clone());
     let env = Env::from_process();
     let path = cli
         .config
@@ -148,7 +147,7 @@ fn main() -> ExitCode {
     };
     let config = match loaded {
         Ok(config) => Arc::new(config),
-        Err(e) => return ExitCode::from(report(e)),
+        Err(e) => return ExitCode::from(Stderr::default().report(e)),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -182,12 +181,13 @@ async fn dispatch(
     stop: Stop,
     log_masker: SharedMasker,
 ) -> u8 {
+    let stderr = Stderr(log_masker.clone());
     match command {
         Command::Run => deckhand::agent::run(config, stop, log_masker)
             .await
             .map(|()| exit::OK)
             .inspect_err(|e| tracing::error!(error = %e, "Cannot start."))
-            .unwrap_or_else(report),
+            .unwrap_or_else(|e| stderr.report(e)),
         Command::Seal {
             kms_key,
             context,
@@ -199,7 +199,7 @@ async fn dispatch(
                 println!("sealed {} to {out}", input.display());
                 exit::OK
             })
-            .unwrap_or_else(report),
+            .unwrap_or_else(|e| stderr.report(e)),
         Command::Submit {
             job,
             queue,
@@ -214,13 +214,13 @@ async fn dispatch(
             cli::submit::submit(config, &job, queue, wait)
                 .await
                 .map(|result| result.map_or(exit::OK, |r| print_result(&r)))
-                .unwrap_or_else(report)
+                .unwrap_or_else(|e| stderr.report(e))
         }
         Command::Logs {
             id,
             follow,
             attempt,
-        } => logs(config, &id, follow, attempt).await,
+        } => logs(config, &id, follow, attempt, &stderr).await,
         Command::Artifacts { id, out } => cli::artifacts::download(config, &id, &out)
             .await
             .map(|artifacts| {
@@ -232,31 +232,37 @@ async fn dispatch(
                 }
                 exit::OK
             })
-            .unwrap_or_else(report),
+            .unwrap_or_else(|e| stderr.report(e)),
         Command::Cancel { id, reason } => cli::cancel::cancel(config, &id, reason)
             .await
             .map(|outcome| {
                 println!("{outcome}");
                 exit::OK
             })
-            .unwrap_or_else(report),
+            .unwrap_or_else(|e| stderr.report(e)),
         Command::Exec { job } => match cli::exec::exec(config, &job, stop, log_masker).await {
             Ok(Executed::Ran(result)) => print_result(&result),
             Ok(Executed::Rejected(result)) => {
                 eprintln!(
                     "deckhand: job rejected: {}",
-                    masked(result.reason.as_deref().unwrap_or(""))
+                    stderr.masked(result.reason.as_deref().unwrap_or(""))
                 );
                 print_result(&result)
             }
-            Err(e) => report(e),
+            Err(e) => stderr.report(e),
         },
         Command::Check { no_probe } => check(&config, path, no_probe).await,
     }
 }
 
 /// `deckhand logs`: with `--follow`, a summary on stderr and the job's exit code.
-async fn logs(config: Arc<Config>, id: &str, follow: bool, attempt: Option<u32>) -> u8 {
+async fn logs(
+    config: Arc<Config>,
+    id: &str,
+    follow: bool,
+    attempt: Option<u32>,
+    stderr: &Stderr,
+) -> u8 {
     match cli::logs::logs(config, id, follow, attempt).await {
         Ok(None) => exit::OK,
         Ok(Some(result)) => {
@@ -271,7 +277,7 @@ async fn logs(config: Arc<Config>, id: &str, follow: bool, attempt: Option<u32>)
             );
             result.exit_code()
         }
-        Err(e) => report(e),
+        Err(e) => stderr.report(e),
     }
 }
 
@@ -292,23 +298,24 @@ async fn check(config: &Config, path: &std::path::Path, no_probe: bool) -> u8 {
     }
 }
 
-/// Every secret the process has loaded, for what it prints outside the log
-/// layer (its errors on stderr); set once logging is up.
-static PRINT_MASKER: std::sync::OnceLock<SharedMasker> = std::sync::OnceLock::new();
+/// Where errors go: stderr, with every secret the process has loaded masked
+/// (an error may quote a job or a response that holds one).
+#[derive(Clone, Default)]
+struct Stderr(SharedMasker);
 
-/// `text` with every secret the process knows masked: an error may quote a job
-/// or a response that holds one.
-fn masked(text: &str) -> String {
-    match PRINT_MASKER.get().and_then(SharedMasker::get) {
-        Some(masker) => masker.mask(text).into_owned(),
-        None => text.to_owned(),
+impl Stderr {
+    fn masked(&self, text: &str) -> String {
+        match self.0.get() {
+            Some(masker) => masker.mask(text).into_owned(),
+            None => text.to_owned(),
+        }
     }
-}
 
-/// The error goes to stderr; its exit code comes from the table in `exit`.
-fn report(error: impl std::fmt::Display + ExitStatus) -> u8 {
-    eprintln!("deckhand: {}", masked(&error.to_string()));
-    error.exit_code()
+    /// The error goes to stderr; its exit code comes from the table in `exit`.
+    fn report(&self, error: impl std::fmt::Display + ExitStatus) -> u8 {
+        eprintln!("deckhand: {}", self.masked(&error.to_string()));
+        error.exit_code()
+    }
 }
 
 /// The result goes to stdout as one JSON line, after the job's own log lines.

@@ -58,15 +58,12 @@ impl AgentConfig {
             slots: r.int(&mut section, "slots", 1..=64, DEFAULT_SLOTS) as usize,
             work_dir: r.abs_path(&mut section, "work_dir", DEFAULT_WORK_DIR),
             secrets_dir: r.abs_path(&mut section, "secrets_dir", DEFAULT_SECRETS_DIR),
-            idle_shutdown: match r.int(
+            idle_shutdown: r.period(
                 &mut section,
                 "idle_shutdown_secs",
                 0..=604_800,
                 DEFAULT_IDLE_SHUTDOWN_SECS,
-            ) {
-                0 => None,
-                secs => Some(Duration::from_secs(secs)),
-            },
+            ),
             instance_id: r.opt_string(&mut section, "instance_id"),
             on_exit: r.choice(
                 &mut section,

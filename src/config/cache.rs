@@ -39,15 +39,12 @@ impl CacheConfig {
                 location
             }),
             mount: r.container_path(&mut section, "mount", DEFAULT_MOUNT),
-            refresh: match r.int(
+            refresh: r.period(
                 &mut section,
                 "refresh_secs",
                 0..=86_400,
                 DEFAULT_REFRESH_SECS,
-            ) {
-                0 => None,
-                secs => Some(Duration::from_secs(secs)),
-            },
+            ),
         };
         if cache.volume.is_some() && cache.source.is_some() {
             r.issue("cache.volume", "set cache.volume or cache.source, not both");

@@ -72,6 +72,20 @@ impl Reader<'_> {
         }
     }
 
+    /// A period in whole seconds where 0 means never: `None`.
+    pub(super) fn period(
+        &mut self,
+        section: &mut Section,
+        key: &str,
+        range: RangeInclusive<u64>,
+        default: u64,
+    ) -> Option<std::time::Duration> {
+        match self.int(section, key, range, default) {
+            0 => None,
+            secs => Some(std::time::Duration::from_secs(secs)),
+        }
+    }
+
     pub(super) fn int(
         &mut self,
         section: &mut Section,

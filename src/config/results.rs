@@ -44,18 +44,18 @@ impl ResultsConfig {
             queue_url: r.opt_url(&mut section, "queue_url"),
             webhook_url: r.opt_url(&mut section, "webhook_url"),
             webhook_secret: r.opt_string(&mut section, "webhook_secret"),
-            cancel_poll: period(r.int(
+            cancel_poll: r.period(
                 &mut section,
                 "cancel_poll_secs",
                 0..=3600,
                 DEFAULT_CANCEL_POLL_SECS,
-            )),
-            log_flush: period(r.int(
+            ),
+            log_flush: r.period(
                 &mut section,
                 "log_flush_secs",
                 0..=3600,
                 DEFAULT_LOG_FLUSH_SECS,
-            )),
+            ),
         };
         if results.webhook_url.is_some() && results.webhook_secret.is_none() {
             r.issue(
@@ -66,9 +66,4 @@ impl ResultsConfig {
         r.finish(section);
         results
     }
-}
-
-/// A period in seconds where 0 means never.
-fn period(secs: u64) -> Option<Duration> {
-    (secs > 0).then(|| Duration::from_secs(secs))
 }

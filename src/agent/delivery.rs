@@ -207,12 +207,11 @@ impl Agent {
         let live = self.config.results.log_flush.map(|_| LiveTail::default());
         let mut chunks = None;
         // Artifacts go up as they are read out of the container.
-        let (sink, staged) = match job.artifacts.is_empty() {
-            true => (None, None),
-            false => {
-                let (sink, staged) = tokio::sync::mpsc::channel(ARTIFACTS_QUEUED);
-                (Some(sink), Some(staged))
-            }
+        let (sink, staged) = if job.artifacts.is_empty() {
+            (None, None)
+        } else {
+            let (sink, staged) = tokio::sync::mpsc::channel(ARTIFACTS_QUEUED);
+            (Some(sink), Some(staged))
         };
         self.metrics.running(true);
         let controls = Controls {

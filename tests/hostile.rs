@@ -170,3 +170,76 @@ async fn hostile_jobs_are_contained_and_the_job_beside_them_runs() {
         assert_clean(id);
     }
 }
+
+/// The least free space, in MB, of the filesystems holding Docker's data and `dir`.
+fn free_mb(dir: &std::path::Path) -> u64 {
+    let out = std::process::Command::new("docker")
+        .args(["info", "-f", "{{.DockerRootDir}}"])
+        .output()
+        .expect("docker info");
+    let root = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    [std::path::PathBuf::from(root), dir.to_owned()]
+        .iter()
+        .map(|path| {
+            let stat = nix::sys::statvfs::statvfs(path).expect("statvfs");
+            stat.blocks_available() as u64 * stat.fragment_size() as u64 / 1_000_000
+        })
+        .min()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_disk_filler_is_stopped_and_the_job_beside_it_runs_on() {
+    let Some(s) = Scenario::new("hostile-disk").await else {
+        return;
+    };
+    // The watermark sits 600 MB under today's free space: the filler crosses it,
+    // nothing else in the test comes near it.
+    let probe = tempfile::tempdir().unwrap();
+    let min_free_mb = free_mb(probe.path()).saturating_sub(600);
+    let (config, mut agent) = s.agent(
+        "i-hostile-disk",
+        &format!("[agent]\nslots = 2\n[disk]\nmin_free_mb = {min_free_mb}\ngc_free_mb = 0"),
+    );
+    assert!(
+        free_mb(config.dir.path()) > min_free_mb + 300,
+        "the disk moved under the test"
+    );
+    let send = |name: &'static str, script: &'static str| {
+        let s = &s;
+        async move {
+            let id = unique(name);
+            let mut body = job(&id, &s.stack.image, &["sh", "-c", script]);
+            body["timeout_secs"] = serde_json::json!(120);
+            s.send_job(&body).await;
+            id
+        }
+    };
+    let beside = send("beside", "sleep 6; echo fine").await;
+    // 50 MB at a time into its workspace, up to 5 GB: far past the watermark, and
+    // bounded if nothing stopped it.
+    let filler = send(
+        "disk-filler",
+        "sleep 1; i=0; while [ $i -lt 100 ]; do dd if=/dev/zero of=fill$i bs=1M count=50 2>/dev/null; i=$((i+1)); done; echo filled",
+    )
+    .await;
+
+    let result = s.wait_result(&filler).await;
+    assert_eq!(result["status"], "failed", "{result}");
+    let reason = result["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!("below disk.min_free_mb = {min_free_mb}"))
+            && reason.contains("used the most disk"),
+        "{reason}"
+    );
+    let result = s.wait_result(&beside).await;
+    assert_eq!(
+        result["status"], "succeeded",
+        "the job beside runs on: {result}"
+    );
+    s.wait_empty().await;
+    assert_eq!(agent.try_exit(), None, "the agent is still serving");
+    for id in [&filler, &beside] {
+        assert_clean(id);
+    }
+}

@@ -214,6 +214,7 @@ impl Agent {
             (Some(sink), Some(staged))
         };
         self.metrics.running(true);
+        let watched = self.watched.hold(&job.id, attempt, &cancel);
         let controls = Controls {
             preemption,
             cancel: &cancel,
@@ -239,6 +240,7 @@ impl Agent {
                 run.await
             }
         };
+        drop(watched);
         drop(slot);
         self.metrics.running(false);
         Attempted {

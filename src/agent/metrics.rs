@@ -43,6 +43,7 @@ pub struct Metrics {
     disk_free_mb: AtomicU64,
     disk_low: AtomicBool,
     images_removed: AtomicU64,
+    stopped_for_disk: AtomicU64,
 }
 
 /// A histogram of one status's job durations.
@@ -109,6 +110,11 @@ impl Metrics {
         self.disk_low.store(room.low.is_some(), Ordering::Relaxed);
         self.images_removed
             .fetch_add(room.removed as u64, Ordering::Relaxed);
+    }
+
+    /// The disk watchdog stopped a job.
+    pub fn stopped_for_disk(&self) {
+        self.stopped_for_disk.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Why the agent is not healthy, if it is not.
@@ -224,6 +230,11 @@ impl Metrics {
                 "deckhand_images_removed_total",
                 "Unused images removed to make room on the disk.",
                 &self.images_removed,
+            ),
+            (
+                "deckhand_jobs_stopped_for_disk_total",
+                "Running jobs stopped because free space fell below disk.min_free_mb.",
+                &self.stopped_for_disk,
             ),
             (
                 "deckhand_messages_handed_back_total",

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod recovery;
 pub mod running;
 pub mod serve;
+pub mod watchdog;
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -88,6 +89,8 @@ pub(crate) struct Agent {
     /// What systemd's watchdog is told: Docker and the queue answered last time.
     healthy: Health,
     metrics: Arc<Metrics>,
+    /// The running jobs, for the disk watchdog.
+    watched: watchdog::Watched,
     queue: Queue,
     dead_letter: Option<Queue>,
     store: ResultStore,
@@ -214,6 +217,7 @@ impl Agent {
             runner,
             healthy: healthy.clone(),
             metrics: Arc::clone(metrics),
+            watched: watchdog::Watched::default(),
             queue: Queue::new(sqs.clone(), targets.queue_url),
             dead_letter: config.queue.dead_letter_url.as_ref().map(queue_at),
             run: crate::rules::random_hex(8),

@@ -38,8 +38,15 @@ struct Pacing {
 }
 
 impl Agent {
-    /// The receive loop, then the drain.
+    /// The receive loop, then the drain, with the disk watchdog beside them.
     pub(super) async fn serve(self: &Arc<Self>, stop: &Stop) {
+        tokio::select! {
+            () = self.receive_then_drain(stop) => {}
+            never = self.watch_disk() => match never {},
+        }
+    }
+
+    async fn receive_then_drain(self: &Arc<Self>, stop: &Stop) {
         // What the drain tells running jobs; it, not the first signal, stops them,
         // so jobs get `drain.stop_timeout_secs` to finish.
         let preemption = Preemption::new();

@@ -44,7 +44,8 @@ impl DiskConfig {
                 DEFAULT_GC_FREE_MB,
             ),
         };
-        if disk.gc_free_mb < disk.min_free_mb {
+        // 0 never collects, so it has no order to keep.
+        if disk.gc_free_mb != 0 && disk.gc_free_mb < disk.min_free_mb {
             r.issue(
                 "disk.gc_free_mb",
                 &format!(

@@ -61,6 +61,8 @@ pub struct Exit {
 pub struct ManagedContainer {
     pub name: String,
     pub labels: HashMap<String, String>,
+    /// What it wrote to its writable layer, when the list was asked to count.
+    pub written_bytes: Option<u64>,
 }
 
 impl Docker {
@@ -326,13 +328,16 @@ impl Docker {
         }
     }
 
-    /// Every container, running or not, that matches the label filters.
+    /// Every container, running or not, that matches the label filters; `size`:
+    /// with the bytes each wrote (Docker walks every writable layer to count them).
     pub(super) async fn list_all(
         &self,
         labels: Option<Vec<String>>,
+        size: bool,
     ) -> Result<Vec<bollard::models::ContainerSummary>, DockerError> {
         let options = ListContainersOptions {
             all: true,
+            size,
             filters: labels.map(|labels| HashMap::from([("label".to_owned(), labels)])),
             ..Default::default()
         };
@@ -347,9 +352,26 @@ impl Docker {
         &self,
         labels: &[(&str, &str)],
     ) -> Result<Vec<ManagedContainer>, DockerError> {
+        self.managed(labels, false).await
+    }
+
+    /// As [`list_managed`](Self::list_managed), with what each container wrote to
+    /// its writable layer: slow on a busy layer, so for when the disk runs low.
+    pub async fn list_managed_sized(
+        &self,
+        labels: &[(&str, &str)],
+    ) -> Result<Vec<ManagedContainer>, DockerError> {
+        self.managed(labels, true).await
+    }
+
+    async fn managed(
+        &self,
+        labels: &[(&str, &str)],
+        size: bool,
+    ) -> Result<Vec<ManagedContainer>, DockerError> {
         let mut filter = vec![format!("{LABEL_MANAGED}=true")];
         filter.extend(labels.iter().map(|(k, v)| format!("{k}={v}")));
-        let containers = self.list_all(Some(filter)).await?;
+        let containers = self.list_all(Some(filter), size).await?;
         Ok(containers
             .into_iter()
             .filter_map(|c| {
@@ -357,6 +379,7 @@ impl Docker {
                 Some(ManagedContainer {
                     name,
                     labels: c.labels.unwrap_or_default(),
+                    written_bytes: c.size_rw.map(|b| b.max(0) as u64),
                 })
             })
             .collect())

@@ -152,7 +152,7 @@ impl Docker {
 
     /// The image ids of every container on the engine, running or not.
     pub async fn container_images(&self) -> Result<HashSet<String>, DockerError> {
-        let containers = self.list_all(None).await?;
+        let containers = self.list_all(None, false).await?;
         Ok(containers.into_iter().filter_map(|c| c.image_id).collect())
     }
 

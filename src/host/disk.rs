@@ -111,6 +111,11 @@ impl Disk {
         }
     }
 
+    /// No job starts below this much free space, and the watchdog stops a job.
+    pub fn min_free_mb(&self) -> u64 {
+        self.min_free_mb
+    }
+
     /// The least free space of the watched paths, in MB, and which path.
     pub fn free_mb(&self) -> Result<(u64, &Path), DiskError> {
         let mut least: Option<(u64, &Path)> = None;
@@ -208,4 +213,28 @@ pub fn free_bytes(path: &Path) -> Result<u64, DiskError> {
         source,
     })?;
     Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
+}
+
+/// The bytes the files under `dir` take on disk (allocated blocks, so a sparse
+/// file counts what it holds). Symlinks are not followed; what cannot be read
+/// counts nothing. Blocking: a big tree takes a while.
+pub fn used_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.path().symlink_metadata() else {
+                continue;
+            };
+            total += meta.blocks() * 512;
+            if meta.is_dir() {
+                pending.push(entry.path());
+            }
+        }
+    }
+    total
 }

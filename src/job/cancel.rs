@@ -1,15 +1,34 @@
-//! A job's cancel: set once, by whoever learns of the request (the agent's poll
-//! of `cancel.json`), and seen by the runner, which stops the container.
+//! A job's cancel: set once, by whoever stops the job before its end for a reason
+//! of its own (the agent's poll of `cancel.json`, the disk watchdog), and seen by
+//! the runner, which stops the container.
 
 use std::sync::{Arc, OnceLock};
 
 use tokio_util::sync::CancellationToken;
 
+/// Why a job was stopped before its end, besides the drain and its timeout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Halt {
+    /// Someone asked (`deckhand cancel`): status `cancelled`.
+    Requested(String),
+    /// The host stopped it to protect the jobs beside it (the disk ran low): status
+    /// `failed`, so the producer sees the job broke a limit.
+    OverLimit(String),
+}
+
+impl Halt {
+    pub fn reason(&self) -> &str {
+        match self {
+            Halt::Requested(reason) | Halt::OverLimit(reason) => reason,
+        }
+    }
+}
+
 /// Whether, and why, a job was cancelled. Cheap to clone; all clones are one.
 #[derive(Clone, Default)]
 pub struct Cancel {
     token: CancellationToken,
-    reason: Arc<OnceLock<String>>,
+    halt: Arc<OnceLock<Halt>>,
 }
 
 impl Cancel {
@@ -18,20 +37,34 @@ impl Cancel {
         Cancel::default()
     }
 
-    /// Cancels the job; the first reason stands.
+    /// Cancels the job on a request; the first reason stands.
     pub fn request(&self, reason: String) {
-        let _ = self.reason.set(reason);
+        self.halt(Halt::Requested(reason));
+    }
+
+    /// Stops the job for breaking a host limit; the first reason stands.
+    pub fn over_limit(&self, reason: String) {
+        self.halt(Halt::OverLimit(reason));
+    }
+
+    fn halt(&self, halt: Halt) {
+        let _ = self.halt.set(halt);
         self.token.cancel();
     }
 
-    /// Completes once a cancel is requested.
+    /// Completes once the job is to stop.
     pub async fn requested(&self) {
         self.token.cancelled().await
     }
 
-    /// The reason, once requested.
+    /// Why, once it is to stop.
+    pub fn halt_for(&self) -> Option<&Halt> {
+        self.halt.get()
+    }
+
+    /// The reason, once it is to stop.
     pub fn reason(&self) -> Option<&str> {
-        self.reason.get().map(String::as_str)
+        self.halt.get().map(Halt::reason)
     }
 }
 
@@ -45,8 +78,11 @@ mod tests {
         assert_eq!(cancel.reason(), None);
         let seen = cancel.clone();
         cancel.request("cancelled: first".into());
-        cancel.request("cancelled: second".into());
+        cancel.over_limit("disk: second".into());
         seen.requested().await;
-        assert_eq!(seen.reason(), Some("cancelled: first"));
+        assert_eq!(
+            seen.halt_for(),
+            Some(&Halt::Requested("cancelled: first".into()))
+        );
     }
 }

@@ -8,6 +8,7 @@ use crate::docker::DockerError;
 use crate::host::secrets::RegistryAuthError;
 use crate::host::stop::StopReason;
 use crate::job::Job;
+use crate::job::cancel::Halt;
 use crate::job::container::SecretFilesError;
 use crate::job::inputs::InputError;
 use crate::job::result::{AGENT_VERSION, JobResult, Status, timestamp};
@@ -48,7 +49,8 @@ pub enum Outcome {
     Interrupted {
         code: Option<i64>,
     },
-    /// Stopped on a cancel request, or before its container started.
+    /// Stopped on a cancel request or over a host limit ([`Halt`]), or before
+    /// its container started.
     Cancelled {
         code: Option<i64>,
     },
@@ -61,12 +63,12 @@ pub enum Outcome {
 
 impl Outcome {
     /// Its status, exit code and reason. `preempted_for` is why the drain stopped
-    /// the job, if it did; `cancelled_for` the cancel request's reason.
+    /// the job, if it did; `cancelled_for` why it was cancelled.
     pub fn describe(
         &self,
         job: &Job,
         preempted_for: Option<&StopReason>,
-        cancelled_for: Option<&str>,
+        cancelled_for: Option<&Halt>,
     ) -> (Status, Option<i64>, Option<String>) {
         match self {
             Outcome::Exited { code: 0, .. } => (Status::Succeeded, Some(0), None),
@@ -110,11 +112,11 @@ impl Outcome {
                     job.max_log_bytes / 1_000_000
                 )),
             ),
-            Outcome::Cancelled { code } => (
-                Status::Cancelled,
-                *code,
-                Some(cancelled_for.unwrap_or("cancelled").to_owned()),
-            ),
+            Outcome::Cancelled { code } => match cancelled_for {
+                Some(Halt::OverLimit(reason)) => (Status::Failed, *code, Some(reason.clone())),
+                Some(Halt::Requested(reason)) => (Status::Cancelled, *code, Some(reason.clone())),
+                None => (Status::Cancelled, *code, Some("cancelled".to_owned())),
+            },
             // Terminal: retrying what the job itself got wrong only loops it
             // until its redrive.
             Outcome::Error(RunError::Docker(error)) if error.is_job_fault() => (

@@ -21,7 +21,7 @@ use crate::host::secrets::Secrets;
 use crate::host::stop::Preemption;
 use crate::job::Job;
 use crate::job::artifacts::{Collected, Sink};
-use crate::job::cancel::Cancel;
+use crate::job::cancel::{Cancel, Halt};
 use crate::job::container::{self, Names, SECRETS_MOUNT, TOKEN_FILE};
 use crate::job::live::LiveTail;
 use crate::job::log::{JobLog, LogBody};
@@ -179,8 +179,11 @@ impl Runner {
         self.clean_up(&names).await;
         self.sweeper.ended(&names.container, &names.workspace);
 
-        let (status, exit_code, reason) =
-            outcome.describe(job, controls.preemption.reason(), controls.cancel.reason());
+        let (status, exit_code, reason) = outcome.describe(
+            job,
+            controls.preemption.reason(),
+            controls.cancel.halt_for(),
+        );
         let reason = reason.map(|r| self.masker.mask(&r).into_owned());
         let duration_ms = clock.elapsed().as_millis() as u64;
         tracing::info!(
@@ -484,11 +487,18 @@ impl Runner {
                 grace_secs = grace.as_secs(),
                 "Job timed out; stopping it."
             ),
-            Ended::Cancelled => tracing::info!(
-                grace_secs = grace.as_secs(),
-                reason = controls.cancel.reason(),
-                "Job cancelled; stopping it."
-            ),
+            Ended::Cancelled => match controls.cancel.halt_for() {
+                Some(Halt::OverLimit(reason)) => tracing::warn!(
+                    grace_secs = grace.as_secs(),
+                    %reason,
+                    "Job over a host limit; stopping it."
+                ),
+                halt => tracing::info!(
+                    grace_secs = grace.as_secs(),
+                    reason = halt.map(Halt::reason),
+                    "Job cancelled; stopping it."
+                ),
+            },
             _ => tracing::info!(grace_secs = grace.as_secs(), "Stopping job."),
         }
         // A forced stop cuts the grace period short: SIGKILL now.

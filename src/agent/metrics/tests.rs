@@ -92,6 +92,9 @@ deckhand_receive_errors_total 2
 # HELP deckhand_images_removed_total Unused images removed to make room on the disk.
 # TYPE deckhand_images_removed_total counter
 deckhand_images_removed_total 3
+# HELP deckhand_jobs_stopped_for_disk_total Running jobs stopped because free space fell below disk.min_free_mb.
+# TYPE deckhand_jobs_stopped_for_disk_total counter
+deckhand_jobs_stopped_for_disk_total 0
 # HELP deckhand_messages_handed_back_total Messages made visible again for another attempt (drains, errors, duplicates).
 # TYPE deckhand_messages_handed_back_total counter
 deckhand_messages_handed_back_total 1

@@ -111,6 +111,14 @@ enum Command {
         #[arg(long)]
         out: String,
     },
+    /// Inside `check`'s probe container: whether a TCP connection to ADDRESS
+    /// (host:port) opens; exit 0 if it does, 1 if not.
+    #[command(hide = true)]
+    Reach {
+        address: String,
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
     /// Validate the config and probe what the agent depends on.
     Check {
         /// Validate the config only; reach nothing.
@@ -121,6 +129,15 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Runs in an empty container with no config: nothing else may be needed.
+    if let Command::Reach {
+        address,
+        timeout_ms,
+    } = &cli.command
+    {
+        let timeout = std::time::Duration::from_millis(*timeout_ms);
+        return ExitCode::from(cli::check::reach(address, timeout));
+    }
     let log_masker = match logging::init(cli.log_format, &cli.log) {
         Ok(masker) => masker,
         Err(e) => {
@@ -252,6 +269,11 @@ async fn dispatch(
             Err(e) => stderr.report(e),
         },
         Command::Check { no_probe } => check(&config, path, no_probe).await,
+        // Handled before the config is loaded.
+        Command::Reach {
+            address,
+            timeout_ms,
+        } => cli::check::reach(&address, std::time::Duration::from_millis(timeout_ms)),
     }
 }
 

@@ -1043,3 +1043,41 @@ async fn a_full_disk_collects_unused_images_and_stops_intake() {
         "the warm image is still recorded: {record}"
     );
 }
+
+/// The host answers the metadata service; a job, probed from a container on the
+/// profiles' network with a job's hardening, does not reach it.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_probes_the_metadata_block_from_where_a_job_stands() {
+    let Some(s) = Scenario::new("check-imds").await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
+    let sim = common::imds::ImdsSim::start(&unique("i-check-imds"));
+    let config = agent_config(
+        stack,
+        pool,
+        &aws.endpoint,
+        &unique("i-check-imds"),
+        &format!("[imds]\nenabled = true\nendpoint = \"{}\"", sim.url),
+    );
+    let output = deckhand()
+        .args(["--config", path_str(&config.path), "check"])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{report}");
+    assert!(report.contains("ok    imds     i-check-imds"), "{report}");
+    let port = sim.url.rsplit(':').next().unwrap().trim_end_matches('/');
+    assert!(
+        report.contains(&format!(
+            "ok    imds-block 127.0.0.1:{port} is out of jobs' reach (network {})",
+            stack.network
+        )),
+        "{report}"
+    );
+    let left = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter", "name=deckhand-probe-"])
+        .output()
+        .unwrap();
+    assert!(left.stdout.is_empty(), "the probe container is removed");
+}

@@ -9,6 +9,10 @@ use crate::aws::imds::Imds;
 use crate::config::Config;
 use crate::docker::Docker;
 
+mod metadata_block;
+
+pub use metadata_block::reach;
+
 /// Below this much free space in the work dir, jobs' spooled logs may not fit.
 /// What the disk probe wants when `disk.min_free_mb` is 0.
 const MIN_FREE_BYTES: u64 = 1 << 30;
@@ -48,6 +52,7 @@ pub async fn run(config: &Config) -> Vec<Probe> {
     }
     if config.imds.enabled {
         probes.push(probe("imds", imds(config)).await);
+        probes.push(probe("imds-block", metadata_block::from_jobs(config)).await);
     }
     if let Some(address) = config.metrics.listen {
         probes.push(probe("metrics", metrics(address)).await);

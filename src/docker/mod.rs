@@ -10,6 +10,7 @@ use crate::config::DockerConfig;
 
 mod containers;
 mod images;
+mod probe;
 
 pub use bollard::models::Mount;
 pub use containers::{
@@ -17,6 +18,7 @@ pub use containers::{
     volume_mount,
 };
 pub use images::{LocalImage, RegistryAuth};
+pub use probe::{PROBE_IMAGE, Probed};
 
 /// Every container and volume deckhand creates carries this label, so a restarted
 /// agent can find what a previous one left behind.
@@ -83,6 +85,8 @@ pub enum DockerError {
     Info { source: BollardError },
     #[error("events of container {name}: {source}")]
     Events { name: String, source: BollardError },
+    #[error("import image {image}: {source}")]
+    Import { image: String, source: BollardError },
 }
 
 impl DockerError {
@@ -156,7 +160,8 @@ impl DockerError {
             | DockerError::List { source }
             | DockerError::RemoveImage { source, .. }
             | DockerError::Info { source }
-            | DockerError::Events { source, .. } => Some(source),
+            | DockerError::Events { source, .. }
+            | DockerError::Import { source, .. } => Some(source),
         }
     }
 }

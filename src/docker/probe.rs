@@ -1,0 +1,94 @@
+//! Short containers that run this deckhand binary where a job would run, under a
+//! job's network and hardening: how `deckhand check` sees the host as a job sees
+//! it. Their image is empty (imported from an empty archive, so it never names
+//! an image the engine lacks); the binary is mounted into it read-only.
+
+use std::time::Duration;
+
+use bollard::query_parameters::CreateImageOptions;
+use futures_util::StreamExt;
+
+use super::{ContainerSpec, Docker, DockerError, Output};
+
+/// The empty image the probes run in, made on this host.
+pub const PROBE_IMAGE: &str = "deckhand-probe:empty";
+
+/// How a probe container ended.
+#[derive(Debug)]
+pub struct Probed {
+    /// `None`: still running at the deadline (it is removed all the same).
+    pub code: Option<i64>,
+    /// Its stdout and stderr, as text.
+    pub output: String,
+}
+
+impl Docker {
+    /// [`PROBE_IMAGE`], imported from an empty tar archive if the engine lacks it.
+    pub async fn probe_image(&self) -> Result<String, DockerError> {
+        if let Ok(image) = self.client.inspect_image(PROBE_IMAGE).await {
+            return Ok(image.id.unwrap_or_else(|| PROBE_IMAGE.to_owned()));
+        }
+        let import = |source| DockerError::Import {
+            image: PROBE_IMAGE.to_owned(),
+            source,
+        };
+        // A tar archive with no entries: its two zero blocks.
+        let empty = bytes::Bytes::from_static(&[0; 1024]);
+        let (repo, tag) = PROBE_IMAGE.split_once(':').expect("a tagged name");
+        let options = CreateImageOptions {
+            from_src: Some("-".to_owned()),
+            repo: Some(repo.to_owned()),
+            tag: Some(tag.to_owned()),
+            ..Default::default()
+        };
+        let mut progress =
+            self.client
+                .create_image(Some(options), Some(bollard::body_full(empty)), None);
+        while let Some(step) = progress.next().await {
+            step.map_err(import)?;
+        }
+        let image = self
+            .client
+            .inspect_image(PROBE_IMAGE)
+            .await
+            .map_err(import)?;
+        Ok(image.id.unwrap_or_else(|| PROBE_IMAGE.to_owned()))
+    }
+
+    /// Runs the container `spec` describes to its end, for at most `deadline`,
+    /// and removes it whatever happened.
+    pub async fn run_probe(
+        &self,
+        spec: &ContainerSpec,
+        deadline: Duration,
+    ) -> Result<Probed, DockerError> {
+        self.create_container(spec).await?;
+        let ran = async {
+            let mut output = self.attach(&spec.name).await?;
+            self.start(&spec.name).await?;
+            let mut text = String::new();
+            let read = async {
+                while let Some(Ok(chunk)) = output.next().await {
+                    let (Output::Stdout(bytes) | Output::Stderr(bytes)) = chunk;
+                    text.push_str(&String::from_utf8_lossy(&bytes));
+                }
+                self.wait(&spec.name).await
+            };
+            match tokio::time::timeout(deadline, read).await {
+                Ok(code) => Ok(Probed {
+                    code: Some(code?),
+                    output: text,
+                }),
+                Err(_) => Ok(Probed {
+                    code: None,
+                    output: text,
+                }),
+            }
+        }
+        .await;
+        let removed = self.remove_container(&spec.name).await;
+        let probed = ran?;
+        removed?;
+        Ok(probed)
+    }
+}

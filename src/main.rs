@@ -135,8 +135,7 @@ fn main() -> ExitCode {
         timeout_ms,
     } = &cli.command
     {
-        let timeout = std::time::Duration::from_millis(*timeout_ms);
-        return ExitCode::from(cli::check::reach(address, timeout));
+        return ExitCode::from(reach(address, *timeout_ms));
     }
     let log_masker = match logging::init(cli.log_format, &cli.log) {
         Ok(masker) => masker,
@@ -240,15 +239,7 @@ async fn dispatch(
         } => logs(config, &id, follow, attempt, &stderr).await,
         Command::Artifacts { id, out } => cli::artifacts::download(config, &id, &out)
             .await
-            .map(|artifacts| {
-                for artifact in &artifacts {
-                    println!(
-                        "ok    {}  {} bytes  sha256 {}",
-                        artifact.path, artifact.bytes, artifact.sha256
-                    );
-                }
-                exit::OK
-            })
+            .map(|artifacts| print_artifacts(&artifacts))
             .unwrap_or_else(|e| stderr.report(e)),
         Command::Cancel { id, reason } => cli::cancel::cancel(config, &id, reason)
             .await
@@ -269,11 +260,11 @@ async fn dispatch(
             Err(e) => stderr.report(e),
         },
         Command::Check { no_probe } => check(&config, path, no_probe).await,
-        // Handled before the config is loaded.
+        // Handled before the config is loaded; here for the match's sake.
         Command::Reach {
             address,
             timeout_ms,
-        } => cli::check::reach(&address, std::time::Duration::from_millis(timeout_ms)),
+        } => reach(&address, timeout_ms),
     }
 }
 
@@ -301,6 +292,22 @@ async fn logs(
         }
         Err(e) => stderr.report(e),
     }
+}
+
+/// `deckhand reach`: in `check`'s probe container, with no config.
+fn reach(address: &str, timeout_ms: u64) -> u8 {
+    cli::check::reach(address, std::time::Duration::from_millis(timeout_ms))
+}
+
+/// `deckhand artifacts`: one line per file downloaded and checked.
+fn print_artifacts(artifacts: &[deckhand::job::artifacts::Artifact]) -> u8 {
+    for artifact in artifacts {
+        println!(
+            "ok    {}  {} bytes  sha256 {}",
+            artifact.path, artifact.bytes, artifact.sha256
+        );
+    }
+    exit::OK
 }
 
 /// `deckhand check`: one line per probe; 69 if any failed.

@@ -343,3 +343,5 @@ mod tests;
 
 #[cfg(test)]
 mod docs_tests;
+#[cfg(test)]
+mod properties;

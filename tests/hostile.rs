@@ -11,6 +11,10 @@ use common::scenario::Scenario;
 use common::*;
 use corpus::{Case, Under};
 
+/// What the agent (a debug build) may hold at its peak while hostile jobs run
+/// beside it: far below what any of them tries to take.
+const AGENT_PEAK_RSS_MB: u64 = 80;
+
 /// The case's body with its placeholders filled in, and the id it names.
 fn body(case: &Case, stack: &Stack) -> (String, String) {
     let id = unique("hostile");
@@ -166,6 +170,10 @@ async fn hostile_jobs_are_contained_and_the_job_beside_them_runs() {
     );
     s.wait_empty().await;
     assert_eq!(agent.try_exit(), None, "the agent is still serving");
+    // A debug build, seen at 38 MB here; the release build idles near 16 MB.
+    let peak = agent.peak_rss_mb();
+    eprintln!("agent peak RSS: {peak} MB");
+    assert!(peak < AGENT_PEAK_RSS_MB, "the agent peaked at {peak} MB");
     for id in [&bomb, &hog, &beside] {
         assert_clean(id);
     }
@@ -239,6 +247,9 @@ async fn a_disk_filler_is_stopped_and_the_job_beside_it_runs_on() {
     );
     s.wait_empty().await;
     assert_eq!(agent.try_exit(), None, "the agent is still serving");
+    let peak = agent.peak_rss_mb();
+    eprintln!("agent peak RSS: {peak} MB");
+    assert!(peak < AGENT_PEAK_RSS_MB, "the agent peaked at {peak} MB");
     for id in [&filler, &beside] {
         assert_clean(id);
     }

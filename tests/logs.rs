@@ -246,6 +246,9 @@ async fn a_log_flood_past_max_log_mb_stops_the_job_and_keeps_the_log_bounded() {
         &log[log.len().saturating_sub(200)..]
     );
     assert_eq!(agent.count("The job's log is full; stopping the job."), 1);
+    let peak = agent.peak_rss_mb();
+    eprintln!("agent peak RSS: {peak} MB");
+    assert!(peak < 80, "a flood of output held the agent at {peak} MB");
     s.wait_empty().await;
     assert_clean(&id);
 }

@@ -148,6 +148,18 @@ impl AgentProcess {
         kill(Pid::from_raw(self.pid()), signal).unwrap();
     }
 
+    /// The most memory the process has held (VmHWM), in MB.
+    pub fn peak_rss_mb(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the agent's /proc status");
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc status");
+        kb / 1024
+    }
+
     /// Whether the process has exited: its exit status, without waiting.
     pub fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().unwrap()

@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, copy_bidirectional};
@@ -127,6 +128,60 @@ impl Proxy {
         Proxy::tcp_intercepting(upstream, marker, n, http_response("400 Bad Request", body)).await
     }
 
+    /// Like [`Proxy::tcp`], but fails a share of the HTTP requests, as S3 and
+    /// SQS now and then do: half answered `503 Service Unavailable`, half with the
+    /// connection closed before any answer. The failed request never reaches
+    /// `upstream`. The share is [`Faults::set_percent`]'s, 0 at first.
+    pub async fn tcp_faulty(upstream: &str) -> (Proxy, Arc<Faults>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = format!("http://{}", listener.local_addr().unwrap());
+        let (down, watch) = watch::channel(false);
+        let faults = Arc::new(Faults::default());
+        let shared = faults.clone();
+        let upstream = upstream.to_owned();
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                let upstream = upstream.clone();
+                let watch = watch.clone();
+                let faults = shared.clone();
+                tokio::spawn(async move {
+                    let Some(request) = read_head(&mut client).await else {
+                        return;
+                    };
+                    match faults.roll() {
+                        Some(Fault::Unavailable) => {
+                            let body = "<Error><Code>ServiceUnavailable</Code><Message>injected</Message></Error>";
+                            let _ = client
+                                .write_all(
+                                    http_response("503 Service Unavailable", body).as_bytes(),
+                                )
+                                .await;
+                        }
+                        Some(Fault::Dropped) => drop(client),
+                        None => {
+                            if let Ok(mut server) = TcpStream::connect(&upstream).await
+                                && server.write_all(&request).await.is_ok()
+                            {
+                                forward(client, server, watch).await;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (
+            Proxy {
+                down,
+                accept,
+                address,
+            },
+            faults,
+        )
+    }
+
     /// A unix socket at `path` in front of the socket at `upstream`.
     pub async fn unix(path: &Path, upstream: &Path) -> Proxy {
         let listener = UnixListener::bind(path).unwrap();
@@ -162,6 +217,46 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         self.accept.abort();
         self.set_down(true);
+    }
+}
+
+/// The faults a [`Proxy::tcp_faulty`] injects, and how many it did.
+#[derive(Default)]
+pub struct Faults {
+    percent: AtomicU64,
+    /// A xorshift state: the proxy's own randomness, seeded by the test.
+    state: AtomicU64,
+    pub requests: AtomicU64,
+    pub injected: AtomicU64,
+}
+
+enum Fault {
+    Unavailable,
+    Dropped,
+}
+
+impl Faults {
+    pub fn set_percent(&self, percent: u64, seed: u64) {
+        self.state.store(seed | 1, Ordering::Relaxed);
+        self.percent.store(percent, Ordering::Relaxed);
+    }
+
+    fn roll(&self) -> Option<Fault> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let mut x = self.state.load(Ordering::Relaxed).max(1);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.state.store(x, Ordering::Relaxed);
+        if x % 100 >= self.percent.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.injected.fetch_add(1, Ordering::Relaxed);
+        Some(if x % 2 == 0 {
+            Fault::Unavailable
+        } else {
+            Fault::Dropped
+        })
     }
 }
 

@@ -1,10 +1,14 @@
 # deckhand pool AMI: Debian 12 + Docker + the static deckhand binary, its
 # systemd unit (enabled), the metadata-service block, a config skeleton and the
-# user data helper. Build from the repository root, after the static build:
+# user data helper, for x86-64 or for arm64 (Graviton). Build from the
+# repository root, after the static build of the same architecture:
 #
-#   scripts/build-static
+#   scripts/build-static --arch arm64
 #   packer init packer/deckhand.pkr.hcl
-#   packer build -var deckhand_version=0.1.0 packer/deckhand.pkr.hcl
+#   packer build -var arch=arm64 -var deckhand_version=0.1.0 packer/deckhand.pkr.hcl
+#
+# One build per architecture: a mixed pool's launch template (or mixed-instances
+# policy) names both AMIs (docs/operations.md).
 #
 # Written for Packer >= 1.7 with the amazon plugin. docs/packaging.md says how
 # it is checked (Debian's Packer 1.6.6, which predates plugins, plus an HCL2
@@ -25,10 +29,16 @@ variable "region" {
   description = "Region to build in; copy the AMI elsewhere afterwards if needed."
 }
 
+variable "arch" {
+  type        = string
+  default     = "x86_64"
+  description = "The AMI's architecture: x86_64, or arm64 for Graviton."
+}
+
 variable "instance_type" {
   type        = string
-  default     = "t3.small"
-  description = "Build instance; x86_64, to match the static binary."
+  default     = ""
+  description = "Build instance; empty means the architecture's default (t3.small, t4g.small)."
 }
 
 variable "subnet_id" {
@@ -39,8 +49,8 @@ variable "subnet_id" {
 
 variable "deckhand_binary" {
   type        = string
-  default     = "target/x86_64-unknown-linux-gnu/release/deckhand"
-  description = "The static deckhand binary (scripts/build-static), relative to where packer runs."
+  default     = ""
+  description = "The static deckhand binary, relative to where packer runs; empty means what scripts/build-static --arch ARCH makes."
 }
 
 variable "deckhand_version" {
@@ -64,24 +74,45 @@ variable "volume_size_gb" {
 locals {
   # AMI names must be unique; a UTC stamp also sorts them by age.
   build_stamp = formatdate("YYYYMMDDhhmmss", timestamp())
+
+  # Per architecture: Debian's image name, EC2's architecture, a build instance
+  # of that architecture, and the binary scripts/build-static makes for it. An
+  # unknown arch fails here, at validate.
+  platform = {
+    x86_64 = {
+      debian        = "amd64"
+      ec2           = "x86_64"
+      instance_type = "t3.small"
+      binary        = "target/x86_64-unknown-linux-gnu/release/deckhand"
+    }
+    arm64 = {
+      debian        = "arm64"
+      ec2           = "arm64"
+      instance_type = "t4g.small"
+      binary        = "target/aarch64-unknown-linux-gnu/release/deckhand"
+    }
+  }[var.arch]
+
+  instance_type   = var.instance_type != "" ? var.instance_type : local.platform.instance_type
+  deckhand_binary = var.deckhand_binary != "" ? var.deckhand_binary : local.platform.binary
 }
 
 source "amazon-ebs" "debian12" {
   region        = var.region
-  instance_type = var.instance_type
+  instance_type = local.instance_type
   subnet_id     = var.subnet_id
   # Debian's cloud images log in as "admin".
   ssh_username = "admin"
 
-  ami_name        = "deckhand-${var.deckhand_version}-${local.build_stamp}"
-  ami_description = "deckhand ${var.deckhand_version} CI pool worker on Debian 12"
+  ami_name        = "deckhand-${var.deckhand_version}-${var.arch}-${local.build_stamp}"
+  ami_description = "deckhand ${var.deckhand_version} CI pool worker on Debian 12 (${var.arch})"
 
   # The newest official Debian 12 image. 136693071363 is the Debian project's
   # AWS account; the owner filter keeps look-alike public AMIs out.
   source_ami_filter {
     filters = {
-      name                = "debian-12-amd64-*"
-      architecture        = "x86_64"
+      name                = "debian-12-${local.platform.debian}-*"
+      architecture        = local.platform.ec2
       virtualization-type = "hvm"
       root-device-type    = "ebs"
     }
@@ -112,8 +143,9 @@ source "amazon-ebs" "debian12" {
   }
 
   tags = {
-    Name               = "deckhand-${var.deckhand_version}"
+    Name               = "deckhand-${var.deckhand_version}-${var.arch}"
     "deckhand:version" = var.deckhand_version
+    "deckhand:arch"    = var.arch
   }
   run_tags = {
     Name = "packer-deckhand-build"
@@ -129,8 +161,10 @@ build {
     inline = ["mkdir -p /tmp/deckhand-stage"]
   }
 
+  # provision.sh runs it (--version) before installing it: a binary of the
+  # other architecture stops the build there.
   provisioner "file" {
-    source      = var.deckhand_binary
+    source      = local.deckhand_binary
     destination = "/tmp/deckhand-stage/deckhand"
   }
 

@@ -154,6 +154,7 @@ async fn every_job_ends_once_through_kills_docker_restarts_spot_notices_and_aws_
     let mut next_event = step;
     let mut next_line = Duration::from_secs(60);
     let mut tally = Tally::default();
+    let mut bag: Vec<usize> = Vec::new();
     let mut replaced = 3;
     // Drained hosts, kept whole: their agents' logs live in their config dirs.
     let mut retired: Vec<Host> = Vec::new();
@@ -180,7 +181,11 @@ async fn every_job_ends_once_through_kills_docker_restarts_spot_notices_and_aws_
             next_event += step;
             // A burst lasts until the next event.
             faults.set_percent(FAULT_PERCENT, seed ^ done as u64);
-            let event = dice.roll(4);
+            // Every kind once per round of four, in a random order.
+            if bag.is_empty() {
+                bag = vec![0, 1, 2, 3];
+            }
+            let event = bag.swap_remove(dice.roll(bag.len()));
             let host = dice.roll(hosts.len());
             match event {
                 0 => {

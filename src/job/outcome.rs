@@ -33,6 +33,10 @@ pub enum RunError {
     NoInputStore,
     #[error("the workspace volume {volume} has no folder on this host to place inputs in")]
     NoWorkspaceFolder { volume: String },
+    #[error(
+        "container {container} ended while Docker was down and Docker lost its exit status (255 on restore); the job runs again"
+    )]
+    ExitLost { container: String },
 }
 
 /// How a job's container ended.

@@ -33,6 +33,10 @@ use crate::job::sweep::Sweeper;
 
 mod workspace;
 
+/// The exit code Docker gives a container it restores without its task (it ended
+/// while dockerd was down, and its real exit status is gone).
+const LOST_EXIT_CODE: i64 = 255;
+
 /// How long cleanup retries while Docker does not answer. What is still left
 /// then is removed by the agent's sweep once Docker answers, or at its next start.
 const CLEANUP_PATIENCE: Duration = Duration::from_secs(30);
@@ -255,6 +259,14 @@ impl Runner {
         let since = started.started_at.timestamp() - 1;
         match ended {
             Err(e) => Outcome::Error(e.into()),
+            // Docker restored the container as ended with 255 because it ended while
+            // dockerd was down and its exit status was lost with the shim: what the
+            // job did is unknown, which is the host's failure, not the job's.
+            Ok((Ended::Exited, LOST_EXIT_CODE)) if outages.load(Ordering::Relaxed) > 0 => {
+                Outcome::Error(RunError::ExitLost {
+                    container: names.container.clone(),
+                })
+            }
             Ok((Ended::Exited, code)) => match self.oom_killed(&names.container, code, since).await
             {
                 Ok(oom_killed) => Outcome::Exited { code, oom_killed },

@@ -28,7 +28,7 @@ import uuid
 import boto3
 from botocore.config import Config as BotoConfig
 
-FIGURES = ("exec_true", "queue_serial", "queue_parallel", "cancel", "live_log", "artifacts", "inputs", "idle", "notice", "boot", "cache")
+FIGURES = ("exec_true", "exec_arm64", "queue_serial", "queue_parallel", "cancel", "live_log", "artifacts", "inputs", "idle", "notice", "boot", "cache")
 TARGETS = {
     "exec_true": 1.10,
     "queue_serial": 1.15,
@@ -307,6 +307,53 @@ class Bench:
             f"{ratio:.2f}",
             f"<= {target:.2f}",
             ratio <= target,
+        )
+
+    def exec_arm64(self):
+        """The arm64 binary's `exec` of the same job under qemu-user, beside the
+        native binary's: an emulated figure (the agent is emulated, Docker and the
+        job are not), with no target; it shows the arm64 build works and what
+        emulation costs, not how fast a Graviton host is."""
+        arm = os.path.join(REPO, "target", "aarch64-unknown-linux-gnu", "release", "deckhand")
+        qemu = shutil.which("qemu-aarch64-static")
+        if not os.path.exists(arm) or not qemu:
+            say("exec_arm64: skipped (needs scripts/build-static --arch arm64 and qemu-user-static)")
+            return
+        runs = max(3, self.args.exec_runs // 2)
+        config = self.config("exec-arm64")
+        job_path = os.path.join(self.tmp, "exec-arm64-job.json")
+        ids = iter(range(10**6))
+
+        def run(command):
+            with open(job_path, "w") as f:
+                json.dump(self.job(f"bench-arm64-{self.run_id}-{next(ids)}"), f)
+            t0 = time.perf_counter()
+            out = subprocess.run(command + ["--config", config, "exec", job_path], capture_output=True, text=True, env=self.env)
+            elapsed = time.perf_counter() - t0
+            lines = out.stdout.strip().splitlines()
+            if out.returncode != 0 or json.loads(lines[-1]).get("status") != "succeeded":
+                raise BenchError(f"exec failed ({out.returncode}): {out.stdout[-2000:]}{out.stderr[-2000:]}")
+            return elapsed
+
+        run([qemu, arm])  # warm-up
+        run([self.binary])
+        emulated, native = [], []
+        for _ in range(runs):
+            emulated.append(run([qemu, arm]))
+            native.append(run([self.binary]))
+        a, b = median_ms(emulated), median_ms(native)
+        size = os.path.getsize(arm) / 1e6
+        say(
+            f"exec_arm64: arm64 binary ({size:.1f} MB) under qemu-user median {a:.0f} ms, "
+            f"native x86-64 median {b:.0f} ms, ratio {a / b:.2f} (emulated; no target)"
+        )
+        self.row(
+            "exec_arm64 (emulated)",
+            f"{a:.0f} ms under qemu-aarch64 (median of {runs}; {size:.1f} MB binary)",
+            f"{b:.0f} ms native x86-64 (median of {runs})",
+            f"{a / b:.2f}",
+            "none (emulated)",
+            True,
         )
 
     def _queue(self, figure, slots):

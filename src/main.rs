@@ -249,7 +249,7 @@ async fn dispatch(
             })
             .unwrap_or_else(|e| stderr.report(e)),
         Command::Exec { job } => match cli::exec::exec(config, &job, stop, log_masker).await {
-            Ok(Executed::Ran(result)) => print_result(&result),
+            Ok(Executed::Ran(result)) => print_ran(&result),
             Ok(Executed::Rejected(result)) => {
                 eprintln!(
                     "deckhand: job rejected: {}",
@@ -345,6 +345,14 @@ impl Stderr {
         eprintln!("deckhand: {}", self.masked(&error.to_string()));
         error.exit_code()
     }
+}
+
+/// `deckhand exec`'s result, and on stderr what the job used.
+fn print_ran(result: &JobResult) -> u8 {
+    if let Some(usage) = &result.usage {
+        eprintln!("deckhand: used {usage}");
+    }
+    print_result(result)
 }
 
 /// The result goes to stdout as one JSON line, after the job's own log lines.

@@ -424,3 +424,30 @@ fn invalid_config_exits_78_naming_every_key() {
         assert!(stderr.contains(key), "{key} in {stderr}");
     }
 }
+
+/// The result says what the job used, read from its cgroup (v1 here) while it
+/// ran: CPU seconds of a busy loop, the peak of memory it held, its limit.
+#[test]
+fn the_result_reports_what_the_job_used() {
+    let Some(stack) = Stack::or_skip() else {
+        return;
+    };
+    let config = TestConfig::new(&stack, "[profiles.default]\nmemory_mb = 128");
+    let id = unique("usage");
+    // ~1 s of CPU, then 24 MB held in a shell variable for 2 s (sampled each second).
+    let script = "end=$(($(date +%s) + 2)); while [ $(date +%s) -lt $end ]; do :; done; \
+                  x=$(head -c 24000000 /dev/zero | tr '\\0' a); sleep 2; echo ${#x}";
+    let run = exec(&config, &job(&id, &stack.image, &["sh", "-c", script]));
+    assert_eq!(run.result["status"], "succeeded", "{}", run.stderr);
+    let usage = &run.result["usage"]["job"];
+    let cpu = usage["cpu_seconds"].as_f64().unwrap();
+    assert!(cpu > 0.5, "a busy second or more: {usage}");
+    let peak = usage["memory_peak_bytes"].as_u64().unwrap();
+    assert!(peak > 24_000_000, "the 24 MB it held: {usage}");
+    assert_eq!(usage["memory_limit_bytes"], 128 * 1024 * 1024);
+    assert!(
+        run.stderr.contains("used "),
+        "exec prints the usage: {}",
+        run.stderr
+    );
+}

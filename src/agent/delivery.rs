@@ -220,6 +220,7 @@ impl Agent {
             cancel: &cancel,
             live: live.clone(),
             artifacts: sink,
+            usage: None,
         };
         let run = async {
             tokio::join!(

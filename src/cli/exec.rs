@@ -116,6 +116,7 @@ pub async fn exec(
         cancel: &cancel,
         live: None,
         artifacts: None,
+        usage: None,
     };
     let finished = runner.run(&job, 1, &[], controls).instrument(span).await;
     Ok(Executed::Ran(finished.result))

@@ -276,6 +276,23 @@ impl Docker {
         })
     }
 
+    /// The host pid of the container's first process, while it runs.
+    pub async fn pid(&self, name: &str) -> Result<Option<u32>, DockerError> {
+        let inspect = self
+            .client
+            .inspect_container(name, None)
+            .await
+            .map_err(|source| DockerError::InspectContainer {
+                name: name.to_owned(),
+                source,
+            })?;
+        Ok(inspect
+            .state
+            .and_then(|s| s.pid)
+            .and_then(|pid| u32::try_from(pid).ok())
+            .filter(|&pid| pid > 0))
+    }
+
     /// Whether Docker logged an `oom` event for the container since `since` (Unix
     /// seconds). Past events only: the query ends at now.
     pub async fn oom_event(&self, name: &str, since: i64) -> Result<bool, DockerError> {

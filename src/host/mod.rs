@@ -1,9 +1,11 @@
 //! The host's duties around the jobs: why and when it stops ([`stop`], [`notices`]),
 //! its disk ([`disk`]) and cache volume ([`cache`]), the pool's [`secrets`] and the
-//! per-job role [`credentials`], and what it tells [`systemd`].
+//! per-job role [`credentials`], what its containers use ([`cgroups`]), and what it
+//! tells [`systemd`].
 
 pub mod archive;
 pub mod cache;
+pub mod cgroups;
 pub mod credentials;
 pub mod disk;
 pub mod http;

@@ -3,7 +3,7 @@
 //! [`output`] into its [`log`], masked by [`mask`]), what became of it
 //! ([`outcome`]) and its recorded [`result`]; [`sweep`] removes what jobs leave;
 //! [`inputs`] places the sources it names in its workspace, [`artifacts`] reads the files a job names out of its container; [`cancel`] carries a cancel request to the runner; [`live`] holds the output
-//! not yet uploaded for followers.
+//! not yet uploaded for followers; [`usage`] meters its container's CPU and memory.
 
 pub mod artifacts;
 pub mod cancel;
@@ -21,5 +21,6 @@ pub mod result;
 pub mod runner;
 pub mod spec;
 pub mod sweep;
+pub mod usage;
 
 pub use spec::{Job, Problem, Rejection};

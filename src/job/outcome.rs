@@ -174,6 +174,7 @@ impl Attempt<'_> {
             artifacts: None,
             artifacts_unmatched: Vec::new(),
             artifacts_left_out: Vec::new(),
+            usage: None,
         }
     }
 }

@@ -89,6 +89,66 @@ pub struct JobResult {
     /// that failed), and why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub artifacts_left_out: Vec<LeftOut>,
+    /// What its containers used; absent when none ran (an addition to v1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+/// What a job's containers used, read from their cgroups while they ran.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    pub job: ContainerUsage,
+    /// Each service container's, by its name.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub services: std::collections::BTreeMap<String, ContainerUsage>,
+}
+
+/// One container's use: CPU time and peak memory up to its last sample (taken
+/// every second, more often in its first), and its memory limit.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ContainerUsage {
+    pub cpu_seconds: f64,
+    pub memory_peak_bytes: u64,
+    /// `null`: no limit.
+    pub memory_limit_bytes: Option<u64>,
+}
+
+impl std::fmt::Display for Usage {
+    /// `1.02 CPU s, peak 25.1 MB of 128.0 MB; service db: ...`
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.job)?;
+        for (name, usage) in &self.services {
+            write!(f, "; service {name}: {usage}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for ContainerUsage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mb = |bytes: u64| bytes as f64 / 1e6;
+        write!(
+            f,
+            "{:.2} CPU s, peak {:.1} MB",
+            self.cpu_seconds,
+            mb(self.memory_peak_bytes)
+        )?;
+        match self.memory_limit_bytes {
+            Some(limit) => write!(f, " of {:.1} MB", mb(limit)),
+            None => write!(f, " (no limit)"),
+        }
+    }
+}
+
+impl From<crate::host::cgroups::Sample> for ContainerUsage {
+    fn from(sample: crate::host::cgroups::Sample) -> Self {
+        ContainerUsage {
+            // Milliseconds are what a sample a second apart can tell.
+            cpu_seconds: (sample.cpu_seconds * 1000.0).round() / 1000.0,
+            memory_peak_bytes: sample.memory_peak_bytes,
+            memory_limit_bytes: sample.memory_limit_bytes,
+        }
+    }
 }
 
 impl JobResult {
@@ -127,6 +187,7 @@ impl JobResult {
             artifacts: None,
             artifacts_unmatched: Vec::new(),
             artifacts_left_out: Vec::new(),
+            usage: None,
         }
     }
 }

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::docker::{self, Docker, LocalImage, OutputStream, outage_backoff};
 use crate::host::cache::{Cache, CacheVolume};
+use crate::host::cgroups::Sample;
 use crate::host::credentials::{Broker, Issued};
 use crate::host::disk::Disk;
 use crate::host::secrets::Secrets;
@@ -28,8 +29,9 @@ use crate::job::log::{JobLog, LogBody};
 use crate::job::mask::Masker;
 use crate::job::outcome::{Attempt, Outcome, RunError};
 use crate::job::output::pump_output;
-use crate::job::result::JobResult;
+use crate::job::result::{JobResult, Usage};
 use crate::job::sweep::Sweeper;
+use crate::job::usage::{self, LiveUsage};
 
 mod workspace;
 
@@ -86,6 +88,17 @@ pub struct Controls<'a> {
     pub live: Option<LiveTail>,
     /// Each artifact goes here as soon as it is read, to be uploaded.
     pub artifacts: Option<Sink>,
+    /// The container's latest CPU and memory sample goes here, for live metrics.
+    pub usage: Option<LiveUsage>,
+}
+
+/// What a run learns on the way that its result reports.
+#[derive(Default)]
+struct Ran {
+    /// The image that ran, by digest where the registry gave one.
+    image: Option<String>,
+    /// The container's last cgroup sample.
+    usage: Option<Sample>,
 }
 
 /// A created and started container, and what must live as long as it does.
@@ -165,17 +178,9 @@ impl Runner {
             .spool_to(spool.join(format!("{}.log", names.container)))
             .live_to(controls.live.clone())
             .capped_at(job.max_log_bytes);
-        let mut image_ran = None;
+        let mut ran = Ran::default();
         let outcome = self
-            .run_container(
-                job,
-                attempt,
-                labels,
-                &names,
-                &controls,
-                &mut log,
-                &mut image_ran,
-            )
+            .run_container(job, attempt, labels, &names, &controls, &mut log, &mut ran)
             .await;
         let artifacts = self
             .artifacts(job, &names, &outcome, controls.artifacts.clone())
@@ -201,12 +206,17 @@ impl Runner {
             job,
             attempt,
             instance_id: &self.instance_id,
-            image: image_ran,
+            image: ran.image,
             started_at,
             duration_ms,
         };
+        let mut result = attempt.result(status, exit_code, reason);
+        result.usage = ran.usage.map(|job| Usage {
+            job: job.into(),
+            services: Default::default(),
+        });
         Finished {
-            result: attempt.result(status, exit_code, reason),
+            result,
             log: log.into_body(),
             artifacts,
         }
@@ -221,10 +231,10 @@ impl Runner {
         names: &Names,
         controls: &Controls<'_>,
         log: &mut JobLog,
-        image_ran: &mut Option<String>,
+        ran: &mut Ran,
     ) -> Outcome {
         let started = match self
-            .start(job, attempt, labels, names, controls, log, image_ran)
+            .start(job, attempt, labels, names, controls, log, &mut ran.image)
             .await
         {
             Ok(Some(started)) => started,
@@ -255,7 +265,10 @@ impl Runner {
             exited.cancel();
             ended
         };
-        let ((), ended) = tokio::join!(pump, supervise);
+        let live = controls.usage.clone().unwrap_or_default();
+        let meter = usage::meter(docker, &names.container, &exited, &live);
+        let ((), ended, used) = tokio::join!(pump, supervise, meter);
+        ran.usage = used;
         let since = started.started_at.timestamp() - 1;
         match ended {
             Err(e) => Outcome::Error(e.into()),

@@ -4,7 +4,6 @@
 //! its workspace whatever happens, then words the result
 //! ([`outcome`](crate::job::outcome)).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -33,6 +32,7 @@ use crate::job::result::{JobResult, Usage};
 use crate::job::sweep::Sweeper;
 use crate::job::usage::{self, LiveUsage};
 
+mod equip;
 mod workspace;
 
 /// The exit code Docker gives a container it restores without its task (it ended
@@ -372,88 +372,6 @@ impl Runner {
             disk.used(&image.id);
         }
         Ok(Some(image))
-    }
-
-    /// What ties the workspace and the container to this job and this agent: the
-    /// orphan sweep and recovery find them by these.
-    fn labels(
-        &self,
-        job: &Job,
-        attempt: u32,
-        extra_labels: &[(&str, &str)],
-    ) -> HashMap<String, String> {
-        let mut labels = HashMap::from([
-            (docker::LABEL_MANAGED.to_owned(), "true".to_owned()),
-            (docker::LABEL_JOB_ID.to_owned(), job.id.clone()),
-            (docker::LABEL_ATTEMPT.to_owned(), attempt.to_string()),
-            (docker::LABEL_AGENT.to_owned(), self.instance_id.clone()),
-        ]);
-        labels.extend(
-            extra_labels
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-        );
-        labels
-    }
-
-    /// The job's secrets (and its credentials token) as files on tmpfs, mounted
-    /// read-only, and the env variables its profile lets carry a secret's value.
-    fn secret_files(
-        &self,
-        job: &Job,
-        names: &Names,
-        user: Option<&str>,
-        token: Option<&str>,
-    ) -> Result<(Vec<String>, Vec<docker::Mount>), RunError> {
-        if job.secrets.is_empty() && token.is_none() {
-            return Ok((Vec::new(), Vec::new()));
-        }
-        let env_secrets = self
-            .config
-            .profile(&job.profile)
-            .map(|p| p.env_secrets.as_slice())
-            .unwrap_or_default();
-        let files = container::SecretFiles {
-            dir: &names.secrets,
-            image_user: user,
-            secrets: &self.secrets,
-            env_secrets,
-            token,
-        };
-        let env = files.write(job)?;
-        let mounts = vec![docker::bind_mount(&names.secrets, SECRETS_MOUNT, true)];
-        Ok((env, mounts))
-    }
-
-    /// This job's credentials, when its profile names a role; they work until the
-    /// returned value is dropped.
-    fn credentials(&self, job: &Job, log: &JobLog) -> Result<Option<Issued>, RunError> {
-        let role_arn = self
-            .config
-            .profile(&job.profile)
-            .and_then(|p| p.role_arn.as_deref());
-        match (role_arn, &self.credentials) {
-            (None, _) => Ok(None),
-            (Some(role_arn), Some(broker)) => {
-                Ok(Some(broker.issue(&job.id, role_arn, log.later_secrets())))
-            }
-            (Some(_), None) => Err(RunError::NoCredentialsBroker {
-                profile: job.profile.clone(),
-            }),
-        }
-    }
-
-    /// The code/library cache, read-only: the managed volume of the moment, or
-    /// the operator's own volume when the agent does not manage one.
-    fn cache_mount(&self, current: Option<&CacheVolume>) -> Option<docker::Mount> {
-        let mount = &self.config.cache.mount;
-        match (current, &self.config.cache.volume) {
-            (Some(volume), _) => Some(docker::volume_mount(volume.name(), mount, true)),
-            (None, Some(volume)) if self.cache.is_none() => {
-                Some(docker::volume_mount(volume, mount, true))
-            }
-            _ => None,
-        }
     }
 
     /// Whether the kernel's OOM killer ended the container. dockerd sets

@@ -892,6 +892,25 @@ async fn metrics_and_health_say_what_the_agent_does() {
         ) == Some(1.0)
     })
     .await;
+    // Its cgroup, sampled: by profile and slot, never by job id.
+    eventually(
+        "the running job's memory, by profile and slot",
+        LONG,
+        || async {
+            let text = scrape(&address, "/metrics").await.1;
+            sample(
+                &text,
+                "deckhand_running_memory_bytes{profile=\"default\",slot=\"0\"}",
+            )
+            .is_some_and(|bytes| bytes > 0.0)
+                && sample(
+                    &text,
+                    "deckhand_running_cpu_seconds{profile=\"default\",slot=\"0\"}",
+                )
+                .is_some()
+        },
+    )
+    .await;
     // Draining, the job still running (stop_timeout_secs 600): a load balancer or
     // an operator's probe learns that this host takes no more work.
     agent.signal(Signal::SIGTERM);

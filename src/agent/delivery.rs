@@ -6,12 +6,12 @@
 
 use std::time::Duration;
 
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use crate::agent::Agent;
 use crate::agent::artifacts::Upload;
 use crate::agent::fate::{self, Admission, ClaimLookup, Fate, Lookup};
+use crate::agent::slots::Slot;
 use crate::aws::results::{CancelRequest, Claim, ClaimOutcome, Recorded, StoreError};
 use crate::aws::sqs::Received;
 use crate::backoff::Backoff;
@@ -21,6 +21,7 @@ use crate::job::live::LiveTail;
 use crate::job::log::LogBody;
 use crate::job::result::{JobResult, Status};
 use crate::job::runner::{Controls, Finished};
+use crate::job::usage::LiveUsage;
 use crate::job::{Job, Rejection};
 
 /// On a job's container: the SQS receipt handle of its message, so that an agent
@@ -56,12 +57,7 @@ enum Recording {
 impl Agent {
     /// One message, from receipt to its fate on the queue. `slot` is held until
     /// the job's container is gone.
-    pub(super) async fn deliver(
-        &self,
-        message: Received,
-        slot: OwnedSemaphorePermit,
-        preemption: &Preemption,
-    ) {
+    pub(super) async fn deliver(&self, message: Received, slot: Slot, preemption: &Preemption) {
         let job = Job::parse(message.body.as_bytes(), &self.config)
             .and_then(|job| self.secrets.check_job(&job).map(|()| job));
         match job {
@@ -117,13 +113,7 @@ impl Agent {
         self.settle(&message, &result.id, settlement).await;
     }
 
-    async fn run_job(
-        &self,
-        message: Received,
-        job: Job,
-        slot: OwnedSemaphorePermit,
-        preemption: &Preemption,
-    ) {
+    async fn run_job(&self, message: Received, job: Job, slot: Slot, preemption: &Preemption) {
         let attempt = message.receive_count;
         let retry = fate::retry_visibility(attempt, self.config.queue.visibility_timeout);
         let (admission, cancel_request) = self.admit(&job, attempt, retry).await;
@@ -159,6 +149,9 @@ impl Agent {
         let status = result.status;
         self.metrics
             .job_finished(status, Duration::from_millis(result.duration_ms));
+        if let Some(usage) = &result.usage {
+            self.metrics.job_used(&job.profile, &usage.job);
+        }
         let deadline = fate::record_deadline(status);
         if !fate::records_first(status) {
             let settlement = fate::after_run(status, false, handed_back, retry);
@@ -198,7 +191,7 @@ impl Agent {
         &self,
         message: &Received,
         job: &Job,
-        slot: OwnedSemaphorePermit,
+        slot: Slot,
         preemption: &Preemption,
     ) -> Attempted {
         let attempt = message.receive_count;
@@ -213,14 +206,17 @@ impl Agent {
             let (sink, staged) = tokio::sync::mpsc::channel(ARTIFACTS_QUEUED);
             (Some(sink), Some(staged))
         };
-        self.metrics.running(true);
+        let live_usage = LiveUsage::default();
+        let running = self
+            .metrics
+            .running(&job.profile, slot.number, live_usage.clone());
         let watched = self.watched.hold(&job.id, attempt, &cancel);
         let controls = Controls {
             preemption,
             cancel: &cancel,
             live: live.clone(),
             artifacts: sink,
-            usage: None,
+            usage: Some(live_usage),
         };
         let run = async {
             tokio::join!(
@@ -242,8 +238,8 @@ impl Agent {
             }
         };
         drop(watched);
+        drop(running);
         drop(slot);
-        self.metrics.running(false);
         Attempted {
             finished,
             handed_back,

@@ -2,57 +2,97 @@
 //! pool's monitoring scrapes from each host (jobs by outcome and duration, slots in
 //! use, whether Docker and the queue answer, whether the agent is draining).
 //!
-//! `GET /metrics` is the text exposition format 0.0.4. `GET /healthz` (liveness) is
+//! `GET /metrics` is the OpenMetrics text format, written by prometheus-client. `GET /healthz` (liveness) is
 //! 200 while Docker and the queue answered at their last use, the rule systemd's
 //! watchdog follows; a draining agent is healthy. `GET /readyz` is 200 only while
 //! the agent takes work: bootstrapped, not draining, and healthy. A 503 says why.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::fmt::{self, Write as _};
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use crate::host::http::Reply;
-
-use crate::job::result::{AGENT_VERSION, Status};
+use crate::job::result::{AGENT_VERSION, ContainerUsage, Status};
+use crate::job::usage::LiveUsage;
 
 /// Upper bounds of the job duration histogram: CI jobs run from seconds to hours.
 const DURATION_BUCKETS_SECS: [f64; 10] = [
     1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0,
 ];
+/// Upper bounds of the CPU seconds a job used.
+const CPU_BUCKETS_SECS: [f64; 10] = [
+    0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0,
+];
+/// Upper bounds of a job's peak memory as a share of its limit: where a profile's
+/// `memory_mb` is too generous or too tight.
+const MEMORY_SHARE_BUCKETS: [f64; 8] = [0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 1.0];
 
-/// The agent's counters and gauges. Cheap to update from any task.
-#[derive(Default)]
-pub struct Metrics {
-    jobs: Mutex<BTreeMap<&'static str, Durations>>,
-    received: AtomicU64,
-    receive_errors: AtomicU64,
-    handed_back: AtomicU64,
-    running: AtomicUsize,
-    boot_ms: AtomicU64,
-    ready: AtomicBool,
-    disk_free_mb: AtomicU64,
-    disk_low: AtomicBool,
-    images_removed: AtomicU64,
-    stopped_for_disk: AtomicU64,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByStatus {
+    status: &'static str,
 }
 
-/// A histogram of one status's job durations.
-#[derive(Default, Clone)]
-struct Durations {
-    /// Per bucket, the jobs at or under its bound (cumulative, as exposed).
-    buckets: [u64; DURATION_BUCKETS_SECS.len()],
-    count: u64,
-    sum_secs: f64,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+struct ByProfile {
+    profile: String,
+}
+
+/// A running job's place: bounded by the profiles and `agent.slots`, never a job id.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+struct BySlot {
+    profile: String,
+    slot: usize,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByVersion {
+    version: &'static str,
+}
+
+/// The agent's counters, gauges and histograms, kept by prometheus-client, which
+/// owns the exposition format. Cheap to update from any task.
+pub struct Metrics {
+    registry: Registry,
+    /// Set at scrape time from [`State`].
+    slots: Gauge,
+    docker_up: Gauge,
+    queue_up: Gauge,
+    draining: Gauge,
+    jobs_running: Gauge,
+    ready: Gauge,
+    boot_seconds: Gauge<f64, AtomicU64>,
+    disk_free_megabytes: Gauge,
+    disk_low: Gauge,
+    received: Counter,
+    receive_errors: Counter,
+    images_removed: Counter,
+    stopped_for_disk: Counter,
+    handed_back: Counter,
+    jobs: Family<ByStatus, Counter>,
+    job_duration: Family<ByStatus, Histogram>,
+    job_cpu: Family<ByProfile, Histogram>,
+    job_memory_share: Family<ByProfile, Histogram>,
+    running_cpu: Family<BySlot, Gauge<f64, AtomicU64>>,
+    running_memory: Family<BySlot, Gauge>,
+    /// The running jobs' latest cgroup samples, read at scrape time.
+    live: Mutex<BTreeMap<BySlot, LiveUsage>>,
+    /// For readiness, beside the gauges.
+    is_ready: AtomicBool,
+    is_disk_low: AtomicBool,
 }
 
 /// What the agent is, read at scrape time.
@@ -63,58 +103,258 @@ pub struct State {
     pub draining: bool,
 }
 
+/// A job counted as running, in its slot, until dropped.
+pub struct Running<'a> {
+    metrics: &'a Metrics,
+    key: BySlot,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.metrics.jobs_running.dec();
+        self.metrics
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
 impl Metrics {
-    pub fn job_finished(&self, status: Status, duration: Duration) {
-        let secs = duration.as_secs_f64();
-        let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
-        let stats = jobs.entry(status.as_str()).or_default();
-        for (bucket, bound) in stats.buckets.iter_mut().zip(DURATION_BUCKETS_SECS) {
-            if secs <= bound {
-                *bucket += 1;
-            }
+    pub fn new() -> Self {
+        let mut metrics = Metrics {
+            registry: Registry::with_prefix("deckhand"),
+            slots: Gauge::default(),
+            docker_up: Gauge::default(),
+            queue_up: Gauge::default(),
+            draining: Gauge::default(),
+            jobs_running: Gauge::default(),
+            ready: Gauge::default(),
+            boot_seconds: Gauge::default(),
+            disk_free_megabytes: Gauge::default(),
+            disk_low: Gauge::default(),
+            received: Counter::default(),
+            receive_errors: Counter::default(),
+            images_removed: Counter::default(),
+            stopped_for_disk: Counter::default(),
+            handed_back: Counter::default(),
+            jobs: Family::default(),
+            job_duration: Family::new_with_constructor(|| Histogram::new(DURATION_BUCKETS_SECS)),
+            job_cpu: Family::new_with_constructor(|| Histogram::new(CPU_BUCKETS_SECS)),
+            job_memory_share: Family::new_with_constructor(|| Histogram::new(MEMORY_SHARE_BUCKETS)),
+            running_cpu: Family::default(),
+            running_memory: Family::default(),
+            live: Mutex::default(),
+            is_ready: AtomicBool::new(false),
+            is_disk_low: AtomicBool::new(false),
+        };
+        metrics.register();
+        // Every status is exposed from the start, at 0: an alert on a rate needs
+        // the series before the first job of that status.
+        for status in Status::ALL {
+            let _ = metrics.jobs.get_or_create(&ByStatus {
+                status: status.as_str(),
+            });
         }
-        stats.count += 1;
-        stats.sum_secs += secs;
+        metrics
+    }
+
+    /// What the agent is now: gauges.
+    fn register(&mut self) {
+        // The library ends each help text with a period of its own.
+        let r = &mut self.registry;
+        r.register(
+            "slots",
+            "Jobs this agent runs at once (agent.slots)",
+            self.slots.clone(),
+        );
+        r.register(
+            "jobs_running",
+            "Job containers running now",
+            self.jobs_running.clone(),
+        );
+        r.register(
+            "docker_up",
+            "1 if Docker answered at its last use",
+            self.docker_up.clone(),
+        );
+        r.register(
+            "queue_up",
+            "1 if the job queue answered at its last use",
+            self.queue_up.clone(),
+        );
+        r.register(
+            "draining",
+            "1 once the agent takes no more jobs and is draining",
+            self.draining.clone(),
+        );
+        r.register(
+            "ready",
+            "1 once bootstrap is done and the agent serves the queue",
+            self.ready.clone(),
+        );
+        r.register(
+            "boot_seconds",
+            "Bootstrap time, secrets to ready",
+            self.boot_seconds.clone(),
+        );
+        r.register(
+            "disk_free_megabytes",
+            "Least free space of Docker's data root and the work dir, at the last check (0 before one)",
+            self.disk_free_megabytes.clone(),
+        );
+        r.register(
+            "disk_low",
+            "1 while free space is below disk.min_free_mb and no job is taken",
+            self.disk_low.clone(),
+        );
+        let build_info = Family::<ByVersion, Gauge>::default();
+        build_info
+            .get_or_create(&ByVersion {
+                version: AGENT_VERSION,
+            })
+            .set(1);
+        r.register("build_info", "The running deckhand", build_info);
+        self.register_counts();
+    }
+
+    /// What happened since the agent started: counters and histograms.
+    fn register_counts(&mut self) {
+        let r = &mut self.registry;
+        // Counters: the library adds `_total` to the sample's name.
+        r.register(
+            "messages_received",
+            "Job messages received from the queue",
+            self.received.clone(),
+        );
+        r.register(
+            "receive_errors",
+            "Receives from the queue that failed",
+            self.receive_errors.clone(),
+        );
+        r.register(
+            "images_removed",
+            "Unused images removed to make room on the disk",
+            self.images_removed.clone(),
+        );
+        r.register(
+            "jobs_stopped_for_disk",
+            "Running jobs stopped because free space fell below disk.min_free_mb",
+            self.stopped_for_disk.clone(),
+        );
+        r.register(
+            "messages_handed_back",
+            "Messages made visible again for another attempt (drains, errors, duplicates)",
+            self.handed_back.clone(),
+        );
+        r.register(
+            "jobs",
+            "Job attempts that ended, by status (interrupted and error ones run again)",
+            self.jobs.clone(),
+        );
+        r.register(
+            "job_duration_seconds",
+            "Wall time of jobs that ran, by status",
+            self.job_duration.clone(),
+        );
+        r.register(
+            "job_cpu_seconds",
+            "CPU time of jobs' containers, by profile (read from their cgroups)",
+            self.job_cpu.clone(),
+        );
+        r.register(
+            "job_memory_peak_ratio",
+            "Jobs' peak memory as a share of their memory limit, by profile",
+            self.job_memory_share.clone(),
+        );
+        r.register(
+            "running_cpu_seconds",
+            "CPU time so far of the job running in each slot",
+            self.running_cpu.clone(),
+        );
+        r.register(
+            "running_memory_bytes",
+            "Memory held now by the job running in each slot",
+            self.running_memory.clone(),
+        );
+    }
+
+    pub fn job_finished(&self, status: Status, duration: Duration) {
+        let status = ByStatus {
+            status: status.as_str(),
+        };
+        self.jobs.get_or_create(&status).inc();
+        self.job_duration
+            .get_or_create(&status)
+            .observe(duration.as_secs_f64());
+    }
+
+    /// What a finished job's container used, under its profile.
+    pub fn job_used(&self, profile: &str, usage: &ContainerUsage) {
+        let profile = ByProfile {
+            profile: profile.to_owned(),
+        };
+        self.job_cpu
+            .get_or_create(&profile)
+            .observe(usage.cpu_seconds);
+        if let Some(limit) = usage.memory_limit_bytes.filter(|&l| l > 0) {
+            self.job_memory_share
+                .get_or_create(&profile)
+                .observe(usage.memory_peak_bytes as f64 / limit as f64);
+        }
     }
 
     pub fn received(&self, messages: usize) {
-        self.received.fetch_add(messages as u64, Ordering::Relaxed);
+        self.received.inc_by(messages as u64);
     }
 
     pub fn receive_failed(&self) {
-        self.receive_errors.fetch_add(1, Ordering::Relaxed);
+        self.receive_errors.inc();
     }
 
     pub fn handed_back(&self) {
-        self.handed_back.fetch_add(1, Ordering::Relaxed);
+        self.handed_back.inc();
     }
 
-    /// A container starts (`true`) or is gone (`false`).
-    pub fn running(&self, started: bool) {
-        if started {
-            self.running.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.running.fetch_sub(1, Ordering::Relaxed);
-        }
+    /// A job's container runs in `slot` under `profile` until the value is
+    /// dropped; `live` carries its latest CPU and memory sample.
+    pub fn running(&self, profile: &str, slot: usize, live: LiveUsage) -> Running<'_> {
+        self.jobs_running.inc();
+        let key = BySlot {
+            profile: profile.to_owned(),
+            slot,
+        };
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone(), live);
+        Running { metrics: self, key }
     }
 
     pub fn ready(&self, boot: Duration) {
-        self.boot_ms
-            .store(boot.as_millis() as u64, Ordering::Relaxed);
-        self.ready.store(true, Ordering::Relaxed);
+        self.boot_seconds.set(boot.as_secs_f64());
+        self.ready.set(1);
+        self.is_ready.store(true, Ordering::Relaxed);
     }
 
     /// A disk check before a receive.
     pub fn disk(&self, room: &crate::host::disk::Room) {
-        self.disk_free_mb.store(room.free_mb, Ordering::Relaxed);
-        self.disk_low.store(room.low.is_some(), Ordering::Relaxed);
-        self.images_removed
-            .fetch_add(room.removed as u64, Ordering::Relaxed);
+        self.disk_free_megabytes.set(room.free_mb as i64);
+        self.disk_low.set(i64::from(room.low.is_some()));
+        self.is_disk_low
+            .store(room.low.is_some(), Ordering::Relaxed);
+        self.images_removed.inc_by(room.removed as u64);
     }
 
     /// The disk watchdog stopped a job.
     pub fn stopped_for_disk(&self) {
-        self.stopped_for_disk.fetch_add(1, Ordering::Relaxed);
+        self.stopped_for_disk.inc();
     }
 
     /// Why the agent is not healthy, if it is not.
@@ -132,192 +372,38 @@ impl Metrics {
     fn unready(&self, state: &State) -> Option<&'static str> {
         if state.draining {
             Some("draining")
-        } else if !self.ready.load(Ordering::Relaxed) {
+        } else if !self.is_ready.load(Ordering::Relaxed) {
             Some("starting")
-        } else if self.disk_low.load(Ordering::Relaxed) {
+        } else if self.is_disk_low.load(Ordering::Relaxed) {
             Some("disk space is low")
         } else {
             Metrics::unhealthy(state)
         }
     }
 
-    /// The text exposition format.
+    /// The exposition (OpenMetrics text), with the gauges read at scrape time
+    /// brought up to date first.
     pub fn render(&self, state: &State) -> String {
-        let mut out = String::with_capacity(4096);
-        self.render_gauges(&mut out, state);
-        self.render_counters(&mut out);
-        self.render_jobs(&mut out);
+        self.slots.set(state.slots as i64);
+        self.docker_up.set(i64::from(state.docker_up));
+        self.queue_up.set(i64::from(state.queue_up));
+        self.draining.set(i64::from(state.draining));
+        // Only the slots running a job now: a finished job's series goes.
+        self.running_cpu.clear();
+        self.running_memory.clear();
+        for (slot, live) in self.live.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            if let Some(sample) = live.get() {
+                self.running_cpu.get_or_create(slot).set(sample.cpu_seconds);
+                self.running_memory
+                    .get_or_create(slot)
+                    .set(i64::try_from(sample.memory_bytes).unwrap_or(i64::MAX));
+            }
+        }
+        let mut out = String::with_capacity(8192);
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
-
-    /// What the agent is now: slots and containers, its dependencies, readiness,
-    /// the disk, and its own version.
-    fn render_gauges(&self, out: &mut String, state: &State) {
-        let flag = |b: bool| u8::from(b).to_string();
-        let boot_secs = self.boot_ms.load(Ordering::Relaxed) as f64 / 1000.0;
-        for (name, help, value) in [
-            (
-                "deckhand_slots",
-                "Jobs this agent runs at once (agent.slots).",
-                state.slots.to_string(),
-            ),
-            (
-                "deckhand_jobs_running",
-                "Job containers running now.",
-                self.running.load(Ordering::Relaxed).to_string(),
-            ),
-            (
-                "deckhand_docker_up",
-                "1 if Docker answered at its last use.",
-                flag(state.docker_up),
-            ),
-            (
-                "deckhand_queue_up",
-                "1 if the job queue answered at its last use.",
-                flag(state.queue_up),
-            ),
-            (
-                "deckhand_draining",
-                "1 once the agent takes no more jobs and is draining.",
-                flag(state.draining),
-            ),
-            (
-                "deckhand_ready",
-                "1 once bootstrap is done and the agent serves the queue.",
-                flag(self.ready.load(Ordering::Relaxed)),
-            ),
-            (
-                "deckhand_boot_seconds",
-                "Bootstrap time, secrets to ready.",
-                boot_secs.to_string(),
-            ),
-            (
-                "deckhand_disk_free_megabytes",
-                "Least free space of Docker's data root and the work dir, at the last check (0 before one).",
-                self.disk_free_mb.load(Ordering::Relaxed).to_string(),
-            ),
-            (
-                "deckhand_disk_low",
-                "1 while free space is below disk.min_free_mb and no job is taken.",
-                flag(self.disk_low.load(Ordering::Relaxed)),
-            ),
-        ] {
-            family(out, name, "gauge", help);
-            sample(out, name, value);
-        }
-        family(out, "deckhand_build_info", "gauge", "The running deckhand.");
-        sample(
-            out,
-            format_args!("deckhand_build_info{{version=\"{AGENT_VERSION}\"}}"),
-            1,
-        );
-    }
-
-    /// What happened since the agent started, apart from jobs.
-    fn render_counters(&self, out: &mut String) {
-        for (name, help, value) in [
-            (
-                "deckhand_messages_received_total",
-                "Job messages received from the queue.",
-                &self.received,
-            ),
-            (
-                "deckhand_receive_errors_total",
-                "Receives from the queue that failed.",
-                &self.receive_errors,
-            ),
-            (
-                "deckhand_images_removed_total",
-                "Unused images removed to make room on the disk.",
-                &self.images_removed,
-            ),
-            (
-                "deckhand_jobs_stopped_for_disk_total",
-                "Running jobs stopped because free space fell below disk.min_free_mb.",
-                &self.stopped_for_disk,
-            ),
-            (
-                "deckhand_messages_handed_back_total",
-                "Messages made visible again for another attempt (drains, errors, duplicates).",
-                &self.handed_back,
-            ),
-        ] {
-            family(out, name, "counter", help);
-            sample(out, name, value.load(Ordering::Relaxed));
-        }
-    }
-
-    /// Job attempts by status (every status, even at 0), then the duration
-    /// histogram of each status that has ended a job.
-    fn render_jobs(&self, out: &mut String) {
-        // A copy: formatting must not hold up the tasks that finish jobs.
-        let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        family(
-            out,
-            "deckhand_jobs_total",
-            "counter",
-            "Job attempts that ended, by status (interrupted and error ones run again).",
-        );
-        for status in Status::ALL {
-            let count = jobs.get(status.as_str()).map_or(0, |d| d.count);
-            let status = status.as_str();
-            sample(
-                out,
-                format_args!("deckhand_jobs_total{{status=\"{status}\"}}"),
-                count,
-            );
-        }
-        family(
-            out,
-            "deckhand_job_duration_seconds",
-            "histogram",
-            "Wall time of jobs that ran, by status.",
-        );
-        for (status, durations) in &jobs {
-            durations.render(out, status);
-        }
-    }
-}
-
-impl Durations {
-    /// This status's buckets, `+Inf`, sum and count.
-    fn render(&self, out: &mut String, status: &str) {
-        let name = "deckhand_job_duration_seconds";
-        for (bound, count) in DURATION_BUCKETS_SECS.iter().zip(self.buckets) {
-            sample(
-                out,
-                format_args!("{name}_bucket{{status=\"{status}\",le=\"{bound}\"}}"),
-                count,
-            );
-        }
-        sample(
-            out,
-            format_args!("{name}_bucket{{status=\"{status}\",le=\"+Inf\"}}"),
-            self.count,
-        );
-        sample(
-            out,
-            format_args!("{name}_sum{{status=\"{status}\"}}"),
-            self.sum_secs,
-        );
-        sample(
-            out,
-            format_args!("{name}_count{{status=\"{status}\"}}"),
-            self.count,
-        );
-    }
-}
-
-/// A family's `# HELP` and `# TYPE` lines, which precede its samples.
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    // Writing to a String cannot fail.
-    let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
-}
-
-/// One sample: the series (name and labels) and its value.
-fn sample(out: &mut String, series: impl fmt::Display, value: impl fmt::Display) {
-    // Writing to a String cannot fail.
-    let _ = writeln!(out, "{series} {value}");
 }
 
 /// Binds `metrics.listen` (port 0: any free port; the log says which).
@@ -369,7 +455,7 @@ fn respond(request: &Request<Incoming>, metrics: &Metrics, state: &State) -> Rep
     match request.uri().path() {
         "/metrics" => reply(
             StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
             metrics.render(state),
         ),
         "/healthz" => probe(Metrics::unhealthy(state)),

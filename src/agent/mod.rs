@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod recovery;
 pub mod running;
 pub mod serve;
+pub mod slots;
 pub mod watchdog;
 
 use std::convert::Infallible;

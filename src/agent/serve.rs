@@ -6,13 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::agent::Agent;
 use crate::agent::drain::{InFlight, reap};
+use crate::agent::slots::{Slot, Slots};
 use crate::aws::sqs::{Received, SqsError};
 use crate::backoff::Backoff;
 use crate::host::stop::{Preemption, Stop, StopReason};
@@ -55,7 +55,7 @@ impl Agent {
         // A slot is a container, so a slot frees when its container is gone, while
         // the result is still being recorded: the next job's receive, claim and
         // start overlap the last one's uploads instead of queueing behind them.
-        let slots = Arc::new(Semaphore::new(self.config.agent.slots));
+        let slots = Slots::new(self.config.agent.slots);
         let backoff = || Backoff::new(Duration::from_secs(1), MAX_BACKOFF);
         let mut pacing = Pacing {
             docker: backoff(),
@@ -70,7 +70,7 @@ impl Agent {
                 reap(done);
                 pacing.idle_since = Instant::now();
             }
-            if slots.available_permits() == 0 {
+            if slots.available() == 0 {
                 if !wait_for_slot(&mut jobs, &slots, &mut pacing, stop).await {
                     break;
                 }
@@ -86,10 +86,7 @@ impl Agent {
                 }
             }
             // At most 10: one receive brings no more.
-            let mut free: Vec<OwnedSemaphorePermit> =
-                std::iter::from_fn(|| Arc::clone(&slots).try_acquire_owned().ok())
-                    .take(10)
-                    .collect();
+            let mut free: Vec<Slot> = std::iter::from_fn(|| slots.try_take()).take(10).collect();
             let mut receive: InFlight<'_> = Box::pin(self.queue.receive(
                 free.len(),
                 self.config.queue.wait,
@@ -214,7 +211,7 @@ impl Agent {
         self: &Arc<Self>,
         jobs: &mut JoinSet<()>,
         message: Received,
-        slot: OwnedSemaphorePermit,
+        slot: Slot,
         preemption: &Preemption,
     ) {
         let span = tracing::info_span!(
@@ -233,7 +230,7 @@ impl Agent {
 /// (its task still recording). False when the drain began instead.
 async fn wait_for_slot(
     jobs: &mut JoinSet<()>,
-    slots: &Arc<Semaphore>,
+    slots: &Slots,
     pacing: &mut Pacing,
     stop: &Stop,
 ) -> bool {
@@ -242,7 +239,7 @@ async fn wait_for_slot(
             reap(done);
             pacing.idle_since = Instant::now();
         }
-        permit = Arc::clone(slots).acquire_owned() => drop(permit),
+        () = slots.freed() => {}
         _ = stop.draining().cancelled() => return false,
     }
     true

@@ -24,7 +24,7 @@ impl LiveUsage {
         *self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn set(&self, sample: Sample) {
+    pub(crate) fn set(&self, sample: Sample) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(sample);
     }
 }

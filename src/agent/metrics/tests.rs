@@ -21,10 +21,6 @@ fn populated() -> (Metrics, State) {
     metrics.receive_failed();
     metrics.receive_failed();
     metrics.handed_back();
-    metrics.running(true);
-    metrics.running(true);
-    metrics.running(true);
-    metrics.running(false);
     metrics.ready(Duration::from_millis(1234));
     metrics.disk(&crate::host::disk::Room {
         free_mb: 5120,
@@ -49,8 +45,39 @@ fn populated() -> (Metrics, State) {
 #[test]
 fn exposition_is_unchanged() {
     let (metrics, state) = populated();
+    // Two jobs running, one of them sampled; a third came and went.
+    let sampled = LiveUsage::default();
+    sampled.set(crate::host::cgroups::Sample {
+        cpu_seconds: 1.5,
+        memory_bytes: 50_000_000,
+        memory_peak_bytes: 60_000_000,
+        memory_limit_bytes: Some(100_000_000),
+    });
+    let _first = metrics.running("default", 0, sampled);
+    let _second = metrics.running("big", 1, LiveUsage::default());
+    drop(metrics.running("default", 2, LiveUsage::default()));
+    metrics.job_used(
+        "default",
+        &ContainerUsage {
+            cpu_seconds: 2.0,
+            memory_peak_bytes: 30_000_000,
+            memory_limit_bytes: Some(100_000_000),
+        },
+    );
     let expected = EXPOSITION.replace("AGENT_VERSION", AGENT_VERSION);
-    assert_eq!(metrics.render(&state), expected);
+    let text = metrics.render(&state);
+    if text != expected {
+        eprintln!("{text}");
+    }
+    // Series within a family come in the order of the library's hash map: the
+    // lines are compared byte for byte, in any order, and the end comes last.
+    let sorted = |text: &str| {
+        let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        lines.sort();
+        lines
+    };
+    assert_eq!(sorted(&text), sorted(&expected));
+    assert!(text.ends_with("# EOF\n"));
 }
 
 const EXPOSITION: &str = r#"# HELP deckhand_slots Jobs this agent runs at once (agent.slots).
@@ -83,71 +110,106 @@ deckhand_disk_low 1
 # HELP deckhand_build_info The running deckhand.
 # TYPE deckhand_build_info gauge
 deckhand_build_info{version="AGENT_VERSION"} 1
-# HELP deckhand_messages_received_total Job messages received from the queue.
-# TYPE deckhand_messages_received_total counter
+# HELP deckhand_messages_received Job messages received from the queue.
+# TYPE deckhand_messages_received counter
 deckhand_messages_received_total 7
-# HELP deckhand_receive_errors_total Receives from the queue that failed.
-# TYPE deckhand_receive_errors_total counter
+# HELP deckhand_receive_errors Receives from the queue that failed.
+# TYPE deckhand_receive_errors counter
 deckhand_receive_errors_total 2
-# HELP deckhand_images_removed_total Unused images removed to make room on the disk.
-# TYPE deckhand_images_removed_total counter
+# HELP deckhand_images_removed Unused images removed to make room on the disk.
+# TYPE deckhand_images_removed counter
 deckhand_images_removed_total 3
-# HELP deckhand_jobs_stopped_for_disk_total Running jobs stopped because free space fell below disk.min_free_mb.
-# TYPE deckhand_jobs_stopped_for_disk_total counter
+# HELP deckhand_jobs_stopped_for_disk Running jobs stopped because free space fell below disk.min_free_mb.
+# TYPE deckhand_jobs_stopped_for_disk counter
 deckhand_jobs_stopped_for_disk_total 0
-# HELP deckhand_messages_handed_back_total Messages made visible again for another attempt (drains, errors, duplicates).
-# TYPE deckhand_messages_handed_back_total counter
+# HELP deckhand_messages_handed_back Messages made visible again for another attempt (drains, errors, duplicates).
+# TYPE deckhand_messages_handed_back counter
 deckhand_messages_handed_back_total 1
-# HELP deckhand_jobs_total Job attempts that ended, by status (interrupted and error ones run again).
-# TYPE deckhand_jobs_total counter
+# HELP deckhand_jobs Job attempts that ended, by status (interrupted and error ones run again).
+# TYPE deckhand_jobs counter
+deckhand_jobs_total{status="cancelled"} 0
 deckhand_jobs_total{status="succeeded"} 2
+deckhand_jobs_total{status="interrupted"} 0
+deckhand_jobs_total{status="error"} 0
 deckhand_jobs_total{status="failed"} 1
 deckhand_jobs_total{status="timed_out"} 1
 deckhand_jobs_total{status="rejected"} 0
-deckhand_jobs_total{status="cancelled"} 0
-deckhand_jobs_total{status="interrupted"} 0
-deckhand_jobs_total{status="error"} 0
 # HELP deckhand_job_duration_seconds Wall time of jobs that ran, by status.
 # TYPE deckhand_job_duration_seconds histogram
-deckhand_job_duration_seconds_bucket{status="failed",le="1"} 1
-deckhand_job_duration_seconds_bucket{status="failed",le="5"} 1
-deckhand_job_duration_seconds_bucket{status="failed",le="15"} 1
-deckhand_job_duration_seconds_bucket{status="failed",le="30"} 1
-deckhand_job_duration_seconds_bucket{status="failed",le="60"} 1
-deckhand_job_duration_seconds_bucket{status="failed",le="300"} 1
-deckhand_job_duration_seconds_bucket{status="failed",le="900"} 1
-deckhand_job_duration_seconds_bucket{status="failed",le="1800"} 1
-deckhand_job_duration_seconds_bucket{status="failed",le="3600"} 1
-deckhand_job_duration_seconds_bucket{status="failed",le="7200"} 1
-deckhand_job_duration_seconds_bucket{status="failed",le="+Inf"} 1
-deckhand_job_duration_seconds_sum{status="failed"} 0.5
-deckhand_job_duration_seconds_count{status="failed"} 1
-deckhand_job_duration_seconds_bucket{status="succeeded",le="1"} 0
-deckhand_job_duration_seconds_bucket{status="succeeded",le="5"} 1
-deckhand_job_duration_seconds_bucket{status="succeeded",le="15"} 1
-deckhand_job_duration_seconds_bucket{status="succeeded",le="30"} 1
-deckhand_job_duration_seconds_bucket{status="succeeded",le="60"} 1
-deckhand_job_duration_seconds_bucket{status="succeeded",le="300"} 2
-deckhand_job_duration_seconds_bucket{status="succeeded",le="900"} 2
-deckhand_job_duration_seconds_bucket{status="succeeded",le="1800"} 2
-deckhand_job_duration_seconds_bucket{status="succeeded",le="3600"} 2
-deckhand_job_duration_seconds_bucket{status="succeeded",le="7200"} 2
-deckhand_job_duration_seconds_bucket{status="succeeded",le="+Inf"} 2
 deckhand_job_duration_seconds_sum{status="succeeded"} 103.25
 deckhand_job_duration_seconds_count{status="succeeded"} 2
-deckhand_job_duration_seconds_bucket{status="timed_out",le="1"} 0
-deckhand_job_duration_seconds_bucket{status="timed_out",le="5"} 0
-deckhand_job_duration_seconds_bucket{status="timed_out",le="15"} 0
-deckhand_job_duration_seconds_bucket{status="timed_out",le="30"} 0
-deckhand_job_duration_seconds_bucket{status="timed_out",le="60"} 0
-deckhand_job_duration_seconds_bucket{status="timed_out",le="300"} 0
-deckhand_job_duration_seconds_bucket{status="timed_out",le="900"} 0
-deckhand_job_duration_seconds_bucket{status="timed_out",le="1800"} 0
-deckhand_job_duration_seconds_bucket{status="timed_out",le="3600"} 0
-deckhand_job_duration_seconds_bucket{status="timed_out",le="7200"} 0
-deckhand_job_duration_seconds_bucket{status="timed_out",le="+Inf"} 1
-deckhand_job_duration_seconds_sum{status="timed_out"} 7300
+deckhand_job_duration_seconds_bucket{le="1.0",status="succeeded"} 0
+deckhand_job_duration_seconds_bucket{le="5.0",status="succeeded"} 1
+deckhand_job_duration_seconds_bucket{le="15.0",status="succeeded"} 1
+deckhand_job_duration_seconds_bucket{le="30.0",status="succeeded"} 1
+deckhand_job_duration_seconds_bucket{le="60.0",status="succeeded"} 1
+deckhand_job_duration_seconds_bucket{le="300.0",status="succeeded"} 2
+deckhand_job_duration_seconds_bucket{le="900.0",status="succeeded"} 2
+deckhand_job_duration_seconds_bucket{le="1800.0",status="succeeded"} 2
+deckhand_job_duration_seconds_bucket{le="3600.0",status="succeeded"} 2
+deckhand_job_duration_seconds_bucket{le="7200.0",status="succeeded"} 2
+deckhand_job_duration_seconds_bucket{le="+Inf",status="succeeded"} 2
+deckhand_job_duration_seconds_sum{status="failed"} 0.5
+deckhand_job_duration_seconds_count{status="failed"} 1
+deckhand_job_duration_seconds_bucket{le="1.0",status="failed"} 1
+deckhand_job_duration_seconds_bucket{le="5.0",status="failed"} 1
+deckhand_job_duration_seconds_bucket{le="15.0",status="failed"} 1
+deckhand_job_duration_seconds_bucket{le="30.0",status="failed"} 1
+deckhand_job_duration_seconds_bucket{le="60.0",status="failed"} 1
+deckhand_job_duration_seconds_bucket{le="300.0",status="failed"} 1
+deckhand_job_duration_seconds_bucket{le="900.0",status="failed"} 1
+deckhand_job_duration_seconds_bucket{le="1800.0",status="failed"} 1
+deckhand_job_duration_seconds_bucket{le="3600.0",status="failed"} 1
+deckhand_job_duration_seconds_bucket{le="7200.0",status="failed"} 1
+deckhand_job_duration_seconds_bucket{le="+Inf",status="failed"} 1
+deckhand_job_duration_seconds_sum{status="timed_out"} 7300.0
 deckhand_job_duration_seconds_count{status="timed_out"} 1
+deckhand_job_duration_seconds_bucket{le="1.0",status="timed_out"} 0
+deckhand_job_duration_seconds_bucket{le="5.0",status="timed_out"} 0
+deckhand_job_duration_seconds_bucket{le="15.0",status="timed_out"} 0
+deckhand_job_duration_seconds_bucket{le="30.0",status="timed_out"} 0
+deckhand_job_duration_seconds_bucket{le="60.0",status="timed_out"} 0
+deckhand_job_duration_seconds_bucket{le="300.0",status="timed_out"} 0
+deckhand_job_duration_seconds_bucket{le="900.0",status="timed_out"} 0
+deckhand_job_duration_seconds_bucket{le="1800.0",status="timed_out"} 0
+deckhand_job_duration_seconds_bucket{le="3600.0",status="timed_out"} 0
+deckhand_job_duration_seconds_bucket{le="7200.0",status="timed_out"} 0
+deckhand_job_duration_seconds_bucket{le="+Inf",status="timed_out"} 1
+# HELP deckhand_job_cpu_seconds CPU time of jobs' containers, by profile (read from their cgroups).
+# TYPE deckhand_job_cpu_seconds histogram
+deckhand_job_cpu_seconds_sum{profile="default"} 2.0
+deckhand_job_cpu_seconds_count{profile="default"} 1
+deckhand_job_cpu_seconds_bucket{le="0.1",profile="default"} 0
+deckhand_job_cpu_seconds_bucket{le="0.5",profile="default"} 0
+deckhand_job_cpu_seconds_bucket{le="1.0",profile="default"} 0
+deckhand_job_cpu_seconds_bucket{le="5.0",profile="default"} 1
+deckhand_job_cpu_seconds_bucket{le="15.0",profile="default"} 1
+deckhand_job_cpu_seconds_bucket{le="60.0",profile="default"} 1
+deckhand_job_cpu_seconds_bucket{le="300.0",profile="default"} 1
+deckhand_job_cpu_seconds_bucket{le="900.0",profile="default"} 1
+deckhand_job_cpu_seconds_bucket{le="3600.0",profile="default"} 1
+deckhand_job_cpu_seconds_bucket{le="14400.0",profile="default"} 1
+deckhand_job_cpu_seconds_bucket{le="+Inf",profile="default"} 1
+# HELP deckhand_job_memory_peak_ratio Jobs' peak memory as a share of their memory limit, by profile.
+# TYPE deckhand_job_memory_peak_ratio histogram
+deckhand_job_memory_peak_ratio_sum{profile="default"} 0.3
+deckhand_job_memory_peak_ratio_count{profile="default"} 1
+deckhand_job_memory_peak_ratio_bucket{le="0.05",profile="default"} 0
+deckhand_job_memory_peak_ratio_bucket{le="0.1",profile="default"} 0
+deckhand_job_memory_peak_ratio_bucket{le="0.25",profile="default"} 0
+deckhand_job_memory_peak_ratio_bucket{le="0.5",profile="default"} 1
+deckhand_job_memory_peak_ratio_bucket{le="0.75",profile="default"} 1
+deckhand_job_memory_peak_ratio_bucket{le="0.9",profile="default"} 1
+deckhand_job_memory_peak_ratio_bucket{le="0.95",profile="default"} 1
+deckhand_job_memory_peak_ratio_bucket{le="1.0",profile="default"} 1
+deckhand_job_memory_peak_ratio_bucket{le="+Inf",profile="default"} 1
+# HELP deckhand_running_cpu_seconds CPU time so far of the job running in each slot.
+# TYPE deckhand_running_cpu_seconds gauge
+deckhand_running_cpu_seconds{profile="default",slot="0"} 1.5
+# HELP deckhand_running_memory_bytes Memory held now by the job running in each slot.
+# TYPE deckhand_running_memory_bytes gauge
+deckhand_running_memory_bytes{profile="default",slot="0"} 50000000
+# EOF
 "#;
 
 #[test]
@@ -161,12 +223,12 @@ fn durations_fill_cumulative_buckets() {
         "deckhand_jobs_total{status=\"succeeded\"} 2",
         "deckhand_jobs_total{status=\"failed\"} 1",
         "deckhand_jobs_total{status=\"timed_out\"} 0",
-        "deckhand_job_duration_seconds_bucket{status=\"succeeded\",le=\"1\"} 0",
-        "deckhand_job_duration_seconds_bucket{status=\"succeeded\",le=\"5\"} 1",
-        "deckhand_job_duration_seconds_bucket{status=\"succeeded\",le=\"60\"} 1",
-        "deckhand_job_duration_seconds_bucket{status=\"succeeded\",le=\"300\"} 2",
-        "deckhand_job_duration_seconds_bucket{status=\"succeeded\",le=\"+Inf\"} 2",
-        "deckhand_job_duration_seconds_sum{status=\"succeeded\"} 103",
+        "deckhand_job_duration_seconds_bucket{le=\"1.0\",status=\"succeeded\"} 0",
+        "deckhand_job_duration_seconds_bucket{le=\"5.0\",status=\"succeeded\"} 1",
+        "deckhand_job_duration_seconds_bucket{le=\"60.0\",status=\"succeeded\"} 1",
+        "deckhand_job_duration_seconds_bucket{le=\"300.0\",status=\"succeeded\"} 2",
+        "deckhand_job_duration_seconds_bucket{le=\"+Inf\",status=\"succeeded\"} 2",
+        "deckhand_job_duration_seconds_sum{status=\"succeeded\"} 103.0",
         "deckhand_job_duration_seconds_count{status=\"failed\"} 1",
         "deckhand_slots 2",
     ] {
@@ -190,6 +252,7 @@ fn every_sample_has_help_and_type() {
             .strip_suffix("_bucket")
             .or_else(|| name.strip_suffix("_sum"))
             .or_else(|| name.strip_suffix("_count"))
+            .or_else(|| name.strip_suffix("_total"))
             .filter(|f| families.contains(f))
             .unwrap_or(name);
         assert!(families.contains(&family), "{sample}: no # TYPE");

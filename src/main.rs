@@ -119,6 +119,9 @@ enum Command {
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
+    /// In a job's sandbox container: hold its network namespace until killed.
+    #[command(hide = true)]
+    Pause,
     /// Validate the config and probe what the agent depends on.
     Check {
         /// Validate the config only; reach nothing.
@@ -136,6 +139,13 @@ fn main() -> ExitCode {
     } = &cli.command
     {
         return ExitCode::from(reach(address, *timeout_ms));
+    }
+    if let Command::Pause = cli.command {
+        // PID 1 of the sandbox: nothing to do but exist. The runner removes the
+        // container with SIGKILL.
+        loop {
+            std::thread::park();
+        }
     }
     let log_masker = match logging::init(cli.log_format, &cli.log) {
         Ok(masker) => masker,
@@ -261,10 +271,7 @@ async fn dispatch(
         },
         Command::Check { no_probe } => check(&config, path, no_probe).await,
         // Handled before the config is loaded; here for the match's sake.
-        Command::Reach {
-            address,
-            timeout_ms,
-        } => reach(&address, timeout_ms),
+        Command::Reach { .. } | Command::Pause => exit::OK,
     }
 }
 

@@ -34,6 +34,11 @@ pub const DEFAULT_ARTIFACTS_MAX_FILES: u64 = 1000;
 pub const DEFAULT_INPUTS_MAX_MB: u64 = 2048;
 /// The most output a job may print before it is stopped.
 pub const DEFAULT_MAX_LOG_MB: u64 = 256;
+/// Service containers a job may run beside it.
+pub const DEFAULT_MAX_SERVICES: u64 = 4;
+/// Each service's memory and CPU caps, and its values when it names none.
+pub const DEFAULT_SERVICES_MEMORY_MB: u64 = 1024;
+pub const DEFAULT_SERVICES_CPUS: f64 = 1.0;
 
 /// A job profile: the pool's "task definition". Holds the defaults and the caps of
 /// what a job may ask for.
@@ -65,6 +70,11 @@ pub struct Profile {
     /// The most output a job may print, in MB; past it the job is stopped and
     /// `failed`.
     pub max_log_mb: u64,
+    /// The most service containers a job may name; 0: none.
+    pub max_services: u64,
+    /// Each service's memory and CPU cap, and default.
+    pub services_memory_mb: u64,
+    pub services_cpus: f64,
 }
 
 impl Default for Profile {
@@ -84,6 +94,9 @@ impl Default for Profile {
             input_buckets: Vec::new(),
             inputs_max_mb: DEFAULT_INPUTS_MAX_MB,
             max_log_mb: DEFAULT_MAX_LOG_MB,
+            max_services: DEFAULT_MAX_SERVICES,
+            services_memory_mb: DEFAULT_SERVICES_MEMORY_MB,
+            services_cpus: DEFAULT_SERVICES_CPUS,
         }
     }
 }
@@ -166,6 +179,7 @@ fn read_one(r: &mut Reader<'_>, mut section: Section) -> Profile {
         DEFAULT_INPUTS_MAX_MB,
     );
     let max_log_mb = r.int(&mut section, "max_log_mb", 1..=1 << 20, DEFAULT_MAX_LOG_MB);
+    let (max_services, services_memory_mb, services_cpus) = read_services(r, &mut section);
     r.finish(section);
     Profile {
         memory_mb,
@@ -182,7 +196,28 @@ fn read_one(r: &mut Reader<'_>, mut section: Section) -> Profile {
         input_buckets,
         inputs_max_mb,
         max_log_mb,
+        max_services,
+        services_memory_mb,
+        services_cpus,
     }
+}
+
+/// `max_services`, `services_memory_mb` and `services_cpus`.
+fn read_services(r: &mut Reader<'_>, section: &mut Section) -> (u64, u64, f64) {
+    let max_services = r.int(section, "max_services", 0..=16, DEFAULT_MAX_SERVICES);
+    let services_memory_mb = r.int(
+        section,
+        "services_memory_mb",
+        6..=1 << 24,
+        DEFAULT_SERVICES_MEMORY_MB,
+    );
+    let services_cpus = r.float(
+        section,
+        "services_cpus",
+        0.01..=512.0,
+        DEFAULT_SERVICES_CPUS,
+    );
+    (max_services, services_memory_mb, services_cpus)
 }
 
 /// Every profile's longest job, with the longest pull, the stop's grace and the

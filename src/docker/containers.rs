@@ -36,6 +36,9 @@ pub struct ContainerSpec {
     pub cap_add: Vec<String>,
     /// The most Docker keeps of the container's output (json-file, one file).
     pub log_max_bytes: u64,
+    /// `NAME:ADDRESS` lines for its /etc/hosts (a sandbox's: the containers that
+    /// join its network see them too).
+    pub extra_hosts: Vec<String>,
 }
 
 /// One chunk of a container's output.
@@ -97,6 +100,9 @@ impl Docker {
             nano_cpus: Some(spec.nano_cpus),
             pids_limit: Some(spec.pids),
             network_mode: Some(spec.network.clone()),
+            // Docker refuses host entries on a container that joins another's
+            // network, even an empty list.
+            extra_hosts: (!spec.extra_hosts.is_empty()).then(|| spec.extra_hosts.clone()),
             cap_drop: Some(vec!["ALL".into()]),
             cap_add: Some(spec.cap_add.clone()),
             security_opt: Some(vec!["no-new-privileges:true".into()]),
@@ -273,6 +279,23 @@ impl Docker {
         Ok(Exit {
             code: state.exit_code.unwrap_or(-1),
             oom_killed: state.oom_killed.unwrap_or(false),
+        })
+    }
+
+    /// `None` while the container runs; its exit code once it has exited.
+    pub async fn exit_code(&self, name: &str) -> Result<Option<i64>, DockerError> {
+        let inspect = self
+            .client
+            .inspect_container(name, None)
+            .await
+            .map_err(|source| DockerError::InspectContainer {
+                name: name.to_owned(),
+                source,
+            })?;
+        let state = inspect.state.unwrap_or_default();
+        Ok(match state.running {
+            Some(true) => None,
+            _ => Some(state.exit_code.unwrap_or(-1)),
         })
     }
 

@@ -18,7 +18,7 @@ pub use containers::{
     volume_mount,
 };
 pub use images::{LocalImage, RegistryAuth};
-pub use probe::{PROBE_IMAGE, Probed};
+pub use probe::{PROBE_IMAGE, Probed, binary_mounts};
 
 /// Every container and volume deckhand creates carries this label, so a restarted
 /// agent can find what a previous one left behind.
@@ -28,6 +28,10 @@ pub const LABEL_ATTEMPT: &str = "deckhand.attempt";
 pub const LABEL_AGENT: &str = "deckhand.agent";
 /// On a container: the name of its workspace volume, for cleanup after a crash.
 pub const LABEL_WORKSPACE: &str = "deckhand.workspace";
+/// On a job's other containers: `sandbox` (holds its network) or `service`.
+pub const LABEL_ROLE: &str = "deckhand.role";
+/// On a service's container: the service's name.
+pub const LABEL_SERVICE: &str = "deckhand.service";
 
 /// Per-request timeout for calls that should answer quickly. Long waits (container
 /// wait, pulls) stream their body after the headers, so this bounds only the start.
@@ -87,6 +91,8 @@ pub enum DockerError {
     Events { name: String, source: BollardError },
     #[error("import image {image}: {source}")]
     Import { image: String, source: BollardError },
+    #[error("run a command in container {name}: {source}")]
+    Exec { name: String, source: BollardError },
 }
 
 impl DockerError {
@@ -161,7 +167,8 @@ impl DockerError {
             | DockerError::RemoveImage { source, .. }
             | DockerError::Info { source }
             | DockerError::Events { source, .. }
-            | DockerError::Import { source, .. } => Some(source),
+            | DockerError::Import { source, .. }
+            | DockerError::Exec { source, .. } => Some(source),
         }
     }
 }

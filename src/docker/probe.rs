@@ -1,7 +1,9 @@
-//! Short containers that run this deckhand binary where a job would run, under a
-//! job's network and hardening: how `deckhand check` sees the host as a job sees
-//! it. Their image is empty (imported from an empty archive, so it never names
-//! an image the engine lacks); the binary is mounted into it read-only.
+//! Containers that run this deckhand binary where a job would run, under a job's
+//! network and hardening: `deckhand check`'s probes (how the host looks from a
+//! job), and the sandbox that holds a job's network namespace for it and its
+//! services (`deckhand pause`). Their image is empty (imported from an empty
+//! archive, so it never names an image the engine lacks); the binary is mounted
+//! into it read-only. And `exec`, to run a command in a running container.
 
 use std::time::Duration;
 
@@ -55,6 +57,54 @@ impl Docker {
         Ok(image.id.unwrap_or_else(|| PROBE_IMAGE.to_owned()))
     }
 
+    /// Runs `command` in the running container `name` and waits, at most
+    /// `deadline`, for its exit code; `None` if it has not exited by then.
+    pub async fn exec(
+        &self,
+        name: &str,
+        command: &[String],
+        deadline: Duration,
+    ) -> Result<Option<i64>, DockerError> {
+        let failed = |source| DockerError::Exec {
+            name: name.to_owned(),
+            source,
+        };
+        let options = bollard::exec::CreateExecOptions {
+            cmd: Some(command.to_vec()),
+            attach_stdout: Some(false),
+            attach_stderr: Some(false),
+            ..Default::default()
+        };
+        let created = self
+            .client
+            .create_exec(name, options)
+            .await
+            .map_err(failed)?;
+        let start = bollard::exec::StartExecOptions {
+            detach: true,
+            ..Default::default()
+        };
+        self.client
+            .start_exec(&created.id, Some(start))
+            .await
+            .map_err(failed)?;
+        let give_up = tokio::time::Instant::now() + deadline;
+        loop {
+            let inspect = self
+                .client
+                .inspect_exec(&created.id)
+                .await
+                .map_err(failed)?;
+            if inspect.running != Some(true) {
+                return Ok(inspect.exit_code);
+            }
+            if tokio::time::Instant::now() >= give_up {
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Runs the container `spec` describes to its end, for at most `deadline`,
     /// and removes it whatever happened.
     pub async fn run_probe(
@@ -91,4 +141,17 @@ impl Docker {
         removed?;
         Ok(probed)
     }
+}
+
+/// The mounts that run this binary in an empty image at `target`: the binary,
+/// and, read-only, the host's library folders (a static build needs none of
+/// them; a development build finds its loader and libc there).
+pub fn binary_mounts(exe: &std::path::Path, target: &str) -> Vec<super::Mount> {
+    let mut mounts = vec![super::bind_mount(exe, target, true)];
+    for dir in ["/lib", "/lib64", "/usr/lib"] {
+        if let Ok(real) = std::fs::canonicalize(dir) {
+            mounts.push(super::bind_mount(&real, dir, true));
+        }
+    }
+    mounts
 }

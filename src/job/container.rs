@@ -67,6 +67,9 @@ pub(crate) struct Names {
     pub container: String,
     pub workspace: String,
     pub secrets: PathBuf,
+    /// The container that holds the network namespace of the job and its
+    /// services, when it has any.
+    pub sandbox: String,
 }
 
 impl Names {
@@ -82,8 +85,14 @@ impl Names {
         Names {
             secrets: secrets_dir.join(&container),
             workspace: format!("deckhand-ws-{job_id}-{attempt}-{unique:08x}"),
+            sandbox: format!("{container}-net"),
             container,
         }
+    }
+
+    /// The container of the job's service `name`.
+    pub fn service(&self, name: &str) -> String {
+        format!("{}-svc-{name}", self.container)
     }
 }
 
@@ -125,6 +134,7 @@ pub(crate) fn spec(
             .max_log_bytes
             .saturating_mul(2)
             .saturating_add(16_000_000),
+        extra_hosts: Vec::new(),
     }
 }
 

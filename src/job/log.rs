@@ -32,6 +32,10 @@ impl Stream {
     }
 }
 
+/// A chunk of a service's output on its way to the job's log: the service's name,
+/// which stream, the bytes.
+pub type ServiceChunk = (String, Stream, bytes::Bytes);
+
 /// Past this, the log goes to a spool file.
 pub const SPOOL_AFTER_BYTES: usize = 8 * 1024 * 1024;
 
@@ -46,6 +50,8 @@ pub struct JobLog {
     bytes: u64,
     stdout: LineSplitter,
     stderr: LineSplitter,
+    /// Each service's stdout and stderr splitters.
+    services: std::collections::BTreeMap<String, (LineSplitter, LineSplitter)>,
     text: Vec<u8>,
     lines: u64,
     /// Where lines also go while the job runs, for followers.
@@ -70,6 +76,7 @@ impl JobLog {
             bytes: 0,
             stdout: LineSplitter::default(),
             stderr: LineSplitter::default(),
+            services: Default::default(),
             text: Vec::new(),
             lines: 0,
             live: None,
@@ -90,6 +97,35 @@ impl JobLog {
         splitter.push(chunk, &mut lines);
         for line in lines {
             self.emit(stream, &line);
+        }
+    }
+
+    /// Takes a chunk of a service's output, as [`push`](Self::push) does the job's.
+    pub fn push_service(&mut self, service: &str, stream: Stream, chunk: &[u8]) {
+        let splitters = self.services.entry(service.to_owned()).or_default();
+        let splitter = match stream {
+            Stream::Stdout => &mut splitters.0,
+            Stream::Stderr => &mut splitters.1,
+        };
+        let mut lines = Vec::new();
+        splitter.push(chunk, &mut lines);
+        for line in lines {
+            self.emit_from(Some(service), stream, &line);
+        }
+    }
+
+    /// Flushes a service's partial lines: its streams have ended.
+    pub fn finish_service(&mut self, service: &str) {
+        let Some(mut splitters) = self.services.remove(service) else {
+            return;
+        };
+        for (stream, splitter) in [
+            (Stream::Stdout, &mut splitters.0),
+            (Stream::Stderr, &mut splitters.1),
+        ] {
+            if let Some(rest) = splitter.take_rest() {
+                self.emit_from(Some(service), stream, &rest);
+            }
         }
     }
 
@@ -137,6 +173,11 @@ impl JobLog {
     }
 
     fn emit(&mut self, stream: Stream, line: &[u8]) {
+        self.emit_from(None, stream, line);
+    }
+
+    /// A line of the job's (`service` `None`) or of one of its services.
+    fn emit_from(&mut self, service: Option<&str>, stream: Stream, line: &[u8]) {
         if self.full.is_cancelled() {
             self.dropped += line.len() as u64 + 1;
             return;
@@ -152,7 +193,7 @@ impl JobLog {
                 max_log_mb = self.max_bytes / 1_000_000,
                 "The job's log is full; stopping the job."
             );
-            self.keep(Stream::Stderr, &note);
+            self.keep(None, Stream::Stderr, &note);
             return;
         }
         let raw = String::from_utf8_lossy(line);
@@ -161,12 +202,25 @@ impl JobLog {
             Some(later) => std::borrow::Cow::Owned(later.mask(&text).into_owned()),
             None => text,
         };
-        self.keep(stream, &text);
+        self.keep(service, stream, &text);
     }
 
-    /// One masked line: to stdout, the live view and the whole log.
-    fn keep(&mut self, stream: Stream, text: &str) {
-        tracing::info!(target: JOB_OUTPUT_TARGET, stream = stream.as_str(), "{text}");
+    /// One masked line: to stdout, the live view and the whole log. A service's
+    /// line says whose: `stream` is `service:NAME` on stdout, and the log's text
+    /// starts `[NAME] `.
+    fn keep(&mut self, service: Option<&str>, stream: Stream, text: &str) {
+        let prefixed;
+        let text = match service {
+            None => {
+                tracing::info!(target: JOB_OUTPUT_TARGET, stream = stream.as_str(), "{text}");
+                text
+            }
+            Some(name) => {
+                tracing::info!(target: JOB_OUTPUT_TARGET, stream = %format_args!("service:{name}"), "{text}");
+                prefixed = format!("[{name}] {text}");
+                prefixed.as_str()
+            }
+        };
         if let Some(live) = &self.live {
             live.push_line(text.as_bytes());
         }

@@ -37,6 +37,11 @@ pub enum RunError {
         "container {container} ended while Docker was down and Docker lost its exit status (255 on restore); the job runs again"
     )]
     ExitLost { container: String },
+    /// A service exited or was not ready in time: the job never started.
+    #[error("{0}")]
+    Service(String),
+    #[error("this binary's path, to mount in the services' sandbox: {source}")]
+    OwnBinary { source: std::io::Error },
 }
 
 /// How a job's container ended.
@@ -132,6 +137,10 @@ impl Outcome {
             // producer's to fix.
             Outcome::Error(RunError::Input(error)) if error.is_job_fault() => {
                 (Status::Failed, None, Some(error.to_string()))
+            }
+            // Its service's failure is the job's: what it named did not come up.
+            Outcome::Error(RunError::Service(reason)) => {
+                (Status::Failed, None, Some(reason.clone()))
             }
             Outcome::Error(error) => (Status::Error, None, Some(error.to_string())),
         }

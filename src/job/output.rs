@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::docker::outage_backoff;
 use crate::docker::{self, Docker, Output};
-use crate::job::log::{JobLog, Stream};
+use crate::job::log::{JobLog, ServiceChunk, Stream};
 
 /// After the container exits, how long its output may take to drain before the
 /// log is closed without the rest.
@@ -33,6 +33,7 @@ pub(crate) async fn pump_output(
     log: &mut JobLog,
     exited: &CancellationToken,
     outages: &AtomicU32,
+    mut services: Option<&mut tokio::sync::mpsc::Receiver<ServiceChunk>>,
 ) {
     let drained = async {
         exited.cancelled().await;
@@ -70,6 +71,10 @@ pub(crate) async fn pump_output(
                     _ = tokio::time::sleep(STREAM_END_GRACE) => "the stream ended while the container runs".to_owned(),
                 },
             },
+            Some((name, stream, bytes)) = next_service(&mut services) => {
+                log.push_service(&name, stream, &bytes);
+                continue;
+            }
             _ = &mut drained => {
                 tracing::warn!("The job's output did not end after it exited; closing the log.");
                 break;
@@ -87,6 +92,16 @@ pub(crate) async fn pump_output(
         output = docker.replay(container, !exited.is_cancelled());
     }
     log.finish();
+}
+
+/// The next chunk of the services' output; never, for a job without services.
+async fn next_service(
+    services: &mut Option<&mut tokio::sync::mpsc::Receiver<ServiceChunk>>,
+) -> Option<ServiceChunk> {
+    match services {
+        Some(output) => output.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// How much of each stream is in the log, and how much of a replay (which starts

@@ -33,6 +33,7 @@ use crate::job::sweep::Sweeper;
 use crate::job::usage::{self, LiveUsage};
 
 mod equip;
+mod services;
 mod workspace;
 
 /// The exit code Docker gives a container it restores without its task (it ended
@@ -99,6 +100,8 @@ struct Ran {
     image: Option<String>,
     /// The container's last cgroup sample.
     usage: Option<Sample>,
+    /// The job's services, while they run.
+    services: Option<services::Running>,
 }
 
 /// A created and started container, and what must live as long as it does.
@@ -182,10 +185,14 @@ impl Runner {
         let outcome = self
             .run_container(job, attempt, labels, &names, &controls, &mut log, &mut ran)
             .await;
+        let service_usage = match ran.services.take() {
+            Some(running) => running.finish(&mut log).await,
+            None => Default::default(),
+        };
         let artifacts = self
             .artifacts(job, &names, &outcome, controls.artifacts.clone())
             .await;
-        self.clean_up(&names).await;
+        self.clean_up(job, &names).await;
         self.sweeper.ended(&names.container, &names.workspace);
 
         let (status, exit_code, reason) = outcome.describe(
@@ -213,7 +220,10 @@ impl Runner {
         let mut result = attempt.result(status, exit_code, reason);
         result.usage = ran.usage.map(|job| Usage {
             job: job.into(),
-            services: Default::default(),
+            services: service_usage
+                .into_iter()
+                .map(|(name, sample)| (name, sample.into()))
+                .collect(),
         });
         Finished {
             result,
@@ -234,7 +244,7 @@ impl Runner {
         ran: &mut Ran,
     ) -> Outcome {
         let started = match self
-            .start(job, attempt, labels, names, controls, log, &mut ran.image)
+            .start(job, attempt, labels, names, controls, log, ran)
             .await
         {
             Ok(Some(started)) => started,
@@ -257,6 +267,7 @@ impl Runner {
             log,
             &exited,
             &outages,
+            ran.services.as_mut().map(|s| &mut s.output),
         );
         let supervise = async {
             let ended = self
@@ -303,15 +314,25 @@ impl Runner {
         extra_labels: &[(&str, &str)],
         names: &Names,
         controls: &Controls<'_>,
-        log: &JobLog,
-        image_ran: &mut Option<String>,
+        log: &mut JobLog,
+        ran: &mut Ran,
     ) -> Result<Option<Started>, RunError> {
         let docker = &self.docker;
         let Some(image) = self.pull(job, controls).await? else {
             return Ok(None);
         };
-        *image_ran = Some(image.reference.clone());
+        ran.image = Some(image.reference.clone());
         let mut labels = self.labels(job, attempt, extra_labels);
+        if !job.services.is_empty() {
+            let running = ran
+                .services
+                .insert(self.start_services(job, names, &labels).await?);
+            tokio::select! {
+                ready = self.await_ready(job, names, running, log) => ready.map_err(RunError::Service)?,
+                _ = controls.preemption.stopping().cancelled() => return Ok(None),
+                () = controls.cancel.requested() => return Ok(None),
+            }
+        }
         docker.create_volume(&names.workspace, &labels).await?;
         labels.insert(docker::LABEL_WORKSPACE.to_owned(), names.workspace.clone());
         self.place_inputs(job, &names.workspace).await?;
@@ -328,7 +349,11 @@ impl Runner {
         // no running job mounts it.
         let cache = self.cache.as_ref().and_then(Cache::current);
         mounts.extend(self.cache_mount(cache.as_deref()));
-        let spec = container::spec(job, attempt, names, image.id, labels, env, mounts);
+        let mut spec = container::spec(job, attempt, names, image.id, labels, env, mounts);
+        if !job.services.is_empty() {
+            // In the sandbox's namespace, beside its services.
+            spec.network = format!("container:{}", names.sandbox);
+        }
         docker.create_container(&spec).await?;
         let output = docker.attach(&names.container).await?;
         let started_at = chrono::Utc::now();
@@ -508,19 +533,32 @@ impl Runner {
     /// Removes the container and the workspace, retrying for `CLEANUP_PATIENCE`
     /// while Docker does not answer. Never cancelled: a second signal must not
     /// leave them behind.
-    async fn clean_up(&self, names: &Names) {
+    async fn clean_up(&self, job: &Job, names: &Names) {
         if names.secrets.exists()
             && let Err(error) = container::remove_secrets_dir(&names.secrets)
         {
             tracing::error!(%error, dir = %names.secrets.display(), "Could not remove the job's secrets.");
         }
         let give_up = Instant::now() + CLEANUP_PATIENCE;
+        // The job, then its services, then the sandbox whose network they share.
+        let mut containers = vec![names.container.clone()];
+        if !job.services.is_empty() {
+            containers.extend(job.services.iter().map(|s| names.service(&s.name)));
+            containers.push(names.sandbox.clone());
+        }
+        let mut removed = true;
+        for container in &containers {
+            removed &= self
+                .patiently(give_up, "container", || {
+                    self.docker.remove_container(container)
+                })
+                .await;
+            if container != &names.container {
+                self.sweeper.release(container);
+            }
+        }
         // The volume is in use until the container is gone.
-        let removed = self
-            .patiently(give_up, "container", || {
-                self.docker.remove_container(&names.container)
-            })
-            .await
+        removed = removed
             && self
                 .patiently(give_up, "workspace volume", || {
                     self.docker.remove_volume(&names.workspace)

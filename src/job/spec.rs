@@ -15,6 +15,7 @@ use crate::job::inputs::{Input, InputSpec, MAX_INPUTS};
 use crate::rules::{
     check_container_path, is_under, reserved_env_prefix, truncate, valid_env_name, valid_id,
 };
+pub use services::{Ready, Service, ServiceSpec};
 
 /// The longest environment variable name a job may set.
 pub const MAX_ENV_NAME_BYTES: usize = 256;
@@ -55,6 +56,9 @@ pub struct JobSpec {
     /// S3 objects placed in the workspace before the container starts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inputs: Vec<InputSpec>,
+    /// Containers that run beside the job, on its localhost.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceSpec>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -89,6 +93,8 @@ pub struct Job {
     pub inputs_max_bytes: u64,
     /// The most output it may print (the profile's `max_log_mb`).
     pub max_log_bytes: u64,
+    /// Its service containers, started before it and ready when it starts.
+    pub services: Vec<Service>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -221,6 +227,7 @@ impl JobSpec {
         let workdir = self.workdir(config, &mut problems);
         let artifacts = self.artifacts(&mut problems);
         let inputs = self.inputs(&named, &mut problems);
+        let services = services::check(&self.services, config, &named, &mut problems);
 
         match image {
             Some(image) if problems.0.is_empty() => Ok(Job {
@@ -242,6 +249,7 @@ impl JobSpec {
                 inputs,
                 inputs_max_bytes: profile.inputs_max_mb.saturating_mul(1_000_000),
                 max_log_bytes: profile.max_log_mb.saturating_mul(1_000_000),
+                services,
             }),
             _ => Err(problems.0),
         }
@@ -280,31 +288,7 @@ impl JobSpec {
 
     /// Each variable's name (well-formed, not one of deckhand's own) and value.
     fn check_env(&self, problems: &mut Problems) {
-        for (name, value) in &self.env {
-            let field = format!("env.{}", truncate(name, 64));
-            if !valid_env_name(name) {
-                problems.push(&field, "a name must match ^[A-Za-z_][A-Za-z0-9_]*$");
-            } else if let Some(prefix) = reserved_env_prefix(name) {
-                problems.push(
-                    &field,
-                    format!("names starting {prefix} are reserved for deckhand"),
-                );
-            }
-            if value.contains('\0') {
-                problems.push(&field, "the value contains a NUL byte");
-            }
-            if name.len() > MAX_ENV_NAME_BYTES {
-                problems.push(
-                    &field,
-                    format!("a name is at most {MAX_ENV_NAME_BYTES} bytes"),
-                );
-            } else if name.len() + 1 + value.len() > MAX_ENV_ENTRY_BYTES {
-                problems.push(
-                    &field,
-                    format!("NAME=value is at most {MAX_ENV_ENTRY_BYTES} bytes, the kernel's limit for one"),
-                );
-            }
-        }
+        check_env_map(&self.env, "env", problems);
     }
 
     /// At most 64 patterns, each relative to the workdir and inside it.
@@ -448,6 +432,38 @@ impl JobSpec {
     }
 }
 
+/// Each variable's name (well-formed, not one of deckhand's own) and value; the
+/// problems name `prefix.NAME`.
+fn check_env_map(env: &BTreeMap<String, String>, prefix: &str, problems: &mut Problems) {
+    for (name, value) in env {
+        let field = format!("{prefix}.{}", truncate(name, 64));
+        if !valid_env_name(name) {
+            problems.push(&field, "a name must match ^[A-Za-z_][A-Za-z0-9_]*$");
+        } else if let Some(prefix) = reserved_env_prefix(name) {
+            problems.push(
+                &field,
+                format!("names starting {prefix} are reserved for deckhand"),
+            );
+        }
+        if value.contains('\0') {
+            problems.push(&field, "the value contains a NUL byte");
+        }
+        if name.len() > MAX_ENV_NAME_BYTES {
+            problems.push(
+                &field,
+                format!("a name is at most {MAX_ENV_NAME_BYTES} bytes"),
+            );
+        } else if name.len() + 1 + value.len() > MAX_ENV_ENTRY_BYTES {
+            problems.push(
+                &field,
+                format!(
+                    "NAME=value is at most {MAX_ENV_ENTRY_BYTES} bytes, the kernel's limit for one"
+                ),
+            );
+        }
+    }
+}
+
 /// The profile the job runs under, or a problem listing the pool's profiles.
 fn check_profile<'a>(
     config: &'a Config,
@@ -497,6 +513,7 @@ impl NamedProfile<'_> {
     }
 }
 
+mod services;
 mod strict;
 
 #[cfg(test)]

@@ -41,6 +41,16 @@ impl Sweeper {
         active.insert(workspace.to_owned());
     }
 
+    /// One more container of a running job (a service, its sandbox), until
+    /// [`Sweeper::release`].
+    pub fn hold(&self, container: &str) {
+        self.active_set().insert(container.to_owned());
+    }
+
+    pub fn release(&self, container: &str) {
+        self.active_set().remove(container);
+    }
+
     pub fn ended(&self, container: &str, workspace: &str) {
         let mut active = self.active_set();
         active.remove(container);

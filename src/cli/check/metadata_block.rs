@@ -105,16 +105,9 @@ fn target(endpoint: &str) -> Result<String, String> {
     Ok(format!("{host}:{port}"))
 }
 
-/// A job's hardening (the runner's create call adds it), this binary and,
-/// read-only, the host's library folders: a static build needs none of them, a
-/// development build finds its loader and libc there.
+/// A job's hardening (the runner's create call adds it) and this binary.
 fn probe_spec(image: &str, network: &str, exe: &Path, target: &str) -> ContainerSpec {
-    let mut mounts = vec![docker::bind_mount(exe, BINARY, true)];
-    for dir in ["/lib", "/lib64", "/usr/lib"] {
-        if let Ok(real) = std::fs::canonicalize(dir) {
-            mounts.push(docker::bind_mount(&real, dir, true));
-        }
-    }
+    let mounts = docker::binary_mounts(exe, BINARY);
     ContainerSpec {
         name: format!("deckhand-probe-{}", crate::rules::random_hex(8)),
         image_id: image.to_owned(),
@@ -135,6 +128,7 @@ fn probe_spec(image: &str, network: &str, exe: &Path, target: &str) -> Container
         network: network.to_owned(),
         cap_add: Vec::new(),
         log_max_bytes: 1 << 20,
+        extra_hosts: Vec::new(),
     }
 }
 

@@ -45,11 +45,24 @@ pub fn misshapen(job: &serde_json::Value) -> Option<(String, String)> {
     if job.get("resources").is_some_and(must_be_object) {
         return Some(("resources".into(), "must be an object".into()));
     }
-    let inputs = job.get("inputs").and_then(serde_json::Value::as_array)?;
-    inputs
-        .iter()
-        .position(must_be_object)
-        .map(|i| (format!("inputs[{i}]"), "must be an object".into()))
+    // serde reads a struct from an array too, by position: a list of values
+    // where an object belongs must not pass as one.
+    for list in ["inputs", "services"] {
+        let Some(items) = job.get(list).and_then(serde_json::Value::as_array) else {
+            continue;
+        };
+        for (i, item) in items.iter().enumerate() {
+            if must_be_object(item) {
+                return Some((format!("{list}[{i}]"), "must be an object".into()));
+            }
+            for inner in ["resources", "ready"] {
+                if list == "services" && item.get(inner).is_some_and(must_be_object) {
+                    return Some((format!("{list}[{i}].{inner}"), "must be an object".into()));
+                }
+            }
+        }
+    }
+    None
 }
 
 /// Builds any JSON value, refusing a key an object already has.

@@ -1,0 +1,248 @@
+//! A job's service containers (`services`): a database, a cache or a fake API
+//! beside it, on its localhost, as GitLab's `services:` or an ECS task's other
+//! containers. Each is checked here against the same image policy as the job and
+//! the profile's service caps.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{NamedProfile, Problems, ResourcesSpec, check_env_map};
+use crate::config::Config;
+use crate::job::image::ImageRef;
+
+/// How long a service may take to be ready when the job says nothing.
+pub const DEFAULT_READY_TIMEOUT_SECS: u64 = 60;
+/// The longest a job may let a service take to be ready.
+pub const MAX_READY_TIMEOUT_SECS: u64 = 600;
+
+/// The wire form of one service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<ReadySpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_timeout_secs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourcesSpec>,
+}
+
+/// When a service is ready: a TCP port accepts a connection, or a command run
+/// in it exits 0. Exactly one.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadySpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+}
+
+/// A service that passed every rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    pub name: String,
+    pub image: ImageRef,
+    pub command: Option<Vec<String>>,
+    pub env: BTreeMap<String, String>,
+    /// `None`: ready once started.
+    pub ready: Option<Ready>,
+    pub ready_timeout: Duration,
+    pub memory_mb: u64,
+    pub cpus: f64,
+    pub pids: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ready {
+    Tcp(u16),
+    Command(Vec<String>),
+}
+
+/// `^[a-z][a-z0-9-]{0,30}$`: a host name the job can use, and a label value.
+pub fn valid_service_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
+        && name.len() <= 31
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// Every service checked; the ones that passed.
+pub(super) fn check(
+    specs: &[ServiceSpec],
+    config: &Config,
+    named: &NamedProfile<'_>,
+    problems: &mut Problems,
+) -> Vec<Service> {
+    let profile = named.profile;
+    if specs.len() as u64 > profile.max_services {
+        problems.push(
+            "services",
+            format!(
+                "{} services; profile {:?} allows at most {}",
+                specs.len(),
+                named.name,
+                profile.max_services
+            ),
+        );
+        return Vec::new();
+    }
+    specs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, spec)| {
+            let field = |name: &str| format!("services[{i}].{name}");
+            if !valid_service_name(&spec.name) {
+                problems.push(&field("name"), "must match ^[a-z][a-z0-9-]{0,30}$");
+            } else if specs[..i].iter().any(|s| s.name == spec.name) {
+                problems.push(&field("name"), format!("{:?} is named twice", spec.name));
+            }
+            check_one(spec, &field, config, named, problems)
+        })
+        .collect()
+}
+
+/// One service's rules after its name; the service, if they held.
+fn check_one(
+    spec: &ServiceSpec,
+    field: &dyn Fn(&str) -> String,
+    config: &Config,
+    named: &NamedProfile<'_>,
+    problems: &mut Problems,
+) -> Option<Service> {
+    let image = ImageRef::parse(&spec.image, config.images.policy())
+        .map_err(|rule| problems.push(&field("image"), rule))
+        .ok();
+    if let Some(command) = &spec.command {
+        if command.is_empty() {
+            problems.push(
+                &field("command"),
+                "must not be empty; leave it out to use the image's CMD",
+            );
+        } else if command.iter().any(|a| a.contains('\0')) {
+            problems.push(&field("command"), "an argument contains a NUL byte");
+        }
+    }
+    check_env_map(&spec.env, &field("env"), problems);
+    let ready = check_ready(spec.ready.as_ref(), &field("ready"), problems);
+    let ready_timeout = match spec.ready_timeout_secs {
+        None => DEFAULT_READY_TIMEOUT_SECS,
+        Some(secs) if (1..=MAX_READY_TIMEOUT_SECS).contains(&secs) => secs,
+        Some(secs) => {
+            problems.push(
+                &field("ready_timeout_secs"),
+                format!("{secs} is out of range (1 to {MAX_READY_TIMEOUT_SECS})"),
+            );
+            DEFAULT_READY_TIMEOUT_SECS
+        }
+    };
+    let (memory_mb, cpus, pids) = check_resources(spec, field, named, problems);
+    let (image, ready) = (image?, ready.ok()?);
+    Some(Service {
+        name: spec.name.clone(),
+        image,
+        command: spec.command.clone(),
+        env: spec.env.clone(),
+        ready,
+        ready_timeout: Duration::from_secs(ready_timeout),
+        memory_mb,
+        cpus,
+        pids,
+    })
+}
+
+/// Memory, CPUs and processes: what the service asks, the profile's service
+/// values for what it leaves out; each with its floor and the profile's cap.
+fn check_resources(
+    spec: &ServiceSpec,
+    field: &dyn Fn(&str) -> String,
+    named: &NamedProfile<'_>,
+    problems: &mut Problems,
+) -> (u64, f64, u64) {
+    let profile = named.profile;
+    let asked = spec.resources.clone().unwrap_or_default();
+    let memory_mb = asked.memory_mb.unwrap_or(profile.services_memory_mb);
+    let cpus = asked.cpus.unwrap_or(profile.services_cpus);
+    let pids = asked.pids.unwrap_or(profile.pids);
+    if memory_mb < 6 {
+        problems.push(
+            &field("resources.memory_mb"),
+            format!("{memory_mb} is below Docker's minimum of 6"),
+        );
+    } else if memory_mb > profile.services_memory_mb {
+        problems.push(
+            &field("resources.memory_mb"),
+            format!(
+                "{memory_mb} is above profile {:?}'s services_memory_mb of {}",
+                named.name, profile.services_memory_mb
+            ),
+        );
+    }
+    if !(cpus >= super::MIN_CPUS && cpus.is_finite()) {
+        problems.push(
+            &field("resources.cpus"),
+            format!("{cpus} is below Docker's minimum of {}", super::MIN_CPUS),
+        );
+    } else if cpus > profile.services_cpus {
+        problems.push(
+            &field("resources.cpus"),
+            format!(
+                "{cpus} is above profile {:?}'s services_cpus of {}",
+                named.name, profile.services_cpus
+            ),
+        );
+    }
+    if pids == 0 {
+        problems.push(&field("resources.pids"), "must be at least 1");
+    } else if pids > profile.pids {
+        problems.push(
+            &field("resources.pids"),
+            named.above_cap(pids, profile.pids),
+        );
+    }
+    (memory_mb, cpus, pids)
+}
+
+fn check_ready(
+    spec: Option<&ReadySpec>,
+    field: &str,
+    problems: &mut Problems,
+) -> Result<Option<Ready>, ()> {
+    let Some(spec) = spec else { return Ok(None) };
+    match (spec.tcp, &spec.command) {
+        (Some(port), None) => match u16::try_from(port) {
+            Ok(port) if port >= 1 => Ok(Some(Ready::Tcp(port))),
+            _ => {
+                problems.push(
+                    &format!("{field}.tcp"),
+                    format!("{port} is not a port (1 to 65535)"),
+                );
+                Err(())
+            }
+        },
+        (None, Some(command)) if command.is_empty() => {
+            problems.push(&format!("{field}.command"), "must not be empty");
+            Err(())
+        }
+        (None, Some(command)) if command.iter().any(|a| a.contains('\0')) => {
+            problems.push(
+                &format!("{field}.command"),
+                "an argument contains a NUL byte",
+            );
+            Err(())
+        }
+        (None, Some(command)) => Ok(Some(Ready::Command(command.clone()))),
+        _ => {
+            problems.push(field, "must name exactly one of tcp or command");
+            Err(())
+        }
+    }
+}

@@ -149,8 +149,8 @@ impl Agent {
         let status = result.status;
         self.metrics
             .job_finished(status, Duration::from_millis(result.duration_ms));
-        if let Some(usage) = &result.usage {
-            self.metrics.job_used(&job.profile, &usage.job);
+        if let Some(job_usage) = result.usage.as_ref().and_then(|u| u.job.as_ref()) {
+            self.metrics.job_used(&job.profile, job_usage);
         }
         let deadline = fate::record_deadline(status);
         if !fate::records_first(status) {

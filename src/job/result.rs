@@ -97,7 +97,9 @@ pub struct JobResult {
 /// What a job's containers used, read from their cgroups while they ran.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Usage {
-    pub job: ContainerUsage,
+    /// `None`: the job's container ended before its first sample.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<ContainerUsage>,
     /// Each service container's, by its name.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub services: std::collections::BTreeMap<String, ContainerUsage>,
@@ -116,7 +118,10 @@ pub struct ContainerUsage {
 impl std::fmt::Display for Usage {
     /// `1.02 CPU s, peak 25.1 MB of 128.0 MB; service db: ...`
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.job)?;
+        match &self.job {
+            Some(job) => write!(f, "{job}")?,
+            None => write!(f, "too short to measure")?,
+        }
         for (name, usage) in &self.services {
             write!(f, "; service {name}: {usage}")?;
         }

@@ -218,13 +218,16 @@ impl Runner {
             duration_ms,
         };
         let mut result = attempt.result(status, exit_code, reason);
-        result.usage = ran.usage.map(|job| Usage {
-            job: job.into(),
-            services: service_usage
-                .into_iter()
-                .map(|(name, sample)| (name, sample.into()))
-                .collect(),
-        });
+        let services: std::collections::BTreeMap<_, _> = service_usage
+            .into_iter()
+            .map(|(name, sample)| (name, sample.into()))
+            .collect();
+        if ran.usage.is_some() || !services.is_empty() {
+            result.usage = Some(Usage {
+                job: ran.usage.map(Into::into),
+                services,
+            });
+        }
         Finished {
             result,
             log: log.into_body(),

@@ -166,3 +166,54 @@ fn bad_services_are_rejected_naming_the_field() {
         assert!(got.starts_with(reason), "{got:?} should start {reason:?}");
     }
 }
+
+/// An agent killed with SIGKILL while a job and its service run: the next start
+/// removes the job's container, its service and the sandbox by their labels, and
+/// the job runs again, once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_leaves_no_service_behind() {
+    use common::agent::{AgentProcess, agent_config};
+    use common::scenario::Scenario;
+    use nix::sys::signal::Signal;
+
+    let Some(s) = Scenario::new("services-crash").await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
+    let config = agent_config(
+        stack,
+        pool,
+        &aws.endpoint,
+        &unique("i-services-crash"),
+        "[queue]\nvisibility_timeout_secs = 600",
+    );
+    let id = unique("services-crash");
+    let script =
+        "if [ \"$DECKHAND_ATTEMPT\" = 1 ]; then sleep 600; fi; wget -q -O- http://db:8080/ping";
+    let mut body = job(&id, &stack.image, &["sh", "-c", script]);
+    body["services"] = json!([web("db", 8080)]);
+    aws.send_job(&pool.queue_url, &body).await;
+
+    let mut first = AgentProcess::start(&config, "first");
+    first.wait_log("Job started.", LONG).await;
+    first.signal(Signal::SIGKILL);
+    first.wait_exit(LONG).await;
+    assert_eq!(
+        leftovers(&id).len(),
+        4,
+        "the job's container, its workspace, the service and the sandbox: {:?}",
+        leftovers(&id)
+    );
+    let second = AgentProcess::start(&config, "second");
+    let r = aws.wait_result(pool, &id).await;
+    assert_eq!(
+        (r["status"].as_str(), r["attempt"].as_u64()),
+        (Some("succeeded"), Some(2)),
+        "{r}"
+    );
+    let log = aws.object(&pool.bucket, &keys::log(&id)).await.unwrap();
+    assert!(String::from_utf8(log).unwrap().contains("pong"));
+    aws.wait_empty(pool).await;
+    assert_eq!(second.count("Job started."), 1);
+    assert_clean(&id);
+}

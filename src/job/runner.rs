@@ -327,9 +327,12 @@ impl Runner {
         ran.image = Some(image.reference.clone());
         let mut labels = self.labels(job, attempt, extra_labels);
         if !job.services.is_empty() {
+            // Not the caller's labels (the agent's message receipt): recovery hands
+            // a message back once, for the job's own container.
+            let base = self.labels(job, attempt, &[]);
             let running = ran
                 .services
-                .insert(self.start_services(job, names, &labels).await?);
+                .insert(self.start_services(job, names, &base).await?);
             tokio::select! {
                 ready = self.await_ready(job, names, running, log) => ready.map_err(RunError::Service)?,
                 _ = controls.preemption.stopping().cancelled() => return Ok(None),

@@ -117,6 +117,18 @@ fn the_reference_states_each_default_the_code_uses() {
             "profiles.NAME.artifacts_max_files",
             code(DEFAULT_ARTIFACTS_MAX_FILES.to_string()),
         ),
+        (
+            "profiles.NAME.max_services",
+            code(DEFAULT_MAX_SERVICES.to_string()),
+        ),
+        (
+            "profiles.NAME.services_memory_mb",
+            code(DEFAULT_SERVICES_MEMORY_MB.to_string()),
+        ),
+        (
+            "profiles.NAME.services_cpus",
+            code(format!("{DEFAULT_SERVICES_CPUS:.1}")),
+        ),
     ];
     let documented = documented_defaults();
     let wrong: Vec<String> = expected

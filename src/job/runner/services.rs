@@ -95,6 +95,10 @@ impl Runner {
                     auth.as_ref(),
                 )
                 .await?;
+            // Collected when unused, like the job's own images.
+            if let Some(disk) = &self.disk {
+                disk.used(&image.id);
+            }
             images.push(image.id);
         }
         self.sweeper.hold(&names.sandbox);

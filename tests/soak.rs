@@ -296,22 +296,11 @@ async fn docker_goes_away(host: &mut Host, restart: Option<&str>) {
         assert!(status.success(), "{command} failed");
         return;
     }
-    let agent = host.agent();
-    let noticed = |agent: &AgentProcess| {
-        [
-            "Docker is unreachable; not receiving.",
-            "Lost Docker while the job runs; waiting for it to answer again.",
-            "Could not remove the job's container yet; Docker does not answer.",
-        ]
-        .iter()
-        .map(|msg| agent.count(msg))
-        .sum::<usize>()
-    };
-    let before = noticed(agent);
+    let before = host.agent().docker_lost_count();
     host.docker_link.set_down(true);
     let agent = host.runs.last().unwrap();
     eventually("the agent to notice Docker is gone", VERY_LONG, || async {
-        noticed(agent) > before
+        agent.docker_lost_count() > before
     })
     .await;
     host.docker_link.set_down(false);

@@ -267,15 +267,7 @@ impl Docker {
 
     /// The exit code and whether the kernel killed it for memory.
     pub async fn exit_state(&self, name: &str) -> Result<Exit, DockerError> {
-        let inspect = self
-            .client
-            .inspect_container(name, None)
-            .await
-            .map_err(|source| DockerError::InspectContainer {
-                name: name.to_owned(),
-                source,
-            })?;
-        let state = inspect.state.unwrap_or_default();
+        let state = self.state(name).await?;
         Ok(Exit {
             code: state.exit_code.unwrap_or(-1),
             oom_killed: state.oom_killed.unwrap_or(false),
@@ -284,15 +276,7 @@ impl Docker {
 
     /// `None` while the container runs; its exit code once it has exited.
     pub async fn exit_code(&self, name: &str) -> Result<Option<i64>, DockerError> {
-        let inspect = self
-            .client
-            .inspect_container(name, None)
-            .await
-            .map_err(|source| DockerError::InspectContainer {
-                name: name.to_owned(),
-                source,
-            })?;
-        let state = inspect.state.unwrap_or_default();
+        let state = self.state(name).await?;
         Ok(match state.running {
             Some(true) => None,
             _ => Some(state.exit_code.unwrap_or(-1)),
@@ -301,6 +285,15 @@ impl Docker {
 
     /// The host pid of the container's first process, while it runs.
     pub async fn pid(&self, name: &str) -> Result<Option<u32>, DockerError> {
+        let state = self.state(name).await?;
+        Ok(state
+            .pid
+            .and_then(|pid| u32::try_from(pid).ok())
+            .filter(|&pid| pid > 0))
+    }
+
+    /// The container's state as Docker inspects it.
+    async fn state(&self, name: &str) -> Result<bollard::models::ContainerState, DockerError> {
         let inspect = self
             .client
             .inspect_container(name, None)
@@ -309,11 +302,7 @@ impl Docker {
                 name: name.to_owned(),
                 source,
             })?;
-        Ok(inspect
-            .state
-            .and_then(|s| s.pid)
-            .and_then(|pid| u32::try_from(pid).ok())
-            .filter(|&pid| pid > 0))
+        Ok(inspect.state.unwrap_or_default())
     }
 
     /// Whether Docker logged an `oom` event for the container since `since` (Unix

@@ -148,6 +148,19 @@ impl AgentProcess {
         kill(Pid::from_raw(self.pid()), signal).unwrap();
     }
 
+    /// How many times the agent said it lost Docker: not receiving, a running
+    /// job's wait lost, a cleanup put off.
+    pub fn docker_lost_count(&self) -> usize {
+        [
+            "Docker is unreachable; not receiving.",
+            "Lost Docker while the job runs; waiting for it to answer again.",
+            "Could not remove the job's container yet; Docker does not answer.",
+        ]
+        .iter()
+        .map(|msg| self.count(msg))
+        .sum()
+    }
+
     /// The most memory the process has held (VmHWM), in MB.
     pub fn peak_rss_mb(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))

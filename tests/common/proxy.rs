@@ -57,64 +57,25 @@ impl Proxy {
         n: usize,
         response: String,
     ) -> (Proxy, Arc<Mutex<Vec<String>>>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = format!("http://{}", listener.local_addr().unwrap());
-        let (down, watch) = watch::channel(false);
         let intercepted = Arc::new(Mutex::new(Vec::new()));
         let record = intercepted.clone();
-        let upstream = upstream.to_owned();
         let marker = marker.as_bytes().to_owned();
-        let accept = tokio::spawn(async move {
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    return;
-                };
-                let upstream = upstream.clone();
-                let watch = watch.clone();
-                let record = record.clone();
-                let marker = marker.clone();
-                let response = response.clone();
-                tokio::spawn(async move {
-                    let Some(mut request) = read_head(&mut client).await else {
-                        return;
-                    };
-                    let mut rest =
-                        vec![0; content_length(&request).saturating_sub(body_read(&request))];
-                    if client.read_exact(&mut rest).await.is_err() {
-                        return;
-                    }
-                    request.extend_from_slice(&rest);
-                    let matches = request
-                        .windows(marker.len())
-                        .any(|w| w == marker.as_slice());
-                    let intercept = matches && {
-                        let mut record = record.lock().unwrap();
-                        let room = record.len() < n;
-                        if room {
-                            record.push(String::from_utf8_lossy(&request).into_owned());
-                        }
-                        room
-                    };
-                    if intercept {
-                        let _ = client.write_all(response.as_bytes()).await;
-                        return;
-                    }
-                    if let Ok(mut server) = TcpStream::connect(&upstream).await
-                        && server.write_all(&request).await.is_ok()
-                    {
-                        forward(client, server, watch).await;
-                    }
-                });
+        let proxy = Proxy::tcp_judging(upstream, move |request| {
+            if !request
+                .windows(marker.len())
+                .any(|w| w == marker.as_slice())
+            {
+                return Verdict::Forward;
             }
-        });
-        (
-            Proxy {
-                down,
-                accept,
-                address,
-            },
-            intercepted,
-        )
+            let mut record = record.lock().unwrap();
+            if record.len() >= n {
+                return Verdict::Forward;
+            }
+            record.push(String::from_utf8_lossy(request).into_owned());
+            Verdict::Answer(response.clone())
+        })
+        .await;
+        (proxy, intercepted)
     }
 
     /// Answers the first `n` requests carrying `marker` with an AWS `Throttling`
@@ -133,12 +94,32 @@ impl Proxy {
     /// connection closed before any answer. The failed request never reaches
     /// `upstream`. The share is [`Faults::set_percent`]'s, 0 at first.
     pub async fn tcp_faulty(upstream: &str) -> (Proxy, Arc<Faults>) {
+        let faults = Arc::new(Faults::default());
+        let shared = faults.clone();
+        let proxy = Proxy::tcp_judging(upstream, move |_| match shared.roll() {
+            Some(Fault::Unavailable) => {
+                let body =
+                    "<Error><Code>ServiceUnavailable</Code><Message>injected</Message></Error>";
+                Verdict::Answer(http_response("503 Service Unavailable", body))
+            }
+            Some(Fault::Dropped) => Verdict::Drop,
+            None => Verdict::Forward,
+        })
+        .await;
+        (proxy, faults)
+    }
+
+    /// Like [`Proxy::tcp`], but reads each connection's first HTTP request whole
+    /// and lets `judge` say what becomes of it.
+    async fn tcp_judging(
+        upstream: &str,
+        judge: impl Fn(&[u8]) -> Verdict + Send + Sync + 'static,
+    ) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = format!("http://{}", listener.local_addr().unwrap());
         let (down, watch) = watch::channel(false);
-        let faults = Arc::new(Faults::default());
-        let shared = faults.clone();
         let upstream = upstream.to_owned();
+        let judge = Arc::new(judge);
         let accept = tokio::spawn(async move {
             loop {
                 let Ok((mut client, _)) = listener.accept().await else {
@@ -146,22 +127,23 @@ impl Proxy {
                 };
                 let upstream = upstream.clone();
                 let watch = watch.clone();
-                let faults = shared.clone();
+                let judge = judge.clone();
                 tokio::spawn(async move {
-                    let Some(request) = read_head(&mut client).await else {
+                    let Some(mut request) = read_head(&mut client).await else {
                         return;
                     };
-                    match faults.roll() {
-                        Some(Fault::Unavailable) => {
-                            let body = "<Error><Code>ServiceUnavailable</Code><Message>injected</Message></Error>";
-                            let _ = client
-                                .write_all(
-                                    http_response("503 Service Unavailable", body).as_bytes(),
-                                )
-                                .await;
+                    let mut rest =
+                        vec![0; content_length(&request).saturating_sub(body_read(&request))];
+                    if client.read_exact(&mut rest).await.is_err() {
+                        return;
+                    }
+                    request.extend_from_slice(&rest);
+                    match judge(&request) {
+                        Verdict::Answer(response) => {
+                            let _ = client.write_all(response.as_bytes()).await;
                         }
-                        Some(Fault::Dropped) => drop(client),
-                        None => {
+                        Verdict::Drop => drop(client),
+                        Verdict::Forward => {
                             if let Ok(mut server) = TcpStream::connect(&upstream).await
                                 && server.write_all(&request).await.is_ok()
                             {
@@ -172,14 +154,11 @@ impl Proxy {
                 });
             }
         });
-        (
-            Proxy {
-                down,
-                accept,
-                address,
-            },
-            faults,
-        )
+        Proxy {
+            down,
+            accept,
+            address,
+        }
     }
 
     /// A unix socket at `path` in front of the socket at `upstream`.
@@ -233,6 +212,15 @@ pub struct Faults {
 enum Fault {
     Unavailable,
     Dropped,
+}
+
+/// What a judging proxy does with a request.
+enum Verdict {
+    Forward,
+    /// This whole HTTP response instead.
+    Answer(String),
+    /// The connection closed, no answer.
+    Drop,
 }
 
 impl Faults {

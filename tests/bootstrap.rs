@@ -749,3 +749,73 @@ async fn results_reach_the_results_queue_and_a_signed_webhook() {
     assert_eq!(queued, result);
     std::fs::remove_dir_all(&shm).unwrap();
 }
+
+/// A service gets only the secrets it names, and only from its job's own; its
+/// output is masked like the job's, and its secret directory goes with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_gets_only_the_secrets_it_names_from_its_job() {
+    let Some(s) = Scenario::new("service-secrets").await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
+    let dir = tempfile::tempdir().unwrap();
+    let sealed = seal(aws, pool, dir.path()).await;
+    let shm = secrets_dir();
+    let config = agent_config(
+        stack,
+        pool,
+        &aws.endpoint,
+        &unique("i-service-secrets"),
+        &secrets_config(&sealed, &shm, &sealed.pool_name),
+    );
+    let agent = AgentProcess::start(&config, "agent");
+
+    let id = unique("service-secrets");
+    let mut spec = job(&id, &stack.image, &["sh", "-c", "sleep 1; echo job done"]);
+    spec["profile"] = json!("deploy");
+    spec["secrets"] = json!(["npm-token", "deploy-key"]);
+    spec["services"] = json!([{
+        "name": "registry",
+        "image": stack.image,
+        "command": ["sh", "-c", "ls /run/secrets; echo \"plain: $(cat /run/secrets/npm-token)\"; echo \"env: $NPM_TOKEN\"; sleep 30"],
+        "secrets": ["npm-token"]
+    }]);
+    aws.send_job(&pool.queue_url, &spec).await;
+
+    let greedy = unique("greedy-service");
+    let mut refused = job(&greedy, &stack.image, &["true"]);
+    refused["profile"] = json!("deploy");
+    refused["secrets"] = json!(["npm-token"]);
+    refused["services"] = json!([{"name": "db", "image": stack.image, "secrets": ["deploy-key"]}]);
+    aws.send_job(&pool.queue_url, &refused).await;
+
+    let result = aws.wait_json(&pool.bucket, &keys::result(&id)).await;
+    assert_eq!(result["status"], "succeeded", "{result}");
+    let rejected = aws.wait_json(&pool.bucket, &keys::result(&greedy)).await;
+    assert_eq!(rejected["status"], "rejected");
+    assert_eq!(
+        rejected["reason"],
+        "services[0].secrets.deploy-key: not one of the job's secrets: a service gets only secrets its job names"
+    );
+    let log = String::from_utf8(aws.object(&pool.bucket, &keys::log(&id)).await.unwrap()).unwrap();
+    for line in [
+        "[registry] npm-token",
+        "[registry] plain: ***",
+        "[registry] env: ***",
+        "job done",
+    ] {
+        assert!(log.lines().any(|l| l == line), "{line:?} in {log}");
+    }
+    assert!(
+        !log.contains("deploy-key"),
+        "the service sees only its own: {log}"
+    );
+    assert_no_secret("log.txt", &log);
+    eventually("every secret directory to be removed", LONG, || async {
+        std::fs::read_dir(&shm).unwrap().next().is_none()
+    })
+    .await;
+    drop(agent);
+    std::fs::remove_dir_all(&shm).unwrap();
+    assert_clean(&id);
+}

@@ -94,6 +94,11 @@ impl Names {
     pub fn service(&self, name: &str) -> String {
         format!("{}-svc-{name}", self.container)
     }
+
+    /// The secrets directory of the job's service `name`, beside the job's.
+    pub fn service_secrets(&self, name: &str) -> PathBuf {
+        self.secrets.with_file_name(self.service(name))
+    }
 }
 
 /// The container for `job`'s attempt. `env` goes after the job's own variables
@@ -163,9 +168,10 @@ pub(crate) struct SecretFiles<'a> {
 }
 
 impl SecretFiles<'_> {
-    /// Writes each of the job's secrets, and the token, as a file readable by
-    /// the image's user only; returns the env variables the profile allows.
-    pub(crate) fn write(&self, job: &Job) -> Result<Vec<String>, SecretFilesError> {
+    /// Writes each secret named (a job's, or a service's), and the token, as a
+    /// file readable by the image's user only; returns the env variables the
+    /// profile allows.
+    pub(crate) fn write(&self, names: &[String]) -> Result<Vec<String>, SecretFilesError> {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         let dir = self.dir;
         let fail = |operation: &'static str| {
@@ -182,7 +188,7 @@ impl SecretFiles<'_> {
             .map_err(fail("create"))?;
         let (uid, gid) = container_ids(self.image_user);
         let mut env = Vec::new();
-        for name in &job.secrets {
+        for name in names {
             let value = self
                 .secrets
                 .get(name)

@@ -540,10 +540,13 @@ impl Runner {
     /// while Docker does not answer. Never cancelled: a second signal must not
     /// leave them behind.
     async fn clean_up(&self, job: &Job, names: &Names) {
-        if names.secrets.exists()
-            && let Err(error) = container::remove_secrets_dir(&names.secrets)
-        {
-            tracing::error!(%error, dir = %names.secrets.display(), "Could not remove the job's secrets.");
+        let service_secrets = job.services.iter().map(|s| names.service_secrets(&s.name));
+        for dir in std::iter::once(names.secrets.clone()).chain(service_secrets) {
+            if dir.exists()
+                && let Err(error) = container::remove_secrets_dir(&dir)
+            {
+                tracing::error!(%error, dir = %dir.display(), "Could not remove the job's secrets.");
+            }
         }
         let give_up = Instant::now() + CLEANUP_PATIENCE;
         // The job, then its services, then the sandbox whose network they share.

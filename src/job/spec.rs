@@ -227,7 +227,8 @@ impl JobSpec {
         let workdir = self.workdir(config, &mut problems);
         let artifacts = self.artifacts(&mut problems);
         let inputs = self.inputs(&named, &mut problems);
-        let services = services::check(&self.services, config, &named, &mut problems);
+        let services =
+            services::check(&self.services, &self.secrets, config, &named, &mut problems);
 
         match image {
             Some(image) if problems.0.is_empty() => Ok(Job {

@@ -60,7 +60,7 @@ impl Runner {
             env_secrets,
             token,
         };
-        let env = files.write(job)?;
+        let env = files.write(&job.secrets)?;
         let mounts = vec![docker::bind_mount(&names.secrets, SECRETS_MOUNT, true)];
         Ok((env, mounts))
     }

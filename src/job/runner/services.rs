@@ -19,7 +19,7 @@ use super::Runner;
 use crate::docker::{self, ContainerSpec, Output, OutputStream};
 use crate::host::cgroups::Sample;
 use crate::job::Job;
-use crate::job::container::{CAPABILITIES, Names};
+use crate::job::container::{CAPABILITIES, Names, SECRETS_MOUNT, SecretFiles};
 use crate::job::log::{JobLog, ServiceChunk, Stream};
 use crate::job::outcome::RunError;
 use crate::job::spec::{Ready, Service};
@@ -99,16 +99,22 @@ impl Runner {
             if let Some(disk) = &self.disk {
                 disk.used(&image.id);
             }
-            images.push(image.id);
+            images.push(image);
         }
         self.sweeper.hold(&names.sandbox);
         let sandbox = self.sandbox_spec(job, names, labels).await?;
         self.docker.create_container(&sandbox).await?;
         self.docker.start(&names.sandbox).await?;
-        for (service, image_id) in job.services.iter().zip(images) {
+        for (service, image) in job.services.iter().zip(images) {
             let container = names.service(&service.name);
             self.sweeper.hold(&container);
-            let spec = service_spec(service, &container, image_id, names, labels);
+            let mut spec = service_spec(service, &container, image.id, names, labels);
+            if !service.secrets.is_empty() {
+                let (env, mount) =
+                    self.service_secrets(job, service, names, image.user.as_deref())?;
+                spec.env.extend(env);
+                spec.mounts.push(mount);
+            }
             self.docker.create_container(&spec).await?;
             let stream = self.docker.attach(&container).await?;
             self.docker.start(&container).await?;
@@ -128,6 +134,32 @@ impl Runner {
             });
         }
         Ok(running)
+    }
+
+    /// The service's secrets as files on tmpfs, mounted read-only where the
+    /// job's are, and the variables its profile lets carry a secret's value.
+    fn service_secrets(
+        &self,
+        job: &Job,
+        service: &Service,
+        names: &Names,
+        user: Option<&str>,
+    ) -> Result<(Vec<String>, docker::Mount), RunError> {
+        let dir = names.service_secrets(&service.name);
+        let env_secrets = self
+            .config
+            .profile(&job.profile)
+            .map(|p| p.env_secrets.as_slice())
+            .unwrap_or_default();
+        let files = SecretFiles {
+            dir: &dir,
+            image_user: user,
+            secrets: &self.secrets,
+            env_secrets,
+            token: None,
+        };
+        let env = files.write(&service.secrets)?;
+        Ok((env, docker::bind_mount(&dir, SECRETS_MOUNT, true)))
     }
 
     /// Waits until each service is ready, in order, each within its own

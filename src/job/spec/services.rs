@@ -27,6 +27,9 @@ pub struct ServiceSpec {
     pub command: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Of the job's own secrets, the ones this service gets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready: Option<ReadySpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -53,6 +56,8 @@ pub struct Service {
     pub image: ImageRef,
     pub command: Option<Vec<String>>,
     pub env: BTreeMap<String, String>,
+    /// Secrets it gets as files (and as variables where the profile says so).
+    pub secrets: Vec<String>,
     /// `None`: ready once started.
     pub ready: Option<Ready>,
     pub ready_timeout: Duration,
@@ -78,6 +83,7 @@ pub fn valid_service_name(name: &str) -> bool {
 /// Every service checked; the ones that passed.
 pub(super) fn check(
     specs: &[ServiceSpec],
+    job_secrets: &[String],
     config: &Config,
     named: &NamedProfile<'_>,
     problems: &mut Problems,
@@ -104,6 +110,17 @@ pub(super) fn check(
                 problems.push(&field("name"), "must match ^[a-z][a-z0-9-]{0,30}$");
             } else if specs[..i].iter().any(|s| s.name == spec.name) {
                 problems.push(&field("name"), format!("{:?} is named twice", spec.name));
+            }
+            for (k, secret) in spec.secrets.iter().enumerate() {
+                let at = field(&format!("secrets.{}", crate::rules::truncate(secret, 64)));
+                if spec.secrets[..k].contains(secret) {
+                    problems.push(&at, "listed twice");
+                } else if !job_secrets.contains(secret) {
+                    problems.push(
+                        &at,
+                        "not one of the job's secrets: a service gets only secrets its job names",
+                    );
+                }
             }
             check_one(spec, &field, config, named, problems)
         })
@@ -151,6 +168,7 @@ fn check_one(
         image,
         command: spec.command.clone(),
         env: spec.env.clone(),
+        secrets: spec.secrets.clone(),
         ready,
         ready_timeout: Duration::from_secs(ready_timeout),
         memory_mb,

@@ -120,7 +120,7 @@ impl std::fmt::Display for Usage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.job {
             Some(job) => write!(f, "{job}")?,
-            None => write!(f, "too short to measure")?,
+            None => write!(f, "nothing measured (the job ended before its first sample)")?,
         }
         for (name, usage) in &self.services {
             write!(f, "; service {name}: {usage}")?;

@@ -148,17 +148,12 @@ async fn jobs_get_exactly_their_secrets_and_logs_never_show_them() {
         return;
     };
     let Scenario { stack, aws, pool } = &s;
-    let dir = tempfile::tempdir().unwrap();
-    let sealed = seal(aws, pool, dir.path()).await;
-    let shm = secrets_dir();
-    let config = agent_config(
-        stack,
-        pool,
-        &aws.endpoint,
-        &unique("i-secrets"),
-        &secrets_config(&sealed, &shm, &sealed.pool_name),
-    );
-    let agent = AgentProcess::start(&config, "agent");
+    let SecretAgent {
+        shm,
+        config,
+        agent,
+        _bundle,
+    } = SecretAgent::start(&s, "i-secrets").await;
 
     let id = unique("uses-secrets");
     let script = r#"
@@ -236,6 +231,39 @@ async fn jobs_get_exactly_their_secrets_and_logs_never_show_them() {
     .await;
     drop(agent);
     std::fs::remove_dir_all(&shm).unwrap();
+}
+
+/// An agent whose pool's secrets are sealed in a bundle in S3, with a tmpfs
+/// secrets dir of its own.
+struct SecretAgent {
+    shm: PathBuf,
+    config: TestConfig,
+    agent: AgentProcess,
+    /// Where the bundle was sealed from; removed with the value.
+    _bundle: tempfile::TempDir,
+}
+
+impl SecretAgent {
+    async fn start(s: &Scenario, instance: &str) -> SecretAgent {
+        let Scenario { stack, aws, pool } = s;
+        let bundle = tempfile::tempdir().unwrap();
+        let sealed = seal(aws, pool, bundle.path()).await;
+        let shm = secrets_dir();
+        let config = agent_config(
+            stack,
+            pool,
+            &aws.endpoint,
+            &unique(instance),
+            &secrets_config(&sealed, &shm, &sealed.pool_name),
+        );
+        let agent = AgentProcess::start(&config, "agent");
+        SecretAgent {
+            shm,
+            config,
+            agent,
+            _bundle: bundle,
+        }
+    }
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
@@ -758,17 +786,12 @@ async fn a_service_gets_only_the_secrets_it_names_from_its_job() {
         return;
     };
     let Scenario { stack, aws, pool } = &s;
-    let dir = tempfile::tempdir().unwrap();
-    let sealed = seal(aws, pool, dir.path()).await;
-    let shm = secrets_dir();
-    let config = agent_config(
-        stack,
-        pool,
-        &aws.endpoint,
-        &unique("i-service-secrets"),
-        &secrets_config(&sealed, &shm, &sealed.pool_name),
-    );
-    let agent = AgentProcess::start(&config, "agent");
+    let SecretAgent {
+        shm,
+        config: _config,
+        agent,
+        _bundle,
+    } = SecretAgent::start(&s, "i-service-secrets").await;
 
     let id = unique("service-secrets");
     let mut spec = job(&id, &stack.image, &["sh", "-c", "sleep 1; echo job done"]);

@@ -120,7 +120,10 @@ impl std::fmt::Display for Usage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.job {
             Some(job) => write!(f, "{job}")?,
-            None => write!(f, "nothing measured (the job ended before its first sample)")?,
+            None => write!(
+                f,
+                "nothing measured (the job ended before its first sample)"
+            )?,
         }
         for (name, usage) in &self.services {
             write!(f, "; service {name}: {usage}")?;

@@ -48,6 +48,10 @@ impl Watched {
         self.lock().get(key).cloned()
     }
 
+    fn holds(&self, key: &(String, u32)) -> bool {
+        self.lock().contains_key(key)
+    }
+
     fn is_empty(&self) -> bool {
         self.lock().is_empty()
     }
@@ -77,10 +81,7 @@ impl Agent {
         let mut failing = false;
         loop {
             tokio::time::sleep(WATCH_PERIOD).await;
-            if stopping
-                .as_ref()
-                .is_some_and(|key| self.watched.cancel_of(key).is_some())
-            {
+            if stopping.as_ref().is_some_and(|key| self.watched.holds(key)) {
                 continue;
             }
             stopping = None;
@@ -144,7 +145,7 @@ impl Agent {
             let Some(key) = watched_key(&container) else {
                 continue;
             };
-            if self.watched.cancel_of(&key).is_none() {
+            if !self.watched.holds(&key) {
                 continue;
             }
             let workspace = self.workspace_bytes(&container).await;

@@ -18,7 +18,7 @@ pub use containers::{
     volume_mount,
 };
 pub use images::{LocalImage, RegistryAuth};
-pub use probe::{PROBE_IMAGE, Probed, binary_mounts};
+pub use probe::{OWN_BINARY, PROBE_IMAGE, Probed, own_binary_spec};
 
 /// Every container and volume deckhand creates carries this label, so a restarted
 /// agent can find what a previous one left behind.

@@ -143,11 +143,45 @@ impl Docker {
     }
 }
 
-/// The mounts that run this binary in an empty image at `target`: the binary,
-/// and, read-only, the host's library folders (a static build needs none of
-/// them; a development build finds its loader and libc there).
-pub fn binary_mounts(exe: &std::path::Path, target: &str) -> Vec<super::Mount> {
-    let mut mounts = vec![super::bind_mount(exe, target, true)];
+/// Where this binary is mounted in a container of [`PROBE_IMAGE`].
+pub const OWN_BINARY: &str = "/deckhand";
+
+/// A container of [`PROBE_IMAGE`] (`image_id`) that runs this binary (`exe`)
+/// with `args`, under a job's hardening (the create call adds it), with no
+/// capabilities and little memory, on `network`.
+pub fn own_binary_spec(
+    name: String,
+    image_id: String,
+    exe: &std::path::Path,
+    args: &[&str],
+    network: &str,
+    labels: std::collections::HashMap<String, String>,
+) -> ContainerSpec {
+    let mut command = vec![OWN_BINARY.to_owned()];
+    command.extend(args.iter().map(|a| (*a).to_owned()));
+    ContainerSpec {
+        name,
+        image_id,
+        command: Some(command),
+        env: Vec::new(),
+        workdir: "/".to_owned(),
+        labels,
+        mounts: binary_mounts(exe),
+        memory_bytes: 64 << 20,
+        nano_cpus: 500_000_000,
+        pids: 16,
+        network: network.to_owned(),
+        cap_add: Vec::new(),
+        log_max_bytes: 1 << 20,
+        extra_hosts: Vec::new(),
+    }
+}
+
+/// The mounts that run this binary in an empty image: the binary, and,
+/// read-only, the host's library folders (a static build needs none of them; a
+/// development build finds its loader and libc there).
+fn binary_mounts(exe: &std::path::Path) -> Vec<super::Mount> {
+    let mut mounts = vec![super::bind_mount(exe, OWN_BINARY, true)];
     for dir in ["/lib", "/lib64", "/usr/lib"] {
         if let Ok(real) = std::fs::canonicalize(dir) {
             mounts.push(super::bind_mount(&real, dir, true));

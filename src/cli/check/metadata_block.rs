@@ -15,8 +15,6 @@ use crate::docker::{self, ContainerSpec, Docker};
 const REACH_TIMEOUT_MS: u64 = 2000;
 /// How long a probe container may take, start to removal.
 const PROBE_DEADLINE: Duration = Duration::from_secs(8);
-/// Where the binary is mounted in the probe container.
-const BINARY: &str = "/deckhand";
 
 /// `deckhand reach ADDRESS`, run inside a probe container: 0 when a TCP
 /// connection to it opens, 1 when it does not (with the reason on stdout).
@@ -105,31 +103,17 @@ fn target(endpoint: &str) -> Result<String, String> {
     Ok(format!("{host}:{port}"))
 }
 
-/// A job's hardening (the runner's create call adds it) and this binary.
+/// This binary's `reach` against `target`, from a container on `network`.
 fn probe_spec(image: &str, network: &str, exe: &Path, target: &str) -> ContainerSpec {
-    let mounts = docker::binary_mounts(exe, BINARY);
-    ContainerSpec {
-        name: format!("deckhand-probe-{}", crate::rules::random_hex(8)),
-        image_id: image.to_owned(),
-        command: Some(vec![
-            BINARY.to_owned(),
-            "reach".to_owned(),
-            target.to_owned(),
-            "--timeout-ms".to_owned(),
-            REACH_TIMEOUT_MS.to_string(),
-        ]),
-        env: Vec::new(),
-        workdir: "/".to_owned(),
-        labels: [(docker::LABEL_MANAGED.to_owned(), "true".to_owned())].into(),
-        mounts,
-        memory_bytes: 64 << 20,
-        nano_cpus: 500_000_000,
-        pids: 16,
-        network: network.to_owned(),
-        cap_add: Vec::new(),
-        log_max_bytes: 1 << 20,
-        extra_hosts: Vec::new(),
-    }
+    let timeout = REACH_TIMEOUT_MS.to_string();
+    docker::own_binary_spec(
+        format!("deckhand-probe-{}", crate::rules::random_hex(8)),
+        image.to_owned(),
+        exe,
+        &["reach", target, "--timeout-ms", &timeout],
+        network,
+        [(docker::LABEL_MANAGED.to_owned(), "true".to_owned())].into(),
+    )
 }
 
 #[cfg(test)]

@@ -25,8 +25,6 @@ use crate::job::outcome::RunError;
 use crate::job::spec::{Ready, Service};
 use crate::job::usage::{self, LiveUsage};
 
-/// Where the binary is mounted in the sandbox, for `pause` and `reach`.
-const BINARY: &str = "/deckhand";
 /// How often readiness is checked.
 const READY_POLL: Duration = Duration::from_millis(250);
 /// How long a TCP check waits for a connection.
@@ -36,8 +34,9 @@ pub(super) const SERVICE_CHUNKS: usize = 256;
 /// After a service failed, how long its last output may take to arrive.
 const LAST_WORDS: Duration = Duration::from_millis(500);
 
-/// The job's services while they run: the tasks that read their output and
-/// meter them, which end when `done` fires.
+/// The job's services while they run: the tasks that read their output (ending
+/// with `None`) and meter them (ending with the last sample), all of which end
+/// when `done` fires.
 pub(super) struct Running {
     pub output: mpsc::Receiver<ServiceChunk>,
     pub tasks: JoinSet<Option<(String, Sample)>>,
@@ -120,12 +119,11 @@ impl Runner {
             self.docker.start(&container).await?;
             tracing::info!(service = %service.name, container = %container, "Service started.");
             let done = running.done.clone();
-            running.tasks.spawn(forward(
-                service.name.clone(),
-                stream,
-                tx.clone(),
-                done.clone(),
-            ));
+            let forwarding = forward(service.name.clone(), stream, tx.clone(), done.clone());
+            running.tasks.spawn(async move {
+                forwarding.await;
+                None
+            });
             let docker = self.docker.clone();
             let name = service.name.clone();
             running.tasks.spawn(async move {
@@ -213,7 +211,7 @@ impl Runner {
             Some(Ready::Tcp(port)) => (
                 names.sandbox.clone(),
                 vec![
-                    BINARY.to_owned(),
+                    docker::OWN_BINARY.to_owned(),
                     "reach".to_owned(),
                     format!("127.0.0.1:{port}"),
                     "--timeout-ms".to_owned(),
@@ -255,26 +253,20 @@ impl Runner {
         let exe = std::env::current_exe().map_err(|source| RunError::OwnBinary { source })?;
         let mut labels = labels.clone();
         labels.insert(docker::LABEL_ROLE.to_owned(), "sandbox".to_owned());
-        Ok(ContainerSpec {
-            name: names.sandbox.clone(),
+        let mut spec = docker::own_binary_spec(
+            names.sandbox.clone(),
             image_id,
-            command: Some(vec![BINARY.to_owned(), "pause".to_owned()]),
-            env: Vec::new(),
-            workdir: "/".to_owned(),
+            &exe,
+            &["pause"],
+            &job.network,
             labels,
-            mounts: docker::binary_mounts(&exe, BINARY),
-            memory_bytes: 32 << 20,
-            nano_cpus: 100_000_000,
-            pids: 16,
-            network: job.network.clone(),
-            cap_add: Vec::new(),
-            log_max_bytes: 1 << 20,
-            extra_hosts: job
-                .services
-                .iter()
-                .map(|s| format!("{}:127.0.0.1", s.name))
-                .collect(),
-        })
+        );
+        spec.extra_hosts = job
+            .services
+            .iter()
+            .map(|s| format!("{}:127.0.0.1", s.name))
+            .collect();
+        Ok(spec)
     }
 }
 
@@ -319,11 +311,11 @@ async fn forward(
     mut stream: OutputStream,
     tx: mpsc::Sender<ServiceChunk>,
     done: CancellationToken,
-) -> Option<(String, Sample)> {
+) {
     loop {
         let chunk = tokio::select! {
             chunk = stream.next() => chunk,
-            () = done.cancelled() => return None,
+            () = done.cancelled() => return,
         };
         let (which, bytes) = match chunk {
             Some(Ok(Output::Stdout(bytes))) => (Stream::Stdout, bytes),
@@ -332,11 +324,11 @@ async fn forward(
                 if !done.is_cancelled() {
                     tracing::warn!(service = %name, "A service's output ended: it exited; the job goes on.");
                 }
-                return None;
+                return;
             }
         };
         if tx.send((name.clone(), which, bytes)).await.is_err() {
-            return None;
+            return;
         }
     }
 }

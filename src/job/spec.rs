@@ -374,40 +374,23 @@ impl JobSpec {
     }
 
     /// Memory, CPUs and processes: what the job asks, the profile's value for what
-    /// it leaves out. Each limit has a floor of its own and the profile's value as
-    /// its cap.
+    /// it leaves out, each between its floor and the profile's value.
     fn resources(&self, named: &NamedProfile<'_>, problems: &mut Problems) -> Resources {
         let profile = named.profile;
-        let asked = self.resources.clone().unwrap_or_default();
-        let resources = Resources {
-            memory_mb: asked.memory_mb.unwrap_or(profile.memory_mb),
-            cpus: asked.cpus.unwrap_or(profile.cpus),
-            pids: asked.pids.unwrap_or(profile.pids),
+        let caps = Resources {
+            memory_mb: profile.memory_mb,
+            cpus: profile.cpus,
+            pids: profile.pids,
         };
-        let (memory_mb, cpus, pids) = (resources.memory_mb, resources.cpus, resources.pids);
-        let mut limit = |field: &str, below_floor: Option<String>, above_cap: Option<String>| {
-            if let Some(rule) = below_floor.or(above_cap) {
-                problems.push(field, rule);
-            }
-        };
-        limit(
-            "resources.memory_mb",
-            (memory_mb < 6).then(|| format!("{memory_mb} is below Docker's minimum of 6")),
-            (memory_mb > profile.memory_mb).then(|| named.above_cap(memory_mb, profile.memory_mb)),
-        );
-        limit(
-            "resources.cpus",
-            // Docker turns less than a hundredth of a CPU into NanoCpus 0: no limit.
-            (!(cpus >= MIN_CPUS && cpus.is_finite()))
-                .then(|| format!("{cpus} is below Docker's minimum of {MIN_CPUS}")),
-            (cpus > profile.cpus).then(|| named.above_cap(cpus, profile.cpus)),
-        );
-        limit(
-            "resources.pids",
-            (pids == 0).then(|| "must be at least 1".to_owned()),
-            (pids > profile.pids).then(|| named.above_cap(pids, profile.pids)),
-        );
-        resources
+        let keys = ["cap", "cap", "cap"];
+        check_limits(
+            self.resources.as_ref(),
+            caps,
+            keys,
+            "resources",
+            named,
+            problems,
+        )
     }
 
     /// The working directory: an absolute container path, outside the cache mount.
@@ -465,6 +448,50 @@ fn check_env_map(env: &BTreeMap<String, String>, prefix: &str, problems: &mut Pr
     }
 }
 
+/// Memory, CPUs and processes: what was asked, `caps` for what it leaves out.
+/// Each has a floor of its own (Docker's) and its cap, which a problem calls by
+/// its key in `keys` (the profile's key, or just `cap`); only one problem per
+/// field. `prefix` is where the fields sit (`resources`, `services[0].resources`).
+fn check_limits(
+    asked: Option<&ResourcesSpec>,
+    caps: Resources,
+    keys: [&str; 3],
+    prefix: &str,
+    named: &NamedProfile<'_>,
+    problems: &mut Problems,
+) -> Resources {
+    let asked = asked.cloned().unwrap_or_default();
+    let resources = Resources {
+        memory_mb: asked.memory_mb.unwrap_or(caps.memory_mb),
+        cpus: asked.cpus.unwrap_or(caps.cpus),
+        pids: asked.pids.unwrap_or(caps.pids),
+    };
+    let (memory_mb, cpus, pids) = (resources.memory_mb, resources.cpus, resources.pids);
+    let mut limit = |field: &str, below_floor: Option<String>, above_cap: Option<String>| {
+        if let Some(rule) = below_floor.or(above_cap) {
+            problems.push(&format!("{prefix}.{field}"), rule);
+        }
+    };
+    limit(
+        "memory_mb",
+        (memory_mb < 6).then(|| format!("{memory_mb} is below Docker's minimum of 6")),
+        (memory_mb > caps.memory_mb).then(|| named.above(memory_mb, keys[0], caps.memory_mb)),
+    );
+    limit(
+        "cpus",
+        // Docker turns less than a hundredth of a CPU into NanoCpus 0: no limit.
+        (!(cpus >= MIN_CPUS && cpus.is_finite()))
+            .then(|| format!("{cpus} is below Docker's minimum of {MIN_CPUS}")),
+        (cpus > caps.cpus).then(|| named.above(cpus, keys[1], caps.cpus)),
+    );
+    limit(
+        "pids",
+        (pids == 0).then(|| "must be at least 1".to_owned()),
+        (pids > caps.pids).then(|| named.above(pids, keys[2], caps.pids)),
+    );
+    resources
+}
+
 /// The profile the job runs under, or a problem listing the pool's profiles.
 fn check_profile<'a>(
     config: &'a Config,
@@ -510,7 +537,12 @@ struct NamedProfile<'a> {
 
 impl NamedProfile<'_> {
     fn above_cap(&self, asked: impl fmt::Display, cap: impl fmt::Display) -> String {
-        format!("{asked} is above profile {:?}'s cap of {cap}", self.name)
+        self.above(asked, "cap", cap)
+    }
+
+    /// `asked` is above the profile's `key` (its value `cap`).
+    fn above(&self, asked: impl fmt::Display, key: &str, cap: impl fmt::Display) -> String {
+        format!("{asked} is above profile {:?}'s {key} of {cap}", self.name)
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{NamedProfile, Problems, ResourcesSpec, check_env_map};
+use super::{NamedProfile, Problems, Resources, ResourcesSpec, check_env_map, check_limits};
 use crate::config::Config;
 use crate::job::image::ImageRef;
 
@@ -161,7 +161,25 @@ fn check_one(
             DEFAULT_READY_TIMEOUT_SECS
         }
     };
-    let (memory_mb, cpus, pids) = check_resources(spec, field, named, problems);
+    let profile = named.profile;
+    let caps = Resources {
+        memory_mb: profile.services_memory_mb,
+        cpus: profile.services_cpus,
+        pids: profile.pids,
+    };
+    let keys = ["services_memory_mb", "services_cpus", "cap"];
+    let Resources {
+        memory_mb,
+        cpus,
+        pids,
+    } = check_limits(
+        spec.resources.as_ref(),
+        caps,
+        keys,
+        &field("resources"),
+        named,
+        problems,
+    );
     let (image, ready) = (image?, ready.ok()?);
     Some(Service {
         name: spec.name.clone(),
@@ -175,58 +193,6 @@ fn check_one(
         cpus,
         pids,
     })
-}
-
-/// Memory, CPUs and processes: what the service asks, the profile's service
-/// values for what it leaves out; each with its floor and the profile's cap.
-fn check_resources(
-    spec: &ServiceSpec,
-    field: &dyn Fn(&str) -> String,
-    named: &NamedProfile<'_>,
-    problems: &mut Problems,
-) -> (u64, f64, u64) {
-    let profile = named.profile;
-    let asked = spec.resources.clone().unwrap_or_default();
-    let memory_mb = asked.memory_mb.unwrap_or(profile.services_memory_mb);
-    let cpus = asked.cpus.unwrap_or(profile.services_cpus);
-    let pids = asked.pids.unwrap_or(profile.pids);
-    if memory_mb < 6 {
-        problems.push(
-            &field("resources.memory_mb"),
-            format!("{memory_mb} is below Docker's minimum of 6"),
-        );
-    } else if memory_mb > profile.services_memory_mb {
-        problems.push(
-            &field("resources.memory_mb"),
-            format!(
-                "{memory_mb} is above profile {:?}'s services_memory_mb of {}",
-                named.name, profile.services_memory_mb
-            ),
-        );
-    }
-    if !(cpus >= super::MIN_CPUS && cpus.is_finite()) {
-        problems.push(
-            &field("resources.cpus"),
-            format!("{cpus} is below Docker's minimum of {}", super::MIN_CPUS),
-        );
-    } else if cpus > profile.services_cpus {
-        problems.push(
-            &field("resources.cpus"),
-            format!(
-                "{cpus} is above profile {:?}'s services_cpus of {}",
-                named.name, profile.services_cpus
-            ),
-        );
-    }
-    if pids == 0 {
-        problems.push(&field("resources.pids"), "must be at least 1");
-    } else if pids > profile.pids {
-        problems.push(
-            &field("resources.pids"),
-            named.above_cap(pids, profile.pids),
-        );
-    }
-    (memory_mb, cpus, pids)
 }
 
 fn check_ready(

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -88,11 +88,9 @@ pub struct Metrics {
     job_memory_share: Family<ByProfile, Histogram>,
     running_cpu: Family<BySlot, Gauge<f64, AtomicU64>>,
     running_memory: Family<BySlot, Gauge>,
-    /// The running jobs' latest cgroup samples, read at scrape time.
+    /// The running jobs, by slot, with their latest cgroup samples: read at
+    /// scrape time, for `jobs_running` too.
     live: Mutex<BTreeMap<BySlot, LiveUsage>>,
-    /// For readiness, beside the gauges.
-    is_ready: AtomicBool,
-    is_disk_low: AtomicBool,
 }
 
 /// What the agent is, read at scrape time.
@@ -111,7 +109,6 @@ pub struct Running<'a> {
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
-        self.metrics.jobs_running.dec();
         self.metrics
             .live
             .lock()
@@ -151,8 +148,6 @@ impl Metrics {
             running_cpu: Family::default(),
             running_memory: Family::default(),
             live: Mutex::default(),
-            is_ready: AtomicBool::new(false),
-            is_disk_low: AtomicBool::new(false),
         };
         metrics.register();
         // Every status is exposed from the start, at 0: an alert on a rate needs
@@ -325,7 +320,6 @@ impl Metrics {
     /// A job's container runs in `slot` under `profile` until the value is
     /// dropped; `live` carries its latest CPU and memory sample.
     pub fn running(&self, profile: &str, slot: usize, live: LiveUsage) -> Running<'_> {
-        self.jobs_running.inc();
         let key = BySlot {
             profile: profile.to_owned(),
             slot,
@@ -340,15 +334,12 @@ impl Metrics {
     pub fn ready(&self, boot: Duration) {
         self.boot_seconds.set(boot.as_secs_f64());
         self.ready.set(1);
-        self.is_ready.store(true, Ordering::Relaxed);
     }
 
     /// A disk check before a receive.
     pub fn disk(&self, room: &crate::host::disk::Room) {
         self.disk_free_megabytes.set(room.free_mb as i64);
         self.disk_low.set(i64::from(room.low.is_some()));
-        self.is_disk_low
-            .store(room.low.is_some(), Ordering::Relaxed);
         self.images_removed.inc_by(room.removed as u64);
     }
 
@@ -372,9 +363,9 @@ impl Metrics {
     fn unready(&self, state: &State) -> Option<&'static str> {
         if state.draining {
             Some("draining")
-        } else if !self.is_ready.load(Ordering::Relaxed) {
+        } else if self.ready.get() == 0 {
             Some("starting")
-        } else if self.is_disk_low.load(Ordering::Relaxed) {
+        } else if self.disk_low.get() == 1 {
             Some("disk space is low")
         } else {
             Metrics::unhealthy(state)
@@ -391,7 +382,9 @@ impl Metrics {
         // Only the slots running a job now: a finished job's series goes.
         self.running_cpu.clear();
         self.running_memory.clear();
-        for (slot, live) in self.live.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        self.jobs_running.set(live.len() as i64);
+        for (slot, live) in live.iter() {
             if let Some(sample) = live.get() {
                 self.running_cpu.get_or_create(slot).set(sample.cpu_seconds);
                 self.running_memory

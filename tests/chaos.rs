@@ -5,12 +5,11 @@
 
 mod common;
 
-use std::collections::HashMap;
-
 use common::agent::{AgentProcess, agent_config, behind_a_docker_proxy};
 use common::aws::{Aws, Pool};
 use common::imds::ImdsSim;
 use common::scenario::Scenario;
+use common::workload::{assert_each_succeeded_whole, short_job, succeeded_records};
 use common::*;
 use nix::sys::signal::Signal;
 
@@ -21,11 +20,7 @@ fn jobs(stack: &Stack) -> Vec<(String, serde_json::Value)> {
     (0..JOBS)
         .map(|i| {
             let id = unique(&format!("chaos{i}"));
-            let script = format!(
-                "sleep 0.{}; echo job {i} done on attempt $DECKHAND_ATTEMPT",
-                2 + (i * 7) % 17
-            );
-            let body = job(&id, &stack.image, &["sh", "-c", &script]);
+            let body = short_job(stack, &id, i);
             (id, body)
         })
         .collect()
@@ -121,14 +116,8 @@ async fn no_job_is_lost_when_agents_die_docker_drops_and_spot_takes_a_host() {
         (0, 0),
         "nothing dead-lettered"
     );
-    for (i, (id, _)) in jobs.iter().enumerate() {
-        let r = aws.json(&pool.bucket, &keys::result(id)).await.unwrap();
-        assert_eq!(r["status"], "succeeded", "{r}");
-        let log = aws.object(&pool.bucket, &keys::log(id)).await.unwrap();
-        assert_eq!(
-            String::from_utf8(log).unwrap(),
-            format!("job {i} done on attempt {}\n", r["attempt"]),
-        );
+    assert_each_succeeded_whole(aws, pool, jobs.iter().map(|(id, _)| id)).await;
+    for (id, _) in &jobs {
         if !leftovers(id).is_empty() {
             for agent in [&a, &a2, &b, &c] {
                 for line in agent.logs() {
@@ -141,20 +130,15 @@ async fn no_job_is_lost_when_agents_die_docker_drops_and_spot_takes_a_host() {
         assert_clean(id);
     }
     // One terminal result each, across every agent: none ran to a result twice.
-    let mut recorded: HashMap<String, usize> = HashMap::new();
     for agent in [&a, &a2, &b, &c] {
         for line in agent.logs() {
-            if line["msg"] == "Result recorded." && line["status"] == "succeeded" {
-                *recorded
-                    .entry(line["job_id"].as_str().unwrap().to_owned())
-                    .or_default() += 1;
-            }
             assert_ne!(
                 line["msg"], "Another run of this job recorded its result first; keeping that one.",
                 "{line}"
             );
         }
     }
+    let recorded = succeeded_records([&a, &a2, &b, &c]);
     assert_eq!(recorded.len(), JOBS);
     assert!(recorded.values().all(|&n| n == 1), "{recorded:?}");
     let interrupted = a2.count("Message handed back to the queue.")

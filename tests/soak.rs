@@ -11,7 +11,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -20,6 +19,7 @@ use common::aws::{Aws, Pool};
 use common::imds::ImdsSim;
 use common::proxy::Proxy;
 use common::scenario::Scenario;
+use common::workload::{assert_each_succeeded_whole, short_job, succeeded_records};
 use common::*;
 use nix::sys::signal::Signal;
 use tokio::time::Instant;
@@ -127,15 +127,8 @@ async fn every_job_ends_once_through_kills_docker_restarts_spot_notices_and_aws_
     let mut malformed = 0;
     for i in 0..jobs_wanted {
         let id = unique(&format!("soak{i}"));
-        let script = format!(
-            "sleep 0.{}; echo job {i} done on attempt $DECKHAND_ATTEMPT",
-            2 + (i * 7) % 17
-        );
-        aws.send_job(
-            &pool.queue_url,
-            &job(&id, &stack.image, &["sh", "-c", &script]),
-        )
-        .await;
+        aws.send_job(&pool.queue_url, &short_job(stack, &id, i))
+            .await;
         ids.push(id);
         if i % 50 == 25 {
             aws.send(
@@ -248,31 +241,14 @@ async fn every_job_ends_once_through_kills_docker_restarts_spot_notices_and_aws_
         malformed,
         "only the malformed are dead-lettered"
     );
-    for (i, id) in ids.iter().enumerate() {
-        let r = aws.json(&pool.bucket, &keys::result(id)).await.unwrap();
-        assert_eq!(r["status"], "succeeded", "{r}");
-        let log = aws.object(&pool.bucket, &keys::log(id)).await.unwrap();
-        assert_eq!(
-            String::from_utf8(log).unwrap(),
-            format!("job {i} done on attempt {}\n", r["attempt"]),
-        );
-    }
+    assert_each_succeeded_whole(aws, pool, &ids).await;
     // Stop every agent, then look: one result recorded per job, across all the
     // processes that ever ran, and nothing left.
     for host in &mut hosts {
         host.agent().signal(Signal::SIGTERM);
         assert_eq!(host.agent().wait_exit(VERY_LONG).await, Some(0));
     }
-    let mut recorded: HashMap<String, usize> = HashMap::new();
-    for run in hosts.iter().chain(&retired).flat_map(|h| &h.runs) {
-        for line in run.logs() {
-            if line["msg"] == "Result recorded." && line["status"] == "succeeded" {
-                *recorded
-                    .entry(line["job_id"].as_str().unwrap().to_owned())
-                    .or_default() += 1;
-            }
-        }
-    }
+    let recorded = succeeded_records(hosts.iter().chain(&retired).flat_map(|h| &h.runs));
     assert_eq!(recorded.len(), jobs_wanted, "{recorded:?}");
     assert!(
         recorded.values().all(|&n| n == 1),

@@ -18,6 +18,7 @@ pub mod imds;
 pub mod keys;
 pub mod proxy;
 pub mod scenario;
+pub mod workload;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

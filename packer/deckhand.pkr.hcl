@@ -65,6 +65,18 @@ variable "prepull_images" {
   description = "Images to pull into the AMI so that boot-time warming is quick. The build instance must be able to pull them without credentials."
 }
 
+variable "box_base_image" {
+  type        = string
+  default     = "deckhand-box-base:dev"
+  description = "The box's base: a local Docker image of a Debian 12 root (scripts/box builds it)."
+}
+
+variable "box_image" {
+  type        = string
+  default     = "deckhand-box"
+  description = "Repository of the box image the Docker source makes; tagged with deckhand_version."
+}
+
 variable "volume_size_gb" {
   type        = number
   default     = 40
@@ -152,9 +164,29 @@ source "amazon-ebs" "debian12" {
   }
 }
 
+# The box (scripts/box, docs/packaging.md): the very provisioning below, into a
+# local image that boots under systemd in a container, as an instance of the
+# AMI would. Build it with -only=docker.box. Nothing is pulled (the base image
+# is local, and Docker would look for a missing one on Docker Hub), and the
+# build container has no network: the base already holds Docker, so
+# provision.sh skips apt.
+source "docker" "box" {
+  image       = var.box_base_image
+  pull        = false
+  commit      = true
+  run_command = ["-d", "-i", "-t", "--network=none", "--entrypoint=/bin/sh", "--", "{{.Image}}"]
+  # The build ran /bin/sh; the box runs systemd, which halts cleanly on
+  # SIGRTMIN+3 (docker stop).
+  changes = [
+    "ENTRYPOINT [\"/sbin/init\"]",
+    "STOPSIGNAL SIGRTMIN+3",
+    "ENV container=docker",
+  ]
+}
+
 build {
   name    = "deckhand"
-  sources = ["source.amazon-ebs.debian12"]
+  sources = ["source.amazon-ebs.debian12", "source.docker.box"]
 
   # The file provisioner does not create directories.
   provisioner "shell" {
@@ -168,9 +200,15 @@ build {
     destination = "/tmp/deckhand-stage/deckhand"
   }
 
+  # Every unit the host runs: systemd/ in the repository.
   provisioner "file" {
     source      = "${path.root}/../systemd/deckhand.service"
     destination = "/tmp/deckhand-stage/deckhand.service"
+  }
+
+  provisioner "file" {
+    source      = "${path.root}/../systemd/deckhand-imds-block.service"
+    destination = "/tmp/deckhand-stage/deckhand-imds-block.service"
   }
 
   # The user data helper: baked so that boot-time user data can stay short,
@@ -203,7 +241,14 @@ build {
 
   # The AMI id for the launch template and the instance refresh.
   post-processor "manifest" {
+    only       = ["amazon-ebs.debian12"]
     output     = "packer-manifest.json"
     strip_path = true
+  }
+
+  post-processor "docker-tag" {
+    only       = ["docker.box"]
+    repository = var.box_image
+    tag        = [var.deckhand_version]
   }
 }

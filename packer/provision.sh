@@ -11,11 +11,24 @@ stage=/tmp/deckhand-stage
 log() { printf 'provision: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
+# systemd runs on an EC2 build instance; the box's build container (a Docker
+# source, scripts/box) has none, and there units can only be enabled.
+systemd_running() { [ -d /run/systemd/system ]; }
+
+installed() {
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}\n' "$pkg" 2>/dev/null | grep -q ' ok installed$' || return 1
+    done
+}
+
 install_step() {
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update
-    # Debian's own Docker (docker.io); iptables for the metadata block.
-    apt-get install -y --no-install-recommends docker.io iptables ca-certificates
+    # Debian's own Docker (docker.io); iptables for the metadata block. The box's
+    # base root already holds them (its build container has no network).
+    if ! installed docker.io iptables ca-certificates; then
+        apt-get update
+        apt-get install -y --no-install-recommends docker.io iptables ca-certificates
+    fi
     # live-restore: a dockerd that crashes and is restarted leaves the running
     # jobs running, and deckhand takes them up again when it answers. json-file
     # keeps each job's whole output, which deckhand reads back after such a gap.
@@ -26,20 +39,26 @@ install_step() {
   "log-driver": "json-file"
 }
 JSON
-    systemctl enable --now docker.service
 
     install -m 0755 "$stage/deckhand" /usr/local/bin/deckhand
     # The binary must be static and runnable here, or every instance fails.
     /usr/local/bin/deckhand --version
-    install -m 0644 "$stage/deckhand.service" /etc/systemd/system/deckhand.service
+    # Every unit the host runs, from systemd/ in the repository.
+    install -m 0644 "$stage/deckhand.service" "$stage/deckhand-imds-block.service" /etc/systemd/system/
     install -m 0755 "$stage/bootstrap.sh" /usr/local/sbin/deckhand-bootstrap
     install -D -m 0644 "$stage/operations.md" /usr/local/share/doc/deckhand/operations.md
 
-    # The metadata-block unit and the config skeleton, written by the same
-    # code as at boot; enables both units, starts only the block.
+    # The config skeleton, written by the same code as at boot (it writes the
+    # IMDS-block unit too: the same text, checked against the file above).
+    # Enables Docker and both units; starts nothing.
     /usr/local/sbin/deckhand-bootstrap --skeleton
-    # Here the binary exists, so verify the unit as installed.
-    systemd-analyze verify /etc/systemd/system/deckhand.service
+    # Here the binary exists, so verify the units as installed, together.
+    systemd-analyze verify /etc/systemd/system/deckhand.service /etc/systemd/system/deckhand-imds-block.service
+    # On a build instance: Docker for the pre-pulls, and the block, to see that
+    # its rule applies on this kernel.
+    if systemd_running; then
+        systemctl start deckhand-imds-block.service
+    fi
 
     for image in ${PREPULL_IMAGES:-}; do
         log "pulling $image"

@@ -246,12 +246,16 @@ write_config() {
     emit_config | put "$root/etc/deckhand/config.toml" 0640
 }
 
-# Identical to the copy in cloud-config.yaml (scripts/test-packaging checks).
+# systemd/deckhand-imds-block.service, for an AMI without it (scripts/test-packaging
+# checks the copy against the file).
 write_imds_block_unit() {
     put "$root/etc/systemd/system/deckhand-imds-block.service" 0644 <<'EOF'
-# Written by deckhand's user data; Packer bakes it too. deckhand.service
-# requires it, so no job runs before the rule is in place.
+# Keeps job containers off the instance metadata service. Packer installs this
+# file; user data for an AMI without deckhand writes the same text (two
+# embedded copies, scripts/test-packaging checks them against this file).
+# deckhand.service requires it, so no job runs before the rule is in place.
 [Unit]
+# What systemctl status and the boot log call it.
 Description=Keep containers off the instance metadata; add deckhand's credentials address
 # The DOCKER-USER chain exists once dockerd has started.
 Requires=docker.service
@@ -261,8 +265,9 @@ PartOf=docker.service
 Before=deckhand.service
 
 [Service]
+# Two commands, run once at start; the unit then stays "active" while the
+# rule is in, which deckhand's Requires= checks.
 Type=oneshot
-# Stay "active" once the rule is in, which deckhand's Requires= checks.
 RemainAfterExit=yes
 # DOCKER-USER sees only forwarded traffic, i.e. containers; the host (and so
 # deckhand) still reaches IMDS. -C first so that a re-run adds no duplicate.
@@ -275,6 +280,7 @@ ExecStart=/bin/sh -c 'iptables -w -C DOCKER-USER -d 169.254.169.254/32 -j DROP 2
 ExecStart=/sbin/ip address replace 169.254.170.2/32 dev lo
 
 [Install]
+# At every boot, whether or not deckhand is enabled.
 WantedBy=multi-user.target
 EOF
 }
@@ -332,11 +338,16 @@ start_units() {
         env -u DECKHAND_ROOT -u DECKHAND_NO_SYSTEM \
             /usr/local/bin/deckhand check --config /etc/deckhand/config.toml --no-probe ||
         die "deckhand check rejected /etc/deckhand/config.toml"
+    if [ "$skeleton" = 1 ]; then
+        # Baking an image: enable, start nothing. This works with or without a
+        # running systemd (Packer's Docker source has none).
+        systemctl enable docker.service deckhand-imds-block.service deckhand.service
+        return 0
+    fi
     systemctl daemon-reload
     # Starting the block unit starts Docker too (Requires=).
     systemctl enable --now deckhand-imds-block.service
     systemctl enable deckhand.service
-    [ "$skeleton" = 1 ] && return 0
     # The unit may have failed at boot on the skeleton config: forget that.
     systemctl reset-failed deckhand.service 2>/dev/null || true
     # --no-block: as user data this runs inside cloud-init's final stage, which

@@ -166,7 +166,7 @@ source "amazon-ebs" "debian12" {
 
 # The box (scripts/box, docs/packaging.md): the very provisioning below, into a
 # local image that boots under systemd in a container, as an instance of the
-# AMI would. Build it with -only=docker.box. Nothing is pulled (the base image
+# AMI would. Build it with -only=deckhand.docker.box. Nothing is pulled (the base image
 # is local, and Docker would look for a missing one on Docker Hub), and the
 # build container has no network: the base already holds Docker, so
 # provision.sh skips apt.
@@ -175,11 +175,10 @@ source "docker" "box" {
   pull        = false
   commit      = true
   run_command = ["-d", "-i", "-t", "--network=none", "--entrypoint=/bin/sh", "--", "{{.Image}}"]
-  # The build ran /bin/sh; the box runs systemd, which halts cleanly on
-  # SIGRTMIN+3 (docker stop).
+  # The build ran /bin/sh; the box runs systemd (scripts/box stops it with
+  # SIGRTMIN+3, on which it halts cleanly).
   changes = [
     "ENTRYPOINT [\"/sbin/init\"]",
-    "STOPSIGNAL SIGRTMIN+3",
     "ENV container=docker",
   ]
 }

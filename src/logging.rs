@@ -6,6 +6,7 @@
 //! interface fixes flat keys (`msg`, `job_id`, `stream`) that the stock formatter
 //! nests under `fields` and `spans`.
 
+use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::io::Write as _;
 
@@ -46,6 +47,39 @@ pub fn init(format: LogFormat, filter: &str) -> Result<SharedMasker, String> {
 struct StdoutLayer {
     format: LogFormat,
     masker: SharedMasker,
+}
+
+thread_local! {
+    /// Lines logged inside [`batched`] on this thread, written when it ends.
+    static BATCH: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` and writes every line it logs to stdout in one write when it
+/// returns. A chunk of a job's output is often thousands of lines, and a
+/// write(2) each (stdout flushes at every newline) costs more than all the rest
+/// of logging them. `f` must not wait: its lines appear only once it is done.
+pub fn batched<T>(f: impl FnOnce() -> T) -> T {
+    /// Writes the batch on the way out, even if `f` panics.
+    struct Flush;
+    impl Drop for Flush {
+        fn drop(&mut self) {
+            if let Some(lines) = BATCH.with(|b| b.borrow_mut().take())
+                && !lines.is_empty()
+            {
+                let _ = std::io::stdout().lock().write_all(&lines);
+            }
+        }
+    }
+    let outermost = BATCH.with(|b| {
+        let mut batch = b.borrow_mut();
+        if batch.is_some() {
+            return false;
+        }
+        *batch = Some(Vec::new());
+        true
+    });
+    let _flush = outermost.then_some(Flush);
+    f()
 }
 
 /// Fields recorded on a span, kept in its extensions.
@@ -146,15 +180,29 @@ where
                     *text = masked;
                 }
             };
-            mask(&mut msg);
+            // A job's (or service's) output line was masked where it was read
+            // (`JobLog`), against these same secrets and the job's own: a second
+            // pass would cost as much again on a log flood.
+            if event.metadata().target() != JOB_OUTPUT_TARGET {
+                mask(&mut msg);
+            }
             fields.0.iter_mut().for_each(|(_, v)| mask(v));
         }
         let line = match self.format {
             LogFormat::Json => json_line(*event.metadata().level(), &msg, &fields),
             LogFormat::Text => text_line(*event.metadata().level(), &msg, &fields),
         };
-        // stdout is the log: if it is gone there is nowhere left to report that.
-        let _ = std::io::stdout().lock().write_all(line.as_bytes());
+        let batched = BATCH.with(|b| match b.borrow_mut().as_mut() {
+            Some(lines) => {
+                lines.extend_from_slice(line.as_bytes());
+                true
+            }
+            None => false,
+        });
+        if !batched {
+            // stdout is the log: if it is gone there is nowhere left to report that.
+            let _ = std::io::stdout().lock().write_all(line.as_bytes());
+        }
     }
 }
 

@@ -580,7 +580,7 @@ async fn a_huge_log_is_spooled_to_disk_and_uploaded_whole() {
     let Scenario { stack, aws, pool } = &s;
     let (config, agent) = s.agent("i-huge", "");
     let id = unique("chatty");
-    // 20 MB of output in 10 kB lines: well past the 8 MiB kept in memory.
+    // 20 MB of output in 10 kB lines: well past the 2 MiB kept in memory.
     let script = "head -c 20000000 /dev/zero | tr '\\0' x | fold -w 10000; echo; echo the end";
     aws.send_job(
         &pool.queue_url,

@@ -15,6 +15,7 @@ import queue
 import random
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -28,7 +29,7 @@ import uuid
 import boto3
 from botocore.config import Config as BotoConfig
 
-FIGURES = ("exec_true", "exec_arm64", "queue_serial", "queue_parallel", "cancel", "live_log", "artifacts", "inputs", "idle", "aws_requests", "notice", "boot", "cache")
+FIGURES = ("exec_true", "exec_arm64", "queue_serial", "queue_parallel", "cancel", "live_log", "artifacts", "inputs", "idle", "fleet", "aws_requests", "log_flood", "notice", "boot", "box_boot", "cache")
 TARGETS = {
     "exec_true": 1.10,
     "queue_serial": 1.15,
@@ -42,6 +43,9 @@ TARGETS = {
     "inputs_rate": 0.80,
     "requests_per_job": 8,
     "requests_per_idle_hour": 200,
+    "flood_throughput": 0.90,
+    "fleet": 1.10,
+    "flood_rss_mb": 40.0,
 }
 # Request prices, US East (N. Virginia), in dollars per request, as published by
 # AWS for 2026 (docs/benchmarks.md states them with the date read).
@@ -229,6 +233,8 @@ class Bench:
         self.cache_sources = []  # s3://bucket/key whose extracted volumes are removed
         self.volumes = []  # the tar baseline's own volumes
         self.rows = []  # (figure, deckhand, baseline, ratio, target, met)
+        self.fleet_ids = []  # the fleet figure's agents' own instance ids
+        self.tmpfs_dirs = []  # secrets dirs under /dev/shm
         self.seq = 0
         # deckhand refuses unknown DECKHAND_* variables: give it none of the caller's.
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("DECKHAND_")}
@@ -247,9 +253,10 @@ class Bench:
         self.seq += 1
         return self.seq
 
-    def config(self, name, sections=None):
-        """Writes a config: its own work dir, this run's instance id, the stack's
-        registry allowed, plus `sections` ({"queue": "key = value\\n", ...})."""
+    def config(self, name, sections=None, instance_id=None):
+        """Writes a config: its own work dir, this run's instance id (or
+        `instance_id`), the stack's registry allowed, plus `sections`
+        ({"queue": "key = value\\n", ...})."""
         sections = dict(sections or {})
         images = sections.pop("images", "")
         profile = sections.pop("profile", "")
@@ -259,7 +266,7 @@ class Bench:
         text = (
             "[agent]\n"
             f'work_dir = "{work}"\n'
-            f'instance_id = "{self.instance_id}"\n'
+            f'instance_id = "{instance_id or self.instance_id}"\n'
             + sections.pop("agent", "")
         )
         for section, body in sections.items():
@@ -624,6 +631,105 @@ class Bench:
             )
         say("  agent log medians: " + "; ".join(parts))
 
+    def fleet(self):
+        """6 agents x 2 slots on one queue (one host: the figure is about their
+        coordination, not CPU), --fleet-jobs short jobs, against the same jobs run
+        by `docker run --rm` 12 at a time. Every job must end with exactly one
+        result, started exactly once (Docker's own start events, counted per job
+        id), and the queue must be empty."""
+        agents, slots, jobs = 6, 2, self.args.fleet_jobs
+        url, bucket = self.pool("fleet")
+        ids = [f"bench-fleet-{self.run_id}-{i:04d}" for i in range(jobs)]
+        for i in range(0, jobs, 10):
+            self.sqs.send_message_batch(
+                QueueUrl=url,
+                Entries=[{"Id": str(n), "MessageBody": json.dumps(self.job(j))} for n, j in enumerate(ids[i:i + 10])],
+            )
+        self.docker_run()
+        t0 = time.perf_counter()
+        subprocess.run(
+            ["xargs", "-P", str(agents * slots), "-I{}", "docker", "run", "--rm", f"--network={self.network}",
+             self.image, "true"],
+            input="\n".join(map(str, range(jobs))) + "\n", text=True, check=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        baseline = time.perf_counter() - t0
+
+        # Docker's start events for job containers, counted per job id.
+        events = subprocess.Popen(
+            ["docker", "events", "--filter", "type=container", "--filter", "event=start",
+             "--filter", "label=deckhand.job_id", "--format", "{{json .Actor.Attributes}}"],
+            stdout=subprocess.PIPE, text=True,
+        )
+        starts = {}
+
+        def count_starts():
+            for line in events.stdout:
+                try:
+                    job_id = json.loads(line).get("deckhand.job_id", "")
+                except ValueError:
+                    continue
+                if job_id.startswith(f"bench-fleet-{self.run_id}-"):
+                    starts[job_id] = starts.get(job_id, 0) + 1
+
+        reader = threading.Thread(target=count_starts, daemon=True)
+        reader.start()
+        procs = []
+        try:
+            for n in range(agents):
+                agent_id = f"{self.instance_id}-fleet{n}"
+                self.fleet_ids.append(agent_id)
+                config = self.config(f"fleet-{n}", {
+                    "agent": f"slots = {slots}\n",
+                    "aws": f'region = "{self.region}"\nendpoint_url = "{self.endpoint}"\n',
+                    "queue": f'url = "{url}"\nwait_secs = 20\nvisibility_timeout_secs = 300\n',
+                    "results": f'bucket = "{bucket}"\n',
+                }, instance_id=agent_id)
+                procs.append(self.start_agent(config, f"fleet-{n}"))
+            deadline = time.monotonic() + 60 + jobs * 2
+            while True:
+                recorded = sum(sum(1 for l in self.read_log(log) if l.get("msg") == RECORDED) for _, log in procs)
+                if recorded >= jobs:
+                    break
+                dead = [p.returncode for p, _ in procs if p.poll() is not None]
+                if dead or time.monotonic() > deadline:
+                    raise BenchError(f"fleet: {recorded} of {jobs} results (agents exited: {dead})")
+                time.sleep(0.25)
+            deadline = time.monotonic() + 30
+            while (counts := self.queue_counts(url)) != (0, 0) or len(self.result_keys(bucket)) != jobs:
+                if time.monotonic() > deadline:
+                    raise BenchError(f"fleet: queue {counts}, {len(self.result_keys(bucket))} results")
+                time.sleep(0.1)
+        finally:
+            for proc, _ in procs:
+                self.stop_agent(proc)
+            events.terminate()
+            events.wait()
+            reader.join(10)
+        logs = [self.read_log(log) for _, log in procs]
+        ready = min(parse_ts(l["ts"]) for lines in logs for l in lines if l.get("msg") == READY)
+        last = max(parse_ts(l["ts"]) for lines in logs for l in lines if l.get("msg") == RECORDED)
+        ours = last - ready
+        per_agent = [sum(1 for l in lines if l.get("msg") == RECORDED) for lines in logs]
+        statuses = {}
+        for key in self.result_keys(bucket):
+            status = json.loads(self.s3.get_object(Bucket=bucket, Key=key)["Body"].read())["status"]
+            statuses[status] = statuses.get(status, 0) + 1
+        twice = sorted(j for j, n in starts.items() if n > 1)
+        never = sorted(set(ids) - set(starts))
+        if statuses != {"succeeded": jobs} or twice or never:
+            raise BenchError(f"fleet: statuses {statuses}; started twice {twice[:5]}; never started {never[:5]}")
+        ratio = ours / baseline
+        target = TARGETS["fleet"]
+        say(
+            f"fleet: {agents} agents x {slots} slots, {jobs} jobs {ours:.2f} s (first READY -> last result), "
+            f"docker run --rm {agents * slots} at a time {baseline:.2f} s, ratio {ratio:.2f} (target <= {target:.2f}); "
+            f"each job started once (Docker start events), {jobs} results, queue empty"
+        )
+        say(f"  jobs per agent: {', '.join(map(str, per_agent))}")
+        self.row("fleet", f"{ours:.2f} s ({agents}x{slots}, {jobs} jobs)", f"{baseline:.2f} s",
+                 f"{ratio:.2f}", f"<= {target:.2f}", ratio <= target)
+
     def queue_serial(self):
         self._queue("queue_serial", 1)
 
@@ -885,6 +991,213 @@ class Bench:
             f"RSS < {target:.0f} MB",
             rss_mb < target,
         )
+
+    # ------------------------------------------------------------ the box
+
+    def box_boot(self):
+        """The whole host's boot (docs/packaging.md, "The box"): the box boots with
+        the pool's cloud-config.yaml; from systemd's start (PID 1) to
+        deckhand.service active (its READY=1), beside deckhand's own start ->
+        READY and its boot_ms, over --box-runs boots. The box is built from this
+        bench's binary (the same code as the static one, linked to the same glibc
+        as the box's Debian 12)."""
+        runs = self.args.box_runs
+        env = dict(self.env, BOX_BINARY=self.binary, BOX_NAME=f"deckhand-bench-box-{self.run_id}")
+        subprocess.run([os.path.join(REPO, "scripts", "box"), "build"], check=True, env=env,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        sys.path.insert(0, os.path.join(REPO, "scripts", "box.d"))
+        os.environ["BOX_NAME"] = env["BOX_NAME"]
+        import test_box  # noqa: E402: the box tests' own boot and user data
+
+        test_box.BOX = env["BOX_NAME"]
+        pool = test_box.Pool(f"bench-box-{self.run_id}")
+        self.queues += [pool.queue, pool.dlq]
+        self.buckets.append(pool.bucket)
+        whole, agent, boot_ms = [], [], []
+        try:
+            for _ in range(runs):
+                test_box.boot(test_box.cloud_config(pool))
+                test_box.wait_for(lambda: test_box.show("ActiveState") == "active",
+                                  "deckhand.service active in the box", deadline=300)
+                a, b = test_box.boot_figure()
+                whole.append(a)
+                agent.append(b)
+                lines = [l for l in test_box.journal().splitlines() if BOOTSTRAPPED in l]
+                boot_ms.append(json.loads(lines[-1])["boot_ms"] / 1000.0)
+        finally:
+            subprocess.run([os.path.join(REPO, "scripts", "box"), "down"], env=env, capture_output=True)
+        w, a, b = (statistics.median(x) for x in (whole, agent, boot_ms))
+        say(
+            f"box_boot: systemd start -> deckhand READY median {w:.2f} s (min/max {min(whole):.2f}/"
+            f"{max(whole):.2f}, {runs} boots); deckhand's start -> READY {a:.2f} s; its boot_ms {b * 1000:.0f} ms"
+        )
+        self.row("box_boot", f"{w:.2f} s systemd start -> READY (median of {runs})",
+                 f"deckhand start -> READY {a:.2f} s (boot_ms {b * 1000:.0f})", "n/a", "reported", True)
+
+    # ------------------------------------------------------------ log flood
+
+    FLOOD_KINDS = {
+        # About 100-byte lines: the line splitter, the masker and the per-line
+        # log event are the cost.
+        "text": "yes 'deckhand log flood: the quick brown fox jumps over the lazy dog 0123456789 ABCDEFGHIJ' | head -c {n}",
+        # 100 KiB lines, past the 64 KiB at which deckhand splits a line.
+        "long": "l=$(head -c 102400 /dev/zero | tr '\\0' x); yes \"$l\" | head -c {n}",
+    }
+
+    def flood_setup(self):
+        """A bundle of 20 pool secrets in moto, and an exec config and a job that
+        asks for all 20, so that every line is masked against all of them."""
+        url, bucket = self.pool("flood")
+        kms = boto3.session.Session(region_name=self.region).client("kms", endpoint_url=self.endpoint)
+        key = kms.create_key()["KeyMetadata"]["KeyId"]
+        names = [f"flood_secret_{i:02}" for i in range(20)]
+        secrets = os.path.join(self.tmp, "flood-secrets.toml")
+        with open(secrets, "w") as f:
+            for name in names:
+                f.write(f'{name} = "{uuid.uuid4().hex[:24]}"\n')
+        seal_cfg = self.config("flood-seal", {"aws": f'region = "{self.region}"\nendpoint_url = "{self.endpoint}"\n'})
+        subprocess.run(
+            [self.binary, "--config", seal_cfg, "seal", "--kms-key", key, "--context", "pool=bench",
+             "--in", secrets, "--out", f"s3://{bucket}/bundle.json"],
+            check=True, capture_output=True, env=self.env,
+        )
+        quoted = ", ".join(f'"{n}"' for n in names)
+        # Secret files only ever on a tmpfs.
+        secrets_dir = f"/dev/shm/deckhand-bench-{self.run_id}"
+        self.tmpfs_dirs.append(secrets_dir)
+        sections = {
+            "agent": f'secrets_dir = "{secrets_dir}"\n',
+            "aws": f'region = "{self.region}"\nendpoint_url = "{self.endpoint}"\n',
+            "secrets": f'bucket = "{bucket}"\nkey = "bundle.json"\nkms_key_id = "{key}"\ncontext = {{ pool = "bench" }}\n',
+            # The whole flood is kept (the default cap, 100 MB, would stop it).
+            "profile": f"secrets = [{quoted}]\nmax_log_mb = {self.args.flood_mb * 2}\n",
+        }
+        return url, bucket, names, sections
+
+    def flood_job(self, kind, names):
+        n = self.args.flood_mb * 1_000_000
+        return {"version": 1, "id": f"bench-flood-{kind}-{self.run_id}-{self.next_seq()}", "image": self.image,
+                "command": ["sh", "-c", self.FLOOD_KINDS[kind].format(n=n)], "secrets": names}
+
+    def flood_docker(self, job):
+        """`docker run --rm` of the same command, its output read to /dev/null."""
+        t0 = time.perf_counter()
+        subprocess.run(["docker", "run", "--rm", f"--network={self.network}", self.image, *job["command"]],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        return time.perf_counter() - t0
+
+    def flood_exec(self, config, job):
+        path = os.path.join(self.tmp, "flood-job.json")
+        with open(path, "w") as f:
+            json.dump(job, f)
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([self.binary, "--config", config, "exec", path], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, env=self.env)
+        # Peak RSS sampled from /proc (wait4's ru_maxrss counts the forked
+        # Python's pages before the exec); CPU time from wait4.
+        peak = [0]
+
+        def sample():
+            while True:
+                try:
+                    peak[0] = max(peak[0], proc_status(proc.pid)["VmHWM"])
+                except (OSError, KeyError):
+                    return
+                time.sleep(0.02)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        sampler.join()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err = proc.stderr.read().decode(errors="replace")
+        proc.stderr.close()
+        if proc.returncode != 0:
+            raise BenchError(f"log_flood: deckhand exec exited {proc.returncode}: {err[-2000:]}")
+        return wall, peak[0] / 1024.0, usage.ru_utime + usage.ru_stime
+
+    def flood_agent(self, url, bucket, sections, kinds, names):
+        """One agent (slot 1, its stdout to /dev/null, as the journal would take
+        it) runs each kind's job from the queue; per job: the job's own run time
+        (the result's duration_ms), send to result recorded (the 200 MB log's
+        upload to moto included), agent CPU seconds, and its peak RSS."""
+        port = free_port()
+        config = self.config("flood-agent", dict(sections, **{
+            "agent": sections["agent"] + "slots = 1\n",
+            "queue": f'url = "{url}"\nwait_secs = 1\nvisibility_timeout_secs = 600\n',
+            "results": f'bucket = "{bucket}"\n',
+            "metrics": f'listen = "127.0.0.1:{port}"\n',
+        }))
+        proc = subprocess.Popen([self.binary, "--config", config, "run"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env=self.env)
+        self.agents.append(proc)
+        ready = f"http://127.0.0.1:{port}/readyz"
+        deadline = time.monotonic() + 60
+        while not http_ok(ready):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"log_flood: the agent did not become ready ({proc.poll()})")
+            time.sleep(0.05)
+        tick = os.sysconf("SC_CLK_TCK")
+        out = {}
+        for kind in kinds:
+            job = self.flood_job(kind, names)
+            cpu0 = cpu_secs(proc.pid, tick)
+            t0 = time.perf_counter()
+            self.sqs.send_message(QueueUrl=url, MessageBody=json.dumps(job))
+            key = f"results/{job['id']}/result.json"
+            deadline = time.monotonic() + 900
+            while True:
+                try:
+                    result = json.loads(self.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+                    break
+                except self.s3.exceptions.NoSuchKey:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise BenchError(f"log_flood: no result for the {kind} job ({proc.poll()})")
+                time.sleep(0.1)
+            recorded = time.perf_counter() - t0
+            if result["status"] != "succeeded":
+                raise BenchError(f"log_flood: the {kind} job ended {result['status']}: {result.get('reason')}")
+            out[kind] = (result["duration_ms"] / 1000.0, recorded, cpu_secs(proc.pid, tick) - cpu0,
+                         proc_status(proc.pid)["VmHWM"] / 1024.0)
+        if self.stop_agent(proc) != 0:
+            raise BenchError("log_flood: the agent did not drain cleanly")
+        return out
+
+    def log_flood(self):
+        mb = self.args.flood_mb
+        url, bucket, names, sections = self.flood_setup()
+        exec_config = self.config("flood-exec", dict(sections))
+        kinds = list(self.FLOOD_KINDS)
+        target = TARGETS["flood_throughput"]
+        rss_target = TARGETS["flood_rss_mb"]
+        results = {}
+        for kind in kinds:
+            job = self.flood_job(kind, names)
+            base = self.flood_docker(job)
+            wall, rss, cpu = self.flood_exec(exec_config, job)
+            results[kind] = (base, wall, rss, cpu)
+        agent = self.flood_agent(url, bucket, sections, kinds, names)
+        for kind in kinds:
+            base, wall, rss, cpu = results[kind]
+            run, recorded, agent_cpu, agent_rss = agent[kind]
+            for side, secs, peak, used in (("exec", wall, rss, cpu), ("agent", run, agent_rss, agent_cpu)):
+                share = base / secs
+                say(
+                    f"log_flood {kind} ({mb} MB, 20 secrets) {side}: {mb / secs:.0f} MB/s vs docker run to "
+                    f"/dev/null {mb / base:.0f} MB/s: {share:.2f} of its throughput (target >= {target:.2f}); "
+                    f"peak RSS {peak:.1f} MB (target <= {rss_target:.0f}); {used / mb * 100:.2f} CPU s per 100 MB"
+                )
+                self.row(
+                    f"log_flood {kind} {side}",
+                    f"{mb / secs:.0f} MB/s; RSS {peak:.1f} MB; {used / mb * 100:.2f} CPU s/100 MB",
+                    f"{mb / base:.0f} MB/s",
+                    f"{share:.2f}",
+                    f">= {target:.2f}; RSS <= {rss_target:.0f} MB",
+                    share >= target and peak <= rss_target,
+                )
+            say(f"  agent {kind}: sent to result recorded {recorded:.1f} s (the job {run:.1f} s; the rest is the log's upload)")
 
     # ------------------------------------------------------------ aws requests
 
@@ -1590,12 +1903,13 @@ class Bench:
 
     def leftovers(self):
         names = []
-        for kind, cmd in (
-            ("container", ["docker", "ps", "-aq", "--filter", f"label=deckhand.agent={self.instance_id}"]),
-            ("volume", ["docker", "volume", "ls", "-q", "--filter", f"label=deckhand.agent={self.instance_id}"]),
-        ):
-            out = subprocess.run(cmd, capture_output=True, text=True).stdout.split()
-            names.extend((kind, n) for n in out)
+        for agent in [self.instance_id, *self.fleet_ids]:
+            for kind, cmd in (
+                ("container", ["docker", "ps", "-aq", "--filter", f"label=deckhand.agent={agent}"]),
+                ("volume", ["docker", "volume", "ls", "-q", "--filter", f"label=deckhand.agent={agent}"]),
+            ):
+                out = subprocess.run(cmd, capture_output=True, text=True).stdout.split()
+                names.extend((kind, n) for n in out)
         return names
 
     def stop_agents(self):
@@ -1643,6 +1957,22 @@ class Bench:
                     shutil.copy(os.path.join(self.tmp, name), self.args.keep_logs)
             note(f"agent logs and configs kept in {self.args.keep_logs}")
         shutil.rmtree(self.tmp, ignore_errors=True)
+        for path in self.tmpfs_dirs:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_ok(url):
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
 
 
 def tail(path, n=20):
@@ -1856,6 +2186,9 @@ def main():
     parser.add_argument("--notice-runs", type=int, default=3)
     parser.add_argument("--boot-runs", type=int, default=5)
     parser.add_argument("--cache-mb", type=int, default=500)
+    parser.add_argument("--flood-mb", type=int, default=200)
+    parser.add_argument("--box-runs", type=int, default=3)
+    parser.add_argument("--fleet-jobs", type=int, default=600)
     parser.add_argument("--keep-logs", metavar="DIR", help="copy the agents' logs and configs here")
     parser.add_argument(
         "--quiet-timeout",

@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The most the tail holds while uploads fail or lag: past it, the oldest pending
 /// output is skipped from the live view (the whole log still lands in `log.txt`).
-pub const MAX_PENDING_BYTES: usize = 8 * 1024 * 1024;
+/// A follower cannot read more than this per flush anyway, and a log flood then
+/// costs the agent a few MB (this, and the chunk in flight), not tens.
+pub const MAX_PENDING_BYTES: usize = 2 * 1024 * 1024;
 
 /// The output of a running job not yet uploaded live. Clones share it.
 #[derive(Clone, Default)]

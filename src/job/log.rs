@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::job::live::LiveTail;
 use crate::job::mask::{Masker, SharedMasker};
-use crate::logging::JOB_OUTPUT_TARGET;
+use crate::logging::{self, JOB_OUTPUT_TARGET};
 
 /// A line longer than this is cut into pieces, so one runaway line cannot hold the
 /// log hostage (or the agent's memory).
@@ -37,7 +37,7 @@ impl Stream {
 pub type ServiceChunk = (String, Stream, bytes::Bytes);
 
 /// Past this, the log goes to a spool file.
-pub const SPOOL_AFTER_BYTES: usize = 8 * 1024 * 1024;
+pub const SPOOL_AFTER_BYTES: usize = 2 * 1024 * 1024;
 
 /// The whole log of one job, in arrival order, masked.
 pub struct JobLog {
@@ -89,28 +89,35 @@ impl JobLog {
     /// Takes a chunk of output; complete lines are logged and kept at once, a
     /// trailing partial line waits for the rest.
     pub fn push(&mut self, stream: Stream, chunk: &[u8]) {
-        let splitter = match stream {
+        // Out of `self` while it runs, so that each line is emitted as it is found,
+        // straight from the chunk, with no copy.
+        let slot = match stream {
             Stream::Stdout => &mut self.stdout,
             Stream::Stderr => &mut self.stderr,
         };
-        let mut lines = Vec::new();
-        splitter.push(chunk, &mut lines);
-        for line in lines {
-            self.emit(stream, &line);
+        let mut splitter = std::mem::take(slot);
+        logging::batched(|| splitter.push(chunk, |line| self.emit(stream, line)));
+        match stream {
+            Stream::Stdout => self.stdout = splitter,
+            Stream::Stderr => self.stderr = splitter,
         }
     }
 
     /// Takes a chunk of a service's output, as [`push`](Self::push) does the job's.
     pub fn push_service(&mut self, service: &str, stream: Stream, chunk: &[u8]) {
         let splitters = self.services.entry(service.to_owned()).or_default();
-        let splitter = match stream {
+        let slot = match stream {
             Stream::Stdout => &mut splitters.0,
             Stream::Stderr => &mut splitters.1,
         };
-        let mut lines = Vec::new();
-        splitter.push(chunk, &mut lines);
-        for line in lines {
-            self.emit_from(Some(service), stream, &line);
+        let mut splitter = std::mem::take(slot);
+        logging::batched(|| {
+            splitter.push(chunk, |line| self.emit_from(Some(service), stream, line))
+        });
+        let splitters = self.services.entry(service.to_owned()).or_default();
+        match stream {
+            Stream::Stdout => splitters.0 = splitter,
+            Stream::Stderr => splitters.1 = splitter,
         }
     }
 
@@ -340,26 +347,41 @@ struct LineSplitter {
 }
 
 impl LineSplitter {
-    fn push(&mut self, mut chunk: &[u8], out: &mut Vec<Vec<u8>>) {
-        while let Some(pos) = chunk.iter().position(|b| *b == b'\n') {
-            self.partial.extend_from_slice(&chunk[..pos]);
-            let mut line = std::mem::take(&mut self.partial);
-            if line.last() == Some(&b'\r') {
-                line.pop();
-            }
-            out.push(line);
+    /// Calls `line` with each complete line of `chunk` (without its `\n` or
+    /// `\r\n`), joined to what an earlier chunk left, and with each
+    /// `MAX_LINE_BYTES` piece of a line still open past that length; keeps the
+    /// rest for the next chunk. A line that lies whole in `chunk` is passed as a
+    /// slice of it: no copy, whatever the output's volume.
+    fn push(&mut self, mut chunk: &[u8], mut line: impl FnMut(&[u8])) {
+        while let Some(pos) = memchr::memchr(b'\n', chunk) {
+            let head = &chunk[..pos];
             chunk = &chunk[pos + 1..];
+            if self.partial.is_empty() {
+                line(strip_cr(head));
+            } else {
+                self.partial.extend_from_slice(head);
+                line(strip_cr(&self.partial));
+                // Cleared, not dropped: its capacity serves the next open line.
+                self.partial.clear();
+            }
         }
         self.partial.extend_from_slice(chunk);
-        while self.partial.len() >= MAX_LINE_BYTES {
-            let rest = self.partial.split_off(MAX_LINE_BYTES);
-            out.push(std::mem::replace(&mut self.partial, rest));
+        if self.partial.len() >= MAX_LINE_BYTES {
+            let whole = self.partial.len() / MAX_LINE_BYTES * MAX_LINE_BYTES;
+            self.partial[..whole]
+                .chunks(MAX_LINE_BYTES)
+                .for_each(&mut line);
+            self.partial.drain(..whole);
         }
     }
 
     fn take_rest(&mut self) -> Option<Vec<u8>> {
         (!self.partial.is_empty()).then(|| std::mem::take(&mut self.partial))
     }
+}
+
+fn strip_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
 }
 
 #[cfg(test)]
@@ -383,7 +405,7 @@ mod tests {
         let mut splitter = LineSplitter::default();
         let mut out = Vec::new();
         for chunk in chunks {
-            splitter.push(chunk, &mut out);
+            splitter.push(chunk, |line| out.push(line.to_vec()));
         }
         out.extend(splitter.take_rest());
         out.into_iter()
@@ -396,6 +418,12 @@ mod tests {
         assert_eq!(split(&[b"he", b"llo\nwor", b"ld\n"]), ["hello", "world"]);
         assert_eq!(split(&[b"a\r\nb"]), ["a", "b"]);
         assert_eq!(split(&[b"\n\n"]), ["", ""]);
+        // A partial line is joined to its end, its \r\n stripped, and the
+        // partial buffer serves the next open line afresh.
+        assert_eq!(
+            split(&[b"one\r", b"\ntw", b"o\nthr", b"ee\r\nfour"]),
+            ["one", "two", "three", "four"]
+        );
     }
 
     #[test]
@@ -478,6 +506,12 @@ mod tests {
         assert_eq!(lines.len(), 3);
         assert_eq!(lines[0].len(), MAX_LINE_BYTES);
         assert_eq!(lines[2].len(), 10);
+        // Cut where the open line passes the bound, across reads; what ends the
+        // line afterwards is its last piece.
+        let lines = split(&[&long[..MAX_LINE_BYTES - 1], &long[..2], b"tail\n"]);
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].len(), MAX_LINE_BYTES);
+        assert_eq!(lines[1], "xtail");
     }
 
     #[test]

@@ -31,12 +31,15 @@ from botocore.config import Config as BotoConfig
 
 FIGURES = ("exec_true", "exec_arm64", "queue_serial", "queue_parallel", "cancel", "live_log", "artifacts", "inputs", "idle", "fleet", "aws_requests", "log_flood", "notice", "boot", "box_boot", "cache")
 TARGETS = {
-    "exec_true": 1.10,
-    "queue_serial": 1.15,
-    "queue_parallel": 1.10,
-    "idle_rss_mb": 20.0,
+    # Raised on 2026-12-04 (issue "Scale and cost"): from 1.10, 1.15, 1.10, 20 MB.
+    "exec_true": 1.03,
+    "queue_serial": 1.05,
+    "queue_parallel": 1.05,
+    "idle_rss_mb": 14.0,
     "notice_release_s": 2.0,
     "notice_exit_s": 5.0,
+    # From the agent seeing the notice to the last message released.
+    "notice_seen_release_s": 0.1,
     "boot_ms": 1000.0,
     "cache_vs_tar": 0.80,
     "artifacts_rate": 0.80,
@@ -424,6 +427,9 @@ class Bench:
             theirs.append(docker())
         a, b = median_ms(ours), median_ms(theirs)
         ratio = a / b
+        # Each deckhand run beside the docker run after it: the quartiles of
+        # those ratios are the spread.
+        paired = statistics.quantiles([o / t for o, t in zip(ours, theirs)], n=4)
         target = TARGETS["exec_true"]
         say(
             f"exec_true: deckhand exec median {a:.0f} ms, docker run --rm median {b:.0f} ms, "
@@ -436,11 +442,12 @@ class Bench:
             f"min/max deckhand {min(ours) * 1000:.0f}/{max(ours) * 1000:.0f} ms, "
             f"docker {min(theirs) * 1000:.0f}/{max(theirs) * 1000:.0f} ms ({runs} runs each)"
         )
+        say(f"  paired ratios: quartiles {paired[0]:.2f} / {paired[1]:.2f} / {paired[2]:.2f}")
         self.row(
             "exec_true",
             f"{a:.0f} ms (median of {runs})",
             f"{b:.0f} ms (median of {runs})",
-            f"{ratio:.2f}",
+            f"{ratio:.2f} (IQR {paired[0]:.2f}-{paired[2]:.2f})",
             f"<= {target:.2f}",
             ratio <= target,
         )
@@ -493,6 +500,28 @@ class Bench:
         )
 
     def _queue(self, figure, slots):
+        """--rounds rounds of _queue_once; the row holds the median ratio and the
+        spread (min-max) of the rounds'."""
+        rounds = [self._queue_once(figure, slots) for _ in range(self.args.rounds)]
+        ratios = sorted(r[0] / r[1] for r in rounds)
+        ratio = statistics.median(ratios)
+        ours = statistics.median(r[0] for r in rounds)
+        baseline = statistics.median(r[1] for r in rounds)
+        target = TARGETS[figure]
+        say(
+            f"{figure}: median of {len(rounds)} rounds: deckhand {ours:.2f} s, docker {baseline:.2f} s, "
+            f"ratio {ratio:.2f} (rounds {', '.join(f'{r:.2f}' for r in ratios)}; target <= {target:.2f})"
+        )
+        self.row(
+            figure,
+            f"{ours:.2f} s (median of {len(rounds)})",
+            f"{baseline:.2f} s",
+            f"{ratio:.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f})",
+            f"<= {target:.2f}",
+            ratio <= target,
+        )
+
+    def _queue_once(self, figure, slots):
         jobs = self.args.jobs
         url, bucket = self.pool(figure)
         ids = [f"bench-{figure}-{self.run_id}-{i:03d}" for i in range(jobs)]
@@ -585,14 +614,7 @@ class Bench:
         self.phases(lines, slots)
         say(cpu_line("deckhand", agent_cpu, jobs))
         say(cpu_line("docker  ", baseline_cpu, jobs))
-        self.row(
-            figure,
-            f"{ours:.2f} s",
-            f"{baseline:.2f} s",
-            f"{ratio:.2f}",
-            f"<= {target:.2f}",
-            ratio <= target,
-        )
+        return ours, baseline
 
     def phases(self, lines, slots):
         """Medians of where a job's time goes, from the agent's own log timestamps."""
@@ -952,6 +974,25 @@ class Bench:
         self.row("inputs", f"{ours:.0f} MB/s", f"{theirs:.0f} MB/s (tar -xzf)", f"{ratio:.2f}", f">= {target:.2f}", ratio >= target)
 
     def idle(self):
+        """--rounds agents, each idle --idle-secs: the median RSS, and the spread."""
+        rounds = [self._idle_once() for _ in range(self.args.rounds)]
+        rss = sorted(r[0] for r in rounds)
+        cpu = statistics.median(r[1] for r in rounds)
+        secs = self.args.idle_secs
+        target = TARGETS["idle_rss_mb"]
+        median = statistics.median(rss)
+        say(f"idle: median RSS {median:.1f} MB over {len(rounds)} agents ({', '.join(f'{r:.1f}' for r in rss)}); "
+            f"CPU {cpu:.2f} s in {secs} s")
+        self.row(
+            "idle",
+            f"RSS {median:.1f} MB ({rss[0]:.1f}-{rss[-1]:.1f}); CPU {cpu:.2f} s / {secs} s",
+            "none",
+            "n/a",
+            f"RSS < {target:.0f} MB",
+            median < target,
+        )
+
+    def _idle_once(self):
         secs = self.args.idle_secs
         url, bucket = self.pool("idle")
         config = self.agent_config("idle", url, bucket, 1, wait_secs=20)
@@ -983,14 +1024,7 @@ class Bench:
             f"  peak RSS (VmHWM) {hwm_mb:.1f} MB, {threads} threads, CPU at ready {cpu0:.2f} s, "
             f"{logged} log lines while idle"
         )
-        self.row(
-            "idle",
-            f"RSS {rss_mb:.1f} MB; CPU {cpu:.2f} s / {secs} s",
-            "none",
-            "n/a",
-            f"RSS < {target:.0f} MB",
-            rss_mb < target,
-        )
+        return rss_mb, cpu
 
     # ------------------------------------------------------------ the box
 
@@ -1390,8 +1424,10 @@ class Bench:
             # run (i/runs of the interval later), so the median is not one phase by luck.
             results.append(self._notice_once(i / runs * poll_s, grace_s))
         release = statistics.median(r["release"] for r in results)
+        seen = statistics.median(r["seen_release"] for r in results)
         exited = statistics.median(r["exit"] for r in results)
         t_rel, t_exit = TARGETS["notice_release_s"], TARGETS["notice_exit_s"]
+        t_seen = TARGETS["notice_seen_release_s"]
         say(
             f"notice: spot notice -> both messages visible again median {release:.2f} s "
             f"(target < {t_rel:.0f} s), -> agent exited median {exited:.2f} s (target < {t_exit:.0f} s); "
@@ -1403,7 +1439,8 @@ class Bench:
             return "/".join(f"{r[key] * 1000:.0f}" for r in results)
 
         say(
-            f"  per run (ms): release {ms('release')}; exit {ms('exit')}; notice visible -> agent's "
+            f"  per run (ms): release {ms('release')}; seen -> released {ms('seen_release')} "
+            f"(target <= {t_seen * 1000:.0f}); exit {ms('exit')}; notice visible -> agent's "
             f"\"{SPOT_NOTICE}\" (poll wait) {ms('detect')}"
         )
         say(
@@ -1411,18 +1448,19 @@ class Bench:
             f"{median_ms([r['to_stop'] for r in results]):.0f} ms; \"{STOPPING_JOB}\" -> \"{FINISHED}\" "
             f"{median_ms([r['stop_to_finished'] for r in results]):.0f} ms, of which stop_grace_secs "
             f"{grace_s * 1000} ms (busybox sleep as PID 1 ignores SIGTERM: SIGKILL ends the grace); "
-            f"\"{FINISHED}\" -> \"{HANDED_BACK}\" (claim release, visibility 0) "
+            f"\"{STOPPING_JOB}\" -> \"{HANDED_BACK}\" (claim release, visibility 0, before the container's stop) "
             f"{median_ms([r['finished_to_handed'] for r in results]):.0f} ms; last hand-back -> queue "
             f"poll saw (2, 0) {median_ms([r['handed_to_seen'] for r in results]):.0f} ms (50 ms polls); "
             f"last hand-back -> process exit {median_ms([r['handed_to_exit'] for r in results]):.0f} ms"
         )
         self.row(
             "notice",
-            f"release {release:.2f} s, exit {exited:.2f} s (median of {runs})",
+            f"release {release:.2f} s, of which after the agent saw it {seen * 1000:.0f} ms; "
+            f"exit {exited:.2f} s (median of {runs})",
             f"poll interval {poll_s:.2f} s (floor)",
             "n/a",
-            f"release < {t_rel:.0f} s, exit < {t_exit:.0f} s",
-            release < t_rel and exited < t_exit,
+            f"release < {t_rel:.0f} s, seen -> released <= {t_seen * 1000:.0f} ms, exit < {t_exit:.0f} s",
+            release < t_rel and seen <= t_seen and exited < t_exit,
         )
 
     def _notice_once(self, offset, grace_s):
@@ -1498,7 +1536,7 @@ class Bench:
         for j in per_job.values():
             if all(m in j for m in (STOPPING_JOB, FINISHED, HANDED_BACK)):
                 stop_to_finished.append(j[FINISHED] - j[STOPPING_JOB])
-                finished_to_handed.append(j[HANDED_BACK] - j[FINISHED])
+                finished_to_handed.append(j[HANDED_BACK] - j[STOPPING_JOB])
         if len(stop_to_finished) != 2:
             raise BenchError(f"notice: could not follow both jobs through the log:\n{tail(log)}")
         for job_id in ids:
@@ -1512,6 +1550,9 @@ class Bench:
         noticed = ts(SPOT_NOTICE)[0]
         return {
             "release": released_at - t0,
+            # The agent's own clock: the notice logged -> the last hand-back logged
+            # (claims released, visibility 0). The queue poll above adds up to 50 ms.
+            "seen_release": max(handed) - noticed,
             "exit": exited_box[0] - t0,
             "detect": noticed - t0,
             "to_stop": ts(STOPPING_JOBS)[0] - noticed,
@@ -2182,7 +2223,8 @@ def main():
     parser.add_argument("--binary", required=True)
     parser.add_argument("--exec-runs", type=int, default=20)
     parser.add_argument("--jobs", type=int, default=50)
-    parser.add_argument("--idle-secs", type=int, default=60)
+    parser.add_argument("--idle-secs", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--notice-runs", type=int, default=3)
     parser.add_argument("--boot-runs", type=int, default=5)
     parser.add_argument("--cache-mb", type=int, default=500)

@@ -981,11 +981,14 @@ class Bench:
         secs = self.args.idle_secs
         target = TARGETS["idle_rss_mb"]
         median = statistics.median(rss)
-        say(f"idle: median RSS {median:.1f} MB over {len(rounds)} agents ({', '.join(f'{r:.1f}' for r in rss)}); "
-            f"CPU {cpu:.2f} s in {secs} s")
+        anon = statistics.median(r[2] for r in rounds)
+        file = statistics.median(r[3] for r in rounds)
+        say(f"idle: median RSS {median:.1f} MB over {len(rounds)} agents ({', '.join(f'{r:.1f}' for r in rss)}): "
+            f"{anon:.1f} MB anonymous + {file:.1f} MB of the binary's pages; CPU {cpu:.2f} s in {secs} s")
         self.row(
             "idle",
-            f"RSS {median:.1f} MB ({rss[0]:.1f}-{rss[-1]:.1f}); CPU {cpu:.2f} s / {secs} s",
+            f"RSS {median:.1f} MB ({rss[0]:.1f}-{rss[-1]:.1f}; anon {anon:.1f} + binary {file:.1f}); "
+            f"CPU {cpu:.2f} s / {secs} s",
             "none",
             "n/a",
             f"RSS < {target:.0f} MB",
@@ -1022,9 +1025,11 @@ class Bench:
         )
         say(
             f"  peak RSS (VmHWM) {hwm_mb:.1f} MB, {threads} threads, CPU at ready {cpu0:.2f} s, "
-            f"{logged} log lines while idle"
+            f"{logged} log lines while idle; RSS is {status.get('RssAnon', 0) / 1024:.1f} MB anonymous "
+            f"(the agent's own memory) + {status.get('RssFile', 0) / 1024:.1f} MB file-backed (the "
+            "binary's code pages: clean, shared, reclaimable)"
         )
-        return rss_mb, cpu
+        return rss_mb, cpu, status.get("RssAnon", 0) / 1024.0, status.get("RssFile", 0) / 1024.0
 
     # ------------------------------------------------------------ the box
 

@@ -76,8 +76,22 @@ def show(prop, unit="deckhand.service"):
     return box("systemctl", "show", "-p", prop, "--value", *([unit] if unit else [])).stdout.strip()
 
 
+def start_deckhand(verb="start", *flags):
+    """`systemctl VERB deckhand.service`, then waits for it to be active (READY=1)."""
+    box("systemctl", verb, *flags, "deckhand.service")
+    wait_for(lambda: show("ActiveState") == "active", "deckhand.service active", deadline=120)
+
+
 def running_job(job_id):
     return box("docker", "ps", "-q", "--filter", f"label=deckhand.job_id={job_id}").stdout.strip()
+
+
+def start_job(pool, name, script):
+    """Sends a job running `script` and waits for its container; its id."""
+    jid = f"{RUN}-{name}"
+    pool.send(jid, ["sh", "-c", script])
+    wait_for(lambda: running_job(jid), f"{jid} running", deadline=120)
+    return jid
 
 
 def journal():
@@ -336,8 +350,7 @@ def check_bad_config():
     finally:
         box("sh", "-c", "mv -f /etc/deckhand/config.toml.good /etc/deckhand/config.toml")
         box("systemctl", "reset-failed", "deckhand.service", check=False)
-        box("systemctl", "start", "--no-block", "deckhand.service")
-    wait_for(lambda: show("ActiveState") == "active", "deckhand active again", deadline=120)
+    start_deckhand("start", "--no-block")
     return "exit 78, stayed failed, NRestarts unchanged"
 
 
@@ -349,8 +362,7 @@ def check_watchdog():
         "'[Service]\\nWatchdogSec=6s\\nTimeoutAbortSec=5s\\nRestartSec=2s\\n' "
         ">/run/systemd/system/deckhand.service.d/box-test.conf && systemctl daemon-reload")
     try:
-        box("systemctl", "restart", "deckhand.service")
-        wait_for(lambda: show("ActiveState") == "active", "deckhand active", deadline=120)
+        start_deckhand("restart")
         restarts, pid = int(show("NRestarts")), show("MainPID")
         box("kill", "-STOP", pid)
         wait_for(lambda: int(show("NRestarts")) > restarts, "a restart after the watchdog", deadline=90)
@@ -359,16 +371,13 @@ def check_watchdog():
         assert "watchdog" in box("journalctl", "-u", "deckhand.service", "--no-pager").stdout.lower()
     finally:
         box("sh", "-c", "rm -rf /run/systemd/system/deckhand.service.d && systemctl daemon-reload")
-    box("systemctl", "restart", "deckhand.service")
-    wait_for(lambda: show("ActiveState") == "active", "deckhand active", deadline=120)
+    start_deckhand("restart")
     return f"pid {pid} stopped, killed on the watchdog, restarted"
 
 
 @check("systemctl stop drains within TimeoutStopSec: the running job finishes, exit 0")
 def check_stop(pool):
-    jid = f"{RUN}-stop"
-    pool.send(jid, ["sh", "-c", "echo started; sleep 6; echo finished"])
-    wait_for(lambda: running_job(jid), f"{jid} running", deadline=120)
+    jid = start_job(pool, "stop", "echo started; sleep 6; echo finished")
     assert show("TimeoutStopUSec") == "2min 30s", show("TimeoutStopUSec")
     t = time.monotonic()
     box("systemctl", "stop", "deckhand.service")
@@ -378,16 +387,13 @@ def check_stop(pool):
         show("ActiveState"), show("ExecMainStatus"))
     r = wait_for(lambda: pool.result(jid), f"result of {jid}", deadline=30)
     assert r["status"] == "succeeded", r
-    box("systemctl", "start", "--no-block", "deckhand.service")
-    wait_for(lambda: show("ActiveState") == "active", "deckhand active again", deadline=120)
+    start_deckhand("start", "--no-block")
     return f"stopped in {took:.1f} s, job {r['status']}"
 
 
 @check("a spot notice: the running job is handed back, deckhand exits 0, not restarted")
 def check_spot(pool):
-    jid = f"{RUN}-spot"
-    pool.send(jid, ["sh", "-c", "echo long job; sleep 600"])
-    wait_for(lambda: running_job(jid), f"{jid} running", deadline=120)
+    jid = start_job(pool, "spot", "echo long job; sleep 600")
     restarts = int(show("NRestarts"))
     # The simulator's control API, from inside its namespace.
     box("ip", "netns", "exec", "imds", "curl", "-sf", "-X", "POST",

@@ -1049,7 +1049,7 @@ class Bench:
         import test_box  # noqa: E402: the box tests' own boot and user data
 
         test_box.BOX = env["BOX_NAME"]
-        pool = test_box.Pool(f"bench-box-{self.run_id}")
+        pool = test_box.Pool(f"bench-box-{self.run_id}-{self.next_seq()}")
         self.queues += [pool.queue, pool.dlq]
         self.buckets.append(pool.bucket)
         whole, agent, boot_ms = [], [], []

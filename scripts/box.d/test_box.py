@@ -435,8 +435,22 @@ def check_bootstrap_boot(pool):
     return "cloud-init done, system running, job succeeded"
 
 
+def cgroup_hierarchies():
+    """Each cgroup v1 controller's hierarchy id (0: none) on this host."""
+    with open("/proc/cgroups") as f:
+        return {line.split()[0]: line.split()[1] for line in f if not line.startswith("#")}
+
+
+@check("the host's cgroup controllers are as they were before the box")
+def check_host_cgroups(before):
+    after = cgroup_hierarchies()
+    changed = {c: (before[c], after.get(c)) for c in before if (before[c] == "0") != (after.get(c) == "0")}
+    assert not changed, f"controllers bound or unbound by the box (before, after): {changed}"
+
+
 def main():
     figures = {}
+    cgroups_before = cgroup_hierarchies()
     try:
         pool = Pool(RUN)
         log(f"pool {RUN}; first boot: cloud-config.yaml")
@@ -455,6 +469,7 @@ def main():
         check_bootstrap_boot(pool)
     finally:
         subprocess.run([os.path.join(REPO, "scripts", "box"), "down"], timeout=300)
+    check_host_cgroups(cgroups_before)
     if "boot" in figures:
         print(f"box: systemd start -> READY {figures['boot'][0]:.2f} s "
               f"(deckhand's start -> READY {figures['boot'][1]:.2f} s)")

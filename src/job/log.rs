@@ -48,10 +48,10 @@ pub struct JobLog {
     spool_path: Option<PathBuf>,
     spool: Option<std::fs::File>,
     bytes: u64,
-    stdout: LineSplitter,
-    stderr: LineSplitter,
-    /// Each service's stdout and stderr splitters.
-    services: std::collections::BTreeMap<String, (LineSplitter, LineSplitter)>,
+    /// The job's own streams.
+    job: Splitters,
+    /// Each service's streams.
+    services: std::collections::BTreeMap<String, Splitters>,
     text: Vec<u8>,
     lines: u64,
     /// Where lines also go while the job runs, for followers.
@@ -74,8 +74,7 @@ impl JobLog {
             spool_path: None,
             spool: None,
             bytes: 0,
-            stdout: LineSplitter::default(),
-            stderr: LineSplitter::default(),
+            job: Splitters::default(),
             services: Default::default(),
             text: Vec::new(),
             lines: 0,
@@ -89,62 +88,53 @@ impl JobLog {
     /// Takes a chunk of output; complete lines are logged and kept at once, a
     /// trailing partial line waits for the rest.
     pub fn push(&mut self, stream: Stream, chunk: &[u8]) {
-        // Out of `self` while it runs, so that each line is emitted as it is found,
-        // straight from the chunk, with no copy.
-        let slot = match stream {
-            Stream::Stdout => &mut self.stdout,
-            Stream::Stderr => &mut self.stderr,
-        };
-        let mut splitter = std::mem::take(slot);
-        logging::batched(|| splitter.push(chunk, |line| self.emit(stream, line)));
-        match stream {
-            Stream::Stdout => self.stdout = splitter,
-            Stream::Stderr => self.stderr = splitter,
-        }
+        self.split(None, stream, chunk);
     }
 
     /// Takes a chunk of a service's output, as [`push`](Self::push) does the job's.
     pub fn push_service(&mut self, service: &str, stream: Stream, chunk: &[u8]) {
-        let splitters = self.services.entry(service.to_owned()).or_default();
-        let slot = match stream {
-            Stream::Stdout => &mut splitters.0,
-            Stream::Stderr => &mut splitters.1,
-        };
-        let mut splitter = std::mem::take(slot);
-        logging::batched(|| {
-            splitter.push(chunk, |line| self.emit_from(Some(service), stream, line))
-        });
-        let splitters = self.services.entry(service.to_owned()).or_default();
-        match stream {
-            Stream::Stdout => splitters.0 = splitter,
-            Stream::Stderr => splitters.1 = splitter,
-        }
-    }
-
-    /// Flushes a service's partial lines: its streams have ended.
-    pub fn finish_service(&mut self, service: &str) {
-        let Some(mut splitters) = self.services.remove(service) else {
-            return;
-        };
-        for (stream, splitter) in [
-            (Stream::Stdout, &mut splitters.0),
-            (Stream::Stderr, &mut splitters.1),
-        ] {
-            if let Some(rest) = splitter.take_rest() {
-                self.emit_from(Some(service), stream, &rest);
-            }
-        }
+        self.split(Some(service), stream, chunk);
     }
 
     /// Flushes partial lines: the container's streams have ended.
     pub fn finish(&mut self) {
+        let job = std::mem::take(&mut self.job);
+        self.flush_rest(None, job);
+    }
+
+    /// Flushes a service's partial lines: its streams have ended.
+    pub fn finish_service(&mut self, service: &str) {
+        if let Some(splitters) = self.services.remove(service) {
+            self.flush_rest(Some(service), splitters);
+        }
+    }
+
+    /// The lines of `chunk` (with what came before it) of the job's or a
+    /// service's `stream`, emitted as they are found, straight from the chunk,
+    /// and written to stdout at once.
+    fn split(&mut self, service: Option<&str>, stream: Stream, chunk: &[u8]) {
+        // Out of `self` while it runs, since each line goes through `self`.
+        let mut splitters = match service {
+            None => std::mem::take(&mut self.job),
+            Some(name) => self.services.remove(name).unwrap_or_default(),
+        };
+        logging::batched(|| {
+            splitters
+                .of(stream)
+                .push(chunk, |line| self.emit_from(service, stream, line))
+        });
+        match service {
+            None => self.job = splitters,
+            Some(name) => {
+                self.services.insert(name.to_owned(), splitters);
+            }
+        }
+    }
+
+    fn flush_rest(&mut self, service: Option<&str>, mut splitters: Splitters) {
         for stream in [Stream::Stdout, Stream::Stderr] {
-            let splitter = match stream {
-                Stream::Stdout => &mut self.stdout,
-                Stream::Stderr => &mut self.stderr,
-            };
-            if let Some(rest) = splitter.take_rest() {
-                self.emit(stream, &rest);
+            if let Some(rest) = splitters.of(stream).take_rest() {
+                self.emit_from(service, stream, &rest);
             }
         }
     }
@@ -177,10 +167,6 @@ impl JobLog {
     /// after one is set is masked against them too.
     pub fn later_secrets(&self) -> SharedMasker {
         self.later.clone()
-    }
-
-    fn emit(&mut self, stream: Stream, line: &[u8]) {
-        self.emit_from(None, stream, line);
     }
 
     /// A line of the job's (`service` `None`) or of one of its services.
@@ -336,6 +322,22 @@ impl Drop for LogBody {
             // Best effort: a leftover spool holds masked text only, and the next
             // job of the same container name truncates it.
             let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// The splitters of one container's stdout and stderr.
+#[derive(Default)]
+struct Splitters {
+    stdout: LineSplitter,
+    stderr: LineSplitter,
+}
+
+impl Splitters {
+    fn of(&mut self, stream: Stream) -> &mut LineSplitter {
+        match stream {
+            Stream::Stdout => &mut self.stdout,
+            Stream::Stderr => &mut self.stderr,
         }
     }
 }

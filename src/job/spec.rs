@@ -376,21 +376,8 @@ impl JobSpec {
     /// Memory, CPUs and processes: what the job asks, the profile's value for what
     /// it leaves out, each between its floor and the profile's value.
     fn resources(&self, named: &NamedProfile<'_>, problems: &mut Problems) -> Resources {
-        let profile = named.profile;
-        let caps = Resources {
-            memory_mb: profile.memory_mb,
-            cpus: profile.cpus,
-            pids: profile.pids,
-        };
-        let keys = ["cap", "cap", "cap"];
-        check_limits(
-            self.resources.as_ref(),
-            caps,
-            keys,
-            "resources",
-            named,
-            problems,
-        )
+        let caps = ResourceCaps::job(named.profile);
+        check_limits(self.resources.as_ref(), &caps, "resources", named, problems)
     }
 
     /// The working directory: an absolute container path, outside the cache mount.
@@ -448,18 +435,53 @@ fn check_env_map(env: &BTreeMap<String, String>, prefix: &str, problems: &mut Pr
     }
 }
 
-/// Memory, CPUs and processes: what was asked, `caps` for what it leaves out.
+/// A profile's most memory, CPUs and processes for a container, and the keys
+/// that set each, for a problem to name.
+struct ResourceCaps {
+    limits: Resources,
+    keys: [&'static str; 3],
+}
+
+impl ResourceCaps {
+    /// The job's own container: the profile's `memory_mb`, `cpus` and `pids`,
+    /// each called its `cap` in a problem.
+    fn job(profile: &crate::config::Profile) -> ResourceCaps {
+        ResourceCaps {
+            limits: Resources {
+                memory_mb: profile.memory_mb,
+                cpus: profile.cpus,
+                pids: profile.pids,
+            },
+            keys: ["cap", "cap", "cap"],
+        }
+    }
+
+    /// Each of a job's services: `services_memory_mb`, `services_cpus`, and
+    /// the job's `pids`.
+    fn service(profile: &crate::config::Profile) -> ResourceCaps {
+        ResourceCaps {
+            limits: Resources {
+                memory_mb: profile.services_memory_mb,
+                cpus: profile.services_cpus,
+                pids: profile.pids,
+            },
+            keys: ["services_memory_mb", "services_cpus", "cap"],
+        }
+    }
+}
+
+/// Memory, CPUs and processes: what was asked, the caps for what it leaves out.
 /// Each has a floor of its own (Docker's) and its cap, which a problem calls by
-/// its key in `keys` (the profile's key, or just `cap`); only one problem per
-/// field. `prefix` is where the fields sit (`resources`, `services[0].resources`).
+/// its key; only one problem per field. `prefix` is where the fields sit
+/// (`resources`, `services[0].resources`).
 fn check_limits(
     asked: Option<&ResourcesSpec>,
-    caps: Resources,
-    keys: [&str; 3],
+    caps: &ResourceCaps,
     prefix: &str,
     named: &NamedProfile<'_>,
     problems: &mut Problems,
 ) -> Resources {
+    let ResourceCaps { limits: caps, keys } = caps;
     let asked = asked.cloned().unwrap_or_default();
     let resources = Resources {
         memory_mb: asked.memory_mb.unwrap_or(caps.memory_mb),

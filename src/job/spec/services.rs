@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{NamedProfile, Problems, Resources, ResourcesSpec, check_env_map, check_limits};
+use super::{
+    NamedProfile, Problems, ResourceCaps, Resources, ResourcesSpec, check_env_map, check_limits,
+};
 use crate::config::Config;
 use crate::job::image::ImageRef;
 
@@ -161,21 +163,14 @@ fn check_one(
             DEFAULT_READY_TIMEOUT_SECS
         }
     };
-    let profile = named.profile;
-    let caps = Resources {
-        memory_mb: profile.services_memory_mb,
-        cpus: profile.services_cpus,
-        pids: profile.pids,
-    };
-    let keys = ["services_memory_mb", "services_cpus", "cap"];
+    let caps = ResourceCaps::service(named.profile);
     let Resources {
         memory_mb,
         cpus,
         pids,
     } = check_limits(
         spec.resources.as_ref(),
-        caps,
-        keys,
+        &caps,
         &field("resources"),
         named,
         problems,

@@ -293,6 +293,22 @@ class Bench:
             stderr=subprocess.PIPE,
         )
 
+    def send_jobs(self, url, ids):
+        """A job of `true` for each id, in batches of ten (SQS's most)."""
+        for i in range(0, len(ids), 10):
+            self.sqs.send_message_batch(
+                QueueUrl=url,
+                Entries=[{"Id": str(n), "MessageBody": json.dumps(self.job(j))} for n, j in enumerate(ids[i : i + 10])],
+            )
+
+    def statuses(self, bucket):
+        """How many recorded results have each status."""
+        counts = {}
+        for key in self.result_keys(bucket):
+            status = json.loads(self.s3.get_object(Bucket=bucket, Key=key)["Body"].read())["status"]
+            counts[status] = counts.get(status, 0) + 1
+        return counts
+
     def pool(self, name):
         """A fresh queue and results bucket of this run's own."""
         base = f"deckhand-bench-{self.run_id}-{name}-{self.next_seq()}"
@@ -315,9 +331,11 @@ class Bench:
             },
         )
 
-    def start_agent(self, config, name):
-        log = os.path.join(self.tmp, f"{name}-{self.next_seq()}.log")
-        out = open(log, "ab")
+    def start_agent(self, config, name, keep_log=True):
+        """`deckhand run`, its output in a log file of its own (or, without
+        `keep_log`, to /dev/null, as a journal would take it: then `log` is None)."""
+        log = os.path.join(self.tmp, f"{name}-{self.next_seq()}.log") if keep_log else None
+        out = open(log, "ab") if keep_log else subprocess.DEVNULL
         proc = subprocess.Popen(
             [self.binary, "--config", config, "run"],
             stdout=out,
@@ -325,7 +343,8 @@ class Bench:
             stdin=subprocess.DEVNULL,
             env=self.env,
         )
-        out.close()
+        if keep_log:
+            out.close()
         self.agents.append(proc)
         return proc, log
 
@@ -525,12 +544,7 @@ class Bench:
         jobs = self.args.jobs
         url, bucket = self.pool(figure)
         ids = [f"bench-{figure}-{self.run_id}-{i:03d}" for i in range(jobs)]
-        for i in range(0, jobs, 10):
-            batch = ids[i : i + 10]
-            self.sqs.send_message_batch(
-                QueueUrl=url,
-                Entries=[{"Id": str(n), "MessageBody": json.dumps(self.job(j))} for n, j in enumerate(batch)],
-            )
+        self.send_jobs(url, ids)
         deadline = time.monotonic() + 10
         while (counts := self.queue_counts(url)) != (jobs, 0):
             if time.monotonic() > deadline:
@@ -587,10 +601,7 @@ class Bench:
             raise BenchError(f"{figure}: the agent exited {code} after SIGTERM:\n{tail(log)}")
         lines = self.read_log(log)
 
-        statuses = {}
-        for key in keys:
-            body = json.loads(self.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-            statuses[body["status"]] = statuses.get(body["status"], 0) + 1
+        statuses = self.statuses(bucket)
         if statuses != {"succeeded": jobs}:
             raise BenchError(f"{figure}: result statuses {statuses}")
         if len({l.get("job_id") for l in lines if l.get("msg") == STARTED}) != jobs:
@@ -662,11 +673,7 @@ class Bench:
         agents, slots, jobs = 6, 2, self.args.fleet_jobs
         url, bucket = self.pool("fleet")
         ids = [f"bench-fleet-{self.run_id}-{i:04d}" for i in range(jobs)]
-        for i in range(0, jobs, 10):
-            self.sqs.send_message_batch(
-                QueueUrl=url,
-                Entries=[{"Id": str(n), "MessageBody": json.dumps(self.job(j))} for n, j in enumerate(ids[i:i + 10])],
-            )
+        self.send_jobs(url, ids)
         self.docker_run()
         t0 = time.perf_counter()
         subprocess.run(
@@ -733,10 +740,7 @@ class Bench:
         last = max(parse_ts(l["ts"]) for lines in logs for l in lines if l.get("msg") == RECORDED)
         ours = last - ready
         per_agent = [sum(1 for l in lines if l.get("msg") == RECORDED) for lines in logs]
-        statuses = {}
-        for key in self.result_keys(bucket):
-            status = json.loads(self.s3.get_object(Bucket=bucket, Key=key)["Body"].read())["status"]
-            statuses[status] = statuses.get(status, 0) + 1
+        statuses = self.statuses(bucket)
         twice = sorted(j for j, n in starts.items() if n > 1)
         never = sorted(set(ids) - set(starts))
         if statuses != {"succeeded": jobs} or twice or never:
@@ -1045,6 +1049,9 @@ class Bench:
         subprocess.run([os.path.join(REPO, "scripts", "box"), "build"], check=True, env=env,
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         sys.path.insert(0, os.path.join(REPO, "scripts", "box.d"))
+        # scripts/box, which test_box.boot runs, takes the name from the
+        # environment; test_box itself read it when first imported (a retry
+        # imports it no more), so it is told too.
         os.environ["BOX_NAME"] = env["BOX_NAME"]
         import test_box  # noqa: E402: the box tests' own boot and user data
 
@@ -1061,8 +1068,7 @@ class Bench:
                 a, b = test_box.boot_figure()
                 whole.append(a)
                 agent.append(b)
-                lines = [l for l in test_box.journal().splitlines() if BOOTSTRAPPED in l]
-                boot_ms.append(json.loads(lines[-1])["boot_ms"] / 1000.0)
+                boot_ms.append(test_box.boot_ms() / 1000.0)
         finally:
             subprocess.run([os.path.join(REPO, "scripts", "box"), "down"], env=env, capture_output=True)
         w, a, b = (statistics.median(x) for x in (whole, agent, boot_ms))
@@ -1168,9 +1174,7 @@ class Bench:
             "results": f'bucket = "{bucket}"\n',
             "metrics": f'listen = "127.0.0.1:{port}"\n',
         }))
-        proc = subprocess.Popen([self.binary, "--config", config, "run"], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env=self.env)
-        self.agents.append(proc)
+        proc, _ = self.start_agent(config, "flood-agent", keep_log=False)
         ready = f"http://127.0.0.1:{port}/readyz"
         deadline = time.monotonic() + 60
         while not http_ok(ready):
@@ -1275,11 +1279,7 @@ class Bench:
         # Short jobs, one after another: all they cost, receives included.
         ids = [f"bench-requests-{self.run_id}-{i:03d}" for i in range(jobs)]
         counter.reset()
-        for i in range(0, jobs, 10):
-            self.sqs.send_message_batch(
-                QueueUrl=url,
-                Entries=[{"Id": str(n), "MessageBody": json.dumps(self.job(j))} for n, j in enumerate(ids[i : i + 10])],
-            )
+        self.send_jobs(url, ids)
         deadline = time.monotonic() + 300
         while len(self.result_keys(bucket)) < jobs:
             if time.monotonic() > deadline:

@@ -251,40 +251,50 @@ def boot(user_data):
 
 @check("boot: cloud-init done without errors, system running, deckhand active after READY")
 def check_boot():
-    # cloud-init status --wait returns once every stage ran: 0 done, 1 an error.
-    wait_for(lambda: box("test", "-S", "/run/systemd/private", check=False).returncode == 0,
-             "systemd in the box", deadline=120)
-    st = box("cloud-init", "status", "--wait", "--long", check=False)
-    assert st.returncode == 0, f"cloud-init: exit {st.returncode}\n{st.stdout}{st.stderr}"
-    assert "status: done" in st.stdout, st.stdout
+    st = await_boot()
+    assert "status: done" in st, st
     # The NoCloud seed was used (not cloud-init's fallback), so the user data ran.
     ds = box("cloud-init", "query", "platform", check=False).stdout.strip()
     assert ds == "nocloud", f"cloud-init's data source: {ds!r}"
-    running = box("systemctl", "is-system-running", "--wait", check=False).stdout.strip()
-    assert running == "running", f"is-system-running: {running}\n" + box(
-        "systemctl", "--failed", "--no-pager", check=False).stdout
     # systemd breaks an ordering cycle by dropping a job, which can leave the
     # system "running" with cloud-init silently skipped.
     boot_log = box("journalctl", "-b", "--no-pager", "-o", "cat").stdout
     assert "ordering cycle" not in boot_log, [l for l in boot_log.splitlines() if "cycle" in l]
-    wait_for(lambda: show("ActiveState") == "active", "deckhand.service active", deadline=300)
     # READY=1 is what turned activating into active (Type=notify); the warm image
     # and the cache are in place by then because deckhand sends it only after both.
-    entered = int(show("ActiveEnterTimestampMonotonic"))
     images = box("docker", "image", "inspect", "--format", "{{.Id}}", IMAGE, check=False)
     assert images.returncode == 0, f"warm image {IMAGE} missing after READY"
-    log_text = journal()
-    ready_lines = [l for l in log_text.splitlines() if "Bootstrapped." in l]
-    assert ready_lines, "no 'Bootstrapped.' line in the journal"
-    boot_ms = json.loads(ready_lines[-1])["boot_ms"]
-    assert "cache" in log_text, "no cache phase in the journal"
+    assert "cache" in journal(), "no cache phase in the journal"
     status = show("StatusText")
-    userspace = int(show("UserspaceTimestampMonotonic", unit=None))
-    return (f"systemd start -> READY {(entered - userspace) / 1e6:.2f} s; deckhand's own boot_ms "
-            f"{boot_ms}; status {status!r}")
+    return (f"systemd start -> READY {boot_figure()[0]:.2f} s; deckhand's own boot_ms "
+            f"{boot_ms()}; status {status!r}")
+
+
+def boot_ms():
+    """deckhand's own `boot_ms`, from its last `Bootstrapped.` line."""
+    lines = [l for l in journal().splitlines() if "Bootstrapped." in l]
+    assert lines, "no 'Bootstrapped.' line in the journal"
+    return json.loads(lines[-1])["boot_ms"]
+
+
+def await_boot():
+    """Waits for the box's boot: systemd, every stage of cloud-init (which must
+    not fail), deckhand.service active (its READY=1), the system `running`.
+    cloud-init's status, as `cloud-init status --long` prints it."""
+    wait_for(lambda: box("test", "-S", "/run/systemd/private", check=False).returncode == 0,
+             "systemd in the box", deadline=120)
+    # cloud-init status --wait returns once every stage ran: 0 done, 1 an error.
+    st = box("cloud-init", "status", "--wait", "--long", check=False)
+    assert st.returncode == 0, f"cloud-init: exit {st.returncode}\n{st.stdout}{st.stderr}"
+    wait_for(lambda: show("ActiveState") == "active", "deckhand.service active", deadline=300)
+    running = box("systemctl", "is-system-running", "--wait", check=False).stdout.strip()
+    assert running == "running", f"is-system-running: {running}\n" + box(
+        "systemctl", "--failed", "--no-pager", check=False).stdout
+    return st.stdout
 
 
 def boot_figure():
+    """Seconds from systemd's start, and from deckhand's, to deckhand's READY."""
     entered = int(show("ActiveEnterTimestampMonotonic"))
     userspace = int(show("UserspaceTimestampMonotonic", unit=None))
     started = int(show("ExecMainStartTimestampMonotonic"))
@@ -421,13 +431,7 @@ def check_spot(pool):
 
 @check("bootstrap.sh as the user data: cloud-init runs it, deckhand serves a job")
 def check_bootstrap_boot(pool):
-    wait_for(lambda: box("test", "-S", "/run/systemd/private", check=False).returncode == 0,
-             "systemd in the box", deadline=120)
-    st = box("cloud-init", "status", "--wait", "--long", check=False)
-    assert st.returncode == 0, f"cloud-init: exit {st.returncode}\n{st.stdout}{st.stderr}"
-    wait_for(lambda: show("ActiveState") == "active", "deckhand.service active", deadline=300)
-    running = box("systemctl", "is-system-running", "--wait", check=False).stdout.strip()
-    assert running == "running", f"is-system-running: {running}"
+    await_boot()
     jid = f"{RUN}-bootstrap"
     pool.send(jid, ["sh", "-c", "echo via bootstrap.sh"])
     r = wait_for(lambda: pool.result(jid), f"result of {jid}", deadline=120)

@@ -1,29 +1,64 @@
-//! Archives unpacked into a volume the agent owns (the code/library cache, a
-//! job's inputs): gzip, zstd or plain tar by magic bytes, streamed, within limits
-//! of size and entries, and refusing whatever would not stay a plain tree inside
-//! the volume: an entry or link leading out, a device file or a FIFO.
+//! Archives unpacked into a folder the agent owns (the code/library cache, a
+//! job's inputs): gzip, zstd or plain tar by magic bytes, streamed through our
+//! own reader ([`reader`]: every metadata entry capped before it is read, every
+//! size the one the data really has), within limits of size and entries, and
+//! refusing whatever would not stay a plain tree inside the folder: an entry or
+//! link leading out, an entry through a symlink (a chain of links is how a tree
+//! leads out one harmless step at a time), a device file or a FIFO.
 
-use std::io::Read;
-use std::path::{Component, Path};
+pub mod reader;
+
+use std::cell::Cell;
+use std::fs::{self, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
+
+use tokio_util::io::SyncIoBridge;
+use tokio_util::sync::CancellationToken;
+
+use reader::{Header, Kind, TarError, TarReader};
 
 /// What an archive unpacked to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Unpacked {
+    /// Entries, metadata entries included.
     pub entries: u64,
-    /// The size of its files, as the archive gives them.
+    /// The size of its files.
     pub bytes: u64,
 }
 
-/// Why an archive was not unpacked.
+/// Why an archive was not unpacked. All but `Io` and `Stopped` are the
+/// archive's own fault, which no retry changes.
 #[derive(Debug)]
 pub enum Unpack {
-    /// An entry or link leading outside the volume.
+    /// An entry or link leading outside the folder, or through a symlink.
     Escape(String),
     /// A device file or FIFO.
     Special(String),
     /// Past a limit: a decompression bomb, or more than the disk can take.
     Limit(String),
-    Io(std::io::Error),
+    /// Not a tar stream we read: a bad header, a cut-off entry, a bad gzip or
+    /// zstd frame, an entry type we do not unpack.
+    Malformed(String),
+    /// Cancelled, or the caller stopped waiting.
+    Stopped,
+    /// Our side: reading the source or writing the folder.
+    Io(io::Error),
+}
+
+impl std::fmt::Display for Unpack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unpack::Escape(entry) => write!(f, "the entry {entry} leads outside its folder"),
+            Unpack::Special(entry) => write!(f, "the entry {entry} is a device file or FIFO"),
+            Unpack::Limit(limit) => f.write_str(limit),
+            Unpack::Malformed(what) => write!(f, "not a tar archive we read: {what}"),
+            Unpack::Stopped => f.write_str("stopped"),
+            Unpack::Io(error) => write!(f, "{error}"),
+        }
+    }
 }
 
 /// How much an archive may unpack to.
@@ -69,20 +104,48 @@ pub const MAX_ENTRIES: u64 = 2_000_000;
 /// Room kept free below the volume while unpacking, so running jobs beside it
 /// keep their disk.
 const KEEP_FREE_BYTES: u64 = 2_000_000_000;
+/// An entry's name as a refusal quotes it: escaped, and no longer than this.
+const MAX_QUOTED_NAME_BYTES: usize = 200;
 
-impl From<std::io::Error> for Unpack {
-    fn from(e: std::io::Error) -> Self {
+impl From<io::Error> for Unpack {
+    fn from(e: io::Error) -> Self {
         Unpack::Io(e)
     }
 }
 
+/// Unpacks `body` into `dir` on a blocking thread, within `limits`. Dropping
+/// the future (a cancel, a drain) stops the thread at its next chunk.
+pub async fn unpack_stream(
+    body: impl tokio::io::AsyncRead + Send + Unpin + 'static,
+    dir: PathBuf,
+    limits: Limits,
+) -> Result<Unpacked, Unpack> {
+    let stop = CancellationToken::new();
+    let _stops_the_thread_when_dropped = stop.clone().drop_guard();
+    let reader = SyncIoBridge::new(body);
+    tokio::task::spawn_blocking(move || unpack(reader, &dir, limits, &stop))
+        .await
+        .unwrap_or_else(|e| Err(Unpack::Io(io::Error::other(e.to_string()))))
+}
+
 /// Decodes (gzip, zstd or plain, by magic bytes) and unpacks a tar stream into
-/// `dir`, within `limits`. Refuses any entry or link that
-/// leads outside `dir`, and device files and FIFOs.
-pub fn unpack(reader: impl Read, dir: &Path, limits: Limits) -> Result<Unpacked, Unpack> {
-    let mut reader = std::io::BufReader::with_capacity(1 << 20, reader);
+/// `dir`, within `limits`, checking `stop` between entries and chunks.
+pub fn unpack(
+    reader: impl Read,
+    dir: &Path,
+    limits: Limits,
+    stop: &CancellationToken,
+) -> Result<Unpacked, Unpack> {
+    // An error of the source (S3, the network) is ours to retry; one the
+    // decoder or the tar reader raises is the archive's.
+    let failed = Rc::new(Cell::new(false));
+    let source = Source {
+        inner: reader,
+        failed: failed.clone(),
+    };
+    let mut reader = io::BufReader::with_capacity(1 << 20, source);
     let magic = {
-        let buf = std::io::BufRead::fill_buf(&mut reader)?;
+        let buf = io::BufRead::fill_buf(&mut reader)?;
         buf.get(..4).map(<[u8]>::to_vec).unwrap_or_default()
     };
     let decoded: Box<dyn Read> = match magic.as_slice() {
@@ -90,86 +153,285 @@ pub fn unpack(reader: impl Read, dir: &Path, limits: Limits) -> Result<Unpacked,
         [0x28, 0xb5, 0x2f, 0xfd] => Box::new(zstd::stream::read::Decoder::with_buffer(reader)?),
         _ => Box::new(reader),
     };
-    let mut archive = tar::Archive::new(decoded);
-    archive.set_preserve_permissions(true);
-    // No setuid, setgid or sticky bits: jobs run with no-new-privileges, and the
-    // unit's RestrictSUIDSGID refuses to create such files anyway.
-    archive.set_mask(0o7000);
-    archive.set_overwrite(true);
-    archive.set_unpack_xattrs(false);
-    let (mut count, mut bytes) = (0, 0);
-    for entry in archive.entries()? {
-        let mut entry = entry?;
-        let path = entry.path()?.into_owned();
-        count += 1;
-        bytes += entry.header().size()?;
-        if count > limits.entries {
-            return Err(Unpack::Limit(format!(
-                "more than {} entries",
-                limits.entries
-            )));
+    let mut unpacker = Unpacker {
+        archive: TarReader::new(decoded),
+        dir,
+        limits,
+        stop,
+        done: Unpacked {
+            entries: 0,
+            bytes: 0,
+        },
+    };
+    unpacker.all().map_err(|error| match error {
+        Unpack::Io(e) if !failed.get() && e.kind() != io::ErrorKind::StorageFull => {
+            Unpack::Malformed(e.to_string())
         }
-        if bytes > limits.bytes {
-            return Err(Unpack::Limit(format!(
-                "more than {} MB unpacked, {}",
-                limits.bytes / 1_000_000,
-                limits.bytes_rule
-            )));
-        }
-        if escapes(&path, None) || link_escapes(&entry, &path)? {
-            return Err(Unpack::Escape(path.display().to_string()));
-        }
-        // A device file would give the job a device; a FIFO can hang a reader.
-        let kind = entry.header().entry_type();
-        if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
-            return Err(Unpack::Special(path.display().to_string()));
-        }
-        // unpack_in also refuses entries that would pass through a symlink or hard
-        // link out of `dir`; it says so with `false`.
-        if !entry.unpack_in(dir)? {
-            return Err(Unpack::Escape(path.display().to_string()));
-        }
-    }
-    Ok(Unpacked {
-        entries: count,
-        bytes,
+        other => other,
     })
 }
 
-/// Whether `path` (relative to the volume; `from`: the directory a link's target
-/// is relative to) leads outside the volume.
-fn escapes(path: &Path, from: Option<&Path>) -> bool {
-    let mut depth: i64 = from.map_or(0, |dir| dir.components().count() as i64);
+/// The source stream, noting whether it was the one that failed.
+struct Source<R> {
+    inner: R,
+    failed: Rc<Cell<bool>>,
+}
+
+impl<R: Read> Read for Source<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).inspect_err(|_| self.failed.set(true))
+    }
+}
+
+struct Unpacker<'a, R> {
+    archive: TarReader<R>,
+    dir: &'a Path,
+    limits: Limits,
+    stop: &'a CancellationToken,
+    done: Unpacked,
+}
+
+impl<R: Read> Unpacker<'_, R> {
+    fn all(&mut self) -> Result<Unpacked, Unpack> {
+        let mut real = 0;
+        while let Some(header) = self.next()? {
+            if self.stop.is_cancelled() {
+                return Err(Unpack::Stopped);
+            }
+            real += 1;
+            self.done.entries = real + self.archive.metadata_entries;
+            self.check_limits(&header)?;
+            self.entry(&header)?;
+        }
+        Ok(self.done)
+    }
+
+    fn next(&mut self) -> Result<Option<Header>, Unpack> {
+        match self.archive.next_header() {
+            Ok(header) => Ok(header),
+            Err(TarError::Io(e)) => Err(Unpack::Io(e)),
+            Err(TarError::MetadataTooLarge { size }) => Err(Unpack::Limit(format!(
+                "a metadata entry (long name or PAX header) of {size} bytes, over the {} byte cap",
+                reader::MAX_METADATA_BYTES
+            ))),
+            Err(other) => Err(Unpack::Malformed(other.to_string())),
+        }
+    }
+
+    fn check_limits(&mut self, header: &Header) -> Result<(), Unpack> {
+        self.done.bytes = self.done.bytes.saturating_add(header.size);
+        if self.done.entries > self.limits.entries {
+            return Err(Unpack::Limit(format!(
+                "more than {} entries",
+                self.limits.entries
+            )));
+        }
+        if self.done.bytes > self.limits.bytes {
+            return Err(Unpack::Limit(format!(
+                "more than {} MB unpacked, {}",
+                self.limits.bytes / 1_000_000,
+                self.limits.bytes_rule
+            )));
+        }
+        Ok(())
+    }
+
+    fn entry(&mut self, header: &Header) -> Result<(), Unpack> {
+        let names = entry_names(&header.path)?;
+        let Some((last, parents)) = names.split_last() else {
+            // `.` or `./`: the folder itself.
+            return Ok(());
+        };
+        let parent = self.parents(parents, &header.path)?;
+        let target = parent.join(last);
+        let mode = header.mode & 0o777;
+        match header.kind {
+            Kind::Dir => {
+                match fs::symlink_metadata(&target) {
+                    Ok(meta) if meta.is_dir() => return Ok(()),
+                    Ok(_) => fs::remove_file(&target)?,
+                    Err(_) => {}
+                }
+                fs::create_dir(&target)?;
+                fs::set_permissions(&target, fs::Permissions::from_mode(mode | 0o700))?;
+            }
+            Kind::File => {
+                make_room(&target, &header.path)?;
+                let mut file = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(mode)
+                    .custom_flags(nix::libc::O_NOFOLLOW)
+                    .open(&target)?;
+                self.copy(&mut file, header.size)?;
+                // Build tools compare times: a cache restored with new ones rebuilds.
+                file.set_modified(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(header.mtime),
+                )?;
+            }
+            Kind::Symlink => {
+                let link = header
+                    .link
+                    .as_deref()
+                    .ok_or_else(|| malformed("a symlink with no target"))?;
+                if link_leads_out(link, parents.len()) {
+                    return Err(Unpack::Escape(quoted(&header.path)));
+                }
+                make_room(&target, &header.path)?;
+                std::os::unix::fs::symlink(link, &target)?;
+            }
+            Kind::HardLink => {
+                let link = header
+                    .link
+                    .as_deref()
+                    .ok_or_else(|| malformed("a hard link with no target"))?;
+                let source = self.hard_link_source(link, &header.path)?;
+                make_room(&target, &header.path)?;
+                fs::hard_link(source, &target)?;
+            }
+            Kind::CharDevice | Kind::BlockDevice | Kind::Fifo => {
+                // A device file would give the job a device; a FIFO can hang a reader.
+                return Err(Unpack::Special(quoted(&header.path)));
+            }
+            Kind::Other(flag) => {
+                return Err(Unpack::Malformed(format!(
+                    "the entry {} is of type {:?}, which is not unpacked",
+                    quoted(&header.path),
+                    char::from(flag)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The entry's folder, made where missing, refusing a way through a symlink
+    /// or a file.
+    fn parents(&self, names: &[&std::ffi::OsStr], path: &Path) -> Result<PathBuf, Unpack> {
+        let mut at = self.dir.to_path_buf();
+        for name in names {
+            at.push(name);
+            match fs::symlink_metadata(&at) {
+                Ok(meta) if meta.is_dir() => {}
+                Ok(meta) if meta.file_type().is_symlink() => {
+                    return Err(Unpack::Escape(quoted(path)));
+                }
+                Ok(_) => {
+                    return Err(Unpack::Malformed(format!(
+                        "the entry {} is under a file",
+                        quoted(path)
+                    )));
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    fs::create_dir(&at)?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(at)
+    }
+
+    /// A hard link's target: named from the archive's root, a regular file
+    /// already unpacked, reached through folders only.
+    fn hard_link_source(&self, link: &Path, path: &Path) -> Result<PathBuf, Unpack> {
+        let names = entry_names(link).map_err(|_| Unpack::Escape(quoted(path)))?;
+        let mut at = self.dir.to_path_buf();
+        for (i, name) in names.iter().enumerate() {
+            at.push(name);
+            let meta = fs::symlink_metadata(&at).map_err(|_| {
+                malformed(&format!(
+                    "the hard link {} names no earlier file",
+                    quoted(path)
+                ))
+            })?;
+            let last = i + 1 == names.len();
+            if meta.file_type().is_symlink()
+                || (last && !meta.is_file())
+                || (!last && !meta.is_dir())
+            {
+                return Err(Unpack::Escape(quoted(path)));
+            }
+        }
+        if names.is_empty() {
+            return Err(Unpack::Escape(quoted(path)));
+        }
+        Ok(at)
+    }
+
+    /// Copies the entry's data into `file`, stopping when asked.
+    fn copy(&mut self, file: &mut fs::File, size: u64) -> Result<(), Unpack> {
+        let mut buf = vec![0; 256 * 1024];
+        let mut left = size;
+        while left > 0 {
+            if self.stop.is_cancelled() {
+                return Err(Unpack::Stopped);
+            }
+            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let n = self.archive.read(&mut buf[..want])?;
+            file.write_all(&buf[..n])?;
+            left -= n as u64;
+        }
+        Ok(())
+    }
+}
+
+fn malformed(what: &str) -> Unpack {
+    Unpack::Malformed(what.to_owned())
+}
+
+/// An entry's path as plain names (`.` dropped), or `Escape` for one that is
+/// absolute or has `..` anywhere.
+fn entry_names(path: &Path) -> Result<Vec<&std::ffi::OsStr>, Unpack> {
+    let mut names = Vec::new();
     for component in path.components() {
         match component {
-            Component::ParentDir => depth -= 1,
-            Component::Normal(_) => depth += 1,
+            Component::Normal(name) => names.push(name),
+            Component::CurDir => {}
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
+                return Err(Unpack::Escape(quoted(path)));
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// Whether a symlink in a folder `depth` below the root, pointing at `link`,
+/// leads out. Only `..` steps first, then names: a `..` after a name would be
+/// resolved through whatever that name is (another link), not as written.
+fn link_leads_out(link: &Path, depth: usize) -> bool {
+    let mut up = 0;
+    let mut named = false;
+    for component in link.components() {
+        match component {
+            Component::ParentDir if named => return true,
+            Component::ParentDir => up += 1,
+            Component::Normal(_) => named = true,
             Component::CurDir => {}
             Component::RootDir | Component::Prefix(_) => return true,
         }
-        if depth < 0 {
-            return true;
-        }
     }
-    false
+    up > depth
 }
 
-/// Whether a symlink's or hard link's target leads outside the volume. A hard
-/// link names its target from the archive's root; a symlink from its own folder.
-fn link_escapes<R: Read>(entry: &tar::Entry<'_, R>, path: &Path) -> std::io::Result<bool> {
-    let kind = entry.header().entry_type();
-    if !(kind.is_symlink() || kind.is_hard_link()) {
-        return Ok(false);
+/// Clears the way for a new non-folder at `target`: an older file or link there
+/// goes (unlinked, never followed); a folder stays, and refuses the entry.
+fn make_room(target: &Path, path: &Path) -> Result<(), Unpack> {
+    match fs::symlink_metadata(target) {
+        Ok(meta) if meta.is_dir() => Err(Unpack::Malformed(format!(
+            "the entry {} would replace a folder",
+            quoted(path)
+        ))),
+        Ok(_) => Ok(fs::remove_file(target)?),
+        Err(_) => Ok(()),
     }
-    let Some(target) = entry.link_name()? else {
-        return Ok(false);
-    };
-    let from = if kind.is_symlink() {
-        path.parent()
-    } else {
-        None
-    };
-    Ok(escapes(&target, from))
+}
+
+/// A name from the archive as a refusal may quote it: escaped and bounded.
+pub fn quoted(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    format!(
+        "\"{}\"",
+        crate::rules::bounded_text(&text, MAX_QUOTED_NAME_BYTES)
+    )
 }
 
 #[cfg(test)]

@@ -19,11 +19,10 @@ use std::time::Duration;
 
 use aws_sdk_s3::error::DisplayErrorContext;
 use sha2::{Digest, Sha256};
-use tokio_util::io::SyncIoBridge;
 
 use crate::backoff::Backoff;
 use crate::docker::{Docker, DockerError, LABEL_MANAGED};
-use crate::host::archive::{Limits, Unpack, Unpacked, unpack};
+use crate::host::archive::{Limits, Unpack, Unpacked, unpack_stream};
 use crate::rules::S3Location;
 
 const LABEL_CACHE: &str = "deckhand.cache";
@@ -47,7 +46,7 @@ pub enum CacheError {
     #[error(transparent)]
     Docker(#[from] DockerError),
     #[error(
-        "the cache archive s3://{bucket}/{key} has an entry outside the volume: {entry:?}; refusing it"
+        "the cache archive s3://{bucket}/{key} has an entry outside the volume: {entry}; refusing it"
     )]
     Escape {
         bucket: String,
@@ -67,7 +66,7 @@ pub enum CacheError {
         source: std::io::Error,
     },
     #[error(
-        "the cache archive s3://{bucket}/{key} has a device file or FIFO: {entry:?}; refusing it"
+        "the cache archive s3://{bucket}/{key} has a device file or FIFO: {entry}; refusing it"
     )]
     Special {
         bucket: String,
@@ -80,6 +79,12 @@ pub enum CacheError {
         key: String,
         limit: String,
     },
+    #[error("the cache archive s3://{bucket}/{key} cannot be read ({what}); refusing it")]
+    Malformed {
+        bucket: String,
+        key: String,
+        what: String,
+    },
     #[error("the cache volume {volume} has no mount point on this host")]
     NoMountpoint { volume: String },
 }
@@ -89,7 +94,10 @@ impl CacheError {
     pub fn is_permanent(&self) -> bool {
         matches!(
             self,
-            CacheError::Escape { .. } | CacheError::Special { .. } | CacheError::Limit { .. }
+            CacheError::Escape { .. }
+                | CacheError::Special { .. }
+                | CacheError::Limit { .. }
+                | CacheError::Malformed { .. }
         )
     }
 }
@@ -283,13 +291,11 @@ impl Cache {
                 key: source.key.clone(),
                 source: e.into(),
             })?;
-        let reader = SyncIoBridge::new(object.body.into_async_read());
         let (bucket, key) = (source.bucket.clone(), source.key.clone());
-        let target = dir.clone();
         let limits = Limits::for_disk_of(&dir);
-        let extracted = tokio::task::spawn_blocking(move || unpack(reader, &target, limits))
-            .await
-            .unwrap_or_else(|e| Err(Unpack::Io(std::io::Error::other(e.to_string()))));
+        // Boot waits for it whole; a stop during boot drops this future, which
+        // stops the extraction with it.
+        let extracted = unpack_stream(object.body.into_async_read(), dir.clone(), limits).await;
         match extracted {
             Ok(Unpacked { entries, .. }) => {
                 let elapsed = started.elapsed();
@@ -308,6 +314,13 @@ impl Cache {
                     Unpack::Escape(entry) => CacheError::Escape { bucket, key, entry },
                     Unpack::Special(entry) => CacheError::Special { bucket, key, entry },
                     Unpack::Limit(limit) => CacheError::Limit { bucket, key, limit },
+                    Unpack::Malformed(what) => CacheError::Malformed { bucket, key, what },
+                    Unpack::Stopped => CacheError::Extract {
+                        bucket,
+                        key,
+                        dir,
+                        source: std::io::Error::other("stopped"),
+                    },
                     Unpack::Io(source) => CacheError::Extract {
                         bucket,
                         key,

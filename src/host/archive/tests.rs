@@ -1,5 +1,9 @@
 use super::*;
 
+fn go() -> CancellationToken {
+    CancellationToken::new()
+}
+
 const ROOMY: Limits = Limits {
     bytes: u64::MAX,
     entries: MAX_ENTRIES,
@@ -29,8 +33,13 @@ fn refuses_links_that_lead_out() {
         ("hard", "../outside", Link),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        match unpack(link(path, target, kind).as_slice(), dir.path(), ROOMY) {
-            Err(Unpack::Escape(entry)) => assert_eq!(entry, path),
+        match unpack(
+            link(path, target, kind).as_slice(),
+            dir.path(),
+            ROOMY,
+            &go(),
+        ) {
+            Err(Unpack::Escape(entry)) => assert_eq!(entry, format!("\"{path}\"")),
             _ => panic!("{path} -> {target} was not refused"),
         }
     }
@@ -41,7 +50,8 @@ fn refuses_links_that_lead_out() {
         unpack(
             link("lib/sibling", "../b.txt", Symlink).as_slice(),
             dir.path(),
-            ROOMY
+            ROOMY,
+            &go()
         )
         .is_ok()
     );
@@ -57,7 +67,7 @@ fn stops_at_its_limits() {
         bytes_rule: "inputs_max_mb",
     };
     assert!(matches!(
-        unpack(tar.as_slice(), dir.path(), small),
+        unpack(tar.as_slice(), dir.path(), small, &go()),
         Err(Unpack::Limit(_))
     ));
     let few = Limits {
@@ -66,7 +76,7 @@ fn stops_at_its_limits() {
         bytes_rule: "",
     };
     assert!(matches!(
-        unpack(tar.as_slice(), dir.path(), few),
+        unpack(tar.as_slice(), dir.path(), few, &go()),
         Err(Unpack::Limit(_))
     ));
 }
@@ -94,7 +104,9 @@ fn unpacks_plain_gzip_and_zstd() {
     let zst = zstd::encode_all(tar.as_slice(), 3).unwrap();
     for bytes in [tar.clone(), gz, zst] {
         let dir = tempfile::tempdir().unwrap();
-        let unpacked = unpack(bytes.as_slice(), dir.path(), ROOMY).ok().unwrap();
+        let unpacked = unpack(bytes.as_slice(), dir.path(), ROOMY, &go())
+            .ok()
+            .unwrap();
         assert_eq!(
             unpacked,
             Unpacked {
@@ -116,8 +128,8 @@ fn refuses_entries_that_escape() {
         let inner = dir.path().join("volume");
         std::fs::create_dir(&inner).unwrap();
         let tar = archive(&[("ok.txt", b"fine"), (bad, b"evil")]);
-        match unpack(tar.as_slice(), &inner, ROOMY) {
-            Err(Unpack::Escape(entry)) => assert_eq!(entry, bad),
+        match unpack(tar.as_slice(), &inner, ROOMY, &go()) {
+            Err(Unpack::Escape(entry)) => assert_eq!(entry, format!("\"{bad}\"")),
             _ => panic!("{bad} was not refused"),
         }
         assert!(!dir.path().join("evil.txt").exists());
@@ -138,10 +150,13 @@ fn refuses_device_files_and_fifos() {
         builder.append(&header, std::io::empty()).unwrap();
         let tar = builder.into_inner().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        match unpack(tar.as_slice(), dir.path(), ROOMY) {
-            Err(Unpack::Special(entry)) => assert_eq!(entry, "dev/thing"),
+        match unpack(tar.as_slice(), dir.path(), ROOMY, &go()) {
+            Err(Unpack::Special(entry)) => assert_eq!(entry, "\"dev/thing\""),
             other => panic!("{kind:?} was not refused: {other:?}"),
         }
         assert!(!dir.path().join("dev/thing").exists());
     }
 }
+
+#[path = "corpus.rs"]
+mod corpus;

@@ -2,7 +2,10 @@
 //! patterns match are read through the Docker API, from the container's own view
 //! of its filesystem (so a symlink can never reach a host file: it is not
 //! followed at all), and staged on the agent's disk for upload, within the
-//! profile's caps.
+//! profile's caps. Everything here is the job's to shape (names, sizes, how
+//! much lies beside an artifact), so the matcher runs in linear time, the bytes
+//! read from Docker are bounded as well as those kept, and the caller can stop
+//! the reading at any chunk.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -12,12 +15,22 @@ use futures_util::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio_util::io::{StreamReader, SyncIoBridge};
+use tokio_util::sync::CancellationToken;
 
 use crate::docker::{Docker, DockerError};
+use crate::host::archive::reader::{Kind, TarError, TarReader};
 use crate::rules::workdir_segments;
 
 /// The most patterns a job may name.
 pub const MAX_PATTERNS: usize = 64;
+/// The most wildcards (`*`, `?`, `**`) one pattern may hold.
+pub const MAX_WILDCARDS: usize = 16;
+/// What may be read from Docker for the artifacts, as a multiple of what may
+/// be kept (`artifacts_max_mb`), and at least [`MIN_READ_BYTES`]: the archive of
+/// a folder carries every file beside the artifacts, and a sparse file of
+/// terabytes costs Docker nothing to name.
+const READ_FACTOR: u64 = 4;
+const MIN_READ_BYTES: u64 = 1 << 30;
 /// The most left-out files a result lists by name; the rest are counted.
 const MAX_LISTED_LEFT_OUT: usize = 100;
 
@@ -41,6 +54,21 @@ impl Pattern {
             .collect();
         if segments.is_empty() {
             return Err("names no file".to_owned());
+        }
+        let wildcards: usize = segments
+            .iter()
+            .map(|s| {
+                if s == "**" {
+                    1
+                } else {
+                    s.matches(['*', '?']).count()
+                }
+            })
+            .sum();
+        if wildcards > MAX_WILDCARDS {
+            return Err(format!(
+                "has {wildcards} wildcards; at most {MAX_WILDCARDS}"
+            ));
         }
         Ok(Pattern {
             text: text.to_owned(),
@@ -74,29 +102,52 @@ fn is_glob(segment: &str) -> bool {
     segment.contains(['*', '?'])
 }
 
+/// Segments against names: `**` any run of names, every other segment one
+/// name. Greedy with a return to the last `**` only, as [`match_segment`] does
+/// for `*`: at most (patterns × names) segment matches, never exponential.
 fn match_segments(pattern: &[String], names: &[&str]) -> bool {
-    match pattern.split_first() {
-        None => names.is_empty(),
-        Some((first, rest)) if first == "**" => {
-            (0..=names.len()).any(|skip| match_segments(rest, &names[skip..]))
-        }
-        Some((first, rest)) => match names.split_first() {
-            Some((name, names)) => {
-                match_segment(first.as_bytes(), name.as_bytes()) && match_segments(rest, names)
-            }
-            None => false,
-        },
-    }
+    wildcard(
+        pattern,
+        names,
+        |p| p == "**",
+        |p, name| match_segment(p.as_bytes(), name.as_bytes()),
+    )
 }
 
-/// `*` any run of characters, `?` one; everything else itself.
+/// `*` any run of bytes, `?` one; everything else itself.
 fn match_segment(pattern: &[u8], name: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => name.is_empty(),
-        Some((b'*', rest)) => (0..=name.len()).any(|skip| match_segment(rest, &name[skip..])),
-        Some((b'?', rest)) => !name.is_empty() && match_segment(rest, &name[1..]),
-        Some((c, rest)) => name.first() == Some(c) && match_segment(rest, &name[1..]),
+    wildcard(pattern, name, |&p| p == b'*', |&p, &c| p == b'?' || p == c)
+}
+
+/// The classic linear wildcard walk: on a mismatch, go back to the last star
+/// and let it take one more unit. Correct because a later star can take
+/// whatever an earlier one would have, so only the last one need be retried.
+fn wildcard<P, T>(
+    pattern: &[P],
+    text: &[T],
+    is_star: impl Fn(&P) -> bool,
+    unit: impl Fn(&P, &T) -> bool,
+) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        #[cfg(test)]
+        tests::STEPS.with(|steps| steps.set(steps.get() + 1));
+        if p < pattern.len() && !is_star(&pattern[p]) && unit(&pattern[p], &text[t]) {
+            p += 1;
+            t += 1;
+        } else if p < pattern.len() && is_star(&pattern[p]) {
+            star = Some((p, t));
+            p += 1;
+        } else if let Some((star_p, star_t)) = star {
+            p = star_p + 1;
+            t = star_t + 1;
+            star = Some((star_p, star_t + 1));
+        } else {
+            return false;
+        }
     }
+    pattern[p..].iter().all(is_star)
 }
 
 /// What a profile lets a job upload.
@@ -148,6 +199,9 @@ pub struct Collected {
     left_out: Vec<LeftOut>,
     /// How many more were left out past those.
     left_out_unlisted: u64,
+    /// Reading was stopped (the job's deadline, a cancel, the drain) before
+    /// every folder was read.
+    pub stopped: bool,
     dir: Option<PathBuf>,
 }
 
@@ -195,36 +249,59 @@ impl Drop for Collected {
     }
 }
 
-/// Reads the files `patterns` match in `container` (whose workdir is `workdir`)
-/// into `dir`, within `caps`. Each folder is read once, however many patterns
-/// share it.
+/// What to read: the files `patterns` match in `container`, whose workdir is
+/// `workdir`, within `caps`.
+pub struct Request<'a> {
+    pub container: &'a str,
+    pub workdir: &'a str,
+    pub patterns: &'a [Pattern],
+    pub caps: Caps,
+}
+
+/// Reads what `request` names into `dir` until `stop` is cancelled (then what
+/// was staged stands and [`Collected::stopped`] says so). Each folder is read
+/// once, however many patterns share it.
 pub async fn collect(
     docker: &Docker,
-    container: &str,
-    workdir: &str,
-    patterns: &[Pattern],
-    caps: Caps,
+    request: Request<'_>,
     dir: PathBuf,
     sink: Option<Sink>,
+    stop: &CancellationToken,
 ) -> Result<Collected, DockerError> {
+    let Request {
+        container,
+        workdir,
+        patterns,
+        caps,
+    } = request;
     let mut scan = Scan {
         sink,
         patterns: patterns.to_vec(),
         caps,
         matched: vec![false; patterns.len()],
-        seen: BTreeSet::new(),
+        read_left: caps
+            .max_bytes
+            .saturating_mul(READ_FACTOR)
+            .max(MIN_READ_BYTES),
+        stop: stop.clone(),
         collected: Collected::staged_in(dir.clone()),
         dir,
     };
     for base in bases(patterns) {
+        if stop.is_cancelled() {
+            scan.collected.stopped = true;
+            break;
+        }
         let path = if base.is_empty() {
             workdir.to_owned()
         } else {
             format!("{}/{base}", workdir.trim_end_matches('/'))
         };
-        let Some(tar) = docker.download(container, &path).await? else {
-            continue;
+        let tar = tokio::select! {
+            tar = docker.download(container, &path) => tar?,
+            () = stop.cancelled() => continue,
         };
+        let Some(tar) = tar else { continue };
         let reader = SyncIoBridge::new(StreamReader::new(tar.map_err(std::io::Error::other)));
         let reading = tokio::task::spawn_blocking(move || {
             let read = scan.entries(&base, reader);
@@ -232,9 +309,23 @@ pub async fn collect(
         });
         let read;
         (scan, read) = reading.await.expect("the artifact scan does not panic");
-        if let Err(error) = read {
-            scan.collected
-                .leave_out(&path, format!("could not be read: {error}"));
+        match read {
+            Ok(()) => {}
+            Err(ScanError::Stopped) => scan.collected.stopped = true,
+            Err(ScanError::ReadBound(bytes)) => {
+                scan.collected.leave_out(
+                    &path,
+                    format!(
+                        "reading stopped after {} MB from the container: the bound is {READ_FACTOR} x artifacts_max_mb, at least {} MB",
+                        bytes / 1_000_000,
+                        MIN_READ_BYTES / 1_000_000
+                    ),
+                );
+                break;
+            }
+            Err(ScanError::Tar(error)) => scan
+                .collected
+                .leave_out(&path, format!("could not be read: {error}")),
         }
     }
     let mut collected = std::mem::take(&mut scan.collected);
@@ -269,26 +360,125 @@ struct Scan {
     dir: PathBuf,
     /// Which patterns have matched a file.
     matched: Vec<bool>,
-    /// Paths already taken (folders' archives may overlap).
-    seen: BTreeSet<String>,
+    /// Bytes that may still be read from Docker, across the folders.
+    read_left: u64,
+    stop: CancellationToken,
     collected: Collected,
+}
+
+/// Why a folder's reading ended early.
+enum ScanError {
+    Stopped,
+    /// The bytes read from Docker reached their bound: this many in all.
+    ReadBound(u64),
+    Tar(TarError),
+}
+
+impl From<TarError> for ScanError {
+    fn from(error: TarError) -> Self {
+        ScanError::Tar(error)
+    }
+}
+
+impl From<std::io::Error> for ScanError {
+    fn from(error: std::io::Error) -> Self {
+        ScanError::Tar(TarError::Io(error))
+    }
+}
+
+/// Docker's stream, counted against the read bound and checked for a stop.
+struct Bounded<'a, R> {
+    inner: R,
+    left: &'a mut u64,
+    read: u64,
+    stop: &'a CancellationToken,
+}
+
+/// Marks the errors [`Bounded`] raises, to tell them from Docker's own.
+#[derive(Debug)]
+enum Bound {
+    Stopped,
+    Reached,
+}
+
+impl std::fmt::Display for Bound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Bound::Stopped => "stopped",
+            Bound::Reached => "the read bound is reached",
+        })
+    }
+}
+
+impl std::error::Error for Bound {}
+
+impl<R: Read> Read for Bounded<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.stop.is_cancelled() {
+            return Err(std::io::Error::other(Bound::Stopped));
+        }
+        if *self.left == 0 {
+            return Err(std::io::Error::other(Bound::Reached));
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(*self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        *self.left -= n as u64;
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+/// What an error out of [`Bounded`] (through the tar reader) was.
+fn scan_error(error: TarError, total_read: u64) -> ScanError {
+    let bound = match &error {
+        TarError::Io(e) => e.get_ref().and_then(|inner| inner.downcast_ref::<Bound>()),
+        _ => None,
+    };
+    match bound {
+        Some(Bound::Stopped) => ScanError::Stopped,
+        Some(Bound::Reached) => ScanError::ReadBound(total_read),
+        None => ScanError::Tar(error),
+    }
 }
 
 impl Scan {
     /// The entries of the archive of folder `base` (relative to the workdir).
-    fn entries(&mut self, base: &str, reader: impl Read) -> std::io::Result<()> {
-        let mut archive = tar::Archive::new(reader);
-        for entry in archive.entries()? {
-            let mut entry = entry?;
-            let Some(path) = relative(base, &entry.path()?) else {
+    fn entries(&mut self, base: &str, reader: impl Read) -> Result<(), ScanError> {
+        let limit = self
+            .caps
+            .max_bytes
+            .saturating_mul(READ_FACTOR)
+            .max(MIN_READ_BYTES);
+        let mut left = self.read_left;
+        let stop = self.stop.clone();
+        let bounded = Bounded {
+            inner: reader,
+            left: &mut left,
+            read: 0,
+            stop: &stop,
+        };
+        let mut archive = TarReader::new(bounded);
+        let read = self.each(base, &mut archive);
+        drop(archive);
+        self.read_left = left;
+        read.map_err(|error| match error {
+            ScanError::Tar(error) => scan_error(error, limit - left),
+            other => other,
+        })
+    }
+
+    fn each<R: Read>(&mut self, base: &str, archive: &mut TarReader<R>) -> Result<(), ScanError> {
+        while let Some(header) = archive.next_header()? {
+            let Some(path) = relative(base, &header.path) else {
                 continue;
             };
-            let kind = entry.header().entry_type();
-            if kind.is_dir() || !self.matches(&path) || !self.seen.insert(path.clone()) {
+            if header.kind == Kind::Dir || !self.matches(&path) {
                 continue;
             }
-            if !kind.is_file() {
-                let what = if kind.is_symlink() {
+            if header.kind != Kind::File {
+                let what = if header.kind == Kind::Symlink {
                     "a symlink"
                 } else {
                     "not a regular file"
@@ -299,13 +489,14 @@ impl Scan {
                 );
                 continue;
             }
-            let bytes = entry.header().size()?;
+            // The size the data really has: Docker writes 8 GiB and more as PAX.
+            let bytes = header.size;
             if let Some(reason) = self.over_cap(bytes) {
                 self.collected.leave_out(&path, reason);
                 continue;
             }
             let file = self.dir.join(self.collected.files.to_string());
-            let sha256 = stage(&mut entry, &file)?;
+            let sha256 = stage(archive, &file)?;
             self.collected.files += 1;
             self.collected.bytes += bytes;
             let staged = Staged {
@@ -396,6 +587,68 @@ fn stage(content: &mut impl Read, file: &Path) -> std::io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    thread_local! {
+        /// Steps of the wildcard walk, at both levels, on this thread.
+        pub static STEPS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+
+    /// The old recursive matcher, exponential but plainly right: the oracle.
+    fn oracle(pattern: &[u8], name: &[u8]) -> bool {
+        match pattern.split_first() {
+            None => name.is_empty(),
+            Some((b'*', rest)) => (0..=name.len()).any(|skip| oracle(rest, &name[skip..])),
+            Some((b'?', rest)) => !name.is_empty() && oracle(rest, &name[1..]),
+            Some((c, rest)) => name.first() == Some(c) && oracle(rest, &name[1..]),
+        }
+    }
+
+    /// Runs `f`, returning its value and the walk's steps.
+    fn counted<T>(f: impl FnOnce() -> T) -> (T, u64) {
+        STEPS.with(|steps| steps.set(0));
+        let value = f();
+        (value, STEPS.with(std::cell::Cell::get))
+    }
+
+    #[test]
+    fn the_backtracking_bomb_is_linear() {
+        // The issue's case: it ran for more than 90 s under the old matcher.
+        let name = format!("{}.txt", "a".repeat(200));
+        let bomb = pattern("*a*a*a*a*a*a*a*a*a*a*a*a*b");
+        let (matched, steps) = counted(|| bomb.matches(&name));
+        assert!(!matched);
+        // At most (pattern + 1) x (name + 1) steps.
+        assert!(steps <= 27 * 205, "{steps} steps");
+        let deep = format!("{}x", "d/".repeat(300));
+        let bomb = pattern("**/**/**/**/**/**/**/**/d/**/**/**/**/**/**/y");
+        let (matched, steps) = counted(|| bomb.matches(&deep));
+        assert!(!matched);
+        assert!(steps <= 17 * 302 * 4, "{steps} steps");
+    }
+
+    #[test]
+    fn too_many_wildcards_are_refused() {
+        let many = "*a".repeat(MAX_WILDCARDS + 1);
+        assert!(Pattern::parse(&many).unwrap_err().contains("wildcards"));
+        assert!(Pattern::parse(&"*a".repeat(MAX_WILDCARDS)).is_ok());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// The linear walk agrees with the recursive one, in at most
+        /// (pattern + 1) x (name + 1) steps.
+        #[test]
+        fn matches_as_the_oracle_does_in_linear_steps(
+            pattern in "[ab*?]{0,12}",
+            name in "[ab]{0,40}",
+        ) {
+            let (matched, steps) = counted(|| match_segment(pattern.as_bytes(), name.as_bytes()));
+            prop_assert_eq!(matched, oracle(pattern.as_bytes(), name.as_bytes()));
+            prop_assert!(steps <= ((pattern.len() + 1) * (name.len() + 1)) as u64);
+        }
+    }
 
     fn pattern(text: &str) -> Pattern {
         Pattern::parse(text).unwrap()

@@ -10,9 +10,8 @@ use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
 use aws_sdk_s3::operation::get_object::GetObjectError;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
-use tokio_util::io::SyncIoBridge;
 
-use crate::host::archive::{Limits, Unpack, unpack};
+use crate::host::archive::{Limits, Unpack, unpack_stream};
 use crate::rules::{S3Location, workdir_segments};
 
 /// The most inputs a job may name.
@@ -106,12 +105,16 @@ pub enum InputError {
         object: S3Location,
         error: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("input {object}: the entry {entry:?} leads outside its folder; refusing it")]
+    #[error("input {object}: the entry {entry} leads outside its folder; refusing it")]
     Escape { object: S3Location, entry: String },
-    #[error("input {object}: the entry {entry:?} is a device file or FIFO; refusing it")]
+    #[error("input {object}: the entry {entry} is a device file or FIFO; refusing it")]
     Special { object: S3Location, entry: String },
     #[error("input {object}: {limit}; refusing it")]
     Limit { object: S3Location, limit: String },
+    #[error("input {object}: not a tar archive we read: {what}; refusing it")]
+    Malformed { object: S3Location, what: String },
+    #[error("input {object}: placing it was stopped")]
+    Stopped { object: S3Location },
     #[error("input {object}: {path:?} passes through a symlink an earlier input made; refusing it")]
     ThroughLink { object: S3Location, path: String },
     #[error("input {object}: write into the workspace: {error}")]
@@ -125,7 +128,10 @@ impl InputError {
     /// The producer's mistake (a missing or forbidden object, an archive that
     /// breaks the rules): the job fails, and no retry would change it.
     pub fn is_job_fault(&self) -> bool {
-        !matches!(self, InputError::Get { .. } | InputError::Write { .. })
+        !matches!(
+            self,
+            InputError::Get { .. } | InputError::Write { .. } | InputError::Stopped { .. }
+        )
     }
 }
 
@@ -183,10 +189,7 @@ async fn place_one(
         return tokio::io::copy(&mut body, &mut file).await.map_err(write);
     }
     tokio::fs::create_dir_all(&target).await.map_err(write)?;
-    let reader = SyncIoBridge::new(object.body.into_async_read());
-    let unpacked = tokio::task::spawn_blocking(move || unpack(reader, &target, limits))
-        .await
-        .unwrap_or_else(|e| Err(Unpack::Io(std::io::Error::other(e.to_string()))));
+    let unpacked = unpack_stream(object.body.into_async_read(), target, limits).await;
     let source = source.clone();
     match unpacked {
         Ok(unpacked) => Ok(unpacked.bytes),
@@ -202,8 +205,12 @@ async fn place_one(
             object: source,
             limit,
         }),
-        // A broken archive is the producer's too; an I/O error of our disk is not,
-        // and the two look alike here: retried, then dead-lettered by the redrive.
+        Err(Unpack::Malformed(what)) => Err(InputError::Malformed {
+            object: source,
+            what,
+        }),
+        Err(Unpack::Stopped) => Err(InputError::Stopped { object: source }),
+        // Reading S3 or writing our disk: the host's, retried.
         Err(Unpack::Io(error)) => Err(InputError::Write {
             object: source,
             error,

@@ -102,6 +102,8 @@ struct Ran {
     usage: Option<Sample>,
     /// The job's services, while they run.
     services: Option<services::Running>,
+    /// When its container started: its timeout runs from here.
+    started: Option<Instant>,
 }
 
 /// A created and started container, and what must live as long as it does.
@@ -190,7 +192,7 @@ impl Runner {
             None => Default::default(),
         };
         let artifacts = self
-            .artifacts(job, &names, &outcome, controls.artifacts.clone())
+            .artifacts(job, &names, &outcome, &controls, ran.started)
             .await;
         self.clean_up(job, &names).await;
         self.sweeper.ended(&names.container, &names.workspace);
@@ -364,6 +366,7 @@ impl Runner {
         let output = docker.attach(&names.container).await?;
         let started_at = chrono::Utc::now();
         docker.start(&names.container).await?;
+        ran.started = Some(Instant::now());
         tracing::info!(
             image = %image.reference,
             container = %names.container,

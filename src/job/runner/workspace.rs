@@ -1,14 +1,21 @@
 //! What crosses the workspace besides the job's own work: its inputs, placed
 //! before the container exists, and its artifacts, read out after it exits.
 
-use tokio::time::Instant;
+use std::time::Duration;
 
-use super::Runner;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{Controls, Runner};
 use crate::job::Job;
-use crate::job::artifacts::{self, Collected, Sink};
+use crate::job::artifacts::{self, Collected};
 use crate::job::container::Names;
 use crate::job::inputs;
 use crate::job::outcome::{Outcome, RunError};
+
+/// The least time artifacts get after the container exits, even past the
+/// job's deadline: a job that ends at its timeout still has them read.
+const MIN_COLLECT: Duration = Duration::from_secs(5);
 
 impl Runner {
     /// The job's inputs, in its workspace volume (through the volume's folder on
@@ -45,13 +52,17 @@ impl Runner {
 
     /// The files the job's `artifacts` patterns match, read from its exited
     /// container (succeeded, failed, timed out or cancelled while it ran). A
-    /// Docker failure here leaves them out; the job's status stands.
+    /// Docker failure here leaves them out; the job's status stands. The
+    /// reading keeps the job's clock: it stops at the job's deadline (or
+    /// [`MIN_COLLECT`] after the exit, if that is later), at a cancel that came
+    /// after the exit, and at the drain.
     pub(super) async fn artifacts(
         &self,
         job: &Job,
         names: &Names,
         outcome: &Outcome,
-        sink: Option<Sink>,
+        controls: &Controls<'_>,
+        started: Option<Instant>,
     ) -> Option<Collected> {
         let ran = matches!(
             outcome,
@@ -68,22 +79,61 @@ impl Runner {
             .work_dir
             .join("artifacts")
             .join(&names.container);
-        let started = Instant::now();
-        let collected = artifacts::collect(
+        let clock = Instant::now();
+        let deadline = started
+            .map(|at| at + job.timeout)
+            .unwrap_or(clock)
+            .max(clock + MIN_COLLECT);
+        let request = artifacts::Request {
+            container: &names.container,
+            workdir: &job.workdir,
+            patterns: &job.artifacts,
+            caps: job.artifact_caps,
+        };
+        let stop = CancellationToken::new();
+        let collecting = artifacts::collect(
             &self.docker,
-            &names.container,
-            &job.workdir,
-            &job.artifacts,
-            job.artifact_caps,
+            request,
             staging,
-            sink,
-        )
-        .await;
+            controls.artifacts.clone(),
+            &stop,
+        );
+        tokio::pin!(collecting);
+        let was_cancelled = controls.cancel.reason().is_some();
+        let mut done = None;
+        let why = tokio::select! {
+            collected = &mut collecting => {
+                done = Some(collected);
+                String::new()
+            }
+            () = tokio::time::sleep_until(deadline) => format!(
+                "the job's deadline passed (timeout_secs = {})",
+                job.timeout.as_secs()
+            ),
+            _ = controls.preemption.stopping().cancelled() => "the agent is draining".to_owned(),
+            () = controls.cancel.requested(), if !was_cancelled => "the job was cancelled".to_owned(),
+        };
+        let collected = match done {
+            Some(collected) => collected,
+            None => {
+                // The reading ends at its next chunk; what it staged stands.
+                stop.cancel();
+                let mut collected = collecting.await;
+                if let Ok(collected) = &mut collected {
+                    collected.leave_out(
+                        &job.workdir,
+                        format!("reading the artifacts stopped: {why}"),
+                    );
+                }
+                collected
+            }
+        };
         if let Ok(collected) = &collected {
             tracing::info!(
                 files = collected.files,
                 bytes = collected.bytes,
-                elapsed_ms = started.elapsed().as_millis() as u64,
+                elapsed_ms = clock.elapsed().as_millis() as u64,
+                stopped = collected.stopped,
                 "Artifacts read."
             );
         }

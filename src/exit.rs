@@ -125,7 +125,7 @@ impl ExitStatus for ArtifactsError {
             // What S3 holds is not what the result lists: the data is wrong.
             ArtifactsError::Mismatch { .. } | ArtifactsError::UnsafePath { .. } => REJECTED,
             ArtifactsError::Store(_) => UNAVAILABLE,
-            ArtifactsError::Write { .. } => CANT_CREATE,
+            ArtifactsError::Write { .. } | ArtifactsError::Exists { .. } => CANT_CREATE,
         }
     }
 }

@@ -47,6 +47,12 @@ pub enum StoreError {
     },
     #[error("s3://{bucket}/{key}: a conditional put failed, yet no result is there")]
     Vanished { bucket: String, key: String },
+    #[error("s3://{bucket}/{key} is larger than the {max_bytes} bytes such a record may have")]
+    TooLarge {
+        bucket: String,
+        key: String,
+        max_bytes: u64,
+    },
     #[error("s3://{bucket}/{key} is not a valid record: {source}")]
     Corrupt {
         bucket: String,
@@ -54,6 +60,14 @@ pub enum StoreError {
         source: serde_json::Error,
     },
 }
+
+/// The most a result read back may hold: a result lists at most a few
+/// thousand artifacts; more is not one of ours.
+pub const MAX_RESULT_BYTES: u64 = 16 << 20;
+/// The most a small record (a claim, a cancel request) may hold.
+pub const MAX_SMALL_RECORD_BYTES: u64 = 64 << 10;
+/// The most of a whole log read back at once (`deckhand logs`).
+pub const MAX_LOG_READ_BYTES: u64 = 1 << 30;
 
 /// The S3 record of results and claims.
 #[derive(Clone, Debug)]
@@ -109,7 +123,8 @@ impl ResultStore {
 
     /// The terminal result recorded for `id`, if any.
     pub async fn terminal(&self, id: &str) -> Result<Option<JobResult>, StoreError> {
-        self.get_json(&self.record_keys(id, None).0).await
+        self.get_json(&self.record_keys(id, None).0, MAX_RESULT_BYTES)
+            .await
     }
 
     /// The result of an attempt that did not finish the job (`interrupted`, `error`).
@@ -118,14 +133,18 @@ impl ResultStore {
         id: &str,
         attempt: u32,
     ) -> Result<Option<JobResult>, StoreError> {
-        self.get_json(&self.record_keys(id, Some(attempt)).0).await
+        self.get_json(&self.record_keys(id, Some(attempt)).0, MAX_RESULT_BYTES)
+            .await
     }
 
     /// The whole log of the job (`attempt: None`) or of one attempt that did not
     /// finish it, once recorded.
     pub async fn log(&self, id: &str, attempt: Option<u32>) -> Result<Option<Vec<u8>>, StoreError> {
         let (_, key) = self.record_keys(id, attempt);
-        Ok(self.get_bytes(&key).await?.map(|(bytes, _)| bytes))
+        Ok(self
+            .get_bytes(&key, MAX_LOG_READ_BYTES)
+            .await?
+            .map(|(bytes, _)| bytes))
     }
 
     /// Records a finished attempt. A terminal result goes to `result.json` once; a
@@ -141,11 +160,21 @@ impl ResultStore {
         let (key, log_key) = self.record_keys(&result.id, attempt);
         result.log = log.is_some().then(|| self.url(&log_key));
         // The log before the result, so that whoever sees the result can read its
-        // log at once. A second run that could overwrite the log of the run whose
-        // result stands is what the claim prevents: the caller holds it, renewed,
-        // and a live claim is never taken over.
+        // log at once. A terminal log is written only where none is: a run whose
+        // claim expired while another finished the job must not replace the
+        // winner's log. One that is there with no result beside it is an orphan
+        // (a run killed between the two writes, or our own earlier try), and ours
+        // replaces it.
         if let Some(log) = log {
-            self.put_log(&log_key, log).await?;
+            let terminal = result.status.is_terminal();
+            if !self.put_log(&log_key, log, terminal).await? {
+                if let Some(existing) = self.terminal(&result.id).await? {
+                    if !is_same_run(&existing, result) {
+                        return Ok(Recorded::Duplicate(Box::new(existing)));
+                    }
+                }
+                self.put_log(&log_key, log, false).await?;
+            }
         }
         if !result.status.is_terminal() {
             self.put(&key, to_json(result), "application/json", false)
@@ -159,7 +188,7 @@ impl ResultStore {
             // Lost a race with another run after the check above (claims make
             // this rare); the result that landed first stands.
             let existing: JobResult =
-                self.get_json(&key)
+                self.get_json(&key, MAX_RESULT_BYTES)
                     .await?
                     .ok_or_else(|| StoreError::Vanished {
                         bucket: self.bucket.clone(),
@@ -172,24 +201,37 @@ impl ResultStore {
         Ok(Recorded::Stored)
     }
 
-    /// Uploads a log from memory or, streamed, from its spool file.
-    async fn put_log(&self, key: &str, log: &LogBody) -> Result<(), StoreError> {
+    /// Uploads a log from memory or, streamed, from its spool file; with
+    /// `only_if_absent`, `false` when one is there already.
+    async fn put_log(
+        &self,
+        key: &str,
+        log: &LogBody,
+        only_if_absent: bool,
+    ) -> Result<bool, StoreError> {
         let body = match log {
             LogBody::Memory(text) => ByteStream::from(text.clone()),
             LogBody::Spooled { path, .. } => {
                 self.file_body(key, path, "read the log spool for").await?
             }
         };
-        self.s3
+        let request = self
+            .s3
             .put_object()
             .bucket(&self.bucket)
             .key(key)
             .content_type("text/plain; charset=utf-8")
-            .body(body)
-            .send()
-            .await
-            .map(drop)
-            .map_err(|e| self.error("put", key, e))
+            .body(body);
+        let request = if only_if_absent {
+            request.if_none_match("*")
+        } else {
+            request
+        };
+        match request.send().await {
+            Ok(_) => Ok(true),
+            Err(e) if only_if_absent && is_precondition_failed(&e) => Ok(false),
+            Err(e) => Err(self.error("put", key, e)),
+        }
     }
 
     /// A local file as the body of the object at `key`, streamed; `reading`
@@ -258,16 +300,21 @@ impl ResultStore {
     async fn get_json<T: serde::de::DeserializeOwned>(
         &self,
         key: &str,
+        max_bytes: u64,
     ) -> Result<Option<T>, StoreError> {
-        Ok(self.get_json_tagged(key).await?.map(|(value, _)| value))
+        Ok(self
+            .get_json_tagged(key, max_bytes)
+            .await?
+            .map(|(value, _)| value))
     }
 
     /// An object as JSON, with its ETag for a conditional write after.
     async fn get_json_tagged<T: serde::de::DeserializeOwned>(
         &self,
         key: &str,
+        max_bytes: u64,
     ) -> Result<Option<(T, String)>, StoreError> {
-        let Some(object) = self.get_object(key).await? else {
+        let Some(object) = self.get_object(key, max_bytes).await? else {
             return Ok(None);
         };
         serde_json::from_slice(&object.bytes)
@@ -283,15 +330,18 @@ impl ResultStore {
     async fn get_bytes(
         &self,
         key: &str,
+        max_bytes: u64,
     ) -> Result<Option<(Vec<u8>, Option<std::collections::HashMap<String, String>>)>, StoreError>
     {
         Ok(self
-            .get_object(key)
+            .get_object(key, max_bytes)
             .await?
             .map(|object| (object.bytes, object.metadata)))
     }
 
-    async fn get_object(&self, key: &str) -> Result<Option<Object>, StoreError> {
+    /// An object of at most `max_bytes`: anyone who can write to the bucket
+    /// can write any of these keys, and what is read here is held in memory.
+    async fn get_object(&self, key: &str, max_bytes: u64) -> Result<Option<Object>, StoreError> {
         let output = match self
             .s3
             .get_object()
@@ -306,18 +356,30 @@ impl ResultStore {
         };
         let etag = output.e_tag.clone().unwrap_or_default();
         let metadata = output.metadata.clone();
-        let bytes = output
-            .body
-            .collect()
-            .await
-            .map_err(|e| StoreError::S3 {
-                operation: "read",
-                bucket: self.bucket.clone(),
-                key: key.to_owned(),
-                source: e.into(),
-            })?
-            .into_bytes()
-            .to_vec();
+        let too_large = || StoreError::TooLarge {
+            bucket: self.bucket.clone(),
+            key: key.to_owned(),
+            max_bytes,
+        };
+        if output.content_length.unwrap_or(0) as u64 > max_bytes {
+            return Err(too_large());
+        }
+        let mut bytes = Vec::new();
+        // One byte more than allowed tells a length that lied.
+        tokio::io::AsyncReadExt::read_to_end(
+            &mut tokio::io::AsyncReadExt::take(output.body.into_async_read(), max_bytes + 1),
+            &mut bytes,
+        )
+        .await
+        .map_err(|e| StoreError::S3 {
+            operation: "read",
+            bucket: self.bucket.clone(),
+            key: key.to_owned(),
+            source: e.into(),
+        })?;
+        if bytes.len() as u64 > max_bytes {
+            return Err(too_large());
+        }
         Ok(Some(Object {
             bytes,
             etag,

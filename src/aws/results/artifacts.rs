@@ -41,10 +41,25 @@ impl ResultStore {
             .map_err(|e| self.error("put", &key, e))
     }
 
-    /// Artifact `path` of job `id`, whole; `None` when it is not there.
-    pub async fn artifact(&self, id: &str, path: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    /// Artifact `path` of job `id` as a stream; `None` when it is not there.
+    pub async fn artifact(
+        &self,
+        id: &str,
+        path: &str,
+    ) -> Result<Option<impl tokio::io::AsyncRead + Unpin + use<>>, StoreError> {
         let key = self.artifact_key(id, path);
-        Ok(self.get_bytes(&key).await?.map(|(bytes, _)| bytes))
+        match self
+            .s3
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+        {
+            Ok(output) => Ok(Some(output.body.into_async_read())),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
+            Err(e) => Err(self.error("get", &key, e)),
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Condition, ResultStore, StoreError};
+use super::{Condition, MAX_SMALL_RECORD_BYTES, ResultStore, StoreError};
 use crate::job::spec::MAX_REASON_BYTES;
 use crate::rules::bounded_text;
 
@@ -67,15 +67,30 @@ impl ResultStore {
         {
             return Ok(CancelAnswer::Requested);
         }
-        let existing = self.get_json::<CancelRequest>(&key).await?;
+        let existing = self
+            .get_json::<CancelRequest>(&key, MAX_SMALL_RECORD_BYTES)
+            .await?;
         Ok(CancelAnswer::AlreadyRequested(
             existing.unwrap_or_else(|| request.clone()),
         ))
     }
 
-    /// The cancel request for `id`, if there is one.
+    /// The cancel request for `id`, if there is one. One that is not a cancel
+    /// request (not JSON, too large) is still a request to cancel: whoever wrote
+    /// it can write the bucket, and reading it again every poll would only cost.
     pub async fn cancel_request(&self, id: &str) -> Result<Option<CancelRequest>, StoreError> {
-        self.get_json(&self.key(id, CANCEL)).await
+        match self
+            .get_json(&self.key(id, CANCEL), MAX_SMALL_RECORD_BYTES)
+            .await
+        {
+            Err(error @ (StoreError::Corrupt { .. } | StoreError::TooLarge { .. })) => {
+                Ok(Some(CancelRequest {
+                    reason: Some(format!("{CANCEL} could not be read: {error}")),
+                    requested_at: crate::rules::timestamp(chrono::Utc::now()),
+                }))
+            }
+            other => other,
+        }
     }
 }
 

@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Condition, ResultStore, StoreError};
+use super::{Condition, MAX_SMALL_RECORD_BYTES, ResultStore, StoreError};
 
 /// Who runs a job now.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,7 +71,10 @@ impl ResultStore {
                 self.hold(id, etag);
                 return Ok(ClaimOutcome::Acquired);
             }
-            let Some((held, etag)) = self.get_json_tagged::<Claim>(&key).await? else {
+            let Some((held, etag)) = self
+                .get_json_tagged::<Claim>(&key, MAX_SMALL_RECORD_BYTES)
+                .await?
+            else {
                 continue;
             };
             if held.is_live() && (held.instance_id != claim.instance_id || held.same_process(claim))
@@ -89,19 +92,20 @@ impl ResultStore {
                     Ok(ClaimOutcome::Acquired)
                 }
                 None => {
-                    let winner = self.get_json::<Claim>(&key).await?;
+                    let winner = self.get_json::<Claim>(&key, MAX_SMALL_RECORD_BYTES).await?;
                     Ok(ClaimOutcome::HeldBy(winner.unwrap_or(held)))
                 }
             };
         }
         // Put-if-absent refused twice, and twice nothing was there to read.
-        let winner = self.get_json::<Claim>(&key).await?;
+        let winner = self.get_json::<Claim>(&key, MAX_SMALL_RECORD_BYTES).await?;
         Ok(winner.map_or(ClaimOutcome::Acquired, ClaimOutcome::HeldBy))
     }
 
     /// Who runs the job now, if anyone.
     pub async fn current_claim(&self, id: &str) -> Result<Option<Claim>, StoreError> {
-        self.get_json(&self.key(id, CLAIM)).await
+        self.get_json(&self.key(id, CLAIM), MAX_SMALL_RECORD_BYTES)
+            .await
     }
 
     /// Extends a claim this process holds, unless another run took it over.
@@ -133,7 +137,10 @@ impl ResultStore {
         let key = self.key(id, CLAIM);
         let etag = match self.forget(id) {
             Some(etag) => etag,
-            None => match self.get_json_tagged::<Claim>(&key).await? {
+            None => match self
+                .get_json_tagged::<Claim>(&key, MAX_SMALL_RECORD_BYTES)
+                .await?
+            {
                 Some((held, etag)) if held.instance_id == owner.instance_id => etag,
                 _ => return Ok(()),
             },

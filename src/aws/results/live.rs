@@ -12,6 +12,8 @@ use crate::job::live::Chunk;
 
 /// The object metadata key carrying a chunk's offset in the whole log.
 const OFFSET: &str = "offset";
+/// The most a live chunk read back may hold: the agent writes at most 2 MiB.
+const MAX_CHUNK_READ_BYTES: u64 = 16 << 20;
 /// Deletes in flight at once when the chunks are cleaned up.
 const DELETES_AT_ONCE: usize = 8;
 
@@ -50,7 +52,7 @@ impl ResultStore {
         seq: u32,
     ) -> Result<Option<Chunk>, StoreError> {
         let key = self.chunk_key(id, attempt, seq);
-        let Some((bytes, metadata)) = self.get_bytes(&key).await? else {
+        let Some((bytes, metadata)) = self.get_bytes(&key, MAX_CHUNK_READ_BYTES).await? else {
             return Ok(None);
         };
         let offset = metadata

@@ -3,10 +3,17 @@
 //! dropping it closes them all (no detached tasks), and hyper's HTTP/1.1 with a
 //! deadline for the request head. Connections are capped in number and buffer
 //! size and serve one request each, so a job flooding the credentials endpoint
-//! costs the agent a bounded number of descriptors and bytes.
+//! costs the agent a bounded number of descriptors and bytes. A connection
+//! holds its place only once its request has arrived: at the cap, the oldest
+//! that has sent nothing yet makes way for the new one, so idle sockets cannot
+//! starve the jobs that ask; and every connection ends within
+//! [`CONNECTION_DEADLINE`], however slowly it reads its answer.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -50,6 +57,15 @@ const MAX_CONNECTIONS: usize = 64;
 /// Each connection's read buffer, and so the largest request head: these
 /// servers answer short GETs.
 const MAX_BUFFER_BYTES: usize = 16 * 1024;
+/// The whole life of one connection: a request, its answer (credentials may
+/// need one STS call), and the client reading it.
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(30);
+
+/// A connection being served, and whether its request has arrived.
+struct Serving {
+    abort: tokio::task::AbortHandle,
+    asked: Arc<AtomicBool>,
+}
 
 pub type Reply = Response<Full<Bytes>>;
 
@@ -61,8 +77,22 @@ where
     F: Future<Output = Reply> + Send + 'static,
 {
     let mut connections = JoinSet::new();
+    let mut serving: VecDeque<Serving> = VecDeque::new();
     loop {
         if connections.len() >= MAX_CONNECTIONS {
+            serving.retain(|s| !s.abort.is_finished());
+            // The oldest that has not asked yet makes way; if all have asked,
+            // the next waits for one to finish.
+            if let Some(idle) = serving
+                .iter()
+                .position(|s| !s.asked.load(Ordering::Relaxed))
+            {
+                if let Some(evicted) = serving.remove(idle) {
+                    evicted.abort.abort();
+                }
+            }
+            // Reaps the aborted one (or any other that ended): the set counts a
+            // task until it is joined.
             connections.join_next().await;
             continue;
         }
@@ -80,22 +110,27 @@ where
             }
         };
         let handler = handler.clone();
-        connections.spawn(async move {
+        let asked = Arc::new(AtomicBool::new(false));
+        let marks = asked.clone();
+        let abort = connections.spawn(async move {
             let service = hyper::service::service_fn(move |request| {
+                marks.store(true, Ordering::Relaxed);
                 let reply = handler(request);
                 async move { Ok::<_, Infallible>(reply.await) }
             });
-            // A client that goes away is no concern of the agent's.
-            let _ = hyper::server::conn::http1::Builder::new()
+            let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .max_buf_size(MAX_BUFFER_BYTES)
                 // One request per connection: an idle keep-alive would hold a
                 // slot of the few above for as long as its client likes.
                 .keep_alive(false)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+                .serve_connection(TokioIo::new(stream), service);
+            // A client that goes away, or reads too slowly, is no concern of
+            // the agent's.
+            let _ = tokio::time::timeout(CONNECTION_DEADLINE, connection).await;
         });
+        serving.push_back(Serving { abort, asked });
     }
 }
 
@@ -115,6 +150,18 @@ mod tests {
 
     fn open_descriptors() -> usize {
         std::fs::read_dir("/proc/self/fd").unwrap().count()
+    }
+
+    /// One GET, and the whole answer.
+    async fn ask(address: std::net::SocketAddr) -> String {
+        let mut client = tokio::net::TcpStream::connect(address).await.unwrap();
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut text = String::new();
+        client.read_to_string(&mut text).await.unwrap();
+        text
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,35 +184,48 @@ mod tests {
         let mut grown = 0;
         while tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            let now = open_descriptors() - before;
-            if now == grown && now >= flood.len() + MAX_CONNECTIONS {
+            let now = open_descriptors().saturating_sub(before);
+            if now == grown && now > flood.len() {
                 break;
             }
             grown = now;
         }
         // Ours (the flood) plus at most MAX_CONNECTIONS accepted, plus slack for
         // the runtime's own.
-        let held = open_descriptors() - before - flood.len();
+        let held = open_descriptors().saturating_sub(before + flood.len());
         assert!(
             held <= MAX_CONNECTIONS + 8,
             "the server holds {held} descriptors"
         );
 
-        // A real request still gets its answer once the idle ones time out.
-        let answered = tokio::time::timeout(Duration::from_secs(60), async {
-            let mut client = tokio::net::TcpStream::connect(address).await.unwrap();
-            client
-                .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-                .await
-                .unwrap();
-            let mut text = String::new();
-            client.read_to_string(&mut text).await.unwrap();
-            text
-        })
-        .await
-        .expect("an answer within the header timeouts of the flood");
+        // A real request gets its answer while the idle ones hold every place.
+        let answered = tokio::time::timeout(Duration::from_secs(60), ask(address))
+            .await
+            .expect("an answer beside the flood");
         assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
         drop(flood);
+
+        // Idle sockets make way for a request at once, while a flood that
+        // never asks goes on.
+        let flooding = tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                if let Ok(stream) = tokio::net::TcpStream::connect(address).await {
+                    held.push(stream);
+                }
+                if held.len() > MAX_CONNECTIONS * 4 {
+                    held.remove(0);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Well inside HEADER_TIMEOUT: no idle socket timed out to make room.
+        let answered = tokio::time::timeout(HEADER_TIMEOUT - Duration::from_secs(1), ask(address))
+            .await
+            .expect("an answer while idle sockets hold every place");
+        assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
+        flooding.abort();
         server.abort();
     }
 }

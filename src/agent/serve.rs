@@ -166,6 +166,12 @@ impl Agent {
                     systemd::status("disk space low; not receiving");
                     return Gate::Closed(delay);
                 }
+                if let Some(low) = disk.inodes_low() {
+                    let delay = pacing.disk.next_delay();
+                    tracing::warn!(path = %low.path.display(), free_inodes = low.free, inodes = low.total, retry_in_ms = delay.as_millis() as u64, "Free inodes are low; not receiving.");
+                    systemd::status("inodes low; not receiving");
+                    return Gate::Closed(delay);
+                }
                 if pacing.disk.reset() {
                     tracing::info!(
                         free_mb = room.free_mb,

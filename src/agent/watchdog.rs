@@ -1,10 +1,13 @@
 //! The disk watchdog. The free-space check before each receive keeps the agent
 //! from taking a job onto a full disk, but a running job can still fill it (its
-//! writable layer, its workspace) and fail every job beside it. So while jobs
-//! run, the free space is looked at every [`WATCH_PERIOD`]; once it falls under
-//! `disk.min_free_mb`, the running job using the most disk is stopped, status
-//! `failed` with a reason naming the limit, and the others run on. One job at a
-//! time: the next is chosen only once the first is gone and its space is back.
+//! writable layer, its workspace, its services' layers) and fail every job
+//! beside it. So while jobs run, the free space and the free inodes are looked
+//! at every [`WATCH_PERIOD`]; once either falls under its floor
+//! (`disk.min_free_mb`, [`MIN_FREE_INODES_PERCENT`]), the running job using the
+//! most of it, counting its services with it (a job cannot hide by spreading
+//! its writes), is stopped, status `failed` with a reason naming the limit, and
+//! the others run on. One job at a time: the next is chosen only once the first
+//! is gone and its space is back.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -13,7 +16,7 @@ use std::time::Duration;
 
 use crate::agent::Agent;
 use crate::docker::{LABEL_AGENT, LABEL_ATTEMPT, LABEL_JOB_ID, LABEL_WORKSPACE, ManagedContainer};
-use crate::host::disk::used_bytes;
+use crate::host::disk::{MIN_FREE_INODES_PERCENT, Used, used};
 use crate::job::cancel::Cancel;
 
 /// Two `statvfs` calls a period while jobs run; the sizes are counted only when
@@ -63,11 +66,18 @@ impl Drop for Held<'_> {
     }
 }
 
-/// A running job's container and what it takes on disk.
+/// A running job (its container and its services') and what it takes on disk.
 struct Usage {
     key: (String, u32),
-    container: String,
-    bytes: u64,
+    containers: usize,
+    used: Used,
+}
+
+/// What ran short: space or inodes.
+#[derive(Clone, Copy, PartialEq)]
+enum Short {
+    Space,
+    Inodes,
 }
 
 impl Agent {
@@ -99,36 +109,49 @@ impl Agent {
                 }
             };
             failing = false;
-            if free_mb >= disk.min_free_mb() {
+            let (short, why) = if free_mb < disk.min_free_mb() {
+                (
+                    Short::Space,
+                    format!(
+                        "{path} had {free_mb} MB free, below disk.min_free_mb = {}",
+                        disk.min_free_mb()
+                    ),
+                )
+            } else if let Some(low) = disk.inodes_low() {
+                (Short::Inodes, low.to_string())
+            } else {
                 continue;
-            }
-            let Some((biggest, running)) = self.biggest_job().await else {
+            };
+            let Some((biggest, running)) = self.biggest_job(short).await else {
                 continue;
             };
             let Some(cancel) = self.watched.cancel_of(&biggest.key) else {
                 continue;
             };
-            let used_mb = biggest.bytes / 1_000_000;
+            let (used_mb, files) = (biggest.used.bytes / 1_000_000, biggest.used.entries);
             tracing::warn!(
                 job_id = %biggest.key.0,
-                container = %biggest.container,
+                containers = biggest.containers,
                 used_mb,
+                files,
                 free_mb,
                 min_free_mb = disk.min_free_mb(),
-                "Disk space is low while jobs run; stopping the job using the most."
+                min_free_inodes_percent = MIN_FREE_INODES_PERCENT,
+                "Disk space or inodes are low while jobs run; stopping the job using the most."
             );
-            cancel.over_limit(format!(
-                "stopped: {path} had {free_mb} MB free, below disk.min_free_mb = {}, and this job used the most disk of the {running} running ({used_mb} MB)",
-                disk.min_free_mb()
-            ));
+            let most = match short {
+                Short::Space => format!("the most disk of the {running} running ({used_mb} MB)"),
+                Short::Inodes => format!("the most files of the {running} running ({files})"),
+            };
+            cancel.over_limit(format!("stopped: {why}, and this job used {most}"));
             self.metrics.stopped_for_disk();
             stopping = Some(biggest.key);
         }
     }
 
-    /// The watched job using the most disk (its writable layer and its
-    /// workspace), and how many were measured.
-    async fn biggest_job(&self) -> Option<(Usage, usize)> {
+    /// The watched job using the most of what is `short` (its containers'
+    /// writable layers and its workspace), and how many were measured.
+    async fn biggest_job(&self, short: Short) -> Option<(Usage, usize)> {
         let containers = match self
             .docker
             .list_managed_sized(&[(LABEL_AGENT, self.instance_id.as_str())])
@@ -140,7 +163,8 @@ impl Agent {
                 return None;
             }
         };
-        let mut usages = Vec::new();
+        // A job's services carry its id and attempt: they count with it.
+        let mut usages: HashMap<(String, u32), Usage> = HashMap::new();
         for container in containers {
             let Some(key) = watched_key(&container) else {
                 continue;
@@ -148,29 +172,37 @@ impl Agent {
             if !self.watched.holds(&key) {
                 continue;
             }
-            let workspace = self.workspace_bytes(&container).await;
-            usages.push(Usage {
+            let workspace = self.workspace_used(&container).await;
+            let usage = usages.entry(key.clone()).or_insert_with(|| Usage {
                 key,
-                bytes: container.written_bytes.unwrap_or(0) + workspace,
-                container: container.name,
+                containers: 0,
+                used: Used::default(),
             });
+            usage.containers += 1;
+            // A writable layer's files are not counted: Docker reports only
+            // its size. The workspace is where a job makes files by the million.
+            usage.used.bytes += container.written_bytes.unwrap_or(0) + workspace.bytes;
+            usage.used.entries += workspace.entries;
         }
         let running = usages.len();
-        let biggest = usages.into_iter().max_by_key(|u| u.bytes)?;
+        let biggest = usages.into_values().max_by_key(|u| match short {
+            Short::Space => u.used.bytes,
+            Short::Inodes => u.used.entries,
+        })?;
         Some((biggest, running))
     }
 
-    /// What the job's workspace volume holds; 0 when it cannot be read.
-    async fn workspace_bytes(&self, container: &ManagedContainer) -> u64 {
+    /// What the job's workspace volume holds; nothing when it cannot be read.
+    async fn workspace_used(&self, container: &ManagedContainer) -> Used {
         let Some(volume) = container.labels.get(LABEL_WORKSPACE) else {
-            return 0;
+            return Used::default();
         };
         let Ok(Some(folder)) = self.docker.volume_mountpoint(volume).await else {
-            return 0;
+            return Used::default();
         };
-        tokio::task::spawn_blocking(move || used_bytes(&folder))
+        tokio::task::spawn_blocking(move || used(&folder))
             .await
-            .unwrap_or(0)
+            .unwrap_or_default()
     }
 }
 

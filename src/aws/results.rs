@@ -156,6 +156,14 @@ impl ResultStore {
         result: &mut JobResult,
         log: Option<&LogBody>,
     ) -> Result<Recorded, StoreError> {
+        // Every reason reaches S3, the results queue and the webhook bounded and
+        // escaped, whoever wrote it (idempotent for those already so).
+        if let Some(reason) = &result.reason {
+            result.reason = Some(crate::rules::bounded_text(
+                reason,
+                crate::job::spec::MAX_REASON_BYTES,
+            ));
+        }
         let attempt = (!result.status.is_terminal()).then_some(result.attempt);
         let (key, log_key) = self.record_keys(&result.id, attempt);
         result.log = log.is_some().then(|| self.url(&log_key));

@@ -27,6 +27,20 @@ pub struct LowDisk {
     pub min_free_mb: u64,
 }
 
+/// Too few inodes left on a filesystem: a job of many empty files fills it as
+/// surely as one large file, and `df -h` never shows it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{path}: {free} of {total} inodes free, below {MIN_FREE_INODES_PERCENT} %")]
+pub struct LowInodes {
+    pub path: PathBuf,
+    pub free: u64,
+    pub total: u64,
+}
+
+/// Below this share of free inodes a filesystem counts as full, like one below
+/// `disk.min_free_mb`.
+pub const MIN_FREE_INODES_PERCENT: u64 = 2;
+
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
     #[error("free space of {path}: {source}")]
@@ -128,6 +142,21 @@ impl Disk {
         Ok(least.unwrap_or((u64::MAX, Path::new("/"))))
     }
 
+    /// The watched filesystem with the fewest free inodes, if it is below
+    /// [`MIN_FREE_INODES_PERCENT`]. Filesystems that report no inode count
+    /// (btrfs) never are; one that cannot be read is no reason to stop.
+    pub fn inodes_low(&self) -> Option<LowInodes> {
+        self.paths.iter().find_map(|path| {
+            let stat = nix::sys::statvfs::statvfs(path.as_path()).ok()?;
+            let (free, total) = (stat.files_available() as u64, stat.files() as u64);
+            (total > 0 && free * 100 < total * MIN_FREE_INODES_PERCENT).then(|| LowInodes {
+                path: path.clone(),
+                free,
+                total,
+            })
+        })
+    }
+
     /// Makes room if space is short, before a receive.
     pub async fn ensure_room(&self) -> Result<Room, DiskError> {
         let mut removed = 0;
@@ -215,26 +244,89 @@ pub fn free_bytes(path: &Path) -> Result<u64, DiskError> {
     Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
 }
 
-/// The bytes the files under `dir` take on disk (allocated blocks, so a sparse
-/// file counts what it holds). Symlinks are not followed; what cannot be read
-/// counts nothing. Blocking: a big tree takes a while.
-pub fn used_bytes(dir: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let mut total = 0;
-    let mut pending = vec![dir.to_owned()];
-    while let Some(dir) = pending.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
+/// What the files under a folder take: allocated bytes (a sparse file counts
+/// what it holds) and entries (inodes).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Used {
+    pub bytes: u64,
+    pub entries: u64,
+}
+
+/// How deep the walk goes: each level holds one descriptor open.
+const MAX_WALK_DEPTH: usize = 64;
+/// How many entries it counts before it stops: enough to rank the biggest job.
+const MAX_WALK_ENTRIES: u64 = 10_000_000;
+
+/// What the files under `dir` take. The tree belongs to a running job, which
+/// can change it under the walk (swap a folder for a link to `/`), so every
+/// step is taken from the folder already open (`openat`, `fstatat`), never
+/// through a link, never onto another filesystem, and within
+/// [`MAX_WALK_DEPTH`] and [`MAX_WALK_ENTRIES`]. What cannot be read counts
+/// nothing. Blocking: a big tree takes a while.
+pub fn used(dir: &Path) -> Used {
+    use nix::dir::Dir;
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::{Mode, fstat};
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let mut used = Used::default();
+    let Ok(root) = Dir::open(dir, flags, Mode::empty()) else {
+        return used;
+    };
+    let Ok(stat) = fstat(&root) else {
+        return used;
+    };
+    walk(root, stat.st_dev, 0, &mut used);
+    used
+}
+
+fn walk(mut dir: nix::dir::Dir, device: nix::libc::dev_t, depth: usize, used: &mut Used) {
+    use nix::dir::Dir;
+    use nix::fcntl::{AtFlags, OFlag};
+    use nix::sys::stat::{Mode, SFlag, fstatat};
+    let names: Vec<std::ffi::CString> = dir
+        .iter()
+        .flatten()
+        .map(|entry| entry.file_name().to_owned())
+        .filter(|name| name.as_bytes() != b"." && name.as_bytes() != b"..")
+        .collect();
+    for name in names {
+        if used.entries >= MAX_WALK_ENTRIES {
+            return;
+        }
+        let Ok(stat) = fstatat(&dir, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) else {
             continue;
         };
-        for entry in entries.flatten() {
-            let Ok(meta) = entry.path().symlink_metadata() else {
-                continue;
-            };
-            total += meta.blocks() * 512;
-            if meta.is_dir() {
-                pending.push(entry.path());
+        used.entries += 1;
+        used.bytes += stat.st_blocks as u64 * 512;
+        let is_dir = SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR;
+        if is_dir && stat.st_dev == device && depth < MAX_WALK_DEPTH {
+            let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+            // Swapped for a link since the stat: O_NOFOLLOW refuses it.
+            if let Ok(child) = Dir::openat(&dir, name.as_c_str(), flags, Mode::empty()) {
+                walk(child, device, depth + 1, used);
             }
         }
     }
-    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_walk_counts_files_and_never_follows_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        std::fs::write(dir.path().join("a/b/f"), vec![1u8; 100_000]).unwrap();
+        std::fs::write(dir.path().join("g"), b"x").unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::fs::write(elsewhere.path().join("big"), vec![1u8; 1_000_000]).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), dir.path().join("link")).unwrap();
+        let used = used(dir.path());
+        // a, a/b, a/b/f, g, link
+        assert_eq!(used.entries, 5);
+        assert!(used.bytes >= 100_000 && used.bytes < 1_000_000, "{used:?}");
+        // A link as the root is not walked either.
+        assert_eq!(super::used(&dir.path().join("link")), Used::default());
+    }
 }

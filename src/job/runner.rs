@@ -202,7 +202,10 @@ impl Runner {
             controls.preemption.reason(),
             controls.cancel.halt_for(),
         );
-        let reason = reason.map(|r| self.masker.mask(&r).into_owned());
+        // Docker's errors and an input's entry names carry the job's own text.
+        let reason = reason.map(|r| {
+            crate::rules::bounded_text(&self.masker.mask(&r), crate::job::spec::MAX_REASON_BYTES)
+        });
         let duration_ms = clock.elapsed().as_millis() as u64;
         tracing::info!(
             status = status.as_str(),

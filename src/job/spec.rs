@@ -141,6 +141,8 @@ impl std::error::Error for Rejection {}
 /// The longest rejection reason stored or passed on: the input it echoes may be
 /// any size (a 200 KB key), and SQS caps a dead-letter copy's attributes.
 pub const MAX_REASON_BYTES: usize = 1024;
+/// The most secrets a job (or one of its services) may name: a pool has tens.
+pub const MAX_SECRETS: usize = 64;
 
 impl Rejection {
     fn one(id: Option<String>, field: &str, rule: impl Into<String>) -> Self {
@@ -337,11 +339,20 @@ impl JobSpec {
         inputs
     }
 
-    /// Each secret once, and only those the profile allows.
+    /// Each secret once, at most [`MAX_SECRETS`], and only those the profile
+    /// allows.
     fn check_secrets(&self, named: &NamedProfile<'_>, problems: &mut Problems) {
-        for (i, secret) in self.secrets.iter().enumerate() {
+        if self.secrets.len() > MAX_SECRETS {
+            problems.push(
+                "secrets",
+                format!("{} names; at most {MAX_SECRETS}", self.secrets.len()),
+            );
+            return;
+        }
+        let mut seen = std::collections::HashSet::new();
+        for secret in &self.secrets {
             let field = format!("secrets.{}", truncate(secret, 64));
-            if self.secrets[..i].contains(secret) {
+            if !seen.insert(secret) {
                 problems.push(&field, "listed twice");
             } else if !named.profile.secrets.contains(secret) {
                 problems.push(&field, format!("not allowed by profile {:?}", named.name));

@@ -9,7 +9,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    NamedProfile, Problems, ResourceCaps, Resources, ResourcesSpec, check_env_map, check_limits,
+    MAX_SECRETS, NamedProfile, Problems, ResourceCaps, Resources, ResourcesSpec, check_env_map,
+    check_limits,
 };
 use crate::config::Config;
 use crate::job::image::ImageRef;
@@ -113,11 +114,18 @@ pub(super) fn check(
             } else if specs[..i].iter().any(|s| s.name == spec.name) {
                 problems.push(&field("name"), format!("{:?} is named twice", spec.name));
             }
-            for (k, secret) in spec.secrets.iter().enumerate() {
+            let mut seen = std::collections::HashSet::new();
+            if spec.secrets.len() > MAX_SECRETS {
+                problems.push(
+                    &field("secrets"),
+                    format!("{} names; at most {MAX_SECRETS}", spec.secrets.len()),
+                );
+            }
+            for secret in spec.secrets.iter().take(MAX_SECRETS) {
                 let at = field(&format!("secrets.{}", crate::rules::truncate(secret, 64)));
-                if spec.secrets[..k].contains(secret) {
+                if !seen.insert(secret) {
                     problems.push(&at, "listed twice");
-                } else if !job_secrets.contains(secret) {
+                } else if !job_secrets.iter().take(MAX_SECRETS).any(|s| s == secret) {
                     problems.push(
                         &at,
                         "not one of the job's secrets: a service gets only secrets its job names",

@@ -30,7 +30,7 @@ pub const MAX_WILDCARDS: usize = 16;
 /// a folder carries every file beside the artifacts, and a sparse file of
 /// terabytes costs Docker nothing to name.
 const READ_FACTOR: u64 = 4;
-const MIN_READ_BYTES: u64 = 1 << 30;
+const MIN_READ_BYTES: u64 = 1_000_000_000;
 /// The most left-out files a result lists by name; the rest are counted.
 const MAX_LISTED_LEFT_OUT: usize = 100;
 

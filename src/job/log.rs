@@ -102,10 +102,10 @@ impl JobLog {
         self.flush_rest(None, job);
     }
 
-    /// Flushes a service's partial lines: its streams have ended.
-    pub fn finish_service(&mut self, service: &str) {
-        if let Some(splitters) = self.services.remove(service) {
-            self.flush_rest(Some(service), splitters);
+    /// Flushes every service's partial lines: their streams have ended.
+    pub fn finish_services(&mut self) {
+        for (service, splitters) in std::mem::take(&mut self.services) {
+            self.flush_rest(Some(&service), splitters);
         }
     }
 

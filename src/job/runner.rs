@@ -93,6 +93,17 @@ pub struct Controls<'a> {
     pub usage: Option<LiveUsage>,
 }
 
+impl Controls<'_> {
+    /// Completes once the drain stops jobs or this one is cancelled: what cuts
+    /// short each step before the container starts.
+    async fn interrupted(&self) {
+        tokio::select! {
+            _ = self.preemption.stopping().cancelled() => {}
+            () = self.cancel.requested() => {}
+        }
+    }
+}
+
 /// What a run learns on the way that its result reports.
 #[derive(Default)]
 struct Ran {
@@ -335,18 +346,25 @@ impl Runner {
             // Not the caller's labels (the agent's message receipt): recovery hands
             // a message back once, for the job's own container.
             let base = self.labels(job, attempt, &[]);
-            let running = ran
-                .services
-                .insert(self.start_services(job, names, &base).await?);
+            // Pulls and starts; cut short by a stop or a cancel, whatever it
+            // made is removed by name in `clean_up`.
+            let started = tokio::select! {
+                started = self.start_services(job, names, &base) => started?,
+                () = controls.interrupted() => return Ok(None),
+            };
+            let running = ran.services.insert(started);
             tokio::select! {
                 ready = self.await_ready(job, names, running, log) => ready.map_err(RunError::Service)?,
-                _ = controls.preemption.stopping().cancelled() => return Ok(None),
-                () = controls.cancel.requested() => return Ok(None),
+                () = controls.interrupted() => return Ok(None),
             }
         }
         docker.create_volume(&names.workspace, &labels).await?;
         labels.insert(docker::LABEL_WORKSPACE.to_owned(), names.workspace.clone());
-        self.place_inputs(job, &names.workspace).await?;
+        // Dropped on a stop or a cancel, which stops the unpacking with it.
+        tokio::select! {
+            placed = self.place_inputs(job, &names.workspace) => placed?,
+            () = controls.interrupted() => return Ok(None),
+        }
         let credentials = self.credentials(job, log)?;
         let token = credentials.as_ref().map(Issued::token);
         let (mut env, mut mounts) = self.secret_files(job, names, image.user.as_deref(), token)?;
@@ -402,8 +420,7 @@ impl Runner {
             // Only a pull is long enough to be worth cutting short, and dropping it
             // only stops our reading of its progress. Past it, the container is
             // created and started, and supervision stops it at once.
-            _ = controls.preemption.stopping().cancelled() => return Ok(None),
-            () = controls.cancel.requested() => return Ok(None),
+            () = controls.interrupted() => return Ok(None),
         };
         if let Some(disk) = &self.disk {
             disk.used(&image.id);

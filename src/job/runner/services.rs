@@ -61,6 +61,8 @@ impl Running {
             }
         }
         self.drain_into(log);
+        // A last line without its newline is still a line.
+        log.finish_services();
         samples
     }
 }

@@ -8,12 +8,13 @@ mod common;
 use common::*;
 use serde_json::json;
 
-/// busybox's httpd serving `pong` at /ping on `port`, after a line of its own.
+/// busybox's httpd serving `pong` at /ping on `port`, after a line of its own
+/// and one without its newline.
 fn web(name: &str, port: u16) -> serde_json::Value {
     json!({
         "name": name,
         "image": Stack::or_skip().unwrap().image,
-        "command": ["sh", "-c", format!("echo {name} starting; mkdir -p /www && echo pong > /www/ping && exec httpd -f -p {port} -h /www")],
+        "command": ["sh", "-c", format!("echo {name} starting; printf '{name} no newline'; mkdir -p /www && echo pong > /www/ping && exec httpd -f -p {port} -h /www")],
         "ready": {"tcp": port},
         "resources": {"memory_mb": 64}
     })
@@ -49,6 +50,13 @@ fn a_job_reaches_its_services_on_localhost_and_by_name() {
             .iter()
             .any(|l| l["stream"] == "service:db" && l["msg"] == "db starting"),
         "the service's output is in the log under its name"
+    );
+    assert!(
+        run.logs
+            .iter()
+            .any(|l| l["stream"] == "service:db" && l["msg"] == "db no newline"),
+        "a service's last line without its newline is kept: {:?}",
+        run.logs
     );
     let services = &run.result["usage"]["services"];
     assert!(

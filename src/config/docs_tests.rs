@@ -143,3 +143,36 @@ fn the_reference_states_each_default_the_code_uses() {
         .collect();
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+/// Every `section.key` docs/config.md has a row for (`profiles.NAME.key` for a
+/// profile's).
+fn documented_keys() -> std::collections::BTreeSet<String> {
+    documented_defaults().into_keys().collect()
+}
+
+#[test]
+fn every_key_the_reader_knows_is_in_the_reference() {
+    // One profile, so its keys are asked for too.
+    let text = "[profiles.NAME]\n";
+    let env: super::Env = std::iter::empty::<(String, String)>().collect();
+    let _ = super::Config::parse(text, &env);
+    // Every profile's keys are the same: the doc names them `profiles.NAME.key`.
+    let known: std::collections::BTreeSet<String> = super::reader::TAKEN
+        .with(|taken| taken.borrow().clone())
+        .into_iter()
+        .map(|key| match key.strip_prefix("profiles.") {
+            Some(rest) => format!(
+                "profiles.NAME.{}",
+                rest.split_once('.').map_or(rest, |r| r.1)
+            ),
+            None => key,
+        })
+        .collect();
+    assert!(known.len() > 50, "{} keys", known.len());
+    let documented = documented_keys();
+    let missing: Vec<&String> = known.iter().filter(|k| !documented.contains(*k)).collect();
+    assert!(
+        missing.is_empty(),
+        "keys the reader knows and docs/config.md does not list: {missing:?}"
+    );
+}

@@ -12,6 +12,14 @@ use toml::{Table, Value};
 
 use super::{ENV_PREFIX, Env, Issue};
 
+#[cfg(test)]
+thread_local! {
+    /// Every `section.key` the reader asked for on this thread: the keys it
+    /// knows, for the test that finds each in docs/config.md.
+    pub(super) static TAKEN: std::cell::RefCell<std::collections::BTreeSet<String>> =
+        const { std::cell::RefCell::new(std::collections::BTreeSet::new()) };
+}
+
 /// Walks the TOML table section by section, taking each known key (or its
 /// environment override), recording every problem, and reporting what is left over
 /// as unknown.
@@ -65,6 +73,8 @@ impl Reader<'_> {
     }
 
     fn take(&mut self, section: &mut Section, key: &str) -> Option<Value> {
+        #[cfg(test)]
+        TAKEN.with(|taken| taken.borrow_mut().insert(section.key(key)));
         let from_file = section.table.remove(key);
         match self.env.get(&section.env_name(key)) {
             Some(text) => Some(env_value(&text)),

@@ -19,7 +19,12 @@ use futures_util::{Stream, StreamExt};
 
 use super::{Docker, DockerError, LABEL_MANAGED, is_not_found};
 
-/// What a job's container is made of; see `runner` for the policy behind each field.
+/// What a container of ours is made of: a job's, a service's, the sandbox, a
+/// probe. Made with [`ContainerSpec::new`], which asks for the limits every
+/// container must have; what it does not ask for starts empty (no command of its
+/// own, no mounts, no capabilities, no variables). The hardening that no spec
+/// can turn off (every capability dropped but `cap_add`, no new privileges, not
+/// privileged, the log capped) is added by [`Docker::create_container`].
 #[derive(Debug, Clone)]
 pub struct ContainerSpec {
     pub name: String,
@@ -39,6 +44,50 @@ pub struct ContainerSpec {
     /// `NAME:ADDRESS` lines for its /etc/hosts (a sandbox's: the containers that
     /// join its network see them too).
     pub extra_hosts: Vec<String>,
+}
+
+/// What every container is held to.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub memory_bytes: i64,
+    pub nano_cpus: i64,
+    pub pids: i64,
+}
+
+impl Limits {
+    pub fn new(memory_mb: u64, cpus: f64, pids: u64) -> Limits {
+        Limits {
+            memory_bytes: (memory_mb * 1024 * 1024) as i64,
+            nano_cpus: (cpus * 1e9).round() as i64,
+            pids: pids as i64,
+        }
+    }
+}
+
+/// What Docker keeps of a container's output unless a spec says more.
+const DEFAULT_LOG_MAX_BYTES: u64 = 16_000_000;
+
+impl ContainerSpec {
+    /// Container `name` from `image_id` on `network`, held to `limits`, and
+    /// nothing more until the caller adds it.
+    pub fn new(name: String, image_id: String, network: String, limits: Limits) -> Self {
+        ContainerSpec {
+            name,
+            image_id,
+            command: None,
+            env: Vec::new(),
+            workdir: String::new(),
+            labels: HashMap::new(),
+            mounts: Vec::new(),
+            memory_bytes: limits.memory_bytes,
+            nano_cpus: limits.nano_cpus,
+            pids: limits.pids,
+            network,
+            cap_add: Vec::new(),
+            log_max_bytes: DEFAULT_LOG_MAX_BYTES,
+            extra_hosts: Vec::new(),
+        }
+    }
 }
 
 /// One chunk of a container's output.

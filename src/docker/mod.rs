@@ -14,7 +14,7 @@ mod probe;
 
 pub use bollard::models::Mount;
 pub use containers::{
-    ContainerSpec, Exit, ManagedContainer, Output, OutputStream, TarStream, bind_mount,
+    ContainerSpec, Exit, Limits, ManagedContainer, Output, OutputStream, TarStream, bind_mount,
     volume_mount,
 };
 pub use images::{LocalImage, RegistryAuth};

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bollard::query_parameters::CreateImageOptions;
 use futures_util::StreamExt;
 
-use super::{ContainerSpec, Docker, DockerError, Output};
+use super::{ContainerSpec, Docker, DockerError, Limits, Output};
 
 /// The empty image the probes run in, made on this host.
 pub const PROBE_IMAGE: &str = "deckhand-probe:empty";
@@ -159,21 +159,18 @@ pub fn own_binary_spec(
 ) -> ContainerSpec {
     let mut command = vec![OWN_BINARY.to_owned()];
     command.extend(args.iter().map(|a| (*a).to_owned()));
-    ContainerSpec {
-        name,
-        image_id,
-        command: Some(command),
-        env: Vec::new(),
-        workdir: "/".to_owned(),
-        labels,
-        mounts: binary_mounts(exe),
+    let limits = Limits {
         memory_bytes: 64 << 20,
         nano_cpus: 500_000_000,
         pids: 16,
-        network: network.to_owned(),
-        cap_add: Vec::new(),
+    };
+    ContainerSpec {
+        command: Some(command),
+        workdir: "/".to_owned(),
+        labels,
+        mounts: binary_mounts(exe),
         log_max_bytes: 1 << 20,
-        extra_hosts: Vec::new(),
+        ..ContainerSpec::new(name, image_id, network.to_owned(), limits)
     }
 }
 

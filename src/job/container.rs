@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use crate::docker::{self, ContainerSpec};
+use crate::docker::{self, ContainerSpec, Limits};
 use crate::host::secrets::Secrets;
 use crate::job::Job;
 
@@ -120,18 +120,14 @@ pub(crate) fn spec(
     all_env.push(format!("DECKHAND_ATTEMPT={attempt}"));
     let mut all_mounts = vec![docker::volume_mount(&names.workspace, &job.workdir, false)];
     all_mounts.extend(mounts);
+    let resources = &job.resources;
+    let limits = Limits::new(resources.memory_mb, resources.cpus, resources.pids);
     ContainerSpec {
-        name: names.container.clone(),
-        image_id,
         command: job.command.clone(),
         env: all_env,
         workdir: job.workdir.clone(),
         labels,
         mounts: all_mounts,
-        memory_bytes: (job.resources.memory_mb * 1024 * 1024) as i64,
-        nano_cpus: (job.resources.cpus * 1e9).round() as i64,
-        pids: job.resources.pids as i64,
-        network: job.network.clone(),
         cap_add: CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
         // Docker's copy carries JSON around every line: room for that, and for
         // the lines past the cap printed before the job stops.
@@ -139,7 +135,12 @@ pub(crate) fn spec(
             .max_log_bytes
             .saturating_mul(2)
             .saturating_add(16_000_000),
-        extra_hosts: Vec::new(),
+        ..ContainerSpec::new(
+            names.container.clone(),
+            image_id,
+            job.network.clone(),
+            limits,
+        )
     }
 }
 

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::docker::{self, Docker, LocalImage, OutputStream, outage_backoff};
+use crate::docker::{self, Docker, OutputStream, outage_backoff};
 use crate::host::cache::{Cache, CacheVolume};
 use crate::host::cgroups::Sample;
 use crate::host::credentials::{Broker, Issued};
@@ -31,8 +31,10 @@ use crate::job::output::pump_output;
 use crate::job::result::{JobResult, Usage};
 use crate::job::sweep::Sweeper;
 use crate::job::usage::{self, LiveUsage};
+use pull::Pulled;
 
 mod equip;
+mod pull;
 mod services;
 mod workspace;
 
@@ -102,6 +104,16 @@ impl Controls<'_> {
             () = self.cancel.requested() => {}
         }
     }
+}
+
+/// Which attempt of which job a run starts, under which names, with which
+/// labels added (the agent's message receipt).
+#[derive(Clone, Copy)]
+struct Launch<'a> {
+    job: &'a Job,
+    attempt: u32,
+    labels: &'a [(&'a str, &'a str)],
+    names: &'a Names,
 }
 
 /// What a run learns on the way that its result reports.
@@ -195,8 +207,14 @@ impl Runner {
             .live_to(controls.live.clone())
             .capped_at(job.max_log_bytes);
         let mut ran = Ran::default();
+        let launch = Launch {
+            job,
+            attempt,
+            labels,
+            names: &names,
+        };
         let outcome = self
-            .run_container(job, attempt, labels, &names, &controls, &mut log, &mut ran)
+            .run_container(&launch, &controls, &mut log, &mut ran)
             .await;
         let service_usage = match ran.services.take() {
             Some(running) => running.finish(&mut log).await,
@@ -251,21 +269,15 @@ impl Runner {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn run_container(
         &self,
-        job: &Job,
-        attempt: u32,
-        labels: &[(&str, &str)],
-        names: &Names,
+        launch: &Launch<'_>,
         controls: &Controls<'_>,
         log: &mut JobLog,
         ran: &mut Ran,
     ) -> Outcome {
-        let started = match self
-            .start(job, attempt, labels, names, controls, log, ran)
-            .await
-        {
+        let Launch { job, names, .. } = *launch;
+        let started = match self.start(launch, controls, log, ran).await {
             Ok(Some(started)) => started,
             Ok(None) if controls.cancel.reason().is_some() => {
                 return Outcome::Cancelled { code: None };
@@ -325,19 +337,21 @@ impl Runner {
     /// Pulls the image, makes the workspace, the secret files and the credentials,
     /// then creates, attaches to and starts the container. `None`: preempted or
     /// cancelled during the pull.
-    #[allow(clippy::too_many_arguments)]
     async fn start(
         &self,
-        job: &Job,
-        attempt: u32,
-        extra_labels: &[(&str, &str)],
-        names: &Names,
+        launch: &Launch<'_>,
         controls: &Controls<'_>,
         log: &mut JobLog,
         ran: &mut Ran,
     ) -> Result<Option<Started>, RunError> {
+        let Launch {
+            job,
+            attempt,
+            labels: extra_labels,
+            names,
+        } = *launch;
         let docker = &self.docker;
-        let Some(image) = self.pull(job, controls).await? else {
+        let Some(Pulled { image, services }) = self.pull(job, controls).await? else {
             return Ok(None);
         };
         ran.image = Some(image.reference.clone());
@@ -349,7 +363,7 @@ impl Runner {
             // Pulls and starts; cut short by a stop or a cancel, whatever it
             // made is removed by name in `clean_up`.
             let started = tokio::select! {
-                started = self.start_services(job, names, &base) => started?,
+                started = self.start_services(job, names, &base, services) => started?,
                 () = controls.interrupted() => return Ok(None),
             };
             let running = ran.services.insert(started);
@@ -400,32 +414,6 @@ impl Runner {
             _credentials: credentials,
             _cache: cache,
         }))
-    }
-
-    /// The job's image, pulled if the engine lacks it; `None` when a stop or a
-    /// cancel came first.
-    async fn pull(
-        &self,
-        job: &Job,
-        controls: &Controls<'_>,
-    ) -> Result<Option<LocalImage>, RunError> {
-        let auth = self
-            .secrets
-            .registry_auth(&self.config.images.registry_auth, &job.image.registry)?;
-        let pull =
-            self.docker
-                .ensure_image(&job.image, self.config.images.pull_timeout, auth.as_ref());
-        let image = tokio::select! {
-            image = pull => image?,
-            // Only a pull is long enough to be worth cutting short, and dropping it
-            // only stops our reading of its progress. Past it, the container is
-            // created and started, and supervision stops it at once.
-            () = controls.interrupted() => return Ok(None),
-        };
-        if let Some(disk) = &self.disk {
-            disk.used(&image.id);
-        }
-        Ok(Some(image))
     }
 
     /// Whether the kernel's OOM killer ended the container. dockerd sets

@@ -583,6 +583,8 @@ mod services;
 mod strict;
 
 #[cfg(test)]
+mod docs_tests;
+#[cfg(test)]
 mod properties;
 #[cfg(test)]
 mod tests;

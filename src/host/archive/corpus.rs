@@ -65,22 +65,18 @@ const SMALL: Limits = Limits {
     bytes_rule: "inputs_max_mb",
 };
 
-fn cases() -> Vec<(&'static str, Vec<u8>, Expect)> {
-    use Expect::*;
-    let file = |name: &str| entry(name.as_bytes(), b'0', b"data");
-    let zeros = vec![0u8; 20_000_000];
-    let many: Vec<Vec<u8>> = (0..150).map(|n| file(&format!("f{n}"))).collect();
-    let mut gnu_huge = raw_header(b"huge", b'0', 0);
-    gnu_huge[124..136].fill(0);
-    gnu_huge[124] = 0x80;
-    gnu_huge[131] = 0x02;
-    checksum(&mut gnu_huge);
-    let mut bad_sum = raw_header(b"a", b'0', 0);
-    bad_sum[0] = b'b';
-    let mut corrupt_gz = gzip(&file("ok"));
-    let middle = corrupt_gz.len() / 2;
-    corrupt_gz[middle] ^= 0xff;
-    let meta_run: Vec<Vec<u8>> = (0..9).map(|_| entry(b"g", b'g', b"")).collect();
+type Case = (&'static str, Vec<u8>, Expect);
+
+fn file(name: &str) -> Vec<u8> {
+    entry(name.as_bytes(), b'0', b"data")
+}
+
+fn cases() -> Vec<Case> {
+    [unpacked(), escapes(), specials_and_limits(), malformed()].concat()
+}
+
+fn unpacked() -> Vec<Case> {
+    use Expect::Unpacked;
     vec![
         ("a plain file", file("a.txt"), Unpacked),
         ("gzip", gzip(&file("a.txt")), Unpacked),
@@ -110,6 +106,17 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Expect)> {
             cat(&[file("a"), link("b", b'1', "a")]),
             Unpacked,
         ),
+    ]
+}
+
+fn escapes() -> Vec<Case> {
+    use Expect::Escape;
+    let through = cat(&[
+        entry(b"sub/", b'5', b""),
+        link("l", b'2', "sub"),
+        file("l/f"),
+    ]);
+    vec![
         ("dot-dot", file("../evil"), Escape),
         ("absolute", file("/etc/evil"), Escape),
         ("dot-dot inside a path", file("a/../../evil"), Escape),
@@ -121,15 +128,7 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Expect)> {
             cat(&[link("a/b", b'2', ".."), link("a/b/c", b'2', "..")]),
             Escape,
         ),
-        (
-            "a file through a symlink",
-            cat(&[
-                entry(b"sub/", b'5', b""),
-                link("l", b'2', "sub"),
-                file("l/f"),
-            ]),
-            Escape,
-        ),
+        ("a file through a symlink", through, Escape),
         (
             "dots after a name in a target",
             cat(&[link("a/s", b'2', ".."), link("t", b'2', "a/s/..")]),
@@ -150,6 +149,19 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Expect)> {
             file(&format!("../{}", "x".repeat(90))),
             Escape,
         ),
+    ]
+}
+
+fn specials_and_limits() -> Vec<Case> {
+    use Expect::{Limit, Special};
+    let mut gnu_huge = raw_header(b"huge", b'0', 0);
+    gnu_huge[124..136].fill(0);
+    gnu_huge[124] = 0x80;
+    gnu_huge[131] = 0x02;
+    checksum(&mut gnu_huge);
+    let zeros = vec![0u8; 20_000_000];
+    let many: Vec<Vec<u8>> = (0..150).map(|n| file(&format!("f{n}"))).collect();
+    vec![
         ("a character device", link("dev/c", b'3', ""), Special),
         ("a block device", link("dev/b", b'4', ""), Special),
         ("a FIFO", link("fifo", b'6', ""), Special),
@@ -180,6 +192,18 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Expect)> {
             Limit,
         ),
         ("a bomb by count", many.concat(), Limit),
+    ]
+}
+
+fn malformed() -> Vec<Case> {
+    use Expect::Malformed;
+    let mut bad_sum = raw_header(b"a", b'0', 0);
+    bad_sum[0] = b'b';
+    let mut corrupt_gz = gzip(&file("ok"));
+    let middle = corrupt_gz.len() / 2;
+    corrupt_gz[middle] ^= 0xff;
+    let meta_run: Vec<Vec<u8>> = (0..9).map(|_| entry(b"g", b'g', b"")).collect();
+    vec![
         (
             "a run of metadata entries",
             cat(&[meta_run.concat(), file("a")]),

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Runner;
-use crate::docker::{self, ContainerSpec, Output, OutputStream};
+use crate::docker::{self, ContainerSpec, Limits, LocalImage, Output, OutputStream};
 use crate::host::cgroups::Sample;
 use crate::job::Job;
 use crate::job::container::{CAPABILITIES, Names, SECRETS_MOUNT, SecretFiles};
@@ -68,7 +68,7 @@ impl Running {
 }
 
 impl Runner {
-    /// Pulls each service's image, starts the sandbox and each service in it, and
+    /// Starts the sandbox and each service in it (from `images`, pulled), and
     /// begins reading their output. The names are registered with the sweeper
     /// before each container exists.
     pub(super) async fn start_services(
@@ -76,6 +76,7 @@ impl Runner {
         job: &Job,
         names: &Names,
         labels: &HashMap<String, String>,
+        images: Vec<LocalImage>,
     ) -> Result<Running, RunError> {
         let (tx, output) = mpsc::channel(SERVICE_CHUNKS);
         let mut running = Running {
@@ -83,25 +84,6 @@ impl Runner {
             tasks: JoinSet::new(),
             done: CancellationToken::new(),
         };
-        let mut images = Vec::new();
-        for service in &job.services {
-            let auth = self
-                .secrets
-                .registry_auth(&self.config.images.registry_auth, &service.image.registry)?;
-            let image = self
-                .docker
-                .ensure_image(
-                    &service.image,
-                    self.config.images.pull_timeout,
-                    auth.as_ref(),
-                )
-                .await?;
-            // Collected when unused, like the job's own images.
-            if let Some(disk) = &self.disk {
-                disk.used(&image.id);
-            }
-            images.push(image);
-        }
         self.sweeper.hold(&names.sandbox);
         let sandbox = self.sandbox_spec(job, names, labels).await?;
         self.docker.create_container(&sandbox).await?;
@@ -284,25 +266,22 @@ fn service_spec(
     let mut labels = labels.clone();
     labels.insert(docker::LABEL_ROLE.to_owned(), "service".to_owned());
     labels.insert(docker::LABEL_SERVICE.to_owned(), service.name.clone());
+    let limits = Limits::new(service.memory_mb, service.cpus, service.pids);
     ContainerSpec {
-        name: container.to_owned(),
-        image_id,
         command: service.command.clone(),
         env: service
             .env
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect(),
-        workdir: String::new(),
         labels,
-        mounts: Vec::new(),
-        memory_bytes: (service.memory_mb * 1024 * 1024) as i64,
-        nano_cpus: (service.cpus * 1e9).round() as i64,
-        pids: service.pids as i64,
-        network: format!("container:{}", names.sandbox),
         cap_add: CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
-        log_max_bytes: 16_000_000,
-        extra_hosts: Vec::new(),
+        ..ContainerSpec::new(
+            container.to_owned(),
+            image_id,
+            format!("container:{}", names.sandbox),
+            limits,
+        )
     }
 }
 

@@ -84,6 +84,36 @@ impl Runner {
             .map(|at| at + job.timeout)
             .unwrap_or(clock)
             .max(clock + MIN_COLLECT);
+        let collected = self
+            .collect_in_time(job, names, controls, staging, deadline)
+            .await;
+        if let Ok(collected) = &collected {
+            tracing::info!(
+                files = collected.files,
+                bytes = collected.bytes,
+                elapsed_ms = clock.elapsed().as_millis() as u64,
+                stopped = collected.stopped,
+                "Artifacts read."
+            );
+        }
+        Some(collected.unwrap_or_else(|error| {
+            tracing::warn!(%error, "Could not read the job's artifacts.");
+            let mut collected = Collected::default();
+            collected.leave_out(&job.workdir, format!("could not be read: {error}"));
+            collected
+        }))
+    }
+
+    /// The collection itself, stopped at `deadline`, at the drain, or at a
+    /// cancel that comes after the exit; what was staged by then stands.
+    async fn collect_in_time(
+        &self,
+        job: &Job,
+        names: &Names,
+        controls: &Controls<'_>,
+        staging: std::path::PathBuf,
+        deadline: Instant,
+    ) -> Result<Collected, crate::docker::DockerError> {
         let request = artifacts::Request {
             container: &names.container,
             workdir: &job.workdir,
@@ -113,35 +143,18 @@ impl Runner {
             _ = controls.preemption.stopping().cancelled() => "the agent is draining".to_owned(),
             () = controls.cancel.requested(), if !was_cancelled => "the job was cancelled".to_owned(),
         };
-        let collected = match done {
-            Some(collected) => collected,
-            None => {
-                // The reading ends at its next chunk; what it staged stands.
-                stop.cancel();
-                let mut collected = collecting.await;
-                if let Ok(collected) = &mut collected {
-                    collected.leave_out(
-                        &job.workdir,
-                        format!("reading the artifacts stopped: {why}"),
-                    );
-                }
-                collected
-            }
-        };
-        if let Ok(collected) = &collected {
-            tracing::info!(
-                files = collected.files,
-                bytes = collected.bytes,
-                elapsed_ms = clock.elapsed().as_millis() as u64,
-                stopped = collected.stopped,
-                "Artifacts read."
+        if let Some(collected) = done {
+            return collected;
+        }
+        // The reading ends at its next chunk.
+        stop.cancel();
+        let mut collected = collecting.await;
+        if let Ok(collected) = &mut collected {
+            collected.leave_out(
+                &job.workdir,
+                format!("reading the artifacts stopped: {why}"),
             );
         }
-        Some(collected.unwrap_or_else(|error| {
-            tracing::warn!(%error, "Could not read the job's artifacts.");
-            let mut collected = Collected::default();
-            collected.leave_out(&job.workdir, format!("could not be read: {error}"));
-            collected
-        }))
+        collected
     }
 }

@@ -2,7 +2,12 @@
 //! pool's monitoring scrapes from each host (jobs by outcome and duration, slots in
 //! use, whether Docker and the queue answer, whether the agent is draining).
 //!
-//! `GET /metrics` is the OpenMetrics text format, written by prometheus-client. `GET /healthz` (liveness) is
+//! `GET /metrics` is written by prometheus-client in the OpenMetrics text
+//! format, for a scraper that asks for it (`Accept: application/openmetrics-text`,
+//! as Prometheus does), else in Prometheus's own text format (version 0.0.4),
+//! which `promtool check metrics`, curl and older scrapers read: counters named
+//! with their `_total` in `# HELP` and `# TYPE`, no `# UNIT`, no `# EOF`. Every
+//! family is in base units (bytes, seconds) and has its help text. `GET /healthz` (liveness) is
 //! 200 while Docker and the queue answered at their last use, the rule systemd's
 //! watchdog follows; a draining agent is healthy. `GET /readyz` is 200 only while
 //! the agent takes work: bootstrapped, not draining, and healthy. A 503 says why.
@@ -33,6 +38,10 @@ use crate::job::usage::LiveUsage;
 const DURATION_BUCKETS_SECS: [f64; 10] = [
     1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0,
 ];
+/// Upper bounds of a message's time in the queue, from its send to its receipt:
+/// under a second on a warm pool, minutes while it scales out.
+const QUEUE_WAIT_BUCKETS_SECS: [f64; 10] =
+    [0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
 /// Upper bounds of the CPU seconds a job used.
 const CPU_BUCKETS_SECS: [f64; 10] = [
     0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0,
@@ -75,7 +84,7 @@ pub struct Metrics {
     jobs_running: Gauge,
     ready: Gauge,
     boot_seconds: Gauge<f64, AtomicU64>,
-    disk_free_megabytes: Gauge,
+    disk_free_bytes: Gauge,
     disk_low: Gauge,
     received: Counter,
     receive_errors: Counter,
@@ -84,6 +93,7 @@ pub struct Metrics {
     handed_back: Counter,
     jobs: Family<ByStatus, Counter>,
     job_duration: Family<ByStatus, Histogram>,
+    queue_wait: Histogram,
     job_cpu: Family<ByProfile, Histogram>,
     job_memory_share: Family<ByProfile, Histogram>,
     running_cpu: Family<BySlot, Gauge<f64, AtomicU64>>,
@@ -134,7 +144,7 @@ impl Metrics {
             jobs_running: Gauge::default(),
             ready: Gauge::default(),
             boot_seconds: Gauge::default(),
-            disk_free_megabytes: Gauge::default(),
+            disk_free_bytes: Gauge::default(),
             disk_low: Gauge::default(),
             received: Counter::default(),
             receive_errors: Counter::default(),
@@ -143,6 +153,7 @@ impl Metrics {
             handed_back: Counter::default(),
             jobs: Family::default(),
             job_duration: Family::new_with_constructor(|| Histogram::new(DURATION_BUCKETS_SECS)),
+            queue_wait: Histogram::new(QUEUE_WAIT_BUCKETS_SECS),
             job_cpu: Family::new_with_constructor(|| Histogram::new(CPU_BUCKETS_SECS)),
             job_memory_share: Family::new_with_constructor(|| Histogram::new(MEMORY_SHARE_BUCKETS)),
             running_cpu: Family::default(),
@@ -200,9 +211,9 @@ impl Metrics {
             self.boot_seconds.clone(),
         );
         r.register(
-            "disk_free_megabytes",
+            "disk_free_bytes",
             "Least free space of Docker's data root and the work dir, at the last check (0 before one)",
-            self.disk_free_megabytes.clone(),
+            self.disk_free_bytes.clone(),
         );
         r.register(
             "disk_low",
@@ -259,6 +270,11 @@ impl Metrics {
             self.job_duration.clone(),
         );
         r.register(
+            "queue_wait_seconds",
+            "Time job messages spent in the queue, from their send to their receipt here",
+            self.queue_wait.clone(),
+        );
+        r.register(
             "job_cpu_seconds",
             "CPU time of jobs' containers, by profile (read from their cgroups)",
             self.job_cpu.clone(),
@@ -305,6 +321,11 @@ impl Metrics {
         }
     }
 
+    /// A message spent `waited` in the queue before this agent received it.
+    pub fn queue_waited(&self, waited: Duration) {
+        self.queue_wait.observe(waited.as_secs_f64());
+    }
+
     pub fn received(&self, messages: usize) {
         self.received.inc_by(messages as u64);
     }
@@ -338,7 +359,8 @@ impl Metrics {
 
     /// A disk check before a receive.
     pub fn disk(&self, room: &crate::host::disk::Room) {
-        self.disk_free_megabytes.set(room.free_mb as i64);
+        self.disk_free_bytes
+            .set(i64::try_from(room.free_mb.saturating_mul(1_000_000)).unwrap_or(i64::MAX));
         self.disk_low.set(i64::from(room.low.is_some()));
         self.images_removed.inc_by(room.removed as u64);
     }
@@ -372,6 +394,16 @@ impl Metrics {
         }
     }
 
+    /// The exposition in `format`, with the gauges read at scrape time brought
+    /// up to date first.
+    pub fn render_as(&self, state: &State, format: Format) -> String {
+        let open = self.render(state);
+        match format {
+            Format::OpenMetrics => open,
+            Format::Prometheus => prometheus_text(&open),
+        }
+    }
+
     /// The exposition (OpenMetrics text), with the gauges read at scrape time
     /// brought up to date first.
     pub fn render(&self, state: &State) -> String {
@@ -397,6 +429,78 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// The two exposition formats a scraper may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `application/openmetrics-text; version=1.0.0`
+    OpenMetrics,
+    /// `text/plain; version=0.0.4`
+    Prometheus,
+}
+
+impl Format {
+    /// What the `Accept` header asks for: OpenMetrics when it is named (with a
+    /// weight above 0), Prometheus's text otherwise.
+    pub fn accepted(accept: Option<&str>) -> Format {
+        let named = accept.unwrap_or_default().split(',').any(|choice| {
+            let mut parts = choice.split(';').map(str::trim);
+            let kind = parts.next().unwrap_or_default();
+            let refused = parts.any(|p| matches!(p, "q=0" | "q=0.0" | "q=0.00" | "q=0.000"));
+            kind.eq_ignore_ascii_case("application/openmetrics-text") && !refused
+        });
+        if named {
+            Format::OpenMetrics
+        } else {
+            Format::Prometheus
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+}
+
+/// OpenMetrics text as Prometheus's text format: a counter family `x` is named
+/// `x_total` in its `# HELP` and `# TYPE` (its samples are already), OpenMetrics'
+/// own types become the nearest Prometheus ones, and `# UNIT` and `# EOF` go.
+fn prometheus_text(open: &str) -> String {
+    let counters: std::collections::HashSet<&str> = open
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(open.len());
+    for line in open.lines() {
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match meta {
+            _ if line == "# EOF" || line.starts_with("# UNIT ") => continue,
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let name = if counters.contains(name) {
+                    format!("{name}_total")
+                } else {
+                    name.to_owned()
+                };
+                let tail = match (prefix, tail) {
+                    ("# TYPE ", "info" | "stateset") => "gauge",
+                    ("# TYPE ", "unknown" | "gaugehistogram") => "untyped",
+                    _ => tail,
+                };
+                out.push_str(&format!("{prefix}{name} {tail}\n"));
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
 }
 
 /// Binds `metrics.listen` (port 0: any free port; the log says which).
@@ -446,11 +550,18 @@ fn respond(request: &Request<Incoming>, metrics: &Metrics, state: &State) -> Rep
         ),
     };
     match request.uri().path() {
-        "/metrics" => reply(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics.render(state),
-        ),
+        "/metrics" => {
+            let accept = request
+                .headers()
+                .get(hyper::header::ACCEPT)
+                .and_then(|v| v.to_str().ok());
+            let format = Format::accepted(accept);
+            reply(
+                StatusCode::OK,
+                format.content_type(),
+                metrics.render_as(state, format),
+            )
+        }
         "/healthz" => probe(Metrics::unhealthy(state)),
         "/readyz" => probe(metrics.unready(state)),
         _ => reply(

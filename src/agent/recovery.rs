@@ -38,6 +38,7 @@ impl Agent {
                     receipt: receipt.clone(),
                     body: String::new(),
                     receive_count: 0,
+                    sent_at_ms: None,
                 };
                 let settlement = Settlement {
                     fate: Fate::HandBack(Duration::ZERO),

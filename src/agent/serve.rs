@@ -226,6 +226,11 @@ impl Agent {
             sqs_message_id = %message.message_id,
             attempt = message.receive_count,
         );
+        if let Some(sent) = message.sent_at_ms {
+            let waited_ms = chrono::Utc::now().timestamp_millis() - sent;
+            self.metrics
+                .queue_waited(Duration::from_millis(waited_ms.max(0) as u64));
+        }
         let agent = Arc::clone(self);
         let preemption = preemption.clone();
         jobs.spawn(async move { agent.deliver(message, slot, &preemption).await }.instrument(span));

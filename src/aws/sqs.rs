@@ -56,6 +56,8 @@ pub struct Received {
     pub body: String,
     /// SQS's `ApproximateReceiveCount`: 1 on the first delivery.
     pub receive_count: u32,
+    /// SQS's `SentTimestamp` (milliseconds since the epoch), when it gave one.
+    pub sent_at_ms: Option<i64>,
 }
 
 impl Queue {
@@ -87,6 +89,7 @@ impl Queue {
             .wait_time_seconds(wait.as_secs() as i32)
             .visibility_timeout(visibility.as_secs() as i32)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
             .send()
             .await
             .map_err(|e| SqsError::Receive {
@@ -104,11 +107,17 @@ impl Queue {
                     .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
                     .and_then(|c| c.parse().ok())
                     .unwrap_or(1);
+                let sent_at_ms = m
+                    .attributes
+                    .as_ref()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::SentTimestamp))
+                    .and_then(|t| t.parse().ok());
                 Some(Received {
                     message_id: m.message_id?,
                     receipt: m.receipt_handle?,
                     body: m.body.unwrap_or_default(),
                     receive_count,
+                    sent_at_ms,
                 })
             })
             .collect())

@@ -101,9 +101,9 @@ deckhand_ready 1
 # HELP deckhand_boot_seconds Bootstrap time, secrets to ready.
 # TYPE deckhand_boot_seconds gauge
 deckhand_boot_seconds 1.234
-# HELP deckhand_disk_free_megabytes Least free space of Docker's data root and the work dir, at the last check (0 before one).
-# TYPE deckhand_disk_free_megabytes gauge
-deckhand_disk_free_megabytes 5120
+# HELP deckhand_disk_free_bytes Least free space of Docker's data root and the work dir, at the last check (0 before one).
+# TYPE deckhand_disk_free_bytes gauge
+deckhand_disk_free_bytes 5120000000
 # HELP deckhand_disk_low 1 while free space is below disk.min_free_mb and no job is taken.
 # TYPE deckhand_disk_low gauge
 deckhand_disk_low 1
@@ -175,6 +175,21 @@ deckhand_job_duration_seconds_bucket{le="1800.0",status="timed_out"} 0
 deckhand_job_duration_seconds_bucket{le="3600.0",status="timed_out"} 0
 deckhand_job_duration_seconds_bucket{le="7200.0",status="timed_out"} 0
 deckhand_job_duration_seconds_bucket{le="+Inf",status="timed_out"} 1
+# HELP deckhand_queue_wait_seconds Time job messages spent in the queue, from their send to their receipt here.
+# TYPE deckhand_queue_wait_seconds histogram
+deckhand_queue_wait_seconds_sum 0.0
+deckhand_queue_wait_seconds_count 0
+deckhand_queue_wait_seconds_bucket{le="0.1"} 0
+deckhand_queue_wait_seconds_bucket{le="0.5"} 0
+deckhand_queue_wait_seconds_bucket{le="1.0"} 0
+deckhand_queue_wait_seconds_bucket{le="5.0"} 0
+deckhand_queue_wait_seconds_bucket{le="15.0"} 0
+deckhand_queue_wait_seconds_bucket{le="30.0"} 0
+deckhand_queue_wait_seconds_bucket{le="60.0"} 0
+deckhand_queue_wait_seconds_bucket{le="300.0"} 0
+deckhand_queue_wait_seconds_bucket{le="900.0"} 0
+deckhand_queue_wait_seconds_bucket{le="3600.0"} 0
+deckhand_queue_wait_seconds_bucket{le="+Inf"} 0
 # HELP deckhand_job_cpu_seconds CPU time of jobs' containers, by profile (read from their cgroups).
 # TYPE deckhand_job_cpu_seconds histogram
 deckhand_job_cpu_seconds_sum{profile="default"} 2.0
@@ -286,4 +301,38 @@ fn probes_say_why_not() {
         None,
         "a draining agent is alive"
     );
+}
+
+#[test]
+fn the_scraper_gets_the_format_it_asks_for() {
+    let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    assert_eq!(Format::accepted(Some(prometheus)), Format::OpenMetrics);
+    assert_eq!(Format::accepted(None), Format::Prometheus);
+    assert_eq!(Format::accepted(Some("*/*")), Format::Prometheus);
+    assert_eq!(
+        Format::accepted(Some("text/plain, application/openmetrics-text;q=0")),
+        Format::Prometheus
+    );
+}
+
+#[test]
+fn the_prometheus_text_names_counters_with_their_total_and_has_no_eof() {
+    let metrics = Metrics::default();
+    metrics.received(3);
+    metrics.job_finished(Status::Succeeded, Duration::from_secs(3));
+    let text = metrics.render_as(&state(), Format::Prometheus);
+    assert!(
+        text.contains(
+            "# HELP deckhand_messages_received_total Job messages received from the queue.\n"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("# TYPE deckhand_messages_received_total counter\n"));
+    assert!(text.contains("\ndeckhand_messages_received_total 3\n"));
+    assert!(text.contains("# TYPE deckhand_jobs_total counter\n"));
+    assert!(!text.contains("# EOF"));
+    assert!(!text.contains("# UNIT"));
+    // Gauges and histograms keep their names.
+    assert!(text.contains("# TYPE deckhand_slots gauge\n"));
+    assert!(text.contains("# TYPE deckhand_job_duration_seconds histogram\n"));
 }

@@ -26,6 +26,44 @@ fn cache_volumes(source: &str) -> Vec<String> {
     .collect()
 }
 
+/// A job sees the cache's files, and cannot write there.
+async fn a_job_reads_it_read_only(s: &Scenario, agent: &AgentProcess) {
+    let Scenario { stack, aws, pool } = s;
+    let id = unique("reads-cache");
+    let script = "cat /cache/version.txt /cache/lib/dep.txt; touch /cache/x 2>/dev/null && echo WRITABLE || echo read-only";
+    aws.send_job(
+        &pool.queue_url,
+        &job(&id, &stack.image, &["sh", "-c", script]),
+    )
+    .await;
+    agent.wait_log("Result recorded.", LONG).await;
+    let log = aws.object(&pool.bucket, &keys::log(&id)).await.unwrap();
+    assert_eq!(
+        String::from_utf8(log).unwrap(),
+        "v1\na library\nread-only\n"
+    );
+}
+
+/// Creates `name` in the workspace volume of the running job `job_id`.
+fn touch_in_workspace(job_id: &str, name: &str) {
+    let workspace = docker(&[
+        "volume",
+        "ls",
+        "--filter",
+        &format!("label=deckhand.job_id={job_id}"),
+        "--format",
+        "{{.Name}}",
+    ]);
+    let mountpoint = docker(&[
+        "volume",
+        "inspect",
+        "--format",
+        "{{.Mountpoint}}",
+        workspace.trim(),
+    ]);
+    std::fs::write(Path::new(mountpoint.trim()).join(name), "").unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cache_volume_is_extracted_once_reused_and_swapped() {
     let Some(s) = Scenario::new("cache").await else {
@@ -41,19 +79,7 @@ async fn the_cache_volume_is_extracted_once_reused_and_swapped() {
         &format!("[agent]\nslots = 2\n[cache]\nsource = \"{source}\"\nrefresh_secs = 1"),
     );
     first.wait_log("Cache extracted.", LONG).await;
-    let id = unique("reads-cache");
-    let script = "cat /cache/version.txt /cache/lib/dep.txt; touch /cache/x 2>/dev/null && echo WRITABLE || echo read-only";
-    aws.send_job(
-        &pool.queue_url,
-        &job(&id, &stack.image, &["sh", "-c", script]),
-    )
-    .await;
-    first.wait_log("Result recorded.", LONG).await;
-    let log = aws.object(&pool.bucket, &keys::log(&id)).await.unwrap();
-    assert_eq!(
-        String::from_utf8(log).unwrap(),
-        "v1\na library\nread-only\n"
-    );
+    a_job_reads_it_read_only(&s, &first).await;
     first.signal(nix::sys::signal::Signal::SIGTERM);
     first.wait_exit(LONG).await;
 
@@ -100,22 +126,7 @@ async fn the_cache_volume_is_extracted_once_reused_and_swapped() {
         2,
         "the old version stays while a job uses it"
     );
-    let workspace = docker(&[
-        "volume",
-        "ls",
-        "--filter",
-        &format!("label=deckhand.job_id={old_reader}"),
-        "--format",
-        "{{.Name}}",
-    ]);
-    let mountpoint = docker(&[
-        "volume",
-        "inspect",
-        "--format",
-        "{{.Mountpoint}}",
-        workspace.trim(),
-    ]);
-    std::fs::write(Path::new(mountpoint.trim()).join("go"), "").unwrap();
+    touch_in_workspace(&old_reader, "go");
     assert_eq!(wait_log(old_reader.clone()).await, "v1\nv1\n");
     eventually("the old cache volume to be removed", LONG, || async {
         cache_volumes(&source).len() == 1

@@ -71,6 +71,25 @@ impl Drop for OwnImage {
     }
 }
 
+/// An agent with room to spare runs a job from `victim` and one from the stack's
+/// image, and so records both as its own; it removes neither.
+async fn runs_a_job_from_each_image(s: &Scenario, config: &TestConfig, victim: &OwnImage) {
+    let Scenario { stack, aws, pool } = s;
+    let mut agent = AgentProcess::start(config, "roomy");
+    let (a, b) = (unique("own"), unique("stack"));
+    aws.send_job(&pool.queue_url, &job(&a, &victim.0, &["true"]))
+        .await;
+    aws.send_job(&pool.queue_url, &job(&b, &stack.image, &["true"]))
+        .await;
+    for id in [&a, &b] {
+        assert_eq!(aws.wait_result(pool, id).await["status"], "succeeded");
+    }
+    agent.signal(Signal::SIGTERM);
+    assert_eq!(agent.wait_exit(LONG).await, Some(0));
+    assert_eq!(agent.count("Removed an unused image."), 0);
+    assert!(victim.exists());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_disk_collects_unused_images_and_stops_intake() {
     let Some(s) = Scenario::new("disk").await else {
@@ -96,19 +115,7 @@ async fn a_full_disk_collects_unused_images_and_stops_intake() {
     // First, with room to spare: the agent runs a job from each image and so
     // records both as its own.
     let roomy = config("min_free_mb = 1\ngc_free_mb = 1", "");
-    let mut agent = AgentProcess::start(&roomy, "roomy");
-    let (a, b) = (unique("own"), unique("stack"));
-    aws.send_job(&pool.queue_url, &job(&a, &victim.0, &["true"]))
-        .await;
-    aws.send_job(&pool.queue_url, &job(&b, &stack.image, &["true"]))
-        .await;
-    for id in [&a, &b] {
-        assert_eq!(aws.wait_result(pool, id).await["status"], "succeeded");
-    }
-    agent.signal(Signal::SIGTERM);
-    assert_eq!(agent.wait_exit(LONG).await, Some(0));
-    assert_eq!(agent.count("Removed an unused image."), 0);
-    assert!(victim.exists());
+    runs_a_job_from_each_image(&s, &roomy, &victim).await;
 
     // Then the same host with a disk that can never have enough room (1 PB):
     // its own unused image goes, the warm one stays, and no job is taken.

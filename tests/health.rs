@@ -100,25 +100,22 @@ fn sample(metrics: &str, name: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn metrics_and_health_say_what_the_agent_does() {
-    let Some(s) = Scenario::new("metrics").await else {
-        return;
-    };
-    let Scenario { stack, aws, pool } = &s;
-    let (_config, mut agent) = s.agent("i-metrics", "[metrics]\nlisten = \"127.0.0.1:0\"\n[queue]\nvisibility_timeout_secs = 600\n[drain]\nstop_timeout_secs = 600");
-    agent.wait_log("Ready; serving the queue.", LONG).await;
-    let address = agent
+/// The address the agent's metrics listener took (it asked for port 0).
+fn metrics_address(agent: &AgentProcess) -> String {
+    agent
         .logs()
         .into_iter()
         .find(|l| l["msg"] == "Serving metrics and health.")
         .expect("the listener's address is logged")["address"]
         .as_str()
         .unwrap()
-        .to_owned();
-    assert_eq!(scrape(&address, "/healthz").await, (200, "ok\n".into()));
-    assert_eq!(scrape(&address, "/readyz").await, (200, "ok\n".into()));
+        .to_owned()
+}
 
+/// One job of each ending is counted (succeeded, failed, rejected), and the gauges
+/// say a ready, idle agent.
+async fn finished_jobs_are_counted(s: &Scenario, address: &str) {
+    let Scenario { stack, aws, pool } = s;
     let (ok, failed, latest) = (unique("ok"), unique("failed"), unique("latest"));
     aws.send_job(&pool.queue_url, &job(&ok, &stack.image, &["true"]))
         .await;
@@ -134,13 +131,13 @@ async fn metrics_and_health_say_what_the_agent_does() {
         aws.wait_result(pool, id).await;
     }
     eventually("three jobs counted", LONG, || async {
-        let (_, text) = scrape(&address, "/metrics").await;
+        let (_, text) = scrape(address, "/metrics").await;
         sample(&text, "deckhand_jobs_total{status=\"rejected\"}") == Some(1.0)
             && sample(&text, "deckhand_jobs_total{status=\"failed\"}") == Some(1.0)
             && sample(&text, "deckhand_jobs_total{status=\"succeeded\"}") == Some(1.0)
     })
     .await;
-    let (status, text) = scrape(&address, "/metrics").await;
+    let (status, text) = scrape(address, "/metrics").await;
     assert_eq!(status, 200);
     for (name, value) in [
         ("deckhand_messages_received_total", 3.0),
@@ -157,17 +154,13 @@ async fn metrics_and_health_say_what_the_agent_does() {
     ] {
         assert_eq!(sample(&text, name), Some(value), "{name} in\n{text}");
     }
+}
 
-    let long = unique("long");
-    aws.send_job(
-        &pool.queue_url,
-        &job(&long, &stack.image, &["sleep", "600"]),
-    )
-    .await;
-    agent.wait_log("Job started.", LONG).await;
+/// The running job is counted, and its cgroup sampled.
+async fn a_running_job_is_sampled(address: &str) {
     eventually("the running job counted", LONG, || async {
         sample(
-            &scrape(&address, "/metrics").await.1,
+            &scrape(address, "/metrics").await.1,
             "deckhand_jobs_running",
         ) == Some(1.0)
     })
@@ -177,7 +170,7 @@ async fn metrics_and_health_say_what_the_agent_does() {
         "the running job's memory, by profile and slot",
         LONG,
         || async {
-            let text = scrape(&address, "/metrics").await.1;
+            let text = scrape(address, "/metrics").await.1;
             sample(
                 &text,
                 "deckhand_running_memory_bytes{profile=\"default\",slot=\"0\"}",
@@ -191,6 +184,30 @@ async fn metrics_and_health_say_what_the_agent_does() {
         },
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_and_health_say_what_the_agent_does() {
+    let Some(s) = Scenario::new("metrics").await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
+    let (_config, mut agent) = s.agent("i-metrics", "[metrics]\nlisten = \"127.0.0.1:0\"\n[queue]\nvisibility_timeout_secs = 600\n[drain]\nstop_timeout_secs = 600");
+    agent.wait_log("Ready; serving the queue.", LONG).await;
+    let address = metrics_address(&agent);
+    assert_eq!(scrape(&address, "/healthz").await, (200, "ok\n".into()));
+    assert_eq!(scrape(&address, "/readyz").await, (200, "ok\n".into()));
+
+    finished_jobs_are_counted(&s, &address).await;
+
+    let long = unique("long");
+    aws.send_job(
+        &pool.queue_url,
+        &job(&long, &stack.image, &["sleep", "600"]),
+    )
+    .await;
+    agent.wait_log("Job started.", LONG).await;
+    a_running_job_is_sampled(&address).await;
     // Draining, the job still running (stop_timeout_secs 600): a load balancer or
     // an operator's probe learns that this host takes no more work.
     agent.signal(Signal::SIGTERM);

@@ -9,6 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::agent::{AgentProcess, agent_config};
+use common::aws::{Aws, Pool};
 use common::scenario::Scenario;
 use common::sealed::{DB_PASS, seal, secrets_config, secrets_dir};
 use common::*;
@@ -80,7 +81,16 @@ async fn each_outcome_meets_its_fate_on_the_queue() {
             .starts_with("body: not valid JSON")
     );
 
-    // Terminal outcomes are deleted; the rejected ones are copied to the DLQ first.
+    assert_only_the_rejected_are_dead_lettered(aws, pool).await;
+    for id in [&ok, &failed, &slow] {
+        assert_clean(id);
+    }
+    drop(agent);
+}
+
+/// Terminal outcomes are deleted; the rejected ones (a refused image, a body that
+/// is not JSON) are copied to the DLQ first.
+async fn assert_only_the_rejected_are_dead_lettered(aws: &Aws, pool: &Pool) {
     aws.wait_empty(pool).await;
     let dead = aws.drain_queue(&pool.dlq_url).await;
     let mut reasons: Vec<String> = dead
@@ -103,10 +113,6 @@ async fn each_outcome_meets_its_fate_on_the_queue() {
         "{reasons:?}"
     );
     assert!(dead.iter().any(|m| m.body() == Some("this is not json")));
-    for id in [&ok, &failed, &slow] {
-        assert_clean(id);
-    }
-    drop(agent);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -60,28 +60,7 @@ async fn jobs_get_exactly_their_secrets_and_logs_never_show_them() {
     );
 
     let log = String::from_utf8(aws.object(&pool.bucket, &keys::log(&id)).await.unwrap()).unwrap();
-    let lines: Vec<&str> = log.lines().collect();
-    assert_eq!(
-        &lines[..7],
-        [
-            "-r-------- 0 deploy-key",
-            "-r-------- 0 npm-token",
-            "env-npm-token",
-            "no-env-deploy-key",
-            "no-env-db-pass",
-            "plain: ***",
-            "base64: ***",
-        ],
-        "{log}"
-    );
-    assert!(log.contains("env: ***\n"), "{log}");
-    assert!(log.contains("split: ***\n"), "{log}");
-    // Every line of a multi-line secret is masked, its armour too.
-    assert!(
-        log.contains("split: ***\n***\n***\n***\nunlisted: done\n"),
-        "{log}"
-    );
-    assert_no_secret("log.txt", &log);
+    assert_the_log_is_masked(&log);
     assert_no_secret("result.json", &result.to_string());
     let stdout = std::fs::read_to_string(agent.log_path()).unwrap();
     assert!(
@@ -104,6 +83,33 @@ async fn jobs_get_exactly_their_secrets_and_logs_never_show_them() {
     std::fs::remove_dir_all(&shm).unwrap();
 }
 
+/// What the job printed, each secret in every form it took masked: its files'
+/// modes first, then the plain, base64, env, split and multi-line forms.
+fn assert_the_log_is_masked(log: &str) {
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(
+        &lines[..7],
+        [
+            "-r-------- 0 deploy-key",
+            "-r-------- 0 npm-token",
+            "env-npm-token",
+            "no-env-deploy-key",
+            "no-env-db-pass",
+            "plain: ***",
+            "base64: ***",
+        ],
+        "{log}"
+    );
+    assert!(log.contains("env: ***\n"), "{log}");
+    assert!(log.contains("split: ***\n"), "{log}");
+    // Every line of a multi-line secret is masked, its armour too.
+    assert!(
+        log.contains("split: ***\n***\n***\n***\nunlisted: done\n"),
+        "{log}"
+    );
+    assert_no_secret("log.txt", log);
+}
+
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap().flatten() {
@@ -117,24 +123,30 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Boots an agent on `config` that must stop with exit 78 (the config's fault);
+/// the one line it leaves.
+async fn exit_78(s: &Scenario, what: &str, config: &str) -> String {
+    let (code, line) = boot_failure(&s.stack, &s.aws, &s.pool, config).await;
+    assert_eq!(code, Some(78), "{what}: {line}");
+    line
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_bundles_stop_the_agent_with_exit_78_and_one_line() {
     let Some(s) = Scenario::new("badseal").await else {
         return;
     };
-    let Scenario { stack, aws, pool } = &s;
+    let Scenario { aws, pool, .. } = &s;
     let dir = tempfile::tempdir().unwrap();
     let sealed = seal(aws, pool, dir.path()).await;
     let shm = secrets_dir();
 
-    let (code, line) = boot_failure(
-        stack,
-        aws,
-        pool,
+    let line = exit_78(
+        &s,
+        "wrong context",
         &secrets_config(&sealed, &shm, "some-other-pool"),
     )
     .await;
-    assert_eq!(code, Some(78), "wrong context: {line}");
     assert!(
         line.contains("KMS refused the bundle's data key (InvalidCiphertextException)"),
         "{line}"
@@ -144,14 +156,8 @@ async fn bad_bundles_stop_the_agent_with_exit_78_and_one_line() {
         key: "secrets/nothing-here.json".into(),
         ..seal(aws, pool, dir.path()).await
     };
-    let (code, line) = boot_failure(
-        stack,
-        aws,
-        pool,
-        &secrets_config(&missing, &shm, &missing.pool_name),
-    )
-    .await;
-    assert_eq!(code, Some(78), "missing object: {line}");
+    let config = secrets_config(&missing, &shm, &missing.pool_name);
+    let line = exit_78(&s, "missing object", &config).await;
     assert!(
         line.contains("fetch the secret bundle") && line.contains("NoSuchKey"),
         "{line}"
@@ -170,14 +176,8 @@ async fn bad_bundles_stop_the_agent_with_exit_78_and_one_line() {
         bundle.to_string().into_bytes(),
     )
     .await;
-    let (code, line) = boot_failure(
-        stack,
-        aws,
-        pool,
-        &secrets_config(&tampered, &shm, &tampered.pool_name),
-    )
-    .await;
-    assert_eq!(code, Some(78), "tampered: {line}");
+    let config = secrets_config(&tampered, &shm, &tampered.pool_name);
+    let line = exit_78(&s, "tampered", &config).await;
     assert!(line.contains("fails its integrity check"), "{line}");
 
     // The pool may only decrypt with its own key; this bundle was sealed with
@@ -197,8 +197,7 @@ async fn bad_bundles_stop_the_agent_with_exit_78_and_one_line() {
         "[profiles.deploy]",
         &format!("kms_key_id = \"{other_key}\"\n[profiles.deploy]"),
     );
-    let (code, line) = boot_failure(stack, aws, pool, &config).await;
-    assert_eq!(code, Some(78), "denied: {line}");
+    let line = exit_78(&s, "denied", &config).await;
     assert!(
         line.contains("KMS refused the bundle's data key (AccessDeniedException)"),
         "{line}"
@@ -207,14 +206,8 @@ async fn bad_bundles_stop_the_agent_with_exit_78_and_one_line() {
     // Secrets on a disk are refused before any job could write them there.
     // Under target/: on the disk whatever TMPDIR says.
     let on_disk = Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("not-tmpfs"));
-    let (code, line) = boot_failure(
-        stack,
-        aws,
-        pool,
-        &secrets_config(&sealed, &on_disk, &sealed.pool_name),
-    )
-    .await;
-    assert_eq!(code, Some(78));
+    let config = secrets_config(&sealed, &on_disk, &sealed.pool_name);
+    let line = exit_78(&s, "not on tmpfs", &config).await;
     assert!(line.contains("not on tmpfs"), "{line}");
     std::fs::remove_dir_all(&shm).unwrap();
 }

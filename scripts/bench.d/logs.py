@@ -16,6 +16,14 @@ from common import BenchError, TARGETS, cpu_secs, free_port, http_ok, proc_statu
 class LogFigures:
     """log_flood."""
 
+    FLOOD_KINDS = {
+        # About 100-byte lines: the line splitter, the masker and the per-line
+        # log event are the cost.
+        "text": "yes 'deckhand log flood: the quick brown fox jumps over the lazy dog 0123456789 ABCDEFGHIJ' | head -c {n}",
+        # 100 KiB lines, past the 64 KiB at which deckhand splits a line.
+        "long": "l=$(head -c 102400 /dev/zero | tr '\\0' x); yes \"$l\" | head -c {n}",
+    }
+
     def flood_setup(self):
         """A bundle of 20 pool secrets in moto, and an exec config and a job that
         asks for all 20, so that every line is masked against all of them."""

@@ -12,6 +12,61 @@ use common::*;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+/// The artifacts a result lists: path -> (bytes, SHA-256).
+fn listed(result: &serde_json::Value) -> BTreeMap<String, (u64, String)> {
+    result["artifacts"]
+        .as_array()
+        .expect("artifacts listed")
+        .iter()
+        .map(|a| {
+            let path = a["path"].as_str().unwrap().to_owned();
+            (
+                path,
+                (
+                    a["bytes"].as_u64().unwrap(),
+                    a["sha256"].as_str().unwrap().to_owned(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// The four files the job's patterns match and that may go up.
+fn expected_listing() -> BTreeMap<String, (u64, String)> {
+    [
+        ("dist/app.bin", "app\n"),
+        ("dist/sub/lib.bin", "lib\n"),
+        ("reports/a.xml", "<a/>\n"),
+        ("reports/b.xml", "<b/>\n"),
+    ]
+    .into_iter()
+    .map(|(path, content)| {
+        let sha = hex::encode(Sha256::digest(content.as_bytes()));
+        (path.to_owned(), (content.len() as u64, sha))
+    })
+    .collect()
+}
+
+/// The symlink and the file over the cap are left out, each with its reason.
+fn assert_left_out(result: &serde_json::Value) {
+    let left_out = result["artifacts_left_out"].as_array().unwrap();
+    let reason = |path: &str| {
+        left_out
+            .iter()
+            .find(|l| l["path"] == path)
+            .map(|l| l["reason"].as_str().unwrap().to_owned())
+            .unwrap_or_else(|| panic!("{path} not left out: {left_out:?}"))
+    };
+    assert!(
+        reason("dist/passwd.bin").contains("a symlink"),
+        "{left_out:?}"
+    );
+    assert!(
+        reason("dist/big.bin").contains("artifacts_max_mb = 1 reached"),
+        "{left_out:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn matched_files_are_uploaded_listed_and_checked_on_the_way_down() {
     let Some(s) = Scenario::new("artifacts").await else {
@@ -34,51 +89,9 @@ async fn matched_files_are_uploaded_listed_and_checked_on_the_way_down() {
         result["status"], "failed",
         "a failed job's artifacts go up too: {result}"
     );
-    let listed: BTreeMap<String, (u64, String)> = result["artifacts"]
-        .as_array()
-        .expect("artifacts listed")
-        .iter()
-        .map(|a| {
-            let path = a["path"].as_str().unwrap().to_owned();
-            (
-                path,
-                (
-                    a["bytes"].as_u64().unwrap(),
-                    a["sha256"].as_str().unwrap().to_owned(),
-                ),
-            )
-        })
-        .collect();
-    let expected: BTreeMap<String, (u64, String)> = [
-        ("dist/app.bin", "app\n"),
-        ("dist/sub/lib.bin", "lib\n"),
-        ("reports/a.xml", "<a/>\n"),
-        ("reports/b.xml", "<b/>\n"),
-    ]
-    .into_iter()
-    .map(|(path, content)| {
-        let sha = hex::encode(Sha256::digest(content.as_bytes()));
-        (path.to_owned(), (content.len() as u64, sha))
-    })
-    .collect();
-    assert_eq!(listed, expected, "{result}");
+    assert_eq!(listed(&result), expected_listing(), "{result}");
     assert_eq!(result["artifacts_unmatched"], json!(["coverage/*.html"]));
-    let left_out = result["artifacts_left_out"].as_array().unwrap();
-    let reason = |path: &str| {
-        left_out
-            .iter()
-            .find(|l| l["path"] == path)
-            .map(|l| l["reason"].as_str().unwrap().to_owned())
-            .unwrap_or_else(|| panic!("{path} not left out: {left_out:?}"))
-    };
-    assert!(
-        reason("dist/passwd.bin").contains("a symlink"),
-        "{left_out:?}"
-    );
-    assert!(
-        reason("dist/big.bin").contains("artifacts_max_mb = 1 reached"),
-        "{left_out:?}"
-    );
+    assert_left_out(&result);
 
     let bucket = &s.pool.bucket;
     let app = s

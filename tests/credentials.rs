@@ -14,7 +14,6 @@ use serde_json::json;
 
 const ROLE: &str = "arn:aws:iam::123456789012:role/ci-deploy";
 
-/// The environment Docker gave the job's container.
 /// The container of a job the agent started.
 fn container_of(agent: &AgentProcess, job_id: &str) -> String {
     agent
@@ -27,6 +26,7 @@ fn container_of(agent: &AgentProcess, job_id: &str) -> String {
         .to_owned()
 }
 
+/// The environment Docker gave the job's container.
 fn container_env(agent: &AgentProcess, job_id: &str) -> HashMap<String, String> {
     let container = container_of(agent, job_id);
     let env: Vec<String> = serde_json::from_str(&docker(&[
@@ -53,6 +53,32 @@ async fn ask(uri: &str, token: Option<&str>) -> (u16, serde_json::Value) {
     let status = response.status().as_u16();
     let body = response.text().await.unwrap();
     (status, serde_json::from_str(&body).unwrap_or(json!(body)))
+}
+
+/// The job's endpoint serves the role's credentials, reused until near expiry, to
+/// its token and to no other.
+async fn the_role_is_served_to_its_token_alone(agent: &AgentProcess, uri: &str, token: &str) {
+    let (status, first) = ask(uri, Some(token)).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["RoleArn"], ROLE);
+    for field in ["AccessKeyId", "SecretAccessKey", "Token"] {
+        assert!(
+            !first[field].as_str().unwrap().is_empty(),
+            "{field} in {first}"
+        );
+    }
+    let expiration =
+        chrono::DateTime::parse_from_rfc3339(first["Expiration"].as_str().unwrap()).unwrap();
+    assert!(expiration > chrono::Utc::now() + chrono::TimeDelta::minutes(30));
+    let (_, again) = ask(uri, Some(token)).await;
+    assert_eq!(
+        again["AccessKeyId"], first["AccessKeyId"],
+        "reused until near expiry"
+    );
+    assert_eq!(agent.count("Assumed the job's role."), 1);
+
+    assert_eq!(ask(uri, Some("not-the-token")).await.0, 403);
+    assert_eq!(ask(uri, None).await.0, 401);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -106,27 +132,7 @@ async fn a_job_gets_its_profiles_role_and_only_while_it_runs() {
         "a profile without a role gets no AWS variables: {other:?}"
     );
 
-    let (status, first) = ask(&uri, Some(&token)).await;
-    assert_eq!(status, 200, "{first}");
-    assert_eq!(first["RoleArn"], ROLE);
-    for field in ["AccessKeyId", "SecretAccessKey", "Token"] {
-        assert!(
-            !first[field].as_str().unwrap().is_empty(),
-            "{field} in {first}"
-        );
-    }
-    let expiration =
-        chrono::DateTime::parse_from_rfc3339(first["Expiration"].as_str().unwrap()).unwrap();
-    assert!(expiration > chrono::Utc::now() + chrono::TimeDelta::minutes(30));
-    let (_, again) = ask(&uri, Some(&token)).await;
-    assert_eq!(
-        again["AccessKeyId"], first["AccessKeyId"],
-        "reused until near expiry"
-    );
-    assert_eq!(agent.count("Assumed the job's role."), 1);
-
-    assert_eq!(ask(&uri, Some("not-the-token")).await.0, 403);
-    assert_eq!(ask(&uri, None).await.0, 401);
+    the_role_is_served_to_its_token_alone(&agent, &uri, &token).await;
 
     // The job ends (its timeout): its token with it.
     let start = tokio::time::Instant::now();

@@ -274,19 +274,15 @@ fn the_container_is_locked_down() {
     docker(&["volume", "rm", &volume]);
 }
 
-#[test]
-fn refusals_name_the_field_and_exit_65() {
-    let Some(stack) = Stack::or_skip() else {
-        return;
-    };
-    let config = TestConfig::new(&stack, "");
+/// Jobs `exec` refuses, each with the start of the reason that names its field.
+fn refusals(stack: &Stack) -> Vec<(serde_json::Value, &'static str)> {
     let base = |id: &str| job(id, &stack.image, &["true"]);
     let image = |image: &str| {
         let mut j = base("refused");
         j["image"] = json!(image);
         j
     };
-    let cases: Vec<(serde_json::Value, &str)> = vec![
+    vec![
         (
             image(&format!("{}/ci/busybox:latest", stack.registry)),
             "image: tag \"latest\" is not allowed; pin a version or a digest",
@@ -328,8 +324,16 @@ fn refusals_name_the_field_and_exit_65() {
             },
             "timeout_secs: 100000 is out of range",
         ),
-    ];
-    for (spec, reason) in cases {
+    ]
+}
+
+#[test]
+fn refusals_name_the_field_and_exit_65() {
+    let Some(stack) = Stack::or_skip() else {
+        return;
+    };
+    let config = TestConfig::new(&stack, "");
+    for (spec, reason) in refusals(&stack) {
         let run = exec(&config, &spec);
         assert_eq!(run.code, Some(65), "{spec}: {}", run.stderr);
         assert_eq!(run.result["status"], "rejected");

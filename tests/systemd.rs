@@ -4,6 +4,8 @@
 mod common;
 
 use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,6 +13,53 @@ use common::agent::{AgentProcess, agent_config};
 use common::scenario::Scenario;
 use common::*;
 use nix::sys::signal::Signal;
+
+/// A socket like systemd's notify socket, its datagrams collected line by line by a
+/// thread until `stop`.
+struct NotifySocket {
+    received: Arc<Mutex<Vec<String>>>,
+    done: Arc<AtomicBool>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl NotifySocket {
+    fn bind(path: &Path) -> NotifySocket {
+        let socket = UnixDatagram::bind(path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let received: Arc<Mutex<Vec<String>>> = Arc::default();
+        let done = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let received = received.clone();
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while !done.load(Ordering::Relaxed) {
+                    if let Ok(n) = socket.recv(&mut buf) {
+                        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                        received
+                            .lock()
+                            .unwrap()
+                            .extend(text.lines().map(str::to_owned));
+                    }
+                }
+            })
+        };
+        NotifySocket {
+            received,
+            done,
+            reader,
+        }
+    }
+
+    /// Stops the reader: every line received.
+    fn stop(self) -> Vec<String> {
+        self.done.store(true, Ordering::Relaxed);
+        self.reader.join().unwrap();
+        self.received.lock().unwrap().clone()
+    }
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn notifications_arrive_in_order() {
@@ -20,28 +69,8 @@ async fn notifications_arrive_in_order() {
     let Scenario { stack, aws, pool } = &s;
     let dir = tempfile::tempdir().unwrap();
     let socket_path = dir.path().join("notify.sock");
-    let socket = UnixDatagram::bind(&socket_path).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let received: Arc<Mutex<Vec<String>>> = Arc::default();
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let reader = {
-        let received = received.clone();
-        let done = done.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                if let Ok(n) = socket.recv(&mut buf) {
-                    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-                    received
-                        .lock()
-                        .unwrap()
-                        .extend(text.lines().map(str::to_owned));
-                }
-            }
-        })
-    };
+    let notify = NotifySocket::bind(&socket_path);
+    let received = &notify.received;
     let config = agent_config(stack, pool, &aws.endpoint, &unique("i-notify"), "");
     let mut agent = AgentProcess::start_with(
         &config,
@@ -73,10 +102,7 @@ async fn notifications_arrive_in_order() {
     agent.signal(Signal::SIGTERM);
     assert_eq!(agent.wait_exit(LONG).await, Some(0));
     eventually("STOPPING=1", LONG, || async { has("STOPPING=1") }).await;
-    done.store(true, std::sync::atomic::Ordering::Relaxed);
-    reader.join().unwrap();
-
-    let lines = received.lock().unwrap().clone();
+    let lines = notify.stop();
     let first = |needle: &str| {
         lines
             .iter()

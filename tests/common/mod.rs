@@ -14,10 +14,13 @@
 pub mod agent;
 pub mod archives;
 pub mod aws;
+pub mod boot;
 pub mod imds;
 pub mod keys;
+pub mod notices;
 pub mod proxy;
 pub mod scenario;
+pub mod sealed;
 pub mod workload;
 
 use std::path::{Path, PathBuf};

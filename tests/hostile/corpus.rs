@@ -66,10 +66,26 @@ fn runs(name: &'static str, body: String) -> Case {
 }
 
 pub fn cases() -> Vec<Case> {
-    let long_key = "K".repeat(200_000);
+    [
+        the_body(),
+        version(),
+        id(),
+        image_and_command(),
+        env_secrets_and_profile(),
+        timeout_and_resources(),
+        workdir_artifacts_and_inputs(),
+        edges_that_run(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// The body itself: not JSON, not an object, cut short, nested too deep, a key
+/// twice, unknown fields, a squat.
+fn the_body() -> Vec<Case> {
     let deep = format!("{}1{}", "[".repeat(500), "]".repeat(500));
     vec![
-        // The body itself.
         schema("empty", String::new(), &["body", "not valid JSON"]),
         schema("null", "null".into(), &["body", "must be a JSON object"]),
         schema("array", "[]".into(), &["body", "must be a JSON object"]),
@@ -129,7 +145,12 @@ pub fn cases() -> Vec<Case> {
             r#"{"version":1,"id":"{ID}","bogus":true}"#.into(),
             &["unknown field `bogus`"],
         ),
-        // version
+    ]
+}
+
+/// `version`: missing, of the wrong type or value.
+fn version() -> Vec<Case> {
+    vec![
         schema(
             "version 2",
             r#"{"version":2,"id":"{ID}","image":"{IMG}"}"#.into(),
@@ -155,7 +176,12 @@ pub fn cases() -> Vec<Case> {
             r#"{"id":"{ID}","image":"{IMG}"}"#.into(),
             &["missing field `version`"],
         ),
-        // id
+    ]
+}
+
+/// `id`: missing, of the wrong type, empty, too long, hidden, a path, not ASCII.
+fn id() -> Vec<Case> {
+    vec![
         schema(
             "id missing",
             r#"{"version":1,"image":"{IMG}"}"#.into(),
@@ -213,7 +239,12 @@ pub fn cases() -> Vec<Case> {
             &["id"],
             Under::MessageId,
         ),
-        // image
+    ]
+}
+
+/// `image` against the policy, and `command`.
+fn image_and_command() -> Vec<Case> {
+    vec![
         schema(
             "image missing",
             r#"{"version":1,"id":"{ID}"}"#.into(),
@@ -266,7 +297,13 @@ pub fn cases() -> Vec<Case> {
             &["command", "NUL"],
             Under::Id,
         ),
-        // env
+    ]
+}
+
+/// `env` (names, reserved prefixes, sizes), `secrets` and `profile`.
+fn env_secrets_and_profile() -> Vec<Case> {
+    let long_key = "K".repeat(200_000);
+    vec![
         policy(
             "env name starts with a digit",
             r#","env":{"1A":"x"}"#,
@@ -331,7 +368,12 @@ pub fn cases() -> Vec<Case> {
             job(r#","profile":5"#),
             &["profile", "invalid type"],
         ),
-        // timeout
+    ]
+}
+
+/// `timeout_secs` and `resources`: types, floors and the profile's caps.
+fn timeout_and_resources() -> Vec<Case> {
+    vec![
         policy("timeout zero", r#","timeout_secs":0"#, &["timeout_secs"]),
         policy(
             "timeout past 12 hours",
@@ -399,7 +441,12 @@ pub fn cases() -> Vec<Case> {
             job(r#","inputs":[["s3://b/k"]]"#),
             &["inputs[0]: must be an object"],
         ),
-        // workdir
+    ]
+}
+
+/// `workdir`, `artifacts` and `inputs`: paths out of the workdir, types.
+fn workdir_artifacts_and_inputs() -> Vec<Case> {
+    vec![
         policy(
             "workdir relative",
             r#","workdir":"work""#,
@@ -463,7 +510,12 @@ pub fn cases() -> Vec<Case> {
             job(r#","inputs":[{"source":"s3://b/k","extract":"yes"}]"#),
             &["extract", "invalid type"],
         ),
-        // Edges that are fine: they run.
+    ]
+}
+
+/// Edges that are fine: they run.
+fn edges_that_run() -> Vec<Case> {
+    vec![
         runs(
             "id of 128 characters",
             job("").replace("{ID}", "{ID}-{PAD}"),

@@ -101,6 +101,45 @@ async fn result_in_time(s: &Scenario, id: &str, sent: Instant) -> Value {
     result
 }
 
+/// A job named `name` (then made unique) running `script` within TIMEOUT_SECS.
+fn attack(s: &Scenario, name: &str, script: &str) -> Value {
+    let mut body = job(&unique(name), &s.stack.image, &["sh", "-c", script]);
+    body["timeout_secs"] = json!(TIMEOUT_SECS);
+    body
+}
+
+/// Sends every attack: (name, job id, when sent).
+async fn send_attacks(s: &Scenario) -> Vec<(String, String, Instant)> {
+    let bucket = &s.pool.bucket;
+    // Backtracking: more than 90 s of one core under the old matcher.
+    let mut bomb = attack(
+        s,
+        "glob-bomb",
+        &format!("touch {}.txt; echo made", "a".repeat(200)),
+    );
+    bomb["artifacts"] = json!(["*a*a*a*a*a*a*a*a*a*a*a*a*b"]);
+    // A pattern rooted at the workdir beside a sparse 10 TiB file: Docker would
+    // stream every byte of it.
+    let script = "truncate -s 10995116277760 huge && echo small > small.txt";
+    let mut sparse = attack(s, "sparse", script);
+    sparse["artifacts"] = json!(["**/small.txt", "huge"]);
+    let mut jobs = vec![("glob-bomb", bomb), ("sparse", sparse)];
+    for (name, archive, _) in hostile_inputs() {
+        let key = format!("hostile/{name}.tar");
+        s.aws.put(bucket, &key, archive).await;
+        let mut body = attack(s, name, "echo ran");
+        body["inputs"] = json!([{"source": format!("s3://{bucket}/{key}")}]);
+        jobs.push((name, body));
+    }
+    let mut sent = Vec::new();
+    for (name, body) in jobs {
+        s.send_job(&body).await;
+        let id = body["id"].as_str().unwrap().to_owned();
+        sent.push((name.to_owned(), id, Instant::now()));
+    }
+    sent
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_artifacts_and_inputs_end_in_time_with_bounded_reasons() {
     let Some(s) = Scenario::new("boundary").await else {
@@ -113,56 +152,11 @@ async fn hostile_artifacts_and_inputs_end_in_time_with_bounded_reasons() {
             "[agent]\nslots = 3\n[profiles.default]\ninput_buckets = [\"{bucket}\"]\ninputs_max_mb = 1\nartifacts_max_mb = 1"
         ),
     );
-    let mut sent = Vec::new();
-    let mut send = async |name: &str, body: Value| {
-        s.send_job(&body).await;
-        sent.push((
-            name.to_owned(),
-            body["id"].as_str().unwrap().to_owned(),
-            Instant::now(),
-        ));
-    };
-
-    // Backtracking: more than 90 s of one core under the old matcher.
-    let id = unique("glob-bomb");
-    let make = format!("touch {}.txt; echo made", "a".repeat(200));
-    let mut body = job(&id, &s.stack.image, &["sh", "-c", &make]);
-    body["timeout_secs"] = json!(TIMEOUT_SECS);
-    body["artifacts"] = json!(["*a*a*a*a*a*a*a*a*a*a*a*a*b"]);
-    send("glob-bomb", body).await;
-
-    // A pattern rooted at the workdir beside a sparse 10 TB file: Docker would
-    // stream every byte of it.
-    let id = unique("sparse");
-    let mut body = job(
-        &id,
-        &s.stack.image,
-        &[
-            "sh",
-            "-c",
-            "truncate -s 10995116277760 huge && echo small > small.txt",
-        ],
-    );
-    body["timeout_secs"] = json!(TIMEOUT_SECS);
-    body["artifacts"] = json!(["**/small.txt", "huge"]);
-    send("sparse", body).await;
-
-    for (name, archive, _) in hostile_inputs() {
-        let key = format!("hostile/{name}.tar");
-        s.aws.put(&bucket, &key, archive).await;
-        let id = unique(name);
-        let mut body = job(&id, &s.stack.image, &["sh", "-c", "echo ran"]);
-        body["timeout_secs"] = json!(TIMEOUT_SECS);
-        body["inputs"] = json!([{"source": format!("s3://{bucket}/{key}")}]);
-        send(name, body).await;
-    }
-
+    let sent = send_attacks(&s).await;
     let mut results = std::collections::HashMap::new();
     for (name, id, at) in &sent {
-        results.insert(
-            name.clone(),
-            (id.clone(), result_in_time(&s, id, *at).await),
-        );
+        let result = result_in_time(&s, id, *at).await;
+        results.insert(name.clone(), (id.clone(), result));
     }
     let (_, bomb) = &results["glob-bomb"];
     assert_eq!(bomb["status"], "succeeded", "{bomb}");
@@ -173,10 +167,11 @@ async fn hostile_artifacts_and_inputs_end_in_time_with_bounded_reasons() {
     );
     let (_, sparse) = &results["sparse"];
     assert_eq!(sparse["status"], "succeeded", "{sparse}");
-    let left_out = sparse["artifacts_left_out"].to_string();
     assert!(
-        left_out.contains("artifacts_max_mb = 1 reached"),
-        "the 10 TB file is counted at its size, never staged: {sparse}"
+        sparse["artifacts_left_out"]
+            .to_string()
+            .contains("artifacts_max_mb = 1 reached"),
+        "the 10 TiB file is counted at its size, never staged: {sparse}"
     );
     for (name, _, words) in hostile_inputs() {
         let (id, result) = &results[name];

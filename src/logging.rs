@@ -17,7 +17,7 @@ use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::job::mask::SharedMasker;
+use crate::mask::SharedMasker;
 
 /// The target job output is logged under, so filters can tell it apart.
 pub const JOB_OUTPUT_TARGET: &str = "deckhand::job_output";

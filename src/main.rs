@@ -11,9 +11,9 @@ use deckhand::cli::{self, exec::Executed};
 use deckhand::config::{self, Config, Env};
 use deckhand::exit::{self, ExitStatus};
 use deckhand::host::stop::{self, Stop};
-use deckhand::job::mask::SharedMasker;
 use deckhand::job::result::JobResult;
 use deckhand::logging::{self, LogFormat};
+use deckhand::mask::SharedMasker;
 
 #[derive(Parser)]
 #[command(

@@ -8,10 +8,10 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc::Receiver;
 
 use crate::agent::Agent;
-use crate::aws::results::StoreError;
 use crate::backoff::{Backoff, Budget};
 use crate::job::artifacts::{Collected, Staged};
 use crate::job::result::JobResult;
+use crate::record::StoreError;
 
 /// Artifact uploads in flight at once, per job.
 const UPLOADS_AT_ONCE: usize = 4;

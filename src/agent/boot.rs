@@ -18,7 +18,7 @@ use crate::host::disk::Disk;
 use crate::host::secrets::Secrets;
 use crate::host::stop::Stop;
 use crate::host::systemd;
-use crate::job::mask::SharedMasker;
+use crate::mask::SharedMasker;
 
 /// The longest pause of the boot's retry loops.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);

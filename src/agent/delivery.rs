@@ -12,7 +12,6 @@ use crate::agent::Agent;
 use crate::agent::artifacts::Upload;
 use crate::agent::fate::{self, Admission, ClaimLookup, Fate, Lookup};
 use crate::agent::slots::Slot;
-use crate::aws::results::{CancelRequest, Claim, ClaimOutcome, Recorded, StoreError};
 use crate::aws::sqs::Received;
 use crate::backoff::Backoff;
 use crate::host::stop::Preemption;
@@ -23,6 +22,7 @@ use crate::job::result::{JobResult, Status};
 use crate::job::runner::{Controls, Finished};
 use crate::job::usage::LiveUsage;
 use crate::job::{Job, Rejection};
+use crate::record::{CancelRequest, Claim, ClaimOutcome, Recorded, StoreError};
 
 /// On a job's container: the SQS receipt handle of its message, so that an agent
 /// restarted after a crash can hand the message back at once.
@@ -59,7 +59,7 @@ impl Agent {
     /// the job's container is gone.
     pub(super) async fn deliver(&self, message: Received, slot: Slot, preemption: &Preemption) {
         let job = Job::parse(message.body.as_bytes(), &self.config)
-            .and_then(|job| self.secrets.check_job(&job).map(|()| job));
+            .and_then(|job| job.check_bundle(&self.secrets).map(|()| job));
         match job {
             Ok(job) => {
                 tracing::Span::current().record("job_id", job.id.as_str());

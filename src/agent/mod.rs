@@ -33,7 +33,6 @@ use crate::agent::boot::Booted;
 use crate::agent::health::Health;
 use crate::agent::metrics::Metrics;
 use crate::aws::autoscaling::Leaving;
-use crate::aws::results::{Notifier, ResultStore};
 use crate::aws::sqs::Queue;
 use crate::config::Config;
 use crate::docker::Docker;
@@ -42,10 +41,11 @@ use crate::host::disk::Disk;
 use crate::host::secrets::{Secrets, SecretsError};
 use crate::host::stop::{Stop, StopReason};
 use crate::host::systemd;
-use crate::job::mask::Masker;
-use crate::job::mask::SharedMasker;
 use crate::job::runner::Runner;
 use crate::job::sweep::Sweeper;
+use crate::mask::Masker;
+use crate::mask::SharedMasker;
+use crate::record::{Notifier, ResultStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {

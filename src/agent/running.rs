@@ -5,10 +5,10 @@
 use std::convert::Infallible;
 
 use crate::agent::Agent;
-use crate::aws::results::Renewal;
 use crate::aws::sqs::Received;
 use crate::job::cancel::Cancel;
 use crate::job::live::LiveTail;
+use crate::record::Renewal;
 
 impl Agent {
     /// Keeps the message hidden and the claim alive while the job runs. Never

@@ -4,7 +4,6 @@
 pub mod autoscaling;
 pub mod ec2;
 pub mod imds;
-pub mod results;
 pub mod sqs;
 
 use std::time::Duration;

@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use crate::aws::results::StoreError;
 use crate::cli::RecordError;
 use crate::config::Config;
 use crate::job::artifacts::Artifact;
+use crate::record::StoreError;
 use crate::rules::bounded_text;
 
 #[derive(Debug, thiserror::Error)]

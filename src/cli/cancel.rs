@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
-use crate::aws::results::{CancelAnswer, CancelRequest, StoreError};
 use crate::cli::RecordError;
 use crate::config::Config;
 use crate::job::result::JobResult;
+use crate::record::{CancelAnswer, CancelRequest, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CancelError {

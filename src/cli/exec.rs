@@ -11,11 +11,11 @@ use crate::docker::{Docker, DockerError};
 use crate::host::secrets::Secrets;
 use crate::host::stop::{Preemption, Stop};
 use crate::job::cancel::Cancel;
-use crate::job::mask::SharedMasker;
 use crate::job::result::JobResult;
 use crate::job::runner::{Controls, Runner};
 use crate::job::spec::Job;
 use crate::job::sweep::Sweeper;
+use crate::mask::SharedMasker;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
@@ -97,7 +97,7 @@ pub async fn exec(
         })?;
     }
     let docker = Docker::connect(&config.docker).await?;
-    if let Err(rejection) = secrets.check_job(&job) {
+    if let Err(rejection) = job.check_bundle(&secrets) {
         return Ok(Executed::Rejected(JobResult::rejected(
             job.id.clone(),
             rejection.to_string(),

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::aws::results::{ResultStore, StoreError};
 use crate::cli::RecordError;
 use crate::config::Config;
 use crate::job::result::JobResult;
+use crate::record::{ResultStore, StoreError};
 
 /// How often a follower looks for new chunks and the result.
 const FOLLOW_POLL: Duration = Duration::from_millis(500);

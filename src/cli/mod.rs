@@ -11,8 +11,8 @@ pub mod submit;
 
 use aws_config::SdkConfig;
 
-use crate::aws::results::ResultStore;
 use crate::config::Config;
+use crate::record::ResultStore;
 
 /// Why a command cannot reach a job's record.
 #[derive(Debug, thiserror::Error)]

@@ -5,12 +5,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::aws::results::StoreError;
 use crate::aws::sqs::{Queue, SqsError};
 use crate::cli::logs::{Follower, LogsError};
 use crate::config::Config;
 use crate::job::result::JobResult;
 use crate::job::{Job, Rejection};
+use crate::record::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use toml::Table;
 
 use super::reader::{Reader, Section};
-use crate::job::image::{ImageRef, Policy};
+use crate::image::{ImageRef, Policy};
 
 /// Limit of one pull.
 pub const DEFAULT_PULL_TIMEOUT_SECS: u64 = 600;

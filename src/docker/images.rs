@@ -7,7 +7,7 @@ use std::time::Duration;
 use bollard::query_parameters::{CreateImageOptions, RemoveImageOptions};
 use futures_util::StreamExt;
 
-use crate::job::image::ImageRef;
+use crate::image::ImageRef;
 
 use super::{Docker, DockerError, is_not_found};
 

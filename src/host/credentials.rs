@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 
 use crate::host::http::{Reply, reply};
 
-use crate::job::mask::{Masker, SharedMasker};
+use crate::mask::{Masker, SharedMasker};
 
 /// Credentials this close to expiring are renewed before they are handed out.
 const RENEW_BEFORE: chrono::TimeDelta = chrono::TimeDelta::minutes(5);

@@ -27,8 +27,7 @@ use zeroize::Zeroizing;
 use crate::backoff::Backoff;
 use crate::config::SecretsConfig;
 use crate::docker::RegistryAuth;
-use crate::job::mask::Masker;
-use crate::job::{Job, Problem, Rejection};
+use crate::mask::Masker;
 use crate::rules::S3Location;
 
 mod sealing;
@@ -202,28 +201,6 @@ impl Secrets {
             username: username.to_owned(),
             password: password.to_owned(),
         }))
-    }
-
-    /// A rejection when the job asks for a secret the bundle does not have (the
-    /// profile allows it, but the pool was sealed without it).
-    pub fn check_job(&self, job: &Job) -> Result<(), Rejection> {
-        let missing: Vec<Problem> = job
-            .secrets
-            .iter()
-            .filter(|name| self.get(name).is_none())
-            .map(|name| Problem {
-                field: format!("secrets.{name}"),
-                rule: "not in the pool's secret bundle".into(),
-            })
-            .collect();
-        if missing.is_empty() {
-            Ok(())
-        } else {
-            Err(Rejection {
-                id: Some(job.id.clone()),
-                problems: missing,
-            })
-        }
     }
 }
 

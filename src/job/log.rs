@@ -9,8 +9,8 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::job::live::LiveTail;
-use crate::job::mask::{Masker, SharedMasker};
 use crate::logging::{self, JOB_OUTPUT_TARGET};
+use crate::mask::{Masker, SharedMasker};
 
 /// A line longer than this is cut into pieces, so one runaway line cannot hold the
 /// log hostage (or the agent's memory).

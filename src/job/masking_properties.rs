@@ -10,7 +10,7 @@ use proptest::prelude::*;
 
 use crate::job::live::LiveTail;
 use crate::job::log::{JobLog, LogBody, Stream};
-use crate::job::mask::Masker;
+use crate::mask::Masker;
 
 /// Cuts `bytes` at the given points (each taken modulo the length).
 fn cut(bytes: &[u8], points: &[usize]) -> Vec<Vec<u8>> {

@@ -8,11 +8,9 @@
 pub mod artifacts;
 pub mod cancel;
 pub mod container;
-pub mod image;
 pub mod inputs;
 pub mod live;
 pub mod log;
-pub mod mask;
 #[cfg(test)]
 mod masking_properties;
 pub mod outcome;

@@ -137,7 +137,7 @@ mod tests {
 
     use super::*;
     use crate::job::log::LogBody;
-    use crate::job::mask::Masker;
+    use crate::mask::Masker;
 
     fn text(log: JobLog) -> String {
         match log.into_body() {

@@ -25,12 +25,12 @@ use crate::job::cancel::{Cancel, Halt};
 use crate::job::container::{self, Names, SECRETS_MOUNT, TOKEN_FILE};
 use crate::job::live::LiveTail;
 use crate::job::log::{JobLog, LogBody};
-use crate::job::mask::Masker;
 use crate::job::outcome::{Attempt, Outcome, RunError};
 use crate::job::output::pump_output;
 use crate::job::result::{JobResult, Usage};
 use crate::job::sweep::Sweeper;
 use crate::job::usage::{self, LiveUsage};
+use crate::mask::Masker;
 use pull::Pulled;
 
 mod equip;

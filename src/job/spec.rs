@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::defaults::MAX_JOB_TIMEOUT_SECS;
 use crate::config::{Config, Profile};
+use crate::image::ImageRef;
 use crate::job::artifacts::{Caps, MAX_PATTERNS, Pattern};
-use crate::job::image::ImageRef;
 use crate::job::inputs::{Input, InputSpec, MAX_INPUTS};
 use crate::rules::{
     check_container_path, is_under, reserved_env_prefix, truncate, valid_env_name, valid_id,
@@ -579,6 +579,7 @@ impl NamedProfile<'_> {
     }
 }
 
+mod bundle;
 mod services;
 mod strict;
 

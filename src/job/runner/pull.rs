@@ -3,8 +3,8 @@
 
 use super::{Controls, Runner};
 use crate::docker::LocalImage;
+use crate::image::ImageRef;
 use crate::job::Job;
-use crate::job::image::ImageRef;
 use crate::job::outcome::RunError;
 
 /// The images a job's containers start from.

@@ -13,7 +13,7 @@ use super::{
     check_limits,
 };
 use crate::config::Config;
-use crate::job::image::ImageRef;
+use crate::image::ImageRef;
 
 /// How long a service may take to be ready when the job says nothing.
 pub const DEFAULT_READY_TIMEOUT_SECS: u64 = 60;

@@ -84,6 +84,9 @@ fn the_reference_states_each_default_the_code_uses() {
             "credentials.session_secs",
             code(DEFAULT_SESSION_SECS.to_string()),
         ),
+        ("admission.timeout_ms", code(DEFAULT_TIMEOUT_MS.to_string())),
+        ("admission.cache_secs", code(DEFAULT_CACHE_SECS.to_string())),
+        ("admission.fail", quoted(DEFAULT_FAIL.as_str())),
         ("disk.min_free_mb", code(DEFAULT_MIN_FREE_MB.to_string())),
         ("disk.gc_free_mb", code(DEFAULT_GC_FREE_MB.to_string())),
         (

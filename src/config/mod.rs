@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use toml::Table;
 
+mod admission;
 mod agent;
 mod aws;
 mod cache;
@@ -34,6 +35,7 @@ mod reader;
 mod results;
 mod secrets;
 
+pub use admission::{AdmissionConfig, AdmissionFail, AdmissionRule, check_webhook_url};
 pub use agent::{AgentConfig, OnExit};
 pub use aws::AwsConfig;
 pub use cache::CacheConfig;
@@ -52,6 +54,7 @@ pub use secrets::SecretsConfig;
 /// Every section's defaults, one source: the readers, the `Default` impls and
 /// docs/config.md (checked by a test) all use these.
 pub mod defaults {
+    pub use super::admission::{DEFAULT_CACHE_SECS, DEFAULT_FAIL, DEFAULT_TIMEOUT_MS};
     pub use super::agent::{
         DEFAULT_IDLE_SHUTDOWN_SECS, DEFAULT_SECRETS_DIR, DEFAULT_SHUTDOWN_COMMAND, DEFAULT_SLOTS,
         DEFAULT_WORK_DIR,
@@ -104,6 +107,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub disk: DiskConfig,
     pub credentials: CredentialsConfig,
+    pub admission: AdmissionConfig,
     /// Job profiles by name; `default` always exists.
     pub profiles: BTreeMap<String, Profile>,
 }
@@ -316,6 +320,7 @@ fn read(r: &mut Reader<'_>, mut root: Table) -> Config {
     let metrics = MetricsConfig::read(r, &mut root);
     let credentials = CredentialsConfig::read(r, &mut root);
     let disk = DiskConfig::read(r, &mut root);
+    let admission = AdmissionConfig::read(r, &mut root, &secrets);
     let profiles = profiles::read(r, &mut root);
     profiles::check_fits_the_queue(r, &profiles, images.pull_timeout, drain.stop_grace);
     for key in root.keys() {
@@ -335,6 +340,7 @@ fn read(r: &mut Reader<'_>, mut root: Table) -> Config {
         metrics,
         disk,
         credentials,
+        admission,
         profiles,
     }
 }

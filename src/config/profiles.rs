@@ -75,6 +75,10 @@ pub struct Profile {
     /// Each service's memory and CPU cap, and default.
     pub services_memory_mb: u64,
     pub services_cpus: f64,
+    /// Overrides `admission.webhook_url`: `Some("")` turns admission off.
+    pub admission_webhook_url: Option<String>,
+    /// Overrides `admission.fail`.
+    pub admission_fail: Option<super::AdmissionFail>,
 }
 
 impl Default for Profile {
@@ -97,6 +101,8 @@ impl Default for Profile {
             max_services: DEFAULT_MAX_SERVICES,
             services_memory_mb: DEFAULT_SERVICES_MEMORY_MB,
             services_cpus: DEFAULT_SERVICES_CPUS,
+            admission_webhook_url: None,
+            admission_fail: None,
         }
     }
 }
@@ -180,6 +186,7 @@ fn read_one(r: &mut Reader<'_>, mut section: Section) -> Profile {
     );
     let max_log_mb = r.int(&mut section, "max_log_mb", 1..=1 << 20, DEFAULT_MAX_LOG_MB);
     let (max_services, services_memory_mb, services_cpus) = read_services(r, &mut section);
+    let (admission_webhook_url, admission_fail) = super::admission::read_profile(r, &mut section);
     r.finish(section);
     Profile {
         memory_mb,
@@ -199,6 +206,8 @@ fn read_one(r: &mut Reader<'_>, mut section: Section) -> Profile {
         max_services,
         services_memory_mb,
         services_cpus,
+        admission_webhook_url,
+        admission_fail,
     }
 }
 

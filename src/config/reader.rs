@@ -223,6 +223,24 @@ impl Reader<'_> {
         }
     }
 
+    /// A string where `""` means something (a profile turning a pool setting
+    /// off), so it is kept rather than refused.
+    pub(super) fn opt_string_or_empty(
+        &mut self,
+        section: &mut Section,
+        key: &str,
+    ) -> Option<String> {
+        let full = section.key(key);
+        match self.take(section, key) {
+            None => None,
+            Some(Value::String(s)) => Some(s.trim().to_owned()),
+            Some(_) => {
+                self.issue(&full, "must be a string");
+                None
+            }
+        }
+    }
+
     pub(super) fn opt_url(&mut self, section: &mut Section, key: &str) -> Option<String> {
         let url = self.opt_string(section, key)?;
         if !(url.starts_with("http://") || url.starts_with("https://")) {

@@ -148,7 +148,7 @@ impl ExitStatus for ExecError {
         match self {
             ExecError::ReadJob { .. } => NO_INPUT,
             ExecError::Docker(_) => UNAVAILABLE,
-            ExecError::SecretsDir { .. } => CONFIG,
+            ExecError::SecretsDir { .. } | ExecError::AdmissionToken(_) => CONFIG,
             ExecError::Secrets(e) => permanent_or_unavailable(e.is_permanent()),
         }
     }

@@ -31,6 +31,8 @@ pub struct Booted {
     pub cache: Option<Cache>,
     /// The webhook's URL and key, if results are posted to one.
     pub webhook: Option<(String, String)>,
+    /// The admission webhook's client, if the pool or a profile names one.
+    pub admission: Option<Arc<crate::job::admission::Admission>>,
 }
 
 /// Everything a host needs before its first job, in order: secrets, Docker, warm
@@ -59,6 +61,12 @@ pub async fn bootstrap(
         }
         _ => None,
     };
+    let admission = crate::job::admission::Admission::for_pool(config, &secrets)
+        .map_err(|missing| AgentError::MissingSecret {
+            key: "admission.token_secret",
+            name: missing.name,
+        })?
+        .map(Arc::new);
     systemd::status("bootstrap: Docker");
     let Some(docker) = connect_docker(config, stop).await else {
         return Ok(None);
@@ -101,6 +109,7 @@ pub async fn bootstrap(
         disk,
         cache,
         webhook,
+        admission,
     }))
 }
 

@@ -149,6 +149,9 @@ impl Agent {
         let status = result.status;
         self.metrics
             .job_finished(status, Duration::from_millis(result.duration_ms));
+        if let Some(admitted) = &result.admission {
+            self.metrics.admitted(admitted);
+        }
         if let Some(job_usage) = result.usage.as_ref().and_then(|u| u.job.as_ref()) {
             self.metrics.job_used(&job.profile, job_usage);
         }

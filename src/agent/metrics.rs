@@ -67,6 +67,13 @@ struct BySlot {
     slot: usize,
 }
 
+/// An admission decision: who gave it and what it was.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByDecision {
+    by: &'static str,
+    decision: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ByVersion {
     version: &'static str,
@@ -98,6 +105,7 @@ pub struct Metrics {
     job_memory_share: Family<ByProfile, Histogram>,
     running_cpu: Family<BySlot, Gauge<f64, AtomicU64>>,
     running_memory: Family<BySlot, Gauge>,
+    admission: Family<ByDecision, Counter>,
     /// The running jobs, by slot, with their latest cgroup samples: read at
     /// scrape time, for `jobs_running` too.
     live: Mutex<BTreeMap<BySlot, LiveUsage>>,
@@ -158,6 +166,7 @@ impl Metrics {
             job_memory_share: Family::new_with_constructor(|| Histogram::new(MEMORY_SHARE_BUCKETS)),
             running_cpu: Family::default(),
             running_memory: Family::default(),
+            admission: Family::default(),
             live: Mutex::default(),
         };
         metrics.register();
@@ -294,6 +303,11 @@ impl Metrics {
             "Memory held now by the job running in each slot",
             self.running_memory.clone(),
         );
+        r.register(
+            "admission_decisions",
+            "Images put to the admission webhook, by who decided (webhook, cache) and what (allowed, denied, unchecked)",
+            self.admission.clone(),
+        );
     }
 
     pub fn job_finished(&self, status: Status, duration: Duration) {
@@ -322,6 +336,16 @@ impl Metrics {
     }
 
     /// A message spent `waited` in the queue before this agent received it.
+    /// Each image of a job the admission webhook (or its cache) decided on.
+    pub fn admitted(&self, admitted: &crate::job::admission::Admitted) {
+        for checked in std::iter::once(&admitted.job).chain(admitted.services.values()) {
+            let (by, decision) = (checked.by.as_str(), checked.decision.as_str());
+            self.admission
+                .get_or_create(&ByDecision { by, decision })
+                .inc();
+        }
+    }
+
     pub fn queue_waited(&self, waited: Duration) {
         self.queue_wait.observe(waited.as_secs_f64());
     }

@@ -205,7 +205,8 @@ impl Agent {
         .with_cache(booted.cache.clone())
         .with_disk(booted.disk.clone())
         .with_credentials(broker)
-        .with_inputs(Some(s3.clone()));
+        .with_inputs(Some(s3.clone()))
+        .with_admission(booted.admission.clone());
         Agent {
             config: config.clone(),
             instance_id: instance_id.to_owned(),

@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::docker::{Docker, DockerError};
 use crate::host::secrets::Secrets;
 use crate::host::stop::{Preemption, Stop};
+use crate::job::admission::Admission;
 use crate::job::cancel::Cancel;
 use crate::job::result::JobResult;
 use crate::job::runner::{Controls, Runner};
@@ -33,6 +34,8 @@ pub enum ExecError {
         path: PathBuf,
         source: crate::host::secrets::SecretsDirError,
     },
+    #[error(transparent)]
+    AdmissionToken(#[from] crate::job::admission::MissingToken),
 }
 
 /// What `exec` did with the job.
@@ -72,22 +75,7 @@ pub async fn exec(
             )));
         }
     };
-    // Only what this job needs: secrets when it asks for some (or a registry needs
-    // credentials); no warm images, no cache download.
-    let mut secrets = Arc::new(Secrets::default());
-    if config.secrets.bundle.is_some()
-        && (!job.secrets.is_empty() || !config.images.registry_auth.is_empty())
-    {
-        let sdk = crate::aws::sdk_config(&config.aws).await;
-        let loaded = crate::host::secrets::load(
-            &config.secrets,
-            &crate::aws::s3_client(&sdk, &config.aws),
-            &crate::aws::kms_client(&sdk),
-        )
-        .await?;
-        secrets = Arc::new(loaded.unwrap_or_default());
-        log_masker.set(Arc::new(secrets.masker()));
-    }
+    let secrets = secrets_for(&config, &job, &log_masker).await?;
     if !job.secrets.is_empty() {
         crate::host::secrets::prepare_dir(&config.agent.secrets_dir, false).map_err(|source| {
             ExecError::SecretsDir {
@@ -106,7 +94,10 @@ pub async fn exec(
         )));
     }
     let sweeper = Sweeper::new(docker.clone(), &instance_id);
-    let runner = Runner::new(docker, config, sweeper, &instance_id).with_secrets(secrets);
+    let admission = Admission::for_pool(&config, &secrets)?.map(Arc::new);
+    let runner = Runner::new(docker, config, sweeper, &instance_id)
+        .with_secrets(secrets)
+        .with_admission(admission);
     let span = tracing::info_span!("job", job_id = %job.id, attempt = 1u32);
     let preemption = Preemption::of(&stop);
     // A job run by hand is stopped with ^C, not with `deckhand cancel`.
@@ -120,4 +111,30 @@ pub async fn exec(
     };
     let finished = runner.run(&job, 1, &[], controls).instrument(span).await;
     Ok(Executed::Ran(finished.result))
+}
+
+/// Only what this job needs: the bundle when it asks for secrets (or a registry
+/// or the admission webhook needs a credential); no warm images, no cache
+/// download.
+async fn secrets_for(
+    config: &Config,
+    job: &Job,
+    log_masker: &SharedMasker,
+) -> Result<Arc<Secrets>, ExecError> {
+    let needed = !job.secrets.is_empty()
+        || !config.images.registry_auth.is_empty()
+        || config.admission.token_secret.is_some();
+    if config.secrets.bundle.is_none() || !needed {
+        return Ok(Arc::default());
+    }
+    let sdk = crate::aws::sdk_config(&config.aws).await;
+    let loaded = crate::host::secrets::load(
+        &config.secrets,
+        &crate::aws::s3_client(&sdk, &config.aws),
+        &crate::aws::kms_client(&sdk),
+    )
+    .await?;
+    let secrets = Arc::new(loaded.unwrap_or_default());
+    log_masker.set(Arc::new(secrets.masker()));
+    Ok(secrets)
 }

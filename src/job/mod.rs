@@ -5,6 +5,7 @@
 //! [`inputs`] places the sources it names in its workspace, [`artifacts`] reads the files a job names out of its container; [`cancel`] carries a cancel request to the runner; [`live`] holds the output
 //! not yet uploaded for followers; [`usage`] meters its container's CPU and memory.
 
+pub mod admission;
 pub mod artifacts;
 pub mod cancel;
 pub mod container;

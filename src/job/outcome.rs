@@ -8,6 +8,7 @@ use crate::docker::DockerError;
 use crate::host::secrets::RegistryAuthError;
 use crate::host::stop::StopReason;
 use crate::job::Job;
+use crate::job::admission::AdmissionError;
 use crate::job::cancel::Halt;
 use crate::job::container::SecretFilesError;
 use crate::job::inputs::InputError;
@@ -29,6 +30,9 @@ pub enum RunError {
     NoCredentialsBroker { profile: String },
     #[error(transparent)]
     Input(#[from] InputError),
+    /// The webhook denied an image (`rejected`) or failed with `fail = "closed"`.
+    #[error(transparent)]
+    Admission(#[from] AdmissionError),
     #[error("the job names inputs: they are fetched from S3 by `deckhand run` only")]
     NoInputStore,
     #[error("the workspace volume {volume} has no folder on this host to place inputs in")]
@@ -138,6 +142,10 @@ impl Outcome {
             Outcome::Error(RunError::Input(error)) if error.is_job_fault() => {
                 (Status::Failed, None, Some(error.to_string()))
             }
+            // The pool's policy refused an image the job named: never retried.
+            Outcome::Error(RunError::Admission(error)) if error.is_denial() => {
+                (Status::Rejected, None, Some(error.to_string()))
+            }
             // Its service's failure is the job's: what it named did not come up.
             Outcome::Error(RunError::Service(reason)) => {
                 (Status::Failed, None, Some(reason.clone()))
@@ -184,6 +192,7 @@ impl Attempt<'_> {
             artifacts_unmatched: Vec::new(),
             artifacts_left_out: Vec::new(),
             usage: None,
+            admission: None,
         }
     }
 }

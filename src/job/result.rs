@@ -92,6 +92,10 @@ pub struct JobResult {
     /// What its containers used; absent when none ran (an addition to v1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// The admission webhook's decisions on its images; absent when none was
+    /// asked (an addition to v1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admission: Option<crate::job::admission::Admitted>,
 }
 
 /// What a job's containers used, read from their cgroups while they ran.
@@ -196,6 +200,7 @@ impl JobResult {
             artifacts_unmatched: Vec::new(),
             artifacts_left_out: Vec::new(),
             usage: None,
+            admission: None,
         }
     }
 }

@@ -33,6 +33,7 @@ use crate::job::usage::{self, LiveUsage};
 use crate::mask::Masker;
 use pull::Pulled;
 
+mod admission;
 mod equip;
 mod pull;
 mod services;
@@ -59,6 +60,7 @@ pub struct Runner {
     credentials: Option<Arc<Broker>>,
     /// Where jobs' `inputs` are read from.
     inputs: Option<aws_sdk_s3::Client>,
+    admission: Option<Arc<crate::job::admission::Admission>>,
     sweeper: Sweeper,
 }
 
@@ -127,6 +129,7 @@ struct Ran {
     services: Option<services::Running>,
     /// When its container started: its timeout runs from here.
     started: Option<Instant>,
+    admission: Option<crate::job::admission::Admitted>,
 }
 
 /// A created and started container, and what must live as long as it does.
@@ -151,6 +154,7 @@ impl Runner {
             disk: None,
             credentials: None,
             inputs: None,
+            admission: None,
             sweeper,
         }
     }
@@ -252,6 +256,7 @@ impl Runner {
             duration_ms,
         };
         let mut result = attempt.result(status, exit_code, reason);
+        result.admission = ran.admission;
         let services: std::collections::BTreeMap<_, _> = service_usage
             .into_iter()
             .map(|(name, sample)| (name, sample.into()))
@@ -351,7 +356,8 @@ impl Runner {
             names,
         } = *launch;
         let docker = &self.docker;
-        let Some(Pulled { image, services }) = self.pull(job, controls).await? else {
+        let pulled = self.pull(job, controls, &mut ran.admission).await?;
+        let Some(Pulled { image, services }) = pulled else {
             return Ok(None);
         };
         ran.image = Some(image.reference.clone());

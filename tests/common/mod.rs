@@ -21,6 +21,7 @@ pub mod notices;
 pub mod proxy;
 pub mod scenario;
 pub mod sealed;
+pub mod webhook;
 pub mod workload;
 
 use std::path::{Path, PathBuf};

@@ -5,6 +5,7 @@ use super::{Controls, Runner};
 use crate::docker::LocalImage;
 use crate::image::ImageRef;
 use crate::job::Job;
+use crate::job::admission::Admitted;
 use crate::job::outcome::RunError;
 
 /// The images a job's containers start from.
@@ -15,13 +16,15 @@ pub(super) struct Pulled {
 }
 
 impl Runner {
-    /// Every image `job` needs; `None` when a stop or a cancel came first. Only
-    /// a pull is long enough to be worth cutting short, and dropping it only
-    /// stops our reading of its progress.
+    /// Every image `job` needs, each admitted (its record in `admitted`);
+    /// `None` when a stop or a cancel came first. Only a pull (and the
+    /// webhook's answer) is long enough to be worth cutting short, and dropping
+    /// it only stops our reading of its progress.
     pub(super) async fn pull(
         &self,
         job: &Job,
         controls: &Controls<'_>,
+        admitted: &mut Option<Admitted>,
     ) -> Result<Option<Pulled>, RunError> {
         let pulling = async {
             let image = self.ensure(&job.image).await?;
@@ -29,7 +32,9 @@ impl Runner {
             for service in &job.services {
                 services.push(self.ensure(&service.image).await?);
             }
-            Ok(Pulled { image, services })
+            let pulled = Pulled { image, services };
+            self.admit(job, &pulled, admitted).await?;
+            Ok(pulled)
         };
         tokio::select! {
             pulled = pulling => pulled.map(Some),

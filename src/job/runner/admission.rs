@@ -1,0 +1,84 @@
+//! Admission between the pull and the first container: each image the job
+//! runs, the job's then each service's, put to the webhook its profile names.
+
+use std::sync::Arc;
+
+use super::Runner;
+use super::pull::Pulled;
+use crate::docker::LocalImage;
+use crate::job::Job;
+use crate::job::admission::{Admission, Admitted, Ask, Kind};
+use crate::job::outcome::RunError;
+
+impl Runner {
+    /// Jobs' images are put to `admission` before they run.
+    pub fn with_admission(mut self, admission: Option<Arc<Admission>>) -> Self {
+        self.admission = admission;
+        self
+    }
+
+    /// Checks every image of `job`; the record goes to `admitted` whatever the
+    /// decision, so a refused job's result says why. Stops at the first refusal.
+    pub(super) async fn admit(
+        &self,
+        job: &Job,
+        pulled: &Pulled,
+        admitted: &mut Option<Admitted>,
+    ) -> Result<(), RunError> {
+        let (Some(admission), Some(rule)) =
+            (&self.admission, self.config.admission_for(&job.profile))
+        else {
+            return Ok(());
+        };
+        let image = job.image.to_string();
+        let verdict = admission
+            .check(rule, &ask(job, Kind::Job, None, &image, &pulled.image))
+            .await;
+        let record = admitted.insert(Admitted {
+            job: verdict.checked,
+            services: Default::default(),
+        });
+        if let Some(refusal) = verdict.refusal {
+            return Err(refusal.into());
+        }
+        for (service, local) in job.services.iter().zip(&pulled.services) {
+            let image = service.image.to_string();
+            let asked = ask(job, Kind::Service, Some(&service.name), &image, local);
+            let verdict = admission.check(rule, &asked).await;
+            record
+                .services
+                .insert(service.name.clone(), verdict.checked);
+            if let Some(refusal) = verdict.refusal {
+                return Err(refusal.into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the webhook is asked about one of `job`'s images.
+fn ask<'a>(
+    job: &'a Job,
+    kind: Kind,
+    name: Option<&'a str>,
+    image: &'a str,
+    local: &'a LocalImage,
+) -> Ask<'a> {
+    Ask {
+        image,
+        digest: digest(local),
+        job_id: &job.id,
+        profile: &job.profile,
+        kind,
+        name,
+    }
+}
+
+/// The digest the registry gave (`repo@sha256:…`), else the content-addressed
+/// image id: either names exactly what will run.
+fn digest(local: &LocalImage) -> &str {
+    local
+        .reference
+        .split_once('@')
+        .map_or(local.id.as_str(), |(_, digest)| digest)
+}

@@ -44,7 +44,8 @@ async fn an_allowed_image_runs_and_its_second_job_is_decided_from_the_cache() {
         return;
     };
     let webhook = Webhook::start(|_| Reply::Allow).await;
-    let (_config, _agent) = s.agent("i-admit-allow", &admission(&webhook.url(), ""));
+    let extra = admission(&webhook.url(), "[metrics]\nlisten = \"127.0.0.1:0\"");
+    let (_config, agent) = s.agent("i-admit-allow", &extra);
     let first = s.send("admitted", &["echo", "ran"]).await;
     let result = s.wait_result(&first).await;
     assert_eq!(result["status"], "succeeded", "{result}");
@@ -70,6 +71,24 @@ async fn an_allowed_image_runs_and_its_second_job_is_decided_from_the_cache() {
     );
     assert_eq!(asked[0].1, None, "no token configured, none sent");
     s.wait_empty().await;
+    let metrics = scrape(&agent).await;
+    for series in [
+        r#"deckhand_admission_decisions_total{by="webhook",decision="allowed"} 1"#,
+        r#"deckhand_admission_decisions_total{by="cache",decision="allowed"} 1"#,
+    ] {
+        assert!(metrics.contains(series), "{series} in\n{metrics}");
+    }
+}
+
+/// The agent's /metrics, in Prometheus's text format.
+async fn scrape(agent: &common::agent::AgentProcess) -> String {
+    let logs = agent.logs();
+    let serving = logs
+        .iter()
+        .find(|l| l["msg"] == "Serving metrics and health.")
+        .expect("the listener's address is logged");
+    let url = format!("http://{}/metrics", serving["address"].as_str().unwrap());
+    reqwest::get(url).await.unwrap().text().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -43,7 +43,7 @@ async fn an_allowed_image_runs_and_its_second_job_is_decided_from_the_cache() {
     let Some(s) = Scenario::new("admit-allow").await else {
         return;
     };
-    let webhook = Webhook::start(|_| Reply::Allow).await;
+    let webhook = Webhook::start(|_, _| Reply::Allow).await;
     let extra = admission(&webhook.url(), "[metrics]\nlisten = \"127.0.0.1:0\"");
     let (_config, agent) = s.agent("i-admit-allow", &extra);
     let first = s.send("admitted", &["echo", "ran"]).await;
@@ -96,7 +96,7 @@ async fn a_denied_image_is_rejected_once_and_no_container_runs() {
     let Some(s) = Scenario::new("admit-deny").await else {
         return;
     };
-    let webhook = Webhook::start(|_| Reply::Deny("CVE-2024-3094: critical\u{7}".into())).await;
+    let webhook = Webhook::start(|_, _| Reply::Deny("CVE-2024-3094: critical\u{7}".into())).await;
     // No cache: a second run would ask again, so one question proves one run.
     let extra = admission(&webhook.url(), "cache_secs = 0");
     let (_config, agent) = s.agent("i-admit-deny", &extra);
@@ -121,7 +121,7 @@ async fn a_service_image_denied_rejects_the_job_before_any_container() {
     let Some(s) = Scenario::new("admit-service").await else {
         return;
     };
-    let webhook = Webhook::start(|q| match q["kind"].as_str() {
+    let webhook = Webhook::start(|_, q| match q["kind"].as_str() {
         Some("service") => Reply::Deny(format!("{} is not scanned", q["name"])),
         _ => Reply::Allow,
     })
@@ -167,7 +167,7 @@ async fn a_webhook_down_fails_closed_as_an_error_that_comes_back() {
     );
     assert_eq!(attempt["admission"]["decision"], "unchecked", "{attempt}");
     // The webhook comes up: the message comes back and the job runs.
-    let webhook = Webhook::start_on(port, |_| Reply::Allow).await;
+    let webhook = Webhook::start_on(port, |_, _| Reply::Allow).await;
     let result = s.wait_result(&id).await;
     assert_eq!(result["status"], "succeeded", "{result}");
     assert!(result["attempt"].as_u64().unwrap() >= 2, "{result}");
@@ -180,7 +180,7 @@ async fn a_slow_webhook_fails_open_with_a_warning_and_the_job_runs() {
     let Some(s) = Scenario::new("admit-open").await else {
         return;
     };
-    let webhook = Webhook::start(|_| Reply::Hang).await;
+    let webhook = Webhook::start(|_, _| Reply::Hang).await;
     let extra = admission(&webhook.url(), "timeout_ms = 500\nfail = \"open\"");
     let (_config, agent) = s.agent("i-admit-open", &extra);
     let id = s.send("open", &["echo", "ran"]).await;
@@ -209,7 +209,7 @@ async fn hostile_answers_are_each_bounded_and_the_agent_stays_small() {
     let Some(s) = Scenario::new("admit-hostile").await else {
         return;
     };
-    let webhook = Webhook::start(|q| {
+    let webhook = Webhook::start(|_, q| {
         let id = q["job_id"].as_str().unwrap_or_default();
         match id.split('-').nth(1) {
             Some("huge") => Reply::Huge,
@@ -244,4 +244,40 @@ async fn hostile_answers_are_each_bounded_and_the_agent_stays_small() {
     }
     let peak = agent.peak_rss_mb();
     assert!(peak <= AGENT_PEAK_RSS_MB, "the agent peaked at {peak} MB");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pull_the_registry_refuses_by_policy_fails_the_job_once() {
+    let Some(s) = Scenario::new("admit-registry").await else {
+        return;
+    };
+    // A registry that answers its API and refuses every manifest as Xray does.
+    let refusal = json!({"errors": [{"code": "DENIED",
+        "message": "Download blocked by Xray policy 'block-critical': 3 critical vulnerabilities"}]});
+    let registry = Webhook::start(move |path, _| match path {
+        "/v2/" => Reply::Raw(200, "{}".into()),
+        _ => Reply::Raw(403, refusal.to_string()),
+    })
+    .await;
+    let host = registry.address.to_string();
+    let extra = format!(
+        "[images]\nallowed_registries = [\"{}\", \"{host}\"]\n",
+        s.stack.registry
+    );
+    let (_config, agent) = s.agent("i-admit-registry", &extra);
+    let id = unique("registry-policy");
+    s.send_job(&job(&id, &format!("{host}/ci/scanned:1.0"), &["true"]))
+        .await;
+    let result = s.wait_result(&id).await;
+    assert_eq!(result["status"], "failed", "{result}");
+    assert_eq!(result["exit_code"], Value::Null, "{result}");
+    let reason = result["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("the registry refused the image by policy: pull ")
+            && reason.contains("blocked by Xray policy 'block-critical'"),
+        "{reason}"
+    );
+    s.wait_empty().await;
+    assert!(s.attempt(&id, 1).await.is_none(), "never an error retried");
+    assert_never_started(&agent, &id);
 }

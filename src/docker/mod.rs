@@ -145,6 +145,19 @@ impl DockerError {
         }
     }
 
+    /// True when the registry refused the pull by a policy of its own: a scan's
+    /// block (JFrog Xray's 403 "blocked by Xray policy", Harbor's "cannot be
+    /// pulled due to configured policy"), which Docker passes on only as text.
+    /// The image is what is refused, on every host: the job's to fix.
+    pub fn is_policy_refusal(&self) -> bool {
+        let DockerError::Pull { message, .. } = self else {
+            return false;
+        };
+        let message = message.to_ascii_lowercase();
+        let refused = ["denied", "blocked", "forbidden", "403", "cannot be pulled"];
+        message.contains("policy") && refused.iter().any(|word| message.contains(word))
+    }
+
     /// What bollard said, for the calls that reached it.
     fn source_error(&self) -> Option<&BollardError> {
         match self {
@@ -243,4 +256,33 @@ fn is_not_found(e: &BollardError) -> bool {
             ..
         }
     )
+}
+
+#[cfg(test)]
+mod policy_tests {
+    use super::DockerError;
+
+    fn pull(message: &str) -> DockerError {
+        DockerError::Pull {
+            image: "r.internal/ci/x:1".into(),
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn a_registry_policy_refusal_is_told_from_other_pull_errors() {
+        for refusal in [
+            "pull access denied for r.internal/ci/x, repository does not exist or may require 'docker login': denied: Download blocked by Xray policy 'block-critical'",
+            "unknown: current image with 3 vulnerabilities cannot be pulled due to configured policy in 'Prevent images with vulnerability severity of \"High\" or higher from running.'",
+        ] {
+            assert!(pull(refusal).is_policy_refusal(), "{refusal}");
+        }
+        for other in [
+            "pull access denied for r.internal/ci/x, repository does not exist or may require 'docker login': denied: requested access to the resource is denied",
+            "manifest for r.internal/ci/x:1 not found: manifest unknown",
+            "Get \"https://r.internal/v2/\": dial tcp: connection refused",
+        ] {
+            assert!(!pull(other).is_policy_refusal(), "{other}");
+        }
+    }
 }

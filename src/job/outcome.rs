@@ -130,28 +130,41 @@ impl Outcome {
                 Some(Halt::Requested(reason)) => (Status::Cancelled, *code, Some(reason.clone())),
                 None => (Status::Cancelled, *code, Some("cancelled".to_owned())),
             },
-            // Terminal: retrying what the job itself got wrong only loops it
-            // until its redrive.
-            Outcome::Error(RunError::Docker(error)) if error.is_job_fault() => (
-                Status::Failed,
-                None,
-                Some(format!("the container could not start: {error}")),
-            ),
-            // A missing or forbidden object, an archive that breaks the rules: the
-            // producer's to fix.
-            Outcome::Error(RunError::Input(error)) if error.is_job_fault() => {
-                (Status::Failed, None, Some(error.to_string()))
-            }
-            // The pool's policy refused an image the job named: never retried.
-            Outcome::Error(RunError::Admission(error)) if error.is_denial() => {
-                (Status::Rejected, None, Some(error.to_string()))
-            }
-            // Its service's failure is the job's: what it named did not come up.
-            Outcome::Error(RunError::Service(reason)) => {
-                (Status::Failed, None, Some(reason.clone()))
-            }
-            Outcome::Error(error) => (Status::Error, None, Some(error.to_string())),
+            Outcome::Error(error) => describe_error(error),
         }
+    }
+}
+
+/// A run that could not go on: the host's trouble (`error`, retried), or the
+/// job's own, which no host would get past.
+fn describe_error(error: &RunError) -> (Status, Option<i64>, Option<String>) {
+    match error {
+        // Terminal: retrying what the job itself got wrong only loops it
+        // until its redrive.
+        RunError::Docker(error) if error.is_job_fault() => (
+            Status::Failed,
+            None,
+            Some(format!("the container could not start: {error}")),
+        ),
+        // The registry's own policy refused the image (a scan's block): it
+        // would refuse it on every host.
+        RunError::Docker(error) if error.is_policy_refusal() => (
+            Status::Failed,
+            None,
+            Some(format!("the registry refused the image by policy: {error}")),
+        ),
+        // A missing or forbidden object, an archive that breaks the rules: the
+        // producer's to fix.
+        RunError::Input(error) if error.is_job_fault() => {
+            (Status::Failed, None, Some(error.to_string()))
+        }
+        // The pool's policy refused an image the job named: never retried.
+        RunError::Admission(error) if error.is_denial() => {
+            (Status::Rejected, None, Some(error.to_string()))
+        }
+        // Its service's failure is the job's: what it named did not come up.
+        RunError::Service(reason) => (Status::Failed, None, Some(reason.clone())),
+        error => (Status::Error, None, Some(error.to_string())),
     }
 }
 

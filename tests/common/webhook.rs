@@ -31,7 +31,9 @@ pub enum Reply {
     Hang,
 }
 
-type Decide = dyn Fn(&Value) -> Reply + Send + Sync;
+/// Picks the answer from the request's path and its body as JSON (`null` when
+/// it is none).
+type Decide = dyn Fn(&str, &Value) -> Reply + Send + Sync;
 /// Each question, with its `Authorization` header.
 type Asked = Arc<Mutex<Vec<(Value, Option<String>)>>>;
 
@@ -45,7 +47,7 @@ impl Webhook {
     /// Serves on 127.0.0.1:`port` (0: any free port), answering with `decide`.
     pub async fn start_on(
         port: u16,
-        decide: impl Fn(&Value) -> Reply + Send + Sync + 'static,
+        decide: impl Fn(&str, &Value) -> Reply + Send + Sync + 'static,
     ) -> Webhook {
         let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let address = listener.local_addr().unwrap();
@@ -71,7 +73,7 @@ impl Webhook {
         Webhook { address, asked }
     }
 
-    pub async fn start(decide: impl Fn(&Value) -> Reply + Send + Sync + 'static) -> Webhook {
+    pub async fn start(decide: impl Fn(&str, &Value) -> Reply + Send + Sync + 'static) -> Webhook {
         Self::start_on(0, decide).await
     }
 
@@ -102,9 +104,10 @@ async fn answer(
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let path = request.uri().path().to_owned();
     let body = request.into_body().collect().await.unwrap().to_bytes();
     let question: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let reply = decide(&question);
+    let reply = decide(&path, &question);
     asked.lock().unwrap().push((question, auth));
     let full = |status: u16, text: String| {
         Response::builder()

@@ -9,7 +9,9 @@
 
 mod common;
 
+use common::agent::agent_config;
 use common::scenario::Scenario;
+use common::sealed::{NPM_TOKEN, assert_no_secret, seal, secrets_config, secrets_dir};
 use common::webhook::{Reply, Webhook, free_port};
 use common::*;
 use serde_json::{Value, json};
@@ -280,4 +282,48 @@ async fn a_pull_the_registry_refuses_by_policy_fails_the_job_once() {
     s.wait_empty().await;
     assert!(s.attempt(&id, 1).await.is_none(), "never an error retried");
     assert_never_started(&agent, &id);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_token_goes_as_a_bearer_and_is_masked_where_the_webhook_echoes_it() {
+    let Some(s) = Scenario::new("admit-token").await else {
+        return;
+    };
+    // A careless webhook: its reason repeats the header it was sent.
+    let webhook =
+        Webhook::start(|_, _| Reply::Deny(format!("token {NPM_TOKEN} may not pull"))).await;
+    let bundle = tempfile::tempdir().unwrap();
+    let sealed = seal(&s.aws, &s.pool, bundle.path()).await;
+    let shm = secrets_dir();
+    let extra = format!(
+        "{}{}",
+        secrets_config(&sealed, &shm, &sealed.pool_name),
+        admission(&webhook.url(), "token_secret = \"npm-token\"")
+    );
+    let config = agent_config(
+        &s.stack,
+        &s.pool,
+        &s.aws.endpoint,
+        &unique("i-token"),
+        &extra,
+    );
+    let agent = common::agent::AgentProcess::start(&config, "agent");
+    let id = s.send("token", &["echo", "must not run"]).await;
+    let result = s.wait_result(&id).await;
+    assert_eq!(result["status"], "rejected", "{result}");
+    let asked = webhook.asked();
+    assert_eq!(
+        asked[0].1.as_deref(),
+        Some(format!("Bearer {NPM_TOKEN}").as_str())
+    );
+    assert_no_secret("the result", &result.to_string());
+    let reason = result["admission"]["reason"].as_str().unwrap();
+    assert!(reason.contains("may not pull"), "{reason}");
+    s.wait_empty().await;
+    drop(agent);
+    assert_no_secret(
+        "the agent's log",
+        &std::fs::read_to_string(config.dir.path().join("agent.log")).unwrap(),
+    );
+    std::fs::remove_dir_all(&shm).unwrap();
 }

@@ -256,7 +256,7 @@ impl Runner {
             duration_ms,
         };
         let mut result = attempt.result(status, exit_code, reason);
-        result.admission = ran.admission;
+        result.admission = self.masked(ran.admission);
         let services: std::collections::BTreeMap<_, _> = service_usage
             .into_iter()
             .map(|(name, sample)| (name, sample.into()))

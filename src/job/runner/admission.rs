@@ -56,6 +56,21 @@ impl Runner {
     }
 }
 
+impl Runner {
+    /// `admitted` with every reason masked: a webhook may echo what it was sent,
+    /// the bearer token included.
+    pub(super) fn masked(&self, admitted: Option<Admitted>) -> Option<Admitted> {
+        let mut admitted = admitted?;
+        let checks = std::iter::once(&mut admitted.job).chain(admitted.services.values_mut());
+        for checked in checks {
+            if let Some(reason) = &mut checked.reason {
+                *reason = self.masker.mask(reason).into_owned();
+            }
+        }
+        Some(admitted)
+    }
+}
+
 /// What the webhook is asked about one of `job`'s images.
 fn ask<'a>(
     job: &'a Job,

@@ -327,3 +327,55 @@ async fn the_token_goes_as_a_bearer_and_is_masked_where_the_webhook_echoes_it() 
     );
     std::fs::remove_dir_all(&shm).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_asks_too_and_a_profile_with_an_empty_url_is_not_asked() {
+    let Some(stack) = Stack::or_skip() else {
+        return;
+    };
+    let webhook = Webhook::start(|_, _| Reply::Deny("not scanned".into())).await;
+    let extra = format!(
+        "{}[profiles.exempt]\nadmission_webhook_url = \"\"\n",
+        admission(&webhook.url(), "")
+    );
+    let config = TestConfig::new(&stack, &extra);
+    let denied = unique("exec-denied");
+    let mut exempt = job(&unique("exec-exempt"), &stack.image, &["echo", "ran"]);
+    exempt["profile"] = json!("exempt");
+    let bodies = [job(&denied, &stack.image, &["echo", "ran"]), exempt];
+    // exec blocks; the webhook answers on this runtime meanwhile.
+    let (config, runs) = tokio::task::spawn_blocking(move || {
+        let runs: Vec<Exec> = bodies.iter().map(|body| exec(&config, body)).collect();
+        (config, runs)
+    })
+    .await
+    .unwrap();
+    let (denied_run, exempt_run) = (&runs[0], &runs[1]);
+    assert_eq!(
+        denied_run.result["status"], "rejected",
+        "{}",
+        denied_run.stderr
+    );
+    assert_eq!(denied_run.code, Some(65));
+    assert_eq!(
+        denied_run.result["reason"],
+        "admission: webhook: not scanned"
+    );
+    assert_eq!(
+        exempt_run.result["status"], "succeeded",
+        "{}",
+        exempt_run.stderr
+    );
+    assert!(
+        exempt_run.result.get("admission").is_none(),
+        "{}",
+        exempt_run.result
+    );
+    assert_eq!(
+        webhook.asked().len(),
+        1,
+        "only the default profile's job asked"
+    );
+    assert_clean(&denied);
+    drop(config);
+}

@@ -391,3 +391,73 @@ fn failed(fail: AdmissionFail, error: WebhookError, ms: u64) -> Verdict {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(digest: &str) -> CacheKey {
+        (digest.to_owned(), "default".to_owned())
+    }
+
+    fn with_cache(secs: u64) -> Admission {
+        let config = AdmissionConfig {
+            cache: Duration::from_secs(secs),
+            ..AdmissionConfig::default()
+        };
+        Admission::new(&config, None)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_decision_is_kept_for_cache_secs_then_asked_again() {
+        let admission = with_cache(300);
+        admission.remember(key("sha256:a"), false, Some("critical".into()));
+        let kept = Some((false, Some("critical".to_owned())));
+        assert_eq!(admission.cached(&key("sha256:a")), kept);
+        assert_eq!(admission.cached(&key("sha256:b")), None);
+        tokio::time::advance(Duration::from_secs(299)).await;
+        assert!(admission.cached(&key("sha256:a")).is_some());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(admission.cached(&key("sha256:a")), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_cache_keeps_nothing_and_a_full_one_makes_room_only_from_the_expired() {
+        let none = with_cache(0);
+        none.remember(key("sha256:a"), true, None);
+        assert_eq!(none.cached(&key("sha256:a")), None);
+        let admission = with_cache(60);
+        for i in 0..CACHE_ENTRIES {
+            admission.remember(key(&format!("sha256:{i}")), true, None);
+        }
+        admission.remember(key("sha256:over"), true, None);
+        assert_eq!(
+            admission.cached(&key("sha256:over")),
+            None,
+            "full: not kept"
+        );
+        tokio::time::advance(Duration::from_secs(61)).await;
+        admission.remember(key("sha256:later"), true, None);
+        assert!(admission.cached(&key("sha256:later")).is_some());
+        let len = admission.cache.lock().unwrap().len();
+        assert_eq!(len, 1, "the expired went to make room");
+    }
+
+    #[test]
+    fn the_question_is_the_documented_json() {
+        let ask = Ask {
+            image: "r.internal/ci/rust:1.83",
+            digest: "sha256:ab",
+            job_id: "build-1",
+            profile: "default",
+            kind: Kind::Service,
+            name: Some("db"),
+        };
+        let json = serde_json::to_value(&ask).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"image": "r.internal/ci/rust:1.83", "digest": "sha256:ab",
+                "job_id": "build-1", "profile": "default", "kind": "service", "name": "db"})
+        );
+    }
+}

@@ -164,7 +164,8 @@ async fn a_webhook_down_fails_closed_as_an_error_that_comes_back() {
     assert_eq!(attempt["status"], "error", "{attempt}");
     let reason = attempt["reason"].as_str().unwrap();
     assert!(
-        reason.starts_with("admission: the webhook failed (admission.fail = \"closed\"): POST "),
+        reason.starts_with("admission: the webhook failed (admission.fail = \"closed\"): POST ")
+            && reason.contains("Connection refused"),
         "{reason}"
     );
     assert_eq!(attempt["admission"]["decision"], "unchecked", "{attempt}");

@@ -114,14 +114,15 @@ pub struct Admitted {
 /// Why the webhook gave no decision.
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
-    #[error("POST {url}: {source}")]
-    Send { url: String, source: reqwest::Error },
+    /// `cause`: reqwest's error and its sources, where "connection refused" is.
+    #[error("POST {url}: {cause}")]
+    Send { url: String, cause: String },
     #[error("POST {url}: answered {status}, not 2xx (redirects are not followed)")]
     Status { url: String, status: u16 },
     #[error("POST {url}: no whole answer within admission.timeout_ms = {ms}")]
     Timeout { url: String, ms: u128 },
-    #[error("read the answer of {url}: {source}")]
-    Read { url: String, source: reqwest::Error },
+    #[error("read the answer of {url}: {cause}")]
+    Read { url: String, cause: String },
     #[error("read the answer of {url}: over {MAX_ANSWER_BYTES} bytes; not reading more")]
     TooLarge { url: String },
     #[error("read the answer of {url}: not {{\"allowed\": bool, \"reason\": string}}: {source}")]
@@ -254,9 +255,9 @@ impl Admission {
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
-        let send = |source| WebhookError::Send {
+        let send = |error| WebhookError::Send {
             url: url.to_owned(),
-            source,
+            cause: causes(error),
         };
         let mut response = request.send().await.map_err(send)?;
         if !response.status().is_success() {
@@ -275,14 +276,10 @@ impl Admission {
             return Err(too_large());
         }
         let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|source| WebhookError::Read {
-                url: url.to_owned(),
-                source,
-            })?
-        {
+        while let Some(chunk) = response.chunk().await.map_err(|error| WebhookError::Read {
+            url: url.to_owned(),
+            cause: causes(error),
+        })? {
             if body.len() + chunk.len() > MAX_ANSWER_BYTES {
                 return Err(too_large());
             }
@@ -317,6 +314,20 @@ impl Admission {
             cache.insert(key, (now + self.cache_for, allowed, reason));
         }
     }
+}
+
+/// `error` and each of its sources, without the URL reqwest repeats: its own
+/// text alone says only "error sending request".
+fn causes(error: reqwest::Error) -> String {
+    let error = error.without_url();
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// The webhook's decision on `ask`, logged.

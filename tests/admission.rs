@@ -380,3 +380,30 @@ async fn exec_asks_too_and_a_profile_with_an_empty_url_is_not_asked() {
     assert_clean(&denied);
     drop(config);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_the_bundle_lacks_stops_the_agent_with_exit_78() {
+    let Some(s) = Scenario::new("admit-notoken").await else {
+        return;
+    };
+    let bundle = tempfile::tempdir().unwrap();
+    let sealed = seal(&s.aws, &s.pool, bundle.path()).await;
+    let shm = secrets_dir();
+    let config = format!(
+        "{}{}",
+        secrets_config(&sealed, &shm, &sealed.pool_name),
+        admission(
+            "https://scanner.internal/admit",
+            "token_secret = \"no-such-secret\""
+        )
+    );
+    let (code, line) = common::boot::boot_failure(&s.stack, &s.aws, &s.pool, &config).await;
+    assert_eq!(code, Some(78), "{line}");
+    assert!(
+        line.contains(
+            "admission.token_secret: names secret \"no-such-secret\", which is not in the bundle"
+        ),
+        "{line}"
+    );
+    std::fs::remove_dir_all(&shm).unwrap();
+}

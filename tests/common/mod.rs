@@ -307,7 +307,20 @@ impl<T> Ready for Option<T> {
 /// Polls `condition` every 100 ms until it holds (`true`, or `Some(value)`, which
 /// it returns); panics naming `what` after `deadline`. The one way tests wait:
 /// never sleep-then-assert.
-pub async fn eventually<F, Fut, R>(what: &str, deadline: Duration, mut condition: F) -> R::Value
+pub async fn eventually<F, Fut, R>(what: &str, deadline: Duration, condition: F) -> R::Value
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = R>,
+    R: Ready,
+{
+    within(deadline, condition)
+        .await
+        .unwrap_or_else(|| panic!("timed out after {deadline:?} waiting for {what}"))
+}
+
+/// [`eventually`], but `None` once `deadline` has passed, for a caller that has
+/// more to say about what it found than that it waited.
+pub async fn within<F, Fut, R>(deadline: Duration, mut condition: F) -> Option<R::Value>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = R>,
@@ -316,13 +329,36 @@ where
     let start = tokio::time::Instant::now();
     loop {
         if let Some(value) = condition().await.ready() {
-            return value;
+            return Some(value);
         }
-        assert!(
-            start.elapsed() < deadline,
-            "timed out after {deadline:?} waiting for {what}"
-        );
+        if start.elapsed() >= deadline {
+            return None;
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A test's own time limit, inside the one nextest gives it
+/// (`.config/nextest.toml`): its waits give up with their own message, naming
+/// what they waited for, before nextest would end the test without a word.
+pub struct Budget {
+    end: tokio::time::Instant,
+}
+
+impl Budget {
+    pub fn new(limit: Duration) -> Budget {
+        Budget {
+            end: tokio::time::Instant::now() + limit,
+        }
+    }
+
+    /// The deadline of a wait that needs at most `own`: that, or less, so that
+    /// `reserve` is left for the steps after it.
+    pub fn deadline(&self, own: Duration, reserve: Duration) -> Duration {
+        let left = self
+            .end
+            .saturating_duration_since(tokio::time::Instant::now());
+        own.min(left.saturating_sub(reserve))
     }
 }
 

@@ -122,6 +122,8 @@ const QUEUE_EMPTY: Duration = Duration::from_secs(120);
 const DEAD_LETTERED: Duration = Duration::from_secs(30);
 /// Idle agents drain at once.
 const EXIT: Duration = Duration::from_secs(60);
+/// The checks at the end: reads of every result and log, the agents' logs.
+const CHECKS: Duration = Duration::from_secs(20);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_job_ends_once_through_kills_docker_restarts_spot_notices_and_aws_faults() {
@@ -132,6 +134,7 @@ async fn every_job_ends_once_through_kills_docker_restarts_spot_notices_and_aws_
     let jobs_wanted: usize = env_or("SOAK_JOBS", 60);
     let seed: u64 = env_or("SOAK_SEED", std::process::id() as u64 * 7919);
     eprintln!("soak: {jobs_wanted} jobs, seed {seed}");
+    let started = Instant::now();
     let Scenario { stack, aws, pool } = &s;
     let (moto, faults) = Proxy::tcp_faulty(&aws.upstream()).await;
     faults.set_percent(FAULT_PERCENT, seed);
@@ -162,21 +165,25 @@ async fn every_job_ends_once_through_kills_docker_restarts_spot_notices_and_aws_
         }
     }
     let expected = jobs_wanted + malformed.len();
-    let started = Instant::now();
+    eprintln!(
+        "soak: 3 agents started and {expected} messages sent in {}s",
+        started.elapsed().as_secs()
+    );
+    let working = Instant::now();
     let tally = soak.until_results(aws, &faults, expected, seed).await;
     faults.set_percent(0, seed);
     eprintln!(
         "soak: all {expected} results in {}s; {tally:?}; aws requests {} (faults injected {})",
-        started.elapsed().as_secs(),
+        working.elapsed().as_secs(),
         faults.requests.load(Ordering::Relaxed),
         faults.injected.load(Ordering::Relaxed),
     );
     soak.queue_empties(aws).await;
     only_the_malformed_dead_lettered(aws, pool, &malformed, &budget).await;
     soak.stop_every_agent().await;
-    eprintln!("soak: done in {}s", started.elapsed().as_secs());
 
     // One result per job, written once (S3's own answers), whole, and told.
+    let checking = Instant::now();
     assert_each_succeeded_whole(aws, pool, &ids).await;
     assert_each_written_once(&faults.writes, pool, &ids);
     let told = told(soak.runs());
@@ -186,9 +193,12 @@ async fn every_job_ends_once_through_kills_docker_restarts_spot_notices_and_aws_
     eprintln!(
         "soak: {found} results found already recorded by the next delivery (their writer killed before it logged), {ran_again} jobs ran again"
     );
-    for id in &ids {
-        assert_clean(id);
-    }
+    assert_all_clean(&ids);
+    eprintln!(
+        "soak: checked in {}s; {}s in all",
+        checking.elapsed().as_secs(),
+        started.elapsed().as_secs()
+    );
 }
 
 /// The soak's pool of hosts, the ones it retired, and its time.
@@ -356,7 +366,7 @@ impl Soak<'_> {
             host.agent().signal(Signal::SIGTERM);
         }
         for host in &mut self.hosts {
-            let deadline = self.budget.deadline(EXIT, Duration::ZERO);
+            let deadline = self.budget.deadline(EXIT, CHECKS);
             assert_eq!(
                 host.agent().wait_exit(deadline).await,
                 Some(0),

@@ -284,6 +284,31 @@ pub fn assert_clean(job_id: &str) {
     assert!(left.is_empty(), "left behind for {job_id}: {left:?}");
 }
 
+/// [`assert_clean`] for many jobs, in two asks of Docker instead of two each.
+pub fn assert_all_clean<'a>(job_ids: impl IntoIterator<Item = &'a String>) {
+    let ours: std::collections::HashSet<&str> = job_ids.into_iter().map(String::as_str).collect();
+    // `{{.Label "deckhand.job_id"}} {{.Names}}` (a volume's is `.Name`).
+    let list = |what: &[&str], name: &str| {
+        let format = format!("{{{{.Label \"deckhand.job_id\"}}}} {{{{.{name}}}}}");
+        let mut args = what.to_vec();
+        args.extend(["--filter", "label=deckhand.job_id", "--format", &format]);
+        docker(&args)
+    };
+    let (containers, volumes) = (
+        list(&["ps", "-a"], "Names"),
+        list(&["volume", "ls"], "Name"),
+    );
+    let left: Vec<&str> = containers
+        .lines()
+        .chain(volumes.lines())
+        .filter(|l| l.split(' ').next().is_some_and(|id| ours.contains(id)))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "left behind (job id, container or volume): {left:?}"
+    );
+}
+
 /// What a polled condition gives: `true` or `Some(value)` when it holds.
 pub trait Ready {
     type Value;

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use futures_util::StreamExt;
 use serde_json::Value;
 
 use super::agent::AgentProcess;
@@ -21,16 +22,22 @@ pub fn short_job(stack: &Stack, id: &str, i: usize) -> Value {
 }
 
 /// Each job (the `i`th of `ids`) succeeded, and its log is whole and from the
-/// attempt its result names.
+/// attempt its result names. Read 16 jobs at a time: the long soak has 500.
 pub async fn assert_each_succeeded_whole<'a>(
     aws: &Aws,
     pool: &Pool,
     ids: impl IntoIterator<Item = &'a String>,
 ) {
-    for (i, id) in ids.into_iter().enumerate() {
+    let read = |(i, id): (usize, &'a String)| async move {
         let r = aws.json(&pool.bucket, &keys::result(id)).await.unwrap();
-        assert_eq!(r["status"], "succeeded", "{r}");
         let log = aws.object(&pool.bucket, &keys::log(id)).await.unwrap();
+        (i, r, log)
+    };
+    let mut reads = futures_util::stream::iter(ids.into_iter().enumerate())
+        .map(read)
+        .buffer_unordered(16);
+    while let Some((i, r, log)) = reads.next().await {
+        assert_eq!(r["status"], "succeeded", "{r}");
         assert_eq!(
             String::from_utf8(log).unwrap(),
             format!("job {i} done on attempt {}\n", r["attempt"]),

@@ -361,6 +361,13 @@ impl Soak<'_> {
 
     /// SIGTERM to every agent at once; each drains and exits 0.
     async fn stop_every_agent(&mut self) {
+        // A host started at the last event may still be booting: its signal
+        // handlers are in place once it serves.
+        for host in &self.hosts {
+            let deadline = self.budget.deadline(LONG, EXIT / 2 + CHECKS);
+            let agent = host.runs.last().unwrap();
+            agent.wait_log("Ready; serving the queue.", deadline).await;
+        }
         let started = Instant::now();
         for host in &mut self.hosts {
             host.agent().signal(Signal::SIGTERM);

@@ -193,6 +193,13 @@ async fn every_job_ends_once_through_kills_docker_restarts_spot_notices_and_aws_
     eprintln!(
         "soak: {found} results found already recorded by the next delivery (their writer killed before it logged), {ran_again} jobs ran again"
     );
+    for line in soak.runs().flat_map(|r| r.logs()) {
+        let silent = |id: &str| told.get(id).is_some_and(|t| t.recorded == 0);
+        if line["msg"] == "Result already recorded." && line["job_id"].as_str().is_some_and(silent)
+        {
+            eprintln!("soak: {line}");
+        }
+    }
     assert_all_clean(&ids);
     eprintln!(
         "soak: checked in {}s; {}s in all",

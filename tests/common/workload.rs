@@ -84,7 +84,8 @@ pub fn told<'a>(runs: impl IntoIterator<Item = &'a AgentProcess>) -> HashMap<Str
             let Some(id) = line["job_id"].as_str() else {
                 continue;
             };
-            // The terminal result's: an interrupted or failed attempt has its own.
+            // The terminal result's: an interrupted attempt, or one the host
+            // could not run (`error`), is recorded under `attempt-N/`.
             let recorded = line["msg"] == "Result recorded."
                 && !matches!(line["status"].as_str(), Some("interrupted" | "error"));
             let found = line["msg"] == "Result already recorded.";

@@ -157,3 +157,63 @@ async fn no_job_is_lost_when_agents_die_docker_drops_and_spot_takes_a_host() {
         JOBS
     );
 }
+
+/// The soak's first failure: an agent killed after S3 took its result and
+/// before it could log it. The delivery after it finds the result and says
+/// whose; the job ran once and its result was written once, though no agent
+/// ever logged `Result recorded.` for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_result_written_just_before_kill_9_is_told_by_the_next_delivery() {
+    let Some(s) = Scenario::new("told").await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
+    let id = unique("told");
+    // S3 takes this PUT; the agent never hears that it did.
+    let marker = format!("PUT /{}/{}", pool.bucket, keys::result(&id));
+    let (moto, held) = Proxy::tcp_holding(&aws.upstream(), &marker).await;
+    let instance = unique("i-told");
+    let config = agent_config(stack, pool, &moto.address, &instance, "");
+    let mut first = AgentProcess::start(&config, "first");
+    s.send_job(&job(&id, &stack.image, &["sh", "-c", "echo once"]))
+        .await;
+    eventually("S3 to take the result (its answer held)", LONG, || async {
+        held.load(std::sync::atomic::Ordering::SeqCst)
+    })
+    .await;
+    first.signal(Signal::SIGKILL);
+    first.wait_exit(LONG).await;
+
+    // The message comes back after its visibility timeout (30 s).
+    let second = AgentProcess::start(&config, "second");
+    second.wait_log("Result already recorded.", VERY_LONG).await;
+    s.wait_empty().await;
+    let r = s.result(&id).await.unwrap();
+    assert_eq!(
+        (&r["status"], &r["instance_id"], &r["attempt"]),
+        (&"succeeded".into(), &instance.as_str().into(), &1.into())
+    );
+    let found = second
+        .logs()
+        .into_iter()
+        .find(|l| l["msg"] == "Result already recorded.")
+        .unwrap();
+    assert_eq!(
+        (&found["recorded_by"], &found["recorded_attempt"]),
+        (&r["instance_id"], &r["attempt"]),
+        "{found}"
+    );
+    // What the soak's old proof counted: no `Result recorded.` for this job.
+    let both = [&first, &second];
+    assert_eq!(
+        both.iter()
+            .map(|a| a.count("Result recorded."))
+            .sum::<usize>(),
+        0
+    );
+    assert_eq!(
+        both.iter().map(|a| a.count("Job started.")).sum::<usize>(),
+        1
+    );
+    assert_clean(&id);
+}

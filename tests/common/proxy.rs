@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, copy_bidirectional};
@@ -89,6 +89,29 @@ impl Proxy {
         Proxy::tcp_intercepting(upstream, marker, n, http_response("400 Bad Request", body)).await
     }
 
+    /// Like [`Proxy::tcp`], but the first request whose head or body contains
+    /// `marker` takes effect upstream and its answer never reaches the client:
+    /// the returned flag turns true once the upstream has answered. A client
+    /// killed then has done what it never heard it did.
+    pub async fn tcp_holding(upstream: &str, marker: &str) -> (Proxy, Arc<AtomicBool>) {
+        let held = Arc::new(AtomicBool::new(false));
+        let flag = held.clone();
+        let taken = AtomicBool::new(false);
+        let marker = marker.as_bytes().to_owned();
+        let proxy = Proxy::tcp_judging(upstream, move |request| {
+            let marked = request
+                .windows(marker.len())
+                .any(|w| w == marker.as_slice());
+            if marked && !taken.swap(true, Ordering::SeqCst) {
+                Verdict::Hold(flag.clone())
+            } else {
+                Verdict::Forward
+            }
+        })
+        .await;
+        (proxy, held)
+    }
+
     /// Like [`Proxy::tcp`], but fails a share of the HTTP requests, as S3 and
     /// SQS now and then do: half answered `503 Service Unavailable`, half with the
     /// connection closed before any answer. The failed request never reaches
@@ -145,38 +168,18 @@ impl Proxy {
                 let judge = judge.clone();
                 let answered = answered.clone();
                 tokio::spawn(async move {
-                    let Some(mut request) = read_head(&mut client).await else {
+                    let Some(request) = read_request(&mut client).await else {
                         return;
                     };
-                    let mut rest =
-                        vec![0; content_length(&request).saturating_sub(body_read(&request))];
-                    if client.read_exact(&mut rest).await.is_err() {
-                        return;
-                    }
-                    request.extend_from_slice(&rest);
                     match judge(&request) {
                         Verdict::Answer(response) => {
                             let _ = client.write_all(response.as_bytes()).await;
                         }
                         Verdict::Drop => drop(client),
                         Verdict::Forward => {
-                            let Ok(mut server) = TcpStream::connect(&upstream).await else {
-                                return;
-                            };
-                            if server.write_all(&request).await.is_err() {
-                                return;
-                            }
-                            if let Some(answered) = &answered {
-                                let Some(head) = read_head(&mut server).await else {
-                                    return;
-                                };
-                                answered(&request, &head);
-                                if client.write_all(&head).await.is_err() {
-                                    return;
-                                }
-                            }
-                            forward(client, server, watch).await;
+                            pass(client, &upstream, &request, answered.as_deref(), watch).await;
                         }
+                        Verdict::Hold(held) => hold(client, &upstream, &request, &held).await,
                     }
                 });
             }
@@ -297,6 +300,9 @@ enum Verdict {
     Answer(String),
     /// The connection closed, no answer.
     Drop,
+    /// Forwarded, and the upstream's answer kept from the client, which waits
+    /// on; the flag turns true once the upstream has answered.
+    Hold(Arc<AtomicBool>),
 }
 
 impl Faults {
@@ -344,6 +350,55 @@ async fn read_head(stream: &mut TcpStream) -> Option<Vec<u8>> {
         buf.extend_from_slice(&chunk[..n]);
     }
     Some(buf)
+}
+
+/// One whole HTTP request: its head and its body.
+async fn read_request(client: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut request = read_head(client).await?;
+    let mut rest = vec![0; content_length(&request).saturating_sub(body_read(&request))];
+    client.read_exact(&mut rest).await.ok()?;
+    request.extend_from_slice(&rest);
+    Some(request)
+}
+
+/// Sends `request` on to `upstream`, and its answer back; `answered` sees the
+/// answer's head first.
+async fn pass(
+    mut client: TcpStream,
+    upstream: &str,
+    request: &[u8],
+    answered: Option<&Answered>,
+    watch: watch::Receiver<bool>,
+) {
+    let Ok(mut server) = TcpStream::connect(upstream).await else {
+        return;
+    };
+    if server.write_all(request).await.is_err() {
+        return;
+    }
+    if let Some(answered) = answered {
+        let Some(head) = read_head(&mut server).await else {
+            return;
+        };
+        answered(request, &head);
+        if client.write_all(&head).await.is_err() {
+            return;
+        }
+    }
+    forward(client, server, watch).await;
+}
+
+/// Sends `request` on to `upstream`, which acts on it, and keeps the answer
+/// from the client, which waits until it gives up or is killed.
+async fn hold(mut client: TcpStream, upstream: &str, request: &[u8], held: &AtomicBool) {
+    let Ok(mut server) = TcpStream::connect(upstream).await else {
+        return;
+    };
+    if server.write_all(request).await.is_err() || read_head(&mut server).await.is_none() {
+        return;
+    }
+    held.store(true, Ordering::SeqCst);
+    let _ = client.read(&mut [0u8; 1]).await;
 }
 
 fn head_end(head: &[u8]) -> usize {

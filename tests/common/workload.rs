@@ -41,6 +41,7 @@ pub async fn assert_each_succeeded_whole<'a>(
         assert_eq!(
             String::from_utf8(log).unwrap(),
             format!("job {i} done on attempt {}\n", r["attempt"]),
+            "the log of job {i} is not its result's: {r}"
         );
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::agent::{AgentProcess, agent_config, behind_a_docker_proxy};
 use common::aws::{Aws, Pool};
 use common::imds::ImdsSim;
-use common::proxy::Proxy;
+use common::proxy::{Proxy, Writes};
 use common::scenario::Scenario;
 use common::workload::{
     assert_each_succeeded_whole, assert_each_told, assert_each_written_once, short_job, told,
@@ -43,6 +43,16 @@ async fn results(aws: &Aws, pool: &Pool) -> usize {
         .count()
 }
 
+/// Every agent's settings: AWS through `moto` (the counting proxy), and a
+/// visibility timeout short enough that a message whose agent died between
+/// recording its result and deleting it comes back within the test (and is then
+/// deleted as a duplicate); heartbeats keep running jobs hidden.
+fn settings(moto: &str) -> String {
+    format!(
+        "[aws]\nendpoint_url = \"{moto}\"\n[agent]\nslots = 2\n[queue]\nvisibility_timeout_secs = 30\n[drain]\non_spot = \"release\"\nstop_grace_secs = 1\nstop_timeout_secs = 5"
+    )
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn no_job_is_lost_when_agents_die_docker_drops_and_spot_takes_a_host() {
     let Some(s) = Scenario::new("chaos").await else {
@@ -54,13 +64,7 @@ async fn no_job_is_lost_when_agents_die_docker_drops_and_spot_takes_a_host() {
     // Every agent reaches S3 and SQS through this proxy (no faults injected): it
     // counts the writes S3 took.
     let (moto, wire) = Proxy::tcp_faulty(&aws.upstream()).await;
-    // A visibility timeout short enough that a message whose agent died between
-    // recording its result and deleting it comes back within the test (and is
-    // then deleted as a duplicate); heartbeats keep running jobs hidden.
-    let settings = &format!(
-        "[aws]\nendpoint_url = \"{}\"\n[agent]\nslots = 2\n[queue]\nvisibility_timeout_secs = 30\n[drain]\non_spot = \"release\"\nstop_grace_secs = 1\nstop_timeout_secs = 5",
-        moto.address
-    );
+    let settings = &settings(&moto.address);
 
     // Agent A watches a metadata simulator: the spot notice comes there.
     let sim = ImdsSim::start(&unique("i-chaos-a"));
@@ -81,7 +85,7 @@ async fn no_job_is_lost_when_agents_die_docker_drops_and_spot_takes_a_host() {
 
     let jobs = jobs(stack);
     for (_, body) in &jobs {
-        aws.send_job(&pool.queue_url, body).await;
+        s.send_job(body).await;
     }
 
     // 1. A is killed outright mid-work and restarted: its orphans go back.
@@ -120,7 +124,27 @@ async fn no_job_is_lost_when_agents_die_docker_drops_and_spot_takes_a_host() {
         results(aws, pool).await == JOBS
     })
     .await;
-    eventually("the queue to be empty", wait(), || async {
+    every_job_once(&s, &jobs, &wire.writes, [&a, &a2, &b, &c], wait()).await;
+    let interrupted = a2.count("Message handed back to the queue.")
+        + a2.count("Found a container left by an earlier run; removing it.");
+    eprintln!(
+        "chaos: {} results; A2 handed back or recovered {interrupted}",
+        JOBS
+    );
+}
+
+/// The end state: the queue empty (within `deadline`), nothing dead-lettered, every job `succeeded` with a whole
+/// log, its result written once (S3's answers say so, whatever a killed agent
+/// got to log) and the logs agree, none ran to a result twice, nothing left.
+async fn every_job_once(
+    s: &Scenario,
+    jobs: &[(String, serde_json::Value)],
+    writes: &Writes,
+    agents: [&AgentProcess; 4],
+    deadline: Duration,
+) {
+    let Scenario { aws, pool, .. } = s;
+    eventually("the queue to be empty", deadline, || async {
         aws.counts(&pool.queue_url).await == (0, 0)
     })
     .await;
@@ -129,33 +153,23 @@ async fn no_job_is_lost_when_agents_die_docker_drops_and_spot_takes_a_host() {
         (0, 0),
         "nothing dead-lettered"
     );
-    assert_each_succeeded_whole(aws, pool, jobs.iter().map(|(id, _)| id)).await;
-    for (id, _) in &jobs {
+    let ids = || jobs.iter().map(|(id, _)| id);
+    assert_each_succeeded_whole(aws, pool, ids()).await;
+    for id in ids() {
         if !leftovers(id).is_empty() {
-            for agent in [&a, &a2, &b, &c] {
-                for line in agent.logs() {
-                    if line["job_id"] == id.as_str() && line["stream"].is_null() {
-                        eprintln!("{line}");
-                    }
+            for line in agents.iter().flat_map(|a| a.logs()) {
+                if line["job_id"] == id.as_str() && line["stream"].is_null() {
+                    eprintln!("{line}");
                 }
             }
         }
         assert_clean(id);
     }
-    // One terminal result each, written once (S3's answers say so, whatever a
-    // killed agent got to log), and the logs agree; none ran to a result twice.
-    let ids = || jobs.iter().map(|(id, _)| id);
-    assert_each_written_once(&wire.writes, pool, ids());
-    let told = told([&a, &a2, &b, &c]);
+    assert_each_written_once(writes, pool, ids());
+    let told = told(agents);
     assert_each_told(&told, ids());
     let ran_again: Vec<_> = told.iter().filter(|(_, t)| t.ran_again > 0).collect();
     assert!(ran_again.is_empty(), "jobs that ran again: {ran_again:?}");
-    let interrupted = a2.count("Message handed back to the queue.")
-        + a2.count("Found a container left by an earlier run; removing it.");
-    eprintln!(
-        "chaos: {} results; A2 handed back or recovered {interrupted}",
-        JOBS
-    );
 }
 
 /// The soak's first failure: an agent killed after S3 took its result and

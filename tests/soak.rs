@@ -151,19 +151,7 @@ async fn every_job_ends_once_through_kills_docker_restarts_spot_notices_and_aws_
         let host = soak.host().await;
         soak.hosts.push(host);
     }
-    // Jobs of 0.2 to 1.8 s, and one malformed message in fifty.
-    let mut ids = Vec::new();
-    let mut malformed = Vec::new();
-    for i in 0..jobs_wanted {
-        let id = unique(&format!("soak{i}"));
-        aws.send_job(&pool.queue_url, &short_job(stack, &id, i))
-            .await;
-        ids.push(id);
-        if i % 50 == 25 {
-            let bad = "{\"version\":1,\"id\":\"soak-bad\",\"bogus\":1}";
-            malformed.push(aws.send(&pool.queue_url, bad).await);
-        }
-    }
+    let (ids, malformed) = send_work(&s, jobs_wanted).await;
     let expected = jobs_wanted + malformed.len();
     eprintln!(
         "soak: 3 agents started and {expected} messages sent in {}s",
@@ -212,6 +200,23 @@ async fn every_job_ends_once_through_kills_docker_restarts_spot_notices_and_aws_
         checking.elapsed().as_secs(),
         started.elapsed().as_secs()
     );
+}
+
+/// Jobs of 0.2 to 1.8 s, and one malformed message in fifty: the jobs' ids and
+/// the malformed messages' SQS ids.
+async fn send_work(s: &Scenario, jobs: usize) -> (Vec<String>, Vec<String>) {
+    let mut ids = Vec::new();
+    let mut malformed = Vec::new();
+    for i in 0..jobs {
+        let id = unique(&format!("soak{i}"));
+        s.send_job(&short_job(&s.stack, &id, i)).await;
+        ids.push(id);
+        if i % 50 == 25 {
+            let bad = "{\"version\":1,\"id\":\"soak-bad\",\"bogus\":1}";
+            malformed.push(s.aws.send(&s.pool.queue_url, bad).await);
+        }
+    }
+    (ids, malformed)
 }
 
 /// The soak's pool of hosts, the ones it retired, and its time.

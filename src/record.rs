@@ -61,6 +61,10 @@ pub enum StoreError {
     },
 }
 
+/// How long a log with no result beside it is given for its result to land
+/// before it is taken for an orphan and replaced.
+const ORPHAN_PATIENCE: Duration = Duration::from_secs(3);
+
 /// The most a result read back may hold: a result lists at most a few
 /// thousand artifacts; more is not one of ours.
 pub const MAX_RESULT_BYTES: u64 = 16 << 20;
@@ -170,16 +174,15 @@ impl ResultStore {
         // The log before the result, so that whoever sees the result can read its
         // log at once. A terminal log is written only where none is: a run whose
         // claim expired while another finished the job must not replace the
-        // winner's log. One that is there with no result beside it is an orphan
-        // (a run killed between the two writes, or our own earlier try), and ours
+        // winner's log. One that is there with no result beside it is another
+        // run's between its two writes, or an orphan (a run killed between them,
+        // our own earlier try): its result gets a moment to land, then ours
         // replaces it.
         if let Some(log) = log {
             let terminal = result.status.is_terminal();
             if !self.put_log(&log_key, log, terminal).await? {
-                if let Some(existing) = self.terminal(&result.id).await? {
-                    if !is_same_run(&existing, result) {
-                        return Ok(Recorded::Duplicate(Box::new(existing)));
-                    }
+                if let Some(existing) = self.landed_result(result).await? {
+                    return Ok(Recorded::Duplicate(Box::new(existing)));
                 }
                 self.put_log(&log_key, log, false).await?;
             }
@@ -207,6 +210,22 @@ impl ResultStore {
             }
         }
         Ok(Recorded::Stored)
+    }
+
+    /// Another run's terminal result for `ours`'s job, waited for up to
+    /// [`ORPHAN_PATIENCE`]: a log without its result is most often a run
+    /// between its two writes (a drained host's job ending as another host
+    /// starts it), rarely one that died there.
+    async fn landed_result(&self, ours: &JobResult) -> Result<Option<JobResult>, StoreError> {
+        let give_up = tokio::time::Instant::now() + ORPHAN_PATIENCE;
+        loop {
+            match self.terminal(&ours.id).await? {
+                Some(existing) if is_same_run(&existing, ours) => return Ok(None),
+                Some(existing) => return Ok(Some(existing)),
+                None if tokio::time::Instant::now() >= give_up => return Ok(None),
+                None => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
     }
 
     /// Uploads a log from memory or, streamed, from its spool file; with

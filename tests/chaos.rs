@@ -1,19 +1,28 @@
 //! Chaos: a pool of agents loses one to `kill -9`, one to a spot notice and one's
 //! Docker connection, all while a queue of jobs is being worked through, and still
-//! every job ends with exactly one terminal result, none is lost and none runs to
-//! a result twice.
+//! every job ends with exactly one terminal result (one write of it, by S3's
+//! answers), none is lost and none runs to a result twice.
 
 mod common;
+
+use std::time::Duration;
 
 use common::agent::{AgentProcess, agent_config, behind_a_docker_proxy};
 use common::aws::{Aws, Pool};
 use common::imds::ImdsSim;
+use common::proxy::{Proxy, Writes};
 use common::scenario::Scenario;
-use common::workload::{assert_each_succeeded_whole, short_job, succeeded_records};
+use common::workload::{
+    assert_each_succeeded_whole, assert_each_told, assert_each_written_once, short_job, told,
+};
 use common::*;
 use nix::sys::signal::Signal;
 
 const JOBS: usize = 40;
+/// Inside nextest's 300 s: each wait gives up with its own message first.
+const LIMIT: Duration = Duration::from_secs(280);
+/// Kept for the checks at the end, from each wait before them.
+const CHECKS: Duration = Duration::from_secs(30);
 
 /// Jobs of 0.2 to 1.8 s, so that at any moment some run and some wait.
 fn jobs(stack: &Stack) -> Vec<(String, serde_json::Value)> {
@@ -34,23 +43,35 @@ async fn results(aws: &Aws, pool: &Pool) -> usize {
         .count()
 }
 
+/// Every agent's settings: AWS through `moto` (the counting proxy), and a
+/// visibility timeout short enough that a message whose agent died between
+/// recording its result and deleting it comes back within the test (and is then
+/// deleted as a duplicate); heartbeats keep running jobs hidden.
+fn settings(moto: &str) -> String {
+    format!(
+        "[aws]\nendpoint_url = \"{moto}\"\n[agent]\nslots = 2\n[queue]\nvisibility_timeout_secs = 30\n[drain]\non_spot = \"release\"\nstop_grace_secs = 1\nstop_timeout_secs = 5"
+    )
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn no_job_is_lost_when_agents_die_docker_drops_and_spot_takes_a_host() {
     let Some(s) = Scenario::new("chaos").await else {
         return;
     };
     let Scenario { stack, aws, pool } = &s;
-    // Short enough that a message whose agent died between recording its result
-    // and deleting it comes back within the test (and is then deleted as a
-    // duplicate); heartbeats keep running jobs hidden.
-    let settings = "[agent]\nslots = 2\n[queue]\nvisibility_timeout_secs = 30\n[drain]\non_spot = \"release\"\nstop_grace_secs = 1\nstop_timeout_secs = 5";
+    let budget = Budget::new(LIMIT);
+    let wait = || budget.deadline(VERY_LONG, CHECKS);
+    // Every agent reaches S3 and SQS through this proxy (no faults injected): it
+    // counts the writes S3 took.
+    let (moto, wire) = Proxy::tcp_faulty(&aws.upstream()).await;
+    let settings = &settings(&moto.address);
 
     // Agent A watches a metadata simulator: the spot notice comes there.
     let sim = ImdsSim::start(&unique("i-chaos-a"));
     let a_config = agent_config(
         stack,
         pool,
-        &aws.endpoint,
+        &moto.address,
         "",
         &format!(
             "{settings}\n[imds]\nenabled = true\nendpoint = \"{}\"\npoll_ms = 200",
@@ -64,50 +85,66 @@ async fn no_job_is_lost_when_agents_die_docker_drops_and_spot_takes_a_host() {
 
     let jobs = jobs(stack);
     for (_, body) in &jobs {
-        aws.send_job(&pool.queue_url, body).await;
+        s.send_job(body).await;
     }
 
     // 1. A is killed outright mid-work and restarted: its orphans go back.
-    eventually("a few results", VERY_LONG, || async {
+    eventually("a few results", wait(), || async {
         results(aws, pool).await >= 4
     })
     .await;
     a.signal(Signal::SIGKILL);
-    a.wait_exit(VERY_LONG).await;
+    a.wait_exit(wait()).await;
     let mut a2 = AgentProcess::start(&a_config, "a2");
 
     // 2. B loses Docker for a while.
-    eventually("more results", VERY_LONG, || async {
+    eventually("more results", wait(), || async {
         results(aws, pool).await >= 12
     })
     .await;
     docker_link.set_down(true);
-    eventually("B to notice", VERY_LONG, || async {
+    eventually("B to notice its Docker is gone", wait(), || async {
         b.docker_lost_count() >= 2
     })
     .await;
     docker_link.set_down(false);
 
     // 3. A's host gets a spot notice; a fresh host C takes its place.
-    eventually("yet more results", VERY_LONG, || async {
+    eventually("yet more results", wait(), || async {
         results(aws, pool).await >= 22
     })
     .await;
     sim.spot("terminate", 120).await;
-    assert_eq!(
-        a2.wait_exit(VERY_LONG).await,
-        Some(0),
-        "a spot drain exits 0"
-    );
-    let c_config = agent_config(stack, pool, &aws.endpoint, &unique("i-chaos-c"), settings);
+    assert_eq!(a2.wait_exit(wait()).await, Some(0), "a spot drain exits 0");
+    let c_config = agent_config(stack, pool, &moto.address, &unique("i-chaos-c"), settings);
     let c = AgentProcess::start(&c_config, "c");
 
     // Every job ends, succeeded, once.
-    eventually("every job's result", VERY_LONG, || async {
+    eventually("every job's result", wait(), || async {
         results(aws, pool).await == JOBS
     })
     .await;
-    eventually("the queue to be empty", VERY_LONG, || async {
+    every_job_once(&s, &jobs, &wire.writes, [&a, &a2, &b, &c], wait()).await;
+    let interrupted = a2.count("Message handed back to the queue.")
+        + a2.count("Found a container left by an earlier run; removing it.");
+    eprintln!(
+        "chaos: {} results; A2 handed back or recovered {interrupted}",
+        JOBS
+    );
+}
+
+/// The end state: the queue empty (within `deadline`), nothing dead-lettered, every job `succeeded` with a whole
+/// log, its result written once (S3's answers say so, whatever a killed agent
+/// got to log) and the logs agree, none ran to a result twice, nothing left.
+async fn every_job_once(
+    s: &Scenario,
+    jobs: &[(String, serde_json::Value)],
+    writes: &Writes,
+    agents: [&AgentProcess; 4],
+    deadline: Duration,
+) {
+    let Scenario { aws, pool, .. } = s;
+    eventually("the queue to be empty", deadline, || async {
         aws.counts(&pool.queue_url).await == (0, 0)
     })
     .await;
@@ -116,35 +153,81 @@ async fn no_job_is_lost_when_agents_die_docker_drops_and_spot_takes_a_host() {
         (0, 0),
         "nothing dead-lettered"
     );
-    assert_each_succeeded_whole(aws, pool, jobs.iter().map(|(id, _)| id)).await;
-    for (id, _) in &jobs {
+    let ids = || jobs.iter().map(|(id, _)| id);
+    assert_each_succeeded_whole(aws, pool, ids()).await;
+    for id in ids() {
         if !leftovers(id).is_empty() {
-            for agent in [&a, &a2, &b, &c] {
-                for line in agent.logs() {
-                    if line["job_id"] == id.as_str() && line["stream"].is_null() {
-                        eprintln!("{line}");
-                    }
+            for line in agents.iter().flat_map(|a| a.logs()) {
+                if line["job_id"] == id.as_str() && line["stream"].is_null() {
+                    eprintln!("{line}");
                 }
             }
         }
         assert_clean(id);
     }
-    // One terminal result each, across every agent: none ran to a result twice.
-    for agent in [&a, &a2, &b, &c] {
-        for line in agent.logs() {
-            assert_ne!(
-                line["msg"], "Another run of this job recorded its result first; keeping that one.",
-                "{line}"
-            );
-        }
-    }
-    let recorded = succeeded_records([&a, &a2, &b, &c]);
-    assert_eq!(recorded.len(), JOBS);
-    assert!(recorded.values().all(|&n| n == 1), "{recorded:?}");
-    let interrupted = a2.count("Message handed back to the queue.")
-        + a2.count("Found a container left by an earlier run; removing it.");
-    eprintln!(
-        "chaos: {} results; A2 handed back or recovered {interrupted}",
-        JOBS
+    assert_each_written_once(writes, pool, ids());
+    let told = told(agents);
+    assert_each_told(&told, ids());
+    let ran_again: Vec<_> = told.iter().filter(|(_, t)| t.ran_again > 0).collect();
+    assert!(ran_again.is_empty(), "jobs that ran again: {ran_again:?}");
+}
+
+/// The soak's first failure: an agent killed after S3 took its result and
+/// before it could log it. The delivery after it finds the result and says
+/// whose; the job ran once and its result was written once, though no agent
+/// ever logged `Result recorded.` for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_result_written_just_before_kill_9_is_told_by_the_next_delivery() {
+    let Some(s) = Scenario::new("told").await else {
+        return;
+    };
+    let Scenario { stack, aws, pool } = &s;
+    let id = unique("told");
+    // S3 takes this PUT; the agent never hears that it did.
+    let marker = format!("PUT /{}/{}", pool.bucket, keys::result(&id));
+    let (moto, held) = Proxy::tcp_holding(&aws.upstream(), &marker).await;
+    let instance = unique("i-told");
+    let config = agent_config(stack, pool, &moto.address, &instance, "");
+    let mut first = AgentProcess::start(&config, "first");
+    s.send_job(&job(&id, &stack.image, &["sh", "-c", "echo once"]))
+        .await;
+    eventually("S3 to take the result (its answer held)", LONG, || async {
+        held.load(std::sync::atomic::Ordering::SeqCst)
+    })
+    .await;
+    first.signal(Signal::SIGKILL);
+    first.wait_exit(LONG).await;
+
+    // The message comes back after its visibility timeout (30 s).
+    let second = AgentProcess::start(&config, "second");
+    second.wait_log("Result already recorded.", VERY_LONG).await;
+    s.wait_empty().await;
+    let r = s.result(&id).await.unwrap();
+    assert_eq!(
+        (&r["status"], &r["instance_id"], &r["attempt"]),
+        (&"succeeded".into(), &instance.as_str().into(), &1.into())
     );
+    let found = second
+        .logs()
+        .into_iter()
+        .find(|l| l["msg"] == "Result already recorded.")
+        .unwrap();
+    assert_eq!(
+        (&found["recorded_by"], &found["recorded_attempt"]),
+        (&r["instance_id"], &r["attempt"]),
+        "{found}"
+    );
+    // What the soak's old proof counted: no `Result recorded.` for this job.
+    let both = [&first, &second];
+    assert_eq!(
+        both.iter()
+            .map(|a| a.count("Result recorded."))
+            .sum::<usize>(),
+        0
+    );
+    assert_eq!(
+        both.iter().map(|a| a.count("Job started.")).sum::<usize>(),
+        1
+    );
+    assert_clean(&id);
 }

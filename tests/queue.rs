@@ -225,14 +225,24 @@ async fn a_redelivered_finished_job_is_not_run_again() {
 
     // SQS delivers at least once: the same job again.
     aws.send(&pool.queue_url, &body).await;
-    agent
-        .wait_log(
-            "Duplicate delivery of a finished job; deleting it without running.",
-            LONG,
-        )
-        .await;
+    agent.wait_log("Result already recorded.", LONG).await;
     aws.wait_empty(pool).await;
     assert_eq!(agent.count("Job started."), 1);
+    // The line says whose result it found.
+    let found = agent
+        .logs()
+        .into_iter()
+        .find(|l| l["msg"] == "Result already recorded.")
+        .unwrap();
+    assert_eq!(
+        (
+            &found["level"],
+            &found["recorded_by"],
+            &found["recorded_attempt"]
+        ),
+        (&"info".into(), &first["instance_id"], &first["attempt"]),
+        "{found}"
+    );
     assert_eq!(aws.result(pool, &id).await.unwrap(), first);
 }
 

@@ -281,10 +281,7 @@ impl Agent {
         );
         let result = match (&terminal, &cancel) {
             (Ok(Some(existing)), _) => {
-                tracing::info!(
-                    status = existing.status.as_str(),
-                    "Duplicate delivery of a finished job; deleting it without running."
-                );
+                already_recorded(existing, None);
                 Lookup::Finished
             }
             (Ok(None), Ok(None)) => Lookup::Absent,
@@ -349,11 +346,8 @@ impl Agent {
                     return Recording::Ours;
                 }
                 Ok(Recorded::Duplicate(existing)) => {
-                    tracing::warn!(
-                        recorded_status = existing.status.as_str(),
-                        recorded_by = %existing.instance_id,
-                        "Another run of this job recorded its result first; keeping that one."
-                    );
+                    // Only a job that ran has a log: then this run's result goes.
+                    already_recorded(&existing, log.map(|_| result.status));
                     return Recording::Theirs;
                 }
                 Err(e) => e,
@@ -366,5 +360,29 @@ impl Agent {
             tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "Could not record the result; retrying.");
             tokio::time::sleep(delay).await;
         }
+    }
+}
+
+/// A delivery found its job's terminal result already in S3, written by an
+/// earlier attempt (maybe this instance's, killed before it could log it) or by
+/// another host: says whose it is, so that every job's story can be read from
+/// the logs. `discarded`: the status of this delivery's own run, which did not
+/// become the result. A job that ran again is a warning (the claim is there to
+/// prevent it); a duplicate found before running is SQS's at-least-once.
+fn already_recorded(existing: &JobResult, discarded: Option<Status>) {
+    match discarded {
+        Some(discarded) => tracing::warn!(
+            recorded_status = existing.status.as_str(),
+            recorded_by = %existing.instance_id,
+            recorded_attempt = existing.attempt,
+            discarded_status = discarded.as_str(),
+            "Result already recorded."
+        ),
+        None => tracing::info!(
+            recorded_status = existing.status.as_str(),
+            recorded_by = %existing.instance_id,
+            recorded_attempt = existing.attempt,
+            "Result already recorded."
+        ),
     }
 }

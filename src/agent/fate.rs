@@ -46,7 +46,8 @@ pub struct Settlement {
 /// What reading the record before a job runs found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lookup {
-    /// `result.json` is there: SQS delivered the job twice.
+    /// `result.json` is there: SQS delivered the job again (its delete failed,
+    /// or its agent was killed between the write and the delete).
     Finished,
     /// No result.
     Absent,

@@ -19,7 +19,7 @@ use std::time::Duration;
 use aws_sdk_autoscaling::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
 use crate::aws::ec2::{Ec2, Ec2Error};
-use crate::backoff::{Backoff, Budget};
+use crate::backoff::{Backoff, Budget, retry};
 use crate::config::{Config, OnExit};
 
 /// How long scale-in keeps retrying a throttled or busy API.
@@ -159,26 +159,27 @@ impl ScaleIn<'_> {
     }
 
     async fn terminate_through_ec2(&self) -> Result<(), ScaleInError> {
-        let give_up = tokio::time::Instant::now() + DEADLINE;
-        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
-        loop {
-            let error = match self.ec2.terminate_instance(self.instance_id).await {
-                Ok(()) => {
-                    tracing::info!("EC2 is terminating this instance.");
-                    return Ok(());
+        let pace = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+        let budget = Budget::Until(tokio::time::Instant::now() + DEADLINE);
+        retry(
+            pace,
+            budget,
+            || self.ec2.terminate_instance(self.instance_id),
+            |error, delay| {
+                let again = error.is_retryable();
+                if again {
+                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "EC2 refused for now; retrying.");
                 }
-                Err(e) => e,
-            };
-            let delay = backoff.next_delay();
-            if !error.is_retryable() || tokio::time::Instant::now() + delay > give_up {
-                return Err(ScaleInError::Ec2 {
-                    instance_id: self.instance_id.to_owned(),
-                    source: error,
-                });
-            }
-            tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "EC2 refused for now; retrying.");
-            tokio::time::sleep(delay).await;
-        }
+                again
+            },
+        )
+        .await
+        .map_err(|source| ScaleInError::Ec2 {
+            instance_id: self.instance_id.to_owned(),
+            source,
+        })?;
+        tracing::info!("EC2 is terminating this instance.");
+        Ok(())
     }
 
     /// Lets a terminating Auto Scaling group go on at once instead of waiting out

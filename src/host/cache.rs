@@ -20,7 +20,7 @@ use std::time::Duration;
 use aws_sdk_s3::error::DisplayErrorContext;
 use sha2::{Digest, Sha256};
 
-use crate::backoff::Backoff;
+use crate::backoff::{Backoff, Budget, retry};
 use crate::docker::{Docker, DockerError, LABEL_MANAGED};
 use crate::host::archive::{Limits, Unpack, Unpacked, unpack_stream};
 use crate::rules::S3Location;
@@ -150,20 +150,15 @@ impl Cache {
                 retired: Mutex::new(Vec::new()),
             }),
         };
-        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(10));
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            match cache.refresh().await {
-                Ok(_) => break,
-                Err(e) if e.is_permanent() || tries >= 5 => return Err(e),
-                Err(error) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "Could not prepare the cache; retrying.");
-                    tokio::time::sleep(delay).await;
-                }
+        let pace = Backoff::new(Duration::from_secs(1), Duration::from_secs(10));
+        retry(pace, Budget::Attempts(5), || cache.refresh(), |error, delay| {
+            let again = !error.is_permanent();
+            if again {
+                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "Could not prepare the cache; retrying.");
             }
-        }
+            again
+        })
+        .await?;
         cache.remove_stale_volumes().await;
         Ok(cache)
     }

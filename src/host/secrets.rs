@@ -24,7 +24,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::backoff::Backoff;
+use crate::backoff::{Backoff, Budget, retry};
 use crate::config::SecretsConfig;
 use crate::docker::RegistryAuth;
 use crate::mask::Masker;
@@ -279,23 +279,28 @@ pub async fn load(
     let Some(location) = &config.bundle else {
         return Ok(None);
     };
-    let give_up = tokio::time::Instant::now() + config.boot_timeout;
-    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(15));
-    loop {
-        let error = match open(location, config, s3, kms).await {
-            Ok(secrets) => return Ok(Some(secrets)),
-            Err(e) if e.is_permanent() => return Err(e),
-            Err(e) => e,
-        };
-        let delay = backoff.next_delay();
-        if tokio::time::Instant::now() + delay > give_up {
-            return Err(SecretsError::TimedOut {
-                secs: config.boot_timeout.as_secs(),
-                last: Box::new(error),
-            });
-        }
-        tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "Could not load the secret bundle; retrying.");
-        tokio::time::sleep(delay).await;
+    let pace = Backoff::new(Duration::from_millis(500), Duration::from_secs(15));
+    let budget = Budget::Until(tokio::time::Instant::now() + config.boot_timeout);
+    let opened = retry(
+        pace,
+        budget,
+        || open(location, config, s3, kms),
+        |error, delay| {
+            let again = !error.is_permanent();
+            if again {
+                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "Could not load the secret bundle; retrying.");
+            }
+            again
+        },
+    )
+    .await;
+    match opened {
+        Ok(secrets) => Ok(Some(secrets)),
+        Err(error) if error.is_permanent() => Err(error),
+        Err(error) => Err(SecretsError::TimedOut {
+            secs: config.boot_timeout.as_secs(),
+            last: Box::new(error),
+        }),
     }
 }
 

@@ -173,6 +173,14 @@ impl AgentProcess {
         kb / 1024
     }
 
+    /// The last `n` lines of its log, oldest first, under the log's path.
+    pub fn tail(&self, n: usize) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        let from = lines.len().saturating_sub(n);
+        format!("{}:\n{}", self.log.display(), lines[from..].join("\n"))
+    }
+
     /// Whether the process has exited: its exit status, without waiting.
     pub fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().unwrap()
@@ -186,11 +194,9 @@ impl AgentProcess {
                 return status.code();
             }
             if start.elapsed() > deadline {
-                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(20).collect();
                 panic!(
                     "the agent did not exit within {deadline:?}; its last lines:\n{}",
-                    tail.join("\n")
+                    self.tail(20)
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

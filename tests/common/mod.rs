@@ -285,6 +285,31 @@ pub fn assert_clean(job_id: &str) {
     assert!(left.is_empty(), "left behind for {job_id}: {left:?}");
 }
 
+/// [`assert_clean`] for many jobs, in two asks of Docker instead of two each.
+pub fn assert_all_clean<'a>(job_ids: impl IntoIterator<Item = &'a String>) {
+    let ours: std::collections::HashSet<&str> = job_ids.into_iter().map(String::as_str).collect();
+    // `{{.Label "deckhand.job_id"}} {{.Names}}` (a volume's is `.Name`).
+    let list = |what: &[&str], name: &str| {
+        let format = format!("{{{{.Label \"deckhand.job_id\"}}}} {{{{.{name}}}}}");
+        let mut args = what.to_vec();
+        args.extend(["--filter", "label=deckhand.job_id", "--format", &format]);
+        docker(&args)
+    };
+    let (containers, volumes) = (
+        list(&["ps", "-a"], "Names"),
+        list(&["volume", "ls"], "Name"),
+    );
+    let left: Vec<&str> = containers
+        .lines()
+        .chain(volumes.lines())
+        .filter(|l| l.split(' ').next().is_some_and(|id| ours.contains(id)))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "left behind (job id, container or volume): {left:?}"
+    );
+}
+
 /// What a polled condition gives: `true` or `Some(value)` when it holds.
 pub trait Ready {
     type Value;
@@ -308,7 +333,20 @@ impl<T> Ready for Option<T> {
 /// Polls `condition` every 100 ms until it holds (`true`, or `Some(value)`, which
 /// it returns); panics naming `what` after `deadline`. The one way tests wait:
 /// never sleep-then-assert.
-pub async fn eventually<F, Fut, R>(what: &str, deadline: Duration, mut condition: F) -> R::Value
+pub async fn eventually<F, Fut, R>(what: &str, deadline: Duration, condition: F) -> R::Value
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = R>,
+    R: Ready,
+{
+    within(deadline, condition)
+        .await
+        .unwrap_or_else(|| panic!("timed out after {deadline:?} waiting for {what}"))
+}
+
+/// [`eventually`], but `None` once `deadline` has passed, for a caller that has
+/// more to say about what it found than that it waited.
+pub async fn within<F, Fut, R>(deadline: Duration, mut condition: F) -> Option<R::Value>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = R>,
@@ -317,13 +355,36 @@ where
     let start = tokio::time::Instant::now();
     loop {
         if let Some(value) = condition().await.ready() {
-            return value;
+            return Some(value);
         }
-        assert!(
-            start.elapsed() < deadline,
-            "timed out after {deadline:?} waiting for {what}"
-        );
+        if start.elapsed() >= deadline {
+            return None;
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A test's own time limit, inside the one nextest gives it
+/// (`.config/nextest.toml`): its waits give up with their own message, naming
+/// what they waited for, before nextest would end the test without a word.
+pub struct Budget {
+    end: tokio::time::Instant,
+}
+
+impl Budget {
+    pub fn new(limit: Duration) -> Budget {
+        Budget {
+            end: tokio::time::Instant::now() + limit,
+        }
+    }
+
+    /// The deadline of a wait that needs at most `own`: that, or less, so that
+    /// `reserve` is left for the steps after it.
+    pub fn deadline(&self, own: Duration, reserve: Duration) -> Duration {
+        let left = self
+            .end
+            .saturating_duration_since(tokio::time::Instant::now());
+        own.min(left.saturating_sub(reserve))
     }
 }
 

@@ -3,9 +3,9 @@
 //! service that other tests use. While down, it drops open connections and refuses
 //! new ones by closing them at once.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, copy_bidirectional};
@@ -89,14 +89,38 @@ impl Proxy {
         Proxy::tcp_intercepting(upstream, marker, n, http_response("400 Bad Request", body)).await
     }
 
+    /// Like [`Proxy::tcp`], but the first request whose head or body contains
+    /// `marker` takes effect upstream and its answer never reaches the client:
+    /// the returned flag turns true once the upstream has answered. A client
+    /// killed then has done what it never heard it did.
+    pub async fn tcp_holding(upstream: &str, marker: &str) -> (Proxy, Arc<AtomicBool>) {
+        let held = Arc::new(AtomicBool::new(false));
+        let flag = held.clone();
+        let taken = AtomicBool::new(false);
+        let marker = marker.as_bytes().to_owned();
+        let proxy = Proxy::tcp_judging(upstream, move |request| {
+            let marked = request
+                .windows(marker.len())
+                .any(|w| w == marker.as_slice());
+            if marked && !taken.swap(true, Ordering::SeqCst) {
+                Verdict::Hold(flag.clone())
+            } else {
+                Verdict::Forward
+            }
+        })
+        .await;
+        (proxy, held)
+    }
+
     /// Like [`Proxy::tcp`], but fails a share of the HTTP requests, as S3 and
     /// SQS now and then do: half answered `503 Service Unavailable`, half with the
     /// connection closed before any answer. The failed request never reaches
-    /// `upstream`. The share is [`Faults::set_percent`]'s, 0 at first.
+    /// `upstream`. The share is [`Faults::set_percent`]'s, 0 at first. Every PUT
+    /// that `upstream` took is counted in [`Faults::writes`].
     pub async fn tcp_faulty(upstream: &str) -> (Proxy, Arc<Faults>) {
         let faults = Arc::new(Faults::default());
         let shared = faults.clone();
-        let proxy = Proxy::tcp_judging(upstream, move |_| match shared.roll() {
+        let judge = move |_: &[u8]| match shared.roll() {
             Some(Fault::Unavailable) => {
                 let body =
                     "<Error><Code>ServiceUnavailable</Code><Message>injected</Message></Error>";
@@ -104,8 +128,10 @@ impl Proxy {
             }
             Some(Fault::Dropped) => Verdict::Drop,
             None => Verdict::Forward,
-        })
-        .await;
+        };
+        let shared = faults.clone();
+        let answered = move |request: &[u8], response: &[u8]| shared.writes.note(request, response);
+        let proxy = Proxy::tcp_watching(upstream, judge, Some(Box::new(answered))).await;
         (proxy, faults)
     }
 
@@ -115,11 +141,23 @@ impl Proxy {
         upstream: &str,
         judge: impl Fn(&[u8]) -> Verdict + Send + Sync + 'static,
     ) -> Proxy {
+        Proxy::tcp_watching(upstream, judge, None).await
+    }
+
+    /// [`Proxy::tcp_judging`], and `answered` sees each forwarded request with
+    /// the head of `upstream`'s answer, read before it is passed on (so seen even
+    /// when the client is gone by then: killed after sending).
+    async fn tcp_watching(
+        upstream: &str,
+        judge: impl Fn(&[u8]) -> Verdict + Send + Sync + 'static,
+        answered: Option<Box<Answered>>,
+    ) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = format!("http://{}", listener.local_addr().unwrap());
         let (down, watch) = watch::channel(false);
         let upstream = upstream.to_owned();
         let judge = Arc::new(judge);
+        let answered: Option<Arc<Answered>> = answered.map(Arc::from);
         let accept = tokio::spawn(async move {
             loop {
                 let Ok((mut client, _)) = listener.accept().await else {
@@ -128,28 +166,20 @@ impl Proxy {
                 let upstream = upstream.clone();
                 let watch = watch.clone();
                 let judge = judge.clone();
+                let answered = answered.clone();
                 tokio::spawn(async move {
-                    let Some(mut request) = read_head(&mut client).await else {
+                    let Some(request) = read_request(&mut client).await else {
                         return;
                     };
-                    let mut rest =
-                        vec![0; content_length(&request).saturating_sub(body_read(&request))];
-                    if client.read_exact(&mut rest).await.is_err() {
-                        return;
-                    }
-                    request.extend_from_slice(&rest);
                     match judge(&request) {
                         Verdict::Answer(response) => {
                             let _ = client.write_all(response.as_bytes()).await;
                         }
                         Verdict::Drop => drop(client),
                         Verdict::Forward => {
-                            if let Ok(mut server) = TcpStream::connect(&upstream).await
-                                && server.write_all(&request).await.is_ok()
-                            {
-                                forward(client, server, watch).await;
-                            }
+                            pass(client, &upstream, &request, answered.as_deref(), watch).await;
                         }
+                        Verdict::Hold(held) => hold(client, &upstream, &request, &held).await,
                     }
                 });
             }
@@ -199,7 +229,12 @@ impl Drop for Proxy {
     }
 }
 
-/// The faults a [`Proxy::tcp_faulty`] injects, and how many it did.
+/// What a watching proxy is told of each request it forwarded: the request
+/// and the head of the answer.
+type Answered = dyn Fn(&[u8], &[u8]) + Send + Sync;
+
+/// The faults a [`Proxy::tcp_faulty`] injects, how many it did, and the writes
+/// it let through.
 #[derive(Default)]
 pub struct Faults {
     percent: AtomicU64,
@@ -207,6 +242,50 @@ pub struct Faults {
     state: AtomicU64,
     pub requests: AtomicU64,
     pub injected: AtomicU64,
+    pub writes: Writes,
+}
+
+/// Every PUT the upstream answered 2xx, counted by path (`/bucket/key` for S3,
+/// path-style): what S3 itself took, seen on the wire. An agent killed between a
+/// write and its log line cannot say it wrote; this still counts it.
+#[derive(Default)]
+pub struct Writes(Mutex<HashMap<String, usize>>);
+
+impl Writes {
+    /// How many PUTs to `path` were answered 2xx.
+    pub fn puts(&self, path: &str) -> usize {
+        self.0.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+
+    /// Every path PUT to with a 2xx answer, and how many times.
+    pub fn all(&self) -> HashMap<String, usize> {
+        self.0.lock().unwrap().clone()
+    }
+
+    fn note(&self, request: &[u8], response: &[u8]) {
+        let line = |bytes: &[u8]| {
+            let end = bytes
+                .iter()
+                .position(|&b| b == b'\r')
+                .unwrap_or(bytes.len());
+            String::from_utf8_lossy(&bytes[..end]).into_owned()
+        };
+        let (request, response) = (line(request), line(response));
+        let mut request = request.split(' ');
+        let (Some("PUT"), Some(target)) = (request.next(), request.next()) else {
+            return;
+        };
+        // `HTTP/1.1 200 OK`
+        if !response
+            .split(' ')
+            .nth(1)
+            .is_some_and(|s| s.starts_with('2'))
+        {
+            return;
+        }
+        let path = target.split('?').next().unwrap_or(target);
+        *self.0.lock().unwrap().entry(path.to_owned()).or_default() += 1;
+    }
 }
 
 enum Fault {
@@ -221,6 +300,9 @@ enum Verdict {
     Answer(String),
     /// The connection closed, no answer.
     Drop,
+    /// Forwarded, and the upstream's answer kept from the client, which waits
+    /// on; the flag turns true once the upstream has answered.
+    Hold(Arc<AtomicBool>),
 }
 
 impl Faults {
@@ -268,6 +350,55 @@ async fn read_head(stream: &mut TcpStream) -> Option<Vec<u8>> {
         buf.extend_from_slice(&chunk[..n]);
     }
     Some(buf)
+}
+
+/// One whole HTTP request: its head and its body.
+async fn read_request(client: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut request = read_head(client).await?;
+    let mut rest = vec![0; content_length(&request).saturating_sub(body_read(&request))];
+    client.read_exact(&mut rest).await.ok()?;
+    request.extend_from_slice(&rest);
+    Some(request)
+}
+
+/// Sends `request` on to `upstream`, and its answer back; `answered` sees the
+/// answer's head first.
+async fn pass(
+    mut client: TcpStream,
+    upstream: &str,
+    request: &[u8],
+    answered: Option<&Answered>,
+    watch: watch::Receiver<bool>,
+) {
+    let Ok(mut server) = TcpStream::connect(upstream).await else {
+        return;
+    };
+    if server.write_all(request).await.is_err() {
+        return;
+    }
+    if let Some(answered) = answered {
+        let Some(head) = read_head(&mut server).await else {
+            return;
+        };
+        answered(request, &head);
+        if client.write_all(&head).await.is_err() {
+            return;
+        }
+    }
+    forward(client, server, watch).await;
+}
+
+/// Sends `request` on to `upstream`, which acts on it, and keeps the answer
+/// from the client, which waits until it gives up or is killed.
+async fn hold(mut client: TcpStream, upstream: &str, request: &[u8], held: &AtomicBool) {
+    let Ok(mut server) = TcpStream::connect(upstream).await else {
+        return;
+    };
+    if server.write_all(request).await.is_err() || read_head(&mut server).await.is_none() {
+        return;
+    }
+    held.store(true, Ordering::SeqCst);
+    let _ = client.read(&mut [0u8; 1]).await;
 }
 
 fn head_end(head: &[u8]) -> usize {

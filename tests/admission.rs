@@ -84,12 +84,7 @@ async fn an_allowed_image_runs_and_its_second_job_is_decided_from_the_cache() {
 
 /// The agent's /metrics, in Prometheus's text format.
 async fn scrape(agent: &common::agent::AgentProcess) -> String {
-    let logs = agent.logs();
-    let serving = logs
-        .iter()
-        .find(|l| l["msg"] == "Serving metrics and health.")
-        .expect("the listener's address is logged");
-    let url = format!("http://{}/metrics", serving["address"].as_str().unwrap());
+    let url = format!("http://{}/metrics", agent.metrics_address());
     reqwest::get(url).await.unwrap().text().await.unwrap()
 }
 

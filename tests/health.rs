@@ -100,18 +100,6 @@ fn sample(metrics: &str, name: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
-/// The address the agent's metrics listener took (it asked for port 0).
-fn metrics_address(agent: &AgentProcess) -> String {
-    agent
-        .logs()
-        .into_iter()
-        .find(|l| l["msg"] == "Serving metrics and health.")
-        .expect("the listener's address is logged")["address"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 /// One job of each ending is counted (succeeded, failed, rejected), and the gauges
 /// say a ready, idle agent.
 async fn finished_jobs_are_counted(s: &Scenario, address: &str) {
@@ -194,7 +182,7 @@ async fn metrics_and_health_say_what_the_agent_does() {
     let Scenario { stack, aws, pool } = &s;
     let (_config, mut agent) = s.agent("i-metrics", "[metrics]\nlisten = \"127.0.0.1:0\"\n[queue]\nvisibility_timeout_secs = 600\n[drain]\nstop_timeout_secs = 600");
     agent.wait_log("Ready; serving the queue.", LONG).await;
-    let address = metrics_address(&agent);
+    let address = agent.metrics_address();
     assert_eq!(scrape(&address, "/healthz").await, (200, "ok\n".into()));
     assert_eq!(scrape(&address, "/readyz").await, (200, "ok\n".into()));
 

@@ -85,14 +85,7 @@ async fn a_live_scrape_passes_promtool_and_serves_what_dashboards_and_alerts_nam
         "[agent]\nslots = 2\n[metrics]\nlisten = \"127.0.0.1:0\"",
     );
     agent.wait_log("Ready; serving the queue.", LONG).await;
-    let address = agent
-        .logs()
-        .into_iter()
-        .find(|l| l["msg"] == "Serving metrics and health.")
-        .expect("the listener's address is logged")["address"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let address = agent.metrics_address();
     // One job done (its histograms; long enough for a cgroup sample), one
     // running (its slot's series).
     let done = s

@@ -122,6 +122,17 @@ impl AgentProcess {
         &self.log
     }
 
+    /// The address its metrics listener took (it asked for port 0).
+    pub fn metrics_address(&self) -> String {
+        self.logs()
+            .into_iter()
+            .find(|l| l["msg"] == "Serving metrics and health.")
+            .expect("the listener's address is logged")["address"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
     /// Every JSON log line so far (stderr lines, if any, are skipped).
     pub fn logs(&self) -> Vec<Value> {
         std::fs::read_to_string(&self.log)

@@ -183,15 +183,7 @@ async fn bad_bundles_stop_the_agent_with_exit_78_and_one_line() {
     // The pool may only decrypt with its own key; this bundle was sealed with
     // another one, so KMS denies it.
     let denied = seal(aws, pool, dir.path()).await;
-    let other_key = kms(aws)
-        .await
-        .create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata
-        .unwrap()
-        .key_id;
+    let other_key = new_kms_key(aws).await;
     // (kms_key_id belongs to [secrets], which the profile section follows.)
     let config = secrets_config(&denied, &shm, &denied.pool_name).replace(
         "[profiles.deploy]",

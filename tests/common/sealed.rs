@@ -37,9 +37,9 @@ pub async fn kms(aws: &Aws) -> aws_sdk_kms::Client {
     )
 }
 
-/// Seals the test secrets into a bundle of its own (a unique key) under a new KMS key.
-pub async fn seal(aws: &Aws, pool: &Pool, dir: &Path) -> Sealed {
-    let key_id = kms(aws)
+/// A new KMS key in moto: its id.
+pub async fn new_kms_key(aws: &Aws) -> String {
+    kms(aws)
         .await
         .create_key()
         .send()
@@ -47,7 +47,12 @@ pub async fn seal(aws: &Aws, pool: &Pool, dir: &Path) -> Sealed {
         .unwrap()
         .key_metadata
         .unwrap()
-        .key_id;
+        .key_id
+}
+
+/// Seals the test secrets into a bundle of its own (a unique key) under a new KMS key.
+pub async fn seal(aws: &Aws, pool: &Pool, dir: &Path) -> Sealed {
+    let key_id = new_kms_key(aws).await;
     std::fs::write(dir.join("deploy.pem"), DEPLOY_KEY).unwrap();
     let input = dir.join("secrets.toml");
     std::fs::write(

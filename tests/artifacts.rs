@@ -65,6 +65,10 @@ fn assert_left_out(result: &serde_json::Value) {
         reason("dist/big.bin").contains("artifacts_max_mb = 1 reached"),
         "{left_out:?}"
     );
+    assert!(
+        reason("dist/odd\u{fffd}.bin").contains("not UTF-8"),
+        "{left_out:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -78,6 +82,7 @@ async fn matched_files_are_uploaded_listed_and_checked_on_the_way_down() {
         && echo app > dist/app.bin && echo lib > dist/sub/lib.bin \
         && echo '<a/>' > reports/a.xml && echo '<b/>' > reports/b.xml \
         && ln -s /etc/passwd dist/passwd.bin \
+        && echo odd > \"dist/odd$(printf '\\377').bin\" \
         && head -c 2000000 /dev/zero > dist/big.bin \
         && echo built; exit 3";
     let mut body = job(&id, &s.stack.image, &["sh", "-c", script]);

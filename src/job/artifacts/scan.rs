@@ -137,6 +137,11 @@ impl Scan {
             if header.kind == Kind::Dir || !self.matches(&path) {
                 continue;
             }
+            if header.path.to_str().is_none() {
+                let reason = "its name is not UTF-8, which no S3 key can carry".to_owned();
+                self.collected.leave_out(&path, reason);
+                continue;
+            }
             if header.kind != Kind::File {
                 let what = if header.kind == Kind::Symlink {
                     "a symlink"
@@ -210,14 +215,18 @@ fn relative(base: &str, entry: &Path) -> Option<String> {
     let mut names = Vec::new();
     for component in entry.components() {
         match component {
-            Component::Normal(name) => names.push(name.to_str()?.to_owned()),
+            // A name that is not UTF-8 still matches (as U+FFFD); it is then
+            // left out, named, for no S3 key can carry it.
+            Component::Normal(name) => names.push(name.to_string_lossy().into_owned()),
             Component::CurDir => {}
             _ => return None,
         }
     }
     if base.is_empty() {
         // The workdir itself was read: its own name comes first.
-        names.remove(0);
+        if !names.is_empty() {
+            names.remove(0);
+        }
     } else if let Some((parent, _)) = base.rsplit_once('/') {
         names.insert(0, parent.to_owned());
     }

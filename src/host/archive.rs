@@ -48,19 +48,6 @@ pub enum Unpack {
     Io(io::Error),
 }
 
-impl std::fmt::Display for Unpack {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Unpack::Escape(entry) => write!(f, "the entry {entry} leads outside its folder"),
-            Unpack::Special(entry) => write!(f, "the entry {entry} is a device file or FIFO"),
-            Unpack::Limit(limit) => f.write_str(limit),
-            Unpack::Malformed(what) => write!(f, "not a tar archive we read: {what}"),
-            Unpack::Stopped => f.write_str("stopped"),
-            Unpack::Io(error) => write!(f, "{error}"),
-        }
-    }
-}
-
 /// How much an archive may unpack to.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {

@@ -157,6 +157,15 @@ pub struct Caps {
     pub max_bytes: u64,
 }
 
+impl Caps {
+    /// The most that may be read from Docker for these caps, across folders.
+    fn read_bound(self) -> u64 {
+        self.max_bytes
+            .saturating_mul(READ_FACTOR)
+            .max(MIN_READ_BYTES)
+    }
+}
+
 /// An uploaded artifact, as the result lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Artifact {
@@ -279,10 +288,7 @@ pub async fn collect(
         patterns: patterns.to_vec(),
         caps,
         matched: vec![false; patterns.len()],
-        read_left: caps
-            .max_bytes
-            .saturating_mul(READ_FACTOR)
-            .max(MIN_READ_BYTES),
+        read_left: caps.read_bound(),
         stop: stop.clone(),
         collected: Collected::staged_in(dir.clone()),
         dir,

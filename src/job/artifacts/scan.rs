@@ -8,7 +8,7 @@ use std::path::{Component, Path, PathBuf};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use super::{Artifact, Caps, Collected, MIN_READ_BYTES, Pattern, READ_FACTOR, Sink, Staged};
+use super::{Artifact, Caps, Collected, Pattern, Sink, Staged};
 use crate::host::archive::reader::{Kind, TarError, TarReader};
 
 /// The patterns' reading, across the folders they start from: each folder's
@@ -50,7 +50,6 @@ impl From<std::io::Error> for ScanError {
 struct Bounded<'a, R> {
     inner: R,
     left: &'a mut u64,
-    read: u64,
     stop: &'a CancellationToken,
 }
 
@@ -85,7 +84,6 @@ impl<R: Read> Read for Bounded<'_, R> {
             .min(usize::try_from(*self.left).unwrap_or(usize::MAX));
         let n = self.inner.read(&mut buf[..want])?;
         *self.left -= n as u64;
-        self.read += n as u64;
         Ok(n)
     }
 }
@@ -106,17 +104,12 @@ fn scan_error(error: TarError, total_read: u64) -> ScanError {
 impl Scan {
     /// The entries of the archive of folder `base` (relative to the workdir).
     pub(super) fn entries(&mut self, base: &str, reader: impl Read) -> Result<(), ScanError> {
-        let limit = self
-            .caps
-            .max_bytes
-            .saturating_mul(READ_FACTOR)
-            .max(MIN_READ_BYTES);
+        let limit = self.caps.read_bound();
         let mut left = self.read_left;
         let stop = self.stop.clone();
         let bounded = Bounded {
             inner: reader,
             left: &mut left,
-            read: 0,
             stop: &stop,
         };
         let mut archive = TarReader::new(bounded);

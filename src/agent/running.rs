@@ -13,7 +13,12 @@ use crate::record::Renewal;
 impl Agent {
     /// Keeps the message hidden and the claim alive while the job runs. Never
     /// returns; dropping it is safe (each beat is a whole request or none).
-    pub(super) async fn heartbeat(&self, message: &Received, job_id: &str) -> Infallible {
+    pub(super) async fn heartbeat(
+        &self,
+        message: &Received,
+        job_id: &str,
+        attempt: u32,
+    ) -> Infallible {
         let visibility = self.config.queue.visibility_timeout;
         // A third of the timeout: two beats may fail before the message reappears.
         let period = visibility / 3;
@@ -26,7 +31,6 @@ impl Agent {
             {
                 tracing::warn!(%error, "Heartbeat failed; the message may reappear.");
             }
-            let attempt = message.receive_count;
             match self.store.renew(job_id, &self.claim(attempt)).await {
                 Ok(Renewal::Renewed) => {}
                 Ok(Renewal::Lost) => tracing::warn!(

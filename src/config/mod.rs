@@ -20,6 +20,7 @@ use toml::Table;
 
 mod admission;
 mod agent;
+mod autoscaling;
 mod aws;
 mod cache;
 mod credentials;
@@ -33,10 +34,12 @@ mod profiles;
 mod queue;
 mod reader;
 mod results;
+mod retries;
 mod secrets;
 
 pub use admission::{AdmissionConfig, AdmissionFail, AdmissionRule, check_webhook_url};
 pub use agent::{AgentConfig, OnExit};
+pub use autoscaling::AutoscalingConfig;
 pub use aws::AwsConfig;
 pub use cache::CacheConfig;
 pub use credentials::CredentialsConfig;
@@ -49,6 +52,7 @@ pub use metrics::MetricsConfig;
 pub use profiles::Profile;
 pub use queue::QueueConfig;
 pub use results::ResultsConfig;
+pub use retries::Retries;
 pub use secrets::SecretsConfig;
 
 /// Every section's defaults, one source: the readers, the `Default` impls and
@@ -108,6 +112,7 @@ pub struct Config {
     pub disk: DiskConfig,
     pub credentials: CredentialsConfig,
     pub admission: AdmissionConfig,
+    pub autoscaling: AutoscalingConfig,
     /// Job profiles by name; `default` always exists.
     pub profiles: BTreeMap<String, Profile>,
 }
@@ -321,6 +326,7 @@ fn read(r: &mut Reader<'_>, mut root: Table) -> Config {
     let credentials = CredentialsConfig::read(r, &mut root);
     let disk = DiskConfig::read(r, &mut root);
     let admission = AdmissionConfig::read(r, &mut root, &secrets);
+    let autoscaling = AutoscalingConfig::read(r, &mut root);
     let profiles = profiles::read(r, &mut root);
     profiles::check_fits_the_queue(r, &profiles, images.pull_timeout, drain.stop_grace);
     for key in root.keys() {
@@ -341,6 +347,7 @@ fn read(r: &mut Reader<'_>, mut root: Table) -> Config {
         disk,
         credentials,
         admission,
+        autoscaling,
         profiles,
     }
 }

@@ -79,6 +79,8 @@ pub struct Profile {
     pub admission_webhook_url: Option<String>,
     /// Overrides `admission.fail`.
     pub admission_fail: Option<super::AdmissionFail>,
+    /// The budgets of a job's attempts, by cause.
+    pub retries: super::Retries,
 }
 
 impl Default for Profile {
@@ -103,6 +105,7 @@ impl Default for Profile {
             services_cpus: DEFAULT_SERVICES_CPUS,
             admission_webhook_url: None,
             admission_fail: None,
+            retries: super::Retries::default(),
         }
     }
 }
@@ -165,18 +168,7 @@ fn read_one(r: &mut Reader<'_>, mut section: Section) -> Profile {
             &format!("{arn:?} must be an IAM role ARN, arn:aws:iam::<account>:role/<name>"),
         );
     }
-    let artifacts_max_mb = r.int(
-        &mut section,
-        "artifacts_max_mb",
-        0..=1 << 30,
-        DEFAULT_ARTIFACTS_MAX_MB,
-    );
-    let artifacts_max_files = r.int(
-        &mut section,
-        "artifacts_max_files",
-        0..=1_000_000,
-        DEFAULT_ARTIFACTS_MAX_FILES,
-    );
+    let (artifacts_max_mb, artifacts_max_files) = read_artifacts(r, &mut section);
     let input_buckets = r.strings(&mut section, "input_buckets");
     let inputs_max_mb = r.int(
         &mut section,
@@ -187,6 +179,7 @@ fn read_one(r: &mut Reader<'_>, mut section: Section) -> Profile {
     let max_log_mb = r.int(&mut section, "max_log_mb", 1..=1 << 20, DEFAULT_MAX_LOG_MB);
     let (max_services, services_memory_mb, services_cpus) = read_services(r, &mut section);
     let (admission_webhook_url, admission_fail) = super::admission::read_profile(r, &mut section);
+    let retries = super::retries::read_profile(r, &mut section);
     r.finish(section);
     Profile {
         memory_mb,
@@ -208,7 +201,25 @@ fn read_one(r: &mut Reader<'_>, mut section: Section) -> Profile {
         services_cpus,
         admission_webhook_url,
         admission_fail,
+        retries,
     }
+}
+
+/// `artifacts_max_mb` and `artifacts_max_files`.
+fn read_artifacts(r: &mut Reader<'_>, section: &mut Section) -> (u64, u64) {
+    let mb = r.int(
+        section,
+        "artifacts_max_mb",
+        0..=1 << 30,
+        DEFAULT_ARTIFACTS_MAX_MB,
+    );
+    let files = r.int(
+        section,
+        "artifacts_max_files",
+        0..=1_000_000,
+        DEFAULT_ARTIFACTS_MAX_FILES,
+    );
+    (mb, files)
 }
 
 /// `max_services`, `services_memory_mb` and `services_cpus`.

@@ -7,6 +7,7 @@
 
 pub mod admission;
 pub mod artifacts;
+pub mod attempts;
 pub mod cancel;
 pub mod container;
 pub mod inputs;
@@ -19,6 +20,7 @@ pub mod output;
 pub mod result;
 pub mod runner;
 pub mod spec;
+pub mod status;
 pub mod sweep;
 pub mod usage;
 

@@ -206,6 +206,11 @@ impl Attempt<'_> {
             artifacts_left_out: Vec::new(),
             usage: None,
             admission: None,
+            // The agent, which knows the message, sets these three.
+            receive_count: 0,
+            attempts: Vec::new(),
+            budget: None,
+            requeued: None,
         }
     }
 }

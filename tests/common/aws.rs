@@ -174,6 +174,28 @@ impl Aws {
         }
     }
 
+    /// A fresh queue of its own, with no redrive; its URL.
+    pub async fn queue(&self, name: &str) -> String {
+        self.create_queue(name, HashMap::new()).await
+    }
+
+    /// Sends `body` with one string message attribute, as a producer may.
+    pub async fn send_with_attribute(&self, queue_url: &str, body: &str, name: &str, value: &str) {
+        let value = aws_sdk_sqs::types::MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(value)
+            .build()
+            .unwrap();
+        self.sqs
+            .send_message()
+            .queue_url(queue_url)
+            .message_body(body)
+            .message_attributes(name, value)
+            .send()
+            .await
+            .unwrap();
+    }
+
     async fn create_queue(
         &self,
         name: &str,

@@ -122,7 +122,13 @@ impl Agent {
             availability_zone: self.placement.availability_zone.clone(),
             lifecycle: self.placement.lifecycle.clone(),
             status: Status::Interrupted,
-            reason: Attempt::reason(preemption.reason().map(|r| r.to_string()).as_deref()),
+            // Worded as the attempt's own result words it.
+            reason: Attempt::reason(
+                preemption
+                    .reason()
+                    .map(|why| format!("interrupted: {why}"))
+                    .as_deref(),
+            ),
             started_at: crate::rules::timestamp(started_at),
             seconds_lost: (Utc::now() - started_at).num_seconds().max(0) as u64,
         };

@@ -141,9 +141,11 @@ async fn escalation_sends_the_job_to_the_other_queue_and_not_back() {
         return;
     };
     let on_demand = s.aws.queue(&unique("on-demand")).await;
+    let results = s.aws.queue(&unique("results")).await;
     let sim = ImdsSim::start(&unique("i-spot"));
     let extra = format!(
-        "[queue]\nvisibility_timeout_secs = 600\nescalation_url = \"{on_demand}\"\n\
+        "[results]\nqueue_url = \"{results}\"\n\
+         [queue]\nvisibility_timeout_secs = 600\nescalation_url = \"{on_demand}\"\n\
          [drain]\non_spot = \"release\"\nstop_grace_secs = 1\n\
          [profiles.default]\nescalate_after_interruptions = 1"
     );
@@ -181,6 +183,13 @@ async fn escalation_sends_the_job_to_the_other_queue_and_not_back() {
     assert_eq!(history["interruptions"], 1);
     assert_eq!(history["before"], 1);
     assert_eq!(history["attempts"][0]["status"], "interrupted");
+    // The interruption was announced as its copy went.
+    let announced = s.aws.drain_queue(&results).await;
+    assert_eq!(announced.len(), 1);
+    let announced: Value = serde_json::from_str(announced[0].body().unwrap()).unwrap();
+    assert_eq!(announced["status"], "interrupted");
+    assert_eq!(announced["id"], id.as_str());
+    assert_eq!(announced["requeued"]["escalated"], true);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -90,6 +90,20 @@ impl Aws {
         Group { name, instances }
     }
 
+    /// Whether the group holds `instance_id` protected from scale-in.
+    pub async fn protected(&self, instance_id: &str) -> bool {
+        self.autoscaling
+            .describe_auto_scaling_instances()
+            .instance_ids(instance_id)
+            .send()
+            .await
+            .unwrap()
+            .auto_scaling_instances()
+            .first()
+            .and_then(|i| i.protected_from_scale_in())
+            .unwrap_or(false)
+    }
+
     pub async fn put_hook(&self, group: &str, name: &str, transition: &str) {
         self.autoscaling
             .put_lifecycle_hook()

@@ -27,11 +27,12 @@ from jobs import JobFigures
 from logs import LogFigures
 from notice import NoticeFigures
 from queues import QueueFigures
+from requeue import RequeueFigures
 
 
 class Bench(
     ExecFigures, QueueFigures, FleetFigures, JobFigures, IdleFigures, BoxFigures, LogFigures, AwsFigures,
-    NoticeFigures, BootFigures, CacheFigures, Harness,
+    NoticeFigures, RequeueFigures, BootFigures, CacheFigures, Harness,
 ):
     """Every figure, each a method named after it, over the shared harness."""
 

@@ -19,6 +19,7 @@ pub mod health;
 pub mod metrics;
 pub mod protection;
 pub mod recovery;
+pub mod registry;
 pub mod running;
 pub mod serve;
 pub mod slots;
@@ -103,8 +104,8 @@ pub(crate) struct Agent {
     /// What systemd's watchdog is told: Docker and the queue answered last time.
     healthy: Health,
     metrics: Arc<Metrics>,
-    /// The running jobs, for the disk watchdog.
-    watched: watchdog::Watched,
+    /// The running jobs: the disk watchdog and scale-in protection read it.
+    watched: registry::Watched,
     queue: Queue,
     dead_letter: Option<Queue>,
     /// `queue.escalation_url`: where a job goes after its profile's
@@ -112,8 +113,6 @@ pub(crate) struct Agent {
     escalation: Option<Queue>,
     /// Recent durations by profile, for `admit-if-fits`.
     durations: fits::Durations,
-    /// The jobs running, for `autoscaling.protect_busy`.
-    busy: protection::Busy,
     /// With `autoscaling.protect_busy`: the instance's scale-in protection.
     protection: Option<crate::aws::autoscaling::Protection>,
     store: ResultStore,
@@ -242,12 +241,11 @@ impl Agent {
             runner,
             healthy: healthy.clone(),
             metrics: Arc::clone(metrics),
-            watched: watchdog::Watched::default(),
+            watched: registry::Watched::default(),
             queue: Queue::new(sqs.clone(), targets.queue_url),
             dead_letter: config.queue.dead_letter_url.as_ref().map(queue_at),
             escalation: config.queue.escalation_url.as_ref().map(queue_at),
             durations: fits::Durations::default(),
-            busy: protection::Busy::default(),
             protection: config.autoscaling.protect_busy.then(|| {
                 crate::aws::autoscaling::Protection::new(
                     crate::aws::autoscaling_client(sdk),

@@ -18,44 +18,6 @@ pub const MIN_INTERVAL: Duration = Duration::from_secs(10);
 /// How long the last call, protection off as the agent leaves, may take.
 const LAST_CALL: Duration = Duration::from_secs(10);
 
-/// How many jobs run now; each holds a [`BusyGuard`].
-#[derive(Clone)]
-pub struct Busy {
-    count: std::sync::Arc<watch::Sender<usize>>,
-}
-
-/// One running job, until dropped.
-pub struct BusyGuard {
-    count: std::sync::Arc<watch::Sender<usize>>,
-}
-
-impl Default for Busy {
-    fn default() -> Self {
-        Busy {
-            count: std::sync::Arc::new(watch::channel(0).0),
-        }
-    }
-}
-
-impl Busy {
-    pub fn hold(&self) -> BusyGuard {
-        self.count.send_modify(|n| *n += 1);
-        BusyGuard {
-            count: self.count.clone(),
-        }
-    }
-
-    pub fn watch(&self) -> watch::Receiver<usize> {
-        self.count.subscribe()
-    }
-}
-
-impl Drop for BusyGuard {
-    fn drop(&mut self) {
-        self.count.send_modify(|n| *n = n.saturating_sub(1));
-    }
-}
-
 /// Keeps the protection in step with `busy` until `done`, then turns it off if
 /// it is on. Outside any group it does nothing (said once).
 pub async fn keep(

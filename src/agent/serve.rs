@@ -68,7 +68,8 @@ impl Agent {
         };
         let protecting = async {
             if let Some(protection) = &self.protection {
-                crate::agent::protection::keep(protection, self.busy.watch(), done.clone()).await;
+                crate::agent::protection::keep(protection, self.watched.count(), done.clone())
+                    .await;
             }
         };
         tokio::join!(serving, protecting);

@@ -67,7 +67,6 @@ impl Agent {
             .metrics
             .running(&job.profile, slot.number, live_usage.clone());
         let watched = self.watched.hold(&job.id, attempt, &cancel);
-        let busy = self.busy.hold();
         let controls = Controls {
             preemption,
             cancel: &cancel,
@@ -95,7 +94,6 @@ impl Agent {
             }
         };
         drop(watched);
-        drop(busy);
         drop(running);
         drop(slot);
         Attempted {

@@ -186,7 +186,9 @@ async fn behind_a_throttle(
     n: usize,
     extra: &str,
 ) -> (Proxy, AgentProcess, TestConfig) {
-    let marker = "DescribeImageScanFindings";
+    // ECR's operation header; the name alone is in the result, whose PUT to S3
+    // must pass.
+    let marker = "AmazonEC2ContainerRegistry_V20150921.DescribeImageScanFindings";
     let (proxy, _) = Proxy::tcp_intercepting(&s.aws.upstream(), marker, n, throttled()).await;
     let config = agent_config(
         &s.stack,

@@ -335,11 +335,9 @@ impl Metrics {
         }
     }
 
-    /// A message spent `waited` in the queue before this agent received it.
     /// Each check of each image of a job: by the webhook, ECR, or either's cache.
     pub fn admitted(&self, admitted: &crate::job::admission::Admitted) {
-        let images = std::iter::once(&admitted.job).chain(admitted.services.values());
-        for checked in images.flat_map(|image| image.all()) {
+        for checked in admitted.checks() {
             let (by, decision) = (checked.by.as_str(), checked.decision.as_str());
             self.admission
                 .get_or_create(&ByDecision { by, decision })
@@ -347,6 +345,7 @@ impl Metrics {
         }
     }
 
+    /// A message spent `waited` in the queue before this agent received it.
     pub fn queue_waited(&self, waited: Duration) {
         self.queue_wait.observe(waited.as_secs_f64());
     }

@@ -159,15 +159,7 @@ fn read_one(r: &mut Reader<'_>, mut section: Section) -> Profile {
     let secrets = r.strings(&mut section, "secrets");
     let env_secrets = r.strings(&mut section, "env_secrets");
     check_env_secrets(r, &section, &secrets, &env_secrets);
-    let role_arn = r.opt_string(&mut section, "role_arn");
-    if let Some(arn) = &role_arn
-        && !valid_role_arn(arn)
-    {
-        r.issue(
-            &section.key("role_arn"),
-            &format!("{arn:?} must be an IAM role ARN, arn:aws:iam::<account>:role/<name>"),
-        );
-    }
+    let role_arn = role_arn(r, &mut section);
     let artifacts_max_mb = r.int(
         &mut section,
         "artifacts_max_mb",
@@ -214,6 +206,20 @@ fn read_one(r: &mut Reader<'_>, mut section: Section) -> Profile {
         admission_fail,
         admission_ecr,
     }
+}
+
+/// `role_arn`, if it is an IAM role's.
+fn role_arn(r: &mut Reader<'_>, section: &mut Section) -> Option<String> {
+    let role_arn = r.opt_string(section, "role_arn");
+    if let Some(arn) = &role_arn
+        && !valid_role_arn(arn)
+    {
+        r.issue(
+            &section.key("role_arn"),
+            &format!("{arn:?} must be an IAM role ARN, arn:aws:iam::<account>:role/<name>"),
+        );
+    }
+    role_arn
 }
 
 /// `max_services`, `services_memory_mb` and `services_cpus`.

@@ -143,6 +143,14 @@ pub struct Admitted {
     pub services: BTreeMap<String, Checked>,
 }
 
+impl Admitted {
+    /// Every check of every image: the job's, then each service's.
+    pub fn checks(&self) -> impl Iterator<Item = &Checked> {
+        let images = std::iter::once(&self.job).chain(self.services.values());
+        images.flat_map(Checked::all)
+    }
+}
+
 /// Why the webhook gave no decision.
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
@@ -252,7 +260,9 @@ impl Admission {
         Ok(Some(admission))
     }
 
-    pub fn new(config: &AdmissionConfig, token: Option<String>) -> Admission {
+    /// The webhook's side only: [`Admission::for_pool`] adds ECR's client
+    /// wherever a profile names ECR's check, which `admit` relies on.
+    fn new(config: &AdmissionConfig, token: Option<String>) -> Admission {
         Admission {
             client: reqwest::Client::builder()
                 // A redirect would take the question, and the token, elsewhere.
@@ -270,8 +280,8 @@ impl Admission {
     /// first (the registry's own record of the image; a denial there spares the
     /// webhook the question), then the webhook. Both must allow it; the first
     /// refusal ends it. The record is the last check made, with those that
-    /// allowed it before.
-    /// `registry_digest`: the digest the registry gave, if it gave one.
+    /// allowed it before. `registry_digest`: the digest the registry gave, if
+    /// it gave one (ECR knows the image by it).
     pub async fn admit(
         &self,
         rule: AdmissionRule<'_>,

@@ -129,8 +129,12 @@ impl EcrScans {
             }
         };
         let reason = crate::rules::bounded_text(&reason, MAX_REASON_BYTES);
-        self.decisions
-            .put(digest, ask.profile, allowed, Some(reason.clone()));
+        // A decision on a missing or unfinished scan is not kept: the scan may
+        // finish any moment, and the job resubmitted then should see it.
+        if finished(&scan) {
+            self.decisions
+                .put(digest, ask.profile, allowed, Some(reason.clone()));
+        }
         verdict(allowed, By::Ecr, Some(reason), ms, ask)
     }
 }
@@ -199,6 +203,11 @@ fn judge(rule: EcrRule<'_>, digest: &str, scan: &Scan) -> Judged {
         bar.as_str(),
         counts(findings)
     ))
+}
+
+/// Whether `scan` is a `COMPLETE` one, whose findings will not change.
+fn finished(scan: &Scan) -> bool {
+    matches!(scan, Scan::Found(f) if f.status.as_deref() == Some("COMPLETE"))
 }
 
 /// `CRITICAL 1, HIGH 2`, most severe first; `no findings` when none.

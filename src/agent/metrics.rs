@@ -311,7 +311,7 @@ impl Metrics {
         );
         r.register(
             "admission_decisions",
-            "Images put to the admission webhook, by who decided (webhook, cache) and what (allowed, denied, unchecked)",
+            "Images put to admission, by who decided (webhook, cache, ecr, ecr_cache) and what (allowed, denied, unchecked)",
             self.admission.clone(),
         );
     }
@@ -341,10 +341,9 @@ impl Metrics {
         }
     }
 
-    /// A message spent `waited` in the queue before this agent received it.
-    /// Each image of a job the admission webhook (or its cache) decided on.
+    /// Each check of each image of a job: by the webhook, ECR, or either's cache.
     pub fn admitted(&self, admitted: &crate::job::admission::Admitted) {
-        for checked in std::iter::once(&admitted.job).chain(admitted.services.values()) {
+        for checked in admitted.checks() {
             let (by, decision) = (checked.by.as_str(), checked.decision.as_str());
             self.admission
                 .get_or_create(&ByDecision { by, decision })
@@ -352,6 +351,7 @@ impl Metrics {
         }
     }
 
+    /// A message spent `waited` in the queue before this agent received it.
     pub fn queue_waited(&self, waited: Duration) {
         self.queue_wait.observe(waited.as_secs_f64());
     }

@@ -94,7 +94,10 @@ pub async fn exec(
         )));
     }
     let sweeper = Sweeper::new(docker.clone(), &instance_id);
-    let admission = Admission::for_pool(&config, &secrets)?.map(Arc::new);
+    let sdk = || crate::aws::sdk_config(&config.aws);
+    let admission = Admission::for_pool(&config, &secrets, sdk)
+        .await?
+        .map(Arc::new);
     let runner = Runner::new(docker, config, sweeper, &instance_id)
         .with_secrets(secrets)
         .with_admission(admission);

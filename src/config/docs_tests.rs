@@ -87,6 +87,14 @@ fn the_reference_states_each_default_the_code_uses() {
         ("admission.timeout_ms", code(DEFAULT_TIMEOUT_MS.to_string())),
         ("admission.cache_secs", code(DEFAULT_CACHE_SECS.to_string())),
         ("admission.fail", quoted(DEFAULT_FAIL.as_str())),
+        (
+            "admission.ecr.max_severity",
+            quoted(DEFAULT_MAX_SEVERITY.as_str()),
+        ),
+        (
+            "admission.ecr.require_scan",
+            code(DEFAULT_REQUIRE_SCAN.to_string()),
+        ),
         ("disk.min_free_mb", code(DEFAULT_MIN_FREE_MB.to_string())),
         ("disk.gc_free_mb", code(DEFAULT_GC_FREE_MB.to_string())),
         (

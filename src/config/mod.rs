@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use toml::Table;
 
 mod admission;
+mod admission_ecr;
 mod agent;
 mod autoscaling;
 mod aws;
@@ -38,6 +39,7 @@ mod retries;
 mod secrets;
 
 pub use admission::{AdmissionConfig, AdmissionFail, AdmissionRule, check_webhook_url};
+pub use admission_ecr::{EcrConfig, EcrOverride, EcrRule, Severity};
 pub use agent::{AgentConfig, OnExit};
 pub use autoscaling::AutoscalingConfig;
 pub use aws::AwsConfig;
@@ -59,6 +61,7 @@ pub use secrets::SecretsConfig;
 /// docs/config.md (checked by a test) all use these.
 pub mod defaults {
     pub use super::admission::{DEFAULT_CACHE_SECS, DEFAULT_FAIL, DEFAULT_TIMEOUT_MS};
+    pub use super::admission_ecr::{DEFAULT_MAX_SEVERITY, DEFAULT_REQUIRE_SCAN};
     pub use super::agent::{
         DEFAULT_IDLE_SHUTDOWN_SECS, DEFAULT_SECRETS_DIR, DEFAULT_SHUTDOWN_COMMAND, DEFAULT_SLOTS,
         DEFAULT_WORK_DIR,

@@ -81,6 +81,8 @@ pub struct Profile {
     pub admission_fail: Option<super::AdmissionFail>,
     /// The budgets of a job's attempts, by cause.
     pub retries: super::Retries,
+    /// Changes `[admission.ecr]`, or turns it off.
+    pub admission_ecr: super::EcrOverride,
 }
 
 impl Default for Profile {
@@ -106,6 +108,7 @@ impl Default for Profile {
             admission_webhook_url: None,
             admission_fail: None,
             retries: super::Retries::default(),
+            admission_ecr: super::EcrOverride::default(),
         }
     }
 }
@@ -159,15 +162,7 @@ fn read_one(r: &mut Reader<'_>, mut section: Section) -> Profile {
     let secrets = r.strings(&mut section, "secrets");
     let env_secrets = r.strings(&mut section, "env_secrets");
     check_env_secrets(r, &section, &secrets, &env_secrets);
-    let role_arn = r.opt_string(&mut section, "role_arn");
-    if let Some(arn) = &role_arn
-        && !valid_role_arn(arn)
-    {
-        r.issue(
-            &section.key("role_arn"),
-            &format!("{arn:?} must be an IAM role ARN, arn:aws:iam::<account>:role/<name>"),
-        );
-    }
+    let role_arn = role_arn(r, &mut section);
     let (artifacts_max_mb, artifacts_max_files) = read_artifacts(r, &mut section);
     let input_buckets = r.strings(&mut section, "input_buckets");
     let inputs_max_mb = r.int(
@@ -180,6 +175,7 @@ fn read_one(r: &mut Reader<'_>, mut section: Section) -> Profile {
     let (max_services, services_memory_mb, services_cpus) = read_services(r, &mut section);
     let (admission_webhook_url, admission_fail) = super::admission::read_profile(r, &mut section);
     let retries = super::retries::read_profile(r, &mut section);
+    let admission_ecr = super::admission_ecr::read_profile(r, &mut section);
     r.finish(section);
     Profile {
         memory_mb,
@@ -202,6 +198,7 @@ fn read_one(r: &mut Reader<'_>, mut section: Section) -> Profile {
         admission_webhook_url,
         admission_fail,
         retries,
+        admission_ecr,
     }
 }
 
@@ -220,6 +217,20 @@ fn read_artifacts(r: &mut Reader<'_>, section: &mut Section) -> (u64, u64) {
         DEFAULT_ARTIFACTS_MAX_FILES,
     );
     (mb, files)
+}
+
+/// `role_arn`, if it is an IAM role's.
+fn role_arn(r: &mut Reader<'_>, section: &mut Section) -> Option<String> {
+    let role_arn = r.opt_string(section, "role_arn");
+    if let Some(arn) = &role_arn
+        && !valid_role_arn(arn)
+    {
+        r.issue(
+            &section.key("role_arn"),
+            &format!("{arn:?} must be an IAM role ARN, arn:aws:iam::<account>:role/<name>"),
+        );
+    }
+    role_arn
 }
 
 /// `max_services`, `services_memory_mb` and `services_cpus`.

@@ -44,7 +44,8 @@ pub struct JobResult {
     pub admission: Option<crate::job::admission::Admitted>,
     /// SQS's `ApproximateReceiveCount` of the delivery that made this result;
     /// `attempt` is deckhand's own count, across the copies of the message.
-    #[serde(default)]
+    /// `0` (left out): no SQS delivery (`deckhand exec`).
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub receive_count: u32,
     /// Every attempt of the job that ended, oldest first, this one last; empty
     /// for a job that never ran.
@@ -210,6 +211,10 @@ impl JobResult {
             requeued: None,
         }
     }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -266,7 +266,8 @@ async fn live_chunks_are_uploaded_only_while_someone_follows() {
         "[results]\nlog_flush_secs = 1\n[queue]\nvisibility_timeout_secs = 600",
     );
     let id = unique("unfollowed");
-    let script = "echo before anyone came; i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.3; done";
+    let script =
+        "echo before anyone came; i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.3; done";
     s.send_job(&job(&id, &s.stack.image, &["sh", "-c", script]))
         .await;
     agent.wait_log("Job started.", LONG).await;
@@ -287,7 +288,10 @@ async fn live_chunks_are_uploaded_only_while_someone_follows() {
     assert_eq!(code, Some(143));
     assert_eq!(printed, lines(&s.log(&id).await.expect("log.txt")));
     let live = s.aws.keys(&s.pool.bucket, &live_prefix).await;
-    assert!(live.is_empty(), "chunks and mark gone once the log lands: {live:?}");
+    assert!(
+        live.is_empty(),
+        "chunks and mark gone once the log lands: {live:?}"
+    );
     s.wait_empty().await;
     assert_clean(&id);
 }

@@ -142,55 +142,73 @@ where
         values: &tracing::span::Record<'_>,
         ctx: Context<'_, S>,
     ) {
-        if let Some(span) = ctx.span(id)
-            && let Some(fields) = span.extensions_mut().get_mut::<Fields>()
-        {
+        let Some(span) = ctx.span(id) else { return };
+        // One guard: the extensions' lock is not reentrant.
+        let mut extensions = span.extensions_mut();
+        if let Some(fields) = extensions.get_mut::<Fields>() {
             values.record(fields);
+            // Rendered again at the next line.
+            extensions.remove::<Rendered>();
         }
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let mut fields = Fields::default();
-        if let Some(scope) = ctx.event_scope(event) {
-            for span in scope.from_root() {
-                if let Some(span_fields) = span.extensions().get::<Fields>() {
-                    for (name, value) in &span_fields.0 {
-                        fields.set(name, value.clone());
-                    }
-                }
+        let masker = self.masker.get();
+        let mask = |value: &mut Value| {
+            if let (Some(masker), Value::String(text)) = (&masker, value)
+                && let std::borrow::Cow::Owned(masked) = masker.mask(text)
+            {
+                *text = masked;
             }
-        }
+        };
         let mut own = Fields::default();
         event.record(&mut own);
         let mut msg = Value::from("");
-        for (name, value) in own.0 {
-            if name == "message" {
-                msg = value;
-            } else {
-                fields.set(name, value);
+        own.0.retain(|(name, value)| {
+            if *name == "message" {
+                msg = value.clone();
             }
+            *name != "message"
+        });
+        // Values are masked before they are escaped into JSON, where a secret
+        // with a quote or a backslash would no longer match. A job's (or
+        // service's) output line was masked where it was read (`JobLog`),
+        // against these same secrets and the job's own: a second pass would cost
+        // as much again on a log flood.
+        if event.metadata().target() != JOB_OUTPUT_TARGET {
+            mask(&mut msg);
         }
-        if let Some(masker) = self.masker.get() {
-            // Values are masked before they are escaped into JSON, where a secret
-            // with a quote or a backslash would no longer match.
-            let mask = |value: &mut Value| {
-                if let Value::String(text) = value
-                    && let std::borrow::Cow::Owned(masked) = masker.mask(text)
-                {
-                    *text = masked;
+        own.0.iter_mut().for_each(|(_, v)| mask(v));
+        let level = *event.metadata().level();
+        let context = match self.format {
+            LogFormat::Json => spans_json(event, &ctx, &own, masker.as_ref()),
+            LogFormat::Text => None,
+        };
+        let line = match context {
+            Some(context) => json_line_with(level, &msg, &context, &own),
+            None => {
+                // Names repeat between spans or the event: the inner one wins,
+                // in the outer one's place.
+                let mut fields = Fields::default();
+                if let Some(scope) = ctx.event_scope(event) {
+                    for span in scope.from_root() {
+                        if let Some(span_fields) = span.extensions().get::<Fields>() {
+                            for (name, value) in &span_fields.0 {
+                                let mut value = value.clone();
+                                mask(&mut value);
+                                fields.set(name, value);
+                            }
+                        }
+                    }
                 }
-            };
-            // A job's (or service's) output line was masked where it was read
-            // (`JobLog`), against these same secrets and the job's own: a second
-            // pass would cost as much again on a log flood.
-            if event.metadata().target() != JOB_OUTPUT_TARGET {
-                mask(&mut msg);
+                for (name, value) in own.0 {
+                    fields.set(name, value);
+                }
+                match self.format {
+                    LogFormat::Json => json_line(level, &msg, &fields),
+                    LogFormat::Text => text_line(level, &msg, &fields),
+                }
             }
-            fields.0.iter_mut().for_each(|(_, v)| mask(v));
-        }
-        let line = match self.format {
-            LogFormat::Json => json_line(*event.metadata().level(), &msg, &fields),
-            LogFormat::Text => text_line(*event.metadata().level(), &msg, &fields),
         };
         let batched = BATCH.with(|b| match b.borrow_mut().as_mut() {
             Some(lines) => {
@@ -204,6 +222,89 @@ where
             let _ = std::io::stdout().lock().write_all(line.as_bytes());
         }
     }
+}
+
+/// A span's own fields as JSON (`,"job_id":"…","attempt":2`), masked, rendered
+/// once and kept in its extensions until a field changes or the masker does: a
+/// job's output line would otherwise clone, mask and escape them all again.
+struct Rendered {
+    /// The masker it was masked with (its address), if any.
+    masker: Option<usize>,
+    json: String,
+}
+
+/// The JSON of the fields of every span around `event`, from the rendering each
+/// keeps; `None` when a name repeats (between spans or with the event's own),
+/// which the slow path sorts out.
+fn spans_json<S>(
+    event: &Event<'_>,
+    ctx: &Context<'_, S>,
+    own: &Fields,
+    masker: Option<&std::sync::Arc<crate::mask::Masker>>,
+) -> Option<String>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    let masker_id = masker.map(|m| std::sync::Arc::as_ptr(m) as usize);
+    let mut names: Vec<&'static str> = own.0.iter().map(|(name, _)| *name).collect();
+    let mut json = String::new();
+    let Some(scope) = ctx.event_scope(event) else {
+        return Some(json);
+    };
+    for span in scope.from_root() {
+        let stale = {
+            let extensions = span.extensions();
+            let Some(fields) = extensions.get::<Fields>() else {
+                continue;
+            };
+            for (name, _) in &fields.0 {
+                if names.contains(name) {
+                    return None;
+                }
+                names.push(name);
+            }
+            match extensions.get::<Rendered>() {
+                Some(rendered) if rendered.masker == masker_id => {
+                    json.push_str(&rendered.json);
+                    None
+                }
+                _ => Some(render(fields, masker)),
+            }
+        };
+        if let Some(rendered) = stale {
+            json.push_str(&rendered);
+            span.extensions_mut().replace(Rendered {
+                masker: masker_id,
+                json: rendered,
+            });
+        }
+    }
+    Some(json)
+}
+
+/// A span's fields as JSON, masked.
+fn render(fields: &Fields, masker: Option<&std::sync::Arc<crate::mask::Masker>>) -> String {
+    let mut rendered = String::new();
+    for (name, value) in &fields.0 {
+        match (masker, value) {
+            (Some(masker), Value::String(text)) => {
+                push_field(
+                    &mut rendered,
+                    name,
+                    &Value::from(masker.mask(text).as_ref()),
+                );
+            }
+            _ => push_field(&mut rendered, name, value),
+        }
+    }
+    rendered
+}
+
+fn push_field(line: &mut String, name: &str, value: &Value) {
+    line.push(',');
+    line.push_str(&Value::from(name).to_string());
+    line.push(':');
+    line.push_str(&value.to_string());
 }
 
 fn now() -> String {
@@ -222,18 +323,22 @@ fn level_name(level: Level) -> &'static str {
 
 /// `ts`, `level` and `msg` first, in that order, then the context fields.
 fn json_line(level: Level, msg: &Value, fields: &Fields) -> String {
-    let mut line = String::with_capacity(128);
+    json_line_with(level, msg, "", fields)
+}
+
+/// As [`json_line`], the spans' fields already rendered (`context`), then the
+/// event's own.
+fn json_line_with(level: Level, msg: &Value, context: &str, own: &Fields) -> String {
+    let mut line = String::with_capacity(128 + context.len());
     line.push_str("{\"ts\":\"");
     line.push_str(&now());
     line.push_str("\",\"level\":\"");
     line.push_str(level_name(level));
     line.push_str("\",\"msg\":");
     line.push_str(&msg.to_string());
-    for (name, value) in &fields.0 {
-        line.push(',');
-        line.push_str(&Value::from(*name).to_string());
-        line.push(':');
-        line.push_str(&value.to_string());
+    line.push_str(context);
+    for (name, value) in &own.0 {
+        push_field(&mut line, name, value);
     }
     line.push_str("}\n");
     line
@@ -284,5 +389,51 @@ mod tests {
         fields.set("attempt", Value::from(1));
         fields.set("attempt", Value::from(2));
         assert_eq!(fields.0, vec![("attempt", Value::from(2))]);
+    }
+
+    #[test]
+    fn span_fields_are_rendered_once_masked_and_follow_changes() {
+        let masker = SharedMasker::default();
+        let layer = StdoutLayer {
+            format: LogFormat::Json,
+            masker: masker.clone(),
+        };
+        let subscriber = tracing_subscriber::registry().with(layer);
+        let text = tracing::subscriber::with_default(subscriber, || {
+            BATCH.with(|b| *b.borrow_mut() = Some(Vec::new()));
+            let span = tracing::info_span!("job", job_id = "build-hunter2", attempt = 1);
+            let _entered = span.enter();
+            tracing::info!("first");
+            // Secrets loaded after the span was rendered: rendered again.
+            masker.set(std::sync::Arc::new(crate::mask::Masker::new(["hunter2"])));
+            tracing::info!("second");
+            span.record("attempt", 2);
+            tracing::info!(stream = "stdout", "third");
+            // A name the span has too: the event's wins, in the span's place.
+            tracing::info!(attempt = 9, "fourth");
+            BATCH.with(|b| b.borrow_mut().take().unwrap())
+        });
+        let text = String::from_utf8(text).unwrap();
+        let lines: Vec<serde_json::Map<String, Value>> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let field = |n: usize, k: &str| lines[n][k].clone();
+        assert_eq!(field(0, "job_id"), "build-hunter2");
+        assert_eq!(field(1, "job_id"), "build-***");
+        assert_eq!(field(1, "attempt"), 1);
+        assert_eq!(field(2, "attempt"), 2);
+        assert_eq!(field(2, "stream"), "stdout");
+        assert_eq!(field(3, "attempt"), 9);
+        assert_eq!(field(3, "job_id"), "build-***");
+        // In order: the spans' fields, then the event's.
+        let third = text.lines().nth(2).unwrap();
+        let at = |key: &str| third.find(&format!("\"{key}\":")).unwrap();
+        assert!(at("ts") < at("level") && at("level") < at("msg"), "{third}");
+        assert!(
+            at("msg") < at("job_id") && at("job_id") < at("attempt"),
+            "{third}"
+        );
+        assert!(at("attempt") < at("stream"), "{third}");
     }
 }

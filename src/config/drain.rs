@@ -12,6 +12,8 @@ pub const DEFAULT_SAFETY_MARGIN_SECS: u64 = 15;
 pub const DEFAULT_STOP_TIMEOUT_SECS: u64 = 60;
 /// Between a container's SIGTERM and its SIGKILL.
 pub const DEFAULT_STOP_GRACE_SECS: u64 = 10;
+/// How long the drain waits for the log forwarder's queue to empty.
+pub const DEFAULT_LOG_FLUSH_TIMEOUT_SECS: u64 = 10;
 
 #[derive(Debug, Clone)]
 pub struct DrainConfig {
@@ -25,6 +27,9 @@ pub struct DrainConfig {
     pub stop_timeout: Duration,
     /// Between a container's SIGTERM and its SIGKILL.
     pub stop_grace: Duration,
+    /// At the drain's end, the longest wait for the log forwarder's queue to
+    /// empty, so that the host's last lines leave with it.
+    pub log_flush_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +87,12 @@ impl DrainConfig {
                 "stop_grace_secs",
                 0..=300,
                 DEFAULT_STOP_GRACE_SECS,
+            )),
+            log_flush_timeout: secs(r.int(
+                &mut section,
+                "log_flush_timeout_secs",
+                0..=60,
+                DEFAULT_LOG_FLUSH_TIMEOUT_SECS,
             )),
         };
         r.finish(section);

@@ -14,6 +14,7 @@ fn drain(on_spot: SpotPolicy) -> DrainConfig {
         safety_margin: Duration::from_secs(20),
         stop_timeout: Duration::from_secs(600),
         stop_grace: GRACE,
+        log_flush_timeout: Duration::from_secs(10),
     }
 }
 

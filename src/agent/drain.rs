@@ -26,6 +26,7 @@ use crate::agent::fate::{Fate, Settlement};
 use crate::aws::imds::{SpotAction, SpotNotice};
 use crate::aws::sqs::{Received, SqsError};
 use crate::config::{DrainConfig, RebalancePolicy, SpotPolicy};
+use crate::host::forwarder::Forwarder;
 use crate::host::stop::{Preemption, Stop, StopReason};
 use crate::host::systemd;
 
@@ -219,6 +220,28 @@ impl Agent {
         tracing::info!(
             drain_ms = began.elapsed().as_millis() as u64,
             "Every job finished or handed back."
+        );
+    }
+}
+
+/// Waits, at most `timeout`, for the log forwarder's queues to empty, and says
+/// how long it waited and whether they did.
+pub async fn flush_logs(forwarder: &Forwarder, timeout: Duration) {
+    let flushed = forwarder.flush(timeout).await;
+    let waited_ms = flushed.waited.as_millis() as u64;
+    if flushed.emptied {
+        tracing::info!(
+            waited_ms,
+            emptied = true,
+            "The log forwarder's queue is empty."
+        );
+    } else {
+        tracing::warn!(
+            waited_ms,
+            emptied = false,
+            queued = flushed.queued,
+            timeout_secs = timeout.as_secs(),
+            "The log forwarder's queue did not empty in time; its lines wait on disk."
         );
     }
 }

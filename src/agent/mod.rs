@@ -144,8 +144,9 @@ pub async fn run(
             };
             let Some(booted) = booted else {
                 tracing::info!("Stopped during bootstrap.");
-                return Ok(());
+                return Ok(None);
             };
+            let forwarder = booted.forwarder.clone();
             let agent = Arc::new(Agent::new(
                 &config,
                 &sdk,
@@ -158,17 +159,22 @@ pub async fn run(
             agent.recover().await;
             metrics.ready(boot_started.elapsed());
             agent.live(&stop).await;
-            Ok::<_, AgentError>(())
+            Ok::<_, AgentError>(forwarder)
         };
         // Notices are watched from the start: one that comes during bootstrap
         // stops it.
         let watcher =
             imds.map(|imds| crate::host::notices::watch(imds, answered, &config, stop.clone()));
-        tokio::select! {
+        let forwarder = tokio::select! {
             lived = life => lived?,
             never = duty(watcher) => match never {},
             never = duty(metrics_server) => match never {},
             never = duty(credentials_server) => match never {},
+        };
+        // Before the instance may go: what the forwarder holds is this host's
+        // last word on why it left.
+        if let Some(forwarder) = &forwarder {
+            drain::flush_logs(forwarder, config.drain.log_flush_timeout).await;
         }
         if let Some(leaving) = stop.reason().and_then(leaving) {
             scale_in(&config, &sdk, &instance_id, leaving).await;

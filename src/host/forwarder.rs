@@ -70,7 +70,9 @@ pub enum ForwarderError {
     UnknownKind(String),
     #[error("log_forwarder.endpoint: is not set (host:port of the sink)")]
     NoEndpoint,
-    #[error("log_forwarder.endpoint: {0:?} is not host:port (a DNS name or IP address, a port 1-65535)")]
+    #[error(
+        "log_forwarder.endpoint: {0:?} is not host:port (a DNS name or IP address, a port 1-65535)"
+    )]
     BadEndpoint(String),
     #[error("log_forwarder.ca_file: {path:?}: {why}")]
     BadCa { path: String, why: String },
@@ -98,7 +100,10 @@ impl Settings {
             Some("json") => Kind::Json,
             Some(other) => return Err(ForwarderError::UnknownKind(other.to_owned())),
         };
-        let endpoint = config.endpoint.as_deref().ok_or(ForwarderError::NoEndpoint)?;
+        let endpoint = config
+            .endpoint
+            .as_deref()
+            .ok_or(ForwarderError::NoEndpoint)?;
         let (host, port) = endpoint_parts(endpoint)
             .ok_or_else(|| ForwarderError::BadEndpoint(endpoint.to_owned()))?;
         let ca_file = config.ca_file.as_deref().map(check_ca).transpose()?;
@@ -157,7 +162,10 @@ pub fn endpoint_parts(endpoint: &str) -> Option<(String, u16)> {
 
 /// `u16::from_str` takes a leading `+`.
 fn port_has_sign(endpoint: &str) -> bool {
-    endpoint.rsplit(':').next().is_some_and(|p| p.starts_with('+'))
+    endpoint
+        .rsplit(':')
+        .next()
+        .is_some_and(|p| p.starts_with('+'))
 }
 
 /// The CA file must be an absolute path to a regular file (not a link: the
@@ -170,7 +178,10 @@ fn check_ca(path: &str) -> Result<PathBuf, ForwarderError> {
     if !path.starts_with('/') {
         return Err(bad("must be an absolute path"));
     }
-    if path.chars().any(|c| c.is_control() || c == '"' || c == '\\') {
+    if path
+        .chars()
+        .any(|c| c.is_control() || c == '"' || c == '\\')
+    {
         return Err(bad("holds a quote, a backslash or a control character"));
     }
     let meta = match std::fs::symlink_metadata(path) {
@@ -222,8 +233,13 @@ pub fn configure(
     if !dir.is_dir() {
         return Err(ForwarderError::NotInstalled(dir.to_owned()));
     }
-    let text = Zeroizing::new(render(&settings, &dir.join(STATS_FILE), Path::new(SPOOL_DIR)));
-    let unchanged = std::fs::read(&path).is_ok_and(|old| Zeroizing::new(old).as_slice() == text.as_bytes());
+    let text = Zeroizing::new(render(
+        &settings,
+        &dir.join(STATS_FILE),
+        Path::new(SPOOL_DIR),
+    ));
+    let unchanged =
+        std::fs::read(&path).is_ok_and(|old| Zeroizing::new(old).as_slice() == text.as_bytes());
     if !unchanged {
         write_private(&path, text.as_bytes())
             .map_err(|source| ForwarderError::Write { path, source })?;

@@ -91,7 +91,9 @@ fn fields(settings: &Settings) -> String {
         Kind::Rfc5424 => {
             // RainerScript's replace() escapes each value for its SD-PARAM.
             let esc = |v: &str| {
-                format!("replace(replace(replace({v}, \"\\\\\", \"\\\\\\\\\"), \"\\\"\", \"\\\\\\\"\"), \"]\", \"\\\\]\")")
+                format!(
+                    "replace(replace(replace({v}, \"\\\\\", \"\\\\\\\\\"), \"\\\"\", \"\\\\\\\"\"), \"]\", \"\\\\]\")"
+                )
             };
             out.push_str("set $.sd = \"[deckhand@32473\";\n");
             for field in FIELDS {

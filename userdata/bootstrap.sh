@@ -23,10 +23,7 @@
 #   --results-bucket NAME    results bucket (required)
 #   --results-prefix PREFIX  key prefix of results (default: results/)
 #   --idle-shutdown-secs N   --on-exit none|terminate|shutdown
-#   --log-forwarder-kind K   forward the journal: rfc5424 or json (off if empty)
-#   --log-forwarder-endpoint HOST:PORT   the log sink
-#   --log-forwarder-ca-file PATH   PEM CA of the sink's certificate: TLS
-#   --log-forwarder-token-secret NAME   bundle secret sent as the sink's token
+#   --log-forwarder-{kind,endpoint,ca-file,token-secret} V   [log_forwarder]
 #   --install-from S3PREFIX  fetch deckhand and deckhand.service from here
 #                            when /usr/local/bin/deckhand is missing
 #   --binary-sha256 HEX      expected checksum of that binary
@@ -64,10 +61,10 @@ results_bucket=""
 results_prefix="results/"
 idle_shutdown_secs="0"
 on_exit="none"
-log_forwarder_kind=""   # rfc5424 or json; empty: no forwarding
-log_forwarder_endpoint=""       # host:port of the log sink
-log_forwarder_ca_file=""        # empty: plain TCP
-log_forwarder_token_secret=""   # a secret in the pool's bundle
+log_forwarder_kind=""   # rfc5424 or json; empty: no log forwarding
+log_forwarder_endpoint=""
+log_forwarder_ca_file=""
+log_forwarder_token_secret=""
 install_from=""         # empty: deckhand is baked into the AMI
 binary_sha256=""
 # ---- end of PARAMETERS ----
@@ -258,8 +255,7 @@ stop_grace_secs = 10
 EOF
 }
 
-# [log_forwarder]: deckhand checks the values at boot (a wrong one turns
-# forwarding off, loudly, and the host still takes jobs).
+# deckhand checks these at boot: a wrong one turns forwarding off, loudly.
 emit_log_forwarder() {
     [ -n "$log_forwarder_kind$log_forwarder_endpoint" ] || return 0
     printf '\n[log_forwarder]\nkind = "%s"\nendpoint = "%s"\n' "$log_forwarder_kind" "$log_forwarder_endpoint"

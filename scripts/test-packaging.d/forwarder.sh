@@ -26,7 +26,7 @@ check_forwarder_renders() {
             'token_secret = "log-sink-token"' 'max_disk_mb = 64') || return 1
         [ "$kind" != rfc5424-tls ] || printf 'ca_file = "%s"\n' "$ca" >>"$config"
         rendered=$work/forwarder/$kind.conf
-        env -u DECKHAND_CONFIG "$deckhand_bin" --config "$config" forwarder-config >"$rendered" || return 1
+        env -u DECKHAND_CONFIG -u DECKHAND_BIN "$deckhand_bin" --config "$config" forwarder-config >"$rendered" || return 1
         grep -q 'TOKEN-PLACEHOLDER' "$rendered" || { echo "$kind: no token placeholder"; return 1; }
         sed -i -e "s#/var/lib/deckhand-forwarder#$work/forwarder/spool#" \
             -e "s#/run/deckhand-forwarder/#$work/forwarder/#" "$rendered"
@@ -34,7 +34,7 @@ check_forwarder_renders() {
         [ "${PIPESTATUS[0]}" = 0 ] || return 1
     done
     # Without [log_forwarder]: nothing to render.
-    env -u DECKHAND_CONFIG "$deckhand_bin" --config "$work/full/etc/deckhand/config.toml" forwarder-config |
+    env -u DECKHAND_CONFIG -u DECKHAND_BIN "$deckhand_bin" --config "$work/full/etc/deckhand/config.toml" forwarder-config |
         grep -q 'forwarding is off'
 }
 
@@ -49,7 +49,7 @@ check_forwarder_rejects() {
         [ -z "$ca" ] || lines+=("ca_file = \"$ca\"")
         config=$(forwarder_toml bad "${lines[@]}") || return 1
         code=0
-        out=$(env -u DECKHAND_CONFIG "$deckhand_bin" --config "$config" forwarder-config 2>&1) || code=$?
+        out=$(env -u DECKHAND_CONFIG -u DECKHAND_BIN "$deckhand_bin" --config "$config" forwarder-config 2>&1) || code=$?
         { [ "$code" = 78 ] && grep -q "log_forwarder.$key" <<<"$out"; } ||
             { echo "${lines[*]}: exit $code, $out"; return 1; }
         echo "$out"

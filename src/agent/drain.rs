@@ -224,9 +224,12 @@ impl Agent {
     }
 }
 
-/// Waits, at most `timeout`, for the log forwarder's queues to empty, and says
-/// how long it waited and whether they did.
-pub async fn flush_logs(forwarder: &Forwarder, timeout: Duration) {
+/// Before the instance may go (and before `on_exit` takes it away): waits, at
+/// most `timeout`, for the log forwarder's queues to empty, since what they
+/// hold is this host's last word on why it left, and says how long it waited
+/// and whether they did. Nothing without a forwarder.
+pub async fn flush_logs(forwarder: Option<&Forwarder>, timeout: Duration) {
+    let Some(forwarder) = forwarder else { return };
     let flushed = forwarder.flush(timeout).await;
     let waited_ms = flushed.waited.as_millis() as u64;
     if flushed.emptied {

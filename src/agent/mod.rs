@@ -171,11 +171,7 @@ pub async fn run(
             never = duty(metrics_server) => match never {},
             never = duty(credentials_server) => match never {},
         };
-        // Before the instance may go: what the forwarder holds is this host's
-        // last word on why it left.
-        if let Some(forwarder) = &forwarder {
-            drain::flush_logs(forwarder, config.drain.log_flush_timeout).await;
-        }
+        drain::flush_logs(forwarder.as_ref(), config.drain.log_flush_timeout).await;
         if let Some(leaving) = stop.reason().and_then(leaving) {
             scale_in(&config, &sdk, &instance_id, leaving).await;
         }

@@ -1,5 +1,6 @@
 # deckhand pool AMI: Debian 12 + Docker + the static deckhand binary, its
-# systemd unit (enabled), the metadata-service block, a config skeleton and the
+# systemd unit (enabled), the log forwarder (rsyslog, off until the user data
+# names a sink), the metadata-service block, a config skeleton and the
 # user data helper, for x86-64 or for arm64 (Graviton). Build from the
 # repository root, after the static build of the same architecture:
 #
@@ -210,6 +211,26 @@ build {
     destination = "/tmp/deckhand-stage/deckhand-imds-block.service"
   }
 
+  provisioner "file" {
+    source      = "${path.root}/../systemd/deckhand-forwarder.service"
+    destination = "/tmp/deckhand-stage/deckhand-forwarder.service"
+  }
+
+  provisioner "file" {
+    source      = "${path.root}/../systemd/deckhand-forwarder.path"
+    destination = "/tmp/deckhand-stage/deckhand-forwarder.path"
+  }
+
+  provisioner "file" {
+    source      = "${path.root}/../systemd/deckhand-forwarder-trim.timer"
+    destination = "/tmp/deckhand-stage/deckhand-forwarder-trim.timer"
+  }
+
+  provisioner "file" {
+    source      = "${path.root}/../systemd/deckhand-forwarder-trim.service"
+    destination = "/tmp/deckhand-stage/deckhand-forwarder-trim.service"
+  }
+
   # The user data helper: baked so that boot-time user data can stay short,
   # and run once here (--skeleton) to install the metadata block and the
   # config skeleton exactly as user data would.
@@ -224,7 +245,7 @@ build {
     destination = "/tmp/deckhand-stage/operations.md"
   }
 
-  # Docker, the binary, the units, the skeleton, the pre-pulled images.
+  # Docker, rsyslog, the binary, the units, the skeleton, the pre-pulled images.
   provisioner "shell" {
     script           = "${path.root}/provision.sh"
     environment_vars = ["PREPULL_IMAGES=${join(" ", var.prepull_images)}"]

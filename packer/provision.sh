@@ -1,6 +1,6 @@
 #!/bin/sh
 # Runs on the Packer build instance, as root, in two steps:
-#   provision.sh install   Docker, deckhand, its units, the config skeleton
+#   provision.sh install   Docker, rsyslog, deckhand, its units, the config skeleton
 #   provision.sh cleanup   leave no credentials, keys or identity in the AMI
 # Files come from /tmp/deckhand-stage (uploaded by packer/deckhand.pkr.hcl).
 # PREPULL_IMAGES: space-separated images to pull into the image.
@@ -23,11 +23,19 @@ installed() {
 
 install_step() {
     export DEBIAN_FRONTEND=noninteractive
-    # Debian's own Docker (docker.io); iptables for the metadata block. The box's
-    # base root already holds them (its build container has no network).
-    if ! installed docker.io iptables ca-certificates; then
+    # Debian's own Docker (docker.io); iptables for the metadata block; rsyslog
+    # (and its TLS driver) for the log forwarder. The box's base root already
+    # holds them (its build container has no network).
+    if ! installed docker.io iptables ca-certificates rsyslog rsyslog-gnutls; then
         apt-get update
-        apt-get install -y --no-install-recommends docker.io iptables ca-certificates
+        apt-get install -y --no-install-recommends docker.io iptables ca-certificates rsyslog rsyslog-gnutls
+    fi
+    # rsyslog here is only the forwarder (deckhand-forwarder.service, its own
+    # instance): the journal is the host's log, and the stock daemon would
+    # write every line a second time under /var/log.
+    systemctl disable rsyslog.service
+    if systemd_running; then
+        systemctl stop rsyslog.service
     fi
     # live-restore: a dockerd that crashes and is restarted leaves the running
     # jobs running, and deckhand takes them up again when it answers. json-file
@@ -48,7 +56,16 @@ JSON
     # The binary must be static and runnable here, or every instance fails.
     /usr/local/bin/deckhand --version
     # Every unit the host runs, from systemd/ in the repository.
-    install -m 0644 "$stage/deckhand.service" "$stage/deckhand-imds-block.service" /etc/systemd/system/
+    install -m 0644 "$stage/deckhand.service" "$stage/deckhand-imds-block.service" \
+        "$stage/deckhand-forwarder.service" "$stage/deckhand-forwarder.path" \
+        "$stage/deckhand-forwarder-trim.timer" "$stage/deckhand-forwarder-trim.service" \
+        /etc/systemd/system/
+    # The forwarder's directory on tmpfs, made at every boot before deckhand
+    # starts: deckhand writes the configuration (with the sink's token) there.
+    install -d -m 0755 /etc/tmpfiles.d
+    printf 'd /run/deckhand-forwarder 0700 root root -\n' >/etc/tmpfiles.d/deckhand-forwarder.conf
+    # Off until deckhand writes a configuration: the path unit waits for it.
+    systemctl enable deckhand-forwarder.path
     install -m 0755 "$stage/bootstrap.sh" /usr/local/sbin/deckhand-bootstrap
     install -D -m 0644 "$stage/operations.md" /usr/local/share/doc/deckhand/operations.md
 
@@ -57,7 +74,9 @@ JSON
     # Enables Docker and both units; starts nothing.
     /usr/local/sbin/deckhand-bootstrap --skeleton
     # Here the binary exists, so verify the units as installed, together.
-    systemd-analyze verify /etc/systemd/system/deckhand.service /etc/systemd/system/deckhand-imds-block.service
+    systemd-analyze verify /etc/systemd/system/deckhand.service /etc/systemd/system/deckhand-imds-block.service \
+        /etc/systemd/system/deckhand-forwarder.service /etc/systemd/system/deckhand-forwarder.path \
+        /etc/systemd/system/deckhand-forwarder-trim.timer /etc/systemd/system/deckhand-forwarder-trim.service
     # On a build instance: Docker for the pre-pulls, and the block, to see that
     # its rule applies on this kernel.
     if systemd_running; then
@@ -79,7 +98,9 @@ cleanup_step() {
     rm -f /etc/deckhand/env
     # State of a deckhand that must not have run; recreated at boot.
     rm -rf /var/lib/deckhand /run/deckhand
-    # Credentials any tool may have left (none are expected).
+    # The forwarder's cursor and disk queue: a new instance starts from its own
+    # journal. (Its configuration, with the token, is only ever on tmpfs.)
+    rm -rf /var/lib/deckhand-forwarder /run/deckhand-forwarder    # Credentials any tool may have left (none are expected).
     rm -rf /root/.docker /root/.aws
 
     # cloud-init: forget this build instance (its instance data, the build's

@@ -11,6 +11,7 @@ use crate::cli::logs::LogsError;
 use crate::cli::seal::SealError;
 use crate::cli::submit::SubmitError;
 use crate::config::ConfigError;
+use crate::host::forwarder::ForwarderError;
 use crate::job::result::{JobResult, Status};
 
 /// Clean exit: the command did what it was asked, or the agent drained.
@@ -95,6 +96,17 @@ impl ExitStatus for SubmitError {
             SubmitError::Send(_) | SubmitError::Store(_) => UNAVAILABLE,
             SubmitError::WaitTimedOut { .. } => TIMED_OUT,
             SubmitError::Follow(e) => e.exit_code(),
+        }
+    }
+}
+
+/// `forwarder-config` only: under `run` a wrong `[log_forwarder]` turns
+/// forwarding off and the host goes on.
+impl ExitStatus for ForwarderError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            ForwarderError::Write { .. } => CANT_CREATE,
+            _ => CONFIG,
         }
     }
 }

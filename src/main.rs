@@ -122,6 +122,11 @@ enum Command {
     /// In a job's sandbox container: hold its network namespace until killed.
     #[command(hide = true)]
     Pause,
+    /// Print the log forwarder's rsyslog configuration as `run` writes it at
+    /// boot from [log_forwarder], with TOKEN-PLACEHOLDER for the token
+    /// (scripts/test-packaging checks it with `rsyslogd -N1`).
+    #[command(hide = true)]
+    ForwarderConfig,
     /// Validate the config and probe what the agent depends on.
     Check {
         /// Validate the config only; reach nothing.
@@ -270,6 +275,10 @@ async fn dispatch(
             Err(e) => stderr.report(e),
         },
         Command::Check { no_probe } => check(&config, path, no_probe).await,
+        Command::ForwarderConfig => match cli::forwarder::print_config(&config) {
+            Ok(()) => exit::OK,
+            Err(e) => stderr.report(e),
+        },
         // Handled before the config is loaded; here for the match's sake.
         Command::Reach { .. } | Command::Pause => exit::OK,
     }

@@ -23,6 +23,7 @@
 #   --results-bucket NAME    results bucket (required)
 #   --results-prefix PREFIX  key prefix of results (default: results/)
 #   --idle-shutdown-secs N   --on-exit none|terminate|shutdown
+#   --log-forwarder-{kind,endpoint,ca-file,token-secret} V   [log_forwarder]
 #   --install-from S3PREFIX  fetch deckhand and deckhand.service from here
 #                            when /usr/local/bin/deckhand is missing
 #   --binary-sha256 HEX      expected checksum of that binary
@@ -60,6 +61,10 @@ results_bucket=""
 results_prefix="results/"
 idle_shutdown_secs="0"
 on_exit="none"
+log_forwarder_kind=""   # rfc5424 or json; empty: no log forwarding
+log_forwarder_endpoint=""
+log_forwarder_ca_file=""
+log_forwarder_token_secret=""
 install_from=""         # empty: deckhand is baked into the AMI
 binary_sha256=""
 # ---- end of PARAMETERS ----
@@ -113,6 +118,10 @@ while [ $# -gt 0 ]; do
         --results-prefix) results_prefix=$2 ;;
         --idle-shutdown-secs) idle_shutdown_secs=$2 ;;
         --on-exit) on_exit=$2 ;;
+        --log-forwarder-kind) log_forwarder_kind=$2 ;;
+        --log-forwarder-endpoint) log_forwarder_endpoint=$2 ;;
+        --log-forwarder-ca-file) log_forwarder_ca_file=$2 ;;
+        --log-forwarder-token-secret) log_forwarder_token_secret=$2 ;;
         --install-from) install_from=$2 ;;
         --binary-sha256) binary_sha256=$2 ;;
         --root) root=$2 ;;
@@ -174,7 +183,10 @@ validate() {
         "region=$region" "secrets-bucket=$secrets_bucket" \
         "secrets-key=$secrets_key" "kms-key-id=$kms_key_id" \
         "cache-source=$cache_source" "results-bucket=$results_bucket" \
-        "results-prefix=$results_prefix"; do
+        "results-prefix=$results_prefix" "log-forwarder-kind=$log_forwarder_kind" \
+        "log-forwarder-endpoint=$log_forwarder_endpoint" \
+        "log-forwarder-ca-file=$log_forwarder_ca_file" \
+        "log-forwarder-token-secret=$log_forwarder_token_secret"; do
         check_chars "--${pair%%=*}" "${pair#*=}"
     done
     for item in $allowed_registries $warm_images; do
@@ -231,6 +243,7 @@ allowed_registries = [$(toml_list "$allowed_registries")]
 EOF
         [ -z "$warm_images" ] || printf 'warm = [%s]\n' "$(toml_list "$warm_images")"
         [ -z "$cache_source" ] || printf '\n[cache]\nsource = "%s"\n' "$cache_source"
+        emit_log_forwarder
     fi
     cat <<EOF
 
@@ -240,6 +253,14 @@ EOF
 stop_timeout_secs = 60
 stop_grace_secs = 10
 EOF
+}
+
+# deckhand checks these at boot: a wrong one turns forwarding off, loudly.
+emit_log_forwarder() {
+    [ -n "$log_forwarder_kind$log_forwarder_endpoint" ] || return 0
+    printf '\n[log_forwarder]\nkind = "%s"\nendpoint = "%s"\n' "$log_forwarder_kind" "$log_forwarder_endpoint"
+    [ -z "$log_forwarder_ca_file" ] || printf 'ca_file = "%s"\n' "$log_forwarder_ca_file"
+    [ -z "$log_forwarder_token_secret" ] || printf 'token_secret = "%s"\n' "$log_forwarder_token_secret"
 }
 
 write_config() {

@@ -5,9 +5,12 @@ runs under systemd inside it (docs/packaging.md, "The box").
     scripts/box test      (builds the image, then runs this with the stack's venv)
 
 Two boots. The first takes userdata/cloud-config.yaml, filled in for the local
-stack, and goes through the whole life of a host: cloud-init, READY, a job, the
-IMDS block, a bad config, a hung agent, `systemctl stop`, a spot notice. The
-second takes userdata/bootstrap.sh as the user data and runs one job. Each wait
+stack with a log forwarder to scripts/box's sink, and goes through the whole
+life of a host: cloud-init, READY, a job (and its lines at the sink), the IMDS
+block, a bad config, a hung agent, the sink away and back, `systemctl stop`, a
+spot notice (and the last line at the sink). The second takes
+userdata/bootstrap.sh as the user data, with a log_forwarder of an unknown kind,
+and runs one job. Each wait
 has a generous deadline and polls a condition; nothing sleeps and then asserts.
 Prints one PASS/FAIL line per check and the boot figure; exits 1 on a failure.
 """
@@ -25,6 +28,8 @@ import uuid
 
 import boto3
 
+import forwarding
+
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BOX = os.environ.get("BOX_NAME", "deckhand-box")
 STACK_DIR = os.environ.get("STACK_DIR", "/var/lib/deckhand-stack")
@@ -36,6 +41,8 @@ BIN = os.environ.get("BOX_BINARY") or os.path.join(
     os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target")),
     "x86_64-unknown-linux-gnu", "release", "deckhand")
 RUN = f"box-{int(time.time())}-{uuid.uuid4().hex[:6]}"
+SINK_LOG = forwarding.sink_log(STACK_DIR, BOX)
+SINK = "192.0.2.1:10514"
 
 sqs = boto3.client("sqs", endpoint_url=ENDPOINT, region_name=REGION)
 s3 = boto3.client("s3", endpoint_url=ENDPOINT, region_name=REGION)
@@ -218,7 +225,7 @@ def cloud_config(pool):
     assert not missing, f"cloud-config.yaml has no PARAM line for {sorted(missing)}"
     leftover = [l for l in out if "# PARAM" in l and "=" in l and ".internal" in l]
     assert not leftover, f"unfilled PARAM lines: {leftover}"
-    return "\n".join(out)
+    return forwarding.with_forwarder("\n".join(out), SINK, "box_token")
 
 
 def bootstrap_script(pool):
@@ -230,6 +237,8 @@ def bootstrap_script(pool):
         "kms_key_id": pool.kms_alias, "pool": "box", "allowed_registries": REGISTRY,
         "warm_images": IMAGE, "cache_source": f"s3://{pool.bucket}/cache/cache.tar.gz",
         "results_bucket": pool.bucket,
+        # Hostile: a kind no forwarder has. The host must run jobs regardless.
+        "log_forwarder_kind": "splunk", "log_forwarder_endpoint": SINK,
     }
     head, rest = text.split("# ---- end of PARAMETERS ----", 1)
     for name, value in values.items():
@@ -436,7 +445,78 @@ def check_bootstrap_boot(pool):
     pool.send(jid, ["sh", "-c", "echo via bootstrap.sh"])
     r = wait_for(lambda: pool.result(jid), f"result of {jid}", deadline=120)
     assert r["status"] == "succeeded", r
-    return "cloud-init done, system running, job succeeded"
+    text = journal()
+    assert "Log forwarding is off" in text and 'log_forwarder.kind: \\"splunk\\"' in text, text[-2000:]
+    assert show("ActiveState", unit="deckhand-forwarder.service") == "inactive"
+    return "cloud-init done, system running, job succeeded; forwarding off with log_forwarder.kind named"
+
+
+# --- the log forwarder ------------------------------------------------------
+
+def sink_lines(pred):
+    return [line for line in forwarding.received(SINK_LOG) if pred(line)]
+
+
+def refusals():
+    """How often the forwarder has logged that the sink refused it."""
+    text = box("journalctl", "-u", "deckhand-forwarder.service", "-o", "cat", "--no-pager").stdout
+    return text.count("cannot connect to 192.0.2.1")
+
+
+def forwarder_counters():
+    text = box("cat", "/run/deckhand-forwarder/stats.json", check=False).stdout
+    return forwarding.counters(text)
+
+
+@check("forwarding: a job's lines reach the sink with job_id, instance_id, attempt, level as fields")
+def check_forwarded(pool):
+    assert show("ActiveState", unit="deckhand-forwarder.service") == "active"
+    jid = f"{RUN}-hello"
+    lines = wait_for(lambda: sink_lines(lambda l: l.fields.get("job_id") == jid
+                                        and "hello from the box" in l.msg), f"{jid}'s line at the sink", deadline=60)
+    fields = lines[0].fields
+    assert fields["instance_id"] == "i-0b0c5d0e0f0a0b0c0" and fields["attempt"] == "1", fields
+    assert fields["level"] == lines[0].deckhand()["level"], (fields, lines[0].msg)
+    assert lines[0].sd.get("auth@32473", {}).get("token") == "box-secret-value-1234", lines[0].sd
+    return f"{len(lines)} line(s); fields {fields}"
+
+
+@check("forwarding: lines written while the sink is away arrive once it is back")
+def check_outage(pool):
+    subprocess.run([os.path.join(REPO, "scripts", "box"), "sink", "stop"], check=True, timeout=60)
+    try:
+        before = refusals()
+
+        def noticed():  # each probe line makes the forwarder try the sink
+            box("logger", "-t", "box-probe", "probe while the sink is away")
+            return refusals() > before
+        wait_for(noticed, "the forwarder to find the sink gone", deadline=90, interval=1)
+        markers = [f"{RUN}-outage-{i}" for i in range(3)]
+        for marker in markers:
+            box("logger", "-t", "box-outage", marker)
+        jid = f"{RUN}-outage"
+        pool.send(jid, ["sh", "-c", "echo written while the sink is away"])
+        wait_for(lambda: pool.result(jid), f"result of {jid}", deadline=120)
+        queued = wait_for(lambda: forwarder_counters()["fwd queue"]["size"], "lines queued", deadline=30)
+    finally:
+        subprocess.run([os.path.join(REPO, "scripts", "box"), "sink", "start"], check=True, timeout=60)
+    wait_for(lambda: all(sink_lines(lambda l, m=m: l.msg == m) for m in markers)
+             and sink_lines(lambda l: l.fields.get("job_id") == jid and "written while" in l.msg),
+             "the outage's lines at the sink", deadline=120)
+    return f"{queued} line(s) queued while away, all arrived"
+
+
+def drained_lines():
+    return sink_lines(lambda l: (l.deckhand() or {}).get("msg") == "Drained; exiting.")
+
+
+@check("forwarding: after the spot notice the host's last line reaches the sink")
+def check_last_line(before):
+    wait_for(lambda: len(drained_lines()) > before, "a new 'Drained; exiting.' at the sink", deadline=60)
+    flushed = [json.loads(l) for l in journal().splitlines()
+               if "log forwarder's queue" in l][-1]
+    assert flushed["emptied"] is True, flushed
+    return f"drain waited {flushed['waited_ms']} ms for the forwarder; 'Drained; exiting.' arrived"
 
 
 def cgroup_hierarchies():
@@ -466,8 +546,12 @@ def main():
             check_imds_block(pool)
             check_bad_config()
             check_watchdog()
+            check_forwarded(pool)
+            check_outage(pool)
             check_stop(pool)
+            drained_before = len(drained_lines())
             check_spot(pool)
+            check_last_line(drained_before)
         log("second boot: bootstrap.sh")
         boot(bootstrap_script(pool))
         check_bootstrap_boot(pool)

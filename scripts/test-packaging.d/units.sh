@@ -7,7 +7,7 @@
 # "Every directive commented with why": each directive must sit in a block of
 # consecutive lines that starts with a comment.
 check_unit_comments() {
-    "$py" - systemd/*.service <<'PY'
+    "$py" - systemd/*.service systemd/*.path systemd/*.timer <<'PY'
 import sys
 bad = []
 for path in sys.argv[1:]:
@@ -78,11 +78,11 @@ PY
 check_unit_verify() {
     local dir=$work/units unit names=()
     mkdir -p "$dir" || return 1
-    for unit in systemd/*.service; do
+    for unit in systemd/*.service systemd/*.path systemd/*.timer; do
         sed 's#^ExecStart=/usr/local/bin/deckhand #ExecStart=/bin/true #' "$unit" >"$dir/${unit##*/}" || return 1
         names+=("./${unit##*/}")
     done
-    [ "${names[*]}" = "./deckhand-imds-block.service ./deckhand.service" ] ||
+    [ "${names[*]}" = "./deckhand-forwarder-trim.service ./deckhand-forwarder.service ./deckhand-imds-block.service ./deckhand.service ./deckhand-forwarder.path ./deckhand-forwarder-trim.timer" ] ||
         { echo "systemd/ holds ${names[*]}; update this check and packer/provision.sh"; return 1; }
     if ! ls /etc/systemd/system/docker.service /lib/systemd/system/docker.service \
         /usr/lib/systemd/system/docker.service >/dev/null 2>&1; then

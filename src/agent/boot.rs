@@ -15,6 +15,7 @@ use crate::config::{Config, WarmFailure};
 use crate::docker::Docker;
 use crate::host::cache::Cache;
 use crate::host::disk::Disk;
+use crate::host::forwarder::Forwarder;
 use crate::host::secrets::Secrets;
 use crate::host::stop::Stop;
 use crate::host::systemd;
@@ -33,6 +34,8 @@ pub struct Booted {
     pub webhook: Option<(String, String)>,
     /// The admission webhook's client, if the pool or a profile names one.
     pub admission: Option<Arc<crate::job::admission::Admission>>,
+    /// The log forwarder this boot configured, for the drain to wait on.
+    pub forwarder: Option<Forwarder>,
 }
 
 /// Everything a host needs before its first job, in order: secrets, Docker, warm
@@ -51,6 +54,7 @@ pub async fn bootstrap(
         log_masker.set(Arc::new(secrets.masker()));
         tracing::info!(secrets = secrets.len(), "Secrets loaded into memory.");
     }
+    let forwarder = log_forwarder(config, &secrets);
     let webhook = match (&config.results.webhook_url, &config.results.webhook_secret) {
         (Some(url), Some(name)) => {
             let key = secrets.get(name).ok_or_else(|| AgentError::MissingSecret {
@@ -112,7 +116,30 @@ pub async fn bootstrap(
         cache,
         webhook,
         admission,
+        forwarder,
     }))
+}
+
+/// Configures the log forwarder from `[log_forwarder]`, now that its token can
+/// be read. A wrong setting turns forwarding off, loudly: the host still takes
+/// jobs, its lines stay in the journal.
+fn log_forwarder(config: &Config, secrets: &Secrets) -> Option<Forwarder> {
+    let dir = std::path::Path::new(crate::host::forwarder::DIR);
+    match crate::host::forwarder::configure(&config.log_forwarder, secrets, dir) {
+        Ok(Some(forwarder)) => {
+            tracing::info!(
+                endpoint = config.log_forwarder.endpoint.as_deref().unwrap_or_default(),
+                kind = config.log_forwarder.kind.as_deref().unwrap_or_default(),
+                "Log forwarder configured."
+            );
+            Some(forwarder)
+        }
+        Ok(None) => None,
+        Err(error) => {
+            tracing::error!(%error, "Log forwarding is off: [log_forwarder] is wrong.");
+            None
+        }
+    }
 }
 
 /// Opens the pool's secret bundle, if it has one, into memory, and makes the

@@ -14,6 +14,8 @@
 //! A spot notice that comes after another reason tightens the deadline; nothing
 //! loosens it. Stopped jobs end `interrupted` and their messages go back at once.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -24,6 +26,7 @@ use crate::agent::fate::{Fate, Requeue, Settlement};
 use crate::aws::imds::{SpotAction, SpotNotice};
 use crate::aws::sqs::{Received, SqsError};
 use crate::config::{DrainConfig, RebalancePolicy, SpotPolicy};
+use crate::host::forwarder::Forwarder;
 use crate::host::stop::{Preemption, Stop, StopReason};
 use crate::host::systemd;
 
@@ -219,6 +222,31 @@ impl Agent {
         tracing::info!(
             drain_ms = began.elapsed().as_millis() as u64,
             "Every job finished or handed back."
+        );
+    }
+}
+
+/// Before the instance may go (and before `on_exit` takes it away): waits, at
+/// most `timeout`, for the log forwarder's queues to empty, since what they
+/// hold is this host's last word on why it left, and says how long it waited
+/// and whether they did. Nothing without a forwarder.
+pub async fn flush_logs(forwarder: Option<&Forwarder>, timeout: Duration) {
+    let Some(forwarder) = forwarder else { return };
+    let flushed = forwarder.flush(timeout).await;
+    let waited_ms = flushed.waited.as_millis() as u64;
+    if flushed.emptied {
+        tracing::info!(
+            waited_ms,
+            emptied = true,
+            "The log forwarder's queue is empty."
+        );
+    } else {
+        tracing::warn!(
+            waited_ms,
+            emptied = false,
+            queued = flushed.queued,
+            timeout_secs = timeout.as_secs(),
+            "The log forwarder's queue did not empty in time; its lines wait on disk."
         );
     }
 }

@@ -165,31 +165,33 @@ pub async fn run(
             };
             let Some(booted) = booted else {
                 tracing::info!("Stopped during bootstrap.");
-                return Ok(());
+                return Ok(None);
             };
             let placement = Placement {
                 instance_id: instance_id.clone(),
                 availability_zone: identity.as_ref().map(|i| i.availability_zone.clone()),
                 lifecycle: identity.as_ref().and_then(|i| i.lifecycle.clone()),
             };
+            let forwarder = booted.forwarder.clone();
             let agent = Arc::new(Agent::new(
                 &config, &sdk, placement, booted, broker, &healthy, &metrics,
             ));
             agent.recover().await;
             metrics.ready(boot_started.elapsed());
             agent.live(&stop).await;
-            Ok::<_, AgentError>(())
+            Ok::<_, AgentError>(forwarder)
         };
         // Notices are watched from the start: one that comes during bootstrap
         // stops it.
         let watcher =
             imds.map(|imds| crate::host::notices::watch(imds, answered, &config, stop.clone()));
-        tokio::select! {
+        let forwarder = tokio::select! {
             lived = life => lived?,
             never = duty(watcher) => match never {},
             never = duty(metrics_server) => match never {},
             never = duty(credentials_server) => match never {},
-        }
+        };
+        drain::flush_logs(forwarder.as_ref(), config.drain.log_flush_timeout).await;
         if let Some(leaving) = stop.reason().and_then(leaving) {
             scale_in(&config, &sdk, &instance_id, leaving).await;
         }

@@ -60,8 +60,37 @@ pub async fn run(config: &Config) -> Vec<Probe> {
     if config.profiles.values().any(|p| p.role_arn.is_some()) {
         probes.push(probe("credentials", credentials(config.credentials.listen)).await);
     }
+    if config.log_forwarder.is_set() {
+        probes.push(probe("forwarder", log_forwarder(config)).await);
+    }
     probes.push(probe("disk", disk(config)).await);
     probes
+}
+
+/// `[log_forwarder]` as the boot will judge it (the token's presence is the
+/// kms probe's bundle; here a stand-in), then a TCP connection to the sink.
+async fn log_forwarder(config: &Config) -> Result<String, String> {
+    let wanted = &config.log_forwarder;
+    let stand_in: crate::host::secrets::Secrets = wanted
+        .token_secret
+        .iter()
+        .map(|name| (name.clone(), "stand-in"))
+        .collect();
+    let settings =
+        crate::host::forwarder::Settings::new(wanted, &stand_in).map_err(|e| e.to_string())?;
+    let address = (settings.host.as_str(), settings.port);
+    tokio::net::TcpStream::connect(address)
+        .await
+        .map_err(|e| format!("{}:{}: cannot connect: {e}", settings.host, settings.port))?;
+    let tls = if settings.ca_file.is_some() {
+        "TLS"
+    } else {
+        "plain TCP"
+    };
+    Ok(format!(
+        "{}:{} accepts connections ({tls})",
+        settings.host, settings.port
+    ))
 }
 
 /// What the config lacks to run the agent (a queue, a results bucket), one failed

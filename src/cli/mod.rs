@@ -1,10 +1,11 @@
 //! The commands other than `run` (which is [`crate::agent::run`]): `exec`, `submit`,
-//! `cancel`, `logs`, `artifacts`, `check` and `seal`.
+//! `cancel`, `logs`, `artifacts`, `check`, `seal` and `forwarder-config`.
 
 pub mod artifacts;
 pub mod cancel;
 pub mod check;
 pub mod exec;
+pub mod forwarder;
 pub mod logs;
 pub mod seal;
 pub mod submit;

@@ -79,6 +79,14 @@ fn the_reference_states_each_default_the_code_uses() {
             "drain.stop_grace_secs",
             code(DEFAULT_STOP_GRACE_SECS.to_string()),
         ),
+        (
+            "drain.log_flush_timeout_secs",
+            code(DEFAULT_LOG_FLUSH_TIMEOUT_SECS.to_string()),
+        ),
+        (
+            "log_forwarder.max_disk_mb",
+            code(DEFAULT_MAX_DISK_MB.to_string()),
+        ),
         ("credentials.listen", quoted(&DEFAULT_LISTEN.to_string())),
         (
             "credentials.session_secs",

@@ -15,6 +15,8 @@ pub const DEFAULT_STOP_GRACE_SECS: u64 = 10;
 /// A rebalance recommendation often comes minutes before the interruption, if
 /// one comes at all.
 pub const DEFAULT_REBALANCE_HORIZON_SECS: u64 = 600;
+/// How long the drain waits for the log forwarder's queue to empty.
+pub const DEFAULT_LOG_FLUSH_TIMEOUT_SECS: u64 = 10;
 
 #[derive(Debug, Clone)]
 pub struct DrainConfig {
@@ -31,6 +33,9 @@ pub struct DrainConfig {
     /// Under `admit-if-fits`: after a rebalance recommendation, jobs are taken
     /// only if expected to end within this long of it; then the host drains.
     pub rebalance_horizon: Duration,
+    /// At the drain's end, the longest wait for the log forwarder's queue to
+    /// empty, so that the host's last lines leave with it.
+    pub log_flush_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +103,12 @@ impl DrainConfig {
                 "rebalance_horizon_secs",
                 0..=86_400,
                 DEFAULT_REBALANCE_HORIZON_SECS,
+            )),
+            log_flush_timeout: secs(r.int(
+                &mut section,
+                "log_flush_timeout_secs",
+                0..=60,
+                DEFAULT_LOG_FLUSH_TIMEOUT_SECS,
             )),
         };
         r.finish(section);

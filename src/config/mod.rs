@@ -28,6 +28,7 @@ mod credentials;
 mod disk;
 mod docker;
 mod drain;
+mod forwarder;
 mod images;
 mod imds;
 mod metrics;
@@ -48,6 +49,7 @@ pub use credentials::CredentialsConfig;
 pub use disk::DiskConfig;
 pub use docker::DockerConfig;
 pub use drain::{DrainConfig, RebalancePolicy, SpotPolicy};
+pub use forwarder::LogForwarderConfig;
 pub use images::{ImagesConfig, WarmFailure};
 pub use imds::ImdsConfig;
 pub use metrics::MetricsConfig;
@@ -71,8 +73,10 @@ pub mod defaults {
     pub use super::disk::{DEFAULT_GC_FREE_MB, DEFAULT_MIN_FREE_MB};
     pub use super::docker::DEFAULT_SOCKET;
     pub use super::drain::{
-        DEFAULT_SAFETY_MARGIN_SECS, DEFAULT_STOP_GRACE_SECS, DEFAULT_STOP_TIMEOUT_SECS,
+        DEFAULT_LOG_FLUSH_TIMEOUT_SECS, DEFAULT_SAFETY_MARGIN_SECS, DEFAULT_STOP_GRACE_SECS,
+        DEFAULT_STOP_TIMEOUT_SECS,
     };
+    pub use super::forwarder::DEFAULT_MAX_DISK_MB;
     pub use super::images::DEFAULT_PULL_TIMEOUT_SECS;
     pub use super::imds::{DEFAULT_ENDPOINT, DEFAULT_POLL_MS};
     pub use super::profiles::{
@@ -116,6 +120,7 @@ pub struct Config {
     pub credentials: CredentialsConfig,
     pub admission: AdmissionConfig,
     pub autoscaling: AutoscalingConfig,
+    pub log_forwarder: LogForwarderConfig,
     /// Job profiles by name; `default` always exists.
     pub profiles: BTreeMap<String, Profile>,
 }
@@ -330,6 +335,7 @@ fn read(r: &mut Reader<'_>, mut root: Table) -> Config {
     let disk = DiskConfig::read(r, &mut root);
     let admission = AdmissionConfig::read(r, &mut root, &secrets);
     let autoscaling = AutoscalingConfig::read(r, &mut root);
+    let log_forwarder = LogForwarderConfig::read(r, &mut root);
     let profiles = profiles::read(r, &mut root);
     profiles::check_fits_the_queue(r, &profiles, images.pull_timeout, drain.stop_grace);
     for key in root.keys() {
@@ -351,6 +357,7 @@ fn read(r: &mut Reader<'_>, mut root: Table) -> Config {
         credentials,
         admission,
         autoscaling,
+        log_forwarder,
         profiles,
     }
 }

@@ -55,6 +55,18 @@ const KEYS: &[(&str, &[&str])] = &[
             "safety_margin_secs",
             "stop_timeout_secs",
             "stop_grace_secs",
+            "log_flush_timeout_secs",
+            "bogus",
+        ],
+    ),
+    (
+        "log_forwarder",
+        &[
+            "kind",
+            "endpoint",
+            "ca_file",
+            "token_secret",
+            "max_disk_mb",
             "bogus",
         ],
     ),

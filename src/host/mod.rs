@@ -8,6 +8,7 @@ pub mod cache;
 pub mod cgroups;
 pub mod credentials;
 pub mod disk;
+pub mod forwarder;
 pub mod http;
 pub mod notices;
 pub mod secrets;

@@ -142,6 +142,19 @@ pub struct Secrets {
     values: BTreeMap<String, SecretValue>,
 }
 
+/// Secrets from names and values: tests, and placeholders where no bundle is
+/// opened (`deckhand forwarder-config`).
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Secrets {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(pairs: I) -> Self {
+        Secrets {
+            values: pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), SecretValue(Zeroizing::new(v.into()))))
+                .collect(),
+        }
+    }
+}
+
 impl Secrets {
     pub fn get(&self, name: &str) -> Option<&SecretValue> {
         self.values.get(name)

@@ -16,6 +16,7 @@ fn drain(on_spot: SpotPolicy) -> DrainConfig {
         stop_timeout: Duration::from_secs(600),
         stop_grace: GRACE,
         rebalance_horizon: Duration::from_secs(600),
+        log_flush_timeout: Duration::from_secs(10),
     }
 }
 

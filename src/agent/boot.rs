@@ -1,6 +1,6 @@
 //! Boot: everything a host needs before its first job, in order: the instance's
-//! identity, the pool's secrets, Docker, the warm images, the disk watch and the
-//! cache volume.
+//! identity, the pool's secrets, Docker, the warm images, the disk watch, the
+//! seeded git mirrors and the cache volume.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -15,6 +15,7 @@ use crate::config::{Config, WarmFailure};
 use crate::docker::Docker;
 use crate::host::cache::Cache;
 use crate::host::disk::Disk;
+use crate::host::git::Mirrors;
 use crate::host::secrets::Secrets;
 use crate::host::stop::Stop;
 use crate::host::systemd;
@@ -33,6 +34,8 @@ pub struct Booted {
     pub webhook: Option<(String, String)>,
     /// The admission webhook's client, if the pool or a profile names one.
     pub admission: Option<Arc<crate::job::admission::Admission>>,
+    /// The git mirrors, seeded.
+    pub git: Arc<Mirrors>,
 }
 
 /// Everything a host needs before its first job, in order: secrets, Docker, warm
@@ -91,6 +94,12 @@ pub async fn bootstrap(
     } else {
         None
     };
+    let git = Arc::new(mirrors(config).map_err(AgentError::Mirrors)?);
+    if !config.git.seed.is_empty() {
+        let seeding =
+            crate::host::git::seed_all(&git, &s3, &config.git.seed, config.git.seed_max_mb);
+        phase("git seed", seeding).await?;
+    }
     let cache = match &config.cache.source {
         Some(source) => {
             let work_dir = &config.agent.work_dir;
@@ -110,7 +119,17 @@ pub async fn bootstrap(
         cache,
         webhook,
         admission,
+        git,
     }))
+}
+
+/// The host's git mirrors, under `<work_dir>/git`.
+pub fn mirrors(config: &Config) -> Result<Mirrors, crate::host::git::GitError> {
+    Mirrors::new(
+        config.agent.work_dir.join("git"),
+        config.agent.secrets_dir.clone(),
+        config.git.fetch_timeout,
+    )
 }
 
 /// Opens the pool's secret bundle, if it has one, into memory, and makes the

@@ -87,6 +87,15 @@ fn the_reference_states_each_default_the_code_uses() {
         ("admission.timeout_ms", code(DEFAULT_TIMEOUT_MS.to_string())),
         ("admission.cache_secs", code(DEFAULT_CACHE_SECS.to_string())),
         ("admission.fail", quoted(DEFAULT_FAIL.as_str())),
+        (
+            "git.fetch_timeout_secs",
+            code(DEFAULT_FETCH_TIMEOUT_SECS.to_string()),
+        ),
+        ("git.seed_max_mb", code(DEFAULT_SEED_MAX_MB.to_string())),
+        (
+            "profiles.NAME.source_max_mb",
+            code(DEFAULT_SOURCE_MAX_MB.to_string()),
+        ),
         ("disk.min_free_mb", code(DEFAULT_MIN_FREE_MB.to_string())),
         ("disk.gc_free_mb", code(DEFAULT_GC_FREE_MB.to_string())),
         (

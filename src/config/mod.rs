@@ -26,6 +26,7 @@ mod credentials;
 mod disk;
 mod docker;
 mod drain;
+mod git;
 mod images;
 mod imds;
 mod metrics;
@@ -43,6 +44,7 @@ pub use credentials::CredentialsConfig;
 pub use disk::DiskConfig;
 pub use docker::DockerConfig;
 pub use drain::{DrainConfig, RebalancePolicy, SpotPolicy};
+pub use git::{GitConfig, ProfileGit, Seed};
 pub use images::{ImagesConfig, WarmFailure};
 pub use imds::ImdsConfig;
 pub use metrics::MetricsConfig;
@@ -66,6 +68,7 @@ pub mod defaults {
     pub use super::drain::{
         DEFAULT_SAFETY_MARGIN_SECS, DEFAULT_STOP_GRACE_SECS, DEFAULT_STOP_TIMEOUT_SECS,
     };
+    pub use super::git::{DEFAULT_FETCH_TIMEOUT_SECS, DEFAULT_SEED_MAX_MB, DEFAULT_SOURCE_MAX_MB};
     pub use super::images::DEFAULT_PULL_TIMEOUT_SECS;
     pub use super::imds::{DEFAULT_ENDPOINT, DEFAULT_POLL_MS};
     pub use super::profiles::{
@@ -108,6 +111,7 @@ pub struct Config {
     pub disk: DiskConfig,
     pub credentials: CredentialsConfig,
     pub admission: AdmissionConfig,
+    pub git: GitConfig,
     /// Job profiles by name; `default` always exists.
     pub profiles: BTreeMap<String, Profile>,
 }
@@ -321,6 +325,7 @@ fn read(r: &mut Reader<'_>, mut root: Table) -> Config {
     let credentials = CredentialsConfig::read(r, &mut root);
     let disk = DiskConfig::read(r, &mut root);
     let admission = AdmissionConfig::read(r, &mut root, &secrets);
+    let git = GitConfig::read(r, &mut root);
     let profiles = profiles::read(r, &mut root);
     profiles::check_fits_the_queue(r, &profiles, images.pull_timeout, drain.stop_grace);
     for key in root.keys() {
@@ -341,6 +346,7 @@ fn read(r: &mut Reader<'_>, mut root: Table) -> Config {
         disk,
         credentials,
         admission,
+        git,
         profiles,
     }
 }

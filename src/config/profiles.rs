@@ -79,6 +79,8 @@ pub struct Profile {
     pub admission_webhook_url: Option<String>,
     /// Overrides `admission.fail`.
     pub admission_fail: Option<super::AdmissionFail>,
+    /// The remotes a job's `source` may come from, their credentials, its size.
+    pub git: super::ProfileGit,
 }
 
 impl Default for Profile {
@@ -103,6 +105,10 @@ impl Default for Profile {
             services_cpus: DEFAULT_SERVICES_CPUS,
             admission_webhook_url: None,
             admission_fail: None,
+            git: super::ProfileGit {
+                source_max_mb: super::git::DEFAULT_SOURCE_MAX_MB,
+                ..Default::default()
+            },
         }
     }
 }
@@ -187,6 +193,7 @@ fn read_one(r: &mut Reader<'_>, mut section: Section) -> Profile {
     let max_log_mb = r.int(&mut section, "max_log_mb", 1..=1 << 20, DEFAULT_MAX_LOG_MB);
     let (max_services, services_memory_mb, services_cpus) = read_services(r, &mut section);
     let (admission_webhook_url, admission_fail) = super::admission::read_profile(r, &mut section);
+    let git = super::git::read_profile(r, &mut section);
     r.finish(section);
     Profile {
         memory_mb,
@@ -208,6 +215,7 @@ fn read_one(r: &mut Reader<'_>, mut section: Section) -> Profile {
         services_cpus,
         admission_webhook_url,
         admission_fail,
+        git,
     }
 }
 

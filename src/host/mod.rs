@@ -1,5 +1,5 @@
 //! The host's duties around the jobs: why and when it stops ([`stop`], [`notices`]),
-//! its disk ([`disk`]) and cache volume ([`cache`]), the pool's [`secrets`] and the
+//! its disk ([`disk`]), its [`git`] mirrors and cache volume ([`cache`]), the pool's [`secrets`] and the
 //! per-job role [`credentials`], what its containers use ([`cgroups`]), and what it
 //! tells [`systemd`].
 
@@ -8,6 +8,7 @@ pub mod cache;
 pub mod cgroups;
 pub mod credentials;
 pub mod disk;
+pub mod git;
 pub mod http;
 pub mod notices;
 pub mod secrets;

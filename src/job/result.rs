@@ -96,6 +96,10 @@ pub struct JobResult {
     /// asked (an addition to v1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admission: Option<crate::job::admission::Admitted>,
+    /// The git commit checked out for its `source`; absent when it named none
+    /// (an addition to v1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<crate::job::source::SourceReport>,
 }
 
 /// What a job's containers used, read from their cgroups while they ran.
@@ -201,6 +205,7 @@ impl JobResult {
             artifacts_left_out: Vec::new(),
             usage: None,
             admission: None,
+            source: None,
         }
     }
 }

@@ -12,6 +12,7 @@ use crate::config::{Config, Profile};
 use crate::image::ImageRef;
 use crate::job::artifacts::{Caps, MAX_PATTERNS, Pattern};
 use crate::job::inputs::{Input, InputSpec, MAX_INPUTS};
+use crate::job::source::{Source, SourceSpec};
 use crate::rules::{
     check_container_path, is_under, reserved_env_prefix, truncate, valid_env_name, valid_id,
 };
@@ -59,6 +60,9 @@ pub struct JobSpec {
     /// Containers that run beside the job, on its localhost.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<ServiceSpec>,
+    /// A git commit checked out into the workspace before the container starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceSpec>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -95,6 +99,8 @@ pub struct Job {
     pub max_log_bytes: u64,
     /// Its service containers, started before it and ready when it starts.
     pub services: Vec<Service>,
+    /// The commit checked out into its workspace, before its inputs.
+    pub source: Option<Source>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -229,6 +235,7 @@ impl JobSpec {
         let workdir = self.workdir(config, &mut problems);
         let artifacts = self.artifacts(&mut problems);
         let inputs = self.inputs(&named, &mut problems);
+        let source = self.source(&named, &mut problems);
         let services =
             services::check(&self.services, &self.secrets, config, &named, &mut problems);
 
@@ -253,6 +260,7 @@ impl JobSpec {
                 inputs_max_bytes: profile.inputs_max_mb.saturating_mul(1_000_000),
                 max_log_bytes: profile.max_log_mb.saturating_mul(1_000_000),
                 services,
+                source,
             }),
             _ => Err(problems.0),
         }
@@ -337,6 +345,18 @@ impl JobSpec {
             }
         }
         inputs
+    }
+
+    /// A repository under one of the profile's `git_remotes`, and one commit.
+    fn source(&self, named: &NamedProfile<'_>, problems: &mut Problems) -> Option<Source> {
+        let spec = self.source.as_ref()?;
+        spec.check(&named.profile.git, named.name)
+            .map_err(|broken| {
+                for (field, rule) in broken {
+                    problems.push(&format!("source.{field}"), rule);
+                }
+            })
+            .ok()
     }
 
     /// Each secret once, at most [`MAX_SECRETS`], and only those the profile

@@ -54,16 +54,8 @@ pub async fn bootstrap(
         log_masker.set(Arc::new(secrets.masker()));
         tracing::info!(secrets = secrets.len(), "Secrets loaded into memory.");
     }
-    let webhook = match (&config.results.webhook_url, &config.results.webhook_secret) {
-        (Some(url), Some(name)) => {
-            let key = secrets.get(name).ok_or_else(|| AgentError::MissingSecret {
-                key: "results.webhook_secret",
-                name: name.clone(),
-            })?;
-            Some((url.clone(), key.expose().to_owned()))
-        }
-        _ => None,
-    };
+    let webhook = webhook(config, &secrets)?;
+    check_git_credentials(config, &secrets)?;
     let admission = crate::job::admission::Admission::for_pool(config, &secrets)
         .map_err(|missing| AgentError::MissingSecret {
             key: "admission.token_secret",
@@ -94,12 +86,7 @@ pub async fn bootstrap(
     } else {
         None
     };
-    let git = Arc::new(mirrors(config).map_err(AgentError::Mirrors)?);
-    if !config.git.seed.is_empty() {
-        let seeding =
-            crate::host::git::seed_all(&git, &s3, &config.git.seed, config.git.seed_max_mb);
-        phase("git seed", seeding).await?;
-    }
+    let git = seed_mirrors(config, &s3).await?;
     let cache = match &config.cache.source {
         Some(source) => {
             let work_dir = &config.agent.work_dir;
@@ -123,6 +110,20 @@ pub async fn bootstrap(
     }))
 }
 
+/// The host's git mirrors, each in `git.seed` made from its bundle.
+async fn seed_mirrors(
+    config: &Config,
+    s3: &aws_sdk_s3::Client,
+) -> Result<Arc<Mirrors>, AgentError> {
+    let git = Arc::new(mirrors(config).map_err(AgentError::Mirrors)?);
+    if !config.git.seed.is_empty() {
+        let seeding =
+            crate::host::git::seed_all(&git, s3, &config.git.seed, config.git.seed_max_mb);
+        phase("git seed", seeding).await?;
+    }
+    Ok(git)
+}
+
 /// The host's git mirrors, under `<work_dir>/git`.
 pub fn mirrors(config: &Config) -> Result<Mirrors, crate::host::git::GitError> {
     Mirrors::new(
@@ -130,6 +131,38 @@ pub fn mirrors(config: &Config) -> Result<Mirrors, crate::host::git::GitError> {
         config.agent.secrets_dir.clone(),
         config.git.fetch_timeout,
     )
+}
+
+/// The results webhook's URL and key, if results are posted to one.
+fn webhook(config: &Config, secrets: &Secrets) -> Result<Option<(String, String)>, AgentError> {
+    Ok(
+        match (&config.results.webhook_url, &config.results.webhook_secret) {
+            (Some(url), Some(name)) => {
+                let key = secrets.get(name).ok_or_else(|| AgentError::MissingSecret {
+                    key: "results.webhook_secret",
+                    name: name.clone(),
+                })?;
+                Some((url.clone(), key.expose().to_owned()))
+            }
+            _ => None,
+        },
+    )
+}
+
+/// Every secret a profile's `git_credentials` names is in the bundle: else
+/// every fetch from that remote would fail, job after job.
+fn check_git_credentials(config: &Config, secrets: &Secrets) -> Result<(), AgentError> {
+    for profile in config.profiles.values() {
+        for name in profile.git.credentials.values() {
+            if secrets.get(name).is_none() {
+                return Err(AgentError::MissingSecret {
+                    key: "profiles.NAME.git_credentials",
+                    name: name.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Opens the pool's secret bundle, if it has one, into memory, and makes the

@@ -183,13 +183,7 @@ fn read_one(r: &mut Reader<'_>, mut section: Section) -> Profile {
         0..=1_000_000,
         DEFAULT_ARTIFACTS_MAX_FILES,
     );
-    let input_buckets = r.strings(&mut section, "input_buckets");
-    let inputs_max_mb = r.int(
-        &mut section,
-        "inputs_max_mb",
-        0..=1 << 30,
-        DEFAULT_INPUTS_MAX_MB,
-    );
+    let (input_buckets, inputs_max_mb) = read_inputs(r, &mut section);
     let max_log_mb = r.int(&mut section, "max_log_mb", 1..=1 << 20, DEFAULT_MAX_LOG_MB);
     let (max_services, services_memory_mb, services_cpus) = read_services(r, &mut section);
     let (admission_webhook_url, admission_fail) = super::admission::read_profile(r, &mut section);
@@ -217,6 +211,13 @@ fn read_one(r: &mut Reader<'_>, mut section: Section) -> Profile {
         admission_fail,
         git,
     }
+}
+
+/// `input_buckets` and `inputs_max_mb`.
+fn read_inputs(r: &mut Reader<'_>, section: &mut Section) -> (Vec<String>, u64) {
+    let input_buckets = r.strings(section, "input_buckets");
+    let inputs_max_mb = r.int(section, "inputs_max_mb", 0..=1 << 30, DEFAULT_INPUTS_MAX_MB);
+    (input_buckets, inputs_max_mb)
 }
 
 /// `max_services`, `services_memory_mb` and `services_cpus`.

@@ -2,7 +2,7 @@
 //! `<work_dir>/git/`, named by a hash of its URL, kept across jobs and fetched
 //! into under a per-repository lock (jobs of one repository that wait on the same
 //! fetch share it), seeded at boot from S3 bundles. A job's checkout reads from
-//! here (see [`crate::job::source`]); only the fetch into a mirror talks to the
+//! here (the job's side is `job/source.rs`); only the fetch into a mirror talks to the
 //! remote, with the pool's credential.
 
 use std::collections::HashMap;

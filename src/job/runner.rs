@@ -395,11 +395,7 @@ impl Runner {
         labels.insert(docker::LABEL_WORKSPACE.to_owned(), names.workspace.clone());
         // Dropped on a stop or a cancel, which kills git or stops the unpacking.
         tokio::select! {
-            placed = self.place_source(job, &names.workspace, image.user.as_deref()) => ran.source = placed?,
-            () = controls.interrupted() => return Ok(None),
-        }
-        tokio::select! {
-            placed = self.place_inputs(job, &names.workspace) => placed?,
+            placed = self.fill_workspace(job, &names.workspace, image.user.as_deref()) => ran.source = placed?,
             () = controls.interrupted() => return Ok(None),
         }
         let credentials = self.credentials(job, log)?;

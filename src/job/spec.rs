@@ -11,7 +11,7 @@ use crate::config::defaults::MAX_JOB_TIMEOUT_SECS;
 use crate::config::{Config, Profile};
 use crate::image::ImageRef;
 use crate::job::artifacts::{Caps, MAX_PATTERNS, Pattern};
-use crate::job::inputs::{Input, InputSpec, MAX_INPUTS};
+use crate::job::inputs::{Input, InputSpec};
 use crate::job::source::{Source, SourceSpec};
 use crate::rules::{
     check_container_path, is_under, reserved_env_prefix, truncate, valid_env_name, valid_id,
@@ -322,43 +322,6 @@ impl JobSpec {
             .collect()
     }
 
-    /// At most 16 inputs, each from a bucket the profile allows, each landing
-    /// inside the workdir.
-    fn inputs(&self, named: &NamedProfile<'_>, problems: &mut Problems) -> Vec<Input> {
-        if self.inputs.len() > MAX_INPUTS {
-            problems.push(
-                "inputs",
-                format!("{} inputs; at most {MAX_INPUTS}", self.inputs.len()),
-            );
-            return Vec::new();
-        }
-        let buckets = &named.profile.input_buckets;
-        let mut inputs = Vec::new();
-        for (i, spec) in self.inputs.iter().enumerate() {
-            match spec.check(buckets, named.name) {
-                Ok(input) => inputs.push(input),
-                Err(broken) => {
-                    for (field, rule) in broken {
-                        problems.push(&format!("inputs[{i}].{field}"), rule);
-                    }
-                }
-            }
-        }
-        inputs
-    }
-
-    /// A repository under one of the profile's `git_remotes`, and one commit.
-    fn source(&self, named: &NamedProfile<'_>, problems: &mut Problems) -> Option<Source> {
-        let spec = self.source.as_ref()?;
-        spec.check(&named.profile.git, named.name)
-            .map_err(|broken| {
-                for (field, rule) in broken {
-                    problems.push(&format!("source.{field}"), rule);
-                }
-            })
-            .ok()
-    }
-
     /// Each secret once, at most [`MAX_SECRETS`], and only those the profile
     /// allows.
     fn check_secrets(&self, named: &NamedProfile<'_>, problems: &mut Problems) {
@@ -602,6 +565,7 @@ impl NamedProfile<'_> {
 mod bundle;
 mod services;
 mod strict;
+mod workspace;
 
 #[cfg(test)]
 mod docs_tests;

@@ -19,10 +19,22 @@ use crate::job::source::{self, SourceReport};
 const MIN_COLLECT: Duration = Duration::from_secs(5);
 
 impl Runner {
+    /// The job's source, then its inputs (which may add to it).
+    pub(super) async fn fill_workspace(
+        &self,
+        job: &Job,
+        workspace: &str,
+        user: Option<&str>,
+    ) -> Result<Option<SourceReport>, RunError> {
+        let source = self.place_source(job, workspace, user).await?;
+        self.place_inputs(job, workspace).await?;
+        Ok(source)
+    }
+
     /// The job's `source`, checked out into its workspace volume (through the
     /// volume's folder on this host) and given to the image's user; before its
     /// inputs, which may add to it.
-    pub(super) async fn place_source(
+    async fn place_source(
         &self,
         job: &Job,
         workspace: &str,
@@ -59,7 +71,7 @@ impl Runner {
 
     /// The job's inputs, in its workspace volume (through the volume's folder on
     /// this host: the container does not exist yet).
-    pub(super) async fn place_inputs(&self, job: &Job, workspace: &str) -> Result<(), RunError> {
+    async fn place_inputs(&self, job: &Job, workspace: &str) -> Result<(), RunError> {
         if job.inputs.is_empty() {
             return Ok(());
         }

@@ -15,6 +15,7 @@ pub mod agent;
 pub mod archives;
 pub mod aws;
 pub mod boot;
+pub mod git;
 pub mod imds;
 pub mod keys;
 pub mod notices;

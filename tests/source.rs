@@ -133,8 +133,7 @@ async fn a_seeded_host_serves_its_first_job_with_no_clone() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_remote_outside_the_profile_is_rejected_a_missing_commit_fails_once_and_a_down_remote_is_an_error()
- {
+async fn a_missing_commit_fails_once_and_a_down_remote_is_an_error_retried() {
     let Some(s) = Scenario::new("source-fates").await else {
         return;
     };
@@ -146,7 +145,7 @@ async fn a_remote_outside_the_profile_is_rejected_a_missing_commit_fails_once_an
         "[agent]\nslots = 2\n[profiles.default]\ngit_remotes = [\"{}/\", \"git://127.0.0.1:1/\"]",
         server.daemon
     );
-    let (config, agent) = s.agent("i-source-fates", &profile);
+    let (_config, agent) = s.agent("i-source-fates", &profile);
     let missing = "0123456789abcdef0123456789abcdef01234567";
     let id = unique("missing");
     s.send_job(&source_job(
@@ -185,12 +184,26 @@ async fn a_remote_outside_the_profile_is_rejected_a_missing_commit_fails_once_an
             .contains("the remote did not answer"),
         "{first}"
     );
+    // The remote that was down is tried again; the missing commit is not.
+    eventually("the down remote's second attempt", LONG, || {
+        s.attempt(&down, 2)
+    })
+    .await;
     assert!(
         s.attempt(&id, 2).await.is_none(),
         "a missing commit runs once"
     );
     assert_eq!(agent.count("ran"), 0);
+}
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_remote_outside_the_profile_or_a_bad_ref_is_rejected_naming_the_field() {
+    let Some(s) = Scenario::new("source-rules").await else {
+        return;
+    };
+    let server = GitServer::from_env();
+    let profile = format!("[profiles.default]\ngit_remotes = {}", server.remotes());
+    let config = s.config("i-source-rules", &profile);
     let mut body = source_job(
         &s.stack.image,
         &unique("elsewhere"),
@@ -209,7 +222,8 @@ async fn a_remote_outside_the_profile_is_rejected_a_missing_commit_fails_once_an
         reason.contains("source.sha: must be a commit id, 40 hex digits"),
         "{reason}"
     );
-    body["source"] = json!({"repo": repo.daemon_url(), "ref": "a..b"});
+    let url = format!("{}/app.git", server.daemon);
+    body["source"] = json!({"repo": url, "ref": "a..b"});
     let run = exec(&config, &body);
     assert!(
         run.result["reason"]
@@ -286,62 +300,12 @@ async fn a_hostile_repository_is_contained() {
     };
     let server = GitServer::from_env();
     let marker = std::env::temp_dir().join(unique("hook-ran"));
-    let hook = format!("#!/bin/sh\ntouch {}\n", marker.display());
-    let hooks = TestRepo::new(&server, "hooks");
-    let hooked = hooks.commit(
-        &[
-            ("hooks/post-checkout", hook.as_bytes()),
-            (".githooks/post-checkout", hook.as_bytes()),
-            ("VERSION", b"h\n"),
-        ],
-        "hooks",
-    );
-    let big = TestRepo::new(&server, "big");
-    let noise: Vec<u8> = (0..2_500_000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
-    let big_sha = big.commit(&[("blob.bin", &noise)], "big");
-    let sub = TestRepo::new(&server, "sub");
-    let sub_sha = sub.commit(&[("lib.txt", b"lib\n")], "lib");
-    let parent = TestRepo::new(&server, "parent");
-    let gitmodules =
-        "[submodule \"lib\"]\n\tpath = lib\n\turl = https://git.elsewhere.example/lib.git\n";
-    std::fs::write(parent.work().join(".gitmodules"), gitmodules).unwrap();
-    // A gitlink with no folder behind it: `git add -A` would drop it.
-    git(parent.work(), &["add", ".gitmodules"]);
-    let gitlink = format!("160000,{sub_sha},lib");
-    git(
-        parent.work(),
-        &["update-index", "--add", "--cacheinfo", &gitlink],
-    );
-    git(
-        parent.work(),
-        &["commit", "--quiet", "-m", "a submodule from elsewhere"],
-    );
-    parent.push();
-    let parent_sha = git(parent.work(), &["rev-parse", "HEAD"]);
+    let (_repos, cases) = hostile_repos(&server, &marker);
     let profile = format!(
         "[agent]\nslots = 2\n[profiles.default]\nsource_max_mb = 2\ngit_remotes = {}",
         server.remotes()
     );
     let (_config, _agent) = s.agent("i-source-hostile", &profile);
-    let cases = [
-        (hooks.daemon_url(), hooked, false, "succeeded", ""),
-        (
-            big.daemon_url(),
-            big_sha,
-            false,
-            "failed",
-            "over source_max_mb = 2",
-        ),
-        (
-            parent.daemon_url(),
-            parent_sha,
-            true,
-            "failed",
-            "submodule \"lib\" has the URL \"https://git.elsewhere.example/lib.git\": not under the profile's git_remotes",
-        ),
-    ];
     let mut ids = Vec::new();
     for (url, sha, submodules, _, _) in &cases {
         let id = unique("hostile");
@@ -368,4 +332,70 @@ async fn a_hostile_repository_is_contained() {
     assert!(!marker.exists(), "a hook from the repository ran");
     s.wait_empty().await;
     assert_all_clean(&ids);
+}
+
+/// A repository with hook files, one with a blob past 2 MB, and one whose
+/// submodule points outside the profile's remotes; each case's URL, commit,
+/// whether it asks for submodules, and its status and reason.
+#[allow(clippy::type_complexity)]
+fn hostile_repos(
+    server: &GitServer,
+    marker: &std::path::Path,
+) -> (
+    Vec<TestRepo>,
+    Vec<(String, String, bool, &'static str, &'static str)>,
+) {
+    let hook = format!("#!/bin/sh\ntouch {}\n", marker.display());
+    let hooks = TestRepo::new(server, "hooks");
+    let hooked = hooks.commit(
+        &[
+            ("hooks/post-checkout", hook.as_bytes()),
+            (".githooks/post-checkout", hook.as_bytes()),
+            ("VERSION", b"h\n"),
+        ],
+        "hooks",
+    );
+    let big = TestRepo::new(server, "big");
+    let noise: Vec<u8> = (0..2_500_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let big_sha = big.commit(&[("blob.bin", &noise)], "big");
+    let sub = TestRepo::new(server, "sub");
+    let sub_sha = sub.commit(&[("lib.txt", b"lib\n")], "lib");
+    let parent = TestRepo::new(server, "parent");
+    let gitmodules =
+        "[submodule \"lib\"]\n\tpath = lib\n\turl = https://git.elsewhere.example/lib.git\n";
+    std::fs::write(parent.work().join(".gitmodules"), gitmodules).unwrap();
+    // A gitlink with no folder behind it: `git add -A` would drop it.
+    git(parent.work(), &["add", ".gitmodules"]);
+    let gitlink = format!("160000,{sub_sha},lib");
+    git(
+        parent.work(),
+        &["update-index", "--add", "--cacheinfo", &gitlink],
+    );
+    git(
+        parent.work(),
+        &["commit", "--quiet", "-m", "a submodule from elsewhere"],
+    );
+    parent.push();
+    let parent_sha = git(parent.work(), &["rev-parse", "HEAD"]);
+    let cases = [
+        (hooks.daemon_url(), hooked, false, "succeeded", ""),
+        (
+            big.daemon_url(),
+            big_sha,
+            false,
+            "failed",
+            "over source_max_mb = 2",
+        ),
+        (
+            parent.daemon_url(),
+            parent_sha,
+            true,
+            "failed",
+            "submodule \"lib\" has the URL \"https://git.elsewhere.example/lib.git\": not under the profile's git_remotes",
+        ),
+    ];
+    let repos = vec![hooks, big, sub, parent];
+    (repos, cases.to_vec())
 }

@@ -213,10 +213,13 @@ impl<'a> Git<'a> {
         ] {
             command.arg("-c").arg(setting);
         }
+        // Its own process group: a stop kills its helpers (`git-remote-https`,
+        // `ssh`, `index-pack`) with it, not only git.
         command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            .process_group(0)
             .kill_on_drop(true);
         Git {
             command,
@@ -303,9 +306,14 @@ impl<'a> Git<'a> {
             repo: repo.clone(),
             source,
         })?;
-        // Dropped at the timeout (or with this future): kill_on_drop ends git.
-        let output = tokio::time::timeout(self.timeout, child.wait_with_output())
-            .await
+        // Dropped at the timeout (or with this future): the group is killed.
+        let mut group = Group(child.id());
+        let waited = tokio::time::timeout(self.timeout, child.wait_with_output()).await;
+        if let Ok(Ok(_)) = &waited {
+            // Reaped: its id may be reused, and nothing of it is left to kill.
+            group.0 = None;
+        }
+        let output = waited
             .map_err(|_| GitError::TimedOut {
                 operation,
                 repo: repo.clone(),
@@ -325,6 +333,21 @@ impl<'a> Git<'a> {
         }
         let stderr = crate::rules::bounded_text(&stderr, 600);
         Err(classify(operation, repo, stderr))
+    }
+}
+
+/// A git's process group, killed when dropped unless it ended on its own.
+struct Group(Option<u32>);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.and_then(|p| i32::try_from(p).ok()) {
+            // Already gone (git ended, its helpers with it) is fine.
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 }
 

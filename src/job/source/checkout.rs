@@ -170,7 +170,8 @@ async fn into(
     let mut fetch = mirrors
         .git(dir, repo, "fetch (from the mirror)")
         .allow_file()
-        .args(["fetch", "--quiet", "--no-tags"]);
+        // No FETCH_HEAD: it would name the mirror's path on the host.
+        .args(["fetch", "--quiet", "--no-tags", "--no-write-fetch-head"]);
     if let Some(depth) = depth {
         fetch = fetch.arg_str(&format!("--depth={depth}"));
     }

@@ -399,3 +399,48 @@ fn hostile_repos(
     let repos = vec![hooks, big, sub, parent];
     (repos, cases.to_vec())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_submodule_under_the_remotes_is_checked_out_from_its_own_mirror() {
+    let Some(s) = Scenario::new("source-sub").await else {
+        return;
+    };
+    let server = GitServer::from_env();
+    let lib = TestRepo::new(&server, "lib");
+    let lib_sha = lib.commit(&[("lib.txt", b"from the submodule\n")], "lib");
+    let app = TestRepo::new(&server, "app");
+    // Relative, as most are: resolved against the app's URL.
+    let gitmodules = format!(
+        "[submodule \"lib\"]\n\tpath = vendor/lib\n\turl = ../{}\n",
+        lib.name
+    );
+    std::fs::write(app.work().join(".gitmodules"), gitmodules).unwrap();
+    std::fs::write(app.work().join("VERSION"), "app\n").unwrap();
+    git(app.work(), &["add", ".gitmodules", "VERSION"]);
+    let gitlink = format!("160000,{lib_sha},vendor/lib");
+    git(
+        app.work(),
+        &["update-index", "--add", "--cacheinfo", &gitlink],
+    );
+    git(app.work(), &["commit", "--quiet", "-m", "with lib"]);
+    app.push();
+    let profile = format!("[profiles.default]\ngit_remotes = {}", server.remotes());
+    let (_config, _agent) = s.agent("i-source-sub", &profile);
+    let id = unique("with-sub");
+    let show = "cat VERSION vendor/lib/lib.txt; test -e vendor/lib/.git && echo its-own-repo";
+    let body = source_job(
+        &s.stack.image,
+        &id,
+        show,
+        json!({"repo": app.daemon_url(), "ref": "main", "submodules": true}),
+    );
+    s.send_job(&body).await;
+    let result = s.wait_result(&id).await;
+    assert_eq!(result["status"], "succeeded", "{result}");
+    assert_eq!(
+        s.log(&id).await.as_deref(),
+        Some("app\nfrom the submodule\nits-own-repo\n")
+    );
+    s.wait_empty().await;
+    assert_clean(&id);
+}

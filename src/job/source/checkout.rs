@@ -161,21 +161,7 @@ async fn into(
     used: u64,
 ) -> Result<u64, SourceError> {
     let sha = resolved.sha.as_str();
-    mirrors
-        .git(dir, repo, "init")
-        .args(["init", "--quiet", "--template=", "."])
-        .run()
-        .await?;
-    let from = format!("file://{}", resolved.dir.display());
-    let mut fetch = mirrors
-        .git(dir, repo, "fetch (from the mirror)")
-        .allow_file()
-        // No FETCH_HEAD: it would name the mirror's path on the host.
-        .args(["fetch", "--quiet", "--no-tags", "--no-write-fetch-head"]);
-    if let Some(depth) = depth {
-        fetch = fetch.arg_str(&format!("--depth={depth}"));
-    }
-    fetch.args(["--end-of-options", &from, sha]).run().await?;
+    copy_objects(mirrors, repo, resolved, depth, dir).await?;
     let files = mirrors
         .git(dir, repo, "ls-tree")
         .args(["ls-tree", "-r", "-l", "-z", "--end-of-options", sha])
@@ -200,12 +186,54 @@ async fn into(
         .args(checkout)
         .run()
         .await?;
+    let origin = match depth {
+        None => ["remote", "set-url", "origin", repo],
+        Some(_) => ["remote", "add", "origin", repo],
+    };
+    mirrors.git(dir, repo, "remote").args(origin).run().await?;
+    Ok(used)
+}
+
+/// The mirror's objects into a new repository in `dir`, without a checkout.
+/// Whole, a local clone copies the mirror's files (`--no-hardlinks`: nothing
+/// shared with the host, no alternates), far faster than a fetch; `depth`
+/// commits deep, a fetch through `file://` (a local clone has no depth).
+/// Neither leaves the mirror's path behind: no reflog, no FETCH_HEAD, and
+/// `origin` is set to the remote's URL after.
+async fn copy_objects(
+    mirrors: &Mirrors,
+    repo: &str,
+    resolved: &Resolved,
+    depth: Option<u32>,
+    dir: &Path,
+) -> Result<(), GitError> {
+    let Some(depth) = depth else {
+        return mirrors
+            .git(dir, repo, "clone (from the mirror)")
+            .allow_file()
+            .args(["-c", "core.logAllRefUpdates=false", "clone", "--quiet"])
+            .args(["--no-hardlinks", "--no-checkout", "--template=", "--"])
+            .arg_path(&resolved.dir)
+            .arg_str(".")
+            .run()
+            .await
+            .map(drop);
+    };
     mirrors
-        .git(dir, repo, "remote add")
-        .args(["remote", "add", "origin", "--", repo])
+        .git(dir, repo, "init")
+        .args(["init", "--quiet", "--template=", "."])
         .run()
         .await?;
-    Ok(used)
+    let from = format!("file://{}", resolved.dir.display());
+    mirrors
+        .git(dir, repo, "fetch (from the mirror)")
+        .allow_file()
+        .args(["fetch", "--quiet", "--no-tags", "--no-write-fetch-head"])
+        .arg_str(&format!("--depth={depth}"))
+        .args(["--end-of-options", &from, &resolved.sha])
+        .run()
+        .await
+        .map(drop)
 }
 
 /// Each submodule the commit records (one level), from its own mirror, if its

@@ -233,6 +233,15 @@ async fn a_remote_outside_the_profile_or_a_bad_ref_is_rejected_naming_the_field(
         "{}",
         run.result
     );
+    // By hand too: `deckhand exec` checks out through the host's mirrors.
+    let repo = TestRepo::new(&server, "by-hand");
+    repo.commit(&[("VERSION", b"by hand\n")], "by hand");
+    body["source"] = json!({"repo": repo.daemon_url(), "ref": "main"});
+    body["command"] = json!(["cat", "VERSION"]);
+    let run = exec(&config, &body);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(run.output("stdout"), ["by hand"]);
+    assert_eq!(run.result["source"]["mirror"], "cold");
 }
 
 #[tokio::test(flavor = "multi_thread")]

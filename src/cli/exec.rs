@@ -97,11 +97,17 @@ pub async fn exec(
     }
     let sweeper = Sweeper::new(docker.clone(), &instance_id);
     let admission = Admission::for_pool(&config, &secrets)?.map(Arc::new);
-    // No seed: a job run by hand fetches what it needs into the host's mirrors.
-    let mirrors = crate::agent::boot::mirrors(&config).map_err(ExecError::Mirrors)?;
+    // No seed: a job run by hand fetches what it needs into the host's mirrors,
+    // which only a job with a source needs to write.
+    let mirrors = match &job.source {
+        Some(_) => Some(Arc::new(
+            crate::agent::boot::mirrors(&config).map_err(ExecError::Mirrors)?,
+        )),
+        None => None,
+    };
     let runner = Runner::new(docker, config, sweeper, &instance_id)
         .with_secrets(secrets)
-        .with_git(Some(Arc::new(mirrors)))
+        .with_git(mirrors)
         .with_admission(admission);
     let span = tracing::info_span!("job", job_id = %job.id, attempt = 1u32);
     let preemption = Preemption::of(&stop);

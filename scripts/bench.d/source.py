@@ -40,7 +40,7 @@ class SourceFigures:
             commit(0, [(f"blobs/f{i:05d}.bin", os.urandom(100_000)) for i in range(mb * 10)])
             for n in range(1, commits):
                 commit(n, [("CHANGES", f"change {n}\n".encode())])
-        git("init", "--quiet", "--bare", bare)
+        git("init", "--quiet", "--bare", "--initial-branch=main", bare)
         with open(stream, "rb") as f:
             subprocess.run(["git", "-C", bare, "fast-import", "--quiet"], stdin=f, check=True)
         os.remove(stream)

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::git::{GitServer, TestRepo};
 use common::*;
-use deckhand::host::git::{GitError, MirrorState, Mirrors, Want};
+use deckhand::host::git::{Credential, GitError, MirrorState, Mirrors, Want};
 
 fn mirrors(dir: &std::path::Path, timeout: Duration) -> Mirrors {
     Mirrors::new(dir.join("git"), dir.join("scratch"), timeout).unwrap()
@@ -102,4 +102,31 @@ async fn a_fetch_past_its_timeout_or_dropped_leaves_no_git_behind() {
     })
     .await;
     serve.abort();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_http_remote_wants_the_credential_and_its_refusal_is_the_hosts() {
+    let Some(_stack) = Stack::or_skip() else {
+        return;
+    };
+    let server = GitServer::from_env();
+    let repo = TestRepo::new(&server, "private");
+    let sha = repo.commit(&[("VERSION", b"1\n")], "one");
+    let dir = tempfile::tempdir().unwrap();
+    let mirrors = mirrors(dir.path(), LONG);
+    let url = repo.http_url();
+    let want = Want::Sha(sha.clone());
+    let error = mirrors.resolve(&url, &want, None).await.unwrap_err();
+    assert!(matches!(error, GitError::Auth { .. }), "{error}");
+    assert!(!error.is_job_fault(), "a refused credential is retried");
+    let wrong = Credential::from_secret(&url, &format!("{}:wrong", server.user));
+    let error = mirrors
+        .resolve(&url, &want, Some(&wrong))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, GitError::Auth { .. }), "{error}");
+    assert!(!error.to_string().contains("wrong"), "{error}");
+    let right = Credential::from_secret(&url, &format!("{}:{}", server.user, server.password));
+    let resolved = mirrors.resolve(&url, &want, Some(&right)).await.unwrap();
+    assert_eq!(resolved.sha, sha);
 }

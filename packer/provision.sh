@@ -32,11 +32,15 @@ install_step() {
     # live-restore: a dockerd that crashes and is restarted leaves the running
     # jobs running, and deckhand takes them up again when it answers. json-file
     # keeps each job's whole output, which deckhand reads back after such a gap.
+    # cgroupfs: each job's container gets a cgroup parent of deckhand's own that
+    # outlives it, so its usage is read whole however short it ran (the systemd
+    # driver wants slices, which systemd keeps after the job).
     install -d -m 0755 /etc/docker
     cat >/etc/docker/daemon.json <<'JSON'
 {
   "live-restore": true,
-  "log-driver": "json-file"
+  "log-driver": "json-file",
+  "exec-opts": ["native.cgroupdriver=cgroupfs"]
 }
 JSON
 

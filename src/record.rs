@@ -160,15 +160,8 @@ impl ResultStore {
         result: &mut JobResult,
         log: Option<&LogBody>,
     ) -> Result<Recorded, StoreError> {
-        // Every reason reaches S3, the results queue and the webhook bounded and
-        // escaped, whoever wrote it (idempotent for those already so).
-        if let Some(reason) = &result.reason {
-            result.reason = Some(crate::rules::bounded_text(
-                reason,
-                crate::job::spec::MAX_REASON_BYTES,
-            ));
-        }
-        let attempt = (!result.status.is_terminal()).then_some(result.attempt);
+        result.bound_reason();
+        let attempt = (!result.is_final()).then_some(result.attempt);
         let (key, log_key) = self.record_keys(&result.id, attempt);
         result.log = log.is_some().then(|| self.url(&log_key));
         // The log before the result, so that whoever sees the result can read its
@@ -179,7 +172,7 @@ impl ResultStore {
         // our own earlier try): its result gets a moment to land, then ours
         // replaces it.
         if let Some(log) = log {
-            let terminal = result.status.is_terminal();
+            let terminal = result.is_final();
             if !self.put_log(&log_key, log, terminal).await? {
                 if let Some(existing) = self.landed_result(result).await? {
                     return Ok(Recorded::Duplicate(Box::new(existing)));
@@ -187,7 +180,7 @@ impl ResultStore {
                 self.put_log(&log_key, log, false).await?;
             }
         }
-        if !result.status.is_terminal() {
+        if !result.is_final() {
             self.put(&key, to_json(result), "application/json", false)
                 .await?;
             return Ok(Recorded::Stored);

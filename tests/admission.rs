@@ -9,6 +9,7 @@
 
 mod common;
 
+use common::admission::{assert_never_started, error_attempt, scrape};
 use common::agent::agent_config;
 use common::scenario::Scenario;
 use common::sealed::{NPM_TOKEN, assert_no_secret, seal, secrets_config, secrets_dir};
@@ -22,22 +23,6 @@ const AGENT_PEAK_RSS_MB: u64 = 128;
 /// The agent's `[admission]` section asking `url`, with `extra` keys.
 fn admission(url: &str, extra: &str) -> String {
     format!("[admission]\nwebhook_url = \"{url}\"\n{extra}\n")
-}
-
-/// No container of `id` was ever started, and none is left.
-fn assert_never_started(agent: &common::agent::AgentProcess, id: &str) {
-    let started = agent
-        .logs()
-        .iter()
-        .filter(|l| l["job_id"] == id && l["msg"] == "Job started.")
-        .count();
-    assert_eq!(started, 0, "the job's container started");
-    assert_clean(id);
-}
-
-/// An attempt's `error` record, once it is there.
-async fn error_attempt(s: &Scenario, id: &str) -> Value {
-    eventually(&format!("attempt 1 of {id}"), LONG, || s.attempt(id, 1)).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -80,12 +65,6 @@ async fn an_allowed_image_runs_and_its_second_job_is_decided_from_the_cache() {
     ] {
         assert!(metrics.contains(series), "{series} in\n{metrics}");
     }
-}
-
-/// The agent's /metrics, in Prometheus's text format.
-async fn scrape(agent: &common::agent::AgentProcess) -> String {
-    let url = format!("http://{}/metrics", agent.metrics_address());
-    reqwest::get(url).await.unwrap().text().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -220,3 +220,35 @@ async fn a_cancel_request_that_is_not_one_cancels_once_and_is_not_read_again() {
     assert_eq!(agent.try_exit(), None, "the agent is still serving");
     assert_clean(&id);
 }
+
+/// A follow mark that is not one (2 MB of garbage, or JSON of another shape)
+/// is no follower: nothing is uploaded live, and the job runs on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follow_mark_that_is_not_one_uploads_nothing() {
+    let Some(s) = Scenario::new("boundary-follow").await else {
+        return;
+    };
+    let (_config, mut agent) = s.agent(
+        "i-boundary-follow",
+        "[results]\nlog_flush_secs = 1\n[queue]\nvisibility_timeout_secs = 600",
+    );
+    for (n, mark) in [vec![b'{'; 2_000_000], br#"{"until": "forever"}"#.to_vec()]
+        .into_iter()
+        .enumerate()
+    {
+        let id = unique(&format!("follow-garbage-{n}"));
+        let live = format!("{}live/", common::keys::job(&id));
+        s.aws
+            .put(&s.pool.bucket, &format!("{live}follow.json"), mark)
+            .await;
+        let script = "for i in 1 2 3 4 5 6 7 8 9 10; do echo tick $i; sleep 0.3; done";
+        s.send_job(&job(&id, &s.stack.image, &["sh", "-c", script]))
+            .await;
+        assert_eq!(s.wait_result(&id).await["status"], "succeeded");
+        let keys = s.aws.keys(&s.pool.bucket, &live).await;
+        assert!(keys.iter().all(|k| !k.contains("attempt-")), "{keys:?}");
+        assert_clean(&id);
+    }
+    s.wait_empty().await;
+    assert_eq!(agent.try_exit(), None, "the agent is still serving");
+}

@@ -125,7 +125,8 @@ async fn no_job_is_lost_when_agents_die_docker_drops_and_spot_takes_a_host() {
     })
     .await;
     every_job_once(&s, &jobs, &wire.writes, [&a, &a2, &b, &c], wait()).await;
-    let interrupted = a2.count("Message handed back to the queue.")
+    let interrupted = a2.count("Job sent back to the queue as a fresh copy.")
+        + a2.count("Message handed back to the queue.")
         + a2.count("Found a container left by an earlier run; removing it.");
     eprintln!(
         "chaos: {} results; A2 handed back or recovered {interrupted}",

@@ -455,3 +455,38 @@ fn the_result_reports_what_the_job_used() {
         run.stderr
     );
 }
+
+/// A job that ends before the first sample (0.1 s) is measured too: its
+/// container has a cgroup parent of its own (the cgroupfs driver, as here), read
+/// after its exit, then removed.
+#[test]
+fn a_job_shorter_than_the_first_sample_has_its_usage() {
+    let Some(stack) = Stack::or_skip() else {
+        return;
+    };
+    let config = TestConfig::new(&stack, "[profiles.default]\nmemory_mb = 128");
+    let id = unique("blink");
+    let script = "x=$(head -c 24000000 /dev/zero | tr '\\0' a); echo ${#x}";
+    let run = exec(&config, &job(&id, &stack.image, &["sh", "-c", script]));
+    assert_eq!(run.result["status"], "succeeded", "{}", run.stderr);
+    let usage = &run.result["usage"]["job"];
+    assert!(usage["cpu_seconds"].as_f64().unwrap() > 0.0, "{usage}");
+    let peak = usage["memory_peak_bytes"].as_u64().unwrap();
+    assert!(peak > 24_000_000, "the 24 MB it held: {usage}");
+    assert_eq!(usage["memory_limit_bytes"], 128 * 1024 * 1024);
+    // Its parent is gone from every hierarchy.
+    let mut left = Vec::new();
+    for hierarchy in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let Ok(parents) = std::fs::read_dir(hierarchy.path().join("deckhand")) else {
+            continue;
+        };
+        left.extend(
+            parents
+                .flatten()
+                .map(|p| p.path())
+                .filter(|p| p.to_string_lossy().contains(&id)),
+        );
+    }
+    assert!(left.is_empty(), "{left:?}");
+    assert_clean(&id);
+}

@@ -252,3 +252,46 @@ async fn a_log_flood_past_max_log_mb_stops_the_job_and_keeps_the_log_bounded() {
     s.wait_empty().await;
     assert_clean(&id);
 }
+
+/// Live chunks go up only while someone follows: a job no one follows uploads
+/// none, however long it prints; a follower who comes marks the job followed and
+/// sees the output printed before it came (the tail kept it), then the rest.
+#[tokio::test(flavor = "multi_thread")]
+async fn live_chunks_are_uploaded_only_while_someone_follows() {
+    let Some(s) = Scenario::new("logs-unfollowed").await else {
+        return;
+    };
+    let (config, agent) = s.agent(
+        "i-logs-unfollowed",
+        "[results]\nlog_flush_secs = 1\n[queue]\nvisibility_timeout_secs = 600",
+    );
+    let id = unique("unfollowed");
+    let script =
+        "echo before anyone came; i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.3; done";
+    s.send_job(&job(&id, &s.stack.image, &["sh", "-c", script]))
+        .await;
+    agent.wait_log("Job started.", LONG).await;
+    let live_prefix = format!("{}live/", keys::job(&id));
+    // Several flush periods of output with no follower: no chunk, no mark.
+    let quiet_until = tokio::time::Instant::now() + std::time::Duration::from_secs(4);
+    while tokio::time::Instant::now() < quiet_until {
+        let live = s.aws.keys(&s.pool.bucket, &live_prefix).await;
+        assert!(live.is_empty(), "nothing uploaded unfollowed: {live:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let mut follower = Streaming::start(&config, &["logs", &id, "--follow"]);
+    follower.wait_line("before anyone came", LONG);
+    follower.wait_line("tick 20", LONG);
+    let cancelled = deckhand_with(&config, &["cancel", &id]);
+    assert!(cancelled.status.success());
+    let (code, printed, _) = follower.finish(LONG);
+    assert_eq!(code, Some(143));
+    assert_eq!(printed, lines(&s.log(&id).await.expect("log.txt")));
+    let live = s.aws.keys(&s.pool.bucket, &live_prefix).await;
+    assert!(
+        live.is_empty(),
+        "chunks and mark gone once the log lands: {live:?}"
+    );
+    s.wait_empty().await;
+    assert_clean(&id);
+}

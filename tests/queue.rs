@@ -116,30 +116,37 @@ async fn assert_only_the_rejected_are_dead_lettered(aws: &Aws, pool: &Pool) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_job_that_cannot_run_is_left_to_the_redrive_policy() {
-    let Some(s) = Scenario::with_receives("errors", 2).await else {
+async fn a_job_that_cannot_run_is_retried_as_fresh_copies_until_its_budget_ends_it() {
+    // The queue's redrive would dead-letter it on its second receive: the copies
+    // never count against it.
+    let Some(s) = Scenario::with_receives("errors", 1).await else {
         return;
     };
     let Scenario { stack, aws, pool } = &s;
-    let (_config, agent) = s.agent("i-errors", "");
+    let (_config, agent) = s.agent("i-errors", "[profiles.default]\nmax_host_errors = 1");
     let id = unique("nopull");
     let image = format!("{}/ci/no-such-image:1.0", stack.registry);
     aws.send_job(&pool.queue_url, &job(&id, &image, &["true"]))
         .await;
 
-    // Two deliveries fail, then SQS moves the message to the DLQ by itself.
-    eventually("the message to reach the DLQ", LONG, || async {
-        aws.counts(&pool.dlq_url).await.0 == 1
-    })
-    .await;
+    let done = s.wait_result(&id).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["budget"], "host_errors");
+    assert_eq!(
+        done["reason"],
+        "the hosts could not run it 2 times, past the profile's max_host_errors (1); not run again"
+    );
     aws.wait_empty(pool).await;
-    for attempt in [1, 2] {
+    assert_eq!(aws.counts(&pool.dlq_url).await, (0, 0));
+    for (attempt, delay) in [(1, 5), (2, 10)] {
         let r = aws
             .json(&pool.bucket, &keys::attempt(&id, attempt))
             .await
             .unwrap_or_else(|| panic!("attempt {attempt} recorded"));
         assert_eq!(r["status"], "error");
         assert_eq!(r["attempt"], attempt);
+        assert_eq!(r["requeued"]["cause"], "host_error");
+        assert_eq!(r["requeued"]["delay_secs"], delay, "doubling: {r}");
         assert!(
             r["reason"]
                 .as_str()
@@ -147,11 +154,10 @@ async fn a_job_that_cannot_run_is_left_to_the_redrive_policy() {
                 .starts_with(&format!("pull {image}"))
         );
     }
-    assert!(
-        aws.result(pool, &id).await.is_none(),
-        "an error is not terminal"
+    assert_eq!(
+        agent.count("Job sent back to the queue as a fresh copy."),
+        2
     );
-    drop(agent);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -12,7 +12,7 @@ import time
 import urllib.request
 
 
-FIGURES = ("exec_true", "exec_arm64", "queue_serial", "queue_parallel", "cancel", "live_log", "artifacts", "inputs", "idle", "fleet", "aws_requests", "log_flood", "notice", "boot", "box_boot", "cache", "source")
+FIGURES = ("exec_true", "exec_arm64", "queue_serial", "queue_parallel", "cancel", "live_log", "artifacts", "inputs", "idle", "fleet", "aws_requests", "log_flood", "notice", "requeue", "boot", "box_boot", "cache", "source")
 
 
 TARGETS = {
@@ -23,6 +23,8 @@ TARGETS = {
     "idle_rss_mb": 14.0,
     "notice_release_s": 2.0,
     "notice_exit_s": 5.0,
+    # From the spot notice to the job's next attempt started on an idle agent.
+    "requeue_s": 2.0,
     # From the agent seeing the notice to the last message released.
     "notice_seen_release_s": 0.1,
     "boot_ms": 1000.0,
@@ -75,7 +77,7 @@ STOPPING_JOBS = "Stopping running jobs to hand them back."
 STOPPING_JOB = "Stopping job."
 
 
-HANDED_BACK = "Message handed back to the queue."
+HANDED_BACK = "Job sent back to the queue as a fresh copy."
 
 
 DRAINED = "Drained; exiting."

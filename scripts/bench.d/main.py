@@ -27,12 +27,13 @@ from jobs import JobFigures
 from logs import LogFigures
 from notice import NoticeFigures
 from queues import QueueFigures
+from requeue import RequeueFigures
 from source import SourceFigures
 
 
 class Bench(
     ExecFigures, QueueFigures, FleetFigures, JobFigures, IdleFigures, BoxFigures, LogFigures, AwsFigures,
-    NoticeFigures, BootFigures, CacheFigures, SourceFigures, Harness,
+    NoticeFigures, RequeueFigures, BootFigures, CacheFigures, SourceFigures, Harness,
 ):
     """Every figure, each a method named after it, over the shared harness."""
 

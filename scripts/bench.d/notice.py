@@ -46,7 +46,7 @@ class NoticeFigures:
             f"{median_ms([r['to_stop'] for r in results]):.0f} ms; \"{STOPPING_JOB}\" -> \"{FINISHED}\" "
             f"{median_ms([r['stop_to_finished'] for r in results]):.0f} ms, of which stop_grace_secs "
             f"{grace_s * 1000} ms (busybox sleep as PID 1 ignores SIGTERM: SIGKILL ends the grace); "
-            f"\"{STOPPING_JOB}\" -> \"{HANDED_BACK}\" (claim release, visibility 0, before the container's stop) "
+            f"\"{STOPPING_JOB}\" -> \"{HANDED_BACK}\" (claim release, a fresh copy sent and the original deleted, before the container's stop) "
             f"{median_ms([r['finished_to_handed'] for r in results]):.0f} ms; last hand-back -> queue "
             f"poll saw (2, 0) {median_ms([r['handed_to_seen'] for r in results]):.0f} ms (50 ms polls); "
             f"last hand-back -> process exit {median_ms([r['handed_to_exit'] for r in results]):.0f} ms"

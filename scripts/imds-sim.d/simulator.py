@@ -33,6 +33,7 @@ MAX_BODY = 64 * 1024
 DEFAULT_IDENTITY = {
     "instance_id": "i-0123456789abcdef0",
     "instance_type": "m5.large",
+    "instance_life_cycle": "spot",
     "availability_zone": "us-east-1a",
     "region": "us-east-1",
     "ami_id": "ami-0abcdef1234567890",
@@ -204,6 +205,7 @@ class Sim:
             "meta-data/local-hostname": ident("hostname"),
             "meta-data/instance-id": ident("instance_id"),
             "meta-data/instance-type": ident("instance_type"),
+            "meta-data/instance-life-cycle": ident("instance_life_cycle"),
             "meta-data/local-ipv4": ident("local_ipv4"),
             "meta-data/placement/availability-zone": ident("availability_zone"),
             "meta-data/placement/region": ident("region"),

@@ -42,12 +42,14 @@ assert pool_decrypt, "kms:Decrypt must be allowed with kms:EncryptionContext:poo
 # Exactly what deckhand calls: SQS receive/delete/visibility/send, and queue
 # attributes for `deckhand check`; S3 get (and head), put (conditional), delete
 # (claims), list (404 not 403, and check's HeadBucket); KMS decrypt; Auto
-# Scaling and EC2 for on_exit = "terminate" and the termination hook.
+# Scaling and EC2 for on_exit = "terminate", the termination hook and
+# autoscaling.protect_busy.
 needed = {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:SendMessage",
           "sqs:GetQueueAttributes", "s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket",
           "kms:Decrypt", "autoscaling:TerminateInstanceInAutoScalingGroup",
           "autoscaling:CompleteLifecycleAction", "autoscaling:DescribeAutoScalingInstances",
-          "autoscaling:DescribeLifecycleHooks", "ec2:TerminateInstances", "sts:AssumeRole"}
+          "autoscaling:DescribeLifecycleHooks", "autoscaling:SetInstanceProtection",
+          "ec2:TerminateInstances", "sts:AssumeRole"}
 assert needed <= actions, f"missing: {sorted(needed - actions)}"
 assert actions <= needed, f"deckhand does not call: {sorted(actions - needed)}"
 assert not any(a.startswith("ecr:") for a in actions), "ECR is not needed"

@@ -56,12 +56,14 @@ pub async fn bootstrap(
     }
     let webhook = webhook(config, &secrets)?;
     check_git_credentials(config, &secrets)?;
-    let admission = crate::job::admission::Admission::for_pool(config, &secrets)
-        .map_err(|missing| AgentError::MissingSecret {
-            key: "admission.token_secret",
-            name: missing.name,
-        })?
-        .map(Arc::new);
+    let admission =
+        crate::job::admission::Admission::for_pool(config, &secrets, || async { sdk.clone() })
+            .await
+            .map_err(|missing| AgentError::MissingSecret {
+                key: "admission.token_secret",
+                name: missing.name,
+            })?
+            .map(Arc::new);
     systemd::status("bootstrap: Docker");
     let Some(docker) = connect_docker(config, stop).await else {
         return Ok(None);

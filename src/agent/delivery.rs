@@ -6,42 +6,25 @@
 
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use crate::agent::Agent;
-use crate::agent::artifacts::Upload;
-use crate::agent::fate::{self, Admission, ClaimLookup, Fate, Lookup};
+use crate::agent::fate::{self, Admission, Ended, Fate};
 use crate::agent::slots::Slot;
 use crate::aws::sqs::Received;
-use crate::backoff::Backoff;
 use crate::host::stop::Preemption;
-use crate::job::cancel::Cancel;
-use crate::job::live::LiveTail;
+use crate::job::attempts::{ATTRIBUTE, Attempt, History};
 use crate::job::log::LogBody;
-use crate::job::result::{JobResult, Status};
-use crate::job::runner::{Controls, Finished};
-use crate::job::usage::LiveUsage;
+use crate::job::result::{JobResult, Requeued, Status};
+use crate::job::runner::Finished;
+use crate::job::spec::Problem;
 use crate::job::{Job, Rejection};
-use crate::record::{CancelRequest, Claim, ClaimOutcome, Recorded, StoreError};
 
-/// On a job's container: the SQS receipt handle of its message, so that an agent
-/// restarted after a crash can hand the message back at once.
-pub const LABEL_RECEIPT: &str = "deckhand.receipt";
-/// Artifacts read but not yet uploaded, at most: the staging disk stays bounded.
-const ARTIFACTS_QUEUED: usize = 8;
+mod attempt;
+mod record;
+
+pub use attempt::LABEL_RECEIPT;
+
 /// The longest pause between attempts to record a result.
 const MAX_RECORD_BACKOFF: Duration = Duration::from_secs(30);
-
-/// A job run to its end.
-struct Attempted {
-    finished: Finished,
-    /// The drain handed the message back while it ran.
-    handed_back: bool,
-    /// Live chunks uploaded (`None`: the live log is off).
-    chunks: Option<u32>,
-    /// The artifacts uploaded while they were read, and how each upload went.
-    uploads: Vec<Upload>,
-}
 
 /// What recording a result came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,16 +37,34 @@ enum Recording {
     Failed,
 }
 
+/// One delivery of a job's message, with the history its copy carries.
+pub(super) struct Delivery {
+    message: Received,
+    job: Job,
+    history: History,
+    /// deckhand's attempt number for this delivery.
+    attempt: u32,
+}
+
 impl Agent {
     /// One message, from receipt to its fate on the queue. `slot` is held until
     /// the job's container is gone.
     pub(super) async fn deliver(&self, message: Received, slot: Slot, preemption: &Preemption) {
         let job = Job::parse(message.body.as_bytes(), &self.config)
-            .and_then(|job| job.check_bundle(&self.secrets).map(|()| job));
+            .and_then(|job| job.check_bundle(&self.secrets).map(|()| job))
+            .and_then(|job| history(&message, &job).map(|history| (job, history)));
         match job {
-            Ok(job) => {
+            Ok((job, history)) => {
                 tracing::Span::current().record("job_id", job.id.as_str());
-                self.run_job(message, job, slot, preemption).await;
+                let attempt = history.attempt(message.receive_count);
+                tracing::Span::current().record("attempt", attempt);
+                let delivery = Delivery {
+                    message,
+                    job,
+                    history,
+                    attempt,
+                };
+                self.run_job(delivery, slot, preemption).await;
             }
             Err(rejection) => self.reject(message, rejection).await,
         }
@@ -102,26 +103,34 @@ impl Agent {
             (None, _) | (_, false) => true,
         };
         let fate = fate::after_reject(recorded, dead_lettered);
-        // Another run's result stands: announcing ours would contradict it.
-        if fate == Fate::Delete && recording == Recording::Ours {
+        if fate == Fate::Delete
+            && fate::announces(Status::Rejected, true, recording == Recording::Ours)
+        {
             self.notifier.notify(&result).await;
         }
         let settlement = fate::Settlement {
             fate,
             release_claim: false,
         };
-        self.settle(&message, &result.id, settlement).await;
+        self.settle(&message, &result.id, settlement, None).await;
     }
 
-    async fn run_job(&self, message: Received, job: Job, slot: Slot, preemption: &Preemption) {
-        let attempt = message.receive_count;
-        let retry = fate::retry_visibility(attempt, self.config.queue.visibility_timeout);
-        let (admission, cancel_request) = self.admit(&job, attempt, retry).await;
-        let mut chunks = None;
-        let (mut result, log, handed_back) = match admission {
+    async fn run_job(&self, delivery: Delivery, slot: Slot, preemption: &Preemption) {
+        let Delivery {
+            message,
+            job,
+            history,
+            attempt,
+        } = &delivery;
+        let retries = self.retries(job);
+        // A lookup that failed: the message's own receive count paces the retry.
+        let retry =
+            fate::retry_visibility(message.receive_count, self.config.queue.visibility_timeout);
+        let spent = fate::spent(history, &retries);
+        let (admission, cancel_request) = self.admit(job, *attempt, retry, spent).await;
+        let (mut result, log, chunks, handed_back) = match admission {
             Admission::Skip(settlement) => {
-                self.settle(&message, &job.id, settlement).await;
-                return;
+                return self.settle(message, &job.id, settlement, None).await;
             }
             Admission::Cancel => {
                 drop(slot);
@@ -129,12 +138,26 @@ impl Agent {
                     cancel_request.map_or_else(|| "cancelled".to_owned(), |r| r.describe());
                 tracing::info!(%reason, "Job cancelled before it started; not running it.");
                 let result =
-                    JobResult::cancelled(job.id.clone(), reason, attempt, &self.instance_id);
-                (result, None, false)
+                    JobResult::cancelled(job.id.clone(), reason, *attempt, &self.instance_id);
+                (result, None, None, false)
+            }
+            Admission::Spent(budget) => {
+                drop(slot);
+                tracing::warn!(
+                    budget = budget.as_str(),
+                    "A budget of the job's is spent; ending it without running it."
+                );
+                let result = JobResult::spent(
+                    job.id.clone(),
+                    budget.describe(),
+                    budget.as_str(),
+                    *attempt,
+                    &self.instance_id,
+                );
+                (result, None, None, false)
             }
             Admission::Run => {
-                let attempted = self.run_attempt(&message, &job, slot, preemption).await;
-                chunks = attempted.chunks;
+                let attempted = self.run_attempt(&delivery, slot, preemption).await;
                 let Finished {
                     mut result,
                     log,
@@ -143,246 +166,179 @@ impl Agent {
                 if let Some(collected) = artifacts {
                     self.list_artifacts(&mut result, collected, attempted.uploads);
                 }
-                (result, Some(log), attempted.handed_back)
+                (result, Some(log), attempted.chunks, attempted.handed_back)
             }
         };
-        let status = result.status;
-        self.metrics
-            .job_finished(status, Duration::from_millis(result.duration_ms));
+        result.receive_count = message.receive_count;
+        result.attempts = history.attempts.clone();
+        let ran = log.is_some();
+        self.count(job, &result, ran);
+        let ended = Ended {
+            status: result.status,
+            recorded: false,
+            handed_back,
+            retried: fate::retries_exit(
+                job.retry.as_ref(),
+                retries.max_retries,
+                history,
+                result.status,
+                result.exit_code,
+            ),
+            escalate: fate::escalates(history, &retries, self.escalation.is_some()),
+        };
+        self.finish(&delivery, result, log.as_ref(), chunks, ended, ran)
+            .await;
+    }
+
+    /// Records the attempt and settles its message: a result that ends the job
+    /// first, then the delete; one that does not, after its copy is on its way.
+    async fn finish(
+        &self,
+        delivery: &Delivery,
+        mut result: JobResult,
+        log: Option<&LogBody>,
+        chunks: Option<u32>,
+        ended: Ended,
+        ran: bool,
+    ) {
+        let Delivery { message, job, .. } = delivery;
+        let host_errors = delivery.history.host_errors.saturating_add(1);
+        let retry = fate::retry_visibility(host_errors, self.config.queue.visibility_timeout);
+        let settlement = fate::after_run(ended, retry);
+        if let Fate::Requeue(requeue) = settlement.fate {
+            result.requeued = Some(Requeued {
+                queue: self.requeued_to(requeue).to_owned(),
+                cause: requeue.cause.as_str().to_owned(),
+                escalated: requeue.escalate && self.escalation.is_some(),
+                delay_secs: requeue.delay.as_secs(),
+            });
+        } else if ended.handed_back && !result.status.is_terminal() {
+            // The drain sent the copy while the job ran.
+            result.requeued = Some(self.preempted_to(ended.escalate));
+        }
+        let entry = ran.then(|| self.entry(&result, !result.is_final()));
+        if let Some(entry) = &entry {
+            result.attempts.push(entry.clone());
+        }
+        let deadline = fate::record_deadline(result.status);
+        if !result.is_final() {
+            // Its copy goes first, so another host can start it while this one
+            // records the attempt.
+            let next = self.next_history(delivery, settlement.fate, entry);
+            self.settle(message, &job.id, settlement, next.as_ref())
+                .await;
+            // Announced as the copy goes (before its log lands: no `log` yet).
+            result.bound_reason();
+            let announced = result.clone();
+            let record = self.record_until(&mut result, log, deadline);
+            let (recording, ()) = tokio::join!(record, async {
+                if fate::announces(announced.status, false, false) {
+                    self.notifier.notify(&announced).await;
+                }
+            });
+            return self
+                .clean_live(&job.id, delivery.attempt, chunks, recording)
+                .await;
+        }
+        let record = self.record_until(&mut result, log, deadline);
+        let recording = if ended.handed_back {
+            // No heartbeat after a hand-back: it would hide the message again.
+            record.await
+        } else {
+            tokio::select! {
+                recording = record => recording,
+                never = self.heartbeat(message, &job.id, delivery.attempt) => match never {},
+            }
+        };
+        let ended = Ended {
+            recorded: recording != Recording::Failed,
+            ..ended
+        };
+        let settlement = fate::after_run(ended, retry);
+        self.clean_live(&job.id, delivery.attempt, chunks, recording)
+            .await;
+        if fate::announces(result.status, true, recording == Recording::Ours)
+            && settlement.fate == Fate::Delete
+        {
+            // Independent of each other: the result is recorded.
+            tokio::join!(
+                self.notifier.notify(&result),
+                self.settle(message, &job.id, settlement, None)
+            );
+        } else {
+            self.settle(message, &job.id, settlement, None).await;
+        }
+    }
+
+    /// The history the job's next copy carries, when the fate sends one.
+    fn next_history(
+        &self,
+        delivery: &Delivery,
+        fate: Fate,
+        entry: Option<Attempt>,
+    ) -> Option<History> {
+        let Fate::Requeue(requeue) = fate else {
+            return None;
+        };
+        Some(
+            delivery
+                .history
+                .next(requeue.cause, delivery.attempt, entry),
+        )
+    }
+
+    /// This attempt as the result's `attempts` lists it; `lost`: its work did not
+    /// become the job's result.
+    fn entry(&self, result: &JobResult, lost: bool) -> Attempt {
+        Attempt {
+            attempt: result.attempt,
+            instance_id: self.placement.instance_id.clone(),
+            availability_zone: self.placement.availability_zone.clone(),
+            lifecycle: self.placement.lifecycle.clone(),
+            status: result.status,
+            reason: Attempt::reason(result.reason.as_deref()),
+            started_at: result.started_at.clone(),
+            seconds_lost: if lost { result.duration_ms / 1000 } else { 0 },
+        }
+    }
+
+    /// The profile's budgets for the job's attempts.
+    fn retries(&self, job: &Job) -> crate::config::Retries {
+        self.config
+            .profile(&job.profile)
+            .map(|profile| profile.retries)
+            .unwrap_or_default()
+    }
+
+    /// Counts an attempt that ended in the metrics, and its duration for the
+    /// profile's estimate.
+    fn count(&self, job: &Job, result: &JobResult, ran: bool) {
+        let took = Duration::from_millis(result.duration_ms);
+        self.metrics.job_finished(result.status, took);
+        if ran && result.status.is_terminal() {
+            self.durations.record(&job.profile, took);
+        }
         if let Some(admitted) = &result.admission {
             self.metrics.admitted(admitted);
         }
         if let Some(job_usage) = result.usage.as_ref().and_then(|u| u.job.as_ref()) {
             self.metrics.job_used(&job.profile, job_usage);
         }
-        let deadline = fate::record_deadline(status);
-        if !fate::records_first(status) {
-            let settlement = fate::after_run(status, false, handed_back, retry);
-            self.settle(&message, &job.id, settlement).await;
-            let recording = self.record_until(&mut result, log.as_ref(), deadline).await;
-            self.clean_live(&job.id, attempt, chunks, recording).await;
-            return;
-        }
-        let record = self.record_until(&mut result, log.as_ref(), deadline);
-        let recording = if handed_back || !status.is_terminal() {
-            // No heartbeat after a hand-back: it would hide the message again.
-            record.await
-        } else {
-            tokio::select! {
-                recording = record => recording,
-                never = self.heartbeat(&message, &job.id) => match never {},
-            }
-        };
-        let recorded = recording != Recording::Failed;
-        let settlement = fate::after_run(status, recorded, handed_back, retry);
-        self.clean_live(&job.id, attempt, chunks, recording).await;
-        // Another run's result stands: announcing ours would contradict it.
-        if settlement.fate == Fate::Delete && recording == Recording::Ours {
-            // Independent of each other: the result is recorded.
-            tokio::join!(
-                self.notifier.notify(&result),
-                self.settle(&message, &job.id, settlement)
-            );
-        } else {
-            self.settle(&message, &job.id, settlement).await;
-        }
-    }
-
-    /// Runs the job's container to its end, with heartbeats, the watch for a
-    /// cancel request and the live log.
-    async fn run_attempt(
-        &self,
-        message: &Received,
-        job: &Job,
-        slot: Slot,
-        preemption: &Preemption,
-    ) -> Attempted {
-        let attempt = message.receive_count;
-        let labels = [(LABEL_RECEIPT, message.receipt.as_str())];
-        let cancel = Cancel::default();
-        let live = self.config.results.log_flush.map(|_| LiveTail::default());
-        let mut chunks = None;
-        // Artifacts go up as they are read out of the container.
-        let (sink, staged) = if job.artifacts.is_empty() {
-            (None, None)
-        } else {
-            let (sink, staged) = tokio::sync::mpsc::channel(ARTIFACTS_QUEUED);
-            (Some(sink), Some(staged))
-        };
-        let live_usage = LiveUsage::default();
-        let running = self
-            .metrics
-            .running(&job.profile, slot.number, live_usage.clone());
-        let watched = self.watched.hold(&job.id, attempt, &cancel);
-        let controls = Controls {
-            preemption,
-            cancel: &cancel,
-            live: live.clone(),
-            artifacts: sink,
-            usage: Some(live_usage),
-        };
-        let run = async {
-            tokio::join!(
-                self.runner.run(job, attempt, &labels, controls),
-                self.upload_staged(&job.id, staged)
-            )
-        };
-        tokio::pin!(run);
-        let mut handed_back = false;
-        let (finished, uploads) = tokio::select! {
-            finished = &mut run => finished,
-            never = self.heartbeat(message, &job.id) => match never {},
-            never = self.watch_cancel(&job.id, &cancel) => match never {},
-            never = self.stream_log(&job.id, attempt, live.as_ref(), &mut chunks) => match never {},
-            () = preemption.stopping().cancelled() => {
-                self.settle(message, &job.id, fate::PREEMPTED).await;
-                handed_back = true;
-                run.await
-            }
-        };
-        drop(watched);
-        drop(running);
-        drop(slot);
-        Attempted {
-            finished,
-            handed_back,
-            chunks,
-            uploads,
-        }
-    }
-
-    /// Deletes an attempt's live chunks once its log is recorded (theirs or
-    /// ours: either way the live view is over); kept when it was not, as the
-    /// only copy of the output.
-    async fn clean_live(&self, id: &str, attempt: u32, chunks: Option<u32>, recording: Recording) {
-        let Some(count) = chunks else { return };
-        if recording == Recording::Failed {
-            return;
-        }
-        if let Err(error) = self.store.delete_chunks(id, attempt, count).await {
-            tracing::warn!(%error, "Could not delete the live log's chunks.");
-        }
-    }
-
-    /// Looks for an earlier result and a cancel request, and takes the claim, all
-    /// at once: they are independent round trips, and every millisecond here is
-    /// paid by every job. The cancel request, if there is one.
-    async fn admit(
-        &self,
-        job: &Job,
-        attempt: u32,
-        retry: Duration,
-    ) -> (Admission, Option<CancelRequest>) {
-        let claim = self.claim(attempt);
-        let (terminal, cancel, claimed) = tokio::join!(
-            self.store.terminal(&job.id),
-            self.store.cancel_request(&job.id),
-            self.store.claim(&job.id, &claim),
-        );
-        let result = match (&terminal, &cancel) {
-            (Ok(Some(existing)), _) => {
-                already_recorded(existing, None);
-                Lookup::Finished
-            }
-            (Ok(None), Ok(None)) => Lookup::Absent,
-            (Ok(None), Ok(Some(_))) => Lookup::CancelRequested,
-            (Err(error), _) | (_, Err(error)) => {
-                tracing::warn!(%error, "Cannot check for an earlier result; giving the message back.");
-                Lookup::Unreadable
-            }
-        };
-        let unfinished = matches!(result, Lookup::Absent | Lookup::CancelRequested);
-        let claim = match &claimed {
-            Ok(ClaimOutcome::Acquired) => ClaimLookup::Acquired,
-            Ok(ClaimOutcome::HeldBy(holder)) => {
-                if unfinished {
-                    tracing::info!(
-                        holder = %holder.instance_id,
-                        "Another agent is running this job; deferring the duplicate."
-                    );
-                }
-                ClaimLookup::HeldByOther
-            }
-            Err(error) => {
-                if unfinished {
-                    tracing::warn!(%error, "Cannot claim the job; giving the message back.");
-                }
-                ClaimLookup::Unreadable
-            }
-        };
-        (
-            fate::before_run(result, claim, retry),
-            cancel.ok().flatten(),
-        )
-    }
-
-    pub(super) fn claim(&self, attempt: u32) -> Claim {
-        Claim {
-            instance_id: self.instance_id.clone(),
-            run: self.run.clone(),
-            attempt,
-            expires_at: chrono::Utc::now().timestamp()
-                + self.config.queue.visibility_timeout.as_secs() as i64,
-        }
-    }
-
-    /// Records `result`, retrying with backoff until `deadline`.
-    async fn record_until(
-        &self,
-        result: &mut JobResult,
-        log: Option<&LogBody>,
-        deadline: Duration,
-    ) -> Recording {
-        let give_up = Instant::now() + deadline;
-        let mut backoff = Backoff::new(Duration::from_millis(500), MAX_RECORD_BACKOFF);
-        loop {
-            let error: StoreError = match self.store.record(result, log).await {
-                Ok(Recorded::Stored) => {
-                    tracing::info!(
-                        status = result.status.as_str(),
-                        log = result.log.as_deref(),
-                        "Result recorded."
-                    );
-                    return Recording::Ours;
-                }
-                Ok(Recorded::Duplicate(existing)) => {
-                    // Only a job that ran has a log: then this run's result goes.
-                    already_recorded(&existing, log.map(|_| result.status));
-                    return Recording::Theirs;
-                }
-                Err(e) => e,
-            };
-            let delay = backoff.next_delay();
-            if Instant::now() + delay > give_up {
-                tracing::error!(%error, "Could not record the result; leaving the message to SQS.");
-                return Recording::Failed;
-            }
-            tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "Could not record the result; retrying.");
-            tokio::time::sleep(delay).await;
-        }
     }
 }
 
-/// A delivery found its job's terminal result already in S3, written by an
-/// earlier attempt (maybe this instance's, killed before it could log it) or by
-/// another host: says whose it is, so that every job's story can be read from
-/// the logs. `discarded`: the status of this delivery's own run, which did not
-/// become the result. A job that ran again is a warning (the claim is there to
-/// prevent it); a duplicate found before running is SQS's at-least-once.
-fn already_recorded(existing: &JobResult, discarded: Option<Status>) {
-    match discarded {
-        Some(discarded) => tracing::warn!(
-            recorded_status = existing.status.as_str(),
-            recorded_by = %existing.instance_id,
-            recorded_attempt = existing.attempt,
-            discarded_status = discarded.as_str(),
-            "Result already recorded."
-        ),
-        None => tracing::info!(
-            recorded_status = existing.status.as_str(),
-            recorded_by = %existing.instance_id,
-            recorded_attempt = existing.attempt,
-            "Result already recorded."
-        ),
-    }
+/// The history the message carries; one that breaks a rule rejects the job.
+fn history(message: &Received, job: &Job) -> Result<History, Rejection> {
+    let attribute = message
+        .attributes
+        .iter()
+        .find(|(name, _)| name == ATTRIBUTE)
+        .map(|(_, value)| value.string_value().unwrap_or_default());
+    History::read(attribute).map_err(|error| Rejection {
+        id: Some(job.id.clone()),
+        problems: vec![Problem {
+            field: format!("message attribute {ATTRIBUTE}"),
+            rule: error.rule,
+        }],
+    })
 }

@@ -6,7 +6,7 @@
 //! | stop reason | running jobs |
 //! | --- | --- |
 //! | SIGTERM, idle, Auto Scaling, rebalance under `drain` | finish, or are stopped after `drain.stop_timeout_secs` |
-//! | rebalance under `stop-intake` | finish |
+//! | rebalance under `stop-intake`, or `admit-if-fits` at its horizon | finish |
 //! | spot notice, `release` (and any hibernate) | stopped at once |
 //! | spot notice, `finish-if-possible` | finish, or are stopped `stop_grace_secs` before the interruption time minus `safety_margin_secs` |
 //! | a second signal | killed at once |
@@ -14,15 +14,13 @@
 //! A spot notice that comes after another reason tightens the deadline; nothing
 //! loosens it. Stopped jobs end `interrupted` and their messages go back at once.
 
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::agent::Agent;
-use crate::agent::fate::{Fate, Settlement};
+use crate::agent::fate::{Fate, Requeue, Settlement};
 use crate::aws::imds::{SpotAction, SpotNotice};
 use crate::aws::sqs::{Received, SqsError};
 use crate::config::{DrainConfig, RebalancePolicy, SpotPolicy};
@@ -76,7 +74,7 @@ pub fn plan(
 ) -> JobsPlan {
     let by_timeout = match reason {
         StopReason::Rebalance {
-            policy: RebalancePolicy::StopIntake,
+            policy: RebalancePolicy::StopIntake | RebalancePolicy::AdmitIfFits,
         } => None,
         // The notice sets the deadline.
         StopReason::Spot { .. } => None,
@@ -203,12 +201,14 @@ impl Agent {
             for message in received.unwrap_or_default() {
                 let span = tracing::info_span!("job", sqs_message_id = %message.message_id);
                 async {
-                    tracing::info!("Received while draining; handing it back.");
+                    tracing::info!("Received while draining; sending it back.");
+                    // A copy as it came: never started here, it costs the
+                    // queue's redrive nothing.
                     let settlement = Settlement {
-                        fate: Fate::HandBack(Duration::ZERO),
+                        fate: Fate::Requeue(Requeue::DECLINED),
                         release_claim: false,
                     };
-                    self.settle(&message, "", settlement).await;
+                    self.settle(&message, "", settlement, None).await;
                 }
                 .instrument(span)
                 .await;

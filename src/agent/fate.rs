@@ -9,8 +9,11 @@
 use std::time::Duration;
 
 use crate::agent::Agent;
-use crate::aws::sqs::Received;
+use crate::aws::sqs::{MAX_ATTRIBUTES, Received, text_attribute};
+use crate::config::Retries;
+use crate::job::attempts::{ATTRIBUTE, Cause, History};
 use crate::job::result::Status;
+use crate::job::spec::RetrySpec;
 
 /// How long a duplicate delivery of a job another agent is running stays hidden.
 pub const DEFER_VISIBILITY: Duration = Duration::from_secs(30);
@@ -28,11 +31,105 @@ const RECORD_ERROR_DEADLINE: Duration = Duration::from_secs(30);
 pub enum Fate {
     /// Its result is recorded: it is done.
     Delete,
-    /// Receivable again after this long (zero: at once).
+    /// Receivable again after this long (zero: at once), by changing its
+    /// visibility: the next delivery counts against the queue's redrive.
     HandBack(Duration),
+    /// A fresh copy sent, carrying the job's history, then the original deleted:
+    /// the next attempt costs the queue's redrive nothing.
+    Requeue(Requeue),
     /// Nothing: SQS makes it receivable when its visibility timeout ends (or it
     /// was handed back already).
     Leave,
+}
+
+/// A copy of the message sent back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Requeue {
+    pub cause: Cause,
+    /// Receivable after this long (SQS's `DelaySeconds`, at most 15 minutes).
+    pub delay: Duration,
+    /// To `queue.escalation_url` instead of the job queue.
+    pub escalate: bool,
+}
+
+impl Requeue {
+    /// A message that never started here goes back as it came, at once.
+    pub const DECLINED: Requeue = Requeue {
+        cause: Cause::Declined,
+        delay: Duration::ZERO,
+        escalate: false,
+    };
+}
+
+/// A budget of the profile's that ran out: the job ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Budget {
+    /// `max_interruptions`.
+    Interruptions { spent: u32, max: u32 },
+    /// `max_host_errors`.
+    HostErrors { spent: u32, max: u32 },
+}
+
+impl Budget {
+    /// The result's `budget`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Budget::Interruptions { .. } => "interruptions",
+            Budget::HostErrors { .. } => "host_errors",
+        }
+    }
+
+    /// The result's reason.
+    pub fn describe(self) -> String {
+        match self {
+            Budget::Interruptions { spent, max } => format!(
+                "interrupted {spent} times, past the profile's max_interruptions ({max}); not run again"
+            ),
+            Budget::HostErrors { spent, max } => format!(
+                "the hosts could not run it {spent} times, past the profile's max_host_errors ({max}); not run again"
+            ),
+        }
+    }
+}
+
+/// The budget this copy's history has spent, if one is.
+pub fn spent(history: &History, retries: &Retries) -> Option<Budget> {
+    if history.interruptions > retries.max_interruptions {
+        return Some(Budget::Interruptions {
+            spent: history.interruptions,
+            max: retries.max_interruptions,
+        });
+    }
+    (history.host_errors > retries.max_host_errors).then_some(Budget::HostErrors {
+        spent: history.host_errors,
+        max: retries.max_host_errors,
+    })
+}
+
+/// Whether an attempt that ended `failed` with `exit_code` is retried: its code
+/// is one the job listed, and retries are left (the job's `retry.max`, capped by
+/// the profile's `max_retries`).
+pub fn retries_exit(
+    retry: Option<&RetrySpec>,
+    cap: u32,
+    history: &History,
+    status: Status,
+    exit_code: Option<i64>,
+) -> bool {
+    let (Some(retry), Some(code)) = (retry, exit_code) else {
+        return false;
+    };
+    status == Status::Failed
+        && retry.exit_codes.contains(&code)
+        && history.retries < retry.max.min(cap)
+}
+
+/// Whether an interrupted job's next copy goes to the escalation queue: after
+/// the profile's `escalate_after_interruptions` (this one included), when the
+/// pool has one.
+pub fn escalates(history: &History, retries: &Retries, has_queue: bool) -> bool {
+    let after = retries.escalate_after_interruptions;
+    has_queue && after > 0 && history.interruptions.saturating_add(1) >= after
 }
 
 /// A fate and whether this agent's claim on the job is removed with it. The claim
@@ -68,18 +165,26 @@ pub enum ClaimLookup {
     Unreadable,
 }
 
-/// Before a job runs: run it, record it cancelled without running it, or settle
-/// its message without running it.
+/// Before a job runs: run it, record it cancelled or its budget spent without
+/// running it, or settle its message without running it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
     Run,
     /// Its result is `cancelled`; the message goes as a terminal status's does.
     Cancel,
+    /// Its result is `failed`, naming the budget; as a terminal status's.
+    Spent(Budget),
     Skip(Settlement),
 }
 
-/// The "Before a job runs" table. `retry` is [`retry_visibility`] for this delivery.
-pub fn before_run(result: Lookup, claim: ClaimLookup, retry: Duration) -> Admission {
+/// The "Before a job runs" table. `retry` is [`retry_visibility`] for this
+/// delivery; `spent`, the budget its history has spent, if any.
+pub fn before_run(
+    result: Lookup,
+    claim: ClaimLookup,
+    retry: Duration,
+    spent: Option<Budget>,
+) -> Admission {
     let release_claim = claim == ClaimLookup::Acquired;
     let skip = |fate| {
         Admission::Skip(Settlement {
@@ -88,7 +193,10 @@ pub fn before_run(result: Lookup, claim: ClaimLookup, retry: Duration) -> Admiss
         })
     };
     match (result, claim) {
-        (Lookup::Absent, ClaimLookup::Acquired) => Admission::Run,
+        (Lookup::Absent, ClaimLookup::Acquired) => match spent {
+            Some(budget) => Admission::Spent(budget),
+            None => Admission::Run,
+        },
         // Recorded under the claim, so a duplicate delivery cannot race it.
         (Lookup::CancelRequested, ClaimLookup::Acquired) => Admission::Cancel,
         // deckhand runs a job once.
@@ -104,21 +212,55 @@ pub fn before_run(result: Lookup, claim: ClaimLookup, retry: Duration) -> Admiss
     }
 }
 
+/// How an attempt ended, as its message's fate depends on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ended {
+    pub status: Status,
+    /// Its result is in S3 (only asked of terminal statuses).
+    pub recorded: bool,
+    /// The drain gave the message back while the job still ran, and released
+    /// the claim then.
+    pub handed_back: bool,
+    /// `failed` with an exit code the job asked to retry, retries left.
+    pub retried: bool,
+    /// An interruption's copy goes to the escalation queue.
+    pub escalate: bool,
+}
+
 /// The "Outcomes and the SQS message" table, for a job that ran (or began to).
-/// `recorded`: its result is in S3 (only asked of terminal statuses);
-/// `handed_back`: the drain gave the message back while the job still ran, and
-/// released the claim then.
-pub fn after_run(status: Status, recorded: bool, handed_back: bool, retry: Duration) -> Settlement {
+/// `retry` is [`retry_visibility`] for this delivery.
+pub fn after_run(ended: Ended, retry: Duration) -> Settlement {
+    let Ended {
+        status,
+        recorded,
+        handed_back,
+        retried,
+        escalate,
+    } = ended;
     let release_claim = !handed_back;
     let fate = match status {
         // Even after an early hand-back: a redelivery would find the result anyway.
-        _ if status.is_terminal() && recorded => Fate::Delete,
+        _ if status.is_terminal() && !retried && recorded => Fate::Delete,
         // Not recorded: SQS brings it back after its visibility timeout, and the
         // job runs again.
-        _ if status.is_terminal() => Fate::Leave,
+        _ if status.is_terminal() && !retried => Fate::Leave,
         _ if handed_back => Fate::Leave,
-        Status::Interrupted => Fate::HandBack(Duration::ZERO),
-        _ => Fate::HandBack(retry),
+        // Its record is the attempt's, not the job's: the copy goes either way.
+        _ if retried => Fate::Requeue(Requeue {
+            cause: Cause::Retry,
+            delay: Duration::ZERO,
+            escalate: false,
+        }),
+        Status::Interrupted => Fate::Requeue(Requeue {
+            cause: Cause::Interruption,
+            delay: Duration::ZERO,
+            escalate,
+        }),
+        _ => Fate::Requeue(Requeue {
+            cause: Cause::HostError,
+            delay: retry,
+            escalate: false,
+        }),
     };
     Settlement {
         fate,
@@ -139,16 +281,22 @@ pub fn after_reject(recorded: bool, dead_lettered: bool) -> Fate {
 /// The drain stops a running job: its message goes back at once, while the
 /// container still has its grace period, since every second counts for the host
 /// that takes the job over.
-pub const PREEMPTED: Settlement = Settlement {
-    fate: Fate::HandBack(Duration::ZERO),
-    release_claim: true,
-};
+pub fn preempted(escalate: bool) -> Settlement {
+    Settlement {
+        fate: Fate::Requeue(Requeue {
+            cause: Cause::Interruption,
+            delay: Duration::ZERO,
+            escalate,
+        }),
+        release_claim: true,
+    }
+}
 
-/// Whether an attempt's result is recorded before its fate is carried out. An
-/// interrupted job's message goes back first, so another host can start it while
-/// this one uploads the attempt.
-pub fn records_first(status: Status) -> bool {
-    status != Status::Interrupted
+/// Whether a result is announced (results queue, webhook) once recorded: a
+/// result that ends the job, when it is ours (another run's that stands would be
+/// contradicted), and an interruption, at its hand-back.
+pub fn announces(status: Status, is_final: bool, ours: bool) -> bool {
+    (is_final && ours) || status == Status::Interrupted
 }
 
 /// How long recording an attempt's result may take, retries included.
@@ -169,22 +317,32 @@ pub fn retry_visibility(attempt: u32, visibility_timeout: Duration) -> Duration 
 
 impl Agent {
     /// Carries out a settlement: the one place a message is deleted or handed back.
-    /// `job_id` names the claim, if there is one to release.
-    pub(super) async fn settle(&self, message: &Received, job_id: &str, settlement: Settlement) {
+    /// `job_id` names the claim, if there is one to release; `next` is the history
+    /// a requeued copy carries (`None`: the one the message came with).
+    pub(super) async fn settle(
+        &self,
+        message: &Received,
+        job_id: &str,
+        settlement: Settlement,
+        next: Option<&History>,
+    ) {
         if settlement.release_claim
             && let Err(error) = self.store.release(job_id, &self.claim(0)).await
         {
             tracing::warn!(%error, "Could not release the job's claim; it expires by itself.");
         }
         match settlement.fate {
-            Fate::Delete => {
-                if let Err(error) = self.queue.delete(message).await {
-                    // The result is recorded, so a redelivery is recognised as a duplicate.
-                    tracing::warn!(%error, "Could not delete the message; a redelivery will be skipped.");
-                }
-            }
+            Fate::Delete => self.delete(message).await,
             Fate::HandBack(visibility) => self.hand_back(message, visibility).await,
+            Fate::Requeue(requeue) => self.requeue(message, requeue, next).await,
             Fate::Leave => {}
+        }
+    }
+
+    async fn delete(&self, message: &Received) {
+        if let Err(error) = self.queue.delete(message).await {
+            // The result is recorded, so a redelivery is recognised as a duplicate.
+            tracing::warn!(%error, "Could not delete the message; a redelivery will be skipped.");
         }
     }
 
@@ -207,135 +365,66 @@ impl Agent {
             ),
         }
     }
+
+    /// Sends a fresh copy (the body and the producer's attributes as they came,
+    /// with `next` as the history), then deletes the original. A crash between
+    /// the two leaves two copies, never none: the claim keeps the job run-once.
+    /// A copy that cannot be sent falls back to a hand-back, which costs a
+    /// receive but loses nothing.
+    async fn requeue(&self, message: &Received, requeue: Requeue, next: Option<&History>) {
+        let queue = match (&self.escalation, requeue.escalate) {
+            (Some(escalation), true) => escalation,
+            _ => &self.queue,
+        };
+        let mut attributes: Vec<_> = message
+            .attributes
+            .iter()
+            .filter(|(name, _)| next.is_none() || name != ATTRIBUTE)
+            .cloned()
+            .collect();
+        if let Some(next) = next {
+            attributes.push((ATTRIBUTE.to_owned(), text_attribute(&next.to_attribute())));
+        }
+        let fallback = requeue.delay.min(self.config.queue.visibility_timeout);
+        if attributes.len() > MAX_ATTRIBUTES {
+            tracing::warn!(
+                attributes = attributes.len(),
+                "The message carries too many attributes for a copy with the job's history; handing it back instead."
+            );
+            return self.hand_back(message, fallback).await;
+        }
+        match queue
+            .send_delayed(&message.body, &attributes, requeue.delay)
+            .await
+        {
+            Ok(copy) => {
+                self.metrics.requeued(requeue.cause);
+                tracing::info!(
+                    cause = requeue.cause.as_str(),
+                    queue = queue.url(),
+                    copy_message_id = %copy,
+                    delay_secs = requeue.delay.as_secs(),
+                    "Job sent back to the queue as a fresh copy."
+                );
+                if let Err(error) = self.queue.delete(message).await {
+                    tracing::warn!(%error, "Could not delete the original after sending its copy; a duplicate delivery will find the job claimed or done.");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "Could not send the job's copy; handing the message back instead.");
+                self.hand_back(message, fallback).await;
+            }
+        }
+    }
+
+    /// Where a requeued copy goes.
+    pub(super) fn requeued_to(&self, requeue: Requeue) -> &str {
+        match (&self.escalation, requeue.escalate) {
+            (Some(escalation), true) => escalation.url(),
+            _ => self.queue.url(),
+        }
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const RETRY: Duration = Duration::from_secs(20);
-
-    fn settled(fate: Fate, release_claim: bool) -> Settlement {
-        Settlement {
-            fate,
-            release_claim,
-        }
-    }
-
-    #[test]
-    fn before_a_job_runs_row_by_row() {
-        use ClaimLookup as C;
-        use Lookup as L;
-        // No result and the claim is ours: run it.
-        assert_eq!(before_run(L::Absent, C::Acquired, RETRY), Admission::Run);
-        // A cancel request and the claim is ours: recorded cancelled, never run.
-        assert_eq!(
-            before_run(L::CancelRequested, C::Acquired, RETRY),
-            Admission::Cancel
-        );
-        // ... and another agent's claim: it runs the job and sees the request.
-        assert_eq!(
-            before_run(L::CancelRequested, C::HeldByOther, RETRY),
-            Admission::Skip(settled(Fate::HandBack(DEFER_VISIBILITY), false))
-        );
-        // result.json already there: deleted without running; a claim we just
-        // took is given up.
-        assert_eq!(
-            before_run(L::Finished, C::Acquired, RETRY),
-            Admission::Skip(settled(Fate::Delete, true))
-        );
-        assert_eq!(
-            before_run(L::Finished, C::HeldByOther, RETRY),
-            Admission::Skip(settled(Fate::Delete, false))
-        );
-        // Another agent's claim, not expired: hidden for 30 s.
-        assert_eq!(
-            before_run(L::Absent, C::HeldByOther, RETRY),
-            Admission::Skip(settled(Fate::HandBack(DEFER_VISIBILITY), false))
-        );
-        // S3 cannot be read: given back with the retry delay.
-        assert_eq!(
-            before_run(L::Unreadable, C::Acquired, RETRY),
-            Admission::Skip(settled(Fate::HandBack(RETRY), true))
-        );
-        assert_eq!(
-            before_run(L::Unreadable, C::Unreadable, RETRY),
-            Admission::Skip(settled(Fate::HandBack(RETRY), false))
-        );
-        assert_eq!(
-            before_run(L::Absent, C::Unreadable, RETRY),
-            Admission::Skip(settled(Fate::HandBack(RETRY), false))
-        );
-    }
-
-    #[test]
-    fn outcomes_row_by_row() {
-        // succeeded, failed, timed_out, cancelled: deleted once recorded.
-        for status in [
-            Status::Succeeded,
-            Status::Failed,
-            Status::TimedOut,
-            Status::Cancelled,
-        ] {
-            assert_eq!(
-                after_run(status, true, false, RETRY),
-                settled(Fate::Delete, true)
-            );
-            // Recorded after the drain handed it back: deleted, claim already gone.
-            assert_eq!(
-                after_run(status, true, true, RETRY),
-                settled(Fate::Delete, false)
-            );
-            // Not recorded within the deadline: left to SQS, to run again.
-            assert_eq!(
-                after_run(status, false, false, RETRY),
-                settled(Fate::Leave, true)
-            );
-        }
-        // interrupted: released at once, unless the drain did already.
-        assert_eq!(
-            after_run(Status::Interrupted, false, false, RETRY),
-            settled(Fate::HandBack(Duration::ZERO), true)
-        );
-        assert_eq!(
-            after_run(Status::Interrupted, false, true, RETRY),
-            settled(Fate::Leave, false)
-        );
-        // error: hidden for the retry delay, then redelivered.
-        assert_eq!(
-            after_run(Status::Error, false, false, RETRY),
-            settled(Fate::HandBack(RETRY), true)
-        );
-        assert_eq!(
-            after_run(Status::Error, false, true, RETRY),
-            settled(Fate::Leave, false)
-        );
-    }
-
-    #[test]
-    fn rejected_is_deleted_only_once_recorded_and_dead_lettered() {
-        assert_eq!(after_reject(true, true), Fate::Delete);
-        assert_eq!(after_reject(true, false), Fate::Leave);
-        assert_eq!(after_reject(false, true), Fate::Leave);
-    }
-
-    #[test]
-    fn interrupted_goes_back_before_it_is_recorded() {
-        assert!(!records_first(Status::Interrupted));
-        assert!(records_first(Status::Error));
-        assert!(records_first(Status::Succeeded));
-        assert_eq!(record_deadline(Status::Failed), RECORD_TERMINAL_DEADLINE);
-        assert!(record_deadline(Status::Interrupted) < record_deadline(Status::Error));
-    }
-
-    #[test]
-    fn retry_delay_doubles_up_to_the_visibility_timeout() {
-        let visibility = Duration::from_secs(60);
-        let delays: Vec<u64> = (1..=6)
-            .map(|n| retry_visibility(n, visibility).as_secs())
-            .collect();
-        assert_eq!(delays, [5, 10, 20, 40, 60, 60]);
-        assert_eq!(retry_visibility(0, visibility).as_secs(), 5);
-        assert_eq!(retry_visibility(u32::MAX, visibility), visibility);
-    }
-}
+mod tests;

@@ -13,24 +13,17 @@
 //! the agent takes work: bootstrapped, not draining, and healthy. A 503 says why.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use hyper::body::Incoming;
-use hyper::{Method, Request, StatusCode};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
 
-use crate::host::http::Reply;
 use crate::job::result::{AGENT_VERSION, ContainerUsage, Status};
 use crate::job::usage::LiveUsage;
 
@@ -74,6 +67,12 @@ struct ByDecision {
     decision: &'static str,
 }
 
+/// Why a job's message went back to the queue as a fresh copy.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByCause {
+    cause: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ByVersion {
     version: &'static str,
@@ -98,6 +97,7 @@ pub struct Metrics {
     images_removed: Counter,
     stopped_for_disk: Counter,
     handed_back: Counter,
+    requeued: Family<ByCause, Counter>,
     jobs: Family<ByStatus, Counter>,
     job_duration: Family<ByStatus, Histogram>,
     queue_wait: Histogram,
@@ -159,6 +159,7 @@ impl Metrics {
             images_removed: Counter::default(),
             stopped_for_disk: Counter::default(),
             handed_back: Counter::default(),
+            requeued: Family::default(),
             jobs: Family::default(),
             job_duration: Family::new_with_constructor(|| Histogram::new(DURATION_BUCKETS_SECS)),
             queue_wait: Histogram::new(QUEUE_WAIT_BUCKETS_SECS),
@@ -269,6 +270,11 @@ impl Metrics {
             self.handed_back.clone(),
         );
         r.register(
+            "messages_requeued",
+            "Jobs sent back to the queue as a fresh copy, which costs the queue's redrive nothing, by cause (interruption, host_error, retry, declined)",
+            self.requeued.clone(),
+        );
+        r.register(
             "jobs",
             "Job attempts that ended, by status (interrupted and error ones run again)",
             self.jobs.clone(),
@@ -305,7 +311,7 @@ impl Metrics {
         );
         r.register(
             "admission_decisions",
-            "Images put to the admission webhook, by who decided (webhook, cache) and what (allowed, denied, unchecked)",
+            "Images put to admission, by who decided (webhook, cache, ecr, ecr_cache) and what (allowed, denied, unchecked)",
             self.admission.clone(),
         );
     }
@@ -335,10 +341,9 @@ impl Metrics {
         }
     }
 
-    /// A message spent `waited` in the queue before this agent received it.
-    /// Each image of a job the admission webhook (or its cache) decided on.
+    /// Each check of each image of a job: by the webhook, ECR, or either's cache.
     pub fn admitted(&self, admitted: &crate::job::admission::Admitted) {
-        for checked in std::iter::once(&admitted.job).chain(admitted.services.values()) {
+        for checked in admitted.checks() {
             let (by, decision) = (checked.by.as_str(), checked.decision.as_str());
             self.admission
                 .get_or_create(&ByDecision { by, decision })
@@ -346,6 +351,7 @@ impl Metrics {
         }
     }
 
+    /// A message spent `waited` in the queue before this agent received it.
     pub fn queue_waited(&self, waited: Duration) {
         self.queue_wait.observe(waited.as_secs_f64());
     }
@@ -360,6 +366,13 @@ impl Metrics {
 
     pub fn handed_back(&self) {
         self.handed_back.inc();
+    }
+
+    pub fn requeued(&self, cause: crate::job::attempts::Cause) {
+        let cause = ByCause {
+            cause: cause.as_str(),
+        };
+        self.requeued.get_or_create(&cause).inc();
     }
 
     /// A job's container runs in `slot` under `profile` until the value is
@@ -489,112 +502,9 @@ impl Format {
     }
 }
 
-/// OpenMetrics text as Prometheus's text format: a counter family `x` is named
-/// `x_total` in its `# HELP` and `# TYPE` (its samples are already), OpenMetrics'
-/// own types become the nearest Prometheus ones, and `# UNIT` and `# EOF` go.
-fn prometheus_text(open: &str) -> String {
-    let counters: std::collections::HashSet<&str> = open
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
-        .collect();
-    let mut out = String::with_capacity(open.len());
-    for line in open.lines() {
-        let meta = ["# HELP ", "# TYPE "]
-            .into_iter()
-            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
-        match meta {
-            _ if line == "# EOF" || line.starts_with("# UNIT ") => continue,
-            Some((prefix, rest)) => {
-                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-                let name = if counters.contains(name) {
-                    format!("{name}_total")
-                } else {
-                    name.to_owned()
-                };
-                let tail = match (prefix, tail) {
-                    ("# TYPE ", "info" | "stateset") => "gauge",
-                    ("# TYPE ", "unknown" | "gaugehistogram") => "untyped",
-                    _ => tail,
-                };
-                out.push_str(&format!("{prefix}{name} {tail}\n"));
-            }
-            None => {
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
-    }
-    out
-}
-
-/// Binds `metrics.listen` (port 0: any free port; the log says which).
-pub async fn bind(address: SocketAddr) -> Result<TcpListener, crate::host::http::BindError> {
-    let listener = crate::host::http::bind(address, "metrics.listen").await?;
-    if let Ok(bound) = listener.local_addr() {
-        tracing::info!(address = %bound, "Serving metrics and health.");
-    }
-    Ok(listener)
-}
-
-/// Answers scrapes until dropped.
-pub async fn serve(
-    listener: TcpListener,
-    metrics: Arc<Metrics>,
-    state: Arc<dyn Fn() -> State + Send + Sync>,
-) -> Infallible {
-    crate::host::http::serve(listener, "metrics", move |request| {
-        let reply = respond(&request, &metrics, &state());
-        async move { reply }
-    })
-    .await
-}
-
-fn respond(request: &Request<Incoming>, metrics: &Metrics, state: &State) -> Reply {
-    let reply = |status: StatusCode, content_type: &str, body: String| {
-        let body = if request.method() == Method::HEAD {
-            Bytes::new()
-        } else {
-            Bytes::from(body)
-        };
-        crate::host::http::reply(status, content_type, body)
-    };
-    if request.method() != Method::GET && request.method() != Method::HEAD {
-        return reply(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "GET or HEAD only\n".into(),
-        );
-    }
-    let probe = |why: Option<&str>| match why {
-        None => reply(StatusCode::OK, "text/plain", "ok\n".into()),
-        Some(why) => reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
-            format!("{why}\n"),
-        ),
-    };
-    match request.uri().path() {
-        "/metrics" => {
-            let accept = request
-                .headers()
-                .get(hyper::header::ACCEPT)
-                .and_then(|v| v.to_str().ok());
-            let format = Format::accepted(accept);
-            reply(
-                StatusCode::OK,
-                format.content_type(),
-                metrics.render_as(state, format),
-            )
-        }
-        "/healthz" => probe(Metrics::unhealthy(state)),
-        "/readyz" => probe(metrics.unready(state)),
-        _ => reply(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "/metrics, /healthz or /readyz\n".into(),
-        ),
-    }
-}
+mod serve;
+use serve::prometheus_text;
+pub use serve::{bind, serve};
 
 #[cfg(test)]
 mod tests;

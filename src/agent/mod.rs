@@ -14,9 +14,12 @@ pub mod boot;
 pub mod delivery;
 pub mod drain;
 pub mod fate;
+pub mod fits;
 pub mod health;
 pub mod metrics;
+pub mod protection;
 pub mod recovery;
+pub mod registry;
 pub mod running;
 pub mod serve;
 pub mod slots;
@@ -76,10 +79,21 @@ pub enum AgentError {
     Bind(#[from] crate::host::http::BindError),
 }
 
+/// Where this agent runs, as each attempt's record names it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Placement {
+    pub instance_id: String,
+    /// `None` off EC2.
+    pub availability_zone: Option<String>,
+    /// `spot` or `on-demand`; `None` off EC2.
+    pub lifecycle: Option<String>,
+}
+
 /// Everything a job task needs; shared by all of them.
 pub(crate) struct Agent {
     config: Arc<Config>,
     instance_id: String,
+    placement: Placement,
     /// This process among the instance's agents over time: random per start, so
     /// a claim tells this process's running job from an earlier process's.
     run: String,
@@ -94,10 +108,17 @@ pub(crate) struct Agent {
     /// What systemd's watchdog is told: Docker and the queue answered last time.
     healthy: Health,
     metrics: Arc<Metrics>,
-    /// The running jobs, for the disk watchdog.
-    watched: watchdog::Watched,
+    /// The running jobs: the disk watchdog and scale-in protection read it.
+    watched: registry::Watched,
     queue: Queue,
     dead_letter: Option<Queue>,
+    /// `queue.escalation_url`: where a job goes after its profile's
+    /// `escalate_after_interruptions`.
+    escalation: Option<Queue>,
+    /// Recent durations by profile, for `admit-if-fits`.
+    durations: fits::Durations,
+    /// With `autoscaling.protect_busy`: the instance's scale-in protection.
+    protection: Option<crate::aws::autoscaling::Protection>,
     store: ResultStore,
     notifier: Notifier,
 }
@@ -150,14 +171,13 @@ pub async fn run(
                 tracing::info!("Stopped during bootstrap.");
                 return Ok(());
             };
+            let placement = Placement {
+                instance_id: instance_id.clone(),
+                availability_zone: identity.as_ref().map(|i| i.availability_zone.clone()),
+                lifecycle: identity.as_ref().and_then(|i| i.lifecycle.clone()),
+            };
             let agent = Arc::new(Agent::new(
-                &config,
-                &sdk,
-                &instance_id,
-                booted,
-                broker,
-                &healthy,
-                &metrics,
+                &config, &sdk, placement, booted, broker, &healthy, &metrics,
             ));
             agent.recover().await;
             metrics.ready(boot_started.elapsed());
@@ -188,13 +208,14 @@ impl Agent {
     fn new(
         config: &Arc<Config>,
         sdk: &aws_config::SdkConfig,
-        instance_id: &str,
+        placement: Placement,
         booted: Booted,
         broker: Option<Arc<crate::host::credentials::Broker>>,
         healthy: &Health,
         metrics: &Arc<Metrics>,
     ) -> Agent {
         let targets = config.run_targets().expect("checked before bootstrap");
+        let instance_id = placement.instance_id.as_str();
         let sqs = crate::aws::sqs_client(sdk);
         let queue_at = |url: &String| Queue::new(sqs.clone(), url);
         let sweeper = Sweeper::new(booted.docker.clone(), instance_id);
@@ -215,6 +236,7 @@ impl Agent {
         Agent {
             config: config.clone(),
             instance_id: instance_id.to_owned(),
+            placement: placement.clone(),
             docker: booted.docker,
             disk: booted.disk,
             cache: booted.cache,
@@ -224,9 +246,17 @@ impl Agent {
             runner,
             healthy: healthy.clone(),
             metrics: Arc::clone(metrics),
-            watched: watchdog::Watched::default(),
+            watched: registry::Watched::default(),
             queue: Queue::new(sqs.clone(), targets.queue_url),
             dead_letter: config.queue.dead_letter_url.as_ref().map(queue_at),
+            escalation: config.queue.escalation_url.as_ref().map(queue_at),
+            durations: fits::Durations::default(),
+            protection: config.autoscaling.protect_busy.then(|| {
+                crate::aws::autoscaling::Protection::new(
+                    crate::aws::autoscaling_client(sdk),
+                    instance_id,
+                )
+            }),
             run: crate::rules::random_hex(8),
             store: ResultStore::new(s3, targets.bucket, config.results.prefix.clone()),
             notifier: Notifier::new(

@@ -39,12 +39,13 @@ impl Agent {
                     body: String::new(),
                     receive_count: 0,
                     sent_at_ms: None,
+                    attributes: Vec::new(),
                 };
                 let settlement = Settlement {
                     fate: Fate::HandBack(Duration::ZERO),
                     release_claim: true,
                 };
-                self.settle(&message, &job_id, settlement).await;
+                self.settle(&message, &job_id, settlement, None).await;
             }
             .instrument(span)
             .await;

@@ -13,7 +13,12 @@ use crate::record::Renewal;
 impl Agent {
     /// Keeps the message hidden and the claim alive while the job runs. Never
     /// returns; dropping it is safe (each beat is a whole request or none).
-    pub(super) async fn heartbeat(&self, message: &Received, job_id: &str) -> Infallible {
+    pub(super) async fn heartbeat(
+        &self,
+        message: &Received,
+        job_id: &str,
+        attempt: u32,
+    ) -> Infallible {
         let visibility = self.config.queue.visibility_timeout;
         // A third of the timeout: two beats may fail before the message reappears.
         let period = visibility / 3;
@@ -26,7 +31,6 @@ impl Agent {
             {
                 tracing::warn!(%error, "Heartbeat failed; the message may reappear.");
             }
-            let attempt = message.receive_count;
             match self.store.renew(job_id, &self.claim(attempt)).await {
                 Ok(Renewal::Renewed) => {}
                 Ok(Renewal::Lost) => tracing::warn!(
@@ -64,8 +68,10 @@ impl Agent {
     }
 
     /// Uploads the job's new output as the next live chunk every
-    /// `results.log_flush_secs`, when there is some; `chunks` counts those
-    /// uploaded. A failed upload goes again with the next.
+    /// `results.log_flush_secs`, when there is some and someone follows the job
+    /// (see `record/live.rs`); `chunks` counts those uploaded. A failed upload
+    /// goes again with the next; output no one followed stays in the bounded
+    /// tail, so a follower who comes sees its last part at once.
     pub(super) async fn stream_log(
         &self,
         job_id: &str,
@@ -77,8 +83,24 @@ impl Agent {
             return std::future::pending().await;
         };
         let mut failing = false;
+        // The latest follow mark seen: no need to look again before it ends.
+        let mut followed_until = 0;
         loop {
             tokio::time::sleep(period).await;
+            if !live.has_pending() {
+                continue;
+            }
+            let now = chrono::Utc::now().timestamp();
+            if followed_until <= now {
+                match self.store.followed_until(job_id).await {
+                    Ok(until) => followed_until = until.unwrap_or(0),
+                    // Uploads would likely fail too; the whole log still lands.
+                    Err(_) => continue,
+                }
+                if followed_until <= now {
+                    continue;
+                }
+            }
             let Some(chunk) = live.take() else { continue };
             let seq = chunks.unwrap_or(0);
             match self.store.put_chunk(job_id, attempt, seq, &chunk).await {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::agent::Agent;
@@ -15,11 +16,15 @@ use crate::agent::drain::{InFlight, reap};
 use crate::agent::slots::{Slot, Slots};
 use crate::aws::sqs::{Received, SqsError};
 use crate::backoff::Backoff;
+use crate::config::RebalancePolicy;
 use crate::host::stop::{Preemption, Stop, StopReason};
 use crate::host::systemd;
 
 /// The longest pause of the loop's backoffs.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// After sending back a job that would not fit before the rebalance horizon:
+/// the next receive might bring it straight back here.
+const DECLINE_PAUSE: Duration = Duration::from_secs(5);
 
 /// Whether the host can take a job now.
 enum Gate {
@@ -37,13 +42,37 @@ struct Pacing {
     idle_since: Instant,
 }
 
+impl Pacing {
+    fn new() -> Self {
+        let backoff = || Backoff::new(Duration::from_secs(1), MAX_BACKOFF);
+        Pacing {
+            docker: backoff(),
+            queue: backoff(),
+            disk: backoff(),
+            disk_check_failed: false,
+            idle_since: Instant::now(),
+        }
+    }
+}
+
 impl Agent {
     /// The receive loop, then the drain, with the disk watchdog beside them.
     pub(super) async fn serve(self: &Arc<Self>, stop: &Stop) {
-        tokio::select! {
-            () = self.receive_then_drain(stop) => {}
-            never = self.watch_disk() => match never {},
-        }
+        let done = CancellationToken::new();
+        let serving = async {
+            tokio::select! {
+                () = self.receive_then_drain(stop) => {}
+                never = self.watch_disk() => match never {},
+            }
+            done.cancel();
+        };
+        let protecting = async {
+            if let Some(protection) = &self.protection {
+                crate::agent::protection::keep(protection, self.watched.count(), done.clone())
+                    .await;
+            }
+        };
+        tokio::join!(serving, protecting);
     }
 
     async fn receive_then_drain(self: &Arc<Self>, stop: &Stop) {
@@ -56,14 +85,7 @@ impl Agent {
         // the result is still being recorded: the next job's receive, claim and
         // start overlap the last one's uploads instead of queueing behind them.
         let slots = Slots::new(self.config.agent.slots);
-        let backoff = || Backoff::new(Duration::from_secs(1), MAX_BACKOFF);
-        let mut pacing = Pacing {
-            docker: backoff(),
-            queue: backoff(),
-            disk: backoff(),
-            disk_check_failed: false,
-            idle_since: Instant::now(),
-        };
+        let mut pacing = Pacing::new();
         let mut in_flight = None;
         while !stop.is_draining() {
             while let Some(done) = jobs.try_join_next() {
@@ -76,7 +98,7 @@ impl Agent {
                 }
                 continue;
             }
-            if self.idle_too_long(&jobs, &pacing, stop) {
+            if self.idle_too_long(&jobs, &pacing, stop) || past_horizon(stop) {
                 break;
             }
             if let Gate::Closed(delay) = self.gate(&mut pacing).await {
@@ -86,7 +108,7 @@ impl Agent {
                 }
             }
             // At most 10: one receive brings no more.
-            let mut free: Vec<Slot> = std::iter::from_fn(|| slots.try_take()).take(10).collect();
+            let free: Vec<Slot> = std::iter::from_fn(|| slots.try_take()).take(10).collect();
             let mut receive: InFlight<'_> = Box::pin(self.queue.receive(
                 free.len(),
                 self.config.queue.wait,
@@ -97,7 +119,8 @@ impl Agent {
                 // Not dropped: SQS may already have handed this long poll a
                 // message, which would stay hidden for the visibility timeout.
                 // The drain finishes it and hands back what it brings.
-                _ = stop.draining().cancelled() => {
+                () = draining_or_horizon(stop) => {
+                    past_horizon(stop);
                     in_flight = Some(receive);
                     break;
                 }
@@ -113,13 +136,46 @@ impl Agent {
                     }
                 }
             };
-            for message in messages {
-                let slot = free.pop().expect("SQS returns at most as many as asked");
+            if !messages.is_empty() {
                 pacing.idle_since = Instant::now();
-                self.spawn_delivery(&mut jobs, message, slot, &preemption);
+            }
+            let declined = self
+                .dispatch(messages, free, &mut jobs, &preemption, stop)
+                .await;
+            if declined {
+                // Other hosts get a moment at what this one left.
+                tokio::select! {
+                    _ = tokio::time::sleep(DECLINE_PAUSE) => {}
+                    _ = stop.draining().cancelled() => break,
+                }
             }
         }
         self.drain(jobs, &preemption, stop, in_flight).await;
+    }
+
+    /// Gives each message a slot and a task, but under a rebalance horizon sends
+    /// back those that would not end before it. True when it sent one back.
+    async fn dispatch(
+        self: &Arc<Self>,
+        messages: Vec<Received>,
+        mut free: Vec<Slot>,
+        jobs: &mut JoinSet<()>,
+        preemption: &Preemption,
+        stop: &Stop,
+    ) -> bool {
+        let mut declined = false;
+        for message in messages {
+            let slot = free.pop().expect("SQS returns at most as many as asked");
+            if let Some(horizon) = stop.horizon()
+                && !self.fits(&message, horizon)
+            {
+                self.decline(message).await;
+                declined = true;
+                continue;
+            }
+            self.spawn_delivery(jobs, message, slot, preemption);
+        }
+        declined
     }
 
     /// Begins the idle drain when no job has run for `agent.idle_shutdown_secs`.
@@ -234,6 +290,36 @@ impl Agent {
         let agent = Arc::clone(self);
         let preemption = preemption.clone();
         jobs.spawn(async move { agent.deliver(message, slot, &preemption).await }.instrument(span));
+    }
+}
+
+/// Begins the drain once the rebalance horizon has passed (`admit-if-fits`):
+/// from then on no job fits. True when it has.
+fn past_horizon(stop: &Stop) -> bool {
+    let Some(horizon) = stop.horizon() else {
+        return false;
+    };
+    if Instant::now() < horizon {
+        return false;
+    }
+    stop.begin(StopReason::Rebalance {
+        policy: RebalancePolicy::AdmitIfFits,
+    });
+    true
+}
+
+/// Resolves when the drain begins or the rebalance horizon (as it stood when
+/// called) passes.
+async fn draining_or_horizon(stop: &Stop) {
+    let horizon = async {
+        match stop.horizon() {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = stop.draining().cancelled() => {}
+        () = horizon => {}
     }
 }
 

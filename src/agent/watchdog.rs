@@ -11,60 +11,15 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::agent::Agent;
 use crate::docker::{LABEL_AGENT, LABEL_ATTEMPT, LABEL_JOB_ID, LABEL_WORKSPACE, ManagedContainer};
 use crate::host::disk::{MIN_FREE_INODES_PERCENT, Used, used};
-use crate::job::cancel::Cancel;
 
 /// Two `statvfs` calls a period while jobs run; the sizes are counted only when
 /// the space is low.
 const WATCH_PERIOD: Duration = Duration::from_secs(2);
-
-/// The jobs running now, by id and attempt, and how to stop each.
-#[derive(Default)]
-pub(crate) struct Watched {
-    jobs: Mutex<HashMap<(String, u32), Cancel>>,
-}
-
-/// A running job under watch, until dropped.
-pub(crate) struct Held<'a> {
-    watched: &'a Watched,
-    key: (String, u32),
-}
-
-impl Watched {
-    /// Watches the job's attempt until the returned value is dropped.
-    pub fn hold(&self, job_id: &str, attempt: u32, cancel: &Cancel) -> Held<'_> {
-        let key = (job_id.to_owned(), attempt);
-        self.lock().insert(key.clone(), cancel.clone());
-        Held { watched: self, key }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u32), Cancel>> {
-        self.jobs.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn cancel_of(&self, key: &(String, u32)) -> Option<Cancel> {
-        self.lock().get(key).cloned()
-    }
-
-    fn holds(&self, key: &(String, u32)) -> bool {
-        self.lock().contains_key(key)
-    }
-
-    fn is_empty(&self) -> bool {
-        self.lock().is_empty()
-    }
-}
-
-impl Drop for Held<'_> {
-    fn drop(&mut self) {
-        self.watched.lock().remove(&self.key);
-    }
-}
 
 /// A running job (its container and its services') and what it takes on disk.
 struct Usage {

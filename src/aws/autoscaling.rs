@@ -26,6 +26,9 @@ use crate::config::{Config, OnExit};
 const DEADLINE: Duration = Duration::from_secs(120);
 const TERMINATING: &str = "autoscaling:EC2_INSTANCE_TERMINATING";
 
+mod protection;
+pub use protection::Protection;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ScaleInError {
     #[error("{operation} for {instance_id}: {}", DisplayErrorContext(&**source))]

@@ -60,6 +60,9 @@ pub struct Identity {
     pub instance_id: String,
     pub instance_type: String,
     pub availability_zone: String,
+    /// `instance-life-cycle`: `spot`, `on-demand` (or `scheduled`); `None` where
+    /// the service does not say.
+    pub lifecycle: Option<String>,
 }
 
 /// `spot/instance-action`.
@@ -142,6 +145,7 @@ impl Imds {
             instance_id: self.require("instance-id").await?,
             instance_type: self.require("instance-type").await?,
             availability_zone: self.require("placement/availability-zone").await?,
+            lifecycle: self.get("instance-life-cycle").await?,
         })
     }
 

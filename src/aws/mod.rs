@@ -3,6 +3,7 @@
 
 pub mod autoscaling;
 pub mod ec2;
+pub mod ecr;
 pub mod imds;
 pub mod sqs;
 
@@ -59,6 +60,19 @@ pub fn sqs_client(sdk: &SdkConfig) -> aws_sdk_sqs::Client {
 
 pub fn autoscaling_client(sdk: &SdkConfig) -> aws_sdk_autoscaling::Client {
     aws_sdk_autoscaling::Client::new(sdk)
+}
+
+/// For admission, inside `admission.timeout_ms`: one retry soon after, since a
+/// job waits on it and the queue's own retry is the long backoff.
+pub fn ecr_client(sdk: &SdkConfig) -> aws_sdk_ecr::Client {
+    let ecr = aws_sdk_ecr::config::Builder::from(sdk)
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(2)
+                .with_initial_backoff(Duration::from_millis(100)),
+        )
+        .build();
+    aws_sdk_ecr::Client::from_conf(ecr)
 }
 
 pub fn kms_client(sdk: &SdkConfig) -> aws_sdk_kms::Client {

@@ -58,6 +58,23 @@ pub struct Received {
     pub receive_count: u32,
     /// SQS's `SentTimestamp` (milliseconds since the epoch), when it gave one.
     pub sent_at_ms: Option<i64>,
+    /// Its message attributes, the producer's and deckhand's own, as sent: a
+    /// copy sent back to the queue carries them all.
+    pub attributes: Vec<(String, MessageAttributeValue)>,
+}
+
+/// SQS's most message attributes on one message.
+pub const MAX_ATTRIBUTES: usize = 10;
+/// SQS's longest `DelaySeconds`.
+pub const MAX_DELAY: Duration = Duration::from_secs(900);
+
+/// A string message attribute.
+pub fn text_attribute(value: &str) -> MessageAttributeValue {
+    MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(value)
+        .build()
+        .expect("data_type is set")
 }
 
 impl Queue {
@@ -90,6 +107,7 @@ impl Queue {
             .visibility_timeout(visibility.as_secs() as i32)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+            .message_attribute_names("All")
             .send()
             .await
             .map_err(|e| SqsError::Receive {
@@ -112,12 +130,19 @@ impl Queue {
                     .as_ref()
                     .and_then(|a| a.get(&MessageSystemAttributeName::SentTimestamp))
                     .and_then(|t| t.parse().ok());
+                let mut attributes: Vec<_> = m
+                    .message_attributes
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect();
+                attributes.sort_by(|a, b| a.0.cmp(&b.0));
                 Some(Received {
                     message_id: m.message_id?,
                     receipt: m.receipt_handle?,
                     body: m.body.unwrap_or_default(),
                     receive_count,
                     sent_at_ms,
+                    attributes,
                 })
             })
             .collect())
@@ -162,18 +187,31 @@ impl Queue {
 
     /// Sends `body` with string message attributes; returns the new message's id.
     pub async fn send(&self, body: &str, attributes: &[(&str, &str)]) -> Result<String, SqsError> {
+        let attributes: Vec<_> = attributes
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), text_attribute(value)))
+            .collect();
+        self.send_delayed(body, &attributes, Duration::ZERO).await
+    }
+
+    /// Sends `body` with these message attributes, receivable after `delay` (at
+    /// most [`MAX_DELAY`]); returns the new message's id.
+    pub async fn send_delayed(
+        &self,
+        body: &str,
+        attributes: &[(String, MessageAttributeValue)],
+        delay: Duration,
+    ) -> Result<String, SqsError> {
         let mut request = self
             .client
             .send_message()
             .queue_url(&self.url)
             .message_body(body);
+        if !delay.is_zero() {
+            request = request.delay_seconds(delay.min(MAX_DELAY).as_secs() as i32);
+        }
         for (name, value) in attributes {
-            let value = MessageAttributeValue::builder()
-                .data_type("String")
-                .string_value(*value)
-                .build()
-                .expect("data_type is set");
-            request = request.message_attributes(*name, value);
+            request = request.message_attributes(name, value.clone());
         }
         let output = request.send().await.map_err(|e| SqsError::Send {
             queue_url: self.url.clone(),

@@ -96,7 +96,10 @@ pub async fn exec(
         )));
     }
     let sweeper = Sweeper::new(docker.clone(), &instance_id);
-    let admission = Admission::for_pool(&config, &secrets)?.map(Arc::new);
+    let sdk = || crate::aws::sdk_config(&config.aws);
+    let admission = Admission::for_pool(&config, &secrets, sdk)
+        .await?
+        .map(Arc::new);
     // No seed: a job run by hand fetches what it needs into the host's mirrors,
     // which only a job with a source needs to write.
     let mirrors = match &job.source {

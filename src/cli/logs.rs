@@ -16,6 +16,10 @@ use crate::record::{ResultStore, StoreError};
 
 /// How often a follower looks for new chunks and the result.
 const FOLLOW_POLL: Duration = Duration::from_millis(500);
+/// How long a follow mark lasts, and how often a follower renews it: the agent
+/// uploads live chunks only while one is fresh.
+const MARK_LASTS: Duration = Duration::from_secs(90);
+const MARK_EVERY: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogsError {
@@ -64,6 +68,8 @@ pub struct Follower<'a, W> {
     printed: u64,
     /// The latest attempt seen to end without finishing the job.
     ended: u32,
+    /// When this follower last marked the job followed.
+    marked: Option<Instant>,
 }
 
 impl<'a, W: Write> Follower<'a, W> {
@@ -77,6 +83,7 @@ impl<'a, W: Write> Follower<'a, W> {
             seq: 0,
             printed: 0,
             ended: 0,
+            marked: None,
         }
     }
 
@@ -87,6 +94,7 @@ impl<'a, W: Write> Follower<'a, W> {
         give_up: Option<(Instant, Duration)>,
     ) -> Result<JobResult, LogsError> {
         loop {
+            self.mark().await;
             if let Some(result) = self.step().await? {
                 return Ok(result);
             }
@@ -99,6 +107,26 @@ impl<'a, W: Write> Follower<'a, W> {
                 });
             }
             tokio::time::sleep(FOLLOW_POLL).await;
+        }
+    }
+
+    /// Tells the agent someone follows, so it uploads the live chunks, every
+    /// [`MARK_EVERY`]. A mark that cannot be written is said once: the live
+    /// output then shows only if another follower marks it, the end in any case.
+    async fn mark(&mut self) {
+        if self.marked.is_some_and(|at| at.elapsed() < MARK_EVERY) {
+            return;
+        }
+        let first = self.marked.is_none();
+        self.marked = Some(Instant::now());
+        let until = chrono::Utc::now().timestamp() + MARK_LASTS.as_secs() as i64;
+        if let Err(error) = self.store.mark_followed(self.id, until).await
+            && first
+        {
+            eprintln!(
+                "deckhand: cannot mark {} followed ({error}); its live output may not be uploaded, its whole log is printed at the end",
+                self.id
+            );
         }
     }
 

@@ -1,6 +1,7 @@
 //! `[admission]`: the webhook asked whether an image may run, after its pull and
 //! before any container of the job is created; a profile may point elsewhere or
-//! turn it off (`admission_webhook_url`, `admission_fail`).
+//! turn it off (`admission_webhook_url`, `admission_fail`). `[admission.ecr]`,
+//! ECR's scan findings, is read in `admission_ecr.rs`.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use toml::Table;
 
 use super::Config;
+use super::admission_ecr::{self, EcrConfig, EcrRule};
 use super::reader::{Reader, Section};
 use super::secrets::SecretsConfig;
 
@@ -18,7 +20,8 @@ pub const DEFAULT_CACHE_SECS: u64 = 300;
 /// `"closed"`: an image nobody could vouch for does not run.
 pub const DEFAULT_FAIL: AdmissionFail = AdmissionFail::Closed;
 
-/// What a webhook that does not answer (down, slow, garbage) means for the job.
+/// What a webhook or ECR that does not answer (down, slow, garbage) means for
+/// the job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AdmissionFail {
     /// The attempt ends `error` and the queue retries it.
@@ -41,17 +44,20 @@ impl AdmissionFail {
     }
 }
 
-/// The pool's admission webhook; `webhook_url` `None`: no admission check.
+/// The pool's admission webhook and ECR check; neither: no admission check.
 #[derive(Debug, Clone)]
 pub struct AdmissionConfig {
     pub webhook_url: Option<String>,
-    /// The whole exchange: a webhook that has not answered by then has failed.
+    /// The whole exchange: a webhook (or ECR) that has not answered by then has
+    /// failed.
     pub timeout: Duration,
     /// The bundle secret sent as `Authorization: Bearer <value>`.
     pub token_secret: Option<String>,
     pub fail: AdmissionFail,
     /// How long a decision is reused; zero: never.
     pub cache: Duration,
+    /// `[admission.ecr]`: ECR's scan findings decide too.
+    pub ecr: Option<EcrConfig>,
 }
 
 impl Default for AdmissionConfig {
@@ -62,15 +68,17 @@ impl Default for AdmissionConfig {
             token_secret: None,
             fail: DEFAULT_FAIL,
             cache: Duration::from_secs(DEFAULT_CACHE_SECS),
+            ecr: None,
         }
     }
 }
 
-/// What one job's profile makes of the pool's admission: where to ask, and what
-/// a silent webhook means.
+/// What one job's profile makes of the pool's admission: ECR's findings and
+/// where to ask, at least one of them, and what a silent one means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AdmissionRule<'a> {
-    pub webhook_url: &'a str,
+    pub webhook_url: Option<&'a str>,
+    pub ecr: Option<EcrRule<'a>>,
     pub fail: AdmissionFail,
 }
 
@@ -95,6 +103,7 @@ impl AdmissionConfig {
                 0..=86_400,
                 DEFAULT_CACHE_SECS,
             )),
+            ecr: admission_ecr::read(r, &mut section),
         };
         if admission.token_secret.is_some() && secrets.bundle.is_none() {
             r.issue(
@@ -178,17 +187,34 @@ impl Config {
     /// no webhook, or the profile turned it off with an empty URL).
     pub fn admission_for(&self, profile: &str) -> Option<AdmissionRule<'_>> {
         let profile = self.profiles.get(profile);
-        let url = match profile.and_then(|p| p.admission_webhook_url.as_deref()) {
-            Some("") => return None,
-            Some(url) => url,
-            None => self.admission.webhook_url.as_deref()?,
+        let webhook_url = match profile.and_then(|p| p.admission_webhook_url.as_deref()) {
+            Some("") => None,
+            Some(url) => Some(url),
+            None => self.admission.webhook_url.as_deref(),
         };
+        let ecr = admission_ecr::rule(
+            self.admission.ecr.as_ref(),
+            profile.map(|p| p.admission_ecr).unwrap_or_default(),
+        );
+        if webhook_url.is_none() && ecr.is_none() {
+            return None;
+        }
         let fail = profile
             .and_then(|p| p.admission_fail)
             .unwrap_or(self.admission.fail);
         Some(AdmissionRule {
-            webhook_url: url,
+            webhook_url,
+            ecr,
             fail,
+        })
+    }
+
+    /// Whether any profile's jobs go through ECR's check: the agent then needs
+    /// an ECR client.
+    pub fn admission_uses_ecr(&self) -> bool {
+        self.profiles.keys().any(|name| {
+            self.admission_for(name)
+                .is_some_and(|rule| rule.ecr.is_some())
         })
     }
 }
@@ -257,18 +283,82 @@ mod tests {
         assert_eq!(
             config.admission_for("default"),
             Some(AdmissionRule {
-                webhook_url: "https://pool.internal/",
+                webhook_url: Some("https://pool.internal/"),
+                ecr: None,
                 fail: AdmissionFail::Closed
             })
         );
         assert_eq!(
             config.admission_for("own"),
             Some(AdmissionRule {
-                webhook_url: "https://own.internal/",
+                webhook_url: Some("https://own.internal/"),
+                ecr: None,
                 fail: AdmissionFail::Open
             })
         );
         assert_eq!(config.admission_for("off"), None);
         assert_eq!(parse("").unwrap().admission_for("default"), None);
+    }
+}
+
+#[cfg(test)]
+mod ecr_tests {
+    use super::super::admission_ecr::Severity;
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, super::super::ConfigError> {
+        let env: super::super::Env = std::iter::empty::<(String, String)>().collect();
+        Config::parse(text, &env)
+    }
+
+    #[test]
+    fn ecr_defaults_and_a_profile_that_raises_the_bar_or_turns_it_off() {
+        let text = "[admission.ecr]\nregistries = [\"127.0.0.1:5000\"]\n[profiles.lax]\nadmission_ecr_max_severity = \"CRITICAL\"\nadmission_ecr_require_scan = false\n[profiles.off]\nadmission_ecr_max_severity = \"\"\n";
+        let config = parse(text).unwrap();
+        let pool = config.admission_for("default").unwrap();
+        assert_eq!(pool.webhook_url, None);
+        let ecr = pool.ecr.unwrap();
+        assert_eq!(
+            (ecr.max_severity, ecr.require_scan, ecr.registries),
+            (Severity::High, true, &["127.0.0.1:5000".to_owned()][..])
+        );
+        let lax = config.admission_for("lax").unwrap().ecr.unwrap();
+        assert_eq!(
+            (lax.max_severity, lax.require_scan),
+            (Severity::Critical, false)
+        );
+        assert_eq!(config.admission_for("off"), None);
+        assert!(config.admission_uses_ecr());
+        assert!(!parse("").unwrap().admission_uses_ecr());
+    }
+
+    #[test]
+    fn a_profile_may_ask_for_ecr_where_the_pool_has_none() {
+        let text = "[profiles.strict]\nadmission_ecr_max_severity = \"MEDIUM\"\n";
+        let config = parse(text).unwrap();
+        assert_eq!(config.admission_for("default"), None);
+        let strict = config.admission_for("strict").unwrap().ecr.unwrap();
+        assert_eq!(
+            (strict.max_severity, strict.require_scan),
+            (Severity::Medium, true)
+        );
+    }
+
+    #[test]
+    fn a_wrong_severity_or_host_is_refused_naming_the_key() {
+        let text = "[admission.ecr]\nmax_severity = \"high\"\nregistries = [\"not a host\"]\nrequire_scan = \"yes\"\n[profiles.p]\nadmission_ecr_max_severity = \"SEVERE\"\n";
+        let error = parse(text).unwrap_err();
+        let mut keys: Vec<&str> = error.issues().iter().map(|i| i.key.as_str()).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "admission.ecr.max_severity",
+                "admission.ecr.registries",
+                "admission.ecr.require_scan",
+                "profiles.p.admission_ecr_max_severity",
+            ],
+            "{error}"
+        );
     }
 }

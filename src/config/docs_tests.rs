@@ -96,6 +96,14 @@ fn the_reference_states_each_default_the_code_uses() {
             "profiles.NAME.source_max_mb",
             code(DEFAULT_SOURCE_MAX_MB.to_string()),
         ),
+        (
+            "admission.ecr.max_severity",
+            quoted(DEFAULT_MAX_SEVERITY.as_str()),
+        ),
+        (
+            "admission.ecr.require_scan",
+            code(DEFAULT_REQUIRE_SCAN.to_string()),
+        ),
         ("disk.min_free_mb", code(DEFAULT_MIN_FREE_MB.to_string())),
         ("disk.gc_free_mb", code(DEFAULT_GC_FREE_MB.to_string())),
         (

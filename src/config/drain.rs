@@ -12,6 +12,9 @@ pub const DEFAULT_SAFETY_MARGIN_SECS: u64 = 15;
 pub const DEFAULT_STOP_TIMEOUT_SECS: u64 = 60;
 /// Between a container's SIGTERM and its SIGKILL.
 pub const DEFAULT_STOP_GRACE_SECS: u64 = 10;
+/// A rebalance recommendation often comes minutes before the interruption, if
+/// one comes at all.
+pub const DEFAULT_REBALANCE_HORIZON_SECS: u64 = 600;
 
 #[derive(Debug, Clone)]
 pub struct DrainConfig {
@@ -25,6 +28,9 @@ pub struct DrainConfig {
     pub stop_timeout: Duration,
     /// Between a container's SIGTERM and its SIGKILL.
     pub stop_grace: Duration,
+    /// Under `admit-if-fits`: after a rebalance recommendation, jobs are taken
+    /// only if expected to end within this long of it; then the host drains.
+    pub rebalance_horizon: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +46,9 @@ pub enum RebalancePolicy {
     StopIntake,
     /// As on SIGTERM.
     Drain,
+    /// Take only jobs expected to end before `rebalance_horizon_secs`; at the
+    /// horizon, as `StopIntake`.
+    AdmitIfFits,
 }
 
 impl DrainConfig {
@@ -62,6 +71,7 @@ impl DrainConfig {
                     ("ignore", RebalancePolicy::Ignore),
                     ("stop-intake", RebalancePolicy::StopIntake),
                     ("drain", RebalancePolicy::Drain),
+                    ("admit-if-fits", RebalancePolicy::AdmitIfFits),
                 ],
                 RebalancePolicy::StopIntake,
             ),
@@ -82,6 +92,12 @@ impl DrainConfig {
                 "stop_grace_secs",
                 0..=300,
                 DEFAULT_STOP_GRACE_SECS,
+            )),
+            rebalance_horizon: secs(r.int(
+                &mut section,
+                "rebalance_horizon_secs",
+                0..=86_400,
+                DEFAULT_REBALANCE_HORIZON_SECS,
             )),
         };
         r.finish(section);

@@ -19,7 +19,9 @@ use std::path::{Path, PathBuf};
 use toml::Table;
 
 mod admission;
+mod admission_ecr;
 mod agent;
+mod autoscaling;
 mod aws;
 mod cache;
 mod credentials;
@@ -34,10 +36,13 @@ mod profiles;
 mod queue;
 mod reader;
 mod results;
+mod retries;
 mod secrets;
 
 pub use admission::{AdmissionConfig, AdmissionFail, AdmissionRule, check_webhook_url};
+pub use admission_ecr::{EcrConfig, EcrOverride, EcrRule, Severity};
 pub use agent::{AgentConfig, OnExit};
+pub use autoscaling::AutoscalingConfig;
 pub use aws::AwsConfig;
 pub use cache::CacheConfig;
 pub use credentials::CredentialsConfig;
@@ -51,12 +56,14 @@ pub use metrics::MetricsConfig;
 pub use profiles::Profile;
 pub use queue::QueueConfig;
 pub use results::ResultsConfig;
+pub use retries::Retries;
 pub use secrets::SecretsConfig;
 
 /// Every section's defaults, one source: the readers, the `Default` impls and
 /// docs/config.md (checked by a test) all use these.
 pub mod defaults {
     pub use super::admission::{DEFAULT_CACHE_SECS, DEFAULT_FAIL, DEFAULT_TIMEOUT_MS};
+    pub use super::admission_ecr::{DEFAULT_MAX_SEVERITY, DEFAULT_REQUIRE_SCAN};
     pub use super::agent::{
         DEFAULT_IDLE_SHUTDOWN_SECS, DEFAULT_SECRETS_DIR, DEFAULT_SHUTDOWN_COMMAND, DEFAULT_SLOTS,
         DEFAULT_WORK_DIR,
@@ -112,6 +119,7 @@ pub struct Config {
     pub credentials: CredentialsConfig,
     pub admission: AdmissionConfig,
     pub git: GitConfig,
+    pub autoscaling: AutoscalingConfig,
     /// Job profiles by name; `default` always exists.
     pub profiles: BTreeMap<String, Profile>,
 }
@@ -326,6 +334,7 @@ fn read(r: &mut Reader<'_>, mut root: Table) -> Config {
     let disk = DiskConfig::read(r, &mut root);
     let admission = AdmissionConfig::read(r, &mut root, &secrets);
     let git = GitConfig::read(r, &mut root);
+    let autoscaling = AutoscalingConfig::read(r, &mut root);
     let profiles = profiles::read(r, &mut root);
     profiles::check_fits_the_queue(r, &profiles, images.pull_timeout, drain.stop_grace);
     for key in root.keys() {
@@ -347,6 +356,7 @@ fn read(r: &mut Reader<'_>, mut root: Table) -> Config {
         credentials,
         admission,
         git,
+        autoscaling,
         profiles,
     }
 }

@@ -81,6 +81,10 @@ pub struct Profile {
     pub admission_fail: Option<super::AdmissionFail>,
     /// The remotes a job's `source` may come from, their credentials, its size.
     pub git: super::ProfileGit,
+    /// The budgets of a job's attempts, by cause.
+    pub retries: super::Retries,
+    /// Changes `[admission.ecr]`, or turns it off.
+    pub admission_ecr: super::EcrOverride,
 }
 
 impl Default for Profile {
@@ -109,6 +113,8 @@ impl Default for Profile {
                 source_max_mb: super::git::DEFAULT_SOURCE_MAX_MB,
                 ..Default::default()
             },
+            retries: super::Retries::default(),
+            admission_ecr: super::EcrOverride::default(),
         }
     }
 }
@@ -162,31 +168,20 @@ fn read_one(r: &mut Reader<'_>, mut section: Section) -> Profile {
     let secrets = r.strings(&mut section, "secrets");
     let env_secrets = r.strings(&mut section, "env_secrets");
     check_env_secrets(r, &section, &secrets, &env_secrets);
-    let role_arn = r.opt_string(&mut section, "role_arn");
-    if let Some(arn) = &role_arn
-        && !valid_role_arn(arn)
-    {
-        r.issue(
-            &section.key("role_arn"),
-            &format!("{arn:?} must be an IAM role ARN, arn:aws:iam::<account>:role/<name>"),
-        );
-    }
-    let artifacts_max_mb = r.int(
+    let role_arn = role_arn(r, &mut section);
+    let (artifacts_max_mb, artifacts_max_files) = read_artifacts(r, &mut section);
+    let input_buckets = r.strings(&mut section, "input_buckets");
+    let inputs_max_mb = r.int(
         &mut section,
-        "artifacts_max_mb",
+        "inputs_max_mb",
         0..=1 << 30,
-        DEFAULT_ARTIFACTS_MAX_MB,
+        DEFAULT_INPUTS_MAX_MB,
     );
-    let artifacts_max_files = r.int(
-        &mut section,
-        "artifacts_max_files",
-        0..=1_000_000,
-        DEFAULT_ARTIFACTS_MAX_FILES,
-    );
-    let (input_buckets, inputs_max_mb) = read_inputs(r, &mut section);
     let max_log_mb = r.int(&mut section, "max_log_mb", 1..=1 << 20, DEFAULT_MAX_LOG_MB);
     let (max_services, services_memory_mb, services_cpus) = read_services(r, &mut section);
     let (admission_webhook_url, admission_fail) = super::admission::read_profile(r, &mut section);
+    let retries = super::retries::read_profile(r, &mut section);
+    let admission_ecr = super::admission_ecr::read_profile(r, &mut section);
     let git = super::git::read_profile(r, &mut section);
     r.finish(section);
     Profile {
@@ -210,14 +205,40 @@ fn read_one(r: &mut Reader<'_>, mut section: Section) -> Profile {
         admission_webhook_url,
         admission_fail,
         git,
+        retries,
+        admission_ecr,
     }
 }
 
-/// `input_buckets` and `inputs_max_mb`.
-fn read_inputs(r: &mut Reader<'_>, section: &mut Section) -> (Vec<String>, u64) {
-    let input_buckets = r.strings(section, "input_buckets");
-    let inputs_max_mb = r.int(section, "inputs_max_mb", 0..=1 << 30, DEFAULT_INPUTS_MAX_MB);
-    (input_buckets, inputs_max_mb)
+/// `artifacts_max_mb` and `artifacts_max_files`.
+fn read_artifacts(r: &mut Reader<'_>, section: &mut Section) -> (u64, u64) {
+    let mb = r.int(
+        section,
+        "artifacts_max_mb",
+        0..=1 << 30,
+        DEFAULT_ARTIFACTS_MAX_MB,
+    );
+    let files = r.int(
+        section,
+        "artifacts_max_files",
+        0..=1_000_000,
+        DEFAULT_ARTIFACTS_MAX_FILES,
+    );
+    (mb, files)
+}
+
+/// `role_arn`, if it is an IAM role's.
+fn role_arn(r: &mut Reader<'_>, section: &mut Section) -> Option<String> {
+    let role_arn = r.opt_string(section, "role_arn");
+    if let Some(arn) = &role_arn
+        && !valid_role_arn(arn)
+    {
+        r.issue(
+            &section.key("role_arn"),
+            &format!("{arn:?} must be an IAM role ARN, arn:aws:iam::<account>:role/<name>"),
+        );
+    }
+    role_arn
 }
 
 /// `max_services`, `services_memory_mb` and `services_cpus`.

@@ -23,6 +23,9 @@ pub struct QueueConfig {
     /// How long a received message stays hidden; heartbeats extend it while the job runs.
     pub visibility_timeout: Duration,
     pub dead_letter_url: Option<String>,
+    /// Where a job goes after its profile's `escalate_after_interruptions`
+    /// interruptions (an on-demand pool's queue) instead of back.
+    pub escalation_url: Option<String>,
 }
 
 impl QueueConfig {
@@ -38,6 +41,7 @@ impl QueueConfig {
                 DEFAULT_VISIBILITY_TIMEOUT_SECS,
             )),
             dead_letter_url: r.opt_url(&mut section, "dead_letter_url"),
+            escalation_url: r.opt_url(&mut section, "escalation_url"),
         };
         r.finish(section);
         queue

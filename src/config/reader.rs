@@ -207,6 +207,20 @@ impl Reader<'_> {
         }
     }
 
+    /// A flag a profile may leave to the pool: `None` when not given.
+    pub(super) fn opt_bool(&mut self, section: &mut Section, key: &str) -> Option<bool> {
+        let full = section.key(key);
+        match self.take(section, key)? {
+            Value::Boolean(b) => Some(b),
+            Value::String(s) if s == "true" => Some(true),
+            Value::String(s) if s == "false" => Some(false),
+            _ => {
+                self.issue(&full, "must be true or false");
+                None
+            }
+        }
+    }
+
     pub(super) fn opt_string(&mut self, section: &mut Section, key: &str) -> Option<String> {
         let full = section.key(key);
         match self.take(section, key) {

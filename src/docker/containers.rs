@@ -44,6 +44,10 @@ pub struct ContainerSpec {
     /// `NAME:ADDRESS` lines for its /etc/hosts (a sandbox's: the containers that
     /// join its network see them too).
     pub extra_hosts: Vec<String>,
+    /// A cgroup parent of its own, whose counters outlive the container, so its
+    /// usage can be read after its exit (jobs and services; see
+    /// [`Docker::own_cgroup`]). Whoever asks removes it after the container.
+    pub own_cgroup: bool,
 }
 
 /// What every container is held to.
@@ -86,6 +90,7 @@ impl ContainerSpec {
             cap_add: Vec::new(),
             log_max_bytes: DEFAULT_LOG_MAX_BYTES,
             extra_hosts: Vec::new(),
+            own_cgroup: false,
         }
     }
 }
@@ -152,6 +157,10 @@ impl Docker {
             // Docker refuses host entries on a container that joins another's
             // network, even an empty list.
             extra_hosts: (!spec.extra_hosts.is_empty()).then(|| spec.extra_hosts.clone()),
+            cgroup_parent: spec
+                .own_cgroup
+                .then(|| self.own_cgroup(&spec.name))
+                .flatten(),
             cap_drop: Some(vec!["ALL".into()]),
             cap_add: Some(spec.cap_add.clone()),
             security_opt: Some(vec!["no-new-privileges:true".into()]),

@@ -197,7 +197,21 @@ pub fn outage_backoff() -> Backoff {
 pub struct Docker {
     client: bollard::Docker,
     socket: String,
+    /// The daemon's cgroup driver is `cgroupfs`: a container may then be given a
+    /// cgroup parent of its own (see [`cgroup_parent`]).
+    cgroupfs: bool,
 }
+
+/// Under the `cgroupfs` driver, the cgroup parent a container that asks for one
+/// gets: `/deckhand/<name>`, created by runc at the start, left by Docker when
+/// the container's own cgroup goes at its exit. Its counters then still hold
+/// everything the container used, however short it ran.
+pub fn cgroup_parent(name: &str) -> String {
+    format!("/{CGROUP_PARENT_DIR}/{name}")
+}
+
+/// The cgroup directory deckhand's per-container parents live in.
+pub const CGROUP_PARENT_DIR: &str = "deckhand";
 
 // === impl Docker ===
 
@@ -219,7 +233,21 @@ impl Docker {
         .negotiate_version()
         .await
         .map_err(connect)?;
-        Ok(Docker { client, socket })
+        // Asked once: the driver is the daemon's for its whole life.
+        let cgroupfs = client.info().await.is_ok_and(|info| {
+            info.cgroup_driver == Some(bollard::models::SystemInfoCgroupDriverEnum::CGROUPFS)
+        });
+        Ok(Docker {
+            client,
+            socket,
+            cgroupfs,
+        })
+    }
+
+    /// The cgroup parent `name` gets when it asks for one: only under the
+    /// `cgroupfs` driver (the `systemd` driver wants slices, which systemd keeps).
+    pub fn own_cgroup(&self, name: &str) -> Option<String> {
+        self.cgroupfs.then(|| cgroup_parent(name))
     }
 
     /// Whether the daemon answers.

@@ -4,7 +4,9 @@
 //! 2023, the AMI's base). The cgroup is found from `/proc/<pid>/cgroup` of the
 //! container's first process, so Docker's cgroup driver (cgroupfs or systemd)
 //! does not matter. Docker removes the cgroup when the container exits: readers
-//! sample while it runs and keep the last sample.
+//! sample while it runs and keep the last sample. Under the cgroupfs driver a
+//! container may have a parent of its own ([`Cgroup::at`]), whose counters hold
+//! everything it used once it has exited, however short it ran.
 
 use std::path::{Path, PathBuf};
 
@@ -45,6 +47,37 @@ pub struct Sample {
 }
 
 impl Cgroup {
+    /// The cgroup at `path` (as a cgroup parent names it, `/deckhand/<name>`) in
+    /// this host's hierarchies; `None` when they have neither layout.
+    pub fn at(path: &str) -> Option<Cgroup> {
+        Cgroup::at_under(Path::new(ROOT), path)
+    }
+
+    fn at_under(root: &Path, path: &str) -> Option<Cgroup> {
+        let relative = path.trim_start_matches('/');
+        if root.join("cgroup.controllers").exists() {
+            return Some(Cgroup {
+                layout: Layout::V2 {
+                    dir: root.join(relative),
+                },
+            });
+        }
+        // v1: `cpuacct` is the mount or a link to `cpu,cpuacct`.
+        let (cpu, memory) = (root.join("cpuacct"), root.join("memory"));
+        (cpu.exists() && memory.exists()).then(|| Cgroup {
+            layout: Layout::V1 {
+                cpu: cpu.join(relative),
+                memory: memory.join(relative),
+            },
+        })
+    }
+
+    /// Removes the (empty) cgroup at `path` from every hierarchy it is in: under
+    /// v1 runc made it in each controller's. One that is not there is no error.
+    pub fn remove(path: &str) -> std::io::Result<()> {
+        remove_under(Path::new(ROOT), path)
+    }
+
     /// The cgroup of process `pid`, as the host sees it.
     pub fn of_process(pid: u32) -> Option<Cgroup> {
         let membership = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
@@ -130,6 +163,27 @@ impl Sample {
             ..self
         }
     }
+}
+
+fn remove_under(root: &Path, path: &str) -> std::io::Result<()> {
+    let relative = path.trim_start_matches('/');
+    let mut dirs = vec![root.join(relative)];
+    if !root.join("cgroup.controllers").exists() {
+        for entry in std::fs::read_dir(root)? {
+            let entry = entry?;
+            // Links (`cpu` -> `cpu,cpuacct`) name a hierarchy twice.
+            if entry.file_type()?.is_dir() {
+                dirs.push(entry.path().join(relative));
+            }
+        }
+    }
+    for dir in dirs {
+        match std::fs::remove_dir(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn read_u64(path: &Path) -> Option<u64> {
@@ -281,5 +335,46 @@ mod tests {
                 "{sample:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_parent_is_found_in_either_layout_and_removed_from_every_hierarchy() {
+        let v1 = tempfile::tempdir().unwrap();
+        let root = v1.path();
+        for hierarchy in ["cpu,cpuacct", "memory", "pids"] {
+            std::fs::create_dir_all(root.join(hierarchy).join("deckhand/job-1")).unwrap();
+        }
+        std::os::unix::fs::symlink("cpu,cpuacct", root.join("cpuacct")).unwrap();
+        let parent = Cgroup::at_under(root, "/deckhand/job-1").unwrap();
+        assert_eq!(
+            parent.layout,
+            Layout::V1 {
+                cpu: root.join("cpuacct/deckhand/job-1"),
+                memory: root.join("memory/deckhand/job-1"),
+            }
+        );
+        remove_under(root, "/deckhand/job-1").unwrap();
+        for hierarchy in ["cpu,cpuacct", "memory", "pids"] {
+            assert!(!root.join(hierarchy).join("deckhand/job-1").exists());
+            assert!(root.join(hierarchy).join("deckhand").exists());
+        }
+        // Gone already: no error.
+        remove_under(root, "/deckhand/job-1").unwrap();
+
+        let v2 = tempfile::tempdir().unwrap();
+        let root = v2.path();
+        write(root, &[("cgroup.controllers", "cpu memory pids")]);
+        std::fs::create_dir_all(root.join("deckhand/job-2")).unwrap();
+        let parent = Cgroup::at_under(root, "/deckhand/job-2").unwrap();
+        assert_eq!(
+            parent.layout,
+            Layout::V2 {
+                dir: root.join("deckhand/job-2")
+            }
+        );
+        remove_under(root, "/deckhand/job-2").unwrap();
+        assert!(!root.join("deckhand/job-2").exists());
+        // Neither layout: nothing to read.
+        assert!(Cgroup::at_under(tempfile::tempdir().unwrap().path(), "/x").is_none());
     }
 }

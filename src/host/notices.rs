@@ -105,6 +105,14 @@ async fn poll_once(
             RebalancePolicy::StopIntake | RebalancePolicy::Drain => {
                 stop.begin(StopReason::Rebalance { policy });
             }
+            RebalancePolicy::AdmitIfFits => {
+                let horizon = config.drain.rebalance_horizon;
+                tracing::info!(
+                    horizon_secs = horizon.as_secs(),
+                    "Taking only jobs expected to end within the horizon; draining at it."
+                );
+                stop.admit_until(tokio::time::Instant::now() + horizon);
+            }
         }
     }
     if !seen.terminated && imds.lifecycle_state().await?.as_deref() == Some("Terminated") {

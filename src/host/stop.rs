@@ -63,6 +63,9 @@ pub struct Stop {
     reason: Arc<OnceLock<StopReason>>,
     /// The latest spot interruption notice.
     spot: Arc<watch::Sender<Option<SpotNotice>>>,
+    /// Under `drain.on_rebalance = "admit-if-fits"`, after a rebalance
+    /// recommendation: jobs are taken only if expected to end by then.
+    horizon: Arc<watch::Sender<Option<tokio::time::Instant>>>,
 }
 
 impl Default for Stop {
@@ -72,6 +75,7 @@ impl Default for Stop {
             forced: CancellationToken::new(),
             reason: Arc::default(),
             spot: Arc::new(watch::channel(None).0),
+            horizon: Arc::new(watch::channel(None).0),
         }
     }
 }
@@ -104,6 +108,23 @@ impl Stop {
     /// Watches the latest spot notice.
     pub fn spot_notices(&self) -> watch::Receiver<Option<SpotNotice>> {
         self.spot.subscribe()
+    }
+
+    /// Takes only jobs expected to end by `at` from now on (a rebalance
+    /// recommendation under `admit-if-fits`); the earliest horizon stands.
+    pub fn admit_until(&self, at: tokio::time::Instant) {
+        self.horizon.send_if_modified(|horizon| match horizon {
+            Some(earlier) if *earlier <= at => false,
+            _ => {
+                *horizon = Some(at);
+                true
+            }
+        });
+    }
+
+    /// The time by which a job taken now must be expected to end, if any.
+    pub fn horizon(&self) -> Option<tokio::time::Instant> {
+        *self.horizon.borrow()
     }
 
     /// Stops running jobs without waiting for them any longer.

@@ -1,15 +1,18 @@
 //! Admission: before any container of a job is created, each image it runs
 //! (the job's and every service's, pulled, so their digests are known) is put to
-//! the pool's webhook, which answers whether it may run. A denial ends the job
-//! `rejected`; a webhook that fails ends the attempt `error` or, with
-//! `fail = "open"`, lets it run unchecked.
+//! ECR's scan findings (`ecr.rs`, for images in ECR) and then to the pool's
+//! webhook, which answers whether it may run; both must allow it. A denial ends
+//! the job `rejected`; a webhook (or ECR) that fails ends the attempt `error` or,
+//! with `fail = "open"`, lets it run unchecked.
 //!
 //! The answer is someone else's to shape, so the exchange is bounded: no
 //! redirect is followed, the whole of it keeps `admission.timeout_ms`, and no
 //! more than [`MAX_ANSWER_BYTES`] of the body is read.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+mod cache;
+mod ecr;
+
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -17,13 +20,14 @@ use tokio::time::Instant;
 
 use crate::config::{AdmissionConfig, AdmissionFail, AdmissionRule, Config};
 use crate::host::secrets::Secrets;
+use crate::image::ImageRef;
 use crate::job::spec::MAX_REASON_BYTES;
+use cache::Decisions;
+pub use ecr::{EcrFailure, EcrScans};
 
 /// The most of the webhook's answer read: `{"allowed": …, "reason": …}` fits in
 /// far less, and a reason is cut to 1 KiB anyway.
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
-/// Decisions kept at most: past it, expired ones go, then new ones are not kept.
-const CACHE_ENTRIES: usize = 4096;
 
 /// What the webhook is asked about one image.
 #[derive(Debug, Serialize)]
@@ -74,11 +78,16 @@ impl Decision {
     }
 }
 
+/// Who decided: the webhook or ECR's findings, or a decision of either reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum By {
     Webhook,
+    /// The webhook's decision, from the cache.
     Cache,
+    Ecr,
+    /// ECR's decision, from the cache.
+    EcrCache,
 }
 
 impl By {
@@ -86,6 +95,8 @@ impl By {
         match self {
             By::Webhook => "webhook",
             By::Cache => "cache",
+            By::Ecr => "ecr",
+            By::EcrCache => "ecr_cache",
         }
     }
 }
@@ -100,6 +111,27 @@ pub struct Checked {
     pub reason: Option<String>,
     /// Time spent on it; 0 from the cache.
     pub ms: u64,
+    /// The checks that let the image through before this one (ECR's, when the
+    /// webhook was asked after it), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub before: Vec<Checked>,
+}
+
+impl Checked {
+    /// This check and those before it.
+    pub fn all(&self) -> impl Iterator<Item = &Checked> {
+        self.before.iter().chain(std::iter::once(self))
+    }
+
+    /// Applies `change` to this check's reason and to those before it.
+    pub fn each_reason(&mut self, change: &mut impl FnMut(&mut String)) {
+        for earlier in &mut self.before {
+            earlier.each_reason(change);
+        }
+        if let Some(reason) = &mut self.reason {
+            change(reason);
+        }
+    }
 }
 
 /// The result's `admission`: the job image's check, and each service's by name.
@@ -109,6 +141,14 @@ pub struct Admitted {
     pub job: Checked,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub services: BTreeMap<String, Checked>,
+}
+
+impl Admitted {
+    /// Every check of every image: the job's, then each service's.
+    pub fn checks(&self) -> impl Iterator<Item = &Checked> {
+        let images = std::iter::once(&self.job).chain(self.services.values());
+        images.flat_map(Checked::all)
+    }
 }
 
 /// Why the webhook gave no decision.
@@ -141,12 +181,21 @@ pub enum AdmissionError {
     /// The webhook failed and `fail = "closed"`: the host's trouble, retried.
     #[error("admission: the webhook failed (admission.fail = \"closed\"): {0}")]
     Failed(#[source] WebhookError),
+    /// ECR's findings (or its lack of a scan) said no.
+    #[error("admission: ecr: {0}")]
+    EcrDenied(String),
+    /// ECR gave no answer and `fail = "closed"`.
+    #[error("admission: ECR failed (admission.fail = \"closed\"): {0}")]
+    EcrFailed(#[source] EcrFailure),
 }
 
 impl AdmissionError {
     /// Whether the job itself is refused (`rejected`), not the attempt.
     pub fn is_denial(&self) -> bool {
-        matches!(self, AdmissionError::Denied(_))
+        matches!(
+            self,
+            AdmissionError::Denied(_) | AdmissionError::EcrDenied(_)
+        )
     }
 }
 
@@ -163,31 +212,37 @@ pub struct MissingToken {
     pub name: String,
 }
 
-/// (digest, profile): a decision is the image's, as the profile's webhook saw it.
-type CacheKey = (String, String);
-/// When it expires, whether allowed, the webhook's reason.
-type Cached = (Instant, bool, Option<String>);
-
-/// The pool's webhook client and its cache of decisions; shared by every job.
+/// The pool's webhook client, its ECR client, and their caches of decisions;
+/// shared by every job.
 pub struct Admission {
     client: reqwest::Client,
     timeout: Duration,
-    cache_for: Duration,
     token: Option<String>,
-    cache: Mutex<HashMap<CacheKey, Cached>>,
+    decisions: Decisions,
+    /// When any profile's jobs go through ECR's check.
+    ecr: Option<EcrScans>,
 }
 
 impl Admission {
-    /// The pool's admission, when it or any profile names a webhook; the token
-    /// from `secrets`.
-    pub fn for_pool(config: &Config, secrets: &Secrets) -> Result<Option<Admission>, MissingToken> {
-        let any = config.admission.webhook_url.is_some()
+    /// The pool's admission, when it or any profile names a webhook or ECR's
+    /// check; the token from `secrets`, ECR's client from `sdk` (asked for only
+    /// then).
+    pub async fn for_pool<F>(
+        config: &Config,
+        secrets: &Secrets,
+        sdk: impl FnOnce() -> F,
+    ) -> Result<Option<Admission>, MissingToken>
+    where
+        F: Future<Output = aws_config::SdkConfig>,
+    {
+        let webhook = config.admission.webhook_url.is_some()
             || config.profiles.values().any(|p| {
                 p.admission_webhook_url
                     .as_ref()
                     .is_some_and(|u| !u.is_empty())
             });
-        if !any {
+        let ecr = config.admission_uses_ecr();
+        if !webhook && !ecr {
             return Ok(None);
         }
         let token = match &config.admission.token_secret {
@@ -197,10 +252,17 @@ impl Admission {
             },
             None => None,
         };
-        Ok(Some(Admission::new(&config.admission, token)))
+        let mut admission = Admission::new(&config.admission, token);
+        if ecr {
+            let client = crate::aws::ecr_client(&sdk().await);
+            admission.ecr = Some(EcrScans::new(client, &config.admission));
+        }
+        Ok(Some(admission))
     }
 
-    pub fn new(config: &AdmissionConfig, token: Option<String>) -> Admission {
+    /// The webhook's side only: [`Admission::for_pool`] adds ECR's client
+    /// wherever a profile names ECR's check, which `admit` relies on.
+    fn new(config: &AdmissionConfig, token: Option<String>) -> Admission {
         Admission {
             client: reqwest::Client::builder()
                 // A redirect would take the question, and the token, elsewhere.
@@ -208,25 +270,55 @@ impl Admission {
                 .build()
                 .expect("a reqwest client with rustls builds"),
             timeout: config.timeout,
-            cache_for: config.cache,
             token,
-            cache: Mutex::default(),
+            decisions: Decisions::new(config.cache),
+            ecr: None,
         }
     }
 
-    /// Asks about one image, from the cache when a decision for its digest and
-    /// profile is fresh.
-    pub async fn check(&self, rule: AdmissionRule<'_>, ask: &Ask<'_>) -> Verdict {
-        let key = (ask.digest.to_owned(), ask.profile.to_owned());
-        if let Some((allowed, reason)) = self.cached(&key) {
+    /// Puts one image to every check its profile's `rule` names: ECR's findings
+    /// first (the registry's own record of the image; a denial there spares the
+    /// webhook the question), then the webhook. Both must allow it; the first
+    /// refusal ends it. The record is the last check made, with those that
+    /// allowed it before. `registry_digest`: the digest the registry gave, if
+    /// it gave one (ECR knows the image by it).
+    pub async fn admit(
+        &self,
+        rule: AdmissionRule<'_>,
+        ask: &Ask<'_>,
+        image: &ImageRef,
+        registry_digest: Option<&str>,
+    ) -> Verdict {
+        let mut before = Vec::new();
+        if let (Some(ecr_rule), Some(ecr)) = (rule.ecr, &self.ecr) {
+            let verdict = ecr
+                .check(ecr_rule, rule.fail, ask, image, registry_digest)
+                .await;
+            if verdict.refusal.is_some() || rule.webhook_url.is_none() {
+                return verdict;
+            }
+            before.push(verdict.checked);
+        }
+        let Some(url) = rule.webhook_url else {
+            unreachable!("a rule names ECR's check or a webhook, and ECR's is built when named")
+        };
+        let mut verdict = self.check(url, rule.fail, ask).await;
+        verdict.checked.before = before;
+        verdict
+    }
+
+    /// Asks the webhook at `url` about one image, from the cache when a
+    /// decision for its digest and profile is fresh.
+    pub async fn check(&self, url: &str, fail: AdmissionFail, ask: &Ask<'_>) -> Verdict {
+        if let Some((allowed, reason)) = self.decisions.get(ask.digest, ask.profile) {
             return verdict(allowed, By::Cache, reason, 0, ask);
         }
         let started = Instant::now();
-        let asked = tokio::time::timeout(self.timeout, self.ask(rule.webhook_url, ask))
+        let asked = tokio::time::timeout(self.timeout, self.ask(url, ask))
             .await
             .unwrap_or_else(|_| {
                 Err(WebhookError::Timeout {
-                    url: rule.webhook_url.to_owned(),
+                    url: url.to_owned(),
                     ms: self.timeout.as_millis(),
                 })
             });
@@ -237,10 +329,12 @@ impl Admission {
                     .reason
                     .filter(|r| !r.is_empty())
                     .map(|r| crate::rules::bounded_text(&r, MAX_REASON_BYTES));
-                self.remember(key, answer.allowed, reason.clone());
-                verdict(answer.allowed, By::Webhook, reason, ms, ask)
+                let allowed = answer.allowed;
+                self.decisions
+                    .put(ask.digest, ask.profile, allowed, reason.clone());
+                verdict(allowed, By::Webhook, reason, ms, ask)
             }
-            Err(error) => failed(rule.fail, error, ms),
+            Err(error) => failed(fail, AdmissionError::Failed(error), ms),
         }
     }
 
@@ -290,30 +384,6 @@ impl Admission {
             source,
         })
     }
-
-    fn cached(&self, key: &CacheKey) -> Option<(bool, Option<String>)> {
-        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        match cache.get(key) {
-            Some((expires, allowed, reason)) if Instant::now() < *expires => {
-                Some((*allowed, reason.clone()))
-            }
-            _ => None,
-        }
-    }
-
-    fn remember(&self, key: CacheKey, allowed: bool, reason: Option<String>) {
-        if self.cache_for.is_zero() {
-            return;
-        }
-        let now = Instant::now();
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.len() >= CACHE_ENTRIES {
-            cache.retain(|_, (expires, ..)| now < *expires);
-        }
-        if cache.len() < CACHE_ENTRIES {
-            cache.insert(key, (now + self.cache_for, allowed, reason));
-        }
-    }
 }
 
 /// `error` and each of its sources, without the URL reqwest repeats: its own
@@ -330,12 +400,19 @@ fn causes(error: reqwest::Error) -> String {
     text
 }
 
-/// The webhook's decision on `ask`, logged.
-fn verdict(allowed: bool, by: By, reason: Option<String>, ms: u64, ask: &Ask<'_>) -> Verdict {
+/// The decision of the webhook or of ECR's findings (`by`) on `ask`, logged.
+pub(super) fn verdict(
+    allowed: bool,
+    by: By,
+    reason: Option<String>,
+    ms: u64,
+    ask: &Ask<'_>,
+) -> Verdict {
     let kind = match ask.kind {
         Kind::Job => "job",
         Kind::Service => "service",
     };
+    let ecr = matches!(by, By::Ecr | By::EcrCache);
     let (decision, refusal) = if allowed {
         tracing::info!(
             kind,
@@ -343,24 +420,41 @@ fn verdict(allowed: bool, by: By, reason: Option<String>, ms: u64, ask: &Ask<'_>
             digest = ask.digest,
             by = by.as_str(),
             ms,
+            reason,
             "Image admitted."
         );
         (Decision::Allowed, None)
     } else {
-        tracing::warn!(
-            kind,
-            service = ask.name,
-            digest = ask.digest,
-            by = by.as_str(),
-            reason,
-            "Admission webhook denied the image."
-        );
+        let (service, digest, by) = (ask.name, ask.digest, by.as_str());
+        if ecr {
+            tracing::warn!(
+                kind,
+                service,
+                digest,
+                by,
+                reason,
+                "ECR's scan denied the image."
+            );
+        } else {
+            tracing::warn!(
+                kind,
+                service,
+                digest,
+                by,
+                reason,
+                "Admission webhook denied the image."
+            );
+        }
         let why = reason.as_deref().unwrap_or("denied (no reason given)");
         let why = match ask.name {
             Some(name) => format!("service {name}: {why}"),
             None => why.to_owned(),
         };
-        (Decision::Denied, Some(AdmissionError::Denied(why)))
+        let refusal = match ecr {
+            true => AdmissionError::EcrDenied(why),
+            false => AdmissionError::Denied(why),
+        };
+        (Decision::Denied, Some(refusal))
     };
     Verdict {
         checked: Checked {
@@ -368,91 +462,67 @@ fn verdict(allowed: bool, by: By, reason: Option<String>, ms: u64, ask: &Ask<'_>
             by,
             reason,
             ms,
+            before: Vec::new(),
         },
         refusal,
     }
 }
 
-/// The webhook failed: the attempt ends, or with `fail = "open"` the image runs.
-fn failed(fail: AdmissionFail, error: WebhookError, ms: u64) -> Verdict {
-    let reason = Some(crate::rules::bounded_text(
-        &error.to_string(),
-        MAX_REASON_BYTES,
-    ));
+/// The webhook or ECR (`refusal` says which) failed: the attempt ends, or with
+/// `fail = "open"` the image runs.
+pub(super) fn failed(fail: AdmissionFail, refusal: AdmissionError, ms: u64) -> Verdict {
+    let (by, error): (By, &dyn std::error::Error) = match &refusal {
+        AdmissionError::Failed(error) => (By::Webhook, error),
+        AdmissionError::EcrFailed(error) => (By::Ecr, error),
+        AdmissionError::Denied(_) | AdmissionError::EcrDenied(_) => {
+            unreachable!("a denial is not a failure")
+        }
+    };
+    let text = error.to_string();
     let checked = Checked {
         decision: Decision::Unchecked,
-        by: By::Webhook,
-        reason,
+        by,
+        reason: Some(crate::rules::bounded_text(&text, MAX_REASON_BYTES)),
         ms,
+        before: Vec::new(),
     };
-    match fail {
-        AdmissionFail::Open => {
-            tracing::warn!(%error, "Admission webhook failed; running the job unchecked.");
-            Verdict {
-                checked,
-                refusal: None,
-            }
+    let error = crate::rules::bounded_text(&text, MAX_REASON_BYTES);
+    let refusal = match (fail, by) {
+        (AdmissionFail::Open, By::Ecr) => {
+            tracing::warn!(
+                error,
+                "ECR's scan findings could not be read; running the job unchecked."
+            );
+            None
         }
-        AdmissionFail::Closed => {
-            tracing::warn!(%error, "Admission webhook failed; not running the job (admission.fail = \"closed\").");
-            Verdict {
-                checked,
-                refusal: Some(AdmissionError::Failed(error)),
-            }
+        (AdmissionFail::Open, _) => {
+            tracing::warn!(
+                error,
+                "Admission webhook failed; running the job unchecked."
+            );
+            None
         }
-    }
+        (AdmissionFail::Closed, By::Ecr) => {
+            tracing::warn!(
+                error,
+                "ECR's scan findings could not be read; not running the job (admission.fail = \"closed\")."
+            );
+            Some(refusal)
+        }
+        (AdmissionFail::Closed, _) => {
+            tracing::warn!(
+                error,
+                "Admission webhook failed; not running the job (admission.fail = \"closed\")."
+            );
+            Some(refusal)
+        }
+    };
+    Verdict { checked, refusal }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn key(digest: &str) -> CacheKey {
-        (digest.to_owned(), "default".to_owned())
-    }
-
-    fn with_cache(secs: u64) -> Admission {
-        let config = AdmissionConfig {
-            cache: Duration::from_secs(secs),
-            ..AdmissionConfig::default()
-        };
-        Admission::new(&config, None)
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_decision_is_kept_for_cache_secs_then_asked_again() {
-        let admission = with_cache(300);
-        admission.remember(key("sha256:a"), false, Some("critical".into()));
-        let kept = Some((false, Some("critical".to_owned())));
-        assert_eq!(admission.cached(&key("sha256:a")), kept);
-        assert_eq!(admission.cached(&key("sha256:b")), None);
-        tokio::time::advance(Duration::from_secs(299)).await;
-        assert!(admission.cached(&key("sha256:a")).is_some());
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(admission.cached(&key("sha256:a")), None);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn no_cache_keeps_nothing_and_a_full_one_makes_room_only_from_the_expired() {
-        let none = with_cache(0);
-        none.remember(key("sha256:a"), true, None);
-        assert_eq!(none.cached(&key("sha256:a")), None);
-        let admission = with_cache(60);
-        for i in 0..CACHE_ENTRIES {
-            admission.remember(key(&format!("sha256:{i}")), true, None);
-        }
-        admission.remember(key("sha256:over"), true, None);
-        assert_eq!(
-            admission.cached(&key("sha256:over")),
-            None,
-            "full: not kept"
-        );
-        tokio::time::advance(Duration::from_secs(61)).await;
-        admission.remember(key("sha256:later"), true, None);
-        assert!(admission.cached(&key("sha256:later")).is_some());
-        let len = admission.cache.lock().unwrap().len();
-        assert_eq!(len, 1, "the expired went to make room");
-    }
 
     #[test]
     fn the_question_is_the_documented_json() {

@@ -129,6 +129,8 @@ pub(crate) fn spec(
         labels,
         mounts: all_mounts,
         cap_add: CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
+        // Its usage is read there after its exit, however short it ran.
+        own_cgroup: true,
         // Docker's copy carries JSON around every line: room for that, and for
         // the lines past the cap printed before the job stops.
         log_max_bytes: job

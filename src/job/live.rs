@@ -45,6 +45,11 @@ impl LiveTail {
         pending.bytes.push(b'\n');
     }
 
+    /// Whether there is output not yet taken.
+    pub fn has_pending(&self) -> bool {
+        !self.lock().bytes.is_empty()
+    }
+
     /// Everything pending, as one chunk; `None` when there is nothing new.
     pub fn take(&self) -> Option<Chunk> {
         let mut pending = self.lock();

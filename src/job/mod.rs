@@ -7,6 +7,7 @@
 
 pub mod admission;
 pub mod artifacts;
+pub mod attempts;
 pub mod cancel;
 pub mod container;
 pub mod inputs;
@@ -20,6 +21,7 @@ pub mod result;
 pub mod runner;
 pub mod source;
 pub mod spec;
+pub mod status;
 pub mod sweep;
 pub mod usage;
 

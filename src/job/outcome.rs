@@ -216,6 +216,11 @@ impl Attempt<'_> {
             usage: None,
             admission: None,
             source: None,
+            // The agent, which knows the message, sets these three.
+            receive_count: 0,
+            attempts: Vec::new(),
+            budget: None,
+            requeued: None,
         }
     }
 }

@@ -3,63 +3,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::job::artifacts::{Artifact, LeftOut};
+use crate::job::attempts::Attempt;
 
-/// What became of a job; decides the fate of its SQS message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    /// Exit code 0. Message deleted.
-    Succeeded,
-    /// Non-zero exit, or killed for memory. Message deleted.
-    Failed,
-    /// Still running at `timeout_secs`. Message deleted.
-    TimedOut,
-    /// Refused before it ran (schema, policy). Message dead-lettered and deleted.
-    Rejected,
-    /// Stopped, or never started, on a cancel request (`deckhand cancel`). Message
-    /// deleted.
-    Cancelled,
-    /// The host drained before it finished. Message released for another host.
-    Interrupted,
-    /// The host could not run it (pull failed, Docker error). Message left to SQS.
-    Error,
-}
-
-impl Status {
-    pub const ALL: [Status; 7] = [
-        Status::Succeeded,
-        Status::Failed,
-        Status::TimedOut,
-        Status::Rejected,
-        Status::Cancelled,
-        Status::Interrupted,
-        Status::Error,
-    ];
-
-    /// A terminal result means the job is done for good: it is never run again.
-    pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            Status::Succeeded
-                | Status::Failed
-                | Status::TimedOut
-                | Status::Rejected
-                | Status::Cancelled
-        )
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Succeeded => "succeeded",
-            Status::Failed => "failed",
-            Status::TimedOut => "timed_out",
-            Status::Rejected => "rejected",
-            Status::Cancelled => "cancelled",
-            Status::Interrupted => "interrupted",
-            Status::Error => "error",
-        }
-    }
-}
+pub use crate::job::status::Status;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobResult {
@@ -100,6 +46,34 @@ pub struct JobResult {
     /// (an addition to v1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<crate::job::source::SourceReport>,
+    /// SQS's `ApproximateReceiveCount` of the delivery that made this result;
+    /// `attempt` is deckhand's own count, across the copies of the message.
+    /// `0` (left out): no SQS delivery (`deckhand exec`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub receive_count: u32,
+    /// Every attempt of the job that ended, oldest first, this one last; empty
+    /// for a job that never ran.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<Attempt>,
+    /// The budget whose end ended the job: `interruptions` or `host_errors`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<String>,
+    /// This attempt did not end the job: where its message went, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requeued: Option<Requeued>,
+}
+
+/// Where an attempt that did not end its job sent the job's next copy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Requeued {
+    /// The queue's URL: the job queue, or `queue.escalation_url`.
+    pub queue: String,
+    /// `interruption`, `host_error` or `retry`.
+    pub cause: String,
+    /// Sent to the escalation queue (`escalate_after_interruptions`).
+    pub escalated: bool,
+    /// Receivable after this long.
+    pub delay_secs: u64,
 }
 
 /// What a job's containers used, read from their cgroups while they ran.
@@ -168,6 +142,11 @@ impl From<crate::host::cgroups::Sample> for ContainerUsage {
 }
 
 impl JobResult {
+    /// Whether this result ends the job: terminal, and no retry follows.
+    pub fn is_final(&self) -> bool {
+        self.status.is_terminal() && self.requeued.is_none()
+    }
+
     /// The record of a job refused before it ran.
     pub fn rejected(id: String, reason: String, attempt: u32, instance_id: &str) -> JobResult {
         JobResult::never_ran(Status::Rejected, id, reason, attempt, instance_id)
@@ -176,6 +155,31 @@ impl JobResult {
     /// The record of a job cancelled before it started.
     pub fn cancelled(id: String, reason: String, attempt: u32, instance_id: &str) -> JobResult {
         JobResult::never_ran(Status::Cancelled, id, reason, attempt, instance_id)
+    }
+
+    /// The record of a job a budget ended before this attempt ran: `failed`,
+    /// naming the budget.
+    pub fn spent(
+        id: String,
+        reason: String,
+        budget: &str,
+        attempt: u32,
+        instance_id: &str,
+    ) -> JobResult {
+        let mut result = JobResult::never_ran(Status::Failed, id, reason, attempt, instance_id);
+        result.budget = Some(budget.to_owned());
+        result
+    }
+
+    /// Bounds and escapes the reason, whoever wrote it (idempotent): every
+    /// reason reaches S3, the results queue and the webhook so.
+    pub fn bound_reason(&mut self) {
+        if let Some(reason) = &self.reason {
+            self.reason = Some(crate::rules::bounded_text(
+                reason,
+                crate::job::spec::MAX_REASON_BYTES,
+            ));
+        }
     }
 
     fn never_ran(
@@ -206,32 +210,18 @@ impl JobResult {
             usage: None,
             admission: None,
             source: None,
+            receive_count: attempt,
+            attempts: Vec::new(),
+            budget: None,
+            requeued: None,
         }
     }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub use crate::rules::timestamp;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn status_wire_names() {
-        for status in Status::ALL {
-            let json = serde_json::to_string(&status).unwrap();
-            assert_eq!(json, format!("\"{}\"", status.as_str()));
-        }
-    }
-
-    #[test]
-    fn only_finished_outcomes_are_terminal() {
-        assert!(Status::Succeeded.is_terminal());
-        assert!(Status::Rejected.is_terminal());
-        assert!(Status::Cancelled.is_terminal());
-        assert!(!Status::Interrupted.is_terminal());
-        assert!(!Status::Error.is_terminal());
-    }
-}

@@ -326,7 +326,8 @@ impl Runner {
             ended
         };
         let live = controls.usage.clone().unwrap_or_default();
-        let meter = usage::meter(docker, &names.container, &exited, &live);
+        let limit = job.resources.memory_mb.saturating_mul(1024 * 1024);
+        let meter = usage::meter(docker, &names.container, &exited, &live, Some(limit));
         let ((), ended, used) = tokio::join!(pump, supervise, meter);
         ran.usage = used;
         let since = started.started_at.timestamp() - 1;
@@ -534,6 +535,7 @@ impl Runner {
                     self.docker.remove_container(container)
                 })
                 .await;
+            usage::release_cgroup(&self.docker, container);
             if container != &names.container {
                 self.sweeper.release(container);
             }

@@ -16,6 +16,8 @@ use crate::job::source::{Source, SourceSpec};
 use crate::rules::{
     check_container_path, is_under, reserved_env_prefix, truncate, valid_env_name, valid_id,
 };
+use limits::{ResourceCaps, check_limits};
+pub use retry::RetrySpec;
 pub use services::{Ready, Service, ServiceSpec};
 
 /// The longest environment variable name a job may set.
@@ -63,6 +65,13 @@ pub struct JobSpec {
     /// A git commit checked out into the workspace before the container starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<SourceSpec>,
+    /// Exit codes that mean "try again", and how often.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetrySpec>,
+    /// How long the job is expected to take: after a rebalance recommendation,
+    /// `admit-if-fits` takes it only if it would end before the horizon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -101,6 +110,10 @@ pub struct Job {
     pub services: Vec<Service>,
     /// The commit checked out into its workspace, before its inputs.
     pub source: Option<Source>,
+    /// Its exit codes that mean "try again" (`max` already capped).
+    pub retry: Option<RetrySpec>,
+    /// `expected_secs`.
+    pub expected: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -231,6 +244,8 @@ impl JobSpec {
         };
         self.check_secrets(&named, &mut problems);
         let timeout = self.timeout(&named, &mut problems);
+        let retry = self.retry(&named, &mut problems);
+        let expected = self.expected(timeout, &mut problems);
         let resources = self.resources(&named, &mut problems);
         let workdir = self.workdir(config, &mut problems);
         let artifacts = self.artifacts(&mut problems);
@@ -261,6 +276,8 @@ impl JobSpec {
                 max_log_bytes: profile.max_log_mb.saturating_mul(1_000_000),
                 services,
                 source,
+                retry,
+                expected,
             }),
             _ => Err(problems.0),
         }
@@ -429,85 +446,6 @@ fn check_env_map(env: &BTreeMap<String, String>, prefix: &str, problems: &mut Pr
     }
 }
 
-/// A profile's most memory, CPUs and processes for a container, and the keys
-/// that set each, for a problem to name.
-struct ResourceCaps {
-    limits: Resources,
-    keys: [&'static str; 3],
-}
-
-impl ResourceCaps {
-    /// The job's own container: the profile's `memory_mb`, `cpus` and `pids`,
-    /// each called its `cap` in a problem.
-    fn job(profile: &crate::config::Profile) -> ResourceCaps {
-        ResourceCaps {
-            limits: Resources {
-                memory_mb: profile.memory_mb,
-                cpus: profile.cpus,
-                pids: profile.pids,
-            },
-            keys: ["cap", "cap", "cap"],
-        }
-    }
-
-    /// Each of a job's services: `services_memory_mb`, `services_cpus`, and
-    /// the job's `pids`.
-    fn service(profile: &crate::config::Profile) -> ResourceCaps {
-        ResourceCaps {
-            limits: Resources {
-                memory_mb: profile.services_memory_mb,
-                cpus: profile.services_cpus,
-                pids: profile.pids,
-            },
-            keys: ["services_memory_mb", "services_cpus", "cap"],
-        }
-    }
-}
-
-/// Memory, CPUs and processes: what was asked, the caps for what it leaves out.
-/// Each has a floor of its own (Docker's) and its cap, which a problem calls by
-/// its key; only one problem per field. `prefix` is where the fields sit
-/// (`resources`, `services[0].resources`).
-fn check_limits(
-    asked: Option<&ResourcesSpec>,
-    caps: &ResourceCaps,
-    prefix: &str,
-    named: &NamedProfile<'_>,
-    problems: &mut Problems,
-) -> Resources {
-    let ResourceCaps { limits: caps, keys } = caps;
-    let asked = asked.cloned().unwrap_or_default();
-    let resources = Resources {
-        memory_mb: asked.memory_mb.unwrap_or(caps.memory_mb),
-        cpus: asked.cpus.unwrap_or(caps.cpus),
-        pids: asked.pids.unwrap_or(caps.pids),
-    };
-    let (memory_mb, cpus, pids) = (resources.memory_mb, resources.cpus, resources.pids);
-    let mut limit = |field: &str, below_floor: Option<String>, above_cap: Option<String>| {
-        if let Some(rule) = below_floor.or(above_cap) {
-            problems.push(&format!("{prefix}.{field}"), rule);
-        }
-    };
-    limit(
-        "memory_mb",
-        (memory_mb < 6).then(|| format!("{memory_mb} is below Docker's minimum of 6")),
-        (memory_mb > caps.memory_mb).then(|| named.above(memory_mb, keys[0], caps.memory_mb)),
-    );
-    limit(
-        "cpus",
-        // Docker turns less than a hundredth of a CPU into NanoCpus 0: no limit.
-        (!(cpus >= MIN_CPUS && cpus.is_finite()))
-            .then(|| format!("{cpus} is below Docker's minimum of {MIN_CPUS}")),
-        (cpus > caps.cpus).then(|| named.above(cpus, keys[1], caps.cpus)),
-    );
-    limit(
-        "pids",
-        (pids == 0).then(|| "must be at least 1".to_owned()),
-        (pids > caps.pids).then(|| named.above(pids, keys[2], caps.pids)),
-    );
-    resources
-}
-
 /// The profile the job runs under, or a problem listing the pool's profiles.
 fn check_profile<'a>(
     config: &'a Config,
@@ -563,6 +501,8 @@ impl NamedProfile<'_> {
 }
 
 mod bundle;
+mod limits;
+mod retry;
 mod services;
 mod strict;
 mod workspace;

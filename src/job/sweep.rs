@@ -154,6 +154,7 @@ impl Sweeper {
 
     async fn remove(&self, container: &ManagedContainer) -> Result<(), docker::DockerError> {
         self.docker.remove_container(&container.name).await?;
+        crate::job::usage::release_cgroup(&self.docker, &container.name);
         match container.labels.get(docker::LABEL_WORKSPACE) {
             Some(volume) => self.docker.remove_volume(volume).await,
             None => Ok(()),

@@ -3,6 +3,10 @@
 //! (`x-amz-meta-offset`). Followers read them in order by number (no listing,
 //! so no `s3:ListBucket`), and read the rest from `log.txt` once it lands; the
 //! agent deletes the chunks then.
+//!
+//! Chunks go up only while someone follows: a follower keeps `live/follow.json`
+//! fresh (`{"until": <Unix seconds>}`), and the agent, before an upload, reads it
+//! (a GET costs a twelfth of a PUT) unless the mark it saw last is still fresh.
 
 use aws_sdk_s3::primitives::ByteStream;
 use futures_util::StreamExt;
@@ -16,6 +20,14 @@ const OFFSET: &str = "offset";
 const MAX_CHUNK_READ_BYTES: u64 = 16 << 20;
 /// Deletes in flight at once when the chunks are cleaned up.
 const DELETES_AT_ONCE: usize = 8;
+/// The most a follow mark read back may hold: the follower writes a few bytes.
+const MAX_MARK_BYTES: u64 = 1024;
+
+/// A follower's mark: it follows until `until` (Unix seconds).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct FollowMark {
+    until: i64,
+}
 
 impl ResultStore {
     fn chunk_key(&self, id: &str, attempt: u32, seq: u32) -> String {
@@ -44,6 +56,33 @@ impl ResultStore {
             .map_err(|e| self.error("put", &key, e))
     }
 
+    fn follow_key(&self, id: &str) -> String {
+        self.key(id, "live/follow.json")
+    }
+
+    /// Marks the job followed until `until` (Unix seconds).
+    pub async fn mark_followed(&self, id: &str, until: i64) -> Result<(), StoreError> {
+        let body = serde_json::to_vec(&FollowMark { until }).expect("a mark serialises");
+        self.put(&self.follow_key(id), body, "application/json", false)
+            .await
+            .map(drop)
+    }
+
+    /// Until when someone follows the job (Unix seconds); `None` when no one
+    /// marked it. A mark that is not one (over 1 KiB, not the JSON) is none:
+    /// followers write it, and a broken one must not make the agent upload.
+    pub async fn followed_until(&self, id: &str) -> Result<Option<i64>, StoreError> {
+        let key = self.follow_key(id);
+        let bytes = match self.get_bytes(&key, MAX_MARK_BYTES).await {
+            Ok(Some((bytes, _))) => bytes,
+            Ok(None) | Err(StoreError::TooLarge { .. }) => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        Ok(serde_json::from_slice::<FollowMark>(&bytes)
+            .ok()
+            .map(|mark| mark.until))
+    }
+
     /// Chunk number `seq` of `attempt`'s live log, if it is there.
     pub async fn chunk(
         &self,
@@ -67,25 +106,26 @@ impl ResultStore {
     }
 
     /// Deletes the first `count` chunks of `attempt`'s live log (and the one after,
-    /// which an upload cut short may have left). Deleting a missing key succeeds.
+    /// which an upload cut short may have left), and the follow mark: the live
+    /// view of the attempt is over. Deleting a missing key succeeds.
     pub async fn delete_chunks(
         &self,
         id: &str,
         attempt: u32,
         count: u32,
     ) -> Result<(), StoreError> {
-        let deletes = (0..=count).map(|seq| {
-            let key = self.chunk_key(id, attempt, seq);
-            async move {
-                self.s3
-                    .delete_object()
-                    .bucket(&self.bucket)
-                    .key(&key)
-                    .send()
-                    .await
-                    .map(drop)
-                    .map_err(|e| self.error("delete", &key, e))
-            }
+        let keys = (0..=count)
+            .map(|seq| self.chunk_key(id, attempt, seq))
+            .chain(std::iter::once(self.follow_key(id)));
+        let deletes = keys.map(|key| async move {
+            self.s3
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(&key)
+                .send()
+                .await
+                .map(drop)
+                .map_err(|e| self.error("delete", &key, e))
         });
         let mut deleting = futures_util::stream::iter(deletes).buffer_unordered(DELETES_AT_ONCE);
         while let Some(deleted) = deleting.next().await {

@@ -90,6 +90,20 @@ impl Aws {
         Group { name, instances }
     }
 
+    /// Whether the group holds `instance_id` protected from scale-in.
+    pub async fn protected(&self, instance_id: &str) -> bool {
+        self.autoscaling
+            .describe_auto_scaling_instances()
+            .instance_ids(instance_id)
+            .send()
+            .await
+            .unwrap()
+            .auto_scaling_instances()
+            .first()
+            .and_then(|i| i.protected_from_scale_in())
+            .unwrap_or(false)
+    }
+
     pub async fn put_hook(&self, group: &str, name: &str, transition: &str) {
         self.autoscaling
             .put_lifecycle_hook()
@@ -172,6 +186,28 @@ impl Aws {
             dlq_url,
             bucket,
         }
+    }
+
+    /// A fresh queue of its own, with no redrive; its URL.
+    pub async fn queue(&self, name: &str) -> String {
+        self.create_queue(name, HashMap::new()).await
+    }
+
+    /// Sends `body` with one string message attribute, as a producer may.
+    pub async fn send_with_attribute(&self, queue_url: &str, body: &str, name: &str, value: &str) {
+        let value = aws_sdk_sqs::types::MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(value)
+            .build()
+            .unwrap();
+        self.sqs
+            .send_message()
+            .queue_url(queue_url)
+            .message_body(body)
+            .message_attributes(name, value)
+            .send()
+            .await
+            .unwrap();
     }
 
     async fn create_queue(

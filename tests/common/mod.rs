@@ -11,10 +11,12 @@
 
 #![allow(dead_code)]
 
+pub mod admission;
 pub mod agent;
 pub mod archives;
 pub mod aws;
 pub mod boot;
+pub mod ecr;
 pub mod git;
 pub mod imds;
 pub mod keys;

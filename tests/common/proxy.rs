@@ -78,6 +78,32 @@ impl Proxy {
         (proxy, intercepted)
     }
 
+    /// Like [`Proxy::tcp`], but records each request whose head or body contains
+    /// `marker`, with when it came, and forwards it.
+    pub async fn tcp_recording(
+        upstream: &str,
+        marker: &str,
+    ) -> (Proxy, Arc<Mutex<Vec<(std::time::Instant, String)>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let marker = marker.as_bytes().to_owned();
+        let proxy = Proxy::tcp_judging(upstream, move |request| {
+            if request
+                .windows(marker.len())
+                .any(|w| w == marker.as_slice())
+            {
+                let text = String::from_utf8_lossy(request).into_owned();
+                record
+                    .lock()
+                    .unwrap()
+                    .push((std::time::Instant::now(), text));
+            }
+            Verdict::Forward
+        })
+        .await;
+        (proxy, seen)
+    }
+
     /// Answers the first `n` requests carrying `marker` with an AWS `Throttling`
     /// error (Query protocol).
     pub async fn tcp_throttling(

@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use super::*;
+use std::time::Duration;
 
 const GRACE: Duration = Duration::from_secs(10);
 
@@ -14,6 +15,7 @@ fn drain(on_spot: SpotPolicy) -> DrainConfig {
         safety_margin: Duration::from_secs(20),
         stop_timeout: Duration::from_secs(600),
         stop_grace: GRACE,
+        rebalance_horizon: Duration::from_secs(600),
     }
 }
 

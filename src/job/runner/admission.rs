@@ -1,5 +1,6 @@
 //! Admission between the pull and the first container: each image the job
-//! runs, the job's then each service's, put to the webhook its profile names.
+//! runs, the job's then each service's, put to ECR's findings and the webhook
+//! its profile names.
 
 use std::sync::Arc;
 
@@ -31,8 +32,9 @@ impl Runner {
             return Ok(());
         };
         let image = job.image.to_string();
+        let asked = ask(job, Kind::Job, None, &image, &pulled.image);
         let verdict = admission
-            .check(rule, &ask(job, Kind::Job, None, &image, &pulled.image))
+            .admit(rule, &asked, &job.image, registry_digest(&pulled.image))
             .await;
         let record = admitted.insert(Admitted {
             job: verdict.checked,
@@ -44,7 +46,9 @@ impl Runner {
         for (service, local) in job.services.iter().zip(&pulled.services) {
             let image = service.image.to_string();
             let asked = ask(job, Kind::Service, Some(&service.name), &image, local);
-            let verdict = admission.check(rule, &asked).await;
+            let verdict = admission
+                .admit(rule, &asked, &service.image, registry_digest(local))
+                .await;
             record
                 .services
                 .insert(service.name.clone(), verdict.checked);
@@ -63,9 +67,7 @@ impl Runner {
         let mut admitted = admitted?;
         let checks = std::iter::once(&mut admitted.job).chain(admitted.services.values_mut());
         for checked in checks {
-            if let Some(reason) = &mut checked.reason {
-                *reason = self.masker.mask(reason).into_owned();
-            }
+            checked.each_reason(&mut |reason| *reason = self.masker.mask(reason).into_owned());
         }
         Some(admitted)
     }
@@ -92,8 +94,10 @@ fn ask<'a>(
 /// The digest the registry gave (`repo@sha256:…`), else the content-addressed
 /// image id: either names exactly what will run.
 fn digest(local: &LocalImage) -> &str {
-    local
-        .reference
-        .split_once('@')
-        .map_or(local.id.as_str(), |(_, digest)| digest)
+    registry_digest(local).unwrap_or(local.id.as_str())
+}
+
+/// The digest the registry gave, what ECR knows the image by.
+fn registry_digest(local: &LocalImage) -> Option<&str> {
+    local.reference.split_once('@').map(|(_, digest)| digest)
 }

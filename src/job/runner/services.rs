@@ -110,8 +110,10 @@ impl Runner {
             });
             let docker = self.docker.clone();
             let name = service.name.clone();
+            let limit = service.memory_mb.saturating_mul(1024 * 1024);
             running.tasks.spawn(async move {
-                let sample = usage::meter(&docker, &container, &done, &LiveUsage::default()).await;
+                let live = LiveUsage::default();
+                let sample = usage::meter(&docker, &container, &done, &live, Some(limit)).await;
                 sample.map(|s| (name, s))
             });
         }
@@ -276,6 +278,7 @@ fn service_spec(
             .collect(),
         labels,
         cap_add: CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
+        own_cgroup: true,
         ..ContainerSpec::new(
             container.to_owned(),
             image_id,

@@ -83,6 +83,8 @@ impl ExitStatus for AgentError {
             AgentError::Secrets(e) => permanent_or_unavailable(e.is_permanent()),
             AgentError::Warm { .. } => UNAVAILABLE,
             AgentError::Cache(e) => permanent_or_unavailable(e.is_permanent()),
+            AgentError::Seed(e) => permanent_or_unavailable(e.is_permanent()),
+            AgentError::Mirrors(_) => UNAVAILABLE,
         }
     }
 }
@@ -159,7 +161,7 @@ impl ExitStatus for ExecError {
     fn exit_code(&self) -> u8 {
         match self {
             ExecError::ReadJob { .. } => NO_INPUT,
-            ExecError::Docker(_) => UNAVAILABLE,
+            ExecError::Docker(_) | ExecError::Mirrors(_) => UNAVAILABLE,
             ExecError::SecretsDir { .. } | ExecError::AdmissionToken(_) => CONFIG,
             ExecError::Secrets(e) => permanent_or_unavailable(e.is_permanent()),
         }

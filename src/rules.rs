@@ -1,6 +1,9 @@
 //! The rules the config, the job and the secrets share: what a name, a path, a
 //! registry host or an S3 location may be. This module imports nothing of the
-//! crate, so everything above may use it without an import circle.
+//! crate, so everything above may use it without an import circle. [`git`]: a
+//! remote's URL and a ref's name.
+
+pub mod git;
 
 /// Environment variables deckhand sets in a job's container itself: a job's `env`
 /// may not start with these, and no secret may be exposed under them.

@@ -28,11 +28,12 @@ from logs import LogFigures
 from notice import NoticeFigures
 from queues import QueueFigures
 from requeue import RequeueFigures
+from source import SourceFigures
 
 
 class Bench(
     ExecFigures, QueueFigures, FleetFigures, JobFigures, IdleFigures, BoxFigures, LogFigures, AwsFigures,
-    NoticeFigures, RequeueFigures, BootFigures, CacheFigures, Harness,
+    NoticeFigures, RequeueFigures, BootFigures, CacheFigures, SourceFigures, Harness,
 ):
     """Every figure, each a method named after it, over the shared harness."""
 
@@ -52,6 +53,7 @@ def arguments():
     parser.add_argument("--flood-mb", type=int, default=200)
     parser.add_argument("--box-runs", type=int, default=3)
     parser.add_argument("--fleet-jobs", type=int, default=600)
+    parser.add_argument("--source-mb", type=int, default=200)
     parser.add_argument("--keep-logs", metavar="DIR", help="copy the agents' logs and configs here")
     parser.add_argument(
         "--quiet-timeout",

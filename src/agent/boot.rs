@@ -1,6 +1,6 @@
 //! Boot: everything a host needs before its first job, in order: the instance's
-//! identity, the pool's secrets, Docker, the warm images, the disk watch and the
-//! cache volume.
+//! identity, the pool's secrets, Docker, the warm images, the disk watch, the
+//! seeded git mirrors and the cache volume.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use crate::docker::Docker;
 use crate::host::cache::Cache;
 use crate::host::disk::Disk;
 use crate::host::forwarder::Forwarder;
+use crate::host::git::Mirrors;
 use crate::host::secrets::Secrets;
 use crate::host::stop::Stop;
 use crate::host::systemd;
@@ -36,6 +37,8 @@ pub struct Booted {
     pub admission: Option<Arc<crate::job::admission::Admission>>,
     /// The log forwarder this boot configured, for the drain to wait on.
     pub forwarder: Option<Forwarder>,
+    /// The git mirrors, seeded.
+    pub git: Arc<Mirrors>,
 }
 
 /// Everything a host needs before its first job, in order: secrets, Docker, warm
@@ -55,16 +58,8 @@ pub async fn bootstrap(
         tracing::info!(secrets = secrets.len(), "Secrets loaded into memory.");
     }
     let forwarder = log_forwarder(config, &secrets);
-    let webhook = match (&config.results.webhook_url, &config.results.webhook_secret) {
-        (Some(url), Some(name)) => {
-            let key = secrets.get(name).ok_or_else(|| AgentError::MissingSecret {
-                key: "results.webhook_secret",
-                name: name.clone(),
-            })?;
-            Some((url.clone(), key.expose().to_owned()))
-        }
-        _ => None,
-    };
+    let webhook = webhook(config, &secrets)?;
+    check_git_credentials(config, &secrets)?;
     let admission =
         crate::job::admission::Admission::for_pool(config, &secrets, || async { sdk.clone() })
             .await
@@ -97,6 +92,7 @@ pub async fn bootstrap(
     } else {
         None
     };
+    let git = seed_mirrors(config, &s3).await?;
     let cache = match &config.cache.source {
         Some(source) => {
             let work_dir = &config.agent.work_dir;
@@ -117,6 +113,7 @@ pub async fn bootstrap(
         webhook,
         admission,
         forwarder,
+        git,
     }))
 }
 
@@ -140,6 +137,61 @@ fn log_forwarder(config: &Config, secrets: &Secrets) -> Option<Forwarder> {
             None
         }
     }
+}
+
+/// The host's git mirrors, each in `git.seed` made from its bundle.
+async fn seed_mirrors(
+    config: &Config,
+    s3: &aws_sdk_s3::Client,
+) -> Result<Arc<Mirrors>, AgentError> {
+    let git = Arc::new(mirrors(config).map_err(AgentError::Mirrors)?);
+    if !config.git.seed.is_empty() {
+        let seeding =
+            crate::host::git::seed_all(&git, s3, &config.git.seed, config.git.seed_max_mb);
+        phase("git seed", seeding).await?;
+    }
+    Ok(git)
+}
+
+/// The host's git mirrors, under `<work_dir>/git`.
+pub fn mirrors(config: &Config) -> Result<Mirrors, crate::host::git::GitError> {
+    Mirrors::new(
+        config.agent.work_dir.join("git"),
+        config.agent.secrets_dir.clone(),
+        config.git.fetch_timeout,
+    )
+}
+
+/// The results webhook's URL and key, if results are posted to one.
+fn webhook(config: &Config, secrets: &Secrets) -> Result<Option<(String, String)>, AgentError> {
+    Ok(
+        match (&config.results.webhook_url, &config.results.webhook_secret) {
+            (Some(url), Some(name)) => {
+                let key = secrets.get(name).ok_or_else(|| AgentError::MissingSecret {
+                    key: "results.webhook_secret",
+                    name: name.clone(),
+                })?;
+                Some((url.clone(), key.expose().to_owned()))
+            }
+            _ => None,
+        },
+    )
+}
+
+/// Every secret a profile's `git_credentials` names is in the bundle: else
+/// every fetch from that remote would fail, job after job.
+fn check_git_credentials(config: &Config, secrets: &Secrets) -> Result<(), AgentError> {
+    for profile in config.profiles.values() {
+        for name in profile.git.credentials.values() {
+            if secrets.get(name).is_none() {
+                return Err(AgentError::MissingSecret {
+                    key: "profiles.NAME.git_credentials",
+                    name: name.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Opens the pool's secret bundle, if it has one, into memory, and makes the

@@ -70,6 +70,10 @@ pub enum AgentError {
     Cache(#[from] CacheError),
     #[error("{key}: names secret {name:?}, which is not in the bundle")]
     MissingSecret { key: &'static str, name: String },
+    #[error(transparent)]
+    Seed(#[from] crate::host::git::SeedError),
+    #[error("git mirrors: {0}")]
+    Mirrors(#[source] crate::host::git::GitError),
     /// `metrics.listen` or `credentials.listen`.
     #[error(transparent)]
     Bind(#[from] crate::host::http::BindError),
@@ -229,6 +233,7 @@ impl Agent {
         .with_disk(booted.disk.clone())
         .with_credentials(broker)
         .with_inputs(Some(s3.clone()))
+        .with_git(Some(booted.git.clone()))
         .with_admission(booted.admission.clone());
         Agent {
             config: config.clone(),

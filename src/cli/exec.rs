@@ -36,6 +36,8 @@ pub enum ExecError {
     },
     #[error(transparent)]
     AdmissionToken(#[from] crate::job::admission::MissingToken),
+    #[error("git mirrors: {0}")]
+    Mirrors(#[source] crate::host::git::GitError),
 }
 
 /// What `exec` did with the job.
@@ -98,8 +100,17 @@ pub async fn exec(
     let admission = Admission::for_pool(&config, &secrets, sdk)
         .await?
         .map(Arc::new);
+    // No seed: a job run by hand fetches what it needs into the host's mirrors,
+    // which only a job with a source needs to write.
+    let mirrors = match &job.source {
+        Some(_) => Some(Arc::new(
+            crate::agent::boot::mirrors(&config).map_err(ExecError::Mirrors)?,
+        )),
+        None => None,
+    };
     let runner = Runner::new(docker, config, sweeper, &instance_id)
         .with_secrets(secrets)
+        .with_git(mirrors)
         .with_admission(admission);
     let span = tracing::info_span!("job", job_id = %job.id, attempt = 1u32);
     let preemption = Preemption::of(&stop);
@@ -126,7 +137,11 @@ async fn secrets_for(
 ) -> Result<Arc<Secrets>, ExecError> {
     let needed = !job.secrets.is_empty()
         || !config.images.registry_auth.is_empty()
-        || config.admission.token_secret.is_some();
+        || config.admission.token_secret.is_some()
+        || job
+            .source
+            .as_ref()
+            .is_some_and(|s| !s.git.credentials.is_empty());
     if config.secrets.bundle.is_none() || !needed {
         return Ok(Arc::default());
     }

@@ -96,6 +96,15 @@ fn the_reference_states_each_default_the_code_uses() {
         ("admission.cache_secs", code(DEFAULT_CACHE_SECS.to_string())),
         ("admission.fail", quoted(DEFAULT_FAIL.as_str())),
         (
+            "git.fetch_timeout_secs",
+            code(DEFAULT_FETCH_TIMEOUT_SECS.to_string()),
+        ),
+        ("git.seed_max_mb", code(DEFAULT_SEED_MAX_MB.to_string())),
+        (
+            "profiles.NAME.source_max_mb",
+            code(DEFAULT_SOURCE_MAX_MB.to_string()),
+        ),
+        (
             "admission.ecr.max_severity",
             quoted(DEFAULT_MAX_SEVERITY.as_str()),
         ),

@@ -29,6 +29,7 @@ mod disk;
 mod docker;
 mod drain;
 mod forwarder;
+mod git;
 mod images;
 mod imds;
 mod metrics;
@@ -50,6 +51,7 @@ pub use disk::DiskConfig;
 pub use docker::DockerConfig;
 pub use drain::{DrainConfig, RebalancePolicy, SpotPolicy};
 pub use forwarder::LogForwarderConfig;
+pub use git::{GitConfig, ProfileGit, Seed};
 pub use images::{ImagesConfig, WarmFailure};
 pub use imds::ImdsConfig;
 pub use metrics::MetricsConfig;
@@ -77,6 +79,7 @@ pub mod defaults {
         DEFAULT_STOP_TIMEOUT_SECS,
     };
     pub use super::forwarder::DEFAULT_MAX_DISK_MB;
+    pub use super::git::{DEFAULT_FETCH_TIMEOUT_SECS, DEFAULT_SEED_MAX_MB, DEFAULT_SOURCE_MAX_MB};
     pub use super::images::DEFAULT_PULL_TIMEOUT_SECS;
     pub use super::imds::{DEFAULT_ENDPOINT, DEFAULT_POLL_MS};
     pub use super::profiles::{
@@ -119,6 +122,7 @@ pub struct Config {
     pub disk: DiskConfig,
     pub credentials: CredentialsConfig,
     pub admission: AdmissionConfig,
+    pub git: GitConfig,
     pub autoscaling: AutoscalingConfig,
     pub log_forwarder: LogForwarderConfig,
     /// Job profiles by name; `default` always exists.
@@ -334,6 +338,7 @@ fn read(r: &mut Reader<'_>, mut root: Table) -> Config {
     let credentials = CredentialsConfig::read(r, &mut root);
     let disk = DiskConfig::read(r, &mut root);
     let admission = AdmissionConfig::read(r, &mut root, &secrets);
+    let git = GitConfig::read(r, &mut root);
     let autoscaling = AutoscalingConfig::read(r, &mut root);
     let log_forwarder = LogForwarderConfig::read(r, &mut root);
     let profiles = profiles::read(r, &mut root);
@@ -356,6 +361,7 @@ fn read(r: &mut Reader<'_>, mut root: Table) -> Config {
         disk,
         credentials,
         admission,
+        git,
         autoscaling,
         log_forwarder,
         profiles,

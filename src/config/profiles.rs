@@ -79,6 +79,8 @@ pub struct Profile {
     pub admission_webhook_url: Option<String>,
     /// Overrides `admission.fail`.
     pub admission_fail: Option<super::AdmissionFail>,
+    /// The remotes a job's `source` may come from, their credentials, its size.
+    pub git: super::ProfileGit,
     /// The budgets of a job's attempts, by cause.
     pub retries: super::Retries,
     /// Changes `[admission.ecr]`, or turns it off.
@@ -107,6 +109,10 @@ impl Default for Profile {
             services_cpus: DEFAULT_SERVICES_CPUS,
             admission_webhook_url: None,
             admission_fail: None,
+            git: super::ProfileGit {
+                source_max_mb: super::git::DEFAULT_SOURCE_MAX_MB,
+                ..Default::default()
+            },
             retries: super::Retries::default(),
             admission_ecr: super::EcrOverride::default(),
         }
@@ -176,6 +182,7 @@ fn read_one(r: &mut Reader<'_>, mut section: Section) -> Profile {
     let (admission_webhook_url, admission_fail) = super::admission::read_profile(r, &mut section);
     let retries = super::retries::read_profile(r, &mut section);
     let admission_ecr = super::admission_ecr::read_profile(r, &mut section);
+    let git = super::git::read_profile(r, &mut section);
     r.finish(section);
     Profile {
         memory_mb,
@@ -197,6 +204,7 @@ fn read_one(r: &mut Reader<'_>, mut section: Section) -> Profile {
         services_cpus,
         admission_webhook_url,
         admission_fail,
+        git,
         retries,
         admission_ecr,
     }

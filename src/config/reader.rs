@@ -363,6 +363,25 @@ impl Reader<'_> {
         }
     }
 
+    /// A list of tables (`seed = [{ repo = "…", bundle = "…" }]`).
+    pub(super) fn tables(&mut self, section: &mut Section, key: &str) -> Vec<Table> {
+        let full = section.key(key);
+        match self.take(section, key) {
+            None => Vec::new(),
+            Some(Value::Array(items)) if items.iter().all(Value::is_table) => items
+                .into_iter()
+                .filter_map(|item| match item {
+                    Value::Table(table) => Some(table),
+                    _ => None,
+                })
+                .collect(),
+            Some(_) => {
+                self.issue(&full, "must be a list of tables");
+                Vec::new()
+            }
+        }
+    }
+
     pub(super) fn issue(&mut self, key: &str, rule: &str) {
         self.issues.push(Issue {
             key: key.to_owned(),

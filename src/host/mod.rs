@@ -1,5 +1,5 @@
 //! The host's duties around the jobs: why and when it stops ([`stop`], [`notices`]),
-//! its disk ([`disk`]) and cache volume ([`cache`]), the pool's [`secrets`] and the
+//! its disk ([`disk`]), its [`git`] mirrors and cache volume ([`cache`]), the pool's [`secrets`] and the
 //! per-job role [`credentials`], what its containers use ([`cgroups`]), and what it
 //! tells [`systemd`].
 
@@ -9,6 +9,7 @@ pub mod cgroups;
 pub mod credentials;
 pub mod disk;
 pub mod forwarder;
+pub mod git;
 pub mod http;
 pub mod notices;
 pub mod secrets;

@@ -2,7 +2,7 @@
 //! it runs in ([`container`]) and that container's life ([`runner`], reading
 //! [`output`] into its [`log`], masked by [`mask`]), what became of it
 //! ([`outcome`]) and its recorded [`result`]; [`sweep`] removes what jobs leave;
-//! [`inputs`] places the sources it names in its workspace, [`artifacts`] reads the files a job names out of its container; [`cancel`] carries a cancel request to the runner; [`live`] holds the output
+//! [`inputs`] places the S3 objects it names in its workspace, [`source`] checks out the git commit it names, [`artifacts`] reads the files a job names out of its container; [`cancel`] carries a cancel request to the runner; [`live`] holds the output
 //! not yet uploaded for followers; [`usage`] meters its container's CPU and memory.
 
 pub mod admission;
@@ -19,6 +19,7 @@ pub mod outcome;
 pub mod output;
 pub mod result;
 pub mod runner;
+pub mod source;
 pub mod spec;
 pub mod status;
 pub mod sweep;

@@ -33,6 +33,10 @@ pub enum RunError {
     /// The webhook denied an image (`rejected`) or failed with `fail = "closed"`.
     #[error(transparent)]
     Admission(#[from] AdmissionError),
+    #[error(transparent)]
+    Source(#[from] crate::job::source::SourceError),
+    #[error("the job names a source and this runner has no git mirrors")]
+    NoMirrors,
     #[error("the job names inputs: they are fetched from S3 by `deckhand run` only")]
     NoInputStore,
     #[error("the workspace volume {volume} has no folder on this host to place inputs in")]
@@ -158,6 +162,11 @@ fn describe_error(error: &RunError) -> (Status, Option<i64>, Option<String>) {
         RunError::Input(error) if error.is_job_fault() => {
             (Status::Failed, None, Some(error.to_string()))
         }
+        // A commit, ref or repository the remote lacks, a checkout too big, a
+        // submodule from elsewhere: the job's own, on any host.
+        RunError::Source(error) if error.is_job_fault() => {
+            (Status::Failed, None, Some(error.to_string()))
+        }
         // The pool's policy refused an image the job named: never retried.
         RunError::Admission(error) if error.is_denial() => {
             (Status::Rejected, None, Some(error.to_string()))
@@ -206,6 +215,7 @@ impl Attempt<'_> {
             artifacts_left_out: Vec::new(),
             usage: None,
             admission: None,
+            source: None,
             // The agent, which knows the message, sets these three.
             receive_count: 0,
             attempts: Vec::new(),

@@ -42,6 +42,10 @@ pub struct JobResult {
     /// asked (an addition to v1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admission: Option<crate::job::admission::Admitted>,
+    /// The git commit checked out for its `source`; absent when it named none
+    /// (an addition to v1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<crate::job::source::SourceReport>,
     /// SQS's `ApproximateReceiveCount` of the delivery that made this result;
     /// `attempt` is deckhand's own count, across the copies of the message.
     /// `0` (left out): no SQS delivery (`deckhand exec`).
@@ -205,6 +209,7 @@ impl JobResult {
             artifacts_left_out: Vec::new(),
             usage: None,
             admission: None,
+            source: None,
             receive_count: attempt,
             attempts: Vec::new(),
             budget: None,

@@ -35,6 +35,7 @@ use pull::Pulled;
 
 mod admission;
 mod equip;
+mod exit;
 mod pull;
 mod services;
 mod workspace;
@@ -61,6 +62,8 @@ pub struct Runner {
     /// Where jobs' `inputs` are read from.
     inputs: Option<aws_sdk_s3::Client>,
     admission: Option<Arc<crate::job::admission::Admission>>,
+    /// The host's git mirrors, which jobs' `source` is checked out from.
+    git: Option<Arc<crate::host::git::Mirrors>>,
     sweeper: Sweeper,
 }
 
@@ -130,6 +133,8 @@ struct Ran {
     /// When its container started: its timeout runs from here.
     started: Option<Instant>,
     admission: Option<crate::job::admission::Admitted>,
+    /// Its checkout, once made.
+    source: Option<crate::job::source::SourceReport>,
 }
 
 /// A created and started container, and what must live as long as it does.
@@ -155,6 +160,7 @@ impl Runner {
             credentials: None,
             inputs: None,
             admission: None,
+            git: None,
             sweeper,
         }
     }
@@ -181,6 +187,12 @@ impl Runner {
     /// Jobs' `inputs` are read from S3 with `s3`.
     pub fn with_inputs(mut self, s3: Option<aws_sdk_s3::Client>) -> Self {
         self.inputs = s3;
+        self
+    }
+
+    /// Jobs' `source` is checked out from `mirrors`.
+    pub fn with_git(mut self, mirrors: Option<Arc<crate::host::git::Mirrors>>) -> Self {
+        self.git = mirrors;
         self
     }
 
@@ -257,6 +269,7 @@ impl Runner {
         };
         let mut result = attempt.result(status, exit_code, reason);
         result.admission = self.masked(ran.admission);
+        result.source = ran.source;
         let services: std::collections::BTreeMap<_, _> = service_usage
             .into_iter()
             .map(|(name, sample)| (name, sample.into()))
@@ -381,9 +394,9 @@ impl Runner {
         }
         docker.create_volume(&names.workspace, &labels).await?;
         labels.insert(docker::LABEL_WORKSPACE.to_owned(), names.workspace.clone());
-        // Dropped on a stop or a cancel, which stops the unpacking with it.
+        // Dropped on a stop or a cancel, which kills git or stops the unpacking.
         tokio::select! {
-            placed = self.place_inputs(job, &names.workspace) => placed?,
+            placed = self.fill_workspace(job, &names.workspace, image.user.as_deref()) => ran.source = placed?,
             () = controls.interrupted() => return Ok(None),
         }
         let credentials = self.credentials(job, log)?;
@@ -421,36 +434,6 @@ impl Runner {
             _credentials: credentials,
             _cache: cache,
         }))
-    }
-
-    /// Whether the kernel's OOM killer ended the container. dockerd sets
-    /// `State.OOMKilled` only if containerd's OOM event reached it before the exit
-    /// event; under load on cgroup v1 it can come after (seen in the test suite),
-    /// and then only Docker's `oom` event tells, which a busy dockerd may log
-    /// seconds later. So a SIGKILLed job is asked about both ways for up to 5 s
-    /// before it is taken for a plain `kill -9`.
-    async fn oom_killed(
-        &self,
-        container: &str,
-        code: i64,
-        started: i64,
-    ) -> Result<bool, docker::DockerError> {
-        const SIGKILLED: i64 = 128 + 9;
-        let mut asked = 0;
-        loop {
-            let exit = self.docker.exit_state(container).await?;
-            if exit.oom_killed || code != SIGKILLED {
-                return Ok(exit.oom_killed);
-            }
-            if self.docker.oom_event(container, started).await? {
-                return Ok(true);
-            }
-            if asked == 25 {
-                return Ok(false);
-            }
-            asked += 1;
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
     }
 
     /// Waits for the container to exit, its timeout, preemption, a cancel or its
@@ -501,34 +484,6 @@ impl Runner {
         }
         let code = docker.wait(container).await?;
         Ok((ended, code))
-    }
-
-    /// Waits for the container to exit, riding out a Docker that stops answering:
-    /// the container runs on without us (a dockerd restart with `live-restore`, a
-    /// dropped socket), so losing the connection is no reason to give the job up.
-    /// The job's timeout and the drain still apply around it.
-    async fn wait_through_outages(
-        &self,
-        container: &str,
-        outages: &AtomicU32,
-    ) -> Result<i64, docker::DockerError> {
-        let mut backoff = outage_backoff();
-        loop {
-            match self.docker.wait(container).await {
-                Err(error) if error.is_unreachable() => {
-                    outages.fetch_add(1, Ordering::SeqCst);
-                    let delay = backoff.next_delay();
-                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "Lost Docker while the job runs; waiting for it to answer again.");
-                    tokio::time::sleep(delay).await;
-                }
-                waited => {
-                    if backoff.reset() {
-                        tracing::info!("Docker answers again; the job's container is still there.");
-                    }
-                    return waited;
-                }
-            }
-        }
     }
 
     /// Runs a removal until it succeeds, fails for a reason other than Docker's

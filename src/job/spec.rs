@@ -11,7 +11,8 @@ use crate::config::defaults::MAX_JOB_TIMEOUT_SECS;
 use crate::config::{Config, Profile};
 use crate::image::ImageRef;
 use crate::job::artifacts::{Caps, MAX_PATTERNS, Pattern};
-use crate::job::inputs::{Input, InputSpec, MAX_INPUTS};
+use crate::job::inputs::{Input, InputSpec};
+use crate::job::source::{Source, SourceSpec};
 use crate::rules::{
     check_container_path, is_under, reserved_env_prefix, truncate, valid_env_name, valid_id,
 };
@@ -61,6 +62,9 @@ pub struct JobSpec {
     /// Containers that run beside the job, on its localhost.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<ServiceSpec>,
+    /// A git commit checked out into the workspace before the container starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceSpec>,
     /// Exit codes that mean "try again", and how often.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetrySpec>,
@@ -104,6 +108,8 @@ pub struct Job {
     pub max_log_bytes: u64,
     /// Its service containers, started before it and ready when it starts.
     pub services: Vec<Service>,
+    /// The commit checked out into its workspace, before its inputs.
+    pub source: Option<Source>,
     /// Its exit codes that mean "try again" (`max` already capped).
     pub retry: Option<RetrySpec>,
     /// `expected_secs`.
@@ -244,6 +250,7 @@ impl JobSpec {
         let workdir = self.workdir(config, &mut problems);
         let artifacts = self.artifacts(&mut problems);
         let inputs = self.inputs(&named, &mut problems);
+        let source = self.source(&named, &mut problems);
         let services =
             services::check(&self.services, &self.secrets, config, &named, &mut problems);
 
@@ -268,6 +275,7 @@ impl JobSpec {
                 inputs_max_bytes: profile.inputs_max_mb.saturating_mul(1_000_000),
                 max_log_bytes: profile.max_log_mb.saturating_mul(1_000_000),
                 services,
+                source,
                 retry,
                 expected,
             }),
@@ -329,31 +337,6 @@ impl JobSpec {
                     .ok()
             })
             .collect()
-    }
-
-    /// At most 16 inputs, each from a bucket the profile allows, each landing
-    /// inside the workdir.
-    fn inputs(&self, named: &NamedProfile<'_>, problems: &mut Problems) -> Vec<Input> {
-        if self.inputs.len() > MAX_INPUTS {
-            problems.push(
-                "inputs",
-                format!("{} inputs; at most {MAX_INPUTS}", self.inputs.len()),
-            );
-            return Vec::new();
-        }
-        let buckets = &named.profile.input_buckets;
-        let mut inputs = Vec::new();
-        for (i, spec) in self.inputs.iter().enumerate() {
-            match spec.check(buckets, named.name) {
-                Ok(input) => inputs.push(input),
-                Err(broken) => {
-                    for (field, rule) in broken {
-                        problems.push(&format!("inputs[{i}].{field}"), rule);
-                    }
-                }
-            }
-        }
-        inputs
     }
 
     /// Each secret once, at most [`MAX_SECRETS`], and only those the profile
@@ -522,6 +505,7 @@ mod limits;
 mod retry;
 mod services;
 mod strict;
+mod workspace;
 
 #[cfg(test)]
 mod docs_tests;

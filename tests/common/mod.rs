@@ -17,6 +17,7 @@ pub mod archives;
 pub mod aws;
 pub mod boot;
 pub mod ecr;
+pub mod git;
 pub mod imds;
 pub mod keys;
 pub mod notices;

@@ -52,13 +52,18 @@ pub async fn new_kms_key(aws: &Aws) -> String {
 
 /// Seals the test secrets into a bundle of its own (a unique key) under a new KMS key.
 pub async fn seal(aws: &Aws, pool: &Pool, dir: &Path) -> Sealed {
+    seal_with(aws, pool, dir, "").await
+}
+
+/// [`seal`], with `extra` secrets (TOML lines) beside the test's own.
+pub async fn seal_with(aws: &Aws, pool: &Pool, dir: &Path, extra: &str) -> Sealed {
     let key_id = new_kms_key(aws).await;
     std::fs::write(dir.join("deploy.pem"), DEPLOY_KEY).unwrap();
     let input = dir.join("secrets.toml");
     std::fs::write(
         &input,
         format!(
-            "npm-token = \"{NPM_TOKEN}\"\ndeploy-key = {{ file = \"deploy.pem\" }}\ndb-pass = \"{DB_PASS}\"\nregistry-cred = \"{REGISTRY_CRED}\"\n"
+            "npm-token = \"{NPM_TOKEN}\"\ndeploy-key = {{ file = \"deploy.pem\" }}\ndb-pass = \"{DB_PASS}\"\nregistry-cred = \"{REGISTRY_CRED}\"\n{extra}\n"
         ),
     )
     .unwrap();

@@ -1,5 +1,5 @@
-//! What crosses the workspace besides the job's own work: its inputs, placed
-//! before the container exists, and its artifacts, read out after it exits.
+//! What crosses the workspace besides the job's own work: its source and its
+//! inputs, placed before the container exists, and its artifacts, read out after it exits.
 
 use std::time::Duration;
 
@@ -12,26 +12,71 @@ use crate::job::artifacts::{self, Collected};
 use crate::job::container::Names;
 use crate::job::inputs;
 use crate::job::outcome::{Outcome, RunError};
+use crate::job::source::{self, SourceReport};
 
 /// The least time artifacts get after the container exits, even past the
 /// job's deadline: a job that ends at its timeout still has them read.
 const MIN_COLLECT: Duration = Duration::from_secs(5);
 
 impl Runner {
-    /// The job's inputs, in its workspace volume (through the volume's folder on
-    /// this host: the container does not exist yet).
-    pub(super) async fn place_inputs(&self, job: &Job, workspace: &str) -> Result<(), RunError> {
-        if job.inputs.is_empty() {
-            return Ok(());
-        }
-        let s3 = self.inputs.as_ref().ok_or(RunError::NoInputStore)?;
-        let root = self
-            .docker
+    /// The job's source, then its inputs (which may add to it).
+    pub(super) async fn fill_workspace(
+        &self,
+        job: &Job,
+        workspace: &str,
+        user: Option<&str>,
+    ) -> Result<Option<SourceReport>, RunError> {
+        let source = self.place_source(job, workspace, user).await?;
+        self.place_inputs(job, workspace).await?;
+        Ok(source)
+    }
+
+    /// The job's `source`, checked out into its workspace volume (through the
+    /// volume's folder on this host) and given to the image's user; before its
+    /// inputs, which may add to it.
+    async fn place_source(
+        &self,
+        job: &Job,
+        workspace: &str,
+        user: Option<&str>,
+    ) -> Result<Option<SourceReport>, RunError> {
+        let Some(source) = &job.source else {
+            return Ok(None);
+        };
+        let mirrors = self.git.as_ref().ok_or(RunError::NoMirrors)?;
+        let root = self.workspace_folder(workspace).await?;
+        let owner = crate::job::container::container_ids(user);
+        let report = source::place(mirrors, &self.secrets, source, &root, owner).await?;
+        tracing::info!(
+            repo = %report.repo,
+            sha = %report.sha,
+            mirror = %report.mirror,
+            fetch_ms = report.fetch_ms,
+            checkout_ms = report.checkout_ms,
+            bytes = report.bytes,
+            "Source checked out."
+        );
+        Ok(Some(report))
+    }
+
+    /// The workspace volume's folder on this host.
+    async fn workspace_folder(&self, workspace: &str) -> Result<std::path::PathBuf, RunError> {
+        self.docker
             .volume_mountpoint(workspace)
             .await?
             .ok_or_else(|| RunError::NoWorkspaceFolder {
                 volume: workspace.to_owned(),
-            })?;
+            })
+    }
+
+    /// The job's inputs, in its workspace volume (through the volume's folder on
+    /// this host: the container does not exist yet).
+    async fn place_inputs(&self, job: &Job, workspace: &str) -> Result<(), RunError> {
+        if job.inputs.is_empty() {
+            return Ok(());
+        }
+        let s3 = self.inputs.as_ref().ok_or(RunError::NoInputStore)?;
+        let root = self.workspace_folder(workspace).await?;
         let started = Instant::now();
         let bytes = inputs::place(
             s3,

@@ -103,19 +103,9 @@ impl ScaleIn<'_> {
 
     /// The Auto Scaling group this instance is in, if any.
     async fn group(&self) -> Result<Option<String>, ScaleInError> {
-        let instances = retrying(|| {
-            self.autoscaling
-                .describe_auto_scaling_instances()
-                .instance_ids(self.instance_id)
-                .send()
-        })
-        .await
-        .map_err(|e| self.error("DescribeAutoScalingInstances", e))?;
-        Ok(instances
-            .auto_scaling_instances()
-            .first()
-            .and_then(|i| i.auto_scaling_group_name())
-            .map(str::to_owned))
+        group_of(self.autoscaling, self.instance_id)
+            .await
+            .map_err(|e| self.error("DescribeAutoScalingInstances", e))
     }
 
     /// True once Auto Scaling accepted the termination; false if the instance is
@@ -259,6 +249,31 @@ impl ScaleIn<'_> {
             source: error.into(),
         }
     }
+}
+
+/// The Auto Scaling group `instance_id` is in, if any.
+async fn group_of(
+    client: &aws_sdk_autoscaling::Client,
+    instance_id: &str,
+) -> Result<
+    Option<String>,
+    SdkError<
+        aws_sdk_autoscaling::operation::describe_auto_scaling_instances::DescribeAutoScalingInstancesError,
+        aws_sdk_autoscaling::config::http::HttpResponse,
+    >,
+>{
+    let instances = retrying(|| {
+        client
+            .describe_auto_scaling_instances()
+            .instance_ids(instance_id)
+            .send()
+    })
+    .await?;
+    Ok(instances
+        .auto_scaling_instances()
+        .first()
+        .and_then(|i| i.auto_scaling_group_name())
+        .map(str::to_owned))
 }
 
 /// Runs an Auto Scaling call until it succeeds, fails for good, or `DEADLINE`

@@ -19,19 +19,9 @@ impl Protection {
 
     /// The group the instance is in; `None` outside any.
     pub async fn group(&self) -> Result<Option<String>, ScaleInError> {
-        let instances = retrying(|| {
-            self.client
-                .describe_auto_scaling_instances()
-                .instance_ids(&self.instance_id)
-                .send()
-        })
-        .await
-        .map_err(|e| self.error("DescribeAutoScalingInstances", e))?;
-        Ok(instances
-            .auto_scaling_instances()
-            .first()
-            .and_then(|i| i.auto_scaling_group_name())
-            .map(str::to_owned))
+        super::group_of(&self.client, &self.instance_id)
+            .await
+            .map_err(|e| self.error("DescribeAutoScalingInstances", e))
     }
 
     /// Turns the instance's scale-in protection on or off.

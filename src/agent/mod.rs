@@ -227,6 +227,7 @@ impl Agent {
         .with_disk(booted.disk.clone())
         .with_credentials(broker)
         .with_inputs(Some(s3.clone()))
+        .with_caches(crate::host::caches::Caches::for_config(config, &s3))
         .with_admission(booted.admission.clone());
         Agent {
             config: config.clone(),

@@ -81,6 +81,8 @@ pub struct Profile {
     pub admission_fail: Option<super::AdmissionFail>,
     /// The budgets of a job's attempts, by cause.
     pub retries: super::Retries,
+    /// Its jobs' `caches`: paths, scopes, whether they save.
+    pub caches: super::ProfileCaches,
 }
 
 impl Default for Profile {
@@ -106,6 +108,7 @@ impl Default for Profile {
             admission_webhook_url: None,
             admission_fail: None,
             retries: super::Retries::default(),
+            caches: super::ProfileCaches::default(),
         }
     }
 }
@@ -180,6 +183,7 @@ fn read_one(r: &mut Reader<'_>, mut section: Section) -> Profile {
     let (max_services, services_memory_mb, services_cpus) = read_services(r, &mut section);
     let (admission_webhook_url, admission_fail) = super::admission::read_profile(r, &mut section);
     let retries = super::retries::read_profile(r, &mut section);
+    let caches = super::caches::read_profile(r, &mut section);
     r.finish(section);
     Profile {
         memory_mb,
@@ -202,6 +206,7 @@ fn read_one(r: &mut Reader<'_>, mut section: Section) -> Profile {
         admission_webhook_url,
         admission_fail,
         retries,
+        caches,
     }
 }
 

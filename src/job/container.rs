@@ -35,7 +35,7 @@ pub const SECRETS_MOUNT: &str = "/run/secrets";
 /// The uid and gid to own secret files: the image's numeric `USER`, else root. A
 /// user *name* would need the image's /etc/passwd; images that want secrets as a
 /// non-root user set a numeric USER.
-fn container_ids(user: Option<&str>) -> (u32, u32) {
+pub(crate) fn container_ids(user: Option<&str>) -> (u32, u32) {
     let Some(user) = user else { return (0, 0) };
     let (uid, gid) = match user.split_once(':') {
         Some((u, g)) => (u, Some(g)),

@@ -206,6 +206,7 @@ impl Attempt<'_> {
             artifacts_left_out: Vec::new(),
             usage: None,
             admission: None,
+            caches: Vec::new(),
             // The agent, which knows the message, sets these three.
             receive_count: 0,
             attempts: Vec::new(),

@@ -42,6 +42,10 @@ pub struct JobResult {
     /// asked (an addition to v1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admission: Option<crate::job::admission::Admitted>,
+    /// What became of each of its `caches`; absent when it named none (an
+    /// addition to v1).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub caches: Vec<crate::job::caches::CacheReport>,
     /// SQS's `ApproximateReceiveCount` of the delivery that made this result;
     /// `attempt` is deckhand's own count, across the copies of the message.
     #[serde(default)]
@@ -204,6 +208,7 @@ impl JobResult {
             artifacts_left_out: Vec::new(),
             usage: None,
             admission: None,
+            caches: Vec::new(),
             receive_count: attempt,
             attempts: Vec::new(),
             budget: None,

@@ -34,7 +34,9 @@ use crate::mask::Masker;
 use pull::Pulled;
 
 mod admission;
+mod caches;
 mod equip;
+mod oom;
 mod pull;
 mod services;
 mod workspace;
@@ -61,6 +63,7 @@ pub struct Runner {
     /// Where jobs' `inputs` are read from.
     inputs: Option<aws_sdk_s3::Client>,
     admission: Option<Arc<crate::job::admission::Admission>>,
+    caches: Option<Arc<crate::host::caches::Caches>>,
     sweeper: Sweeper,
 }
 
@@ -130,6 +133,7 @@ struct Ran {
     /// When its container started: its timeout runs from here.
     started: Option<Instant>,
     admission: Option<crate::job::admission::Admitted>,
+    caches: Vec<crate::job::caches::CacheReport>,
 }
 
 /// A created and started container, and what must live as long as it does.
@@ -155,6 +159,7 @@ impl Runner {
             credentials: None,
             inputs: None,
             admission: None,
+            caches: None,
             sweeper,
         }
     }
@@ -227,6 +232,9 @@ impl Runner {
         let artifacts = self
             .artifacts(job, &names, &outcome, &controls, ran.started)
             .await;
+        let caches = &mut ran.caches;
+        self.save_caches(job, &names.container, &outcome, &controls, caches)
+            .await;
         self.clean_up(job, &names).await;
         self.sweeper.ended(&names.container, &names.workspace);
 
@@ -257,6 +265,7 @@ impl Runner {
         };
         let mut result = attempt.result(status, exit_code, reason);
         result.admission = self.masked(ran.admission);
+        result.caches = ran.caches;
         let services: std::collections::BTreeMap<_, _> = service_usage
             .into_iter()
             .map(|(name, sample)| (name, sample.into()))
@@ -404,6 +413,11 @@ impl Runner {
             spec.network = format!("container:{}", names.sandbox);
         }
         docker.create_container(&spec).await?;
+        let user = image.user.as_deref();
+        ran.caches = tokio::select! {
+            restored = self.restore_caches(job, &names.container, user) => restored,
+            () = controls.interrupted() => return Ok(None),
+        };
         let output = docker.attach(&names.container).await?;
         let started_at = chrono::Utc::now();
         docker.start(&names.container).await?;
@@ -420,36 +434,6 @@ impl Runner {
             _credentials: credentials,
             _cache: cache,
         }))
-    }
-
-    /// Whether the kernel's OOM killer ended the container. dockerd sets
-    /// `State.OOMKilled` only if containerd's OOM event reached it before the exit
-    /// event; under load on cgroup v1 it can come after (seen in the test suite),
-    /// and then only Docker's `oom` event tells, which a busy dockerd may log
-    /// seconds later. So a SIGKILLed job is asked about both ways for up to 5 s
-    /// before it is taken for a plain `kill -9`.
-    async fn oom_killed(
-        &self,
-        container: &str,
-        code: i64,
-        started: i64,
-    ) -> Result<bool, docker::DockerError> {
-        const SIGKILLED: i64 = 128 + 9;
-        let mut asked = 0;
-        loop {
-            let exit = self.docker.exit_state(container).await?;
-            if exit.oom_killed || code != SIGKILLED {
-                return Ok(exit.oom_killed);
-            }
-            if self.docker.oom_event(container, started).await? {
-                return Ok(true);
-            }
-            if asked == 25 {
-                return Ok(false);
-            }
-            asked += 1;
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
     }
 
     /// Waits for the container to exit, its timeout, preemption, a cancel or its

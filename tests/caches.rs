@@ -65,3 +65,272 @@ async fn a_saved_cache_is_restored_exactly_from_the_host_tier() {
     s.wait_empty().await;
     assert_clean(&second);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_agent_restores_a_prefix_match_from_s3_and_a_fork_never_writes() {
+    let Some(s) = Scenario::new("caches-prefix").await else {
+        return;
+    };
+    let prefix = unique("c");
+    let profiles = "[profiles.default]\ncache_paths = [\"/opt/deps\"]\n\
+        [profiles.fork]\ncache_paths = [\"/opt/deps\"]\ncaches_writable = false\n\
+        cache_restore_scopes = [\"default\"]\n";
+    let stem = unique("deps");
+    let first = unique("main");
+    {
+        let (_config, _agent) = s.agent("i-caches-a", &caches_config(&s, &prefix, profiles));
+        let caches = json!([{"key": format!("{stem}-v1"), "paths": ["/opt/deps", "target"]}]);
+        let script = "mkdir -p /opt/deps target && echo dep > /opt/deps/lib && echo obj > target/o";
+        s.send_job(&cached_job(&s, &first, script, caches)).await;
+        let result = s.wait_result(&first).await;
+        assert_eq!(result["caches"][0]["saved"], true, "{result}");
+        s.wait_empty().await;
+    }
+    // A new host: its tier is empty, so the cache comes from S3.
+    let (_config, _agent) = s.agent("i-caches-b", &caches_config(&s, &prefix, profiles));
+    let second = unique("fork");
+    let caches = json!([{
+        "key": format!("{stem}-v2"),
+        "paths": ["/opt/deps", "target"],
+        "restore_keys": ["nothing-like-it-", format!("{stem}-")],
+    }]);
+    let mut body = cached_job(&s, &second, "cat /opt/deps/lib target/o", caches);
+    body["profile"] = json!("fork");
+    s.send_job(&body).await;
+    let result = s.wait_result(&second).await;
+    assert_eq!(result["status"], "succeeded", "{result}");
+    let report = &result["caches"][0];
+    assert_eq!(report["hit"], "prefix", "{result}");
+    assert_eq!(report["tier"], "s3", "{result}");
+    assert_eq!(
+        report["matched_key"],
+        format!("default/{stem}-v1"),
+        "{result}"
+    );
+    assert_eq!(report["saved"], false, "{result}");
+    assert!(
+        report["reason"]
+            .as_str()
+            .unwrap()
+            .contains("caches_writable is false"),
+        "{result}"
+    );
+    assert_eq!(s.log(&second).await.as_deref(), Some("dep\nobj\n"));
+    let keys = s.aws.keys(&s.pool.bucket, &format!("{prefix}/")).await;
+    assert_eq!(keys, [format!("{prefix}/default/{stem}-v1.tar.zst")]);
+    s.wait_empty().await;
+    assert_all_clean([&first, &second]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_or_cancelled_job_saves_nothing() {
+    let Some(s) = Scenario::new("caches-nosave").await else {
+        return;
+    };
+    let prefix = unique("c");
+    let extra = caches_config(&s, &prefix, "[agent]\nslots = 2\n");
+    let (config, agent) = s.agent("i-caches-nosave", &extra);
+    let failed = unique("failed");
+    let caches = |key: &str| json!([{"key": key, "paths": ["target"]}]);
+    let write = "mkdir -p target && echo x > target/f";
+    s.send_job(&cached_job(
+        &s,
+        &failed,
+        &format!("{write}; exit 3"),
+        caches("k-failed"),
+    ))
+    .await;
+    let cancelled = unique("cancelled");
+    let script = format!("{write}; echo cache-written; sleep 600");
+    s.send_job(&cached_job(&s, &cancelled, &script, caches("k-cancelled")))
+        .await;
+    agent.wait_log("cache-written", LONG).await;
+    let out = deckhand_with(&config, &["cancel", &cancelled, "--reason", "no"]);
+    assert!(out.status.success(), "{out:?}");
+    for id in [&failed, &cancelled] {
+        let result = s.wait_result(id).await;
+        assert_ne!(result["status"], "succeeded", "{result}");
+        let report = &result["caches"][0];
+        assert_eq!(report["saved"], false, "{result}");
+        assert!(
+            report["reason"]
+                .as_str()
+                .unwrap()
+                .contains("did not succeed"),
+            "{result}"
+        );
+    }
+    assert!(
+        s.aws
+            .keys(&s.pool.bucket, &format!("{prefix}/"))
+            .await
+            .is_empty()
+    );
+    s.wait_empty().await;
+    assert_all_clean([&failed, &cancelled]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn racing_saves_of_one_key_leave_one_object() {
+    let Some(s) = Scenario::new("caches-race").await else {
+        return;
+    };
+    let prefix = unique("c");
+    let (_c1, a) = s.agent("i-caches-r1", &caches_config(&s, &prefix, ""));
+    let (_c2, b) = s.agent("i-caches-r2", &caches_config(&s, &prefix, ""));
+    let key = unique("shared");
+    let mut ids = Vec::new();
+    for (i, _) in [&a, &b].iter().enumerate() {
+        let id = unique("racer");
+        let script = format!("mkdir -p target && echo {i} > target/who && sleep 3");
+        let caches = json!([{"key": key, "paths": ["target"]}]);
+        s.send_job(&cached_job(&s, &id, &script, caches)).await;
+        ids.push(id);
+    }
+    let mut saved = 0;
+    for id in &ids {
+        let result = s.wait_result(id).await;
+        assert_eq!(result["status"], "succeeded", "{result}");
+        if result["caches"][0]["saved"] == true {
+            saved += 1;
+        } else {
+            let reason = result["caches"][0]["reason"].as_str().unwrap();
+            assert!(reason.contains("the key exists"), "{result}");
+        }
+    }
+    assert_eq!(saved, 1, "the first save wins, the other skips");
+    let keys = s.aws.keys(&s.pool.bucket, &format!("{prefix}/")).await;
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    s.wait_empty().await;
+    assert_all_clean(&ids);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_host_tier_evicts_the_least_recently_used_past_its_cap() {
+    let Some(s) = Scenario::new("caches-lru").await else {
+        return;
+    };
+    let prefix = unique("c");
+    let extra = caches_config(&s, &prefix, "host_max_mb = 1\n");
+    let (_config, agent) = s.agent("i-caches-lru", &extra);
+    let blob = "mkdir -p target && head -c 600000 /dev/zero > target/blob";
+    let run = async |key: &str, script: &str| {
+        let id = unique("lru");
+        let caches = json!([{"key": key, "paths": ["target"]}]);
+        s.send_job(&cached_job(&s, &id, script, caches)).await;
+        let result = s.wait_result(&id).await;
+        assert_eq!(result["status"], "succeeded", "{result}");
+        assert_clean(&id);
+        result["caches"][0].clone()
+    };
+    let (a, b) = (unique("a"), unique("b"));
+    assert_eq!(run(&a, blob).await["saved"], true);
+    assert_eq!(run(&b, blob).await["saved"], true);
+    assert_eq!(agent.count("Cache evicted from the host tier."), 1);
+    let again = run(&a, "test -s target/blob").await;
+    assert_eq!(again["hit"], "exact", "{again}");
+    assert_eq!(again["tier"], "s3", "evicted from the host: {again}");
+    let warm = run(&a, "test -s target/blob").await;
+    assert_eq!(warm["tier"], "host", "{warm}");
+    s.wait_empty().await;
+}
+
+/// `body` at the cache's place in S3, with `sha256` in its metadata.
+async fn put_cache(s: &Scenario, object: &str, body: Vec<u8>, sha256: &str) {
+    s.aws
+        .s3
+        .put_object()
+        .bucket(&s.pool.bucket)
+        .key(object)
+        .metadata("sha256", sha256)
+        .body(body.into())
+        .send()
+        .await
+        .unwrap();
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+fn zstd(tar: &[u8]) -> Vec<u8> {
+    zstd::encode_all(tar, 3).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupt_or_hostile_object_is_a_miss_and_the_job_runs() {
+    let Some(s) = Scenario::new("caches-hostile").await else {
+        return;
+    };
+    let prefix = unique("c");
+    let extra = caches_config(&s, &prefix, "[profiles.default]\ncache_max_mb = 1\n");
+    let (_config, _agent) = s.agent("i-caches-hostile", &extra);
+    use tar::EntryType::{Regular, Symlink};
+    let good = zstd(&common::archives::raw_tar(&[(
+        "work/target/ok",
+        "fine",
+        Regular,
+    )]));
+    let truncated = good[..good.len() / 2].to_vec();
+    let mut link = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(Symlink);
+    header.set_size(0);
+    header.set_mode(0o777);
+    link.append_link(&mut header, "work/target/evil", "../../../../etc")
+        .unwrap();
+    let link_out = zstd(&link.into_inner().unwrap());
+    // A header that claims 3 MB, past cache_max_mb, over a few bytes.
+    let mut huge = common::archives::raw_tar(&[("work/target/huge", "", Regular)]);
+    let mut header = tar::Header::from_byte_slice(&huge[..512]).clone();
+    header.set_size(3_000_000);
+    header.set_cksum();
+    huge[..512].copy_from_slice(header.as_bytes());
+    let huge = zstd(&huge);
+    let cases: [(&str, Vec<u8>, Option<&str>, &str); 4] = [
+        (
+            "corrupt",
+            good.clone(),
+            Some(&"0".repeat(64)),
+            "is corrupt: its SHA-256 is",
+        ),
+        ("truncated", truncated, None, "is corrupt"),
+        ("link", link_out, None, "leads outside its folder"),
+        ("huge", huge, None, "more than 1 MB unpacked, cache_max_mb"),
+    ];
+    let mut ids = Vec::new();
+    for (name, body, sha, _) in &cases {
+        let key = unique(name);
+        let sha = sha.map_or_else(|| sha256(body), str::to_owned);
+        put_cache(
+            &s,
+            &format!("{prefix}/default/{key}.tar.zst"),
+            body.clone(),
+            &sha,
+        )
+        .await;
+        let id = unique(name);
+        let caches = json!([{"key": key, "paths": ["target"]}]);
+        s.send_job(&cached_job(
+            &s,
+            &id,
+            "ls target 2>/dev/null; echo ran",
+            caches,
+        ))
+        .await;
+        ids.push(id);
+    }
+    for (id, (name, _, _, reason)) in ids.iter().zip(&cases) {
+        let result = s.wait_result(id).await;
+        assert_eq!(result["status"], "succeeded", "{name}: {result}");
+        let report = &result["caches"][0];
+        assert_eq!(report["hit"], "miss", "{name}: {result}");
+        let said = report["reason"].as_str().unwrap();
+        assert!(said.contains(reason), "{name}: {said}");
+        assert_eq!(s.log(id).await.as_deref(), Some("ran\n"), "{name}");
+    }
+    s.wait_empty().await;
+    assert_all_clean(&ids);
+    assert!(!std::path::Path::new("/etc/work").exists());
+}

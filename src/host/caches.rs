@@ -57,19 +57,22 @@ struct Entry {
     readers: u32,
 }
 
+/// A cache's scope and key.
+type Id = (String, String);
+
 /// Both tiers, shared by every slot.
 pub struct Caches {
     root: PathBuf,
     max_bytes: u64,
     store: Option<Store>,
-    index: Mutex<HashMap<(String, String), Entry>>,
-    locks: Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
+    index: Mutex<HashMap<Id, Entry>>,
+    locks: Mutex<HashMap<Id, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// A cache in the host tier held for reading: not evicted while held.
 pub struct Lease {
     caches: Arc<Caches>,
-    id: (String, String),
+    id: Id,
     pub tree: PathBuf,
     pub bytes: u64,
 }
@@ -172,7 +175,7 @@ impl Caches {
         }
     }
 
-    fn index(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Entry>> {
+    fn index(&self) -> std::sync::MutexGuard<'_, HashMap<Id, Entry>> {
         // A panic while holding it leaves a plain map: still usable.
         self.index.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -129,53 +129,10 @@ pub fn check(
         ));
         return Err(problems);
     }
-    let mut caches = Vec::new();
-    for (i, spec) in specs.iter().enumerate() {
-        let mut push = |field: &str, rule: String| {
-            problems.push((format!("caches[{i}].{field}"), rule));
-        };
-        if !valid_cache_name(&spec.key) {
-            push("key", name_rule(&spec.key));
-        } else if specs[..i].iter().any(|other| other.key == spec.key) {
-            push("key", "named by an earlier cache".to_owned());
-        }
-        let paths = check_paths(&spec.paths, workdir, &profile.caches.paths, &mut push);
-        if spec.restore_keys.len() > MAX_RESTORE_KEYS {
-            push(
-                "restore_keys",
-                format!(
-                    "{} keys; at most {MAX_RESTORE_KEYS}",
-                    spec.restore_keys.len()
-                ),
-            );
-        }
-        for (j, prefix) in spec.restore_keys.iter().enumerate() {
-            if !valid_cache_name(prefix) {
-                push(&format!("restore_keys[{j}]"), name_rule(prefix));
-            }
-        }
-        let policy = match spec.policy.as_deref() {
-            None | Some("pull-push") => Policy::PullPush,
-            Some("pull") => Policy::Pull,
-            Some("push") => Policy::Push,
-            Some(other) => {
-                push(
-                    "policy",
-                    format!(
-                        "{:?} must be \"pull-push\", \"pull\" or \"push\"",
-                        crate::rules::truncate(other, 32)
-                    ),
-                );
-                Policy::PullPush
-            }
-        };
-        caches.push(Cache {
-            key: spec.key.clone(),
-            paths,
-            restore_keys: spec.restore_keys.clone(),
-            policy,
-        });
-    }
+    let allowed = &profile.caches.paths;
+    let caches: Vec<Cache> = (0..specs.len())
+        .map(|i| check_one(i, specs, workdir, allowed, &mut problems))
+        .collect();
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -200,6 +157,61 @@ pub fn check(
         writable: profile.caches.writable,
         max_bytes: profile.caches.max_mb.saturating_mul(1_000_000),
     })
+}
+
+/// One cache's rules; `specs[i]` is the cache, the ones before it are earlier.
+fn check_one(
+    i: usize,
+    specs: &[CacheSpec],
+    workdir: &str,
+    allowed: &[String],
+    problems: &mut Vec<(String, String)>,
+) -> Cache {
+    let spec = &specs[i];
+    let mut push = |field: &str, rule: String| {
+        problems.push((format!("caches[{i}].{field}"), rule));
+    };
+    if !valid_cache_name(&spec.key) {
+        push("key", name_rule(&spec.key));
+    } else if specs[..i].iter().any(|other| other.key == spec.key) {
+        push("key", "named by an earlier cache".to_owned());
+    }
+    let paths = check_paths(&spec.paths, workdir, allowed, &mut push);
+    if spec.restore_keys.len() > MAX_RESTORE_KEYS {
+        push(
+            "restore_keys",
+            format!(
+                "{} keys; at most {MAX_RESTORE_KEYS}",
+                spec.restore_keys.len()
+            ),
+        );
+    }
+    for (j, prefix) in spec.restore_keys.iter().enumerate() {
+        if !valid_cache_name(prefix) {
+            push(&format!("restore_keys[{j}]"), name_rule(prefix));
+        }
+    }
+    let policy = match spec.policy.as_deref() {
+        None | Some("pull-push") => Policy::PullPush,
+        Some("pull") => Policy::Pull,
+        Some("push") => Policy::Push,
+        Some(other) => {
+            push(
+                "policy",
+                format!(
+                    "{:?} must be \"pull-push\", \"pull\" or \"push\"",
+                    crate::rules::truncate(other, 32)
+                ),
+            );
+            Policy::PullPush
+        }
+    };
+    Cache {
+        key: spec.key.clone(),
+        paths,
+        restore_keys: spec.restore_keys.clone(),
+        policy,
+    }
 }
 
 fn name_rule(name: &str) -> String {

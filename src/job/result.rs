@@ -96,6 +96,23 @@ pub struct ContainerUsage {
     pub memory_limit_bytes: Option<u64>,
 }
 
+impl Usage {
+    /// The job's last sample and its services'; `None` when none was taken.
+    pub fn measured(
+        job: Option<crate::host::cgroups::Sample>,
+        services: std::collections::HashMap<String, crate::host::cgroups::Sample>,
+    ) -> Option<Usage> {
+        let services: std::collections::BTreeMap<_, _> = services
+            .into_iter()
+            .map(|(name, sample)| (name, sample.into()))
+            .collect();
+        (job.is_some() || !services.is_empty()).then(|| Usage {
+            job: job.map(Into::into),
+            services,
+        })
+    }
+}
+
 impl std::fmt::Display for Usage {
     /// `1.02 CPU s, peak 25.1 MB of 128.0 MB; service db: ...`
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -232,8 +232,7 @@ impl Runner {
         let artifacts = self
             .artifacts(job, &names, &outcome, &controls, ran.started)
             .await;
-        let caches = &mut ran.caches;
-        self.save_caches(job, &names.container, &outcome, &controls, caches)
+        self.save_caches(job, &names, &outcome, &controls, &mut ran.caches)
             .await;
         self.clean_up(job, &names).await;
         self.sweeper.ended(&names.container, &names.workspace);
@@ -266,16 +265,7 @@ impl Runner {
         let mut result = attempt.result(status, exit_code, reason);
         result.admission = self.masked(ran.admission);
         result.caches = ran.caches;
-        let services: std::collections::BTreeMap<_, _> = service_usage
-            .into_iter()
-            .map(|(name, sample)| (name, sample.into()))
-            .collect();
-        if ran.usage.is_some() || !services.is_empty() {
-            result.usage = Some(Usage {
-                job: ran.usage.map(Into::into),
-                services,
-            });
-        }
+        result.usage = Usage::measured(ran.usage, service_usage);
         Finished {
             result,
             log: log.into_body(),
@@ -412,13 +402,9 @@ impl Runner {
             // In the sandbox's namespace, beside its services.
             spec.network = format!("container:{}", names.sandbox);
         }
-        docker.create_container(&spec).await?;
-        let user = image.user.as_deref();
-        ran.caches = tokio::select! {
-            restored = self.restore_caches(job, &names.container, user) => restored,
-            () = controls.interrupted() => return Ok(None),
+        let Some(output) = self.warm(&spec, job, &image.user, controls, ran).await? else {
+            return Ok(None);
         };
-        let output = docker.attach(&names.container).await?;
         let started_at = chrono::Utc::now();
         docker.start(&names.container).await?;
         ran.started = Some(Instant::now());

@@ -11,12 +11,14 @@ use futures_util::TryStreamExt;
 use tokio::time::Instant;
 use tokio_util::io::{ReaderStream, StreamReader, SyncIoBridge};
 
-use super::{Controls, Runner};
+use super::{Controls, Ran, Runner};
+use crate::docker::{ContainerSpec, OutputStream};
 use crate::host::archive::{Limits, Unpack};
 use crate::host::caches::{CacheError, Caches, Lease, pack};
 use crate::job::Job;
 use crate::job::caches::{Cache, CacheReport, JobCaches};
-use crate::job::outcome::Outcome;
+use crate::job::container::Names;
+use crate::job::outcome::{Outcome, RunError};
 
 /// What a restore found: the lease on it in the host tier, and how.
 struct Found {
@@ -33,9 +35,29 @@ impl Runner {
         self
     }
 
+    /// Creates the job's container, restores its caches into it (noting what
+    /// became of each in `ran`) and attaches to it; `None`: a stop or a cancel
+    /// came first.
+    pub(super) async fn warm(
+        &self,
+        spec: &ContainerSpec,
+        job: &Job,
+        user: &Option<String>,
+        controls: &Controls<'_>,
+        ran: &mut Ran,
+    ) -> Result<Option<OutputStream>, RunError> {
+        self.docker.create_container(spec).await?;
+        // Dropped on a stop or a cancel, which stops the unpacking with it.
+        tokio::select! {
+            restored = self.restore_caches(job, &spec.name, user.as_deref()) => ran.caches = restored,
+            () = controls.interrupted() => return Ok(None),
+        }
+        Ok(Some(self.docker.attach(&spec.name).await?))
+    }
+
     /// Restores each cache the job pulls into its created container; what
     /// became of each.
-    pub(super) async fn restore_caches(
+    async fn restore_caches(
         &self,
         job: &Job,
         container: &str,
@@ -117,12 +139,13 @@ impl Runner {
     pub(super) async fn save_caches(
         &self,
         job: &Job,
-        container: &str,
+        names: &Names,
         outcome: &Outcome,
         controls: &Controls<'_>,
-        reports: &mut Vec<CacheReport>,
+        reports: &mut [CacheReport],
     ) {
         let Some(caches) = &self.caches else { return };
+        let container = &names.container;
         let succeeded = matches!(
             outcome,
             Outcome::Exited {

@@ -334,3 +334,39 @@ async fn a_corrupt_or_hostile_object_is_a_miss_and_the_job_runs() {
     assert_all_clean(&ids);
     assert!(!std::path::Path::new("/etc/work").exists());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_job_saves_nothing_even_when_it_exits_0() {
+    let Some(s) = Scenario::new("caches-interrupted").await else {
+        return;
+    };
+    let prefix = unique("c");
+    let extra = "[queue]\nvisibility_timeout_secs = 600\n[drain]\nstop_timeout_secs = 0\n";
+    let (_config, mut agent) = s.agent("i-caches-int", &caches_config(&s, &prefix, extra));
+    let id = unique("interrupted");
+    let script = "trap 'exit 0' TERM; mkdir -p target && echo x > target/f; \
+        echo cache-written; sleep 600 & wait";
+    let caches = json!([{"key": unique("k"), "paths": ["target"]}]);
+    s.send_job(&cached_job(&s, &id, script, caches)).await;
+    agent.wait_log("cache-written", LONG).await;
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(agent.wait_exit(LONG).await, Some(0));
+    let attempt = s.attempt(&id, 1).await.expect("the attempt is recorded");
+    assert_eq!(attempt["status"], "interrupted", "{attempt}");
+    let report = &attempt["caches"][0];
+    assert_eq!(report["saved"], false, "{attempt}");
+    assert!(
+        report["reason"]
+            .as_str()
+            .unwrap()
+            .contains("did not succeed"),
+        "{attempt}"
+    );
+    assert!(
+        s.aws
+            .keys(&s.pool.bucket, &format!("{prefix}/"))
+            .await
+            .is_empty()
+    );
+    assert_clean(&id);
+}

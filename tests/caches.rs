@@ -370,3 +370,41 @@ async fn an_interrupted_job_saves_nothing_even_when_it_exits_0() {
     );
     assert_clean(&id);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_prewarmed_cache_is_on_the_host_before_the_agent_is_ready() {
+    let Some(s) = Scenario::new("caches-prewarm").await else {
+        return;
+    };
+    let prefix = unique("c");
+    let key = unique("deps");
+    let caches = json!([{"key": key, "paths": ["target"]}]);
+    let first = unique("save");
+    {
+        let (_config, _agent) = s.agent("i-caches-p1", &caches_config(&s, &prefix, ""));
+        let script = "mkdir -p target && echo warm > target/w";
+        s.send_job(&cached_job(&s, &first, script, caches.clone()))
+            .await;
+        assert_eq!(s.wait_result(&first).await["caches"][0]["saved"], true);
+        s.wait_empty().await;
+    }
+    let prewarm = format!("prewarm = [\"default/{key}\", \"default/not-there\"]\n");
+    let (_config, agent) = s.agent("i-caches-p2", &caches_config(&s, &prefix, &prewarm));
+    agent.wait_log("Ready; serving the queue.", LONG).await;
+    let logs = agent.logs();
+    let prewarmed: Vec<&Value> = logs
+        .iter()
+        .filter(|l| l["msg"] == "Cache prewarmed.")
+        .collect();
+    assert_eq!(prewarmed.len(), 2, "{prewarmed:?}");
+    assert_eq!(prewarmed[0]["tier"], "s3", "{prewarmed:?}");
+    assert!(prewarmed[1]["tier"].is_null(), "{prewarmed:?}");
+    let second = unique("warm");
+    s.send_job(&cached_job(&s, &second, "cat target/w", caches))
+        .await;
+    let result = s.wait_result(&second).await;
+    assert_eq!(result["caches"][0]["tier"], "host", "{result}");
+    assert_eq!(s.log(&second).await.as_deref(), Some("warm\n"));
+    s.wait_empty().await;
+    assert_all_clean([&first, &second]);
+}

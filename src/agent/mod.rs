@@ -176,6 +176,7 @@ pub async fn run(
                 &config, &sdk, placement, booted, broker, &healthy, &metrics,
             ));
             agent.recover().await;
+            agent.runner.prewarm_caches(stop.draining()).await;
             metrics.ready(boot_started.elapsed());
             agent.live(&stop).await;
             Ok::<_, AgentError>(())

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use futures_util::TryStreamExt;
 use tokio::time::Instant;
 use tokio_util::io::{ReaderStream, StreamReader, SyncIoBridge};
+use tokio_util::sync::CancellationToken;
 
 use super::{Controls, Ran, Runner};
 use crate::docker::{ContainerSpec, OutputStream};
@@ -281,6 +282,34 @@ impl Runner {
             };
         }
         Ok(bytes)
+    }
+
+    /// Restores `caches.prewarm`'s `SCOPE/KEY`s into the host tier (before the
+    /// agent is ready), within the largest `cache_max_mb` of the profiles,
+    /// until `draining`. A miss is logged and skipped.
+    pub async fn prewarm_caches(&self, draining: &CancellationToken) {
+        let Some(caches) = &self.caches else { return };
+        let profiles = self.config.profiles.values();
+        let max_bytes = profiles.map(|p| p.caches.max_mb).max().unwrap_or(0) * 1_000_000;
+        for entry in &self.config.caches.prewarm {
+            let Some((scope, key)) = entry.split_once('/') else {
+                continue;
+            };
+            let clock = Instant::now();
+            let mut report = CacheReport::new(key);
+            let found = tokio::select! {
+                found = get(caches, scope, key, max_bytes, &mut report) => found,
+                () = draining.cancelled() => return,
+            };
+            tracing::info!(
+                scope,
+                key,
+                tier = found.as_ref().map(|f| f.tier),
+                elapsed_ms = clock.elapsed().as_millis() as u64,
+                reason = report.reason.as_deref(),
+                "Cache prewarmed."
+            );
+        }
     }
 
     /// Reasons carry the job's own text (its paths, its entries' names).

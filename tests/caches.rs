@@ -408,3 +408,43 @@ async fn a_prewarmed_cache_is_on_the_host_before_the_agent_is_ready() {
     s.wait_empty().await;
     assert_all_clean([&first, &second]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_big_cache_goes_up_in_parts_with_its_sha256() {
+    let Some(s) = Scenario::new("caches-big").await else {
+        return;
+    };
+    let prefix = unique("c");
+    let (_config, _agent) = s.agent("i-caches-big", &caches_config(&s, &prefix, ""));
+    let key = unique("big");
+    let id = unique("big");
+    // Random bytes do not compress: the packed cache is past 64 MiB.
+    let script = "mkdir -p target && head -c 70000000 /dev/urandom > target/big";
+    let caches = json!([{"key": key, "paths": ["target"]}]);
+    s.send_job(&cached_job(&s, &id, script, caches)).await;
+    let result = s.wait_result(&id).await;
+    let report = &result["caches"][0];
+    assert_eq!(report["saved"], true, "{result}");
+    assert!(
+        report["save_bytes"].as_u64().unwrap() > 64 << 20,
+        "{result}"
+    );
+    let object = format!("{prefix}/default/{key}.tar.zst");
+    let head = s
+        .aws
+        .s3
+        .head_object()
+        .bucket(&s.pool.bucket)
+        .key(&object)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        head.e_tag().unwrap().contains('-'),
+        "a multipart ETag: {head:?}"
+    );
+    let body = s.aws.object(&s.pool.bucket, &object).await.unwrap();
+    assert_eq!(head.metadata().unwrap()["sha256"], sha256(&body));
+    s.wait_empty().await;
+    assert_clean(&id);
+}

@@ -14,6 +14,10 @@ use super::CacheError;
 /// The metadata key holding the object's hex SHA-256.
 const SHA256_META: &str = "sha256";
 const SUFFIX: &str = ".tar.zst";
+/// A packed cache this big or bigger goes up in parts of [`PART_BYTES`]: one
+/// PUT of gigabytes restarts from nothing when it fails.
+pub const MULTIPART_FROM_BYTES: u64 = 64 * 1024 * 1024;
+const PART_BYTES: u64 = 32 * 1024 * 1024;
 
 #[derive(Clone)]
 pub struct Store {
@@ -184,7 +188,7 @@ impl Store {
     }
 
     /// Uploads the packed cache at `from` unless one is there already: `false`
-    /// when another save won.
+    /// when another save won. Past [`MULTIPART_FROM_BYTES`] in parts.
     pub async fn put(
         &self,
         scope: &str,
@@ -193,13 +197,21 @@ impl Store {
         sha256: &str,
     ) -> Result<bool, CacheError> {
         let url = self.url(scope, key);
+        let read_error = |e: &dyn std::fmt::Display| CacheError::Io {
+            operation: "read the packed cache",
+            path: from.to_owned(),
+            source: std::io::Error::other(e.to_string()),
+        };
+        let size = tokio::fs::metadata(from)
+            .await
+            .map_err(|e| read_error(&e))?
+            .len();
+        if size >= MULTIPART_FROM_BYTES {
+            return self.put_in_parts(scope, key, from, size, sha256).await;
+        }
         let body = ByteStream::from_path(from)
             .await
-            .map_err(|e| CacheError::Io {
-                operation: "read the packed cache",
-                path: from.to_owned(),
-                source: std::io::Error::other(e),
-            })?;
+            .map_err(|e| read_error(&e))?;
         let sent = self
             .s3
             .put_object()
@@ -213,15 +225,124 @@ impl Store {
             .await;
         match sent {
             Ok(_) => Ok(true),
-            Err(SdkError::ServiceError(e))
-                if matches!(
-                    e.err().code(),
-                    Some("PreconditionFailed" | "ConditionalRequestConflict")
-                ) =>
-            {
-                Ok(false)
-            }
+            Err(e) if lost_the_race(&e) => Ok(false),
             Err(e) => Err(s3_error("put", url)(e)),
         }
     }
+
+    /// A multipart upload of `size` bytes from `from`, completed only if the
+    /// key is absent; aborted on any failure (the lifecycle rule ends one a
+    /// crash left).
+    async fn put_in_parts(
+        &self,
+        scope: &str,
+        key: &str,
+        from: &Path,
+        size: u64,
+        sha256: &str,
+    ) -> Result<bool, CacheError> {
+        let url = self.url(scope, key);
+        let object = self.key(scope, key);
+        let created = self
+            .s3
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&object)
+            .content_type("application/zstd")
+            .metadata(SHA256_META, sha256)
+            .send()
+            .await
+            .map_err(s3_error("start the upload of", url.clone()))?;
+        let upload_id = created.upload_id.unwrap_or_default();
+        let uploaded = self.parts(&object, &upload_id, from, size, &url).await;
+        if !matches!(uploaded, Ok(true)) {
+            let _ = self
+                .s3
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(&object)
+                .upload_id(&upload_id)
+                .send()
+                .await;
+        }
+        uploaded
+    }
+
+    async fn parts(
+        &self,
+        object: &str,
+        upload_id: &str,
+        from: &Path,
+        size: u64,
+        url: &str,
+    ) -> Result<bool, CacheError> {
+        use aws_sdk_s3::primitives::Length;
+        use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+        let mut parts = Vec::new();
+        let mut offset = 0;
+        while offset < size {
+            let length = PART_BYTES.min(size - offset);
+            let number = parts.len() as i32 + 1;
+            let body = ByteStream::read_from()
+                .path(from)
+                .offset(offset)
+                .length(Length::Exact(length))
+                .build()
+                .await
+                .map_err(|e| CacheError::Io {
+                    operation: "read the packed cache",
+                    path: from.to_owned(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+            let part = self
+                .s3
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(object)
+                .upload_id(upload_id)
+                .part_number(number)
+                .body(body)
+                .send()
+                .await
+                .map_err(s3_error("upload a part of", url.to_owned()))?;
+            parts.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(part.e_tag)
+                    .build(),
+            );
+            offset += length;
+        }
+        let completed = self
+            .s3
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(object)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .if_none_match("*")
+            .send()
+            .await;
+        match completed {
+            Ok(_) => Ok(true),
+            Err(e) if lost_the_race(&e) => Ok(false),
+            Err(e) => Err(s3_error("complete the upload of", url.to_owned())(e)),
+        }
+    }
+}
+
+/// S3 refused the write for its condition: another save of the key won.
+fn lost_the_race<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
+    matches!(
+        e,
+        SdkError::ServiceError(service)
+            if matches!(
+                service.err().code(),
+                Some("PreconditionFailed" | "ConditionalRequestConflict")
+            )
+    )
 }

@@ -64,6 +64,7 @@ type Id = (String, String);
 pub struct Caches {
     root: PathBuf,
     max_bytes: u64,
+    free_floor_bytes: u64,
     store: Option<Store>,
     index: Mutex<HashMap<Id, Entry>>,
     locks: Mutex<HashMap<Id, Arc<tokio::sync::Mutex<()>>>>,
@@ -146,6 +147,7 @@ impl Caches {
         Ok(Caches {
             root: root.to_owned(),
             max_bytes,
+            free_floor_bytes: 0,
             store,
             index: Mutex::new(index),
             locks: Mutex::default(),
@@ -166,8 +168,9 @@ impl Caches {
             .map(|bucket| Store::new(s3.clone(), bucket, settings.prefix.clone()));
         let root = config.agent.work_dir.join("caches");
         let max_bytes = settings.host_max_mb.saturating_mul(1_000_000);
+        let floor = config.disk.gc_free_mb.saturating_mul(1_000_000);
         match Caches::open(&root, max_bytes, store) {
-            Ok(caches) => Some(Arc::new(caches)),
+            Ok(caches) => Some(Arc::new(caches.with_free_floor(floor))),
             Err(error) => {
                 tracing::error!(%error, "Could not open the host's cache tier; jobs run without caches.");
                 None
@@ -258,12 +261,11 @@ impl Caches {
             }
         };
         let saved_ms = now_ms();
-        if self
-            .index()
-            .remove(&(scope.to_owned(), key.to_owned()))
-            .is_some()
-        {
-            let _ = std::fs::remove_dir_all(&dir);
+        // One there already may be read by a job now: it stays, and is the same
+        // key (a key is saved once).
+        if let Some(lease) = self.host_exact(scope, key) {
+            let _ = std::fs::remove_dir_all(tree);
+            return Ok(lease);
         }
         std::fs::create_dir_all(&dir).map_err(io("make"))?;
         std::fs::rename(tree, dir.join("tree")).map_err(io("move into"))?;
@@ -282,13 +284,23 @@ impl Caches {
         Ok(lease)
     }
 
-    /// Removes the least recently used caches no job reads until the tier fits.
+    /// Keeps this much free on the tier's disk (`disk.gc_free_mb`): below it
+    /// caches go before a job's images or its room do.
+    pub fn with_free_floor(mut self, bytes: u64) -> Self {
+        self.free_floor_bytes = bytes;
+        self
+    }
+
+    /// Removes the least recently used caches no job reads until the tier fits
+    /// its cap and its disk has `free_floor_bytes` free.
     pub fn evict(&self) {
         loop {
             let victim = {
                 let mut index = self.index();
                 let total: u64 = index.values().map(|e| e.bytes).sum();
-                if total <= self.max_bytes {
+                let short = crate::host::disk::free_bytes(&self.root)
+                    .is_ok_and(|free| free < self.free_floor_bytes);
+                if total <= self.max_bytes && !short {
                     return;
                 }
                 let Some(id) = index

@@ -65,6 +65,10 @@ impl Runner {
         user: Option<&str>,
     ) -> Vec<CacheReport> {
         let owner = crate::job::container::container_ids(user);
+        // Jobs since the last restore may have taken the disk's room.
+        if let Some(caches) = &self.caches {
+            caches.evict();
+        }
         let mut reports = Vec::new();
         for cache in &job.caches.caches {
             let mut report = CacheReport::new(&cache.key);

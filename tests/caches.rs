@@ -448,3 +448,70 @@ async fn a_big_cache_goes_up_in_parts_with_its_sha256() {
     s.wait_empty().await;
     assert_clean(&id);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_slots_restoring_one_key_download_it_once() {
+    let Some(s) = Scenario::new("caches-once").await else {
+        return;
+    };
+    let prefix = unique("c");
+    let key = unique("shared");
+    use tar::EntryType::Regular;
+    let packed = zstd(&common::archives::raw_tar(&[(
+        "work/target/f",
+        "from s3\n",
+        Regular,
+    )]));
+    let object = format!("{prefix}/default/{key}.tar.zst");
+    put_cache(&s, &object, packed.clone(), &sha256(&packed)).await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let id = unique("once");
+        let caches = json!([{"key": key, "paths": ["target"], "policy": "pull"}]);
+        s.send_job(&cached_job(&s, &id, "cat target/f", caches))
+            .await;
+        ids.push(id);
+    }
+    let extra = caches_config(&s, &prefix, "[agent]\nslots = 2\n");
+    let (_config, _agent) = s.agent("i-caches-once", &extra);
+    let mut tiers = Vec::new();
+    for id in &ids {
+        let result = s.wait_result(id).await;
+        assert_eq!(result["caches"][0]["hit"], "exact", "{result}");
+        assert_eq!(result["caches"][0]["saved"], false, "{result}");
+        tiers.push(result["caches"][0]["tier"].as_str().unwrap().to_owned());
+        assert_eq!(s.log(id).await.as_deref(), Some("from s3\n"));
+    }
+    tiers.sort();
+    assert_eq!(tiers, ["host", "s3"], "one download, then the host tier");
+    s.wait_empty().await;
+    assert_all_clean(&ids);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cache_that_breaks_a_rule_is_rejected_naming_its_field() {
+    let Some(s) = Scenario::new("caches-rules").await else {
+        return;
+    };
+    let config = s.config(
+        "i-caches-rules",
+        "[profiles.default]\ncache_paths = [\"/opt\"]",
+    );
+    let mut body = job(&unique("rules"), &s.stack.image, &["true"]);
+    body["caches"] = json!([
+        {"key": "../up", "paths": ["../x", "/etc/y"], "policy": "sometimes"},
+        {"key": "ok", "paths": ["/opt/fine", "target"], "restore_keys": ["a b"]},
+    ]);
+    let run = exec(&config, &body);
+    assert_eq!(run.code, Some(65), "{}", run.stderr);
+    let reason = run.result["reason"].as_str().unwrap();
+    for said in [
+        "caches[0].key: \"../up\" must be 1 to 256 of [A-Za-z0-9._-]",
+        "caches[0].paths[0]: must not contain `..`",
+        "caches[0].paths[1]: \"/etc/y\" is not under the profile's cache_paths (/opt)",
+        "caches[0].policy: \"sometimes\" must be \"pull-push\", \"pull\" or \"push\"",
+        "caches[1].restore_keys[0]: \"a b\" must be",
+    ] {
+        assert!(reason.contains(said), "{said:?} not in {reason}");
+    }
+}

@@ -515,3 +515,32 @@ async fn a_cache_that_breaks_a_rule_is_rejected_naming_its_field() {
         assert!(reason.contains(said), "{said:?} not in {reason}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn of_two_racing_puts_of_one_key_the_first_wins_and_the_other_skips() {
+    let Some(s) = Scenario::new("caches-put").await else {
+        return;
+    };
+    let store = deckhand::host::caches::Store::new(
+        s.aws.s3.clone(),
+        s.pool.bucket.clone(),
+        format!("{}/", unique("c")),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (dir.path().join("1"), dir.path().join("2"));
+    std::fs::write(&first, b"first").unwrap();
+    std::fs::write(&second, b"second").unwrap();
+    let (sha_1, sha_2) = (sha256(b"first"), sha256(b"second"));
+    let (a, b) = tokio::join!(
+        store.put("main", "k", &first, &sha_1),
+        store.put("main", "k", &second, &sha_2),
+    );
+    let won = [a.unwrap(), b.unwrap()];
+    assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
+    assert!(
+        !store.put("main", "k", &first, "x").await.unwrap(),
+        "a third skips too"
+    );
+    assert!(store.exists("main", "k").await.unwrap());
+    assert!(!store.exists("main", "other").await.unwrap());
+}

@@ -544,3 +544,32 @@ async fn of_two_racing_puts_of_one_key_the_first_wins_and_the_other_skips() {
     assert!(store.exists("main", "k").await.unwrap());
     assert!(!store.exists("main", "other").await.unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cache_bucket_that_fails_is_a_miss_and_a_skipped_save_never_a_lost_result() {
+    let Some(s) = Scenario::new("caches-down").await else {
+        return;
+    };
+    // A bucket that is not there: every call fails, as with S3 down.
+    let extra = format!("[caches]\nbucket = \"{}\"\n", unique("no-such-bucket"));
+    let (_config, _agent) = s.agent("i-caches-down", &extra);
+    let id = unique("down");
+    let script = "mkdir -p target && echo x > target/f && echo ran";
+    let caches = json!([{"key": "k", "paths": ["target"], "restore_keys": ["k-"]}]);
+    s.send_job(&cached_job(&s, &id, script, caches)).await;
+    let result = s.wait_result(&id).await;
+    assert_eq!(result["status"], "succeeded", "{result}");
+    let report = &result["caches"][0];
+    assert_eq!(report["hit"], "miss", "{result}");
+    assert_eq!(report["saved"], false, "{result}");
+    assert!(
+        report["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not saved: put s3://"),
+        "{result}"
+    );
+    assert_eq!(s.log(&id).await.as_deref(), Some("ran\n"));
+    s.wait_empty().await;
+    assert_clean(&id);
+}

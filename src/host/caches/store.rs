@@ -36,8 +36,35 @@ where
     move |e| CacheError::S3 {
         operation,
         object,
-        error: DisplayErrorContext(e).to_string(),
+        error: brief(&e),
     }
+}
+
+/// S3's code and message, or what failed on the way: a reason, not a dump of
+/// the response.
+fn brief<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static, R>(
+    e: &SdkError<E, R>,
+) -> String
+where
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    match e {
+        SdkError::ServiceError(service) => format!(
+            "{}: {}",
+            service.err().code().unwrap_or("an error"),
+            service.err().message().unwrap_or("no message")
+        ),
+        other => crate::rules::truncate(&DisplayErrorContext(other).to_string(), 300),
+    }
+}
+
+/// A 404 that means the key is not there (not a bucket that is not).
+fn is_absent<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>, status: Option<u16>) -> bool {
+    let code = match e {
+        SdkError::ServiceError(service) => service.err().code(),
+        _ => None,
+    };
+    status == Some(404) && code != Some("NoSuchBucket")
 }
 
 impl Store {
@@ -66,7 +93,7 @@ impl Store {
             .await
         {
             Ok(_) => Ok(true),
-            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(false),
+            Err(e) if is_absent(&e, e.raw_response().map(|r| r.status().as_u16())) => Ok(false),
             Err(e) => Err(s3_error("head", self.url(scope, key))(e)),
         }
     }
@@ -123,7 +150,7 @@ impl Store {
             .await
         {
             Ok(object) => object,
-            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => {
+            Err(e) if is_absent(&e, e.raw_response().map(|r| r.status().as_u16())) => {
                 return Ok(None);
             }
             Err(e) => return Err(s3_error("get", url)(e)),

@@ -57,6 +57,26 @@ struct Entry {
     readers: u32,
 }
 
+/// A folder under the tiers' `tmp` and its packed sibling, removed when
+/// dropped: a fetch or a save cut short leaves nothing behind.
+pub struct Staging {
+    pub dir: PathBuf,
+}
+
+impl Staging {
+    pub fn packed(&self) -> PathBuf {
+        self.dir.with_extension("tar.zst")
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // Gone already once moved into the tier.
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_file(self.packed());
+    }
+}
+
 /// A cache's scope and key.
 type Id = (String, String);
 
@@ -193,8 +213,10 @@ impl Caches {
     }
 
     /// A fresh folder for staging, under the tiers' root (so a rename moves it in).
-    pub fn staging(&self) -> PathBuf {
-        self.root.join("tmp").join(crate::rules::random_hex(8))
+    pub fn staging(&self) -> Staging {
+        Staging {
+            dir: self.root.join("tmp").join(crate::rules::random_hex(8)),
+        }
     }
 
     /// The lock of one key: held while it is fetched or saved.
@@ -318,7 +340,7 @@ impl Caches {
             // Renamed first, so a crash mid-removal leaves no half cache.
             let gone = self.staging();
             let removed =
-                std::fs::rename(&dir, &gone).and_then(|()| std::fs::remove_dir_all(&gone));
+                std::fs::rename(&dir, &gone.dir).and_then(|()| std::fs::remove_dir_all(&gone.dir));
             tracing::info!(
                 scope = %victim.0,
                 key = %victim.1,
@@ -340,19 +362,14 @@ impl Caches {
             return Ok(None);
         };
         let staging = self.staging();
-        let packed = staging.with_extension("tar.zst");
-        let got = store.get(scope, key, &packed, max_bytes).await;
-        let fetched = match got {
-            Ok(Some(_)) => {
-                self.unpack_into_tier(scope, key, &packed, &staging, max_bytes)
+        let packed = staging.packed();
+        match store.get(scope, key, &packed, max_bytes).await? {
+            Some(_) => {
+                self.unpack_into_tier(scope, key, &packed, &staging.dir, max_bytes)
                     .await
             }
-            Ok(None) => Ok(None),
-            Err(e) => Err(e),
-        };
-        let _ = tokio::fs::remove_file(&packed).await;
-        let _ = tokio::fs::remove_dir_all(&staging).await;
-        fetched
+            None => Ok(None),
+        }
     }
 
     async fn unpack_into_tier(

@@ -181,7 +181,15 @@ impl Runner {
                 continue;
             }
             let clock = Instant::now();
-            match self.save_one(caches, &job.caches, cache, container).await {
+            let was_cancelled = controls.cancel.reason().is_some();
+            // The drain or a cancel after the exit ends the save; the job's
+            // status stands.
+            let saved = tokio::select! {
+                saved = self.save_one(caches, &job.caches, cache, container) => saved,
+                _ = controls.preemption.stopping().cancelled() => Err("the agent is draining".to_owned()),
+                () = controls.cancel.requested(), if !was_cancelled => Err("the job was cancelled".to_owned()),
+            };
+            match saved {
                 Ok(Some(bytes)) => {
                     report.saved = true;
                     report.save_bytes = bytes;
@@ -224,20 +232,16 @@ impl Runner {
         }
         let staging = caches.staging();
         let read = self
-            .read_out(container, &cache.paths, &staging, job_caches.max_bytes)
+            .read_out(container, &cache.paths, &staging.dir, job_caches.max_bytes)
             .await;
-        let saved = match read {
-            Ok(0) if !staging.exists() => Err("none of its paths exist".to_owned()),
+        match read {
+            Ok(0) if !staging.dir.exists() => Err("none of its paths exist".to_owned()),
             Ok(bytes) => caches
-                .save(scope, &cache.key, staging.clone(), bytes)
+                .save(scope, &cache.key, staging.dir.clone(), bytes)
                 .await
                 .map_err(|e| e.to_string()),
             Err(why) => Err(why),
-        };
-        if staging.exists() {
-            let _ = tokio::fs::remove_dir_all(&staging).await;
         }
-        saved
     }
 
     /// Each path's tree from the container under `staging` (where `/a/b` is

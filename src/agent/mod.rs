@@ -181,6 +181,7 @@ pub async fn run(
                 &config, &sdk, placement, booted, broker, &healthy, &metrics,
             ));
             agent.recover().await;
+            agent.runner.prewarm_caches(stop.draining()).await;
             metrics.ready(boot_started.elapsed());
             agent.live(&stop).await;
             Ok::<_, AgentError>(forwarder)
@@ -234,6 +235,7 @@ impl Agent {
         .with_credentials(broker)
         .with_inputs(Some(s3.clone()))
         .with_git(Some(booted.git.clone()))
+        .with_caches(crate::host::caches::Caches::for_config(config, &s3))
         .with_admission(booted.admission.clone());
         Agent {
             config: config.clone(),

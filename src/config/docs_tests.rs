@@ -67,6 +67,12 @@ fn the_reference_states_each_default_the_code_uses() {
         ),
         ("cache.mount", quoted(DEFAULT_MOUNT)),
         ("cache.refresh_secs", code(DEFAULT_REFRESH_SECS.to_string())),
+        ("caches.prefix", quoted(DEFAULT_CACHES_PREFIX)),
+        ("caches.host_max_mb", code(DEFAULT_HOST_MAX_MB.to_string())),
+        (
+            "profiles.NAME.cache_max_mb",
+            code(DEFAULT_CACHE_MAX_MB.to_string()),
+        ),
         (
             "drain.safety_margin_secs",
             code(DEFAULT_SAFETY_MARGIN_SECS.to_string()),

@@ -24,6 +24,7 @@ mod agent;
 mod autoscaling;
 mod aws;
 mod cache;
+mod caches;
 mod credentials;
 mod disk;
 mod docker;
@@ -46,6 +47,7 @@ pub use agent::{AgentConfig, OnExit};
 pub use autoscaling::AutoscalingConfig;
 pub use aws::AwsConfig;
 pub use cache::CacheConfig;
+pub use caches::{CachesConfig, ProfileCaches, valid_name as valid_cache_name};
 pub use credentials::CredentialsConfig;
 pub use disk::DiskConfig;
 pub use docker::DockerConfig;
@@ -71,6 +73,7 @@ pub mod defaults {
         DEFAULT_WORK_DIR,
     };
     pub use super::cache::{DEFAULT_MOUNT, DEFAULT_REFRESH_SECS};
+    pub use super::caches::{DEFAULT_CACHE_MAX_MB, DEFAULT_CACHES_PREFIX, DEFAULT_HOST_MAX_MB};
     pub use super::credentials::{DEFAULT_LISTEN, DEFAULT_SESSION_SECS};
     pub use super::disk::{DEFAULT_GC_FREE_MB, DEFAULT_MIN_FREE_MB};
     pub use super::docker::DEFAULT_SOCKET;
@@ -117,6 +120,7 @@ pub struct Config {
     pub secrets: SecretsConfig,
     pub images: ImagesConfig,
     pub cache: CacheConfig,
+    pub caches: CachesConfig,
     pub drain: DrainConfig,
     pub metrics: MetricsConfig,
     pub disk: DiskConfig,
@@ -333,6 +337,7 @@ fn read(r: &mut Reader<'_>, mut root: Table) -> Config {
     let secrets = SecretsConfig::read(r, &mut root, &results);
     let images = ImagesConfig::read(r, &mut root);
     let cache = CacheConfig::read(r, &mut root);
+    let caches = CachesConfig::read(r, &mut root);
     let drain = DrainConfig::read(r, &mut root);
     let metrics = MetricsConfig::read(r, &mut root);
     let credentials = CredentialsConfig::read(r, &mut root);
@@ -356,6 +361,7 @@ fn read(r: &mut Reader<'_>, mut root: Table) -> Config {
         secrets,
         images,
         cache,
+        caches,
         drain,
         metrics,
         disk,

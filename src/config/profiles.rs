@@ -85,6 +85,8 @@ pub struct Profile {
     pub retries: super::Retries,
     /// Changes `[admission.ecr]`, or turns it off.
     pub admission_ecr: super::EcrOverride,
+    /// Its jobs' `caches`: paths, scopes, whether they save.
+    pub caches: super::ProfileCaches,
 }
 
 impl Default for Profile {
@@ -115,6 +117,7 @@ impl Default for Profile {
             },
             retries: super::Retries::default(),
             admission_ecr: super::EcrOverride::default(),
+            caches: super::ProfileCaches::default(),
         }
     }
 }
@@ -183,6 +186,7 @@ fn read_one(r: &mut Reader<'_>, mut section: Section) -> Profile {
     let retries = super::retries::read_profile(r, &mut section);
     let admission_ecr = super::admission_ecr::read_profile(r, &mut section);
     let git = super::git::read_profile(r, &mut section);
+    let caches = super::caches::read_profile(r, &mut section);
     r.finish(section);
     Profile {
         memory_mb,
@@ -207,6 +211,7 @@ fn read_one(r: &mut Reader<'_>, mut section: Section) -> Profile {
         git,
         retries,
         admission_ecr,
+        caches,
     }
 }
 

@@ -11,6 +11,7 @@ use crate::config::DockerConfig;
 mod containers;
 mod images;
 mod probe;
+mod upload;
 
 pub use bollard::models::Mount;
 pub use containers::{
@@ -75,6 +76,12 @@ pub enum DockerError {
     InspectVolume { name: String, source: BollardError },
     #[error("remove volume {name}: {source}")]
     RemoveVolume { name: String, source: BollardError },
+    #[error("put files at {path} in container {name}: {source}")]
+    Upload {
+        name: String,
+        path: String,
+        source: BollardError,
+    },
     #[error("read {path} from container {name}: {source}")]
     Download {
         name: String,
@@ -167,6 +174,7 @@ impl DockerError {
             | DockerError::InspectImage { source, .. }
             | DockerError::CreateVolume { source, .. }
             | DockerError::Download { source, .. }
+            | DockerError::Upload { source, .. }
             | DockerError::CreateContainer { source, .. }
             | DockerError::Attach { source, .. }
             | DockerError::Start { source, .. }

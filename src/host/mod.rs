@@ -5,6 +5,7 @@
 
 pub mod archive;
 pub mod cache;
+pub mod caches;
 pub mod cgroups;
 pub mod credentials;
 pub mod disk;

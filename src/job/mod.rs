@@ -8,6 +8,7 @@
 pub mod admission;
 pub mod artifacts;
 pub mod attempts;
+pub mod caches;
 pub mod cancel;
 pub mod container;
 pub mod inputs;

@@ -216,6 +216,7 @@ impl Attempt<'_> {
             usage: None,
             admission: None,
             source: None,
+            caches: Vec::new(),
             // The agent, which knows the message, sets these three.
             receive_count: 0,
             attempts: Vec::new(),

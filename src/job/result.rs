@@ -46,6 +46,10 @@ pub struct JobResult {
     /// (an addition to v1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<crate::job::source::SourceReport>,
+    /// What became of each of its `caches`; absent when it named none (an
+    /// addition to v1).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub caches: Vec<crate::job::caches::CacheReport>,
     /// SQS's `ApproximateReceiveCount` of the delivery that made this result;
     /// `attempt` is deckhand's own count, across the copies of the message.
     /// `0` (left out): no SQS delivery (`deckhand exec`).
@@ -95,6 +99,23 @@ pub struct ContainerUsage {
     pub memory_peak_bytes: u64,
     /// `null`: no limit.
     pub memory_limit_bytes: Option<u64>,
+}
+
+impl Usage {
+    /// The job's last sample and its services'; `None` when none was taken.
+    pub fn measured(
+        job: Option<crate::host::cgroups::Sample>,
+        services: std::collections::HashMap<String, crate::host::cgroups::Sample>,
+    ) -> Option<Usage> {
+        let services: std::collections::BTreeMap<_, _> = services
+            .into_iter()
+            .map(|(name, sample)| (name, sample.into()))
+            .collect();
+        (job.is_some() || !services.is_empty()).then(|| Usage {
+            job: job.map(Into::into),
+            services,
+        })
+    }
 }
 
 impl std::fmt::Display for Usage {
@@ -210,6 +231,7 @@ impl JobResult {
             usage: None,
             admission: None,
             source: None,
+            caches: Vec::new(),
             receive_count: attempt,
             attempts: Vec::new(),
             budget: None,

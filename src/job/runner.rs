@@ -34,6 +34,7 @@ use crate::mask::Masker;
 use pull::Pulled;
 
 mod admission;
+mod caches;
 mod equip;
 mod exit;
 mod pull;
@@ -64,6 +65,7 @@ pub struct Runner {
     admission: Option<Arc<crate::job::admission::Admission>>,
     /// The host's git mirrors, which jobs' `source` is checked out from.
     git: Option<Arc<crate::host::git::Mirrors>>,
+    caches: Option<Arc<crate::host::caches::Caches>>,
     sweeper: Sweeper,
 }
 
@@ -135,6 +137,7 @@ struct Ran {
     admission: Option<crate::job::admission::Admitted>,
     /// Its checkout, once made.
     source: Option<crate::job::source::SourceReport>,
+    caches: Vec<crate::job::caches::CacheReport>,
 }
 
 /// A created and started container, and what must live as long as it does.
@@ -161,6 +164,7 @@ impl Runner {
             inputs: None,
             admission: None,
             git: None,
+            caches: None,
             sweeper,
         }
     }
@@ -239,6 +243,8 @@ impl Runner {
         let artifacts = self
             .artifacts(job, &names, &outcome, &controls, ran.started)
             .await;
+        self.save_caches(job, &names, &outcome, &controls, &mut ran.caches)
+            .await;
         self.clean_up(job, &names).await;
         self.sweeper.ended(&names.container, &names.workspace);
 
@@ -270,16 +276,8 @@ impl Runner {
         let mut result = attempt.result(status, exit_code, reason);
         result.admission = self.masked(ran.admission);
         result.source = ran.source;
-        let services: std::collections::BTreeMap<_, _> = service_usage
-            .into_iter()
-            .map(|(name, sample)| (name, sample.into()))
-            .collect();
-        if ran.usage.is_some() || !services.is_empty() {
-            result.usage = Some(Usage {
-                job: ran.usage.map(Into::into),
-                services,
-            });
-        }
+        result.caches = ran.caches;
+        result.usage = Usage::measured(ran.usage, service_usage);
         Finished {
             result,
             log: log.into_body(),
@@ -417,8 +415,9 @@ impl Runner {
             // In the sandbox's namespace, beside its services.
             spec.network = format!("container:{}", names.sandbox);
         }
-        docker.create_container(&spec).await?;
-        let output = docker.attach(&names.container).await?;
+        let Some(output) = self.warm(&spec, job, &image.user, controls, ran).await? else {
+            return Ok(None);
+        };
         let started_at = chrono::Utc::now();
         docker.start(&names.container).await?;
         ran.started = Some(Instant::now());

@@ -72,6 +72,9 @@ pub struct JobSpec {
     /// `admit-if-fits` takes it only if it would end before the horizon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_secs: Option<u64>,
+    /// Keyed trees restored before it starts and saved after it succeeds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub caches: Vec<crate::job::caches::CacheSpec>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -114,6 +117,8 @@ pub struct Job {
     pub retry: Option<RetrySpec>,
     /// `expected_secs`.
     pub expected: Option<Duration>,
+    /// Its `caches`, with what its profile lets it do with them.
+    pub caches: crate::job::caches::JobCaches,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -251,6 +256,13 @@ impl JobSpec {
         let artifacts = self.artifacts(&mut problems);
         let inputs = self.inputs(&named, &mut problems);
         let source = self.source(&named, &mut problems);
+        let caches = crate::job::caches::check(&self.caches, &workdir, profile, &profile_name)
+            .unwrap_or_else(|broken| {
+                broken
+                    .iter()
+                    .for_each(|(field, rule)| problems.push(field, rule));
+                Default::default()
+            });
         let services =
             services::check(&self.services, &self.secrets, config, &named, &mut problems);
 
@@ -278,6 +290,7 @@ impl JobSpec {
                 source,
                 retry,
                 expected,
+                caches,
             }),
             _ => Err(problems.0),
         }

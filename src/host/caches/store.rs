@@ -1,0 +1,375 @@
+//! The S3 tier: one zstd tar per scope and key at
+//! `s3://BUCKET/PREFIX<scope>/<key>.tar.zst`, its SHA-256 in the object's
+//! metadata, written only if absent so the first save of a key wins.
+
+use std::path::Path;
+
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::CacheError;
+
+/// The metadata key holding the object's hex SHA-256.
+const SHA256_META: &str = "sha256";
+const SUFFIX: &str = ".tar.zst";
+/// A packed cache this big or bigger goes up in parts of [`PART_BYTES`]: one
+/// PUT of gigabytes restarts from nothing when it fails.
+pub const MULTIPART_FROM_BYTES: u64 = 64 * 1024 * 1024;
+const PART_BYTES: u64 = 32 * 1024 * 1024;
+
+#[derive(Clone)]
+pub struct Store {
+    s3: aws_sdk_s3::Client,
+    bucket: String,
+    prefix: String,
+}
+
+fn s3_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static, R>(
+    operation: &'static str,
+    object: String,
+) -> impl FnOnce(SdkError<E, R>) -> CacheError
+where
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    move |e| CacheError::S3 {
+        operation,
+        object,
+        error: brief(&e),
+    }
+}
+
+/// S3's code and message, or what failed on the way: a reason, not a dump of
+/// the response.
+fn brief<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static, R>(
+    e: &SdkError<E, R>,
+) -> String
+where
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    match e {
+        SdkError::ServiceError(service) => format!(
+            "{}: {}",
+            service.err().code().unwrap_or("an error"),
+            service.err().message().unwrap_or("no message")
+        ),
+        other => crate::rules::truncate(&DisplayErrorContext(other).to_string(), 300),
+    }
+}
+
+/// A 404 that means the key is not there (not a bucket that is not).
+fn is_absent<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>, status: Option<u16>) -> bool {
+    let code = match e {
+        SdkError::ServiceError(service) => service.err().code(),
+        _ => None,
+    };
+    status == Some(404) && code != Some("NoSuchBucket")
+}
+
+impl Store {
+    pub fn new(s3: aws_sdk_s3::Client, bucket: String, prefix: String) -> Store {
+        Store { s3, bucket, prefix }
+    }
+
+    fn key(&self, scope: &str, key: &str) -> String {
+        format!("{}{scope}/{key}{SUFFIX}", self.prefix)
+    }
+
+    /// `s3://…` of a cache, for reasons.
+    pub fn url(&self, scope: &str, key: &str) -> String {
+        format!("s3://{}/{}", self.bucket, self.key(scope, key))
+    }
+
+    /// Whether the cache is there.
+    pub async fn exists(&self, scope: &str, key: &str) -> Result<bool, CacheError> {
+        let object = self.key(scope, key);
+        match self
+            .s3
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&object)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if is_absent(&e, e.raw_response().map(|r| r.status().as_u16())) => Ok(false),
+            Err(e) => Err(s3_error("head", self.url(scope, key))(e)),
+        }
+    }
+
+    /// The newest cache in `scope` whose key starts with `prefix`.
+    pub async fn newest(&self, scope: &str, prefix: &str) -> Result<Option<String>, CacheError> {
+        let under = format!("{}{scope}/", self.prefix);
+        let mut pages = self
+            .s3
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(format!("{under}{prefix}"))
+            .into_paginator()
+            .send();
+        let mut newest: Option<(aws_sdk_s3::primitives::DateTime, String)> = None;
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(s3_error("list", format!("s3://{}/{under}", self.bucket)))?;
+            for object in page.contents.unwrap_or_default() {
+                let (Some(name), Some(at)) = (object.key, object.last_modified) else {
+                    continue;
+                };
+                let Some(key) = name
+                    .strip_prefix(&under)
+                    .and_then(|rest| rest.strip_suffix(SUFFIX))
+                else {
+                    continue;
+                };
+                if crate::config::valid_cache_name(key)
+                    && newest.as_ref().is_none_or(|(t, _)| at.secs() > t.secs())
+                {
+                    newest = Some((at, key.to_owned()));
+                }
+            }
+        }
+        Ok(newest.map(|(_, key)| key))
+    }
+
+    /// Downloads the cache to `to`, within `max_bytes` and checked against its
+    /// SHA-256; `None`: not there.
+    pub async fn get(
+        &self,
+        scope: &str,
+        key: &str,
+        to: &Path,
+        max_bytes: u64,
+    ) -> Result<Option<u64>, CacheError> {
+        let url = self.url(scope, key);
+        let object = match self
+            .s3
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.key(scope, key))
+            .send()
+            .await
+        {
+            Ok(object) => object,
+            Err(e) if is_absent(&e, e.raw_response().map(|r| r.status().as_u16())) => {
+                return Ok(None);
+            }
+            Err(e) => return Err(s3_error("get", url)(e)),
+        };
+        let corrupt = |why: String| CacheError::Corrupt {
+            object: url.clone(),
+            why,
+        };
+        let expected = object
+            .metadata
+            .as_ref()
+            .and_then(|m| m.get(SHA256_META))
+            .cloned()
+            .ok_or_else(|| corrupt("no sha256 in its metadata".to_owned()))?;
+        let size = object.content_length.unwrap_or(0).max(0) as u64;
+        if size > max_bytes {
+            return Err(CacheError::TooBig {
+                object: url,
+                bytes: size,
+                max_bytes,
+            });
+        }
+        let io = |source| CacheError::Io {
+            operation: "download the cache to",
+            path: to.to_owned(),
+            source,
+        };
+        let mut file = tokio::fs::File::create(to).await.map_err(io)?;
+        // No more than the bound, whatever the length said.
+        let mut body = object.body.into_async_read().take(max_bytes + 1);
+        let mut hash = Sha256::new();
+        let mut buf = vec![0; 256 * 1024];
+        let mut bytes = 0;
+        loop {
+            let n = body
+                .read(&mut buf)
+                .await
+                .map_err(|e| corrupt(e.to_string()))?;
+            if n == 0 {
+                break;
+            }
+            hash.update(&buf[..n]);
+            file.write_all(&buf[..n]).await.map_err(io)?;
+            bytes += n as u64;
+        }
+        file.flush().await.map_err(io)?;
+        if bytes > max_bytes {
+            return Err(CacheError::TooBig {
+                object: url,
+                bytes,
+                max_bytes,
+            });
+        }
+        let actual = hex::encode(hash.finalize());
+        if actual != expected {
+            return Err(corrupt(format!(
+                "its SHA-256 is {actual}, its metadata says {}",
+                crate::rules::truncate(&expected, 64)
+            )));
+        }
+        Ok(Some(bytes))
+    }
+
+    /// Uploads the packed cache at `from` unless one is there already: `false`
+    /// when another save won. Past [`MULTIPART_FROM_BYTES`] in parts.
+    pub async fn put(
+        &self,
+        scope: &str,
+        key: &str,
+        from: &Path,
+        sha256: &str,
+    ) -> Result<bool, CacheError> {
+        let url = self.url(scope, key);
+        let read_error = |e: &dyn std::fmt::Display| CacheError::Io {
+            operation: "read the packed cache",
+            path: from.to_owned(),
+            source: std::io::Error::other(e.to_string()),
+        };
+        let size = tokio::fs::metadata(from)
+            .await
+            .map_err(|e| read_error(&e))?
+            .len();
+        if size >= MULTIPART_FROM_BYTES {
+            return self.put_in_parts(scope, key, from, size, sha256).await;
+        }
+        let body = ByteStream::from_path(from)
+            .await
+            .map_err(|e| read_error(&e))?;
+        let sent = self
+            .s3
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.key(scope, key))
+            .content_type("application/zstd")
+            .metadata(SHA256_META, sha256)
+            .if_none_match("*")
+            .body(body)
+            .send()
+            .await;
+        match sent {
+            Ok(_) => Ok(true),
+            Err(e) if lost_the_race(&e) => Ok(false),
+            Err(e) => Err(s3_error("put", url)(e)),
+        }
+    }
+
+    /// A multipart upload of `size` bytes from `from`, completed only if the
+    /// key is absent; aborted on any failure (the lifecycle rule ends one a
+    /// crash left).
+    async fn put_in_parts(
+        &self,
+        scope: &str,
+        key: &str,
+        from: &Path,
+        size: u64,
+        sha256: &str,
+    ) -> Result<bool, CacheError> {
+        let url = self.url(scope, key);
+        let object = self.key(scope, key);
+        let created = self
+            .s3
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&object)
+            .content_type("application/zstd")
+            .metadata(SHA256_META, sha256)
+            .send()
+            .await
+            .map_err(s3_error("start the upload of", url.clone()))?;
+        let upload_id = created.upload_id.unwrap_or_default();
+        let uploaded = self.parts(&object, &upload_id, from, size, &url).await;
+        if !matches!(uploaded, Ok(true)) {
+            let _ = self
+                .s3
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(&object)
+                .upload_id(&upload_id)
+                .send()
+                .await;
+        }
+        uploaded
+    }
+
+    async fn parts(
+        &self,
+        object: &str,
+        upload_id: &str,
+        from: &Path,
+        size: u64,
+        url: &str,
+    ) -> Result<bool, CacheError> {
+        use aws_sdk_s3::primitives::Length;
+        use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+        let mut parts = Vec::new();
+        let mut offset = 0;
+        while offset < size {
+            let length = PART_BYTES.min(size - offset);
+            let number = parts.len() as i32 + 1;
+            let body = ByteStream::read_from()
+                .path(from)
+                .offset(offset)
+                .length(Length::Exact(length))
+                .build()
+                .await
+                .map_err(|e| CacheError::Io {
+                    operation: "read the packed cache",
+                    path: from.to_owned(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+            let part = self
+                .s3
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(object)
+                .upload_id(upload_id)
+                .part_number(number)
+                .body(body)
+                .send()
+                .await
+                .map_err(s3_error("upload a part of", url.to_owned()))?;
+            parts.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(part.e_tag)
+                    .build(),
+            );
+            offset += length;
+        }
+        let completed = self
+            .s3
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(object)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .if_none_match("*")
+            .send()
+            .await;
+        match completed {
+            Ok(_) => Ok(true),
+            Err(e) if lost_the_race(&e) => Ok(false),
+            Err(e) => Err(s3_error("complete the upload of", url.to_owned())(e)),
+        }
+    }
+}
+
+/// S3 refused the write for its condition: another save of the key won.
+fn lost_the_race<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
+    matches!(
+        e,
+        SdkError::ServiceError(service)
+            if matches!(
+                service.err().code(),
+                Some("PreconditionFailed" | "ConditionalRequestConflict")
+            )
+    )
+}

@@ -1,0 +1,417 @@
+//! A job's `caches` around its container: restored into it once it is
+//! created (Docker unpacks them inside the container's own view, volumes
+//! included), and read out of it after it succeeded, to be saved. Nothing here
+//! fails the job: a cache that cannot be had is a miss with a reason, one that
+//! cannot be saved is `saved: false` with a reason.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use futures_util::TryStreamExt;
+use tokio::time::Instant;
+use tokio_util::io::{ReaderStream, StreamReader, SyncIoBridge};
+use tokio_util::sync::CancellationToken;
+
+use super::{Controls, Ran, Runner};
+use crate::docker::{ContainerSpec, OutputStream};
+use crate::host::archive::{Limits, Unpack};
+use crate::host::caches::{CacheError, Caches, Lease, pack};
+use crate::job::Job;
+use crate::job::caches::{Cache, CacheReport, JobCaches};
+use crate::job::container::Names;
+use crate::job::outcome::{Outcome, RunError};
+
+/// What a restore found: the lease on it in the host tier, and how.
+struct Found {
+    lease: Lease,
+    matched: (String, String),
+    exact: bool,
+    tier: &'static str,
+}
+
+impl Runner {
+    /// Jobs' caches are kept in `caches` (both tiers, shared by the slots).
+    pub fn with_caches(mut self, caches: Option<Arc<Caches>>) -> Self {
+        self.caches = caches;
+        self
+    }
+
+    /// Creates the job's container, restores its caches into it (noting what
+    /// became of each in `ran`) and attaches to it; `None`: a stop or a cancel
+    /// came first.
+    pub(super) async fn warm(
+        &self,
+        spec: &ContainerSpec,
+        job: &Job,
+        user: &Option<String>,
+        controls: &Controls<'_>,
+        ran: &mut Ran,
+    ) -> Result<Option<OutputStream>, RunError> {
+        self.docker.create_container(spec).await?;
+        // Dropped on a stop or a cancel, which stops the unpacking with it.
+        tokio::select! {
+            restored = self.restore_caches(job, &spec.name, user.as_deref()) => ran.caches = restored,
+            () = controls.interrupted() => return Ok(None),
+        }
+        Ok(Some(self.docker.attach(&spec.name).await?))
+    }
+
+    /// Restores each cache the job pulls into its created container; what
+    /// became of each.
+    async fn restore_caches(
+        &self,
+        job: &Job,
+        container: &str,
+        user: Option<&str>,
+    ) -> Vec<CacheReport> {
+        let owner = crate::job::container::container_ids(user);
+        // Jobs since the last restore may have taken the disk's room.
+        if let Some(caches) = &self.caches {
+            caches.evict();
+        }
+        let mut reports = Vec::new();
+        for cache in &job.caches.caches {
+            let mut report = CacheReport::new(&cache.key);
+            let Some(caches) = &self.caches else {
+                report.note("this agent keeps no caches");
+                reports.push(report);
+                continue;
+            };
+            if !cache.policy.pulls() {
+                report.note("policy push: not restored");
+                reports.push(report);
+                continue;
+            }
+            let clock = Instant::now();
+            if let Some(found) = find(caches, &job.caches, cache, &mut report).await {
+                match self
+                    .put_in(container, &found.lease, &cache.paths, owner)
+                    .await
+                {
+                    Ok(bytes) => {
+                        report.matched_key =
+                            Some(format!("{}/{}", found.matched.0, found.matched.1));
+                        report.hit = if found.exact { "exact" } else { "prefix" }.to_owned();
+                        report.tier = Some(found.tier.to_owned());
+                        report.restore_bytes = bytes;
+                    }
+                    Err(why) => report.note(format!("putting it in the container: {why}")),
+                }
+            }
+            report.restore_ms = clock.elapsed().as_millis() as u64;
+            tracing::info!(
+                key = %cache.key,
+                hit = %report.hit,
+                tier = report.tier.as_deref(),
+                bytes = report.restore_bytes,
+                elapsed_ms = report.restore_ms,
+                reason = report.reason.as_deref(),
+                "Cache restored."
+            );
+            reports.push(report);
+        }
+        self.mask_reports(&mut reports);
+        reports
+    }
+
+    /// The cache's paths from the host tier into the container, as a tar
+    /// Docker unpacks at `/`; the bytes of their files.
+    async fn put_in(
+        &self,
+        container: &str,
+        lease: &Lease,
+        paths: &[String],
+        owner: (u32, u32),
+    ) -> Result<u64, String> {
+        let (reader, writer) = tokio::io::duplex(1 << 20);
+        let writer = SyncIoBridge::new(writer);
+        let (tree, paths) = (lease.tree.clone(), paths.to_vec());
+        let writing =
+            tokio::task::spawn_blocking(move || pack::tar_paths(&tree, &paths, owner, writer));
+        let uploading = self
+            .docker
+            .upload(container, "/", ReaderStream::new(reader));
+        let (uploaded, written) = tokio::join!(uploading, writing);
+        let bytes = written
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("reading the host tier: {e}"))?;
+        uploaded.map_err(|e| e.to_string())?;
+        Ok(bytes)
+    }
+
+    /// Saves each cache the job pushes, if the attempt succeeded, was neither
+    /// cancelled nor interrupted, and its profile may write.
+    pub(super) async fn save_caches(
+        &self,
+        job: &Job,
+        names: &Names,
+        outcome: &Outcome,
+        controls: &Controls<'_>,
+        reports: &mut [CacheReport],
+    ) {
+        let Some(caches) = &self.caches else { return };
+        let container = &names.container;
+        let succeeded = matches!(
+            outcome,
+            Outcome::Exited {
+                code: 0,
+                oom_killed: false
+            }
+        ) && controls.cancel.reason().is_none()
+            && controls.preemption.reason().is_none();
+        for (cache, report) in job.caches.caches.iter().zip(reports.iter_mut()) {
+            let why_not = if !cache.policy.pushes() {
+                Some("policy pull: not saved")
+            } else if !succeeded {
+                Some("the attempt did not succeed: not saved")
+            } else if !job.caches.writable {
+                Some("the profile's caches_writable is false: not saved")
+            } else if report.hit == "exact"
+                && report
+                    .matched_key
+                    .as_deref()
+                    .is_some_and(|m| m == format!("{}/{}", job.caches.scope, cache.key))
+            {
+                Some("the key exists: not saved again")
+            } else {
+                None
+            };
+            if let Some(why) = why_not {
+                report.note(why);
+                continue;
+            }
+            let clock = Instant::now();
+            let was_cancelled = controls.cancel.reason().is_some();
+            // The drain or a cancel after the exit ends the save; the job's
+            // status stands.
+            let saved = tokio::select! {
+                saved = self.save_one(caches, &job.caches, cache, container) => saved,
+                _ = controls.preemption.stopping().cancelled() => Err("the agent is draining".to_owned()),
+                () = controls.cancel.requested(), if !was_cancelled => Err("the job was cancelled".to_owned()),
+            };
+            match saved {
+                Ok(Some(bytes)) => {
+                    report.saved = true;
+                    report.save_bytes = bytes;
+                }
+                Ok(None) => report.note("the key exists: not saved again"),
+                Err(why) => report.note(format!("not saved: {why}")),
+            }
+            report.save_ms = clock.elapsed().as_millis() as u64;
+            tracing::info!(
+                key = %cache.key,
+                saved = report.saved,
+                bytes = report.save_bytes,
+                elapsed_ms = report.save_ms,
+                "Cache saved."
+            );
+        }
+        self.mask_reports(reports);
+    }
+
+    /// Reads the cache's paths out of the exited container and saves them,
+    /// unless the key exists; the packed bytes, `None` if it exists.
+    async fn save_one(
+        &self,
+        caches: &Arc<Caches>,
+        job_caches: &JobCaches,
+        cache: &Cache,
+        container: &str,
+    ) -> Result<Option<u64>, String> {
+        let scope = &job_caches.scope;
+        let _key = caches.lock(scope, &cache.key).await;
+        let exists = match caches.store() {
+            Some(store) => store
+                .exists(scope, &cache.key)
+                .await
+                .map_err(|e| e.to_string())?,
+            None => caches.host_exact(scope, &cache.key).is_some(),
+        };
+        if exists {
+            return Ok(None);
+        }
+        let staging = caches.staging();
+        let read = self
+            .read_out(container, &cache.paths, &staging.dir, job_caches.max_bytes)
+            .await;
+        match read {
+            Ok(0) if !staging.dir.exists() => Err("none of its paths exist".to_owned()),
+            Ok(bytes) => caches
+                .save(scope, &cache.key, staging.dir.clone(), bytes)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(why) => Err(why),
+        }
+    }
+
+    /// Each path's tree from the container under `staging` (where `/a/b` is
+    /// `a/b`), with the inputs' rules, within `max_bytes` all together.
+    async fn read_out(
+        &self,
+        container: &str,
+        paths: &[String],
+        staging: &Path,
+        max_bytes: u64,
+    ) -> Result<u64, String> {
+        let mut bytes = 0;
+        for path in paths {
+            let Some(tar) = self
+                .docker
+                .download(container, path)
+                .await
+                .map_err(|e| e.to_string())?
+            else {
+                continue;
+            };
+            // Docker names the entries from the path's last component.
+            let parent = Path::new(path).parent().unwrap_or(Path::new("/"));
+            let into = staging.join(parent.strip_prefix("/").unwrap_or(parent));
+            tokio::fs::create_dir_all(&into)
+                .await
+                .map_err(|e| format!("make {}: {e}", into.display()))?;
+            let limits = Limits::for_disk_of(staging)
+                .capped(max_bytes.saturating_sub(bytes), "cache_max_mb");
+            let reader = StreamReader::new(tar.map_err(std::io::Error::other));
+            let unpacked = crate::host::archive::unpack_stream(reader, into, limits).await;
+            bytes += match unpacked {
+                Ok(unpacked) => unpacked.bytes,
+                Err(Unpack::Escape(entry)) => {
+                    return Err(format!("{path}: the entry {entry} is a link out of it"));
+                }
+                Err(Unpack::Special(entry)) => {
+                    return Err(format!(
+                        "{path}: the entry {entry} is a device file or FIFO"
+                    ));
+                }
+                Err(Unpack::Limit(limit)) => return Err(format!("{path}: {limit}")),
+                Err(Unpack::Malformed(what)) => return Err(format!("{path}: {what}")),
+                Err(Unpack::Stopped) => return Err("stopped".to_owned()),
+                Err(Unpack::Io(e)) => return Err(format!("{path}: {e}")),
+            };
+        }
+        Ok(bytes)
+    }
+
+    /// Restores `caches.prewarm`'s `SCOPE/KEY`s into the host tier (before the
+    /// agent is ready), within the largest `cache_max_mb` of the profiles,
+    /// until `draining`. A miss is logged and skipped.
+    pub async fn prewarm_caches(&self, draining: &CancellationToken) {
+        let Some(caches) = &self.caches else { return };
+        let profiles = self.config.profiles.values();
+        let max_bytes = profiles.map(|p| p.caches.max_mb).max().unwrap_or(0) * 1_000_000;
+        for entry in &self.config.caches.prewarm {
+            let Some((scope, key)) = entry.split_once('/') else {
+                continue;
+            };
+            let clock = Instant::now();
+            let mut report = CacheReport::new(key);
+            let found = tokio::select! {
+                found = get(caches, scope, key, max_bytes, &mut report) => found,
+                () = draining.cancelled() => return,
+            };
+            tracing::info!(
+                scope,
+                key,
+                tier = found.as_ref().map(|f| f.tier),
+                elapsed_ms = clock.elapsed().as_millis() as u64,
+                reason = report.reason.as_deref(),
+                "Cache prewarmed."
+            );
+        }
+    }
+
+    /// Reasons carry the job's own text (its paths, its entries' names).
+    fn mask_reports(&self, reports: &mut [CacheReport]) {
+        for report in reports {
+            if let Some(reason) = &report.reason {
+                report.reason = Some(crate::rules::bounded_text(
+                    &self.masker.mask(reason),
+                    crate::job::spec::MAX_REASON_BYTES,
+                ));
+            }
+        }
+    }
+}
+
+/// The cache to restore: the exact key in each scope the job reads, then each
+/// restore prefix's newest match; the host tier first, then S3. Each failure
+/// on the way is noted in `report` and the search goes on.
+async fn find(
+    caches: &Arc<Caches>,
+    job: &JobCaches,
+    cache: &Cache,
+    report: &mut CacheReport,
+) -> Option<Found> {
+    for scope in &job.read_scopes {
+        if let Some(found) = get(caches, scope, &cache.key, job.max_bytes, report).await {
+            return Some(Found {
+                exact: true,
+                ..found
+            });
+        }
+    }
+    for prefix in &cache.restore_keys {
+        for scope in &job.read_scopes {
+            if let Some((key, lease)) = caches.host_newest(scope, prefix) {
+                return Some(Found {
+                    lease,
+                    matched: (scope.clone(), key),
+                    exact: false,
+                    tier: "host",
+                });
+            }
+            let Some(store) = caches.store() else {
+                continue;
+            };
+            match store.newest(scope, prefix).await {
+                Ok(Some(key)) => {
+                    if let Some(found) = get(caches, scope, &key, job.max_bytes, report).await {
+                        return Some(Found {
+                            exact: false,
+                            ..found
+                        });
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => report.note(e.to_string()),
+            }
+        }
+    }
+    if report.reason.is_none() {
+        report.note("no cache matched");
+    }
+    None
+}
+
+/// `scope/key` from the host tier, or fetched from S3 into it (once, however
+/// many slots ask at the same time).
+async fn get(
+    caches: &Arc<Caches>,
+    scope: &str,
+    key: &str,
+    max_bytes: u64,
+    report: &mut CacheReport,
+) -> Option<Found> {
+    let found = |lease, tier| Found {
+        lease,
+        matched: (scope.to_owned(), key.to_owned()),
+        exact: true,
+        tier,
+    };
+    let _key = caches.lock(scope, key).await;
+    if let Some(lease) = caches.host_exact(scope, key) {
+        return Some(found(lease, "host"));
+    }
+    match caches.fetch(scope, key, max_bytes).await {
+        Ok(Some(lease)) => Some(found(lease, "s3")),
+        Ok(None) => None,
+        Err(e) => {
+            report.note(miss_reason(&e));
+            None
+        }
+    }
+}
+
+fn miss_reason(error: &CacheError) -> String {
+    format!("a miss: {error}")
+}

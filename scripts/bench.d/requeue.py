@@ -41,8 +41,11 @@ class RequeueFigures:
             spot = dict(sections)
             spot["imds"] = f'enabled = true\nendpoint = "{sim_url}"\npoll_ms = 1000\n'
             spot["drain"] = 'on_spot = "release"\nstop_grace_secs = 2\n'
-            doomed_config = self.config(f"requeue-spot-{self.next_seq()}", spot)
-            idle_config = self.config(f"requeue-idle-{self.next_seq()}", sections)
+            # Two hosts: each its own instance id, or the second would take the
+            # first's running job for a crashed run's and remove it.
+            seq = self.next_seq()
+            doomed_config = self.config(f"requeue-spot-{seq}", spot, instance_id=f"i-requeue-spot-{seq}")
+            idle_config = self.config(f"requeue-idle-{seq}", sections, instance_id=f"i-requeue-idle-{seq}")
             job_id = f"bench-requeue-{self.run_id}-{self.next_seq()}"
             script = 'if [ "$DECKHAND_ATTEMPT" = 1 ]; then sleep 600; fi'
             body = dict(self.job(job_id), command=["sh", "-c", script])

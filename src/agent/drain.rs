@@ -30,6 +30,9 @@ use crate::host::forwarder::Forwarder;
 use crate::host::stop::{Preemption, Stop, StopReason};
 use crate::host::systemd;
 
+/// The longest the drain spends on what earlier cleanups left.
+const LAST_SWEEP: Duration = Duration::from_secs(10);
+
 /// A long poll the drain interrupted, kept to finish: SQS may already have handed
 /// it a message, which would stay hidden for its visibility timeout if dropped.
 pub type InFlight<'a> = std::pin::Pin<
@@ -223,6 +226,17 @@ impl Agent {
             drain_ms = began.elapsed().as_millis() as u64,
             "Every job finished or handed back."
         );
+        // A cleanup Docker put off (it was restarting) is swept by the receive
+        // loop, which has stopped: once more before leaving, bounded, so the host
+        // does not keep a dead job's container or workspace until the next start.
+        if tokio::time::timeout(LAST_SWEEP, self.sweeper.sweep_leftovers())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "Sweeping what earlier cleanups left took too long; the next start sweeps it."
+            );
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use crate::aws::sqs::Received;
 use crate::host::stop::Preemption;
 use crate::job::attempts::{ATTRIBUTE, Attempt, History};
 use crate::job::log::LogBody;
-use crate::job::result::{JobResult, Requeued, Status};
+use crate::job::result::{JobResult, Status};
 use crate::job::runner::Finished;
 use crate::job::spec::Problem;
 use crate::job::{Job, Rejection};
@@ -206,17 +206,16 @@ impl Agent {
         let retry = fate::retry_visibility(host_errors, self.config.queue.visibility_timeout);
         let settlement = fate::after_run(ended, retry);
         if let Fate::Requeue(requeue) = settlement.fate {
-            result.requeued = Some(Requeued {
-                queue: self.requeued_to(requeue).to_owned(),
-                cause: requeue.cause.as_str().to_owned(),
-                escalated: requeue.escalate && self.escalation.is_some(),
-                delay_secs: requeue.delay.as_secs(),
-            });
+            result.requeued = Some(self.requeued(requeue));
         } else if ended.handed_back && !result.status.is_terminal() {
             // The drain sent the copy while the job ran.
-            result.requeued = Some(self.preempted_to(ended.escalate));
+            result.requeued = Some(self.requeued(fate::Requeue::interruption(ended.escalate)));
         }
-        let entry = ran.then(|| self.entry(&result, !result.is_final()));
+        let entry = ran.then(|| {
+            let lost = !result.is_final();
+            self.placement
+                .entry(&result, if lost { result.duration_ms / 1000 } else { 0 })
+        });
         if let Some(entry) = &entry {
             result.attempts.push(entry.clone());
         }
@@ -285,21 +284,6 @@ impl Agent {
                 .history
                 .next(requeue.cause, delivery.attempt, entry),
         )
-    }
-
-    /// This attempt as the result's `attempts` lists it; `lost`: its work did not
-    /// become the job's result.
-    fn entry(&self, result: &JobResult, lost: bool) -> Attempt {
-        Attempt {
-            attempt: result.attempt,
-            instance_id: self.placement.instance_id.clone(),
-            availability_zone: self.placement.availability_zone.clone(),
-            lifecycle: self.placement.lifecycle.clone(),
-            status: result.status,
-            reason: Attempt::reason(result.reason.as_deref()),
-            started_at: result.started_at.clone(),
-            seconds_lost: if lost { result.duration_ms / 1000 } else { 0 },
-        }
     }
 
     /// The profile's budgets for the job's attempts.

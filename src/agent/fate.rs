@@ -53,6 +53,15 @@ pub struct Requeue {
 }
 
 impl Requeue {
+    /// An interrupted job's copy, at once.
+    pub fn interruption(escalate: bool) -> Requeue {
+        Requeue {
+            cause: Cause::Interruption,
+            delay: Duration::ZERO,
+            escalate,
+        }
+    }
+
     /// A message that never started here goes back as it came, at once.
     pub const DECLINED: Requeue = Requeue {
         cause: Cause::Declined,
@@ -251,11 +260,7 @@ pub fn after_run(ended: Ended, retry: Duration) -> Settlement {
             delay: Duration::ZERO,
             escalate: false,
         }),
-        Status::Interrupted => Fate::Requeue(Requeue {
-            cause: Cause::Interruption,
-            delay: Duration::ZERO,
-            escalate,
-        }),
+        Status::Interrupted => Fate::Requeue(Requeue::interruption(escalate)),
         _ => Fate::Requeue(Requeue {
             cause: Cause::HostError,
             delay: retry,
@@ -283,11 +288,7 @@ pub fn after_reject(recorded: bool, dead_lettered: bool) -> Fate {
 /// that takes the job over.
 pub fn preempted(escalate: bool) -> Settlement {
     Settlement {
-        fate: Fate::Requeue(Requeue {
-            cause: Cause::Interruption,
-            delay: Duration::ZERO,
-            escalate,
-        }),
+        fate: Fate::Requeue(Requeue::interruption(escalate)),
         release_claim: true,
     }
 }
@@ -372,10 +373,7 @@ impl Agent {
     /// A copy that cannot be sent falls back to a hand-back, which costs a
     /// receive but loses nothing.
     async fn requeue(&self, message: &Received, requeue: Requeue, next: Option<&History>) {
-        let queue = match (&self.escalation, requeue.escalate) {
-            (Some(escalation), true) => escalation,
-            _ => &self.queue,
-        };
+        let queue = self.requeue_queue(requeue);
         let mut attributes: Vec<_> = message
             .attributes
             .iter()
@@ -417,11 +415,22 @@ impl Agent {
         }
     }
 
-    /// Where a requeued copy goes.
-    pub(super) fn requeued_to(&self, requeue: Requeue) -> &str {
+    /// The queue a requeued copy goes to: the escalation queue when asked and
+    /// the pool has one, else the job queue.
+    fn requeue_queue(&self, requeue: Requeue) -> &crate::aws::sqs::Queue {
         match (&self.escalation, requeue.escalate) {
-            (Some(escalation), true) => escalation.url(),
-            _ => self.queue.url(),
+            (Some(escalation), true) => escalation,
+            _ => &self.queue,
+        }
+    }
+
+    /// What an attempt's result says of its copy sent back by `requeue`.
+    pub(super) fn requeued(&self, requeue: Requeue) -> crate::job::result::Requeued {
+        crate::job::result::Requeued {
+            queue: self.requeue_queue(requeue).url().to_owned(),
+            cause: requeue.cause.as_str().to_owned(),
+            escalated: requeue.escalate && self.escalation.is_some(),
+            delay_secs: requeue.delay.as_secs(),
         }
     }
 }

@@ -89,6 +89,50 @@ pub(crate) struct Placement {
     pub lifecycle: Option<String>,
 }
 
+impl Placement {
+    /// An attempt as the result's `attempts` lists it, from its result;
+    /// `seconds_lost`: its work that did not become the job's result.
+    pub(crate) fn entry(
+        &self,
+        result: &crate::job::result::JobResult,
+        seconds_lost: u64,
+    ) -> crate::job::attempts::Attempt {
+        crate::job::attempts::Attempt {
+            status: result.status,
+            reason: crate::job::attempts::Attempt::reason(result.reason.as_deref()),
+            started_at: result.started_at.clone(),
+            seconds_lost,
+            ..self.entry_at(result.attempt)
+        }
+    }
+
+    /// An attempt still running, stopped now: interrupted, all of it lost.
+    pub(crate) fn entry_now(
+        &self,
+        attempt: u32,
+        started_at: chrono::DateTime<chrono::Utc>,
+    ) -> crate::job::attempts::Attempt {
+        crate::job::attempts::Attempt {
+            started_at: crate::rules::timestamp(started_at),
+            seconds_lost: (chrono::Utc::now() - started_at).num_seconds().max(0) as u64,
+            ..self.entry_at(attempt)
+        }
+    }
+
+    fn entry_at(&self, attempt: u32) -> crate::job::attempts::Attempt {
+        crate::job::attempts::Attempt {
+            attempt,
+            instance_id: self.instance_id.clone(),
+            availability_zone: self.availability_zone.clone(),
+            lifecycle: self.lifecycle.clone(),
+            status: crate::job::status::Status::Interrupted,
+            reason: None,
+            started_at: String::new(),
+            seconds_lost: 0,
+        }
+    }
+}
+
 /// Everything a job task needs; shared by all of them.
 pub(crate) struct Agent {
     config: Arc<Config>,

@@ -13,7 +13,6 @@ use crate::host::stop::Preemption;
 use crate::job::attempts::{Attempt, Cause};
 use crate::job::cancel::Cancel;
 use crate::job::live::LiveTail;
-use crate::job::result::{Requeued, Status};
 use crate::job::runner::{Controls, Finished};
 use crate::job::usage::LiveUsage;
 
@@ -114,43 +113,20 @@ impl Agent {
     ) {
         let retries = self.retries(&delivery.job);
         let escalate = fate::escalates(&delivery.history, &retries, self.escalation.is_some());
-        let entry = Attempt {
-            attempt: delivery.attempt,
-            instance_id: self.placement.instance_id.clone(),
-            availability_zone: self.placement.availability_zone.clone(),
-            lifecycle: self.placement.lifecycle.clone(),
-            status: Status::Interrupted,
-            // Worded as the attempt's own result words it.
-            reason: Attempt::reason(
-                preemption
-                    .reason()
-                    .map(|why| format!("interrupted: {why}"))
-                    .as_deref(),
-            ),
-            started_at: crate::rules::timestamp(started_at),
-            seconds_lost: (Utc::now() - started_at).num_seconds().max(0) as u64,
-        };
+        let mut entry = self.placement.entry_now(delivery.attempt, started_at);
+        // Worded as the attempt's own result words it.
+        entry.reason = Attempt::reason(
+            preemption
+                .reason()
+                .map(|why| format!("interrupted: {why}"))
+                .as_deref(),
+        );
         let next = delivery
             .history
             .next(Cause::Interruption, delivery.attempt, Some(entry));
         let settlement = fate::preempted(escalate);
         self.settle(&delivery.message, &delivery.job.id, settlement, Some(&next))
             .await;
-    }
-
-    /// Where the drain's early hand-back sent the job.
-    pub(super) fn preempted_to(&self, escalate: bool) -> Requeued {
-        let requeue = fate::Requeue {
-            cause: Cause::Interruption,
-            delay: std::time::Duration::ZERO,
-            escalate,
-        };
-        Requeued {
-            queue: self.requeued_to(requeue).to_owned(),
-            cause: Cause::Interruption.as_str().to_owned(),
-            escalated: escalate && self.escalation.is_some(),
-            delay_secs: 0,
-        }
     }
 
     /// Deletes an attempt's live chunks once its log is recorded (theirs or

@@ -351,3 +351,59 @@ fn a_rejection_is_bounded_and_escaped_whatever_it_echoes() {
     let reason = parse(&squatter).unwrap_err().to_string();
     assert!(reason.len() <= MAX_REASON_BYTES, "{} bytes", reason.len());
 }
+
+#[test]
+fn retry_and_expected_secs_name_their_rule_and_are_capped() {
+    // Too many codes, a code that is success, a code past 255.
+    let many: Vec<i64> = (1..=17).collect();
+    let text = rejected(
+        with("retry", json!({"exit_codes": many, "max": 1})),
+        "retry.exit_codes",
+    );
+    assert!(text.contains("17 codes; list 1 to 16"), "{text}");
+    let text = rejected(
+        with("retry", json!({"exit_codes": [], "max": 1})),
+        "retry.exit_codes",
+    );
+    assert!(text.contains("0 codes"), "{text}");
+    for code in [0, 256, -1] {
+        let text = rejected(
+            with("retry", json!({"exit_codes": [code], "max": 1})),
+            "retry.exit_codes",
+        );
+        assert!(
+            text.contains(&format!("{code} is not an exit code that fails")),
+            "{text}"
+        );
+    }
+    let text = rejected(
+        with("retry", json!({"exit_codes": [75], "max": 0})),
+        "retry.max",
+    );
+    assert!(text.contains("must be at least 1"), "{text}");
+    // Unknown keys and a max past u32 are the schema's.
+    rejected(
+        with(
+            "retry",
+            json!({"exit_codes": [75], "max": 1, "forever": true}),
+        ),
+        "retry.forever",
+    );
+    rejected(
+        with(
+            "retry",
+            json!({"exit_codes": [75], "max": 5_000_000_000u64}),
+        ),
+        "retry.max",
+    );
+    // The profile's max_retries (default 2) caps what a job asks.
+    let job = parse(&with("retry", json!({"exit_codes": [75], "max": 9}))).unwrap();
+    assert_eq!(job.retry.unwrap().max, 2);
+    // expected_secs: 1 to the job's timeout.
+    for secs in [0, 1_000_000] {
+        let text = rejected(with("expected_secs", json!(secs)), "expected_secs");
+        assert!(text.contains("out of range"), "{text}");
+    }
+    let job = parse(&with("expected_secs", json!(30))).unwrap();
+    assert_eq!(job.expected, Some(Duration::from_secs(30)));
+}

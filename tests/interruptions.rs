@@ -278,3 +278,42 @@ async fn a_hostile_history_attribute_rejects_the_job_naming_the_rule() {
     }
     s.wait_empty().await;
 }
+
+/// A producer whose message already carries SQS's 10 attributes leaves no room
+/// for the history: the interrupted job goes back by visibility instead (which
+/// costs a receive) and is still never lost; its attributes reach the next
+/// delivery as they came.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_with_ten_attributes_of_its_own_is_handed_back_instead() {
+    let Some(s) = Scenario::new("ten-attributes").await else {
+        return;
+    };
+    let id = unique("crowded");
+    let body = hangs_until_attempt(&id, &s.stack, 2).to_string();
+    let mut send = s
+        .aws
+        .sqs
+        .send_message()
+        .queue_url(&s.pool.queue_url)
+        .message_body(body);
+    for n in 0..10 {
+        let value = aws_sdk_sqs::types::MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(format!("value {n}"))
+            .build()
+            .unwrap();
+        send = send.message_attributes(format!("producer_{n}"), value);
+    }
+    send.send().await.unwrap();
+    interrupt_once(&s, "").await;
+    let (_config, rescuer) = s.agent("i-rescuer", "");
+    let done = s.wait_result(&id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    // The same copy, received twice: SQS counted the hand-back.
+    assert_eq!(done["receive_count"], 2);
+    assert_eq!(done["attempt"], 2);
+    assert_eq!(rescuer.count("Job started."), 1);
+    s.wait_empty().await;
+    assert!(s.aws.drain_queue(&s.pool.dlq_url).await.is_empty());
+    assert_clean(&id);
+}

@@ -33,3 +33,4 @@ pub mod logging;
 pub mod mask;
 pub mod record;
 pub mod rules;
+pub mod tls;

@@ -478,7 +478,7 @@ const NOTIFY_ATTEMPTS: u32 = 3;
 impl Notifier {
     pub fn new(queue: Option<Queue>, webhook: Option<(String, String)>) -> Self {
         let webhook = webhook.map(|(url, key)| Webhook {
-            client: reqwest::Client::builder()
+            client: crate::tls::reqwest_builder()
                 .timeout(Duration::from_secs(10))
                 .build()
                 .expect("a client with a timeout always builds"),

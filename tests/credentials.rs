@@ -45,7 +45,7 @@ fn container_env(agent: &AgentProcess, job_id: &str) -> HashMap<String, String> 
 }
 
 async fn ask(uri: &str, token: Option<&str>) -> (u16, serde_json::Value) {
-    let mut request = reqwest::Client::new().get(uri);
+    let mut request = deckhand::tls::reqwest_builder().build().unwrap().get(uri);
     if let Some(token) = token {
         request = request.header("Authorization", token);
     }

@@ -88,6 +88,7 @@ async fn check_reports_each_dependency() {
 
 /// GET `path` from the agent's metrics listener: status and body.
 async fn scrape(address: &str, path: &str) -> (u16, String) {
+    deckhand::tls::install();
     let response = reqwest::get(format!("http://{address}{path}"))
         .await
         .unwrap();
@@ -209,7 +210,9 @@ async fn metrics_and_health_say_what_the_agent_does() {
         "draining is healthy"
     );
     assert_eq!(scrape(&address, "/nowhere").await.0, 404);
-    let post = reqwest::Client::new()
+    let post = deckhand::tls::reqwest_builder()
+        .build()
+        .unwrap()
         .post(format!("http://{address}/metrics"))
         .send()
         .await

@@ -16,7 +16,7 @@ use common::*;
 
 /// GET /metrics with `accept`: its content type and body.
 async fn scrape(address: &str, accept: Option<&str>) -> (String, String) {
-    let client = reqwest::Client::new();
+    let client = deckhand::tls::reqwest_builder().build().unwrap();
     let mut request = client.get(format!("http://{address}/metrics"));
     if let Some(accept) = accept {
         request = request.header("accept", accept);

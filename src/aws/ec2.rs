@@ -87,7 +87,7 @@ impl Ec2 {
         Ec2 {
             sdk: sdk.clone(),
             endpoint,
-            http: reqwest::Client::builder()
+            http: crate::tls::reqwest_builder()
                 .timeout(TIMEOUT)
                 .build()
                 .expect("a reqwest client with rustls builds"),

@@ -106,6 +106,10 @@ struct RebalanceNotice {
 impl Imds {
     pub fn new(config: &ImdsConfig) -> Result<Imds, ImdsError> {
         let client = aws_config::imds::Client::builder()
+            .configure(
+                &aws_config::provider_config::ProviderConfig::without_region()
+                    .with_http_client(crate::tls::aws_http_client()),
+            )
             .endpoint(&config.endpoint)
             .map_err(|e| ImdsError::Endpoint {
                 endpoint: config.endpoint.clone(),

@@ -168,6 +168,7 @@ async fn imds(config: &Config) -> Result<String, String> {
 /// host lacks it (169.254.170.2 is put on `lo` by deckhand-imds-block.service).
 async fn credentials(address: std::net::SocketAddr) -> Result<String, String> {
     let url = format!("http://{address}/v1/credentials");
+    crate::tls::install();
     match reqwest::get(&url).await {
         Ok(response) if response.status() == reqwest::StatusCode::UNAUTHORIZED => {
             Ok(format!("{url} is served"))
@@ -187,6 +188,7 @@ async fn credentials(address: std::net::SocketAddr) -> Result<String, String> {
 /// address can be bound.
 async fn metrics(address: std::net::SocketAddr) -> Result<String, String> {
     let url = format!("http://{address}/readyz");
+    crate::tls::install();
     match reqwest::get(&url).await {
         Ok(response) => {
             let status = response.status();

@@ -264,7 +264,7 @@ impl Admission {
     /// wherever a profile names ECR's check, which `admit` relies on.
     fn new(config: &AdmissionConfig, token: Option<String>) -> Admission {
         Admission {
-            client: reqwest::Client::builder()
+            client: crate::tls::reqwest_builder()
                 // A redirect would take the question, and the token, elsewhere.
                 .redirect(reqwest::redirect::Policy::none())
                 .build()

@@ -26,5 +26,6 @@ pub async fn error_attempt(s: &Scenario, id: &str) -> Value {
 /// The agent's /metrics, in Prometheus's text format.
 pub async fn scrape(agent: &AgentProcess) -> String {
     let url = format!("http://{}/metrics", agent.metrics_address());
+    deckhand::tls::install();
     reqwest::get(url).await.unwrap().text().await.unwrap()
 }

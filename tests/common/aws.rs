@@ -40,6 +40,7 @@ impl Aws {
 
     pub async fn at(endpoint: &str) -> Aws {
         let sdk = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(deckhand::tls::aws_http_client())
             .endpoint_url(endpoint)
             .region(aws_config::Region::new("us-east-1"))
             .load()

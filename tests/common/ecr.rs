@@ -101,7 +101,9 @@ impl EcrImage {
         });
         let url = format!("{}/moto-api/static/ecr/scan-finding-results", self.endpoint);
         let body = json!({"results": [result], "region": "us-east-1"});
-        let response = reqwest::Client::new()
+        let response = deckhand::tls::reqwest_builder()
+            .build()
+            .unwrap()
             .post(url)
             .header("content-type", "application/json")
             .body(body.to_string())

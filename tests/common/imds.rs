@@ -40,7 +40,7 @@ impl ImdsSim {
         ImdsSim {
             child,
             url,
-            http: reqwest::Client::new(),
+            http: deckhand::tls::reqwest_builder().build().unwrap(),
         }
     }
 

@@ -30,6 +30,7 @@ pub struct Sealed {
 pub async fn kms(aws: &Aws) -> aws_sdk_kms::Client {
     aws_sdk_kms::Client::new(
         &aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .http_client(deckhand::tls::aws_http_client())
             .endpoint_url(&aws.endpoint)
             .region(aws_config::Region::new("us-east-1"))
             .load()

@@ -138,8 +138,8 @@ impl Runner {
             .saturating_sub(ran.started.map_or(Duration::ZERO, |s| s.elapsed()));
         let log_full = log.full();
         let outages = AtomicU32::new(0);
-        let mut last_error = None;
-        let pump = pump(output, log, &mut last_error);
+        let mut said = Said::default();
+        let pump = pump(output, log, &mut said);
         let supervise = self.supervise(builder, remaining, controls, &log_full, &outages);
         let ((), ended) = tokio::join!(pump, supervise);
         let build_ms = started.elapsed().as_millis() as u64;
@@ -147,14 +147,8 @@ impl Runner {
         match ended.map_err(|e| error(e.into()))? {
             (Ended::Exited, 0) => {}
             (Ended::Exited, exit) => {
-                let oom = docker.exit_state(builder).await.is_ok_and(|e| e.oom_killed);
-                return Err(failed(failure(
-                    exit,
-                    oom,
-                    last_error,
-                    build,
-                    job.resources.memory_mb,
-                )));
+                said.oom = docker.exit_state(builder).await.is_ok_and(|e| e.oom_killed);
+                return Err(failed(said.reason(exit, build, job.resources.memory_mb)));
             }
             (Ended::TimedOut, exit) => return Err(Outcome::TimedOut { code: exit }),
             (Ended::Preempted, _) => return Err(Outcome::Interrupted { code: None }),
@@ -388,9 +382,40 @@ fn interrupted(controls: &Controls<'_>) -> Outcome {
     }
 }
 
-/// Reads the builder's output into the log as stream `build`, keeping its last
-/// line that says `Error:`, for the reason.
-async fn pump(mut output: docker::OutputStream, log: &mut JobLog, last_error: &mut Option<String>) {
+/// What the builder's end and output said about why it failed.
+#[derive(Default)]
+struct Said {
+    oom: bool,
+    /// Some line said its storage was full (ENOSPC).
+    no_space: bool,
+    /// Its last line that says `Error:`.
+    last_error: Option<String>,
+}
+
+impl Said {
+    /// Why a build that exited `exit` failed.
+    fn reason(self, exit: i64, build: &ImageBuild, memory_mb: u64) -> String {
+        let said = self.last_error.unwrap_or_default();
+        if self.oom {
+            format!(
+                "the image build was killed: out of memory (limit {memory_mb} MB plus its storage)"
+            )
+        } else if self.no_space {
+            format!(
+                "the image build's storage passed image_build_max_mb = {}: {said}",
+                build.max_bytes / 1_000_000
+            )
+        } else if said.is_empty() {
+            format!("the image build exited with code {exit}")
+        } else {
+            format!("the image build failed: {said}")
+        }
+    }
+}
+
+/// Reads the builder's output into the log as stream `build`, noting in `said`
+/// what a failure's reason needs.
+async fn pump(mut output: docker::OutputStream, log: &mut JobLog, said: &mut Said) {
     use futures_util::StreamExt;
     while let Some(chunk) = output.next().await {
         let bytes = match chunk {
@@ -402,40 +427,15 @@ async fn pump(mut output: docker::OutputStream, log: &mut JobLog, last_error: &m
         };
         log.push(Stream::Build, &bytes);
         let text = String::from_utf8_lossy(&bytes);
-        if let Some(line) = text
-            .lines()
-            .rev()
-            .find(|l| l.contains("Error:") || l.contains("error:"))
-        {
-            *last_error = Some(line.trim().to_owned());
+        if let Some(line) = text.lines().rev().find(|l| l.contains("Error:")) {
+            said.last_error = Some(line.trim().to_owned());
         }
-    }
-}
-
-/// Why a build that exited `exit` failed.
-fn failure(
-    exit: i64,
-    oom: bool,
-    last_error: Option<String>,
-    build: &ImageBuild,
-    memory_mb: u64,
-) -> String {
-    let said = last_error.unwrap_or_default();
-    if oom {
-        return format!(
-            "the image build was killed: out of memory (limit {memory_mb} MB and its storage)"
-        );
-    }
-    if said.contains("no space left on device") {
-        return format!(
-            "the image build's storage passed image_build_max_mb = {}: {said}",
-            build.max_bytes / 1_000_000
-        );
-    }
-    if said.is_empty() {
-        format!("the image build exited with code {exit}")
-    } else {
-        format!("the image build failed: {said}")
+        if text
+            .to_ascii_lowercase()
+            .contains("no space left on device")
+        {
+            said.no_space = true;
+        }
     }
 }
 

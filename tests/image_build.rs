@@ -192,11 +192,9 @@ fn probe_binary() -> Vec<u8> {
     std::fs::read(out).unwrap()
 }
 
-#[test]
-fn a_build_step_has_no_secret_no_network_and_no_keyctl_bpf_ptrace_or_mount() {
-    let Some(stack) = Stack::or_skip() else {
-        return;
-    };
+/// A repository holding the probe and a Dockerfile that runs it, after a step
+/// that prints what a build step can see and reach.
+fn probe_repo(stack: &Stack) -> (GitServer, TestRepo) {
     let server = GitServer::from_env();
     let repo = TestRepo::new(&server, "build-probe");
     let dockerfile = format!(
@@ -214,6 +212,15 @@ fn a_build_step_has_no_secret_no_network_and_no_keyctl_bpf_ptrace_or_mount() {
         ],
         "a probe",
     );
+    (server, repo)
+}
+
+#[test]
+fn a_build_step_has_no_secret_no_network_and_no_keyctl_bpf_ptrace_or_mount() {
+    let Some(stack) = Stack::or_skip() else {
+        return;
+    };
+    let (server, repo) = probe_repo(&stack);
     let config = TestConfig::new(
         &stack,
         &build_config(&stack, &format!("git_remotes = {}", server.remotes())),

@@ -109,23 +109,7 @@ pub fn check(
             ),
         );
     }
-    for (name, value) in spec.build_args.iter().take(MAX_BUILD_ARGS + 1) {
-        let field = format!("image_build.build_args.{}", truncate(name, 64));
-        if !valid_env_name(name) || name.len() > 256 {
-            push(
-                &field,
-                "a name must match ^[A-Za-z_][A-Za-z0-9_]*$, at most 256 bytes".to_owned(),
-            );
-        }
-        if value.contains('\0') {
-            push(&field, "the value contains a NUL byte".to_owned());
-        } else if value.len() > MAX_BUILD_ARG_BYTES {
-            push(
-                &field,
-                format!("the value is at most {MAX_BUILD_ARG_BYTES} bytes"),
-            );
-        }
-    }
+    build_args(&spec.build_args, &mut push);
     if let Some(target) = &spec.target
         && !dockerfile::valid_stage_name(target)
     {
@@ -148,6 +132,27 @@ pub fn check(
         target: spec.target.clone(),
         max_bytes: profile.image_build_max_mb.saturating_mul(1_000_000),
     })
+}
+
+/// Each build argument's name and value.
+fn build_args(args: &BTreeMap<String, String>, push: &mut impl FnMut(&str, String)) {
+    for (name, value) in args.iter().take(MAX_BUILD_ARGS + 1) {
+        let field = format!("image_build.build_args.{}", truncate(name, 64));
+        if !valid_env_name(name) || name.len() > 256 {
+            push(
+                &field,
+                "a name must match ^[A-Za-z_][A-Za-z0-9_]*$, at most 256 bytes".to_owned(),
+            );
+        }
+        if value.contains('\0') {
+            push(&field, "the value contains a NUL byte".to_owned());
+        } else if value.len() > MAX_BUILD_ARG_BYTES {
+            push(
+                &field,
+                format!("the value is at most {MAX_BUILD_ARG_BYTES} bytes"),
+            );
+        }
+    }
 }
 
 /// A path relative to the workdir, normalised; the artifacts' rules, and no

@@ -377,3 +377,90 @@ async fn cancel_stops_a_build() {
     s.wait_empty().await;
     no_builder_left(&id);
 }
+
+#[test]
+fn a_build_past_the_jobs_timeout_is_stopped_timed_out() {
+    let Some(stack) = Stack::or_skip() else {
+        return;
+    };
+    let config = TestConfig::new(&stack, &build_config(&stack, ""));
+    let id = unique("build-slow");
+    let dockerfile = format!("FROM {}\nRUN echo building; sleep 600\n", stack.image);
+    let mut body = build_job(
+        &stack,
+        &id,
+        &dockerfile,
+        &format!("{}/ci/slow:1", stack.registry),
+    );
+    body["timeout_secs"] = json!(8);
+    let started = std::time::Instant::now();
+    let run = exec(&config, &body);
+    assert_eq!(run.result["status"], "timed_out", "{}", run.result);
+    assert!(started.elapsed() < LONG, "stopped, not waited for");
+    assert!(run.output("build").iter().any(|l| l == "building"));
+    no_builder_left(&id);
+}
+
+#[test]
+fn a_registry_that_refuses_the_push_fails_the_job_with_its_reason() {
+    let Some(stack) = Stack::or_skip() else {
+        return;
+    };
+    // The registry behind htpasswd, with no registry_auth for it: refused.
+    let auth_registry = std::env::var("STACK_AUTH_REGISTRY").unwrap();
+    let extra = format!(
+        "[images]\nbuilder = \"{}\"\n[profiles.default]\npush_registries = [\"{auth_registry}\"]\n",
+        builder_image()
+    );
+    let config = TestConfig::new(&stack, &extra);
+    let id = unique("build-refused");
+    let dockerfile = format!("FROM {}\nRUN true\n", stack.image);
+    let run = exec(
+        &config,
+        &build_job(
+            &stack,
+            &id,
+            &dockerfile,
+            &format!("{auth_registry}/ci/refused:1"),
+        ),
+    );
+    assert_eq!(run.result["status"], "failed", "{}", run.result);
+    let reason = run.result["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with(&format!(
+            "the registry refused the push of {auth_registry}/ci/refused:1: "
+        )),
+        "{reason}"
+    );
+    no_builder_left(&id);
+}
+
+#[test]
+fn a_builder_that_cannot_start_is_an_error() {
+    let Some(stack) = Stack::or_skip() else {
+        return;
+    };
+    let extra = format!(
+        "[images]\nbuilder = \"deckhand-builder:absent\"\n[profiles.default]\npush_registries = [\"{}\"]\n",
+        stack.registry
+    );
+    let config = TestConfig::new(&stack, &extra);
+    let id = unique("build-nobuilder");
+    let dockerfile = format!("FROM {}\nRUN true\n", stack.image);
+    let run = exec(
+        &config,
+        &build_job(
+            &stack,
+            &id,
+            &dockerfile,
+            &format!("{}/ci/x:1", stack.registry),
+        ),
+    );
+    assert_eq!(run.result["status"], "error", "{}", run.result);
+    let reason = run.result["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("images.builder \"deckhand-builder:absent\" is not on this host"),
+        "{reason}"
+    );
+    no_builder_left(&id);
+}

@@ -274,7 +274,7 @@ pub fn prepare(build: &ImageBuild, root: &Path, config: &Config) -> Result<Prepa
     }
     let mut bases = Vec::new();
     for base in parsed.bases {
-        let image = ImageRef::parse(&base.image, config.images.policy()).map_err(|rule| {
+        let at = |rule: String| {
             refuse(
                 "dockerfile",
                 format!(
@@ -283,7 +283,16 @@ pub fn prepare(build: &ImageBuild, root: &Path, config: &Config) -> Result<Prepa
                     truncate(&base.image, 128)
                 ),
             )
-        })?;
+        };
+        let image = ImageRef::parse(&base.image, config.images.policy()).map_err(at)?;
+        if image.digest.is_some() {
+            // The builder gets each base by name from an archive the engine
+            // saved; buildah then knows it by no registry digest, and the build
+            // would fail later and less clearly.
+            return Err(at(
+                "a base pinned by digest is not supported yet; name it by tag".to_owned(),
+            ));
+        }
         bases.push(image);
     }
     let under = |path: &Path| {

@@ -193,6 +193,10 @@ fn bases_are_checked_against_the_image_policy_before_the_build() {
             "registry \"evil.example\" is not allowed",
         ),
         ("FROM scratch\nCOPY --from=evil.example/x:1 / /\n", "line 2"),
+        (
+            "FROM registry.internal/ci/base@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n",
+            "a base pinned by digest is not supported yet",
+        ),
     ] {
         let dir = workspace(&[("Dockerfile", text)]);
         let refused = prepared(dir.path(), json!({"tags": tag})).unwrap_err();

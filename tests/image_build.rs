@@ -464,3 +464,30 @@ fn a_builder_that_cannot_start_is_an_error() {
     );
     no_builder_left(&id);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_drain_stops_a_build_and_hands_the_job_back() {
+    let Some(s) = Scenario::new("build-drain").await else {
+        return;
+    };
+    let extra = format!(
+        "[queue]\nvisibility_timeout_secs = 600\n[drain]\nstop_timeout_secs = 0\nstop_grace_secs = 0\n{}",
+        build_config(&s.stack, "")
+    );
+    let (_config, mut agent) = s.agent("i-build-drain", &extra);
+    let id = unique("build-drain");
+    let dockerfile = format!("FROM {}\nRUN echo building; sleep 600\n", s.stack.image);
+    let tag = format!("{}/ci/drained:1", s.stack.registry);
+    s.send_job(&build_job(&s.stack, &id, &dockerfile, &tag))
+        .await;
+    agent.wait_log("Image build started.", LONG).await;
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(agent.wait_exit(LONG).await, Some(0));
+    let attempt = s
+        .attempt(&id, 1)
+        .await
+        .expect("the interrupted attempt is recorded");
+    assert_eq!(attempt["status"], "interrupted", "{attempt}");
+    assert_eq!(attempt["reason"], "interrupted: SIGTERM received");
+    no_builder_left(&id);
+}

@@ -12,7 +12,7 @@ import time
 import urllib.request
 
 
-FIGURES = ("exec_true", "exec_arm64", "queue_serial", "queue_parallel", "cancel", "live_log", "artifacts", "inputs", "idle", "fleet", "aws_requests", "log_flood", "notice", "requeue", "boot", "box_boot", "cache", "source")
+FIGURES = ("exec_true", "exec_arm64", "queue_serial", "queue_parallel", "cancel", "live_log", "artifacts", "inputs", "idle", "fleet", "aws_requests", "log_flood", "notice", "requeue", "boot", "box_boot", "cache", "source", "image_build")
 
 
 TARGETS = {

@@ -16,6 +16,7 @@ sys.dont_write_bytecode = True  # the modules below leave no __pycache__ beside 
 
 from aws import AwsFigures
 from boot import BootFigures
+from build import BuildFigures
 from box import BoxFigures
 from cache import CacheFigures
 from common import FIGURES, Watch, note, say, wait_quiet
@@ -33,7 +34,7 @@ from source import SourceFigures
 
 class Bench(
     ExecFigures, QueueFigures, FleetFigures, JobFigures, IdleFigures, BoxFigures, LogFigures, AwsFigures,
-    NoticeFigures, RequeueFigures, BootFigures, CacheFigures, SourceFigures, Harness,
+    NoticeFigures, RequeueFigures, BootFigures, CacheFigures, SourceFigures, BuildFigures, Harness,
 ):
     """Every figure, each a method named after it, over the shared harness."""
 

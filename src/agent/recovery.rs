@@ -1,7 +1,8 @@
 //! Recovery at boot: the containers a previous run of this agent left (a crash,
 //! `kill -9`) are removed with their workspaces, and their messages handed back at
 //! once through the receipt kept in their labels, so the jobs start again elsewhere
-//! without waiting for their visibility timeouts.
+//! without waiting for their visibility timeouts. Image builds' staging
+//! folders go too.
 
 use std::time::Duration;
 
@@ -15,6 +16,14 @@ use crate::docker;
 
 impl Agent {
     pub(super) async fn recover(&self) {
+        // Image builds' staging folders (saved bases, the built archive) of the
+        // earlier run: no job runs yet, so every one is left over.
+        let builds = self.config.agent.work_dir.join("builds");
+        if let Err(error) = std::fs::remove_dir_all(&builds)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(%error, dir = %builds.display(), "Could not remove image builds left by an earlier run.");
+        }
         let orphans = match self.sweeper.sweep_all().await {
             Ok(orphans) => orphans,
             Err(error) => {

@@ -63,8 +63,30 @@ pub async fn run(config: &Config) -> Vec<Probe> {
     if config.log_forwarder.is_set() {
         probes.push(probe("forwarder", log_forwarder(config)).await);
     }
+    if let Some(image) = &config.images.builder {
+        probes.push(probe("builder", builder(config, image)).await);
+    }
     probes.push(probe("disk", disk(config)).await);
     probes
+}
+
+/// The image builder: its seccomp profile (shipped in this binary) parses and
+/// denies what it must, and its image is on the engine (it is never pulled).
+async fn builder(config: &Config, image: &str) -> Result<String, String> {
+    let allowed = crate::docker::check_seccomp(crate::docker::SECCOMP_PROFILE)
+        .map_err(|problem| format!("the builder's seccomp profile {problem}"))?;
+    let docker = Docker::connect(&config.docker)
+        .await
+        .map_err(|e| e.to_string())?;
+    match docker.image_id(image).await.map_err(|e| e.to_string())? {
+        Some(_) => Ok(format!(
+            "{image} is here; seccomp allows {allowed} calls and denies {}",
+            crate::docker::DENIED_SYSCALLS.join(", ")
+        )),
+        None => Err(format!(
+            "images.builder {image:?} is not on this engine (it is never pulled: build it on the host)"
+        )),
+    }
 }
 
 /// `[log_forwarder]` as the boot will judge it (the token's presence is the

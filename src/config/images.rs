@@ -22,6 +22,9 @@ pub struct ImagesConfig {
     pub warm_failure: WarmFailure,
     /// Registry `host[:port]` to the name of a secret holding `user:password`.
     pub registry_auth: BTreeMap<String, String>,
+    /// The image jobs' `image_build` runs in (buildah on Debian), by a name the
+    /// engine holds; `None`: image builds are off.
+    pub builder: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +71,18 @@ impl ImagesConfig {
                 .into_iter()
                 .map(|(registry, secret)| (registry.to_ascii_lowercase(), secret))
                 .collect(),
+            builder: r.opt_string(&mut section, "builder"),
         };
+        if let Some(builder) = &images.builder
+            && (builder.is_empty()
+                || builder.len() > 512
+                || builder.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            r.issue(
+                "images.builder",
+                &format!("{builder:?} is not an image name"),
+            );
+        }
         for image in r.strings(&mut section, "warm") {
             // Warm images obey the same policy as jobs' images.
             match ImageRef::parse(&image, images.policy()) {

@@ -39,6 +39,8 @@ pub const DEFAULT_MAX_SERVICES: u64 = 4;
 /// Each service's memory and CPU caps, and its values when it names none.
 pub const DEFAULT_SERVICES_MEMORY_MB: u64 = 1024;
 pub const DEFAULT_SERVICES_CPUS: f64 = 1.0;
+/// The image builder's storage (its layers, the bases, the image), in MB.
+pub const DEFAULT_IMAGE_BUILD_MAX_MB: u64 = 4096;
 
 /// A job profile: the pool's "task definition". Holds the defaults and the caps of
 /// what a job may ask for.
@@ -87,6 +89,11 @@ pub struct Profile {
     pub admission_ecr: super::EcrOverride,
     /// Its jobs' `caches`: paths, scopes, whether they save.
     pub caches: super::ProfileCaches,
+    /// `host[:port]` of the registries a job's `image_build` may push to.
+    pub push_registries: Vec<String>,
+    /// The most an image build's storage may hold, in MB: a tmpfs of this size,
+    /// charged to the builder's memory (which gets it on top of the job's).
+    pub image_build_max_mb: u64,
 }
 
 impl Default for Profile {
@@ -118,6 +125,8 @@ impl Default for Profile {
             retries: super::Retries::default(),
             admission_ecr: super::EcrOverride::default(),
             caches: super::ProfileCaches::default(),
+            push_registries: Vec::new(),
+            image_build_max_mb: DEFAULT_IMAGE_BUILD_MAX_MB,
         }
     }
 }
@@ -187,6 +196,7 @@ fn read_one(r: &mut Reader<'_>, mut section: Section) -> Profile {
     let admission_ecr = super::admission_ecr::read_profile(r, &mut section);
     let git = super::git::read_profile(r, &mut section);
     let caches = super::caches::read_profile(r, &mut section);
+    let (push_registries, image_build_max_mb) = read_image_build(r, &mut section);
     r.finish(section);
     Profile {
         memory_mb,
@@ -212,7 +222,31 @@ fn read_one(r: &mut Reader<'_>, mut section: Section) -> Profile {
         retries,
         admission_ecr,
         caches,
+        push_registries,
+        image_build_max_mb,
     }
+}
+
+/// `push_registries` (each a `host[:port]`, lower-cased) and
+/// `image_build_max_mb`.
+fn read_image_build(r: &mut Reader<'_>, section: &mut Section) -> (Vec<String>, u64) {
+    let key = section.key("push_registries");
+    let registries = r.strings(section, "push_registries");
+    for registry in &registries {
+        if !crate::rules::valid_registry_host(registry) {
+            r.issue(&key, &format!("{registry:?} is not a registry host[:port]"));
+        }
+    }
+    let max_mb = r.int(
+        section,
+        "image_build_max_mb",
+        16..=1 << 20,
+        DEFAULT_IMAGE_BUILD_MAX_MB,
+    );
+    (
+        registries.iter().map(|r| r.to_ascii_lowercase()).collect(),
+        max_mb,
+    )
 }
 
 /// `artifacts_max_mb` and `artifacts_max_files`.

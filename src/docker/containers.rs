@@ -48,6 +48,11 @@ pub struct ContainerSpec {
     /// usage can be read after its exit (jobs and services; see
     /// [`Docker::own_cgroup`]). Whoever asks removes it after the container.
     pub own_cgroup: bool,
+    /// Security options besides `no-new-privileges` (always set): the image
+    /// builder's own seccomp profile.
+    pub security_opt: Vec<String>,
+    /// Path to mount options of a tmpfs each (the image builder's storage).
+    pub tmpfs: HashMap<String, String>,
 }
 
 /// What every container is held to.
@@ -91,6 +96,8 @@ impl ContainerSpec {
             log_max_bytes: DEFAULT_LOG_MAX_BYTES,
             extra_hosts: Vec::new(),
             own_cgroup: false,
+            security_opt: Vec::new(),
+            tmpfs: HashMap::new(),
         }
     }
 }
@@ -163,7 +170,12 @@ impl Docker {
                 .flatten(),
             cap_drop: Some(vec!["ALL".into()]),
             cap_add: Some(spec.cap_add.clone()),
-            security_opt: Some(vec!["no-new-privileges:true".into()]),
+            security_opt: Some(
+                std::iter::once("no-new-privileges:true".to_owned())
+                    .chain(spec.security_opt.iter().cloned())
+                    .collect(),
+            ),
+            tmpfs: (!spec.tmpfs.is_empty()).then(|| spec.tmpfs.clone()),
             privileged: Some(false),
             // Keep the host's devices, IPC and PID namespace out of reach.
             ipc_mode: Some("private".into()),

@@ -8,12 +8,14 @@ use bollard::errors::Error as BollardError;
 use crate::backoff::Backoff;
 use crate::config::DockerConfig;
 
+mod builder;
 mod containers;
 mod images;
 mod probe;
 mod upload;
 
 pub use bollard::models::Mount;
+pub use builder::{BUILDER_CAPABILITIES, DENIED_SYSCALLS, SECCOMP_PROFILE, check_seccomp};
 pub use containers::{
     ContainerSpec, Exit, Limits, ManagedContainer, Output, OutputStream, TarStream, bind_mount,
     volume_mount,
@@ -100,6 +102,12 @@ pub enum DockerError {
     Import { image: String, source: BollardError },
     #[error("run a command in container {name}: {source}")]
     Exec { name: String, source: BollardError },
+    /// An image saved, loaded or tagged for a build.
+    #[error("{what}: {message}")]
+    Transfer { what: String, message: String },
+    /// The registry refused a push; the message is its reason.
+    #[error("push {image}: {message}")]
+    Push { image: String, message: String },
 }
 
 impl DockerError {
@@ -168,7 +176,10 @@ impl DockerError {
     /// What bollard said, for the calls that reached it.
     fn source_error(&self) -> Option<&BollardError> {
         match self {
-            DockerError::Pull { .. } | DockerError::PullTimeout { .. } => None,
+            DockerError::Pull { .. }
+            | DockerError::PullTimeout { .. }
+            | DockerError::Transfer { .. }
+            | DockerError::Push { .. } => None,
             DockerError::Connect { source, .. }
             | DockerError::Ping { source, .. }
             | DockerError::InspectImage { source, .. }

@@ -49,6 +49,8 @@ pub struct Ask<'a> {
 pub enum Kind {
     Job,
     Service,
+    /// An image the job's `image_build` made and pushed; `name` is its tag.
+    Build,
 }
 
 /// The webhook's answer; other fields are ignored.
@@ -141,12 +143,18 @@ pub struct Admitted {
     pub job: Checked,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub services: BTreeMap<String, Checked>,
+    /// Each image its `image_build` pushed, by tag.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub images: BTreeMap<String, Checked>,
 }
 
 impl Admitted {
-    /// Every check of every image: the job's, then each service's.
+    /// Every check of every image: the job's, then each service's, then each
+    /// built one's.
     pub fn checks(&self) -> impl Iterator<Item = &Checked> {
-        let images = std::iter::once(&self.job).chain(self.services.values());
+        let images = std::iter::once(&self.job)
+            .chain(self.services.values())
+            .chain(self.images.values());
         images.flat_map(Checked::all)
     }
 }
@@ -411,6 +419,7 @@ pub(super) fn verdict(
     let kind = match ask.kind {
         Kind::Job => "job",
         Kind::Service => "service",
+        Kind::Build => "build",
     };
     let ecr = matches!(by, By::Ecr | By::EcrCache);
     let (decision, refusal) = if allowed {

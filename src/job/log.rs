@@ -21,6 +21,9 @@ const MAX_LINE_BYTES: usize = 64 * 1024;
 pub enum Stream {
     Stdout,
     Stderr,
+    /// The image builder's output (both of its streams), for a job's
+    /// `image_build`.
+    Build,
 }
 
 impl Stream {
@@ -28,6 +31,7 @@ impl Stream {
         match self {
             Stream::Stdout => "stdout",
             Stream::Stderr => "stderr",
+            Stream::Build => "build",
         }
     }
 }
@@ -132,7 +136,7 @@ impl JobLog {
     }
 
     fn flush_rest(&mut self, service: Option<&str>, mut splitters: Splitters) {
-        for stream in [Stream::Stdout, Stream::Stderr] {
+        for stream in [Stream::Stdout, Stream::Stderr, Stream::Build] {
             if let Some(rest) = splitters.of(stream).take_rest() {
                 self.emit_from(service, stream, &rest);
             }
@@ -331,6 +335,7 @@ impl Drop for LogBody {
 struct Splitters {
     stdout: LineSplitter,
     stderr: LineSplitter,
+    build: LineSplitter,
 }
 
 impl Splitters {
@@ -338,6 +343,7 @@ impl Splitters {
         match stream {
             Stream::Stdout => &mut self.stdout,
             Stream::Stderr => &mut self.stderr,
+            Stream::Build => &mut self.build,
         }
     }
 }

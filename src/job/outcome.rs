@@ -50,6 +50,9 @@ pub enum RunError {
     Service(String),
     #[error("this binary's path, to mount in the services' sandbox: {source}")]
     OwnBinary { source: std::io::Error },
+    /// The image builder could not be made ready or started: the host's trouble.
+    #[error("the image builder could not start: {0}")]
+    Builder(String),
 }
 
 /// How a job's container ended.
@@ -74,6 +77,18 @@ pub enum Outcome {
     /// Stopped because its output passed the profile's `max_log_mb`.
     LogFull {
         code: i64,
+    },
+    /// It had no command, and its `image_build` succeeded: no container of its
+    /// own ran.
+    Built,
+    /// Its `image_build` named something the pool does not allow, found once
+    /// its workspace was there (a base's registry, a link out of it).
+    BuildRefused(crate::job::build::Refused),
+    /// Its `image_build` failed: the Dockerfile's error, its storage full, the
+    /// registry's refusal of a push. `code` is the job's command's.
+    BuildFailed {
+        code: Option<i64>,
+        reason: String,
     },
     Error(RunError),
 }
@@ -134,6 +149,9 @@ impl Outcome {
                 Some(Halt::Requested(reason)) => (Status::Cancelled, *code, Some(reason.clone())),
                 None => (Status::Cancelled, *code, Some("cancelled".to_owned())),
             },
+            Outcome::Built => (Status::Succeeded, None, None),
+            Outcome::BuildRefused(refused) => (Status::Rejected, None, Some(refused.to_string())),
+            Outcome::BuildFailed { code, reason } => (Status::Failed, *code, Some(reason.clone())),
             Outcome::Error(error) => describe_error(error),
         }
     }
@@ -217,6 +235,7 @@ impl Attempt<'_> {
             admission: None,
             source: None,
             caches: Vec::new(),
+            images: Vec::new(),
             // The agent, which knows the message, sets these three.
             receive_count: 0,
             attempts: Vec::new(),

@@ -50,6 +50,10 @@ pub struct JobResult {
     /// addition to v1).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub caches: Vec<crate::job::caches::CacheReport>,
+    /// Each image its `image_build` pushed; absent when it built none (an
+    /// addition to v1).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<crate::job::build::BuiltImage>,
     /// SQS's `ApproximateReceiveCount` of the delivery that made this result;
     /// `attempt` is deckhand's own count, across the copies of the message.
     /// `0` (left out): no SQS delivery (`deckhand exec`).
@@ -232,6 +236,7 @@ impl JobResult {
             admission: None,
             source: None,
             caches: Vec::new(),
+            images: Vec::new(),
             receive_count: attempt,
             attempts: Vec::new(),
             budget: None,

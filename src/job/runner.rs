@@ -34,12 +34,21 @@ use crate::mask::Masker;
 use pull::Pulled;
 
 mod admission;
+mod build;
 mod caches;
 mod equip;
 mod exit;
 mod pull;
 mod services;
 mod workspace;
+
+/// The variables that point the AWS SDKs at the job's credentials.
+fn credentials_env(issued: &Issued) -> [String; 2] {
+    [
+        format!("AWS_CONTAINER_CREDENTIALS_FULL_URI={}", issued.uri),
+        format!("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE={SECRETS_MOUNT}/{TOKEN_FILE}"),
+    ]
+}
 
 /// The exit code Docker gives a container it restores without its task (it ended
 /// while dockerd was down, and its real exit status is gone).
@@ -138,6 +147,10 @@ struct Ran {
     /// Its checkout, once made.
     source: Option<crate::job::source::SourceReport>,
     caches: Vec<crate::job::caches::CacheReport>,
+    /// Its `image_build` has no command to run first: no container of its own.
+    build_only: bool,
+    /// What its `image_build` pushed.
+    images: Vec<crate::job::build::BuiltImage>,
 }
 
 /// A created and started container, and what must live as long as it does.
@@ -240,6 +253,9 @@ impl Runner {
             Some(running) => running.finish(&mut log).await,
             None => Default::default(),
         };
+        let outcome = self
+            .build_image(&launch, &controls, &mut log, &mut ran, outcome)
+            .await;
         let artifacts = self
             .artifacts(job, &names, &outcome, &controls, ran.started)
             .await;
@@ -277,6 +293,7 @@ impl Runner {
         result.admission = self.masked(ran.admission);
         result.source = ran.source;
         result.caches = ran.caches;
+        result.images = ran.images;
         result.usage = Usage::measured(ran.usage, service_usage);
         Finished {
             result,
@@ -295,6 +312,7 @@ impl Runner {
         let Launch { job, names, .. } = *launch;
         let started = match self.start(launch, controls, log, ran).await {
             Ok(Some(started)) => started,
+            Ok(None) if ran.build_only => return Outcome::Built,
             Ok(None) if controls.cancel.reason().is_some() => {
                 return Outcome::Cancelled { code: None };
             }
@@ -397,15 +415,15 @@ impl Runner {
             placed = self.fill_workspace(job, &names.workspace, image.user.as_deref()) => ran.source = placed?,
             () = controls.interrupted() => return Ok(None),
         }
+        if job.command.is_none() && job.image_build.is_some() {
+            // The build is the whole job: its workspace is all it needs.
+            ran.build_only = true;
+            return Ok(None);
+        }
         let credentials = self.credentials(job, log)?;
         let token = credentials.as_ref().map(Issued::token);
         let (mut env, mut mounts) = self.secret_files(job, names, image.user.as_deref(), token)?;
-        if let Some(issued) = &credentials {
-            env.push(format!("AWS_CONTAINER_CREDENTIALS_FULL_URI={}", issued.uri));
-            env.push(format!(
-                "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE={SECRETS_MOUNT}/{TOKEN_FILE}"
-            ));
-        }
+        env.extend(credentials.as_ref().into_iter().flat_map(credentials_env));
         // Held for the whole run: a cache refresh removes the old volume only once
         // no running job mounts it.
         let cache = self.cache.as_ref().and_then(Cache::current);

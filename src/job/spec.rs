@@ -75,6 +75,10 @@ pub struct JobSpec {
     /// Keyed trees restored before it starts and saved after it succeeds.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub caches: Vec<crate::job::caches::CacheSpec>,
+    /// An image built from a Dockerfile in the workspace after the command
+    /// succeeds (or as the whole job, without one), and pushed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_build: Option<crate::job::build::ImageBuildSpec>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -119,6 +123,8 @@ pub struct Job {
     pub expected: Option<Duration>,
     /// Its `caches`, with what its profile lets it do with them.
     pub caches: crate::job::caches::JobCaches,
+    /// Its `image_build`, checked as far as the message goes.
+    pub image_build: Option<crate::job::build::ImageBuild>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -265,6 +271,15 @@ impl JobSpec {
             });
         let services =
             services::check(&self.services, &self.secrets, config, &named, &mut problems);
+        let image_build = self.image_build.as_ref().and_then(|spec| {
+            crate::job::build::check(spec, config, profile, &profile_name)
+                .map_err(|broken| {
+                    broken
+                        .iter()
+                        .for_each(|(field, rule)| problems.push(field, rule))
+                })
+                .ok()
+        });
 
         match image {
             Some(image) if problems.0.is_empty() => Ok(Job {
@@ -291,6 +306,7 @@ impl JobSpec {
                 retry,
                 expected,
                 caches,
+                image_build,
             }),
             _ => Err(problems.0),
         }

@@ -39,6 +39,7 @@ impl Runner {
         let record = admitted.insert(Admitted {
             job: verdict.checked,
             services: Default::default(),
+            images: Default::default(),
         });
         if let Some(refusal) = verdict.refusal {
             return Err(refusal.into());
@@ -65,7 +66,9 @@ impl Runner {
     /// the bearer token included.
     pub(super) fn masked(&self, admitted: Option<Admitted>) -> Option<Admitted> {
         let mut admitted = admitted?;
-        let checks = std::iter::once(&mut admitted.job).chain(admitted.services.values_mut());
+        let checks = std::iter::once(&mut admitted.job)
+            .chain(admitted.services.values_mut())
+            .chain(admitted.images.values_mut());
         for checked in checks {
             checked.each_reason(&mut |reason| *reason = self.masker.mask(reason).into_owned());
         }

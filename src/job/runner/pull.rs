@@ -44,7 +44,7 @@ impl Runner {
 
     /// `image`, pulled with its registry's credentials if the engine lacks it,
     /// and recorded as used so the disk's collection takes it only when unused.
-    async fn ensure(&self, image: &ImageRef) -> Result<LocalImage, RunError> {
+    pub(super) async fn ensure(&self, image: &ImageRef) -> Result<LocalImage, RunError> {
         let auth = self
             .secrets
             .registry_auth(&self.config.images.registry_auth, &image.registry)?;

@@ -60,7 +60,10 @@ impl Runner {
     }
 
     /// The workspace volume's folder on this host.
-    async fn workspace_folder(&self, workspace: &str) -> Result<std::path::PathBuf, RunError> {
+    pub(super) async fn workspace_folder(
+        &self,
+        workspace: &str,
+    ) -> Result<std::path::PathBuf, RunError> {
         self.docker
             .volume_mountpoint(workspace)
             .await?

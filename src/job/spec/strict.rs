@@ -42,8 +42,10 @@ const DUPLICATE: &str = "duplicate key ";
 /// position), which no producer means.
 pub fn misshapen(job: &serde_json::Value) -> Option<(String, String)> {
     let must_be_object = |value: &serde_json::Value| !value.is_object();
-    if job.get("resources").is_some_and(must_be_object) {
-        return Some(("resources".into(), "must be an object".into()));
+    for object in ["resources", "image_build"] {
+        if job.get(object).is_some_and(must_be_object) {
+            return Some((object.into(), "must be an object".into()));
+        }
     }
     // serde reads a struct from an array too, by position: a list of values
     // where an object belongs must not pass as one.

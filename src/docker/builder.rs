@@ -96,15 +96,13 @@ impl Docker {
         file.flush().await.map_err(|e| failed(e.to_string()))
     }
 
-    /// `docker load` of the archive `from`.
-    pub async fn load_image(&self, from: &Path) -> Result<(), DockerError> {
+    /// `docker load` of the archive open in `file` (read from `from`).
+    pub async fn load_image(&self, file: std::fs::File, from: &Path) -> Result<(), DockerError> {
         let failed = |message: String| DockerError::Transfer {
             what: format!("load {}", from.display()),
             message,
         };
-        let file = tokio::fs::File::open(from)
-            .await
-            .map_err(|e| failed(e.to_string()))?;
+        let file = tokio::fs::File::from_std(file);
         let body = tokio_util::io::ReaderStream::new(file);
         let options = ImportImageOptions {
             quiet: true,

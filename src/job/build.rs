@@ -14,6 +14,7 @@ use crate::config::{Config, Profile};
 use crate::image::{ImageRef, Policy};
 use crate::rules::{truncate, valid_env_name, workdir_segments};
 
+pub mod archive;
 pub mod dockerfile;
 
 /// The most tags one build pushes.

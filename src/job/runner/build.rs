@@ -173,11 +173,26 @@ impl Runner {
     ) -> Result<Vec<BuiltImage>, Outcome> {
         let error = |e: RunError| Outcome::Error(e);
         let docker = &self.docker;
+        let first = build.tags[0].to_string();
+        // What the builder wrote is the job's: checked before the engine takes
+        // any name from it, and a bad one is the job's failure, not the host's.
+        let path = staging.join("out/image.tar");
+        let archive = {
+            let (path, first, max_bytes) = (path.clone(), first.clone(), build.max_bytes);
+            tokio::task::spawn_blocking(move || {
+                build::archive::open_checked(&path, &first, max_bytes)
+            })
+            .await
+            .map_err(|e| error(RunError::Builder(format!("check the image archive: {e}"))))?
+        }
+        .map_err(|e| Outcome::BuildFailed {
+            code,
+            reason: e.to_string(),
+        })?;
         docker
-            .load_image(&staging.join("out/image.tar"))
+            .load_image(archive, &path)
             .await
             .map_err(|e| error(e.into()))?;
-        let first = build.tags[0].to_string();
         let bytes = docker
             .image_bytes(&first)
             .await

@@ -14,8 +14,11 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use crate::agent::Agent;
-use crate::docker::{LABEL_AGENT, LABEL_ATTEMPT, LABEL_JOB_ID, LABEL_WORKSPACE, ManagedContainer};
+use crate::docker::{
+    LABEL_AGENT, LABEL_ATTEMPT, LABEL_JOB_ID, LABEL_ROLE, LABEL_WORKSPACE, ManagedContainer,
+};
 use crate::host::disk::{MIN_FREE_INODES_PERCENT, Used, used};
+use crate::job::build;
 
 /// Two `statvfs` calls a period while jobs run; the sizes are counted only when
 /// the space is low.
@@ -127,7 +130,10 @@ impl Agent {
             if !self.watched.holds(&key) {
                 continue;
             }
-            let workspace = self.workspace_used(&container).await;
+            let mut workspace = self.workspace_used(&container).await;
+            let staged = self.staging_used(&container).await;
+            workspace.bytes += staged.bytes;
+            workspace.entries += staged.entries;
             let usage = usages.entry(key.clone()).or_insert_with(|| Usage {
                 key,
                 containers: 0,
@@ -155,6 +161,22 @@ impl Agent {
         let Ok(Some(folder)) = self.docker.volume_mountpoint(volume).await else {
             return Used::default();
         };
+        tokio::task::spawn_blocking(move || used(&folder))
+            .await
+            .unwrap_or_default()
+    }
+}
+
+impl Agent {
+    /// What an image builder wrote to its staging folder on the host (the
+    /// image archive goes there, outside its storage's tmpfs); nothing for
+    /// any other container.
+    async fn staging_used(&self, container: &ManagedContainer) -> Used {
+        let is_builder = container.labels.get(LABEL_ROLE).map(String::as_str) == Some("builder");
+        let Some(job_container) = build::builder_of(&container.name).filter(|_| is_builder) else {
+            return Used::default();
+        };
+        let folder = build::staging_dir(&self.config.agent.work_dir, job_container);
         tokio::task::spawn_blocking(move || used(&folder))
             .await
             .unwrap_or_default()

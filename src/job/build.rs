@@ -24,6 +24,24 @@ pub const MAX_BUILD_ARGS: usize = 64;
 /// The longest build argument value.
 pub const MAX_BUILD_ARG_BYTES: usize = 4096;
 
+/// The host folder a build stages the bases, its script and the image archive
+/// in (bind-mounted into the builder); the disk watchdog counts it as the job's.
+pub fn staging_dir(work_dir: &Path, job_container: &str) -> PathBuf {
+    work_dir.join("builds").join(job_container)
+}
+
+/// The builder container of the job container `job_container`.
+pub fn builder_name(job_container: &str) -> String {
+    format!("{job_container}{BUILDER_SUFFIX}")
+}
+
+/// The job container a builder container builds for.
+pub fn builder_of(builder: &str) -> Option<&str> {
+    builder.strip_suffix(BUILDER_SUFFIX)
+}
+
+const BUILDER_SUFFIX: &str = "-build";
+
 /// The wire form.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

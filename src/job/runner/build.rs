@@ -52,13 +52,8 @@ impl Runner {
             Outcome::Built => None,
             other => return other,
         };
-        let staging = self
-            .config
-            .agent
-            .work_dir
-            .join("builds")
-            .join(&launch.names.container);
-        let builder = format!("{}-build", launch.names.container);
+        let staging = build::staging_dir(&self.config.agent.work_dir, &launch.names.container);
+        let builder = build::builder_name(&launch.names.container);
         self.sweeper.hold(&builder);
         let built = self
             .build(launch, build, controls, log, ran, &staging, &builder, code)

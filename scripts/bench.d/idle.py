@@ -21,11 +21,12 @@ class IdleFigures:
         median = statistics.median(rss)
         anon = statistics.median(r[2] for r in rounds)
         file = statistics.median(r[3] for r in rounds)
+        pss = statistics.median(r[4] for r in rounds)
         say(f"idle: median RSS {median:.1f} MB over {len(rounds)} agents ({', '.join(f'{r:.1f}' for r in rss)}): "
-            f"{anon:.1f} MB anonymous + {file:.1f} MB of the binary's pages; CPU {cpu:.2f} s in {secs} s")
+            f"{anon:.1f} MB anonymous + {file:.1f} MB of the binary's pages; PSS {pss:.1f} MB; CPU {cpu:.2f} s in {secs} s")
         self.row(
             "idle",
-            f"RSS {median:.1f} MB ({rss[0]:.1f}-{rss[-1]:.1f}; anon {anon:.1f} + binary {file:.1f}); "
+            f"RSS {median:.1f} MB ({rss[0]:.1f}-{rss[-1]:.1f}; anon {anon:.1f} + binary {file:.1f}); PSS {pss:.1f} MB; "
             f"CPU {cpu:.2f} s / {secs} s",
             "none",
             "n/a",
@@ -47,6 +48,7 @@ class IdleFigures:
             raise BenchError(f"idle: the agent exited ({proc.returncode}):\n{tail(log)}")
         cpu1 = cpu_secs(proc.pid, tick)
         status = proc_status(proc.pid)
+        pss_mb = proportional_set_mb(proc.pid)
         rss_mb = status["VmRSS"] / 1024.0
         hwm_mb = status["VmHWM"] / 1024.0
         threads = status.get("Threads", "?")
@@ -67,4 +69,14 @@ class IdleFigures:
             f"(the agent's own memory) + {status.get('RssFile', 0) / 1024:.1f} MB file-backed (the "
             "binary's code pages: clean, shared, reclaimable)"
         )
-        return rss_mb, cpu, status.get("RssAnon", 0) / 1024.0, status.get("RssFile", 0) / 1024.0
+        return rss_mb, cpu, status.get("RssAnon", 0) / 1024.0, status.get("RssFile", 0) / 1024.0, pss_mb
+
+
+def proportional_set_mb(pid):
+    """PSS from /proc/PID/smaps_rollup: each page divided by the processes that map
+    it, so the binary's pages count once across agents (or a copy in the cache)."""
+    with open(f"/proc/{pid}/smaps_rollup") as rollup:
+        for line in rollup:
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024.0
+    return 0.0

@@ -3,11 +3,13 @@
 //! the named commit, a ref resolves, a second job hits the mirror, a seeded host
 //! serves its first job with no clone, a remote outside `git_remotes` is
 //! rejected, a missing commit fails once and a remote that is down is an
-//! `error`; the token reaches no job; a hostile repository is contained.
+//! `error`; the token reaches no job; an `ssh://` remote is fetched with the
+//! profile's deploy key, which reaches no job, and a wrong key is an `error`; a
+//! hostile repository is contained.
 
 mod common;
 
-use common::git::{GitServer, TestRepo, git};
+use common::git::{GitServer, SshRemote, TestRepo, git};
 use common::scenario::Scenario;
 use common::sealed::{seal_with, secrets_dir};
 use common::*;
@@ -300,6 +302,114 @@ async fn the_token_reaches_no_job_workspace_or_log() {
         assert!(!result.to_string().contains(form.as_str()));
     }
     let _ = std::fs::remove_dir_all(&shm);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ssh_remote_is_fetched_with_the_deploy_key_which_reaches_no_job() {
+    let Some(s) = Scenario::new("source-ssh").await else {
+        return;
+    };
+    let (server, ssh) = (GitServer::from_env(), SshRemote::from_env());
+    let repo = TestRepo::new(&server, "ssh");
+    let sha = repo.commit(&[("VERSION", b"over ssh\n")], "ssh");
+    let other = TestRepo::new(&server, "ssh-wrong");
+    let other_sha = other.commit(&[("VERSION", b"never\n")], "never");
+    let shm = secrets_dir();
+    let config = ssh_config(&s, &ssh, &shm).await;
+    let (_config, agent) = s.agent("i-source-ssh", &config);
+    // A line from the middle of each key: no form of it may reach the job.
+    let key_text = std::fs::read_to_string(&ssh.key).unwrap();
+    let lines: Vec<&str> = key_text
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let look = format!(
+        "cat VERSION; {}; grep url .git/config; echo looked",
+        look_for(&lines)
+    );
+    let id = unique("ssh");
+    s.send_job(&source_job(
+        &s.stack.image,
+        &id,
+        &look,
+        json!({"repo": ssh.url_of(&repo), "sha": sha}),
+    ))
+    .await;
+    let wrong = unique("ssh-wrong");
+    let mut body = source_job(
+        &s.stack.image,
+        &wrong,
+        "echo ran",
+        json!({"repo": ssh.url_of(&other), "sha": other_sha}),
+    );
+    body["profile"] = json!("wrong");
+    s.send_job(&body).await;
+    let result = s.wait_result(&id).await;
+    assert_eq!(result["status"], "succeeded", "{result}");
+    assert_eq!(result["source"]["mirror"], "cold", "{result}");
+    assert_eq!(
+        s.log(&id).await.as_deref(),
+        Some(format!("over ssh\n\turl = {}\nlooked\n", ssh.url_of(&repo)).as_str())
+    );
+    // A key the remote does not know: the host's fault (the pool's secret), retried.
+    let first = eventually("the wrong key's first attempt", LONG, || {
+        s.attempt(&wrong, 1)
+    })
+    .await;
+    assert_eq!(first["status"], "error", "{first}");
+    let reason = first["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("the remote refused the agent's credentials"),
+        "{first}"
+    );
+    assert_eq!(agent.count("ran"), 0);
+    let logged = std::fs::read_to_string(agent.log_path()).unwrap();
+    for line in &lines {
+        assert!(
+            !logged.contains(line),
+            "the agent's log has a line of the key"
+        );
+        assert!(!result.to_string().contains(line) && !first.to_string().contains(line));
+    }
+    // Each key file lived only as long as its ssh.
+    let left: Vec<_> = std::fs::read_dir(&shm)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("git-key-"))
+        .collect();
+    assert!(left.is_empty(), "deploy key files left: {left:?}");
+    let _ = std::fs::remove_dir_all(&shm);
+}
+
+/// Two profiles on the stack's SSH remote, `default` with its deploy key and
+/// `wrong` with a key it does not know, both in a sealed bundle; host keys from
+/// the stack's `known_hosts`. The agent's config.
+async fn ssh_config(s: &Scenario, ssh: &SshRemote, shm: &std::path::Path) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(&ssh.key, dir.path().join("git.pem")).unwrap();
+    std::fs::copy(&ssh.wrong_key, dir.path().join("wrong.pem")).unwrap();
+    let extra = "git-key = { file = \"git.pem\" }\nwrong-key = { file = \"wrong.pem\" }";
+    let sealed = seal_with(&s.aws, &s.pool, dir.path(), extra).await;
+    // The remote is a prefix of the stack's repositories: `ssh://…/repos/`.
+    let remote = format!("{}/", ssh.url);
+    format!(
+        "[agent]\nsecrets_dir = \"{}\"\nslots = 2\n[secrets]\nbucket = \"{}\"\nkey = \"{}\"\ncontext = {{ pool = \"{}\" }}\n[git]\nknown_hosts = \"{}\"\n[profiles.default]\ngit_remotes = [\"{remote}\"]\ngit_credentials = {{ \"{remote}\" = \"git-key\" }}\n[profiles.wrong]\ngit_remotes = [\"{remote}\"]\ngit_credentials = {{ \"{remote}\" = \"wrong-key\" }}",
+        shm.display(),
+        sealed.bucket,
+        sealed.key,
+        sealed.pool_name,
+        ssh.known_hosts.display(),
+    )
+}
+
+/// A job's shell that prints `in-env` or `in-files` if any of `needles` is in
+/// its environment, its workspace or its secret files.
+fn look_for(needles: &[&str]) -> String {
+    let quoted: Vec<String> = needles.iter().map(|l| format!("'{l}'")).collect();
+    format!(
+        "for f in {}; do env | grep -qF \"$f\" && echo in-env; grep -rqF \"$f\" . /run/secrets 2>/dev/null && echo in-files; done; true",
+        quoted.join(" ")
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]

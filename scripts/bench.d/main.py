@@ -18,6 +18,7 @@ from aws import AwsFigures
 from boot import BootFigures
 from box import BoxFigures
 from cache import CacheFigures
+from caches import CachesFigures
 from common import FIGURES, Watch, note, say, wait_quiet
 from execs import ExecFigures
 from fleet import FleetFigures
@@ -33,7 +34,7 @@ from source import SourceFigures
 
 class Bench(
     ExecFigures, QueueFigures, FleetFigures, JobFigures, IdleFigures, BoxFigures, LogFigures, AwsFigures,
-    NoticeFigures, RequeueFigures, BootFigures, CacheFigures, SourceFigures, Harness,
+    NoticeFigures, RequeueFigures, BootFigures, CacheFigures, CachesFigures, SourceFigures, Harness,
 ):
     """Every figure, each a method named after it, over the shared harness."""
 

@@ -37,6 +37,10 @@ pub enum CacheError {
     },
     #[error("{object}: {why}; not used")]
     Refused { object: String, why: String },
+    #[error(
+        "the host tier {path} is held by another deckhand process on this host (an agent, or another exec)"
+    )]
+    Busy { path: PathBuf },
     #[error("{operation} {path}: {source}")]
     Io {
         operation: &'static str,
@@ -88,6 +92,10 @@ pub struct Caches {
     store: Option<Store>,
     index: Mutex<HashMap<Id, Entry>>,
     locks: Mutex<HashMap<Id, Arc<tokio::sync::Mutex<()>>>>,
+    /// `root/lock`, held (`flock`) while these tiers are open: the index, the
+    /// readers and the staging folder are this process's alone, so a second
+    /// process (`deckhand exec` beside the agent) must not open the same tier.
+    _held: nix::fcntl::Flock<std::fs::File>,
 }
 
 /// A cache in the host tier held for reading: not evicted while held.
@@ -124,6 +132,19 @@ impl Caches {
                 source,
             }
         };
+        std::fs::create_dir_all(root).map_err(io("make"))?;
+        let lock = std::fs::File::create(root.join("lock")).map_err(io("open the lock of"))?;
+        let held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, errno)| match errno {
+                nix::errno::Errno::EWOULDBLOCK => CacheError::Busy {
+                    path: root.to_owned(),
+                },
+                other => CacheError::Io {
+                    operation: "lock",
+                    path: root.to_owned(),
+                    source: other.into(),
+                },
+            })?;
         let _ = std::fs::remove_dir_all(root.join("tmp"));
         std::fs::create_dir_all(root.join("tmp")).map_err(io("make"))?;
         std::fs::create_dir_all(root.join("tier")).map_err(io("make"))?;
@@ -171,21 +192,23 @@ impl Caches {
             store,
             index: Mutex::new(index),
             locks: Mutex::default(),
+            _held: held,
         })
     }
 
-    /// The tiers `config` describes (under `agent.work_dir/caches`); `None`, with
-    /// the reason logged, when the host tier cannot be opened: jobs then run
-    /// cold rather than not at all.
+    /// The tiers `config` describes (under `agent.work_dir/caches`; S3's only
+    /// with `s3`); `None`, with the reason logged, when the host tier cannot be
+    /// opened: jobs then run cold rather than not at all.
     pub fn for_config(
         config: &crate::config::Config,
-        s3: &aws_sdk_s3::Client,
+        s3: Option<&aws_sdk_s3::Client>,
     ) -> Option<Arc<Caches>> {
         let settings = &config.caches;
         let store = settings
             .bucket
             .clone()
-            .map(|bucket| Store::new(s3.clone(), bucket, settings.prefix.clone()));
+            .zip(s3)
+            .map(|(bucket, s3)| Store::new(s3.clone(), bucket, settings.prefix.clone()));
         let root = config.agent.work_dir.join("caches");
         let max_bytes = settings.host_max_mb.saturating_mul(1_000_000);
         let floor = config.disk.gc_free_mb.saturating_mul(1_000_000);

@@ -1,6 +1,6 @@
-//! The stack's git servers (`git daemon` and lighttpd's git http-backend behind
-//! basic auth, both serving `STACK_GIT_ROOT`) and test repositories on them,
-//! each uniquely named and removed with its value.
+//! The stack's git servers (`git daemon`, lighttpd's git http-backend behind
+//! basic auth, and sshd letting in one deploy key, all serving `STACK_GIT_ROOT`)
+//! and test repositories on them, each uniquely named and removed with its value.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -36,6 +36,37 @@ impl GitServer {
     /// A profile's `git_remotes` allowing both servers.
     pub fn remotes(&self) -> String {
         format!("[\"{}/\", \"{}/\"]", self.daemon, self.http)
+    }
+}
+
+/// The stack's SSH remote: `ssh://deckhand-git@127.0.0.1:9422<STACK_GIT_ROOT>`,
+/// the deploy key it lets in, one it does not, and its host key as a
+/// `known_hosts` file.
+pub struct SshRemote {
+    pub url: String,
+    pub key: PathBuf,
+    pub wrong_key: PathBuf,
+    pub known_hosts: PathBuf,
+}
+
+impl SshRemote {
+    pub fn from_env() -> SshRemote {
+        let var = |name: &str| {
+            std::env::var(name).unwrap_or_else(|_| {
+                panic!("{name} is not set: scripts/stack up, then eval \"$(scripts/stack env)\"")
+            })
+        };
+        SshRemote {
+            url: var("STACK_GIT_SSH"),
+            key: PathBuf::from(var("STACK_GIT_SSH_KEY")),
+            wrong_key: PathBuf::from(var("STACK_GIT_SSH_WRONG_KEY")),
+            known_hosts: PathBuf::from(var("STACK_GIT_SSH_KNOWN_HOSTS")),
+        }
+    }
+
+    /// `repo`'s URL over SSH.
+    pub fn url_of(&self, repo: &TestRepo) -> String {
+        format!("{}/{}", self.url, repo.name)
     }
 }
 

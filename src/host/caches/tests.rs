@@ -31,7 +31,13 @@ fn the_least_recently_used_cache_goes_first_and_a_read_one_stays() {
         "least recently used: gone"
     );
     assert!(!dir.path().join("tier/s/b").exists());
+    // One process at a time (an agent, or `deckhand exec`) keeps a tier.
+    assert!(matches!(
+        Caches::open(dir.path(), 25, None),
+        Err(super::CacheError::Busy { .. })
+    ));
     drop(held);
+    drop(caches);
     // Reopened, the tier is what was left.
     let again = Arc::new(Caches::open(dir.path(), 25, None).unwrap());
     assert_eq!(again.host_bytes(), 20);

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::git::{GitServer, SshRemote, TestRepo, git};
+use common::git::{GitServer, SshRemote, TestRepo, git, look_for, ssh_config};
 use common::scenario::Scenario;
 use common::sealed::{seal_with, secrets_dir};
 use common::*;
@@ -381,35 +381,45 @@ async fn an_ssh_remote_is_fetched_with_the_deploy_key_which_reaches_no_job() {
     let _ = std::fs::remove_dir_all(&shm);
 }
 
-/// Two profiles on the stack's SSH remote, `default` with its deploy key and
-/// `wrong` with a key it does not know, both in a sealed bundle; host keys from
-/// the stack's `known_hosts`. The agent's config.
-async fn ssh_config(s: &Scenario, ssh: &SshRemote, shm: &std::path::Path) -> String {
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ssh_remote_with_another_host_key_is_refused() {
+    let Some(s) = Scenario::new("source-ssh-host").await else {
+        return;
+    };
+    let (server, ssh) = (GitServer::from_env(), SshRemote::from_env());
+    let repo = TestRepo::new(&server, "ssh-host");
+    let sha = repo.commit(&[("VERSION", b"never\n")], "never");
+    // Right deploy key, wrong host key: as if another host answered.
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(&ssh.key, dir.path().join("git.pem")).unwrap();
-    std::fs::copy(&ssh.wrong_key, dir.path().join("wrong.pem")).unwrap();
-    let extra = "git-key = { file = \"git.pem\" }\nwrong-key = { file = \"wrong.pem\" }";
-    let sealed = seal_with(&s.aws, &s.pool, dir.path(), extra).await;
-    // The remote is a prefix of the stack's repositories: `ssh://…/repos/`.
-    let remote = format!("{}/", ssh.url);
-    format!(
-        "[agent]\nsecrets_dir = \"{}\"\nslots = 2\n[secrets]\nbucket = \"{}\"\nkey = \"{}\"\ncontext = {{ pool = \"{}\" }}\n[git]\nknown_hosts = \"{}\"\n[profiles.default]\ngit_remotes = [\"{remote}\"]\ngit_credentials = {{ \"{remote}\" = \"git-key\" }}\n[profiles.wrong]\ngit_remotes = [\"{remote}\"]\ngit_credentials = {{ \"{remote}\" = \"wrong-key\" }}",
-        shm.display(),
-        sealed.bucket,
-        sealed.key,
-        sealed.pool_name,
-        ssh.known_hosts.display(),
-    )
-}
-
-/// A job's shell that prints `in-env` or `in-files` if any of `needles` is in
-/// its environment, its workspace or its secret files.
-fn look_for(needles: &[&str]) -> String {
-    let quoted: Vec<String> = needles.iter().map(|l| format!("'{l}'")).collect();
-    format!(
-        "for f in {}; do env | grep -qF \"$f\" && echo in-env; grep -rqF \"$f\" . /run/secrets 2>/dev/null && echo in-files; done; true",
-        quoted.join(" ")
-    )
+    let known = dir.path().join("known_hosts");
+    let (host, _) = ssh
+        .url
+        .trim_start_matches("ssh://")
+        .split_once('/')
+        .unwrap();
+    let (_, host) = host.split_once('@').unwrap();
+    let (name, port) = host.split_once(':').unwrap();
+    let other = std::fs::read_to_string(ssh.wrong_key.with_extension("pub")).unwrap();
+    std::fs::write(&known, format!("[{name}]:{port} {other}")).unwrap();
+    let shm = secrets_dir();
+    let config = ssh_config(&s, &ssh, &shm).await.replace(
+        &ssh.known_hosts.display().to_string(),
+        &known.display().to_string(),
+    );
+    let (_config, agent) = s.agent("i-source-ssh-host", &config);
+    let id = unique("ssh-host");
+    let body = json!({"repo": ssh.url_of(&repo), "sha": sha});
+    s.send_job(&source_job(&s.stack.image, &id, "echo ran", body))
+        .await;
+    let first = eventually("the first attempt", LONG, || s.attempt(&id, 1)).await;
+    assert_eq!(first["status"], "error", "{first}");
+    let reason = first["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("the remote's host key is not the one git.known_hosts"),
+        "{first}"
+    );
+    assert_eq!(agent.count("ran"), 0);
+    let _ = std::fs::remove_dir_all(&shm);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -179,3 +179,38 @@ impl Drop for TestRepo {
         let _ = std::fs::remove_dir_all(&self.bare);
     }
 }
+
+/// Two profiles on the stack's SSH remote, `default` with its deploy key and
+/// `wrong` with a key it does not know, both in a sealed bundle; host keys from
+/// the stack's `known_hosts`. The agent's config.
+pub async fn ssh_config(
+    s: &super::scenario::Scenario,
+    ssh: &SshRemote,
+    shm: &std::path::Path,
+) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(&ssh.key, dir.path().join("git.pem")).unwrap();
+    std::fs::copy(&ssh.wrong_key, dir.path().join("wrong.pem")).unwrap();
+    let extra = "git-key = { file = \"git.pem\" }\nwrong-key = { file = \"wrong.pem\" }";
+    let sealed = super::sealed::seal_with(&s.aws, &s.pool, dir.path(), extra).await;
+    // The remote is a prefix of the stack's repositories: `ssh://…/repos/`.
+    let remote = format!("{}/", ssh.url);
+    format!(
+        "[agent]\nsecrets_dir = \"{}\"\nslots = 2\n[secrets]\nbucket = \"{}\"\nkey = \"{}\"\ncontext = {{ pool = \"{}\" }}\n[git]\nknown_hosts = \"{}\"\n[profiles.default]\ngit_remotes = [\"{remote}\"]\ngit_credentials = {{ \"{remote}\" = \"git-key\" }}\n[profiles.wrong]\ngit_remotes = [\"{remote}\"]\ngit_credentials = {{ \"{remote}\" = \"wrong-key\" }}",
+        shm.display(),
+        sealed.bucket,
+        sealed.key,
+        sealed.pool_name,
+        ssh.known_hosts.display(),
+    )
+}
+
+/// A job's shell that prints `in-env` or `in-files` if any of `needles` is in
+/// its environment, its workspace or its secret files.
+pub fn look_for(needles: &[&str]) -> String {
+    let quoted: Vec<String> = needles.iter().map(|l| format!("'{l}'")).collect();
+    format!(
+        "for f in {}; do env | grep -qF \"$f\" && echo in-env; grep -rqF \"$f\" . /run/secrets 2>/dev/null && echo in-files; done; true",
+        quoted.join(" ")
+    )
+}

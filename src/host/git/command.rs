@@ -126,6 +126,14 @@ pub enum GitError {
         repo: String,
         stderr: String,
     },
+    #[error(
+        "git {operation} ({repo}): the remote's host key is not the one git.known_hosts (or this agent's first fetch) holds: {stderr}"
+    )]
+    HostKey {
+        operation: &'static str,
+        repo: String,
+        stderr: String,
+    },
     #[error("source {repo}: no such repository on the remote: {stderr}")]
     NoRepository { repo: String, stderr: String },
     #[error("source {repo}: the remote has no commit {sha}")]
@@ -388,11 +396,20 @@ impl Drop for Group {
 fn classify(operation: &'static str, repo: String, stderr: String) -> GitError {
     let said = |needles: &[&str]| needles.iter().any(|n| stderr.contains(n));
     if said(&[
+        "Host key verification failed",
+        "REMOTE HOST IDENTIFICATION HAS CHANGED",
+    ]) {
+        return GitError::HostKey {
+            operation,
+            repo,
+            stderr,
+        };
+    }
+    if said(&[
         "Authentication failed",
         "returned error: 401",
         "returned error: 403",
         "Permission denied (publickey",
-        "Host key verification failed",
         "could not read Username",
         "could not read Password",
     ]) {

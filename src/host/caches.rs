@@ -6,6 +6,7 @@
 //! ([`archive`](crate::host::archive)) before a job sees it. A lock per key
 //! makes two slots restoring one key download it once.
 
+pub mod copy;
 pub mod pack;
 pub mod store;
 

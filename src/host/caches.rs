@@ -375,7 +375,9 @@ impl Caches {
     }
 
     /// Fetches `scope/key` from S3 into the host tier, unpacked with the
-    /// inputs' rules within `max_bytes`; `None`: S3 does not have it.
+    /// inputs' rules within `max_bytes` as it downloads (no file of the packed
+    /// object); kept only once the whole object matched its SHA-256. `None`:
+    /// S3 does not have it.
     pub async fn fetch(
         self: &Arc<Self>,
         scope: &str,
@@ -385,46 +387,24 @@ impl Caches {
         let Some(store) = &self.store else {
             return Ok(None);
         };
+        let object = store.url(scope, key);
         let staging = self.staging();
-        let packed = staging.packed();
-        match store.get(scope, key, &packed, max_bytes).await? {
-            Some(_) => {
-                self.unpack_into_tier(scope, key, &packed, &staging.dir, max_bytes)
-                    .await
-            }
-            None => Ok(None),
-        }
-    }
-
-    async fn unpack_into_tier(
-        self: &Arc<Self>,
-        scope: &str,
-        key: &str,
-        packed: &Path,
-        staging: &Path,
-        max_bytes: u64,
-    ) -> Result<Option<Lease>, CacheError> {
-        let object = self
-            .store
-            .as_ref()
-            .map(|s| s.url(scope, key))
-            .unwrap_or_default();
-        let io = |operation, path: &Path| {
-            let path = path.to_owned();
-            move |source| CacheError::Io {
-                operation,
-                path,
+        tokio::fs::create_dir_all(&staging.dir)
+            .await
+            .map_err(|source| CacheError::Io {
+                operation: "make",
+                path: staging.dir.clone(),
                 source,
-            }
-        };
-        let file = tokio::fs::File::open(packed)
-            .await
-            .map_err(io("open", packed))?;
-        tokio::fs::create_dir_all(staging)
-            .await
-            .map_err(io("make", staging))?;
+            })?;
         let limits = Limits::for_disk_of(&self.root).capped(max_bytes, "cache_max_mb");
-        let unpacked = crate::host::archive::unpack_stream(file, staging.to_owned(), limits).await;
+        let (reader, writer) = tokio::io::duplex(4 << 20);
+        let unpacking = crate::host::archive::unpack_stream(reader, staging.dir.clone(), limits);
+        let (got, unpacked) = tokio::join!(store.get(scope, key, writer, max_bytes), unpacking);
+        // The download's verdict first: a cut or corrupt object explains why
+        // its unpacking failed, and a refused one is dropped with the staging.
+        if got?.is_none() {
+            return Ok(None);
+        }
         let refused = |why: String| CacheError::Refused {
             object: object.clone(),
             why,
@@ -449,12 +429,13 @@ impl Caches {
             Err(Unpack::Io(source)) => {
                 return Err(CacheError::Io {
                     operation: "unpack into",
-                    path: staging.to_owned(),
+                    path: staging.dir.clone(),
                     source,
                 });
             }
         };
-        self.adopt(scope, key, staging, unpacked.bytes).map(Some)
+        self.adopt(scope, key, &staging.dir, unpacked.bytes)
+            .map(Some)
     }
 
     /// Packs `tree` and puts it in S3 as `scope/key` unless it is there; the

@@ -415,10 +415,7 @@ impl Runner {
             // In the sandbox's namespace, beside its services.
             spec.network = format!("container:{}", names.sandbox);
         }
-        let Some(output) = self
-            .warm(&spec, job, &names.workspace, &image.user, controls, ran)
-            .await?
-        else {
+        let Some(output) = self.warm(&spec, job, &image.user, controls, ran).await? else {
             return Ok(None);
         };
         let started_at = chrono::Utc::now();

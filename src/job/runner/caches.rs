@@ -35,11 +35,14 @@ impl Into<'_> {
     /// no other mount of the container (secrets, the boot cache).
     fn in_workspace(&self, path: &str) -> bool {
         let workdir = self.spec.workdir.as_str();
-        let other_mount = self.spec.mounts.iter().any(|m| {
-            m.source.as_deref() != Some(self.workspace)
-                && m.target.as_deref().is_some_and(|t| is_under(path, t))
+        let (ours, others): (Vec<_>, Vec<_>) = self.spec.mounts.iter().partition(|m| {
+            !self.workspace.is_empty() && m.source.as_deref() == Some(self.workspace)
         });
-        path != workdir && is_under(path, workdir) && !other_mount
+        let mounted_at_workdir = ours.iter().any(|m| m.target.as_deref() == Some(workdir));
+        let under_another = others
+            .iter()
+            .any(|m| m.target.as_deref().is_some_and(|t| is_under(path, t)));
+        mounted_at_workdir && path != workdir && is_under(path, workdir) && !under_another
     }
 }
 
@@ -65,7 +68,6 @@ impl Runner {
         &self,
         spec: &ContainerSpec,
         job: &Job,
-        workspace: &str,
         user: &Option<String>,
         controls: &Controls<'_>,
         ran: &mut Ran,
@@ -73,7 +75,11 @@ impl Runner {
         self.docker.create_container(spec).await?;
         let into = Into {
             spec,
-            workspace,
+            // The workspace volume's name, which its label carries.
+            workspace: spec
+                .labels
+                .get(crate::docker::LABEL_WORKSPACE)
+                .map_or("", String::as_str),
             owner: crate::job::container::container_ids(user.as_deref()),
         };
         // Dropped on a stop or a cancel, which stops the unpacking with it.

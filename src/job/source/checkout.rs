@@ -95,6 +95,7 @@ pub async fn place(
         )
         .await?;
     }
+    let owning = Instant::now();
     if owner != (0, 0) {
         own(root, owner).map_err(|error| SourceError::Workspace {
             repo: source.repo.clone(),
@@ -102,6 +103,10 @@ pub async fn place(
             error,
         })?;
     }
+    tracing::info!(
+        own_ms = owning.elapsed().as_millis() as u64,
+        "Checkout owned."
+    );
     Ok(SourceReport {
         repo: source.repo.clone(),
         sha: resolved.sha,
@@ -161,7 +166,9 @@ async fn into(
     used: u64,
 ) -> Result<u64, SourceError> {
     let sha = resolved.sha.as_str();
+    let clock = Instant::now();
     copy_objects(mirrors, repo, resolved, depth, dir).await?;
+    let copied = clock.elapsed();
     let files = mirrors
         .git(dir, repo, "ls-tree")
         .args(["ls-tree", "-r", "-l", "-z", "--end-of-options", sha])
@@ -173,6 +180,7 @@ async fn into(
         .sum();
     let git_bytes = du(&dir.join(".git"));
     let used = budget.check(used + git_bytes + tree_bytes)?;
+    let measured = clock.elapsed();
     let branch = resolved
         .reference
         .as_deref()
@@ -186,6 +194,14 @@ async fn into(
         .args(checkout)
         .run()
         .await?;
+    // Each step's share, for the bench's account of where a checkout goes.
+    tracing::info!(
+        repo,
+        copy_ms = copied.as_millis() as u64,
+        size_ms = (measured - copied).as_millis() as u64,
+        checkout_ms = (clock.elapsed() - measured).as_millis() as u64,
+        "Checkout steps."
+    );
     mirrors
         .git(dir, repo, "remote")
         .args(["remote", "add", "origin", repo])

@@ -175,9 +175,9 @@ class CachesFigures:
                  f"{tar_x:.2f} s (tar -x, local file)", f"{host_ratio:.2f}", f">= {t['cache_restore_host']:.2f}",
                  host_ratio >= t["cache_restore_host"])
         self.row("cache_restore (S3 tier)", f"{s3_s:.2f} s ({mb / s3_s:.0f} MB/s)",
-                 f"{piped:.2f} s (curl | zstd -d | tar -x)", f"{s3_ratio:.2f}", f">= {t['cache_restore_s3']:.2f}",
+                 f"{piped:.2f} s (curl \\| zstd -d \\| tar -x)", f"{s3_ratio:.2f}", f">= {t['cache_restore_s3']:.2f}",
                  s3_ratio >= t["cache_restore_s3"])
-        self.row("cache_restore (save)", f"{save_s:.2f} s", f"{save_base:.2f} s (tar | zstd | curl -T)",
+        self.row("cache_restore (save)", f"{save_s:.2f} s", f"{save_base:.2f} s (tar \\| zstd \\| curl -T)",
                  f"{save_ratio:.2f}", f"<= {t['cache_save']:.2f}", save_ratio <= t["cache_save"])
         self.row("cache_restore (warm rebuild)", f"{warm_s:.1f} s", f"{cold_s:.1f} s (the cold build)",
                  f"{speedup:.1f}x", f">= {t['cache_warm_speedup']:.0f}x", speedup >= t["cache_warm_speedup"])

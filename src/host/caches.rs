@@ -452,9 +452,11 @@ impl Caches {
         if let Some(store) = &self.store {
             let packed = tree.with_extension("tar.zst");
             let (from, to) = (tree.clone(), packed.clone());
+            let clock = tokio::time::Instant::now();
             let pack = tokio::task::spawn_blocking(move || pack::pack_tree(&from, &to))
                 .await
                 .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+            let pack_ms = clock.elapsed().as_millis() as u64;
             let put = match pack {
                 Ok((size, sha256)) => store
                     .put(scope, key, &packed, &sha256)
@@ -467,6 +469,14 @@ impl Caches {
                 }),
             };
             let _ = tokio::fs::remove_file(&packed).await;
+            // Each step's share, for the bench's account of where a save goes.
+            tracing::info!(
+                scope,
+                key,
+                pack_ms,
+                upload_ms = (clock.elapsed().as_millis() as u64).saturating_sub(pack_ms),
+                "Cache packed and uploaded."
+            );
             packed_bytes = put?;
         }
         self.adopt(scope, key, &tree, bytes)?;

@@ -288,9 +288,15 @@ impl Runner {
             return Ok(None);
         }
         let staging = caches.staging();
+        let clock = Instant::now();
         let read = self
             .read_out(container, &cache.paths, &staging.dir, job_caches.max_bytes)
             .await;
+        tracing::info!(
+            key = %cache.key,
+            elapsed_ms = clock.elapsed().as_millis() as u64,
+            "Cache read out of the container."
+        );
         match read {
             Ok(0) if !staging.dir.exists() => Err("none of its paths exist".to_owned()),
             Ok(bytes) => caches

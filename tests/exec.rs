@@ -490,3 +490,57 @@ fn a_job_shorter_than_the_first_sample_has_its_usage() {
     assert!(left.is_empty(), "{left:?}");
     assert_clean(&id);
 }
+
+#[test]
+fn exec_keeps_a_jobs_caches_in_the_host_tier_as_the_agent_does() {
+    let Some(stack) = Stack::or_skip() else {
+        return;
+    };
+    // No `[caches] bucket`: the host tier only, under this config's work_dir.
+    let config = TestConfig::new(&stack, "");
+    let key = unique("deps");
+    let cached = |id: &str, script: &str| {
+        let mut body = job(id, &stack.image, &["sh", "-c", script]);
+        body["workdir"] = json!("/work");
+        body["caches"] = json!([{"key": key, "paths": ["target"]}]);
+        body
+    };
+    let cold = unique("exec-cold");
+    let run = exec(
+        &config,
+        &cached(&cold, "mkdir -p target && echo built > target/out"),
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let report = &run.result["caches"][0];
+    assert_eq!(report["hit"], "miss", "{}", run.result);
+    assert_eq!(report["saved"], true, "{}", run.result);
+    let kept = config.dir.path().join("caches/tier/default").join(&key);
+    assert!(
+        kept.join("tree/work/target/out").is_file(),
+        "not in the host tier"
+    );
+
+    let warm = unique("exec-warm");
+    let run = exec(&config, &cached(&warm, "cat target/out"));
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let report = &run.result["caches"][0];
+    assert_eq!(report["hit"], "exact", "{}", run.result);
+    assert_eq!(report["tier"], "host", "{}", run.result);
+    assert_eq!(run.output("stdout"), ["built"]);
+
+    // While another process holds the tier (an agent on this host), exec runs
+    // the job without caches and says why.
+    let lock = std::fs::File::open(config.dir.path().join("caches/lock")).unwrap();
+    let held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    let busy = unique("exec-busy");
+    let run = exec(&config, &cached(&busy, "test ! -e target/out"));
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(run.result["caches"][0]["hit"], "miss", "{}", run.result);
+    assert!(
+        run.stdout.contains("held by another deckhand process"),
+        "{}",
+        run.stdout
+    );
+    drop(held);
+    assert_all_clean(&[cold, warm, busy]);
+}

@@ -3,11 +3,13 @@
 //! the named commit, a ref resolves, a second job hits the mirror, a seeded host
 //! serves its first job with no clone, a remote outside `git_remotes` is
 //! rejected, a missing commit fails once and a remote that is down is an
-//! `error`; the token reaches no job; a hostile repository is contained.
+//! `error`; the token reaches no job; an `ssh://` remote is fetched with the
+//! profile's deploy key, which reaches no job, and a wrong key is an `error`; a
+//! hostile repository is contained.
 
 mod common;
 
-use common::git::{GitServer, TestRepo, git};
+use common::git::{GitServer, SshRemote, TestRepo, git, look_for, ssh_config};
 use common::scenario::Scenario;
 use common::sealed::{seal_with, secrets_dir};
 use common::*;
@@ -299,6 +301,124 @@ async fn the_token_reaches_no_job_workspace_or_log() {
         );
         assert!(!result.to_string().contains(form.as_str()));
     }
+    let _ = std::fs::remove_dir_all(&shm);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ssh_remote_is_fetched_with_the_deploy_key_which_reaches_no_job() {
+    let Some(s) = Scenario::new("source-ssh").await else {
+        return;
+    };
+    let (server, ssh) = (GitServer::from_env(), SshRemote::from_env());
+    let repo = TestRepo::new(&server, "ssh");
+    let sha = repo.commit(&[("VERSION", b"over ssh\n")], "ssh");
+    let other = TestRepo::new(&server, "ssh-wrong");
+    let other_sha = other.commit(&[("VERSION", b"never\n")], "never");
+    let shm = secrets_dir();
+    let config = ssh_config(&s, &ssh, &shm).await;
+    let (_config, agent) = s.agent("i-source-ssh", &config);
+    // A line from the middle of each key: no form of it may reach the job.
+    let key_text = std::fs::read_to_string(&ssh.key).unwrap();
+    let lines: Vec<&str> = key_text
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let look = format!(
+        "cat VERSION; {}; grep url .git/config; echo looked",
+        look_for(&lines)
+    );
+    let id = unique("ssh");
+    s.send_job(&source_job(
+        &s.stack.image,
+        &id,
+        &look,
+        json!({"repo": ssh.url_of(&repo), "sha": sha}),
+    ))
+    .await;
+    let wrong = unique("ssh-wrong");
+    let mut body = source_job(
+        &s.stack.image,
+        &wrong,
+        "echo ran",
+        json!({"repo": ssh.url_of(&other), "sha": other_sha}),
+    );
+    body["profile"] = json!("wrong");
+    s.send_job(&body).await;
+    let result = s.wait_result(&id).await;
+    assert_eq!(result["status"], "succeeded", "{result}");
+    assert_eq!(result["source"]["mirror"], "cold", "{result}");
+    assert_eq!(
+        s.log(&id).await.as_deref(),
+        Some(format!("over ssh\n\turl = {}\nlooked\n", ssh.url_of(&repo)).as_str())
+    );
+    // A key the remote does not know: the host's fault (the pool's secret), retried.
+    let first = eventually("the wrong key's first attempt", LONG, || {
+        s.attempt(&wrong, 1)
+    })
+    .await;
+    assert_eq!(first["status"], "error", "{first}");
+    let reason = first["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("the remote refused the agent's credentials"),
+        "{first}"
+    );
+    assert_eq!(agent.count("ran"), 0);
+    let logged = std::fs::read_to_string(agent.log_path()).unwrap();
+    for line in &lines {
+        assert!(
+            !logged.contains(line),
+            "the agent's log has a line of the key"
+        );
+        assert!(!result.to_string().contains(line) && !first.to_string().contains(line));
+    }
+    // Each key file lived only as long as its ssh.
+    let left: Vec<_> = std::fs::read_dir(&shm)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("git-key-"))
+        .collect();
+    assert!(left.is_empty(), "deploy key files left: {left:?}");
+    let _ = std::fs::remove_dir_all(&shm);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ssh_remote_with_another_host_key_is_refused() {
+    let Some(s) = Scenario::new("source-ssh-host").await else {
+        return;
+    };
+    let (server, ssh) = (GitServer::from_env(), SshRemote::from_env());
+    let repo = TestRepo::new(&server, "ssh-host");
+    let sha = repo.commit(&[("VERSION", b"never\n")], "never");
+    // Right deploy key, wrong host key: as if another host answered.
+    let dir = tempfile::tempdir().unwrap();
+    let known = dir.path().join("known_hosts");
+    let (host, _) = ssh
+        .url
+        .trim_start_matches("ssh://")
+        .split_once('/')
+        .unwrap();
+    let (_, host) = host.split_once('@').unwrap();
+    let (name, port) = host.split_once(':').unwrap();
+    let other = std::fs::read_to_string(ssh.wrong_key.with_extension("pub")).unwrap();
+    std::fs::write(&known, format!("[{name}]:{port} {other}")).unwrap();
+    let shm = secrets_dir();
+    let config = ssh_config(&s, &ssh, &shm).await.replace(
+        &ssh.known_hosts.display().to_string(),
+        &known.display().to_string(),
+    );
+    let (_config, agent) = s.agent("i-source-ssh-host", &config);
+    let id = unique("ssh-host");
+    let body = json!({"repo": ssh.url_of(&repo), "sha": sha});
+    s.send_job(&source_job(&s.stack.image, &id, "echo ran", body))
+        .await;
+    let first = eventually("the first attempt", LONG, || s.attempt(&id, 1)).await;
+    assert_eq!(first["status"], "error", "{first}");
+    let reason = first["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("the remote's host key is not the one git.known_hosts"),
+        "{first}"
+    );
+    assert_eq!(agent.count("ran"), 0);
     let _ = std::fs::remove_dir_all(&shm);
 }
 

@@ -12,7 +12,7 @@ import time
 import urllib.request
 
 
-FIGURES = ("exec_true", "exec_arm64", "queue_serial", "queue_parallel", "cancel", "live_log", "artifacts", "inputs", "idle", "fleet", "aws_requests", "log_flood", "notice", "requeue", "boot", "box_boot", "cache", "source", "image_build")
+FIGURES = ("exec_true", "exec_arm64", "queue_serial", "queue_parallel", "cancel", "live_log", "artifacts", "inputs", "idle", "fleet", "aws_requests", "log_flood", "notice", "requeue", "boot", "box_boot", "cache", "cache_restore", "source", "image_build")
 
 
 TARGETS = {
@@ -40,6 +40,14 @@ TARGETS = {
     # new commit's fetch and checkout against the same two steps by hand.
     "source_warm_speedup": 5.0,
     "source_new_commit": 1.2,
+    # Issue 24: a job's caches. Restores as speeds against the stock tools' (the
+    # host tier against `tar -x` of a local file, the S3 tier against
+    # `curl | zstd -d | tar -x`), the save as a time against `tar | zstd | curl -T`,
+    # and a warm rebuild against the cold build that filled the cache.
+    "cache_restore_host": 1.0,
+    "cache_restore_s3": 0.9,
+    "cache_save": 1.1,
+    "cache_warm_speedup": 3.0,
 }
 
 

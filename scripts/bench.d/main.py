@@ -19,6 +19,7 @@ from boot import BootFigures
 from build import BuildFigures
 from box import BoxFigures
 from cache import CacheFigures
+from caches import CachesFigures
 from common import FIGURES, Watch, note, say, wait_quiet
 from execs import ExecFigures
 from fleet import FleetFigures
@@ -34,7 +35,7 @@ from source import SourceFigures
 
 class Bench(
     ExecFigures, QueueFigures, FleetFigures, JobFigures, IdleFigures, BoxFigures, LogFigures, AwsFigures,
-    NoticeFigures, RequeueFigures, BootFigures, CacheFigures, SourceFigures, BuildFigures, Harness,
+    NoticeFigures, RequeueFigures, BootFigures, CacheFigures, CachesFigures, SourceFigures, BuildFigures, Harness,
 ):
     """Every figure, each a method named after it, over the shared harness."""
 

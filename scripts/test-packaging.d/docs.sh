@@ -41,12 +41,13 @@ for st in policy["Statement"]:
 assert pool_decrypt, "kms:Decrypt must be allowed with kms:EncryptionContext:pool"
 # Exactly what deckhand calls: SQS receive/delete/visibility/send, and queue
 # attributes for `deckhand check`; S3 get (and head), put (conditional), delete
-# (claims), list (404 not 403, and check's HeadBucket); KMS decrypt; Auto
+# (claims), list (404 not 403, and check's HeadBucket; a cache prefix's
+# newest key), abort (a cache save's multipart upload cut short); KMS decrypt; Auto
 # Scaling and EC2 for on_exit = "terminate", the termination hook and
 # autoscaling.protect_busy.
 needed = {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:SendMessage",
           "sqs:GetQueueAttributes", "s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket",
-          "kms:Decrypt", "autoscaling:TerminateInstanceInAutoScalingGroup",
+          "s3:AbortMultipartUpload", "kms:Decrypt", "autoscaling:TerminateInstanceInAutoScalingGroup",
           "autoscaling:CompleteLifecycleAction", "autoscaling:DescribeAutoScalingInstances",
           "autoscaling:DescribeLifecycleHooks", "autoscaling:SetInstanceProtection",
           "ec2:TerminateInstances", "sts:AssumeRole"}

@@ -160,6 +160,7 @@ pub fn mirrors(config: &Config) -> Result<Mirrors, crate::host::git::GitError> {
         config.agent.secrets_dir.clone(),
         config.git.fetch_timeout,
     )
+    .map(|mirrors| mirrors.with_known_hosts(config.git.known_hosts.clone()))
 }
 
 /// The results webhook's URL and key, if results are posted to one.

@@ -279,7 +279,7 @@ impl Agent {
         .with_credentials(broker)
         .with_inputs(Some(s3.clone()))
         .with_git(Some(booted.git.clone()))
-        .with_caches(crate::host::caches::Caches::for_config(config, &s3))
+        .with_caches(crate::host::caches::Caches::for_config(config, Some(&s3)))
         .with_admission(booted.admission.clone());
         Agent {
             config: config.clone(),

@@ -108,9 +108,11 @@ pub async fn exec(
         )),
         None => None,
     };
+    let caches = caches_for(&config, &job).await;
     let runner = Runner::new(docker, config, sweeper, &instance_id)
         .with_secrets(secrets)
         .with_git(mirrors)
+        .with_caches(caches)
         .with_admission(admission);
     let span = tracing::info_span!("job", job_id = %job.id, attempt = 1u32);
     let preemption = Preemption::of(&stop);
@@ -127,9 +129,26 @@ pub async fn exec(
     Ok(Executed::Ran(finished.result))
 }
 
+/// The host tier of `agent.work_dir/caches` (and S3's with `caches.bucket`), as
+/// the agent keeps them, for a job with `caches`; `None` (logged) while another
+/// deckhand on this host, an agent, has the tier open.
+async fn caches_for(config: &Config, job: &Job) -> Option<Arc<crate::host::caches::Caches>> {
+    if job.caches.caches.is_empty() {
+        return None;
+    }
+    let s3 = match &config.caches.bucket {
+        Some(_) => Some(crate::aws::s3_client(
+            &crate::aws::sdk_config(&config.aws).await,
+            &config.aws,
+        )),
+        None => None,
+    };
+    crate::host::caches::Caches::for_config(config, s3.as_ref())
+}
+
 /// Only what this job needs: the bundle when it asks for secrets (or a registry
 /// or the admission webhook needs a credential); no warm images, no cache
-/// download.
+/// archive (the job's own `caches` are kept, see `exec`).
 async fn secrets_for(
     config: &Config,
     job: &Job,

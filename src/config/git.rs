@@ -3,6 +3,7 @@
 //! out from, the pool secret each one's fetch uses, the size of a checkout).
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use toml::{Table, Value};
@@ -25,6 +26,9 @@ pub struct GitConfig {
     pub seed: Vec<Seed>,
     /// The most one seed bundle may weigh, in MB.
     pub seed_max_mb: u64,
+    /// An OpenSSH `known_hosts` file: an `ssh://` remote's host key must be
+    /// in it. Without it a host key is trusted on first use (per agent run).
+    pub known_hosts: Option<PathBuf>,
 }
 
 /// One repository's mirror, seeded from a bundle (`git bundle create --all`).
@@ -40,6 +44,7 @@ impl Default for GitConfig {
             fetch_timeout: Duration::from_secs(DEFAULT_FETCH_TIMEOUT_SECS),
             seed: Vec::new(),
             seed_max_mb: DEFAULT_SEED_MAX_MB,
+            known_hosts: None,
         }
     }
 }
@@ -59,6 +64,15 @@ impl GitConfig {
             1..=1 << 20,
             DEFAULT_SEED_MAX_MB,
         );
+        let known_hosts = match r.opt_string(&mut section, "known_hosts") {
+            Some(path) if path.starts_with('/') => Some(PathBuf::from(path)),
+            Some(path) => {
+                let key = section.key("known_hosts");
+                r.issue(&key, &format!("{path:?} must be an absolute path"));
+                None
+            }
+            None => None,
+        };
         let key = section.key("seed");
         let seed = r
             .tables(&mut section, "seed")
@@ -71,6 +85,7 @@ impl GitConfig {
             fetch_timeout: Duration::from_secs(fetch_timeout_secs),
             seed,
             seed_max_mb,
+            known_hosts,
         }
     }
 }

@@ -6,6 +6,7 @@
 //! ([`archive`](crate::host::archive)) before a job sees it. A lock per key
 //! makes two slots restoring one key download it once.
 
+pub mod copy;
 pub mod pack;
 pub mod store;
 
@@ -37,6 +38,10 @@ pub enum CacheError {
     },
     #[error("{object}: {why}; not used")]
     Refused { object: String, why: String },
+    #[error(
+        "the host tier {path} is held by another deckhand process on this host (an agent, or another exec)"
+    )]
+    Busy { path: PathBuf },
     #[error("{operation} {path}: {source}")]
     Io {
         operation: &'static str,
@@ -88,6 +93,10 @@ pub struct Caches {
     store: Option<Store>,
     index: Mutex<HashMap<Id, Entry>>,
     locks: Mutex<HashMap<Id, Arc<tokio::sync::Mutex<()>>>>,
+    /// `root/lock`, held (`flock`) while these tiers are open: the index, the
+    /// readers and the staging folder are this process's alone, so a second
+    /// process (`deckhand exec` beside the agent) must not open the same tier.
+    _held: nix::fcntl::Flock<std::fs::File>,
 }
 
 /// A cache in the host tier held for reading: not evicted while held.
@@ -124,6 +133,19 @@ impl Caches {
                 source,
             }
         };
+        std::fs::create_dir_all(root).map_err(io("make"))?;
+        let lock = std::fs::File::create(root.join("lock")).map_err(io("open the lock of"))?;
+        let held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, errno)| match errno {
+                nix::errno::Errno::EWOULDBLOCK => CacheError::Busy {
+                    path: root.to_owned(),
+                },
+                other => CacheError::Io {
+                    operation: "lock",
+                    path: root.to_owned(),
+                    source: other.into(),
+                },
+            })?;
         let _ = std::fs::remove_dir_all(root.join("tmp"));
         std::fs::create_dir_all(root.join("tmp")).map_err(io("make"))?;
         std::fs::create_dir_all(root.join("tier")).map_err(io("make"))?;
@@ -171,21 +193,23 @@ impl Caches {
             store,
             index: Mutex::new(index),
             locks: Mutex::default(),
+            _held: held,
         })
     }
 
-    /// The tiers `config` describes (under `agent.work_dir/caches`); `None`, with
-    /// the reason logged, when the host tier cannot be opened: jobs then run
-    /// cold rather than not at all.
+    /// The tiers `config` describes (under `agent.work_dir/caches`; S3's only
+    /// with `s3`); `None`, with the reason logged, when the host tier cannot be
+    /// opened: jobs then run cold rather than not at all.
     pub fn for_config(
         config: &crate::config::Config,
-        s3: &aws_sdk_s3::Client,
+        s3: Option<&aws_sdk_s3::Client>,
     ) -> Option<Arc<Caches>> {
         let settings = &config.caches;
         let store = settings
             .bucket
             .clone()
-            .map(|bucket| Store::new(s3.clone(), bucket, settings.prefix.clone()));
+            .zip(s3)
+            .map(|(bucket, s3)| Store::new(s3.clone(), bucket, settings.prefix.clone()));
         let root = config.agent.work_dir.join("caches");
         let max_bytes = settings.host_max_mb.saturating_mul(1_000_000);
         let floor = config.disk.gc_free_mb.saturating_mul(1_000_000);
@@ -351,7 +375,9 @@ impl Caches {
     }
 
     /// Fetches `scope/key` from S3 into the host tier, unpacked with the
-    /// inputs' rules within `max_bytes`; `None`: S3 does not have it.
+    /// inputs' rules within `max_bytes` as it downloads (no file of the packed
+    /// object); kept only once the whole object matched its SHA-256. `None`:
+    /// S3 does not have it.
     pub async fn fetch(
         self: &Arc<Self>,
         scope: &str,
@@ -361,46 +387,24 @@ impl Caches {
         let Some(store) = &self.store else {
             return Ok(None);
         };
+        let object = store.url(scope, key);
         let staging = self.staging();
-        let packed = staging.packed();
-        match store.get(scope, key, &packed, max_bytes).await? {
-            Some(_) => {
-                self.unpack_into_tier(scope, key, &packed, &staging.dir, max_bytes)
-                    .await
-            }
-            None => Ok(None),
-        }
-    }
-
-    async fn unpack_into_tier(
-        self: &Arc<Self>,
-        scope: &str,
-        key: &str,
-        packed: &Path,
-        staging: &Path,
-        max_bytes: u64,
-    ) -> Result<Option<Lease>, CacheError> {
-        let object = self
-            .store
-            .as_ref()
-            .map(|s| s.url(scope, key))
-            .unwrap_or_default();
-        let io = |operation, path: &Path| {
-            let path = path.to_owned();
-            move |source| CacheError::Io {
-                operation,
-                path,
+        tokio::fs::create_dir_all(&staging.dir)
+            .await
+            .map_err(|source| CacheError::Io {
+                operation: "make",
+                path: staging.dir.clone(),
                 source,
-            }
-        };
-        let file = tokio::fs::File::open(packed)
-            .await
-            .map_err(io("open", packed))?;
-        tokio::fs::create_dir_all(staging)
-            .await
-            .map_err(io("make", staging))?;
+            })?;
         let limits = Limits::for_disk_of(&self.root).capped(max_bytes, "cache_max_mb");
-        let unpacked = crate::host::archive::unpack_stream(file, staging.to_owned(), limits).await;
+        let (reader, writer) = tokio::io::duplex(4 << 20);
+        let unpacking = crate::host::archive::unpack_stream(reader, staging.dir.clone(), limits);
+        let (got, unpacked) = tokio::join!(store.get(scope, key, writer, max_bytes), unpacking);
+        // The download's verdict first: a cut or corrupt object explains why
+        // its unpacking failed, and a refused one is dropped with the staging.
+        if got?.is_none() {
+            return Ok(None);
+        }
         let refused = |why: String| CacheError::Refused {
             object: object.clone(),
             why,
@@ -425,12 +429,13 @@ impl Caches {
             Err(Unpack::Io(source)) => {
                 return Err(CacheError::Io {
                     operation: "unpack into",
-                    path: staging.to_owned(),
+                    path: staging.dir.clone(),
                     source,
                 });
             }
         };
-        self.adopt(scope, key, staging, unpacked.bytes).map(Some)
+        self.adopt(scope, key, &staging.dir, unpacked.bytes)
+            .map(Some)
     }
 
     /// Packs `tree` and puts it in S3 as `scope/key` unless it is there; the
@@ -447,9 +452,11 @@ impl Caches {
         if let Some(store) = &self.store {
             let packed = tree.with_extension("tar.zst");
             let (from, to) = (tree.clone(), packed.clone());
+            let clock = tokio::time::Instant::now();
             let pack = tokio::task::spawn_blocking(move || pack::pack_tree(&from, &to))
                 .await
                 .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+            let pack_ms = clock.elapsed().as_millis() as u64;
             let put = match pack {
                 Ok((size, sha256)) => store
                     .put(scope, key, &packed, &sha256)
@@ -462,6 +469,14 @@ impl Caches {
                 }),
             };
             let _ = tokio::fs::remove_file(&packed).await;
+            // Each step's share, for the bench's account of where a save goes.
+            tracing::info!(
+                scope,
+                key,
+                pack_ms,
+                upload_ms = (clock.elapsed().as_millis() as u64).saturating_sub(pack_ms),
+                "Cache packed and uploaded."
+            );
             packed_bytes = put?;
         }
         self.adopt(scope, key, &tree, bytes)?;

@@ -66,6 +66,9 @@ pub struct Mirrors {
     root: PathBuf,
     /// Where deploy keys go for the length of one ssh (a tmpfs).
     scratch: PathBuf,
+    /// The host keys an `ssh://` remote must have (`git.known_hosts`); `None`:
+    /// trusted on first use, kept in `scratch/known_hosts`.
+    known_hosts: Option<PathBuf>,
     pub fetch_timeout: Duration,
     repos: Mutex<HashMap<String, Arc<tokio::sync::Mutex<RepoState>>>>,
 }
@@ -89,9 +92,16 @@ impl Mirrors {
         Ok(Mirrors {
             root,
             scratch,
+            known_hosts: None,
             fetch_timeout,
             repos: Mutex::default(),
         })
+    }
+
+    /// `ssh://` remotes' host keys checked against this file (`git.known_hosts`).
+    pub fn with_known_hosts(mut self, known_hosts: Option<PathBuf>) -> Self {
+        self.known_hosts = known_hosts;
+        self
     }
 
     /// The mirror's folder: a hash of the URL, safe whatever the URL holds.
@@ -245,7 +255,7 @@ impl Mirrors {
         credential: Option<&Credential>,
     ) -> Result<(), GitError> {
         self.git(dir, url, "fetch")
-            .credential(credential, &self.scratch)?
+            .credential(credential, &self.scratch, self.known_hosts.as_deref())?
             .args([
                 "fetch",
                 "--quiet",

@@ -1,6 +1,6 @@
-//! The stack's git servers (`git daemon` and lighttpd's git http-backend behind
-//! basic auth, both serving `STACK_GIT_ROOT`) and test repositories on them,
-//! each uniquely named and removed with its value.
+//! The stack's git servers (`git daemon`, lighttpd's git http-backend behind
+//! basic auth, and sshd letting in one deploy key, all serving `STACK_GIT_ROOT`)
+//! and test repositories on them, each uniquely named and removed with its value.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -36,6 +36,37 @@ impl GitServer {
     /// A profile's `git_remotes` allowing both servers.
     pub fn remotes(&self) -> String {
         format!("[\"{}/\", \"{}/\"]", self.daemon, self.http)
+    }
+}
+
+/// The stack's SSH remote: `ssh://deckhand-git@127.0.0.1:9422<STACK_GIT_ROOT>`,
+/// the deploy key it lets in, one it does not, and its host key as a
+/// `known_hosts` file.
+pub struct SshRemote {
+    pub url: String,
+    pub key: PathBuf,
+    pub wrong_key: PathBuf,
+    pub known_hosts: PathBuf,
+}
+
+impl SshRemote {
+    pub fn from_env() -> SshRemote {
+        let var = |name: &str| {
+            std::env::var(name).unwrap_or_else(|_| {
+                panic!("{name} is not set: scripts/stack up, then eval \"$(scripts/stack env)\"")
+            })
+        };
+        SshRemote {
+            url: var("STACK_GIT_SSH"),
+            key: PathBuf::from(var("STACK_GIT_SSH_KEY")),
+            wrong_key: PathBuf::from(var("STACK_GIT_SSH_WRONG_KEY")),
+            known_hosts: PathBuf::from(var("STACK_GIT_SSH_KNOWN_HOSTS")),
+        }
+    }
+
+    /// `repo`'s URL over SSH.
+    pub fn url_of(&self, repo: &TestRepo) -> String {
+        format!("{}/{}", self.url, repo.name)
     }
 }
 
@@ -147,4 +178,39 @@ impl Drop for TestRepo {
         // Gone already when the test removed it on purpose.
         let _ = std::fs::remove_dir_all(&self.bare);
     }
+}
+
+/// Two profiles on the stack's SSH remote, `default` with its deploy key and
+/// `wrong` with a key it does not know, both in a sealed bundle; host keys from
+/// the stack's `known_hosts`. The agent's config.
+pub async fn ssh_config(
+    s: &super::scenario::Scenario,
+    ssh: &SshRemote,
+    shm: &std::path::Path,
+) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(&ssh.key, dir.path().join("git.pem")).unwrap();
+    std::fs::copy(&ssh.wrong_key, dir.path().join("wrong.pem")).unwrap();
+    let extra = "git-key = { file = \"git.pem\" }\nwrong-key = { file = \"wrong.pem\" }";
+    let sealed = super::sealed::seal_with(&s.aws, &s.pool, dir.path(), extra).await;
+    // The remote is a prefix of the stack's repositories: `ssh://…/repos/`.
+    let remote = format!("{}/", ssh.url);
+    format!(
+        "[agent]\nsecrets_dir = \"{}\"\nslots = 2\n[secrets]\nbucket = \"{}\"\nkey = \"{}\"\ncontext = {{ pool = \"{}\" }}\n[git]\nknown_hosts = \"{}\"\n[profiles.default]\ngit_remotes = [\"{remote}\"]\ngit_credentials = {{ \"{remote}\" = \"git-key\" }}\n[profiles.wrong]\ngit_remotes = [\"{remote}\"]\ngit_credentials = {{ \"{remote}\" = \"wrong-key\" }}",
+        shm.display(),
+        sealed.bucket,
+        sealed.key,
+        sealed.pool_name,
+        ssh.known_hosts.display(),
+    )
+}
+
+/// A job's shell that prints `in-env` or `in-files` if any of `needles` is in
+/// its environment, its workspace or its secret files.
+pub fn look_for(needles: &[&str]) -> String {
+    let quoted: Vec<String> = needles.iter().map(|l| format!("'{l}'")).collect();
+    format!(
+        "for f in {}; do env | grep -qF \"$f\" && echo in-env; grep -rqF \"$f\" . /run/secrets 2>/dev/null && echo in-files; done; true",
+        quoted.join(" ")
+    )
 }

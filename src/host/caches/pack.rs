@@ -82,7 +82,7 @@ pub fn tar_paths(
 }
 
 /// Whether `tree/relative` exists and no component on the way is a link.
-fn plain_below(tree: &Path, relative: &Path) -> bool {
+pub(super) fn plain_below(tree: &Path, relative: &Path) -> bool {
     let mut at = tree.to_path_buf();
     for component in relative.components() {
         let Component::Normal(name) = component else {

@@ -131,13 +131,16 @@ impl Store {
         Ok(newest.map(|(_, key)| key))
     }
 
-    /// Downloads the cache to `to`, within `max_bytes` and checked against its
-    /// SHA-256; `None`: not there.
+    /// Streams the cache into `to` as it downloads, within `max_bytes`, and
+    /// checks it against its SHA-256 once whole; `None`: not there. Read to its
+    /// end even if `to` stops taking it (an unpacker done at the tar's end
+    /// marker, or refusing it), so the hash covers every byte: the caller keeps
+    /// what it unpacked only if this says the object is whole.
     pub async fn get(
         &self,
         scope: &str,
         key: &str,
-        to: &Path,
+        mut to: impl tokio::io::AsyncWrite + Unpin,
         max_bytes: u64,
     ) -> Result<Option<u64>, CacheError> {
         let url = self.url(scope, key);
@@ -173,17 +176,12 @@ impl Store {
                 max_bytes,
             });
         }
-        let io = |source| CacheError::Io {
-            operation: "download the cache to",
-            path: to.to_owned(),
-            source,
-        };
-        let mut file = tokio::fs::File::create(to).await.map_err(io)?;
         // No more than the bound, whatever the length said.
         let mut body = object.body.into_async_read().take(max_bytes + 1);
         let mut hash = Sha256::new();
-        let mut buf = vec![0; 256 * 1024];
+        let mut buf = vec![0; 1 << 20];
         let mut bytes = 0;
+        let mut taking = true;
         loop {
             let n = body
                 .read(&mut buf)
@@ -193,10 +191,14 @@ impl Store {
                 break;
             }
             hash.update(&buf[..n]);
-            file.write_all(&buf[..n]).await.map_err(io)?;
+            // One that stopped taking has said why; the hash still needs the rest.
+            taking = taking && to.write_all(&buf[..n]).await.is_ok();
             bytes += n as u64;
         }
-        file.flush().await.map_err(io)?;
+        if taking {
+            let _ = to.shutdown().await;
+        }
+        drop(to);
         if bytes > max_bytes {
             return Err(CacheError::TooBig {
                 object: url,

@@ -31,7 +31,13 @@ fn the_least_recently_used_cache_goes_first_and_a_read_one_stays() {
         "least recently used: gone"
     );
     assert!(!dir.path().join("tier/s/b").exists());
+    // One process at a time (an agent, or `deckhand exec`) keeps a tier.
+    assert!(matches!(
+        Caches::open(dir.path(), 25, None),
+        Err(super::CacheError::Busy { .. })
+    ));
     drop(held);
+    drop(caches);
     // Reopened, the tier is what was left.
     let again = Arc::new(Caches::open(dir.path(), 25, None).unwrap());
     assert_eq!(again.host_bytes(), 20);
@@ -81,4 +87,59 @@ fn a_packed_tree_unpacks_to_the_same_files_and_only_named_paths_go_in() {
         })
         .collect();
     assert_eq!(names, ["work/target", "work/target/link", "work/target/x"]);
+}
+
+#[test]
+fn a_copy_into_a_volume_replaces_its_links_and_never_follows_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = tree(
+        dir.path(),
+        &[
+            ("work/deps/a/lib", "dep"),
+            ("work/deps/b", "top"),
+            ("work/other/x", "x"),
+        ],
+    );
+    std::os::unix::fs::symlink("a", t.join("work/deps/link")).unwrap();
+    let outside = dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("b"), "host").unwrap();
+    // What the job's checkout left in its workspace: links out of it.
+    let volume = dir.path().join("volume");
+    std::fs::create_dir(&volume).unwrap();
+    std::os::unix::fs::symlink(&outside, volume.join("deps")).unwrap();
+    std::fs::create_dir(volume.join("other")).unwrap();
+    std::os::unix::fs::symlink(&outside, volume.join("other/x")).unwrap();
+    let owner = (0, 0);
+    let bytes =
+        super::copy::copy_path(&t, "work/deps".as_ref(), &volume, "deps".as_ref(), owner).unwrap();
+    assert_eq!(bytes, 6);
+    let bytes = super::copy::copy_path(
+        &t,
+        "work/other/x".as_ref(),
+        &volume,
+        "other/x".as_ref(),
+        owner,
+    )
+    .unwrap();
+    assert_eq!(bytes, 1);
+    assert_eq!(std::fs::read_to_string(outside.join("b")).unwrap(), "host");
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1);
+    assert!(volume.join("deps").symlink_metadata().unwrap().is_dir());
+    assert_eq!(
+        std::fs::read_to_string(volume.join("deps/a/lib")).unwrap(),
+        "dep"
+    );
+    assert_eq!(
+        std::fs::read_link(volume.join("deps/link")).unwrap(),
+        Path::new("a")
+    );
+    assert_eq!(
+        std::fs::read_to_string(volume.join("other/x")).unwrap(),
+        "x"
+    );
+    // A path the tier lacks is left alone.
+    let none = super::copy::copy_path(&t, "work/nope".as_ref(), &volume, "nope".as_ref(), owner);
+    assert_eq!(none.unwrap(), 0);
+    assert!(!volume.join("nope").exists());
 }

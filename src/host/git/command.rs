@@ -126,6 +126,14 @@ pub enum GitError {
         repo: String,
         stderr: String,
     },
+    #[error(
+        "git {operation} ({repo}): the remote's host key is not the one git.known_hosts (or this agent's first fetch) holds: {stderr}"
+    )]
+    HostKey {
+        operation: &'static str,
+        repo: String,
+        stderr: String,
+    },
     #[error("source {repo}: no such repository on the remote: {stderr}")]
     NoRepository { repo: String, stderr: String },
     #[error("source {repo}: the remote has no commit {sha}")]
@@ -174,6 +182,8 @@ pub struct Git<'a> {
     repo: &'a str,
     timeout: Duration,
     hide: Vec<String>,
+    /// What its stdin reads (`update-ref --stdin`); otherwise nothing.
+    input: Option<String>,
     /// An SSH key file that must outlive the process.
     _key: Option<KeyFile>,
 }
@@ -227,6 +237,7 @@ impl<'a> Git<'a> {
             repo,
             timeout: Duration::from_secs(600),
             hide: Vec::new(),
+            input: None,
             _key: None,
         }
     }
@@ -234,6 +245,13 @@ impl<'a> Git<'a> {
     /// Lets this one process read the agent's own mirror through `file://`.
     pub fn allow_file(mut self) -> Self {
         self.command.arg("-c").arg("protocol.file.allow=always");
+        self
+    }
+
+    /// Feeds `input` to its stdin.
+    pub fn stdin(mut self, input: String) -> Self {
+        self.command.stdin(Stdio::piped());
+        self.input = Some(input);
         self
     }
 
@@ -262,11 +280,14 @@ impl<'a> Git<'a> {
 
     /// Authenticates this process's fetch with `credential`: an HTTP header in
     /// its environment's config (`GIT_CONFIG_COUNT`), or an SSH key in a 0600
-    /// file under `scratch` (a tmpfs of the agent's), removed when it ends.
+    /// file under `scratch` (a tmpfs of the agent's), removed when it ends. An
+    /// SSH remote's host key must be in `known_hosts` when given; else the
+    /// first key seen is trusted and kept in `scratch/known_hosts`.
     pub fn credential(
         mut self,
         credential: Option<&Credential>,
         scratch: &Path,
+        known_hosts: Option<&Path>,
     ) -> Result<Self, GitError> {
         let Some(credential) = credential else {
             return Ok(self);
@@ -282,13 +303,22 @@ impl<'a> Git<'a> {
             }
             Credential::SshKey(key) => {
                 let file = KeyFile::write(scratch, key)?;
-                let known = scratch.join("known_hosts");
+                let trust = match known_hosts {
+                    Some(file) => format!(
+                        "-o StrictHostKeyChecking=yes -o UserKnownHostsFile={}",
+                        file.display()
+                    ),
+                    None => format!(
+                        "-o StrictHostKeyChecking=accept-new -o UserKnownHostsFile={}",
+                        scratch.join("known_hosts").display()
+                    ),
+                };
+                // No user or system ssh config either: only these options.
                 self.command.env(
                     "GIT_SSH_COMMAND",
                     format!(
-                        "ssh -i {} -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=accept-new -o UserKnownHostsFile={}",
+                        "ssh -F /dev/null -i {} -o IdentitiesOnly=yes -o IdentityAgent=none -o BatchMode=yes -o GlobalKnownHostsFile=/dev/null {trust}",
                         file.path().display(),
-                        known.display()
                     ),
                 );
                 self._key = Some(file);
@@ -301,14 +331,25 @@ impl<'a> Git<'a> {
     /// tells.
     pub async fn run(mut self) -> Result<String, GitError> {
         let (operation, repo) = (self.operation, self.repo.to_owned());
-        let child = self.command.spawn().map_err(|source| GitError::Spawn {
+        let mut child = self.command.spawn().map_err(|source| GitError::Spawn {
             operation,
             repo: repo.clone(),
             source,
         })?;
+        // Written beside the wait, so a git that talks back cannot block on a
+        // full pipe; one that stops reading ends the write with EPIPE, and its
+        // exit says why. The pipe closes when written: its end of input.
+        let input = self.input.take().zip(child.stdin.take());
+        let feed = async move {
+            if let Some((input, mut pipe)) = input {
+                use tokio::io::AsyncWriteExt;
+                let _ = pipe.write_all(input.as_bytes()).await;
+            }
+        };
         // Dropped at the timeout (or with this future): the group is killed.
         let mut group = Group(child.id());
-        let waited = tokio::time::timeout(self.timeout, child.wait_with_output()).await;
+        let ran = async move { tokio::join!(feed, child.wait_with_output()).1 };
+        let waited = tokio::time::timeout(self.timeout, ran).await;
         if let Ok(Ok(_)) = &waited {
             // Reaped: its id may be reused, and nothing of it is left to kill.
             group.0 = None;
@@ -354,6 +395,16 @@ impl Drop for Group {
 /// The cause a failed git's stderr names.
 fn classify(operation: &'static str, repo: String, stderr: String) -> GitError {
     let said = |needles: &[&str]| needles.iter().any(|n| stderr.contains(n));
+    if said(&[
+        "Host key verification failed",
+        "REMOTE HOST IDENTIFICATION HAS CHANGED",
+    ]) {
+        return GitError::HostKey {
+            operation,
+            repo,
+            stderr,
+        };
+    }
     if said(&[
         "Authentication failed",
         "returned error: 401",

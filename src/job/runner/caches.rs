@@ -15,11 +15,36 @@ use tokio_util::sync::CancellationToken;
 use super::{Controls, Ran, Runner};
 use crate::docker::{ContainerSpec, OutputStream};
 use crate::host::archive::{Limits, Unpack};
-use crate::host::caches::{CacheError, Caches, Lease, pack};
+use crate::host::caches::{CacheError, Caches, Lease, copy, pack};
 use crate::job::Job;
 use crate::job::caches::{Cache, CacheReport, JobCaches};
 use crate::job::container::Names;
 use crate::job::outcome::{Outcome, RunError};
+use crate::rules::is_under;
+
+/// Where a restore puts a cache: the created container, its workspace volume
+/// and the owner of what goes in.
+struct Into<'a> {
+    spec: &'a ContainerSpec,
+    workspace: &'a str,
+    owner: (u32, u32),
+}
+
+impl Into<'_> {
+    /// Whether `path` lies in the workspace volume (under the workdir) and under
+    /// no other mount of the container (secrets, the boot cache).
+    fn in_workspace(&self, path: &str) -> bool {
+        let workdir = self.spec.workdir.as_str();
+        let (ours, others): (Vec<_>, Vec<_>) = self.spec.mounts.iter().partition(|m| {
+            !self.workspace.is_empty() && m.source.as_deref() == Some(self.workspace)
+        });
+        let mounted_at_workdir = ours.iter().any(|m| m.target.as_deref() == Some(workdir));
+        let under_another = others
+            .iter()
+            .any(|m| m.target.as_deref().is_some_and(|t| is_under(path, t)));
+        mounted_at_workdir && path != workdir && is_under(path, workdir) && !under_another
+    }
+}
 
 /// What a restore found: the lease on it in the host tier, and how.
 struct Found {
@@ -48,9 +73,18 @@ impl Runner {
         ran: &mut Ran,
     ) -> Result<Option<OutputStream>, RunError> {
         self.docker.create_container(spec).await?;
+        let into = Into {
+            spec,
+            // The workspace volume's name, which its label carries.
+            workspace: spec
+                .labels
+                .get(crate::docker::LABEL_WORKSPACE)
+                .map_or("", String::as_str),
+            owner: crate::job::container::container_ids(user.as_deref()),
+        };
         // Dropped on a stop or a cancel, which stops the unpacking with it.
         tokio::select! {
-            restored = self.restore_caches(job, &spec.name, user.as_deref()) => ran.caches = restored,
+            restored = self.restore_caches(job, &into) => ran.caches = restored,
             () = controls.interrupted() => return Ok(None),
         }
         Ok(Some(self.docker.attach(&spec.name).await?))
@@ -58,13 +92,7 @@ impl Runner {
 
     /// Restores each cache the job pulls into its created container; what
     /// became of each.
-    async fn restore_caches(
-        &self,
-        job: &Job,
-        container: &str,
-        user: Option<&str>,
-    ) -> Vec<CacheReport> {
-        let owner = crate::job::container::container_ids(user);
+    async fn restore_caches(&self, job: &Job, into: &Into<'_>) -> Vec<CacheReport> {
         // Jobs since the last restore may have taken the disk's room.
         if let Some(caches) = &self.caches {
             caches.evict();
@@ -84,10 +112,7 @@ impl Runner {
             }
             let clock = Instant::now();
             if let Some(found) = find(caches, &job.caches, cache, &mut report).await {
-                match self
-                    .put_in(container, &found.lease, &cache.paths, owner)
-                    .await
-                {
+                match self.put_in(into, &found.lease, &cache.paths).await {
                     Ok(bytes) => {
                         report.matched_key =
                             Some(format!("{}/{}", found.matched.0, found.matched.1));
@@ -114,25 +139,57 @@ impl Runner {
         reports
     }
 
-    /// The cache's paths from the host tier into the container, as a tar
-    /// Docker unpacks at `/`; the bytes of their files.
+    /// The cache's paths from the host tier into the container: those in its
+    /// workspace volume copied through the volume's folder on this host
+    /// ([`copy`]), the others as a tar Docker unpacks at `/`; the bytes of
+    /// their files.
     async fn put_in(
         &self,
-        container: &str,
+        into: &Into<'_>,
         lease: &Lease,
         paths: &[String],
-        owner: (u32, u32),
     ) -> Result<u64, String> {
+        let (direct, through): (Vec<&String>, Vec<&String>) =
+            paths.iter().partition(|p| into.in_workspace(p));
+        let mut bytes = 0;
+        if !direct.is_empty() {
+            let volume = self
+                .docker
+                .volume_mountpoint(into.workspace)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("the workspace volume {} is gone", into.workspace))?;
+            let workdir = into.spec.workdir.trim_end_matches('/').to_owned();
+            let (tree, owner) = (lease.tree.clone(), into.owner);
+            let direct: Vec<String> = direct.into_iter().cloned().collect();
+            let copied = tokio::task::spawn_blocking(move || {
+                let mut bytes = 0;
+                for path in &direct {
+                    let relative = std::path::Path::new(path.trim_start_matches('/'));
+                    let inside = path[workdir.len()..].trim_start_matches('/');
+                    bytes += copy::copy_path(&tree, relative, &volume, inside.as_ref(), owner)?;
+                }
+                Ok::<u64, std::io::Error>(bytes)
+            });
+            bytes += copied
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("copying into the workspace: {e}"))?;
+        }
+        if through.is_empty() {
+            return Ok(bytes);
+        }
         let (reader, writer) = tokio::io::duplex(1 << 20);
         let writer = SyncIoBridge::new(writer);
-        let (tree, paths) = (lease.tree.clone(), paths.to_vec());
+        let (tree, owner) = (lease.tree.clone(), into.owner);
+        let through: Vec<String> = through.into_iter().cloned().collect();
         let writing =
-            tokio::task::spawn_blocking(move || pack::tar_paths(&tree, &paths, owner, writer));
+            tokio::task::spawn_blocking(move || pack::tar_paths(&tree, &through, owner, writer));
         let uploading = self
             .docker
-            .upload(container, "/", ReaderStream::new(reader));
+            .upload(&into.spec.name, "/", ReaderStream::new(reader));
         let (uploaded, written) = tokio::join!(uploading, writing);
-        let bytes = written
+        bytes += written
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("reading the host tier: {e}"))?;
         uploaded.map_err(|e| e.to_string())?;
@@ -231,9 +288,15 @@ impl Runner {
             return Ok(None);
         }
         let staging = caches.staging();
+        let clock = Instant::now();
         let read = self
             .read_out(container, &cache.paths, &staging.dir, job_caches.max_bytes)
             .await;
+        tracing::info!(
+            key = %cache.key,
+            elapsed_ms = clock.elapsed().as_millis() as u64,
+            "Cache read out of the container."
+        );
         match read {
             Ok(0) if !staging.dir.exists() => Err("none of its paths exist".to_owned()),
             Ok(bytes) => caches

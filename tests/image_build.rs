@@ -41,6 +41,19 @@ fn build_job(stack: &Stack, id: &str, dockerfile: &str, tag: &str) -> Value {
     body
 }
 
+/// `build_job` run by `deckhand exec`, its image pushed to `repository` (with
+/// its tag) on the stack's registry.
+fn exec_build(
+    stack: &Stack,
+    config: &TestConfig,
+    id: &str,
+    dockerfile: &str,
+    repository: &str,
+) -> Exec {
+    let tag = format!("{}/{repository}", stack.registry);
+    exec(config, &build_job(stack, id, dockerfile, &tag))
+}
+
 /// No container of the job is left, builder included.
 fn no_builder_left(id: &str) {
     assert_clean(id);
@@ -301,15 +314,7 @@ fn a_build_past_max_mb_fails_with_the_key() {
         "FROM {}\nRUN dd if=/dev/zero of=/big bs=1M count=200\n",
         stack.image
     );
-    let run = exec(
-        &config,
-        &build_job(
-            &stack,
-            &id,
-            &dockerfile,
-            &format!("{}/ci/full:1", stack.registry),
-        ),
-    );
+    let run = exec_build(&stack, &config, &id, &dockerfile, "ci/full:1");
     assert_eq!(run.result["status"], "failed", "{}", run.result);
     let reason = run.result["reason"].as_str().unwrap();
     assert!(reason.contains("image_build_max_mb = 48"), "{reason}");
@@ -325,15 +330,7 @@ fn a_dockerfile_error_fails_once_with_its_reason() {
     let config = TestConfig::new(&stack, &build_config(&stack, ""));
     let id = unique("build-err");
     let dockerfile = format!("FROM {}\nRUN echo about to fail; exit 3\n", stack.image);
-    let run = exec(
-        &config,
-        &build_job(
-            &stack,
-            &id,
-            &dockerfile,
-            &format!("{}/ci/err:1", stack.registry),
-        ),
-    );
+    let run = exec_build(&stack, &config, &id, &dockerfile, "ci/err:1");
     assert_eq!(run.result["status"], "failed", "{}", run.result);
     let reason = run.result["reason"].as_str().unwrap();
     assert!(
@@ -447,15 +444,7 @@ fn a_builder_that_cannot_start_is_an_error() {
     let config = TestConfig::new(&stack, &extra);
     let id = unique("build-nobuilder");
     let dockerfile = format!("FROM {}\nRUN true\n", stack.image);
-    let run = exec(
-        &config,
-        &build_job(
-            &stack,
-            &id,
-            &dockerfile,
-            &format!("{}/ci/x:1", stack.registry),
-        ),
-    );
+    let run = exec_build(&stack, &config, &id, &dockerfile, "ci/x:1");
     assert_eq!(run.result["status"], "error", "{}", run.result);
     let reason = run.result["reason"].as_str().unwrap();
     assert!(

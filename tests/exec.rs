@@ -429,6 +429,42 @@ fn invalid_config_exits_78_naming_every_key() {
     }
 }
 
+/// `--log` takes a level and `target=level` directives; anything else is refused
+/// before the config is read, naming the filter, with exit 78.
+#[test]
+fn the_log_filter_is_levels_by_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, "").unwrap();
+    let check = |filter: &str| {
+        deckhand()
+            .args([
+                "--log",
+                filter,
+                "--config",
+                path_str(&path),
+                "check",
+                "--no-probe",
+            ])
+            .output()
+            .unwrap()
+    };
+    for good in [
+        "info",
+        "deckhand::job_output=off,info",
+        "warn,deckhand=debug",
+    ] {
+        let output = check(good);
+        assert_eq!(output.status.code(), Some(0), "{good}: {output:?}");
+    }
+    for bad in ["deckhand=loud", "info,=debug=x"] {
+        let output = check(bad);
+        assert_eq!(output.status.code(), Some(78), "{bad}: {output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(&format!("log filter {bad:?}")), "{stderr}");
+    }
+}
+
 /// The result says what the job used, read from its cgroup (v1 here) while it
 /// ran: CPU seconds of a busy loop, the peak of memory it held, its limit.
 #[test]

@@ -18,6 +18,10 @@ const SUFFIX: &str = ".tar.zst";
 /// PUT of gigabytes restarts from nothing when it fails.
 pub const MULTIPART_FROM_BYTES: u64 = 64 * 1024 * 1024;
 const PART_BYTES: u64 = 32 * 1024 * 1024;
+/// Parts sent at once: one stream of a few hundred megabytes leaves the link
+/// idle between a part's last byte and its answer (and S3 takes parts in
+/// parallel); four hold no more than four file handles and their buffers.
+const PARTS_IN_FLIGHT: usize = 4;
 
 #[derive(Clone)]
 pub struct Store {
@@ -305,43 +309,22 @@ impl Store {
         size: u64,
         url: &str,
     ) -> Result<bool, CacheError> {
-        use aws_sdk_s3::primitives::Length;
         use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
-        let mut parts = Vec::new();
-        let mut offset = 0;
-        while offset < size {
-            let length = PART_BYTES.min(size - offset);
-            let number = parts.len() as i32 + 1;
-            let body = ByteStream::read_from()
-                .path(from)
-                .offset(offset)
-                .length(Length::Exact(length))
-                .build()
-                .await
-                .map_err(|e| CacheError::Io {
-                    operation: "read the packed cache",
-                    path: from.to_owned(),
-                    source: std::io::Error::other(e.to_string()),
-                })?;
-            let part = self
-                .s3
-                .upload_part()
-                .bucket(&self.bucket)
-                .key(object)
-                .upload_id(upload_id)
-                .part_number(number)
-                .body(body)
-                .send()
-                .await
-                .map_err(s3_error("upload a part of", url.to_owned()))?;
-            parts.push(
-                CompletedPart::builder()
-                    .part_number(number)
-                    .set_e_tag(part.e_tag)
-                    .build(),
-            );
-            offset += length;
-        }
+        use futures_util::{StreamExt, TryStreamExt};
+        let part_bytes = part_bytes(size);
+        let count = size.div_ceil(part_bytes);
+        // Each part read from the file as it goes out; the first failure ends
+        // the others (dropped) and the caller aborts the upload.
+        let mut parts: Vec<CompletedPart> = futures_util::stream::iter(0..count)
+            .map(|index| {
+                let offset = index * part_bytes;
+                let length = part_bytes.min(size - offset);
+                self.part(object, upload_id, from, (offset, length), index, url)
+            })
+            .buffer_unordered(PARTS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        parts.sort_by_key(|part| part.part_number);
         let completed = self
             .s3
             .complete_multipart_upload()
@@ -362,6 +345,53 @@ impl Store {
             Err(e) => Err(s3_error("complete the upload of", url.to_owned())(e)),
         }
     }
+
+    /// Part `index` (from 0), `length` bytes at `offset` of the file at `from`, uploaded.
+    async fn part(
+        &self,
+        object: &str,
+        upload_id: &str,
+        from: &Path,
+        (offset, length): (u64, u64),
+        index: u64,
+        url: &str,
+    ) -> Result<aws_sdk_s3::types::CompletedPart, CacheError> {
+        use aws_sdk_s3::primitives::Length;
+        let body = ByteStream::read_from()
+            .path(from)
+            .offset(offset)
+            .length(Length::Exact(length))
+            .build()
+            .await
+            .map_err(|e| CacheError::Io {
+                operation: "read the packed cache",
+                path: from.to_owned(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        // S3 numbers parts from 1; at most 10,000 of them.
+        let number = index as i32 + 1;
+        let part = self
+            .s3
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(object)
+            .upload_id(upload_id)
+            .part_number(number)
+            .body(body)
+            .send()
+            .await
+            .map_err(s3_error("upload a part of", url.to_owned()))?;
+        Ok(aws_sdk_s3::types::CompletedPart::builder()
+            .part_number(number)
+            .set_e_tag(part.e_tag)
+            .build())
+    }
+}
+
+/// The size of each part of a `size`-byte upload: [`PART_BYTES`], or more for
+/// an object that would need more than S3's 10,000 parts.
+fn part_bytes(size: u64) -> u64 {
+    PART_BYTES.max(size.div_ceil(10_000))
 }
 
 /// S3 refused the write for its condition: another save of the key won.
@@ -374,4 +404,18 @@ fn lost_the_race<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
                 Some("PreconditionFailed" | "ConditionalRequestConflict")
             )
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_stay_within_s3s_ten_thousand() {
+        assert_eq!(part_bytes(MULTIPART_FROM_BYTES), PART_BYTES);
+        assert_eq!(part_bytes(10_000 * PART_BYTES), PART_BYTES);
+        let huge = 10_000 * PART_BYTES + 1;
+        assert!(huge.div_ceil(part_bytes(huge)) <= 10_000);
+        assert!(part_bytes(huge) > PART_BYTES);
+    }
 }

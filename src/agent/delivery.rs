@@ -128,7 +128,7 @@ impl Agent {
             fate::retry_visibility(message.receive_count, self.config.queue.visibility_timeout);
         let spent = fate::spent(history, &retries);
         let (admission, cancel_request) = self.admit(job, *attempt, retry, spent).await;
-        let (mut result, log, chunks, handed_back) = match admission {
+        let (mut result, log, chunks, handed_back, workspace) = match admission {
             Admission::Skip(settlement) => {
                 return self.settle(message, &job.id, settlement, None).await;
             }
@@ -139,7 +139,7 @@ impl Agent {
                 tracing::info!(%reason, "Job cancelled before it started; not running it.");
                 let result =
                     JobResult::cancelled(job.id.clone(), reason, *attempt, &self.instance_id);
-                (result, None, None, false)
+                (result, None, None, false, None)
             }
             Admission::Spent(budget) => {
                 drop(slot);
@@ -154,7 +154,7 @@ impl Agent {
                     *attempt,
                     &self.instance_id,
                 );
-                (result, None, None, false)
+                (result, None, None, false, None)
             }
             Admission::Run => {
                 let attempted = self.run_attempt(&delivery, slot, preemption).await;
@@ -162,11 +162,13 @@ impl Agent {
                     mut result,
                     log,
                     artifacts,
+                    workspace,
                 } = attempted.finished;
                 if let Some(collected) = artifacts {
                     self.list_artifacts(&mut result, collected, attempted.uploads);
                 }
-                (result, Some(log), attempted.chunks, attempted.handed_back)
+                let (chunks, handed_back) = (attempted.chunks, attempted.handed_back);
+                (result, Some(log), chunks, handed_back, Some(workspace))
             }
         };
         result.receive_count = message.receive_count;
@@ -188,6 +190,10 @@ impl Agent {
         };
         self.finish(&delivery, result, log.as_ref(), chunks, ended, ran)
             .await;
+        // After the result: its removal is the attempt's last step, not the job's.
+        if let Some(workspace) = workspace {
+            self.runner.remove_workspace(workspace).await;
+        }
     }
 
     /// Records the attempt and settles its message: a result that ends the job

@@ -86,6 +86,21 @@ pub struct Finished {
     /// The files its `artifacts` matched, staged for upload; `None` when it
     /// named none, or its container did not run to an end (interrupted, error).
     pub artifacts: Option<Collected>,
+    /// Its workspace volume, for [`Runner::remove_workspace`] once the result
+    /// is on its way.
+    pub workspace: Workspace,
+}
+
+/// An ended attempt's workspace volume, still on the host. Removing a
+/// workspace of 20,000 files takes seconds that the result need not wait
+/// for: the caller removes it after recording the result, before it takes
+/// its next message from this delivery's task (so a drain still waits for it).
+#[must_use = "the workspace volume stays on the host until removed"]
+pub struct Workspace {
+    container: String,
+    volume: String,
+    /// Its container is gone, so the volume is no longer in use.
+    freed: bool,
 }
 
 /// How supervision of a started container ended.
@@ -261,8 +276,7 @@ impl Runner {
             .await;
         self.save_caches(job, &names, &outcome, &controls, &mut ran.caches)
             .await;
-        self.clean_up(job, &names).await;
-        self.sweeper.ended(&names.container, &names.workspace);
+        let freed = self.clean_up(job, &names).await;
 
         let (status, exit_code, reason) = outcome.describe(
             job,
@@ -298,6 +312,11 @@ impl Runner {
         Finished {
             result,
             log: log.into_body(),
+            workspace: Workspace {
+                container: names.container.clone(),
+                volume: names.workspace.clone(),
+                freed,
+            },
             artifacts,
         }
     }
@@ -526,10 +545,34 @@ impl Runner {
         }
     }
 
-    /// Removes the container and the workspace, retrying for `CLEANUP_PATIENCE`
-    /// while Docker does not answer. Never cancelled: a second signal must not
-    /// leave them behind.
-    async fn clean_up(&self, job: &Job, names: &Names) {
+    /// Removes the workspace volume of an ended attempt (and marks what it
+    /// could not remove for the sweep), retrying for `CLEANUP_PATIENCE` while
+    /// Docker does not answer. Never cancelled, as [`Runner::clean_up`].
+    pub async fn remove_workspace(&self, workspace: Workspace) {
+        let Workspace {
+            container,
+            volume,
+            freed,
+        } = workspace;
+        let give_up = Instant::now() + CLEANUP_PATIENCE;
+        // The volume is in use until the container is gone.
+        let removed = freed
+            && self
+                .patiently(give_up, "workspace volume", || {
+                    self.docker.remove_volume(&volume)
+                })
+                .await;
+        if !removed {
+            self.sweeper.left_behind();
+        }
+        self.sweeper.ended(&container, &volume);
+    }
+
+    /// Removes the secrets and the containers (the workspace volume is left to
+    /// [`Runner::remove_workspace`]), retrying for `CLEANUP_PATIENCE` while
+    /// Docker does not answer; whether every container is gone. Never
+    /// cancelled: a second signal must not leave them behind.
+    async fn clean_up(&self, job: &Job, names: &Names) -> bool {
         let service_secrets = job.services.iter().map(|s| names.service_secrets(&s.name));
         for dir in std::iter::once(names.secrets.clone()).chain(service_secrets) {
             if dir.exists()
@@ -557,15 +600,9 @@ impl Runner {
                 self.sweeper.release(container);
             }
         }
-        // The volume is in use until the container is gone.
-        removed = removed
-            && self
-                .patiently(give_up, "workspace volume", || {
-                    self.docker.remove_volume(&names.workspace)
-                })
-                .await;
         if !removed {
             self.sweeper.left_behind();
         }
+        removed
     }
 }

@@ -283,14 +283,30 @@ pub fn leftovers(job_id: &str) -> Vec<String> {
     names
 }
 
+/// How long an attempt's workspace may outlive its result: the agent removes
+/// it after recording the result (interface.md, "Container").
+const WORKSPACE_REMOVAL: Duration = Duration::from_secs(60);
+
+/// Nothing of `job_id`'s is left, within [`WORKSPACE_REMOVAL`] of its result.
 pub fn assert_clean(job_id: &str) {
-    let left = leftovers(job_id);
-    assert!(left.is_empty(), "left behind for {job_id}: {left:?}");
+    let start = Instant::now();
+    loop {
+        let left = leftovers(job_id);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            start.elapsed() < WORKSPACE_REMOVAL,
+            "left behind for {job_id}: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// [`assert_clean`] for many jobs, in two asks of Docker instead of two each.
 pub fn assert_all_clean<'a>(job_ids: impl IntoIterator<Item = &'a String>) {
     let ours: std::collections::HashSet<&str> = job_ids.into_iter().map(String::as_str).collect();
+    let start = Instant::now();
     // `{{.Label "deckhand.job_id"}} {{.Names}}` (a volume's is `.Name`).
     let list = |what: &[&str], name: &str| {
         let format = format!("{{{{.Label \"deckhand.job_id\"}}}} {{{{.{name}}}}}");
@@ -298,19 +314,25 @@ pub fn assert_all_clean<'a>(job_ids: impl IntoIterator<Item = &'a String>) {
         args.extend(["--filter", "label=deckhand.job_id", "--format", &format]);
         docker(&args)
     };
-    let (containers, volumes) = (
-        list(&["ps", "-a"], "Names"),
-        list(&["volume", "ls"], "Name"),
-    );
-    let left: Vec<&str> = containers
-        .lines()
-        .chain(volumes.lines())
-        .filter(|l| l.split(' ').next().is_some_and(|id| ours.contains(id)))
-        .collect();
-    assert!(
-        left.is_empty(),
-        "left behind (job id, container or volume): {left:?}"
-    );
+    loop {
+        let (containers, volumes) = (
+            list(&["ps", "-a"], "Names"),
+            list(&["volume", "ls"], "Name"),
+        );
+        let left: Vec<&str> = containers
+            .lines()
+            .chain(volumes.lines())
+            .filter(|l| l.split(' ').next().is_some_and(|id| ours.contains(id)))
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            start.elapsed() < WORKSPACE_REMOVAL,
+            "left behind (job id, container or volume): {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// What a polled condition gives: `true` or `Some(value)` when it holds.

@@ -2,9 +2,12 @@
 //! then an exact hit from the host tier; a prefix hit from S3 on a second agent
 //! whose host tier is empty; no save from a failed or cancelled job, nor from a
 //! profile that may not write; racing saves of one key leave one object; the
-//! host tier evicts at its cap; a corrupt or hostile object is a miss.
+//! host tier evicts at its cap; a corrupt or hostile object is a miss; a
+//! hostile tree in the job's cache path is not saved ([`saves`]).
 
 mod common;
+#[path = "caches/saves.rs"]
+mod saves;
 
 use common::scenario::Scenario;
 use common::*;

@@ -100,14 +100,7 @@ pub async fn exec(
     let admission = Admission::for_pool(&config, &secrets, sdk)
         .await?
         .map(Arc::new);
-    // No seed: a job run by hand fetches what it needs into the host's mirrors,
-    // which only a job with a source needs to write.
-    let mirrors = match &job.source {
-        Some(_) => Some(Arc::new(
-            crate::agent::boot::mirrors(&config).map_err(ExecError::Mirrors)?,
-        )),
-        None => None,
-    };
+    let mirrors = mirrors_for(&config, &job)?;
     let caches = caches_for(&config, &job).await;
     let runner = Runner::new(docker, config, sweeper, &instance_id)
         .with_secrets(secrets)
@@ -126,7 +119,22 @@ pub async fn exec(
         usage: None,
     };
     let finished = runner.run(&job, 1, &[], controls).instrument(span).await;
+    runner.remove_workspace(finished.workspace).await;
     Ok(Executed::Ran(finished.result))
+}
+
+/// The host's git mirrors for a job with a `source`. No seed: a job run by
+/// hand fetches what it needs into them, which only such a job needs to write.
+fn mirrors_for(
+    config: &Config,
+    job: &Job,
+) -> Result<Option<Arc<crate::host::git::Mirrors>>, ExecError> {
+    match &job.source {
+        Some(_) => Ok(Some(Arc::new(
+            crate::agent::boot::mirrors(config).map_err(ExecError::Mirrors)?,
+        ))),
+        None => Ok(None),
+    }
 }
 
 /// The host tier of `agent.work_dir/caches` (and S3's with `caches.bucket`), as

@@ -384,7 +384,7 @@ fn entry_names(path: &Path) -> Result<Vec<&std::ffi::OsStr>, Unpack> {
 /// Whether a symlink in a folder `depth` below the root, pointing at `link`,
 /// leads out. Only `..` steps first, then names: a `..` after a name would be
 /// resolved through whatever that name is (another link), not as written.
-fn link_leads_out(link: &Path, depth: usize) -> bool {
+pub(crate) fn link_leads_out(link: &Path, depth: usize) -> bool {
     let mut up = 0;
     let mut named = false;
     for component in link.components() {
@@ -401,7 +401,7 @@ fn link_leads_out(link: &Path, depth: usize) -> bool {
 
 /// Clears the way for a new non-folder at `target`: an older file or link there
 /// goes (unlinked, never followed); a folder stays, and refuses the entry.
-fn make_room(target: &Path, path: &Path) -> Result<(), Unpack> {
+pub(crate) fn make_room(target: &Path, path: &Path) -> Result<(), Unpack> {
     match fs::symlink_metadata(target) {
         Ok(meta) if meta.is_dir() => Err(Unpack::Malformed(format!(
             "the entry {} would replace a folder",

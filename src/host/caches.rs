@@ -8,6 +8,7 @@
 
 pub mod copy;
 pub mod pack;
+pub mod readout;
 pub mod store;
 
 use std::collections::HashMap;

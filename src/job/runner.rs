@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::docker::{self, Docker, OutputStream, outage_backoff};
+use crate::docker::{self, Docker, OutputStream};
 use crate::host::cache::{Cache, CacheVolume};
 use crate::host::cgroups::Sample;
 use crate::host::credentials::{Broker, Issued};
@@ -42,6 +42,9 @@ mod pull;
 mod services;
 mod workspace;
 
+mod cleanup;
+pub use cleanup::Workspace;
+
 /// The variables that point the AWS SDKs at the job's credentials.
 fn credentials_env(issued: &Issued) -> [String; 2] {
     [
@@ -53,10 +56,6 @@ fn credentials_env(issued: &Issued) -> [String; 2] {
 /// The exit code Docker gives a container it restores without its task (it ended
 /// while dockerd was down, and its real exit status is gone).
 const LOST_EXIT_CODE: i64 = 255;
-
-/// How long cleanup retries while Docker does not answer. What is still left
-/// then is removed by the agent's sweep once Docker answers, or at its next start.
-const CLEANUP_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Runs jobs on one Docker engine for one agent.
 #[derive(Clone)]
@@ -89,18 +88,6 @@ pub struct Finished {
     /// Its workspace volume, for [`Runner::remove_workspace`] once the result
     /// is on its way.
     pub workspace: Workspace,
-}
-
-/// An ended attempt's workspace volume, still on the host. Removing a
-/// workspace of 20,000 files takes seconds that the result need not wait
-/// for: the caller removes it after recording the result, before it takes
-/// its next message from this delivery's task (so a drain still waits for it).
-#[must_use = "the workspace volume stays on the host until removed"]
-pub struct Workspace {
-    container: String,
-    volume: String,
-    /// Its container is gone, so the volume is no longer in use.
-    freed: bool,
 }
 
 /// How supervision of a started container ended.
@@ -162,6 +149,8 @@ struct Ran {
     /// Its checkout, once made.
     source: Option<crate::job::source::SourceReport>,
     caches: Vec<crate::job::caches::CacheReport>,
+    /// Its caches' paths that lie in its workspace volume, for their save.
+    caches_in_workspace: Option<caches::InWorkspace>,
     /// Its `image_build` has no command to run first: no container of its own.
     build_only: bool,
     /// What its `image_build` pushed.
@@ -274,9 +263,9 @@ impl Runner {
         let artifacts = self
             .artifacts(job, &names, &outcome, &controls, ran.started)
             .await;
-        self.save_caches(job, &names, &outcome, &controls, &mut ran.caches)
+        self.save_caches(job, &names, &outcome, &controls, &mut ran)
             .await;
-        let freed = self.clean_up(job, &names).await;
+        let workspace = self.clean_up(job, &names).await;
 
         let (status, exit_code, reason) = outcome.describe(
             job,
@@ -312,11 +301,7 @@ impl Runner {
         Finished {
             result,
             log: log.into_body(),
-            workspace: Workspace {
-                container: names.container.clone(),
-                volume: names.workspace.clone(),
-                freed,
-            },
+            workspace,
             artifacts,
         }
     }
@@ -520,89 +505,5 @@ impl Runner {
         }
         let code = docker.wait(container).await?;
         Ok((ended, code))
-    }
-
-    /// Runs a removal until it succeeds, fails for a reason other than Docker's
-    /// absence, or `give_up` passes; whether it succeeded.
-    async fn patiently<F, Fut>(&self, give_up: Instant, what: &str, mut remove: F) -> bool
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<(), docker::DockerError>>,
-    {
-        let mut backoff = outage_backoff();
-        loop {
-            match remove().await {
-                Ok(()) => return true,
-                Err(error) if error.is_unreachable() && Instant::now() < give_up => {
-                    tracing::warn!(%error, "Could not remove the job's {what} yet; Docker does not answer.");
-                    tokio::time::sleep(backoff.next_delay()).await;
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "Could not remove the job's {what}; removing it once Docker answers.");
-                    return false;
-                }
-            }
-        }
-    }
-
-    /// Removes the workspace volume of an ended attempt (and marks what it
-    /// could not remove for the sweep), retrying for `CLEANUP_PATIENCE` while
-    /// Docker does not answer. Never cancelled, as [`Runner::clean_up`].
-    pub async fn remove_workspace(&self, workspace: Workspace) {
-        let Workspace {
-            container,
-            volume,
-            freed,
-        } = workspace;
-        let give_up = Instant::now() + CLEANUP_PATIENCE;
-        // The volume is in use until the container is gone.
-        let removed = freed
-            && self
-                .patiently(give_up, "workspace volume", || {
-                    self.docker.remove_volume(&volume)
-                })
-                .await;
-        if !removed {
-            self.sweeper.left_behind();
-        }
-        self.sweeper.ended(&container, &volume);
-    }
-
-    /// Removes the secrets and the containers (the workspace volume is left to
-    /// [`Runner::remove_workspace`]), retrying for `CLEANUP_PATIENCE` while
-    /// Docker does not answer; whether every container is gone. Never
-    /// cancelled: a second signal must not leave them behind.
-    async fn clean_up(&self, job: &Job, names: &Names) -> bool {
-        let service_secrets = job.services.iter().map(|s| names.service_secrets(&s.name));
-        for dir in std::iter::once(names.secrets.clone()).chain(service_secrets) {
-            if dir.exists()
-                && let Err(error) = container::remove_secrets_dir(&dir)
-            {
-                tracing::error!(%error, dir = %dir.display(), "Could not remove the job's secrets.");
-            }
-        }
-        let give_up = Instant::now() + CLEANUP_PATIENCE;
-        // The job, then its services, then the sandbox whose network they share.
-        let mut containers = vec![names.container.clone()];
-        if !job.services.is_empty() {
-            containers.extend(job.services.iter().map(|s| names.service(&s.name)));
-            containers.push(names.sandbox.clone());
-        }
-        let mut removed = true;
-        for container in &containers {
-            removed &= self
-                .patiently(give_up, "container", || {
-                    self.docker.remove_container(container)
-                })
-                .await;
-            usage::release_cgroup(&self.docker, container);
-            if container != &names.container {
-                self.sweeper.release(container);
-            }
-        }
-        if !removed {
-            self.sweeper.left_behind();
-        }
-        removed
     }
 }

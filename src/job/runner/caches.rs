@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Controls, Ran, Runner};
 use crate::docker::{ContainerSpec, OutputStream};
 use crate::host::archive::{Limits, Unpack};
-use crate::host::caches::{CacheError, Caches, Lease, copy, pack};
+use crate::host::caches::{CacheError, Caches, Lease, copy, pack, readout};
 use crate::job::Job;
 use crate::job::caches::{Cache, CacheReport, JobCaches};
 use crate::job::container::Names;
@@ -43,6 +43,25 @@ impl Into<'_> {
             .iter()
             .any(|m| m.target.as_deref().is_some_and(|t| is_under(path, t)));
         mounted_at_workdir && path != workdir && is_under(path, workdir) && !under_another
+    }
+}
+
+/// A job's cache paths that lie in its workspace volume (found when its
+/// container is created, from its mounts): a save reads them through the
+/// volume's folder ([`readout`]) rather than Docker's archive export.
+pub(super) struct InWorkspace {
+    workdir: String,
+    paths: Vec<String>,
+}
+
+impl InWorkspace {
+    /// `path` from inside the volume (`deps/x` for `/work/deps/x` under `/work`),
+    /// if it lies in it.
+    fn inside<'p>(&self, path: &'p str) -> Option<&'p Path> {
+        self.paths
+            .iter()
+            .any(|p| p == path)
+            .then(|| Path::new(path[self.workdir.len()..].trim_start_matches('/')))
     }
 }
 
@@ -82,6 +101,11 @@ impl Runner {
                 .map_or("", String::as_str),
             owner: crate::job::container::container_ids(user.as_deref()),
         };
+        let paths = job.caches.caches.iter().flat_map(|c| &c.paths);
+        ran.caches_in_workspace = Some(InWorkspace {
+            workdir: spec.workdir.trim_end_matches('/').to_owned(),
+            paths: paths.filter(|p| into.in_workspace(p)).cloned().collect(),
+        });
         // Dropped on a stop or a cancel, which stops the unpacking with it.
         tokio::select! {
             restored = self.restore_caches(job, &into) => ran.caches = restored,
@@ -204,10 +228,15 @@ impl Runner {
         names: &Names,
         outcome: &Outcome,
         controls: &Controls<'_>,
-        reports: &mut [CacheReport],
+        ran: &mut Ran,
     ) {
         let Some(caches) = &self.caches else { return };
-        let container = &names.container;
+        let (reports, in_workspace) = (&mut ran.caches, ran.caches_in_workspace.as_ref());
+        let from = From {
+            container: &names.container,
+            workspace: &names.workspace,
+            in_workspace,
+        };
         let succeeded = matches!(
             outcome,
             Outcome::Exited {
@@ -242,7 +271,7 @@ impl Runner {
             // The drain or a cancel after the exit ends the save; the job's
             // status stands.
             let saved = tokio::select! {
-                saved = self.save_one(caches, &job.caches, cache, container) => saved,
+                saved = self.save_one(caches, &job.caches, cache, &from) => saved,
                 _ = controls.preemption.stopping().cancelled() => Err("the agent is draining".to_owned()),
                 () = controls.cancel.requested(), if !was_cancelled => Err("the job was cancelled".to_owned()),
             };
@@ -273,7 +302,7 @@ impl Runner {
         caches: &Arc<Caches>,
         job_caches: &JobCaches,
         cache: &Cache,
-        container: &str,
+        from: &From<'_>,
     ) -> Result<Option<u64>, String> {
         let scope = &job_caches.scope;
         let _key = caches.lock(scope, &cache.key).await;
@@ -290,7 +319,7 @@ impl Runner {
         let staging = caches.staging();
         let clock = Instant::now();
         let read = self
-            .read_out(container, &cache.paths, &staging.dir, job_caches.max_bytes)
+            .read_out(from, &cache.paths, &staging.dir, job_caches.max_bytes)
             .await;
         tracing::info!(
             key = %cache.key,
@@ -308,49 +337,61 @@ impl Runner {
     }
 
     /// Each path's tree from the container under `staging` (where `/a/b` is
-    /// `a/b`), with the inputs' rules, within `max_bytes` all together.
+    /// `a/b`), with the inputs' rules, within `max_bytes` all together: those
+    /// in the workspace volume through its folder on this host ([`readout`]),
+    /// the others through Docker's archive export.
     async fn read_out(
         &self,
-        container: &str,
+        from: &From<'_>,
         paths: &[String],
         staging: &Path,
         max_bytes: u64,
     ) -> Result<u64, String> {
+        let mut volume = None;
         let mut bytes = 0;
         for path in paths {
+            // Docker names the entries from the path's last component.
+            let parent = Path::new(path).parent().unwrap_or(Path::new("/"));
+            let into = staging.join(parent.strip_prefix("/").unwrap_or(parent));
+            let limits = || {
+                Limits::for_disk_of(staging).capped(max_bytes.saturating_sub(bytes), "cache_max_mb")
+            };
+            if let Some(inside) = from.in_workspace.and_then(|w| w.inside(path)) {
+                if volume.is_none() {
+                    volume = self
+                        .docker
+                        .volume_mountpoint(from.workspace)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                if let Some(volume) = volume.clone()
+                    && readout::readable(&volume, inside)
+                {
+                    let (inside, limits) = (inside.to_owned(), limits());
+                    let (staging, parent) = (staging.to_owned(), parent.to_owned());
+                    let read = tokio::task::spawn_blocking(move || {
+                        let parent = parent.strip_prefix("/").unwrap_or(&parent);
+                        readout::read_path(&volume, &inside, (&staging, parent), limits)
+                    });
+                    let read = read.await.map_err(|e| e.to_string())?;
+                    bytes += read.map_err(|e| refusal(path, e))?.bytes;
+                    continue;
+                }
+            }
             let Some(tar) = self
                 .docker
-                .download(container, path)
+                .download(from.container, path)
                 .await
                 .map_err(|e| e.to_string())?
             else {
                 continue;
             };
-            // Docker names the entries from the path's last component.
-            let parent = Path::new(path).parent().unwrap_or(Path::new("/"));
-            let into = staging.join(parent.strip_prefix("/").unwrap_or(parent));
             tokio::fs::create_dir_all(&into)
                 .await
                 .map_err(|e| format!("make {}: {e}", into.display()))?;
-            let limits = Limits::for_disk_of(staging)
-                .capped(max_bytes.saturating_sub(bytes), "cache_max_mb");
             let reader = StreamReader::new(tar.map_err(std::io::Error::other));
-            let unpacked = crate::host::archive::unpack_stream(reader, into, limits).await;
-            bytes += match unpacked {
-                Ok(unpacked) => unpacked.bytes,
-                Err(Unpack::Escape(entry)) => {
-                    return Err(format!("{path}: the entry {entry} is a link out of it"));
-                }
-                Err(Unpack::Special(entry)) => {
-                    return Err(format!(
-                        "{path}: the entry {entry} is a device file or FIFO"
-                    ));
-                }
-                Err(Unpack::Limit(limit)) => return Err(format!("{path}: {limit}")),
-                Err(Unpack::Malformed(what)) => return Err(format!("{path}: {what}")),
-                Err(Unpack::Stopped) => return Err("stopped".to_owned()),
-                Err(Unpack::Io(e)) => return Err(format!("{path}: {e}")),
-            };
+            let unpacked = crate::host::archive::unpack_stream(reader, into, limits()).await;
+            bytes += unpacked.map_err(|e| refusal(path, e))?.bytes;
         }
         Ok(bytes)
     }
@@ -399,6 +440,28 @@ impl Runner {
 /// The cache to restore: the exact key in each scope the job reads, then each
 /// restore prefix's newest match; the host tier first, then S3. Each failure
 /// on the way is noted in `report` and the search goes on.
+/// Where a save reads a job's cache paths from: its exited container and its
+/// workspace volume.
+struct From<'a> {
+    container: &'a str,
+    workspace: &'a str,
+    in_workspace: Option<&'a InWorkspace>,
+}
+
+/// Why a cache path was not read out, naming it.
+fn refusal(path: &str, unpack: Unpack) -> String {
+    match unpack {
+        Unpack::Escape(entry) => format!("{path}: the entry {entry} is a link out of it"),
+        Unpack::Special(entry) => {
+            format!("{path}: the entry {entry} is a device file, FIFO or socket")
+        }
+        Unpack::Limit(limit) => format!("{path}: {limit}"),
+        Unpack::Malformed(what) => format!("{path}: {what}"),
+        Unpack::Stopped => "stopped".to_owned(),
+        Unpack::Io(e) => format!("{path}: {e}"),
+    }
+}
+
 async fn find(
     caches: &Arc<Caches>,
     job: &JobCaches,

@@ -119,10 +119,13 @@ fn keeps_the_rules(job: &Job, config: &Config) {
         "{}",
         job.workdir
     );
+    // By path, not by text: `/deva` is not under `/dev`.
     assert!(
         !RESERVED_CONTAINER_PATHS
             .iter()
-            .any(|p| job.workdir.starts_with(p))
+            .any(|p| crate::rules::is_under(&job.workdir, p)),
+        "{}",
+        job.workdir
     );
     assert!(job.artifacts.len() <= MAX_PATTERNS);
     for pattern in &job.artifacts {

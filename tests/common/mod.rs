@@ -289,24 +289,12 @@ const WORKSPACE_REMOVAL: Duration = Duration::from_secs(60);
 
 /// Nothing of `job_id`'s is left, within [`WORKSPACE_REMOVAL`] of its result.
 pub fn assert_clean(job_id: &str) {
-    let start = Instant::now();
-    loop {
-        let left = leftovers(job_id);
-        if left.is_empty() {
-            return;
-        }
-        assert!(
-            start.elapsed() < WORKSPACE_REMOVAL,
-            "left behind for {job_id}: {left:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    until_nothing_left(&format!("for {job_id}"), || leftovers(job_id));
 }
 
 /// [`assert_clean`] for many jobs, in two asks of Docker instead of two each.
 pub fn assert_all_clean<'a>(job_ids: impl IntoIterator<Item = &'a String>) {
     let ours: std::collections::HashSet<&str> = job_ids.into_iter().map(String::as_str).collect();
-    let start = Instant::now();
     // `{{.Label "deckhand.job_id"}} {{.Names}}` (a volume's is `.Name`).
     let list = |what: &[&str], name: &str| {
         let format = format!("{{{{.Label \"deckhand.job_id\"}}}} {{{{.{name}}}}}");
@@ -314,22 +302,32 @@ pub fn assert_all_clean<'a>(job_ids: impl IntoIterator<Item = &'a String>) {
         args.extend(["--filter", "label=deckhand.job_id", "--format", &format]);
         docker(&args)
     };
-    loop {
+    until_nothing_left("(job id, container or volume)", || {
         let (containers, volumes) = (
             list(&["ps", "-a"], "Names"),
             list(&["volume", "ls"], "Name"),
         );
-        let left: Vec<&str> = containers
+        containers
             .lines()
             .chain(volumes.lines())
             .filter(|l| l.split(' ').next().is_some_and(|id| ours.contains(id)))
-            .collect();
-        if left.is_empty() {
+            .map(str::to_owned)
+            .collect()
+    });
+}
+
+/// Polls `left` until it is empty, failing with what it still holds past
+/// [`WORKSPACE_REMOVAL`].
+fn until_nothing_left(what: &str, mut left: impl FnMut() -> Vec<String>) {
+    let start = Instant::now();
+    loop {
+        let now = left();
+        if now.is_empty() {
             return;
         }
         assert!(
             start.elapsed() < WORKSPACE_REMOVAL,
-            "left behind (job id, container or volume): {left:?}"
+            "left behind {what}: {now:?}"
         );
         std::thread::sleep(Duration::from_millis(200));
     }

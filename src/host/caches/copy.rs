@@ -68,6 +68,17 @@ fn folder(dst: &Path, mode: u32, (uid, gid): (u32, u32)) -> io::Result<()> {
     fs::set_permissions(dst, fs::Permissions::from_mode(mode))
 }
 
+/// A file made anew at `dst`, never through a link, readable by the agent alone
+/// until its caller sets its mode.
+pub(super) fn new_file(dst: &Path) -> io::Result<fs::File> {
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(dst)
+}
+
 /// Removes whatever is at `dst` (a real folder with all in it; a link, not its target).
 fn clear(dst: &Path) -> io::Result<()> {
     match fs::symlink_metadata(dst) {
@@ -101,12 +112,7 @@ fn entry(src: &Path, dst: &Path, owner: (u32, u32), bytes: &mut u64) -> io::Resu
     } else if kind.is_file() {
         clear(dst)?;
         let mut from = fs::File::open(src)?;
-        let mut to = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(dst)?;
+        let mut to = new_file(dst)?;
         // File to file: the kernel's copy_file_range, no user-space buffer.
         *bytes += io::copy(&mut from, &mut to)?;
         std::os::unix::fs::fchown(&to, Some(owner.0), Some(owner.1))?;

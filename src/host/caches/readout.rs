@@ -166,12 +166,7 @@ impl Walk {
             )));
         }
         make_room(dst, name)?;
-        let mut to = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(dst)?;
+        let mut to = super::copy::new_file(dst)?;
         // File to file: the kernel's copy_file_range, no user-space buffer.
         let copied = io::copy(&mut io::Read::take(&mut from, opened.len()), &mut to)?;
         self.done.bytes += copied;

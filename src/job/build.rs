@@ -253,6 +253,10 @@ pub fn prepare(build: &ImageBuild, root: &Path, config: &Config) -> Result<Prepa
         field: format!("image_build.{field}"),
         rule,
     };
+    // Once: every path below is judged against the same real root.
+    let root = &root
+        .canonicalize()
+        .map_err(|e| refuse("context", format!("the workspace: {e}")))?;
     let context = inside(root, &build.context).map_err(|rule| refuse("context", rule))?;
     if !context.is_dir() {
         return Err(refuse(
@@ -261,26 +265,8 @@ pub fn prepare(build: &ImageBuild, root: &Path, config: &Config) -> Result<Prepa
         ));
     }
     let dockerfile = inside(root, &build.dockerfile).map_err(|rule| refuse("dockerfile", rule))?;
-    let meta = std::fs::metadata(&dockerfile)
-        .map_err(|e| refuse("dockerfile", format!("{:?}: {e}", build.dockerfile)))?;
-    if !meta.is_file() {
-        return Err(refuse(
-            "dockerfile",
-            format!("{:?} is not a file", build.dockerfile),
-        ));
-    }
-    if meta.len() > dockerfile::MAX_DOCKERFILE_BYTES as u64 {
-        return Err(refuse(
-            "dockerfile",
-            format!(
-                "{} bytes; at most {}",
-                meta.len(),
-                dockerfile::MAX_DOCKERFILE_BYTES
-            ),
-        ));
-    }
-    let text = std::fs::read(&dockerfile)
-        .map_err(|e| refuse("dockerfile", format!("{:?}: {e}", build.dockerfile)))?;
+    let text = read_dockerfile(&dockerfile, &build.dockerfile)
+        .map_err(|rule| refuse("dockerfile", rule))?;
     let parsed =
         dockerfile::parse(&text, &build.build_args).map_err(|rule| refuse("dockerfile", rule))?;
     if let Some(target) = &build.target
@@ -315,8 +301,7 @@ pub fn prepare(build: &ImageBuild, root: &Path, config: &Config) -> Result<Prepa
         bases.push(image);
     }
     let under = |path: &Path| {
-        let root = root.canonicalize().unwrap_or_default();
-        path.strip_prefix(&root)
+        path.strip_prefix(root)
             .unwrap_or(Path::new(""))
             .to_string_lossy()
             .into_owned()
@@ -328,16 +313,30 @@ pub fn prepare(build: &ImageBuild, root: &Path, config: &Config) -> Result<Prepa
     })
 }
 
-/// `relative` under `root`, every link resolved, still under `root`.
+/// The Dockerfile at `path` (`named` so in the job), a file within
+/// [`dockerfile::MAX_DOCKERFILE_BYTES`].
+fn read_dockerfile(path: &Path, named: &str) -> Result<Vec<u8>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("{named:?}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{named:?} is not a file"));
+    }
+    if meta.len() > dockerfile::MAX_DOCKERFILE_BYTES as u64 {
+        return Err(format!(
+            "{} bytes; at most {}",
+            meta.len(),
+            dockerfile::MAX_DOCKERFILE_BYTES
+        ));
+    }
+    std::fs::read(path).map_err(|e| format!("{named:?}: {e}"))
+}
+
+/// `relative` under `root` (a real path), every link resolved, still under `root`.
 fn inside(root: &Path, relative: &str) -> Result<PathBuf, String> {
-    let root = root
-        .canonicalize()
-        .map_err(|e| format!("the workspace: {e}"))?;
     let path = root.join(relative);
     let real = path
         .canonicalize()
         .map_err(|_| format!("{relative:?} is not in the workspace"))?;
-    if !real.starts_with(&root) {
+    if !real.starts_with(root) {
         return Err(format!("{relative:?} leads out of the workspace (a link)"));
     }
     Ok(real)

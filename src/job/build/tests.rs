@@ -246,3 +246,23 @@ fn paths_that_lead_out_of_the_workspace_are_refused() {
     let refused = prepared(huge.path(), json!({"tags": tag})).unwrap_err();
     assert!(refused.contains("at most 1048576"), "{refused}");
 }
+
+#[test]
+fn a_dockerfile_too_big_or_a_fifo_is_refused_before_it_is_read() {
+    let tag = json!(["push.internal:5000/ci/app:1"]);
+    let dir = workspace(&[]);
+    // Sparse: its size is what counts, and nothing of it is read.
+    let big = std::fs::File::create(dir.path().join("Dockerfile")).unwrap();
+    big.set_len(super::dockerfile::MAX_DOCKERFILE_BYTES as u64 + 1)
+        .unwrap();
+    let refused = prepared(dir.path(), json!({"tags": tag})).unwrap_err();
+    assert!(
+        refused.starts_with("image_build.dockerfile: 1048577 bytes; at most 1048576"),
+        "{refused}"
+    );
+    // A FIFO would hang the agent's read.
+    let fifo = dir.path().join("Pipe");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let refused = prepared(dir.path(), json!({"tags": tag, "dockerfile": "Pipe"})).unwrap_err();
+    assert!(refused.contains("\"Pipe\" is not a file"), "{refused}");
+}

@@ -350,9 +350,10 @@ impl Runner {
         let mut volume = None;
         let mut bytes = 0;
         for path in paths {
-            // Docker names the entries from the path's last component.
+            // Both ways name the entries from the path's last component, under
+            // its parent's place in `staging`.
             let parent = Path::new(path).parent().unwrap_or(Path::new("/"));
-            let into = staging.join(parent.strip_prefix("/").unwrap_or(parent));
+            let parent = parent.strip_prefix("/").unwrap_or(parent);
             let limits = || {
                 Limits::for_disk_of(staging).capped(max_bytes.saturating_sub(bytes), "cache_max_mb")
             };
@@ -370,8 +371,7 @@ impl Runner {
                     let (inside, limits) = (inside.to_owned(), limits());
                     let (staging, parent) = (staging.to_owned(), parent.to_owned());
                     let read = tokio::task::spawn_blocking(move || {
-                        let parent = parent.strip_prefix("/").unwrap_or(&parent);
-                        readout::read_path(&volume, &inside, (&staging, parent), limits)
+                        readout::read_path(&volume, &inside, (&staging, &parent), limits)
                     });
                     let read = read.await.map_err(|e| e.to_string())?;
                     bytes += read.map_err(|e| refusal(path, e))?.bytes;
@@ -386,6 +386,7 @@ impl Runner {
             else {
                 continue;
             };
+            let into = staging.join(parent);
             tokio::fs::create_dir_all(&into)
                 .await
                 .map_err(|e| format!("make {}: {e}", into.display()))?;
